@@ -1,0 +1,597 @@
+"""Patchscopes as one generic routine, specialised by small wrappers.
+
+A Patchscope (Ghandeharioun et al. 2024) reads the representation at
+(source prompt S, position i, model M, layer l), maps it with f, writes it into
+(target prompt T, position i*, model M*, layer l*) on the prompt pass only, and
+lets M* generate. In code::
+
+    from superscopes_nn import load_model, Source, Target, Amplify, patchscope
+
+    model = load_model("gemma-3-270m")
+    df = patchscope(model, [
+        (Source("Alexander the Great", layer=4, position="Great"), Target(ENTITY_PROMPT), Amplify(6)),
+    ])
+    df[["source_layer", "alpha", "interpretation"]]
+
+``sweep`` builds the usual grid (prompts x sites x layers x alpha) and runs it as
+few batched ``generate`` calls as possible; ``logit_lens`` is the special case of
+patching into the last layer of the same prompt and reading the next token.
+
+Everything runs inside one nnsight ``session`` per chunk of ``max_batch_size``
+rows (source traces, then one batched ``generate``), so the same code runs with
+``remote=False`` (here), ``remote="local"`` (nnsight's serialization round
+trip) or ``remote=True`` (NDIF, one request per chunk).
+
+Exactness: rows are grouped by the token length of their target prompt, so a
+batch never needs padding, and all patches of a batch are written by one
+indexed assignment per (layer, site). The batched result equals running each
+row alone (``tests/test_patching.py`` checks token ids against plain-HF hooks).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Iterable, Sequence
+
+import pandas as pd
+import torch
+
+from .architectures import SITE_ORDER, ArchSpec, arch_spec, check_site, get_path, hidden_size, num_layers
+
+ENTITY_PROMPT = (
+    "Syria: Country in the Middle East, Leonardo DiCaprio: American actor, Samsung: South Korean "
+    "multinational major appliance and consumer electronics corporation, x"
+)
+IDENTITY_PROMPT = "cat -> cat\n1135 -> 1135\nhello -> hello\n?"
+
+RESULT_COLUMNS = [
+    "source_prompt", "source_position", "source_token", "source_layer", "site",
+    "target_prompt", "target_position", "target_layer", "target_site", "mapping", "alpha",
+    "model", "target_model", "interpretation", "token_ids",
+]
+
+
+# --------------------------------------------------------------------------- specs
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where to read: ``prompt``, token ``position`` (int, negative ok, or a token
+    string resolved to the last sub-token of its only occurrence), ``layer`` and ``site``."""
+
+    prompt: str
+    layer: int
+    position: int | str = -1
+    site: str = "residual"
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where to write: ``prompt`` with a ``placeholder`` word (default ``x``) or an
+    explicit ``position``; ``layer``/``site`` default to the source's."""
+
+    prompt: str = ENTITY_PROMPT
+    layer: int | None = None
+    position: int | str | None = None
+    placeholder: str = "x"
+    site: str | None = None
+
+
+class Identity:
+    """f(v) = v."""
+
+    name = "identity"
+    alpha = 1.0
+
+    def __call__(self, v: torch.Tensor) -> torch.Tensor:
+        return v
+
+
+@dataclass(frozen=True)
+class Amplify:
+    """f(v) = alpha * v (Superscopes). ``alpha`` must be finite and > 0."""
+
+    alpha: float
+    name: str = field(default="amplify", init=False)
+
+    def __post_init__(self):
+        a = self.alpha
+        if isinstance(a, bool) or not isinstance(a, (int, float)) or not math.isfinite(a) or a <= 0:
+            raise ValueError(f"amplification factor must be a finite number > 0, got {a!r}")
+
+    def __call__(self, v: torch.Tensor) -> torch.Tensor:
+        return v * self.alpha
+
+
+@dataclass(frozen=True, eq=False)
+class Affine:
+    """f(v) = weight @ v + bias; ``weight`` is [d_target, d_source], ``bias`` [d_target]."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor | None = None
+    name: str = field(default="affine", init=False)
+    alpha: float = field(default=float("nan"), init=False)
+
+    def __post_init__(self):
+        if self.weight.dim() != 2:
+            raise ValueError(f"affine weight must be 2-D [d_target, d_source], got shape {tuple(self.weight.shape)}")
+        if self.bias is not None and tuple(self.bias.shape) != (self.weight.shape[0],):
+            raise ValueError(f"affine bias shape {tuple(self.bias.shape)} does not match weight {tuple(self.weight.shape)}")
+
+    def __call__(self, v: torch.Tensor) -> torch.Tensor:
+        out = v.to(self.weight.dtype) @ self.weight.T
+        return out + self.bias if self.bias is not None else out
+
+
+@dataclass(frozen=True, eq=False)
+class Fn:
+    """Any torch callable ``v -> v'`` ([d_source] -> [d_target])."""
+
+    fn: Callable[[torch.Tensor], torch.Tensor]
+    name: str = "callable"
+    alpha: float = float("nan")
+
+    def __call__(self, v: torch.Tensor) -> torch.Tensor:
+        return self.fn(v)
+
+
+def as_mapping(f: Any):
+    """Normalise ``None`` / a number / a mapping / a callable to a mapping object."""
+    if f is None:
+        return Identity()
+    if isinstance(f, (Identity, Amplify, Affine, Fn)):
+        return f
+    if isinstance(f, (int, float)) and not isinstance(f, bool):
+        return Amplify(float(f))
+    if callable(f):
+        return Fn(f, name=getattr(f, "__name__", "callable"))
+    raise ValueError(f"mapping must be None, a number (amplification), Affine, or a callable; got {f!r}")
+
+
+# ------------------------------------------------------------------ resolution
+
+
+def model_name(model) -> str:
+    config = model._module.config
+    return getattr(config, "_superscopes_name", None) or getattr(config, "_name_or_path", "") or type(model._module).__name__
+
+
+def encode(tokenizer, prompt: str) -> list[int]:
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ValueError(f"prompt must be a non-empty string, got {prompt!r}")
+    return list(tokenizer(prompt)["input_ids"])
+
+
+def find_token(tokenizer, prompt: str, token: str, whole_word: bool = False) -> int:
+    """Index of the last sub-token of the only occurrence of ``token`` in ``prompt``.
+
+    Raises ``ValueError`` naming the token when it is absent or occurs more than once.
+    """
+    import re
+
+    if not token:
+        raise ValueError(f"token to find must be a non-empty string, got {token!r}")
+    pattern = (r"(?<![\w])" + re.escape(token) + r"(?![\w])") if whole_word else re.escape(token)
+    spans = [m.span() for m in re.finditer(pattern, prompt)]
+    if not spans:
+        raise ValueError(f"token {token!r} not found in prompt {prompt!r}")
+    if len(spans) > 1:
+        raise ValueError(f"token {token!r} is ambiguous: it occurs {len(spans)} times in prompt {prompt!r}; pass an int position")
+    start, end = spans[0]
+    enc = tokenizer(prompt, return_offsets_mapping=True)
+    last = None
+    for i, (s, e) in enumerate(enc["offset_mapping"]):
+        if e > s and s < end and e > start:
+            last = i
+    if last is None:
+        raise ValueError(f"token {token!r} does not map to any token of prompt {prompt!r}")
+    return last
+
+
+def resolve_position(tokenizer, prompt: str, position: int | str, n_tokens: int, whole_word: bool = False) -> int:
+    if isinstance(position, str):
+        return find_token(tokenizer, prompt, position, whole_word=whole_word)
+    if isinstance(position, bool) or not isinstance(position, int):
+        raise ValueError(f"position must be an int or a token string, got {position!r}")
+    if not -n_tokens <= position < n_tokens:
+        raise ValueError(f"position {position} out of range for prompt {prompt!r} of {n_tokens} tokens")
+    return position % n_tokens
+
+
+def check_layer(layer: Any, n: int, what: str, name: str) -> int:
+    if isinstance(layer, bool) or not isinstance(layer, int):
+        raise ValueError(f"{what} layer must be an int, got {layer!r}")
+    if not -n <= layer < n:
+        raise ValueError(f"{what} layer {layer} out of range for {name} with {n} layers (valid 0..{n - 1})")
+    return layer % n
+
+
+@dataclass(frozen=True, eq=False)
+class Row:
+    """One fully resolved patch (absolute positions and layers, token ids)."""
+
+    source_prompt: str
+    source_ids: tuple[int, ...]
+    source_position: int
+    source_layer: int
+    site: str
+    target_prompt: str
+    target_ids: tuple[int, ...]
+    target_position: int
+    target_layer: int
+    target_site: str
+    mapping: Any
+    source_token: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+def resolve(model, patches: Iterable[tuple[Source, Target, Any]], target_model=None) -> list[Row]:
+    """Validate and resolve ``(Source, Target, mapping)`` triples into :class:`Row` s."""
+    target_model = model if target_model is None else target_model
+    tok, ttok = model.tokenizer, target_model.tokenizer
+    n_src, n_tgt = num_layers(model._module.config), num_layers(target_model._module.config)
+    d_src, d_tgt = hidden_size(model._module.config), hidden_size(target_model._module.config)
+    src_name, tgt_name = model_name(model), model_name(target_model)
+    cache: dict = {}
+
+    def ids_of(t, prompt):
+        key = (id(t), prompt)
+        if key not in cache:
+            cache[key] = tuple(encode(t, prompt))
+        return cache[key]
+
+    rows = []
+    for item in patches:
+        src, tgt, f = (tuple(item) + (None,))[:3] if len(item) == 2 else item
+        f = as_mapping(f)
+        check_site(src.site)
+        tsite = check_site(tgt.site or src.site)
+        sids = ids_of(tok, src.prompt)
+        spos = resolve_position(tok, src.prompt, src.position, len(sids))
+        slayer = check_layer(src.layer, n_src, "source", src_name)
+        tlayer = check_layer(src.layer if tgt.layer is None else tgt.layer, n_tgt, "target", tgt_name)
+        tids = ids_of(ttok, tgt.prompt)
+        if tgt.position is None:
+            if not tgt.placeholder or not isinstance(tgt.placeholder, str):
+                raise ValueError(f"target needs a placeholder or a position, got placeholder={tgt.placeholder!r}")
+            try:
+                tpos = find_token(ttok, tgt.prompt, tgt.placeholder, whole_word=True)
+            except ValueError as err:
+                raise ValueError(f"target prompt {tgt.prompt!r} has no usable placeholder {tgt.placeholder!r}: {err}") from None
+        else:
+            tpos = resolve_position(ttok, tgt.prompt, tgt.position, len(tids), whole_word=True)
+        if isinstance(f, (Identity, Amplify)) and d_src != d_tgt:
+            raise ValueError(
+                f"hidden sizes differ ({src_name}: {d_src}, {tgt_name}: {d_tgt}); pass an Affine mapping or a callable"
+            )
+        if isinstance(f, Affine) and tuple(f.weight.shape) != (d_tgt, d_src):
+            raise ValueError(f"affine weight shape {tuple(f.weight.shape)} != (d_target, d_source) = {(d_tgt, d_src)}")
+        rows.append(Row(
+            src.prompt, sids, spos, slayer, src.site, tgt.prompt, tids, tpos, tlayer, tsite, f,
+            source_token=tok.decode([sids[spos]]),
+        ))
+    if not rows:
+        raise ValueError("no patches to run (empty prompt, layer, site or alpha list?)")
+    return rows
+
+
+# ------------------------------------------------------------------ the session
+
+
+def site_tensor(model, spec: ArchSpec, layer: int, site: str) -> torch.Tensor:
+    """The live tensor of ``site`` at ``layer`` inside a trace: [batch, seq, d]."""
+    block = get_path(model, spec.layers)[layer]
+    env = get_path(block, spec.site_module(site))
+    value = env.input if spec.site_is_input(site) else env.output
+    return value[0] if isinstance(value, tuple) else value
+
+
+@dataclass
+class Job:
+    """What one session runs: source reads and one batched patched forward/generate.
+
+    ``source_groups``: list of groups; a group is a list of ``(ids, reads)`` with
+    equal-length ``ids``; ``reads`` is a list of ``(key, layer, site, position)``
+    sorted in forward order. ``target_ids``: [B, T] long tensor. ``writes``: list
+    of ``(layer, site, rows, positions, row_index)`` sorted in forward order.
+    ``mappings``: per batch row, ``(key, mapping)``. ``positions``: [B] target positions.
+    """
+
+    spec: ArchSpec
+    target_spec: ArchSpec
+    source_groups: list
+    target_ids: torch.Tensor
+    writes: list
+    mappings: list
+    gen_kwargs: dict
+    positions: torch.Tensor
+    logits: bool = False
+
+
+def _build_job(model, target_model, rows: Sequence[Row], gen_kwargs: dict, logits: bool) -> Job:
+    keys: dict = {}
+    by_prompt: dict = {}
+    for r in rows:
+        key = (r.source_ids, r.source_layer, r.site, r.source_position)
+        keys.setdefault(key, len(keys))
+        by_prompt.setdefault(r.source_ids, set()).add((keys[key], r.source_layer, r.site, r.source_position))
+    groups: dict = {}
+    for ids, reads in by_prompt.items():
+        ordered = sorted(reads, key=lambda k: (k[1], SITE_ORDER[k[2]], k[3]))
+        groups.setdefault(len(ids), []).append((torch.tensor([ids]), ordered))
+    writes: dict = {}
+    for b, r in enumerate(rows):
+        writes.setdefault((r.target_layer, r.target_site), []).append((b, r.target_position))
+    write_list = []
+    for (layer, site), items in sorted(writes.items(), key=lambda kv: (kv[0][0], SITE_ORDER[kv[0][1]])):
+        b_idx = [b for b, _ in items]
+        write_list.append((layer, site, torch.tensor(b_idx), torch.tensor([p for _, p in items]), b_idx))
+    mappings = [(keys[(r.source_ids, r.source_layer, r.site, r.source_position)], r.mapping) for r in rows]
+    return Job(
+        arch_spec(model._module.config), arch_spec(target_model._module.config), list(groups.values()),
+        torch.tensor([list(r.target_ids) for r in rows]), write_list, mappings, gen_kwargs,
+        torch.tensor([r.target_position for r in rows]), logits,
+    )
+
+
+def map_vectors(vectors: dict, mappings: list) -> list:
+    """Apply each row's mapping to its source vector: list of [d_target] tensors."""
+    out = []
+    for key, f in mappings:
+        v = f(vectors[key].float())
+        if not torch.isfinite(v).all():
+            raise FloatingPointError(f"non-finite values after mapping {f!r} of source vector {key}")
+        out.append(v)
+    return out
+
+
+def write_patches(model, spec: ArchSpec, writes: list, patched: list) -> None:
+    """Inside an invoke: write every patch, one indexed assignment per (layer, site)."""
+    for layer, site, b_rows, positions, b_idx in writes:
+        t = site_tensor(model, spec, layer, site)
+        t[b_rows, positions] = torch.stack([patched[i] for i in b_idx]).to(t.dtype)
+
+
+def read_sources(model, spec: ArchSpec, reads: list, vectors: dict) -> None:
+    """Inside an invoke: store ``site[0, position]`` of every read into ``vectors``."""
+    for key, layer, site, pos in reads:
+        vectors[key] = site_tensor(model, spec, layer, site)[0, pos].detach().clone()
+
+
+def run_sources(model, job: Job, remote=False, backend=None) -> dict:
+    """Session on the source model: key -> [d] vector for every read of ``job``."""
+    with model.session(remote=remote, backend=backend):
+        vectors = {}
+        for group in job.source_groups:
+            with model.trace() as tracer:
+                for ids, reads in group:
+                    with tracer.invoke(ids):
+                        read_sources(model, job.spec, reads, vectors)
+        vectors.save()
+    return vectors
+
+
+def run_job(model, job: Job, remote=False, backend=None, vectors: dict | None = None):
+    """One session: read sources (unless ``vectors`` is given, e.g. from another
+    model), map them, patch them into the batched target prompts and generate.
+
+    Returns [B, T + new] token ids, or [B, vocab] logits at the target positions
+    when ``job.logits``.
+    """
+    with model.session(remote=remote, backend=backend):
+        if vectors is None:
+            vectors = {}
+            for group in job.source_groups:
+                with model.trace() as tracer:
+                    for ids, reads in group:
+                        with tracer.invoke(ids):
+                            read_sources(model, job.spec, reads, vectors)
+        patched = map_vectors(vectors, job.mappings)
+        if job.logits:
+            with model.trace() as tracer:
+                with tracer.invoke(job.target_ids):
+                    write_patches(model, job.target_spec, job.writes, patched)
+                    out = model.output.logits[torch.arange(len(job.positions)), job.positions].save()
+        else:
+            with model.generate(**job.gen_kwargs) as tracer:
+                with tracer.invoke(job.target_ids):
+                    write_patches(model, job.target_spec, job.writes, patched)
+                    out = tracer.result.save()
+    return out
+
+
+# ------------------------------------------------------------------ public API
+
+
+def _chunks(rows: list[Row], max_batch_size: int):
+    """Group rows by target length (no padding), then split into batches; yields index lists."""
+    by_len: dict = {}
+    for i, r in enumerate(rows):
+        by_len.setdefault(len(r.target_ids), []).append(i)
+    for idx in by_len.values():
+        for k in range(0, len(idx), max_batch_size):
+            yield idx[k:k + max_batch_size]
+
+
+def _gen_kwargs(target_model, max_new_tokens: int) -> dict:
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
+    tok = target_model.tokenizer
+    return dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id,
+                top_p=None, top_k=None, temperature=None)
+
+
+def _row_record(r: Row, new_ids: list[int], tokenizer, src_name: str, tgt_name: str) -> dict:
+    return {
+        "source_prompt": r.source_prompt, "source_position": r.source_position, "source_token": r.source_token,
+        "source_layer": r.source_layer, "site": r.site, "target_prompt": r.target_prompt,
+        "target_position": r.target_position, "target_layer": r.target_layer, "target_site": r.target_site,
+        "mapping": r.mapping.name, "alpha": float(r.mapping.alpha), "model": src_name, "target_model": tgt_name,
+        "interpretation": tokenizer.decode(new_ids, skip_special_tokens=True), "token_ids": new_ids,
+        **r.extra,
+    }
+
+
+def trim_new_tokens(ids: Sequence[int], eos_ids: set) -> list[int]:
+    """New token ids up to (not including) the first end-of-sequence token."""
+    out = []
+    for t in ids:
+        if int(t) in eos_ids:
+            break
+        out.append(int(t))
+    return out
+
+
+def _eos_ids(target_model) -> set:
+    eos = target_model._module.generation_config.eos_token_id
+    eos = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
+    if target_model.tokenizer.eos_token_id is not None:
+        eos.append(target_model.tokenizer.eos_token_id)
+    return set(eos)
+
+
+def run_rows(model, rows: list[Row], *, target_model=None, max_new_tokens: int = 10, max_batch_size: int = 64,
+             remote: bool | str = False, backend=None, progress: bool = False, on_chunk=None) -> pd.DataFrame:
+    """Run resolved rows in batched sessions; one result record per row, in input order.
+
+    ``on_chunk(records)`` is called with the records of every finished chunk (the
+    run store appends them to disk).
+    """
+    target_model = model if target_model is None else target_model
+    if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 1:
+        raise ValueError(f"max_batch_size must be an int >= 1, got {max_batch_size!r}")
+    gen = _gen_kwargs(target_model, max_new_tokens)
+    eos = _eos_ids(target_model)
+    src_name, tgt_name = model_name(model), model_name(target_model)
+    records: list = [None] * len(rows)
+    chunks = list(_chunks(rows, max_batch_size))
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(rows), desc="patching", unit="row")
+    for idx in chunks:
+        chunk = [rows[i] for i in idx]
+        job = _build_job(model, target_model, chunk, gen, logits=False)
+        vectors = run_sources(model, job, remote, backend) if target_model is not model else None
+        ids = run_job(target_model, job, remote, backend, vectors=vectors)
+        prompt_len = job.target_ids.shape[1]
+        done = []
+        for b, i in enumerate(idx):
+            new = trim_new_tokens(ids[b, prompt_len:].tolist(), eos)
+            records[i] = _row_record(rows[i], new, target_model.tokenizer, src_name, tgt_name)
+            done.append(records[i])
+        if on_chunk is not None:
+            on_chunk(done)
+        if bar is not None:
+            bar.update(len(idx))
+    if bar is not None:
+        bar.close()
+    return pd.DataFrame.from_records(records)
+
+
+def patched_logits(model, rows: list[Row], *, target_model=None, max_batch_size: int = 64,
+                   remote: bool | str = False, backend=None) -> torch.Tensor:
+    """Next-token logits at each row's target position after patching: [N, vocab], input order."""
+    target_model = model if target_model is None else target_model
+    out = [None] * len(rows)
+    for idx in _chunks(rows, max_batch_size):
+        job = _build_job(model, target_model, [rows[i] for i in idx], {}, logits=True)
+        vectors = run_sources(model, job, remote, backend) if target_model is not model else None
+        logits = run_job(target_model, job, remote, backend, vectors=vectors)
+        for b, i in enumerate(idx):
+            out[i] = logits[b]
+    return torch.stack(out)
+
+
+def patchscope(model, patches: Iterable, *, target_model=None, max_new_tokens: int = 10, max_batch_size: int = 64,
+               remote: bool | str = False, backend=None, progress: bool = False) -> pd.DataFrame:
+    """Run ``(Source, Target, mapping)`` triples; a tidy DataFrame, one row per patch.
+
+    Columns: :data:`RESULT_COLUMNS` (``interpretation`` is the decoded new text,
+    ``token_ids`` the new token ids up to the first end-of-sequence token).
+    """
+    rows = resolve(model, patches, target_model)
+    return run_rows(model, rows, target_model=target_model, max_new_tokens=max_new_tokens,
+                    max_batch_size=max_batch_size, remote=remote, backend=backend, progress=progress)
+
+
+def sweep_rows(model, prompts: Sequence[str] | str, *, layers: Iterable[int], sites: Sequence[str] = ("residual",),
+               alphas: Sequence[float] = (1.0,), token: int | str | Sequence = -1, target: Target = Target(),
+               target_layers: Iterable[int] | None = None, target_model=None, mapping=None) -> list[Row]:
+    """Resolve the grid prompts x sites x layers x target layers x alphas into rows.
+
+    ``token``: one position/token string for every prompt, or one per prompt.
+    ``target_layers``: None = same as the source layer (``target.layer`` if set).
+    ``mapping``: optional map applied before amplification (e.g. an ``Affine`` between models).
+    """
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    if not prompts:
+        raise ValueError("no source prompts given")
+    tokens = list(token) if isinstance(token, (list, tuple)) else [token] * len(prompts)
+    if len(tokens) != len(prompts):
+        raise ValueError(f"got {len(tokens)} tokens for {len(prompts)} prompts")
+    layers = list(layers)
+    alphas = list(alphas)
+    if not layers:
+        raise ValueError("empty layer list")
+    if not alphas:
+        raise ValueError("empty amplification (alpha) list")
+    for a in alphas:
+        Amplify(a)  # validates: finite and > 0
+    tls = None if target_layers is None else list(target_layers)
+    base = None if mapping is None else as_mapping(mapping)
+    patches = []
+    for prompt, tok in zip(prompts, tokens):
+        for site in sites:
+            for layer in layers:
+                for tl in (tls if tls is not None else [target.layer]):
+                    for a in alphas:
+                        f = Amplify(a) if base is None else _Compose(base, a)
+                        patches.append((Source(prompt, layer, tok, site), replace(target, layer=tl), f))
+    return resolve(model, patches, target_model)
+
+
+@dataclass(frozen=True, eq=False)
+class _Compose:
+    """alpha * base(v): an inter-model map followed by amplification."""
+
+    base: Any
+    alpha: float
+
+    @property
+    def name(self) -> str:
+        return f"{self.base.name}+amplify"
+
+    def __call__(self, v):
+        return self.base(v) * self.alpha
+
+
+def sweep(model, prompts, *, layers, sites=("residual",), alphas=(1.0,), token=-1, target: Target = Target(),
+          target_layers=None, target_model=None, mapping=None, max_new_tokens: int = 10, max_batch_size: int = 64,
+          remote: bool | str = False, backend=None, progress: bool = True) -> pd.DataFrame:
+    """The grid prompts x sites x layers (x target layers) x alphas, batched.
+
+    Returns a tidy DataFrame (:data:`RESULT_COLUMNS`), one row per grid cell.
+    """
+    rows = sweep_rows(model, prompts, layers=layers, sites=sites, alphas=alphas, token=token, target=target,
+                      target_layers=target_layers, target_model=target_model, mapping=mapping)
+    return run_rows(model, rows, target_model=target_model, max_new_tokens=max_new_tokens,
+                    max_batch_size=max_batch_size, remote=remote, backend=backend, progress=progress)
+
+
+def collect(model, prompt: str, layers: Iterable[int], sites: Sequence[str] = ("residual",), *,
+            remote: bool | str = False, backend=None) -> dict:
+    """Read whole sites on one prompt: ``{(layer, site): [seq, d] tensor}`` (no patching)."""
+    spec = arch_spec(model._module.config)
+    n = num_layers(model._module.config)
+    ids = torch.tensor([encode(model.tokenizer, prompt)])
+    reads = sorted({(check_layer(l, n, "source", model_name(model)), check_site(s)) for l in layers for s in sites},
+                   key=lambda k: (k[0], SITE_ORDER[k[1]]))
+    with model.trace(ids, remote=remote, backend=backend):
+        values = {}
+        for layer, site in reads:
+            values[(layer, site)] = site_tensor(model, spec, layer, site)[0].detach().clone()
+        values.save()
+    return values

@@ -1,0 +1,93 @@
+"""An independent Patchscope implementation with plain PyTorch forward hooks (no nnsight).
+
+Used by the tests as the reference the nnsight engine must match token for token.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from superscopes_nn.architectures import arch_spec, get_path
+
+
+def _module(hf_model, layer: int, site: str):
+    spec = arch_spec(hf_model.config)
+    block = get_path(hf_model, spec.layers)[layer]
+    return get_path(block, spec.site_module(site))
+
+
+def hf_read(hf_model, ids: list[int], layer: int, site: str) -> torch.Tensor:
+    """[seq, d] value of a site on one prompt, captured by a hook."""
+    store = {}
+    mod = _module(hf_model, layer, site)
+    if site == "mlp_in":
+        h = mod.register_forward_pre_hook(lambda m, args: store.__setitem__("v", args[0].detach().clone()))
+    else:
+        def hook(m, args, out):
+            store["v"] = (out[0] if isinstance(out, tuple) else out).detach().clone()
+
+        h = mod.register_forward_hook(hook)
+    try:
+        with torch.no_grad():
+            hf_model(torch.tensor([ids]))
+    finally:
+        h.remove()
+    return store["v"][0]
+
+
+def _patch_hook(hf_model, layer, site, pos, vec):
+    """Write ``vec`` at ``pos`` whenever the sequence length is > 1 (the prompt pass)."""
+    mod = _module(hf_model, layer, site)
+    if site == "mlp_in":
+        def pre(m, args):
+            x = args[0]
+            if x.shape[1] > 1:
+                x = x.clone()
+                x[:, pos] = vec.to(x.dtype)
+                return (x,) + tuple(args[1:])
+            return None
+
+        return mod.register_forward_pre_hook(pre)
+
+    def post(m, args, out):
+        t = out[0] if isinstance(out, tuple) else out
+        if t.shape[1] > 1:
+            t = t.clone()
+            t[:, pos] = vec.to(t.dtype)
+            return (t,) + tuple(out[1:]) if isinstance(out, tuple) else t
+        return None
+
+    return mod.register_forward_hook(post)
+
+
+def hf_patch_generate(source_model, target_model, src_ids, src_pos, src_layer, site, tgt_ids, tgt_pos, tgt_layer,
+                      f, max_new_tokens: int, tgt_site: str | None = None) -> list[int]:
+    """Patched greedy generation with hooks; returns the new token ids (trimmed at EOS)."""
+    vec = f(hf_read(source_model, src_ids, src_layer, site)[src_pos].float())
+    h = _patch_hook(target_model, tgt_layer, tgt_site or site, tgt_pos, vec)
+    try:
+        with torch.no_grad():
+            out = target_model.generate(torch.tensor([tgt_ids]), attention_mask=torch.ones(1, len(tgt_ids), dtype=torch.long),
+                                        max_new_tokens=max_new_tokens, do_sample=False,
+                                        pad_token_id=target_model.config.pad_token_id or 0,
+                                        top_p=None, top_k=None, temperature=None)
+    finally:
+        h.remove()
+    eos = target_model.generation_config.eos_token_id
+    eos = set([eos] if isinstance(eos, int) else (eos or []))
+    new = []
+    for t in out[0, len(tgt_ids):].tolist():
+        if t in eos:
+            break
+        new.append(t)
+    return new
+
+
+def hf_patch_logits(hf_model, src_ids, src_pos, src_layer, site, tgt_ids, tgt_pos, tgt_layer, f) -> torch.Tensor:
+    vec = f(hf_read(hf_model, src_ids, src_layer, site)[src_pos].float())
+    h = _patch_hook(hf_model, tgt_layer, site, tgt_pos, vec)
+    try:
+        with torch.no_grad():
+            return hf_model(torch.tensor([tgt_ids])).logits[0, tgt_pos]
+    finally:
+        h.remove()

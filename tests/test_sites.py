@@ -1,0 +1,75 @@
+"""Issue 10: a site is what a block adds to the residual stream, on every architecture."""
+
+import pytest
+import torch
+
+from superscopes_nn.architectures import arch_spec, get_path
+from superscopes_nn.patching import Source, Target, collect, patched_logits, resolve
+from superscopes_nn.testing import TINY_ARCHS, tiny_model
+
+# The pre-MLP norm of each family, written down independently of ArchSpec.
+PRE_MLP_NORM = {"llama": "post_attention_layernorm", "qwen2": "post_attention_layernorm",
+                "gemma3_text": "pre_feedforward_layernorm", "gemma2": "pre_feedforward_layernorm",
+                "gpt2": "ln_2", "gpt_neox": "post_attention_layernorm", "gptj": "ln_1"}
+PARALLEL = {"gpt_neox", "gptj"}
+PROMPT = "Alexander the Great was a king"
+
+
+@pytest.fixture(scope="module", params=TINY_ARCHS)
+def arch_model(request):
+    return request.param, tiny_model(request.param)
+
+
+def test_sites_are_residual_contributions(arch_model):
+    arch, model = arch_model
+    n = model._module.config.num_hidden_layers
+    v = collect(model, PROMPT, layers=range(n), sites=("residual", "attn_out", "mlp_in", "mlp_out"))
+    emb = collect_embeddings(model)
+    spec = arch_spec(model._module.config)
+    for layer in range(n):
+        resid_in = emb if layer == 0 else v[(layer - 1, "residual")]
+        resid_out = v[(layer, "residual")]
+        # (1) what the two blocks add is exactly the residual update
+        torch.testing.assert_close(resid_out - resid_in, v[(layer, "attn_out")] + v[(layer, "mlp_out")],
+                                   rtol=1e-4, atol=1e-4)
+        # attn_out checked on its own: the MLP input is the pre-MLP norm of the mid residual
+        norm = get_path(get_path(model._module, spec.layers)[layer], PRE_MLP_NORM[arch])
+        mid = resid_in if arch in PARALLEL else resid_in + v[(layer, "attn_out")]
+        with torch.no_grad():
+            torch.testing.assert_close(norm(mid), v[(layer, "mlp_in")], rtol=1e-4, atol=1e-4)
+
+
+def collect_embeddings(model):
+    """Input of layer 0 via a plain hook (the residual stream before any block)."""
+    spec = arch_spec(model._module.config)
+    store = {}
+    layer0 = get_path(model._module, spec.layers)[0]
+    h = layer0.register_forward_pre_hook(lambda m, args, kwargs: store.__setitem__("x", (args[0] if args else kwargs["hidden_states"]).detach().clone()), with_kwargs=True)
+    try:
+        with torch.no_grad():
+            model._module(torch.tensor([model.tokenizer(PROMPT)["input_ids"]]))
+    finally:
+        h.remove()
+    return store["x"][0]
+
+
+@pytest.mark.parametrize("site", ["mlp_out", "attn_out"])
+def test_amplification_changes_logits(arch_model, site):
+    # (2) alpha 1 vs 8 on the block's contribution gives different logits at the patched position
+    _, model = arch_model
+    for layer in (0, 2):
+        rows = resolve(model, [(Source("Pink Floyd", layer, -1, site), Target("The official currency of x"), a)
+                               for a in (1.0, 8.0)])
+        lo = patched_logits(model, rows)
+        assert (lo[0] - lo[1]).abs().max() > 1e-3, (site, layer)
+
+
+@pytest.mark.parametrize("site", ["residual", "attn_out", "mlp_in", "mlp_out"])
+def test_identity_patch_of_own_value_is_a_no_op(arch_model, site):
+    # (3) alpha 1 with the site's own value leaves the logits unchanged
+    _, model = arch_model
+    prompt = "The official currency of x"
+    rows = resolve(model, [(Source(prompt, 1, -1, site), Target(prompt), 1.0)])
+    with torch.no_grad():
+        clean = model._module(torch.tensor([model.tokenizer(prompt)["input_ids"]])).logits[0, -1]
+    torch.testing.assert_close(patched_logits(model, rows)[0], clean, rtol=1e-5, atol=1e-5)
