@@ -1,2 +1,22 @@
-"""superscopes_nn: read a language model's hidden states by letting the model describe them."""
+"""superscopes_nn: read a language model's hidden states by letting the model describe them.
+
+>>> from superscopes_nn import load_model, sweep, Target, ENTITY_PROMPT
+>>> model = load_model()                       # Gemma 3 270M, embedded, offline
+>>> df = sweep(model, "Alexander the Great", token="Great", sites=["mlp_out"],
+...            layers=range(9), alphas=[1, 3, 6, 9, 12, 15])
+"""
+
 __version__ = "0.1.0"
+
+from .architectures import SITES, arch_spec  # noqa: E402
+from .models import DEFAULT_MODEL, load_model  # noqa: E402
+from .patching import (  # noqa: E402
+    ENTITY_PROMPT, IDENTITY_PROMPT, RESULT_COLUMNS, Affine, Amplify, Fn, Identity, Source, Target, collect,
+    patched_logits, patchscope, resolve, run_rows, sweep, sweep_rows,
+)
+
+__all__ = [
+    "SITES", "arch_spec", "DEFAULT_MODEL", "load_model", "ENTITY_PROMPT", "IDENTITY_PROMPT", "RESULT_COLUMNS",
+    "Affine", "Amplify", "Fn", "Identity", "Source", "Target", "collect", "patched_logits", "patchscope",
+    "resolve", "run_rows", "sweep", "sweep_rows",
+]

@@ -359,8 +359,16 @@ def read_sources(model, spec: ArchSpec, reads: list, vectors: dict) -> None:
         vectors[key] = site_tensor(model, spec, layer, site)[0, pos].detach().clone()
 
 
+def _ship_library(remote, backend) -> None:
+    if remote or backend is not None:
+        from .remote import register
+
+        register()
+
+
 def run_sources(model, job: Job, remote=False, backend=None) -> dict:
     """Session on the source model: key -> [d] vector for every read of ``job``."""
+    _ship_library(remote, backend)
     with model.session(remote=remote, backend=backend):
         vectors = {}
         for group in job.source_groups:
@@ -379,6 +387,7 @@ def run_job(model, job: Job, remote=False, backend=None, vectors: dict | None = 
     Returns [B, T + new] token ids, or [B, vocab] logits at the target positions
     when ``job.logits``.
     """
+    _ship_library(remote, backend)
     with model.session(remote=remote, backend=backend):
         if vectors is None:
             vectors = {}
@@ -587,6 +596,7 @@ def collect(model, prompt: str, layers: Iterable[int], sites: Sequence[str] = ("
     spec = arch_spec(model._module.config)
     n = num_layers(model._module.config)
     ids = torch.tensor([encode(model.tokenizer, prompt)])
+    _ship_library(remote, backend)
     reads = sorted({(check_layer(l, n, "source", model_name(model)), check_site(s)) for l in layers for s in sites},
                    key=lambda k: (k[0], SITE_ORDER[k[1]]))
     with model.trace(ids, remote=remote, backend=backend):
