@@ -296,6 +296,8 @@ class Job:
     sorted in forward order. ``target_ids``: [B, T] long tensor. ``writes``: list
     of ``(layer, site, rows, positions, row_index)`` sorted in forward order.
     ``mappings``: per batch row, ``(key, mapping)``. ``positions``: [B] target positions.
+    ``prefix_len``: target tokens shared by every row before the first patched
+    position; when > 0 their key/value cache is computed once and reused.
     """
 
     spec: ArchSpec
@@ -307,15 +309,35 @@ class Job:
     gen_kwargs: dict
     positions: torch.Tensor
     logits: bool = False
+    prefix_len: int = 0
 
 
-def _build_job(model, target_model, rows: Sequence[Row], gen_kwargs: dict, logits: bool) -> Job:
-    keys: dict = {}
+def source_key(r: Row) -> tuple:
+    """Identity of the source vector a row reads."""
+    return (r.source_ids, r.source_layer, r.site, r.source_position)
+
+
+def shared_prefix_len(rows: Sequence[Row]) -> int:
+    """Tokens common to every row's target before the earliest patched position."""
+    first = rows[0].target_ids
+    n = min(min(len(r.target_ids) for r in rows), min(r.target_position for r in rows))
+    for r in rows[1:]:
+        k = 0
+        while k < n and r.target_ids[k] == first[k]:
+            k += 1
+        n = k
+    return n
+
+
+def _build_job(model, target_model, rows: Sequence[Row], gen_kwargs: dict, logits: bool,
+               known: Iterable = (), shared_prefix: bool = False) -> Job:
+    """Plan one session for ``rows``; source vectors whose key is in ``known`` are not re-read."""
+    known = set(known)
     by_prompt: dict = {}
     for r in rows:
-        key = (r.source_ids, r.source_layer, r.site, r.source_position)
-        keys.setdefault(key, len(keys))
-        by_prompt.setdefault(r.source_ids, set()).add((keys[key], r.source_layer, r.site, r.source_position))
+        key = source_key(r)
+        if key not in known:
+            by_prompt.setdefault(r.source_ids, set()).add((key, r.source_layer, r.site, r.source_position))
     groups: dict = {}
     for ids, reads in by_prompt.items():
         ordered = sorted(reads, key=lambda k: (k[1], SITE_ORDER[k[2]], k[3]))
@@ -327,11 +349,12 @@ def _build_job(model, target_model, rows: Sequence[Row], gen_kwargs: dict, logit
     for (layer, site), items in sorted(writes.items(), key=lambda kv: (kv[0][0], SITE_ORDER[kv[0][1]])):
         b_idx = [b for b, _ in items]
         write_list.append((layer, site, torch.tensor(b_idx), torch.tensor([p for _, p in items]), b_idx))
-    mappings = [(keys[(r.source_ids, r.source_layer, r.site, r.source_position)], r.mapping) for r in rows]
+    mappings = [(source_key(r), r.mapping) for r in rows]
+    prefix = shared_prefix_len(rows) if shared_prefix and not logits else 0
     return Job(
         arch_spec(model._module.config), arch_spec(target_model._module.config), list(groups.values()),
         torch.tensor([list(r.target_ids) for r in rows]), write_list, mappings, gen_kwargs,
-        torch.tensor([r.target_position for r in rows]), logits,
+        torch.tensor([r.target_position for r in rows]), logits, prefix,
     )
 
 
@@ -346,11 +369,20 @@ def map_vectors(vectors: dict, mappings: list) -> list:
     return out
 
 
-def write_patches(model, spec: ArchSpec, writes: list, patched: list) -> None:
-    """Inside an invoke: write every patch, one indexed assignment per (layer, site)."""
+def write_patches(model, spec: ArchSpec, writes: list, patched: list, offset: int = 0) -> None:
+    """Inside an invoke: write every patch, one indexed assignment per (layer, site).
+
+    ``offset``: tokens served from a reused KV cache (absent from the pass's tensors).
+    """
     for layer, site, b_rows, positions, b_idx in writes:
         t = site_tensor(model, spec, layer, site)
-        t[b_rows, positions] = torch.stack([patched[i] for i in b_idx]).to(t.dtype)
+        t[b_rows, positions - offset] = torch.stack([patched[i] for i in b_idx]).to(t.dtype)
+
+
+def expand_cache(cache, batch: int):
+    """Repeat a batch-1 KV cache ``batch`` times along the batch dimension (in place)."""
+    cache.batch_repeat_interleave(batch)
+    return cache
 
 
 def read_sources(model, spec: ArchSpec, reads: list, vectors: dict) -> None:
@@ -381,21 +413,21 @@ def run_sources(model, job: Job, remote=False, backend=None) -> dict:
 
 
 def run_job(model, job: Job, remote=False, backend=None, vectors: dict | None = None):
-    """One session: read sources (unless ``vectors`` is given, e.g. from another
-    model), map them, patch them into the batched target prompts and generate.
+    """One session: read the sources ``vectors`` lacks (from another model or an
+    earlier chunk), map them, patch them into the batched target prompts, generate.
 
-    Returns [B, T + new] token ids, or [B, vocab] logits at the target positions
-    when ``job.logits``.
+    Returns ``(out, vectors)``: ``out`` is [B, T + new] token ids, or [B, vocab]
+    logits at the target positions when ``job.logits``; ``vectors`` every source
+    vector used (key -> [d]).
     """
     _ship_library(remote, backend)
     with model.session(remote=remote, backend=backend):
-        if vectors is None:
-            vectors = {}
-            for group in job.source_groups:
-                with model.trace() as tracer:
-                    for ids, reads in group:
-                        with tracer.invoke(ids):
-                            read_sources(model, job.spec, reads, vectors)
+        vectors = dict(vectors or {})
+        for group in job.source_groups:
+            with model.trace() as tracer:
+                for ids, reads in group:
+                    with tracer.invoke(ids):
+                        read_sources(model, job.spec, reads, vectors)
         patched = map_vectors(vectors, job.mappings)
         if job.logits:
             with model.trace() as tracer:
@@ -403,11 +435,17 @@ def run_job(model, job: Job, remote=False, backend=None, vectors: dict | None = 
                     write_patches(model, job.target_spec, job.writes, patched)
                     out = model.output.logits[torch.arange(len(job.positions)), job.positions].save()
         else:
-            with model.generate(**job.gen_kwargs) as tracer:
+            gen_kwargs = dict(job.gen_kwargs)
+            if job.prefix_len:
+                with model.trace(job.target_ids[:1, : job.prefix_len]):
+                    cache = model.output.past_key_values
+                gen_kwargs["past_key_values"] = expand_cache(cache, len(job.target_ids))
+            with model.generate(**gen_kwargs) as tracer:
                 with tracer.invoke(job.target_ids):
-                    write_patches(model, job.target_spec, job.writes, patched)
+                    write_patches(model, job.target_spec, job.writes, patched, job.prefix_len)
                     out = tracer.result.save()
-    return out
+        vectors.save()
+    return out, vectors
 
 
 # ------------------------------------------------------------------ public API
@@ -460,62 +498,85 @@ def _eos_ids(target_model) -> set:
     return set(eos)
 
 
-def run_rows(model, rows: list[Row], *, target_model=None, max_new_tokens: int = 10, max_batch_size: int = 64,
-             remote: bool | str = False, backend=None, progress: bool = False, on_chunk=None) -> pd.DataFrame:
-    """Run resolved rows in batched sessions; one result record per row, in input order.
+def execute(model, rows: list[Row], *, target_model=None, gen_kwargs: dict | None = None, logits: bool = False,
+            max_batch_size: int = 64, shared_prefix: bool = False, remote: bool | str = False, backend=None):
+    """The generic routine: yield ``(chunk_indices, job, out)`` for every chunk of ``rows``.
 
-    ``on_chunk(records)`` is called with the records of every finished chunk (the
-    run store appends them to disk).
+    Each chunk is one session on the target model (plus one on the source model
+    when it differs). A source vector is read once per sweep: chunks reuse the
+    vectors earlier chunks read.
     """
     target_model = model if target_model is None else target_model
     if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 1:
         raise ValueError(f"max_batch_size must be an int >= 1, got {max_batch_size!r}")
+    known: dict = {}
+    for idx in _chunks(rows, max_batch_size):
+        chunk = [rows[i] for i in idx]
+        job = _build_job(model, target_model, chunk, gen_kwargs or {}, logits, known=known, shared_prefix=shared_prefix)
+        if target_model is not model:
+            if job.source_groups:
+                known.update(run_sources(model, job, remote, backend))
+            job = replace(job, source_groups=[])
+        needed = {source_key(r) for r in chunk}
+        out, used = run_job(target_model, job, remote, backend, vectors={k: known[k] for k in needed if k in known})
+        known.update(used)
+        yield idx, job, out
+
+
+def run_rows(model, rows: list[Row], *, target_model=None, max_new_tokens: int = 10, max_batch_size: int = 64,
+             shared_prefix: bool = False, remote: bool | str = False, backend=None, progress: bool = False,
+             on_chunk=None) -> pd.DataFrame:
+    """Run resolved rows in batched sessions; one result record per row, in input order.
+
+    ``shared_prefix``: compute the target tokens before the first patched position
+    once per chunk and reuse their KV cache (same token ids, less compute).
+    ``on_chunk(records)`` is called with the records of every finished chunk (the
+    run store appends them to disk).
+    """
+    target_model = model if target_model is None else target_model
     gen = _gen_kwargs(target_model, max_new_tokens)
     eos = _eos_ids(target_model)
     src_name, tgt_name = model_name(model), model_name(target_model)
     records: list = [None] * len(rows)
-    chunks = list(_chunks(rows, max_batch_size))
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(rows), desc="patching", unit="row")
-    for idx in chunks:
-        chunk = [rows[i] for i in idx]
-        job = _build_job(model, target_model, chunk, gen, logits=False)
-        vectors = run_sources(model, job, remote, backend) if target_model is not model else None
-        ids = run_job(target_model, job, remote, backend, vectors=vectors)
-        prompt_len = job.target_ids.shape[1]
-        done = []
-        for b, i in enumerate(idx):
-            new = trim_new_tokens(ids[b, prompt_len:].tolist(), eos)
-            records[i] = _row_record(rows[i], new, target_model.tokenizer, src_name, tgt_name)
-            done.append(records[i])
-        if on_chunk is not None:
-            on_chunk(done)
+    try:
+        for idx, job, ids in execute(model, rows, target_model=target_model, gen_kwargs=gen,
+                                     max_batch_size=max_batch_size, shared_prefix=shared_prefix,
+                                     remote=remote, backend=backend):
+            prompt_len = job.target_ids.shape[1]
+            done = []
+            for b, i in enumerate(idx):
+                new = trim_new_tokens(ids[b, prompt_len:].tolist(), eos)
+                records[i] = _row_record(rows[i], new, target_model.tokenizer, src_name, tgt_name)
+                done.append(records[i])
+            if on_chunk is not None:
+                on_chunk(done)
+            if bar is not None:
+                bar.update(len(idx))
+    finally:
         if bar is not None:
-            bar.update(len(idx))
-    if bar is not None:
-        bar.close()
+            bar.close()
     return pd.DataFrame.from_records(records)
 
 
 def patched_logits(model, rows: list[Row], *, target_model=None, max_batch_size: int = 64,
                    remote: bool | str = False, backend=None) -> torch.Tensor:
     """Next-token logits at each row's target position after patching: [N, vocab], input order."""
-    target_model = model if target_model is None else target_model
     out = [None] * len(rows)
-    for idx in _chunks(rows, max_batch_size):
-        job = _build_job(model, target_model, [rows[i] for i in idx], {}, logits=True)
-        vectors = run_sources(model, job, remote, backend) if target_model is not model else None
-        logits = run_job(target_model, job, remote, backend, vectors=vectors)
+    for idx, _, logits in execute(model, rows, target_model=target_model, logits=True,
+                                  max_batch_size=max_batch_size, remote=remote, backend=backend):
         for b, i in enumerate(idx):
             out[i] = logits[b]
     return torch.stack(out)
 
 
 def patchscope(model, patches: Iterable, *, target_model=None, max_new_tokens: int = 10, max_batch_size: int = 64,
-               remote: bool | str = False, backend=None, progress: bool = False) -> pd.DataFrame:
+               shared_prefix: bool = False, remote: bool | str = False, backend=None,
+               progress: bool = False) -> pd.DataFrame:
     """Run ``(Source, Target, mapping)`` triples; a tidy DataFrame, one row per patch.
 
     Columns: :data:`RESULT_COLUMNS` (``interpretation`` is the decoded new text,
@@ -523,7 +584,8 @@ def patchscope(model, patches: Iterable, *, target_model=None, max_new_tokens: i
     """
     rows = resolve(model, patches, target_model)
     return run_rows(model, rows, target_model=target_model, max_new_tokens=max_new_tokens,
-                    max_batch_size=max_batch_size, remote=remote, backend=backend, progress=progress)
+                    max_batch_size=max_batch_size, shared_prefix=shared_prefix, remote=remote, backend=backend,
+                    progress=progress)
 
 
 def sweep_rows(model, prompts: Sequence[str] | str, *, layers: Iterable[int], sites: Sequence[str] = ("residual",),
@@ -579,7 +641,7 @@ class _Compose:
 
 def sweep(model, prompts, *, layers, sites=("residual",), alphas=(1.0,), token=-1, target: Target = Target(),
           target_layers=None, target_model=None, mapping=None, max_new_tokens: int = 10, max_batch_size: int = 64,
-          remote: bool | str = False, backend=None, progress: bool = True) -> pd.DataFrame:
+          shared_prefix: bool = False, remote: bool | str = False, backend=None, progress: bool = True) -> pd.DataFrame:
     """The grid prompts x sites x layers (x target layers) x alphas, batched.
 
     Returns a tidy DataFrame (:data:`RESULT_COLUMNS`), one row per grid cell.
@@ -587,7 +649,8 @@ def sweep(model, prompts, *, layers, sites=("residual",), alphas=(1.0,), token=-
     rows = sweep_rows(model, prompts, layers=layers, sites=sites, alphas=alphas, token=token, target=target,
                       target_layers=target_layers, target_model=target_model, mapping=mapping)
     return run_rows(model, rows, target_model=target_model, max_new_tokens=max_new_tokens,
-                    max_batch_size=max_batch_size, remote=remote, backend=backend, progress=progress)
+                    max_batch_size=max_batch_size, shared_prefix=shared_prefix, remote=remote, backend=backend,
+                    progress=progress)
 
 
 def collect(model, prompt: str, layers: Iterable[int], sites: Sequence[str] = ("residual",), *,

