@@ -499,7 +499,7 @@ def _eos_ids(target_model) -> set:
 
 
 def execute(model, rows: list[Row], *, target_model=None, gen_kwargs: dict | None = None, logits: bool = False,
-            max_batch_size: int = 64, shared_prefix: bool = False, remote: bool | str = False, backend=None):
+            max_batch_size: int = 64, shared_prefix: bool = True, remote: bool | str = False, backend=None):
     """The generic routine: yield ``(chunk_indices, job, out)`` for every chunk of ``rows``.
 
     Each chunk is one session on the target model (plus one on the source model
@@ -524,7 +524,7 @@ def execute(model, rows: list[Row], *, target_model=None, gen_kwargs: dict | Non
 
 
 def run_rows(model, rows: list[Row], *, target_model=None, max_new_tokens: int = 10, max_batch_size: int = 64,
-             shared_prefix: bool = False, remote: bool | str = False, backend=None, progress: bool = False,
+             shared_prefix: bool = True, remote: bool | str = False, backend=None, progress: bool = False,
              on_chunk=None) -> pd.DataFrame:
     """Run resolved rows in batched sessions; one result record per row, in input order.
 
@@ -575,7 +575,7 @@ def patched_logits(model, rows: list[Row], *, target_model=None, max_batch_size:
 
 
 def patchscope(model, patches: Iterable, *, target_model=None, max_new_tokens: int = 10, max_batch_size: int = 64,
-               shared_prefix: bool = False, remote: bool | str = False, backend=None,
+               shared_prefix: bool = True, remote: bool | str = False, backend=None,
                progress: bool = False) -> pd.DataFrame:
     """Run ``(Source, Target, mapping)`` triples; a tidy DataFrame, one row per patch.
 
@@ -641,7 +641,7 @@ class _Compose:
 
 def sweep(model, prompts, *, layers, sites=("residual",), alphas=(1.0,), token=-1, target: Target = Target(),
           target_layers=None, target_model=None, mapping=None, max_new_tokens: int = 10, max_batch_size: int = 64,
-          shared_prefix: bool = False, remote: bool | str = False, backend=None, progress: bool = True) -> pd.DataFrame:
+          shared_prefix: bool = True, remote: bool | str = False, backend=None, progress: bool = True) -> pd.DataFrame:
     """The grid prompts x sites x layers (x target layers) x alphas, batched.
 
     Returns a tidy DataFrame (:data:`RESULT_COLUMNS`), one row per grid cell.

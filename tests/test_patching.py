@@ -102,7 +102,7 @@ def test_collect_matches_hooks(model):
 def test_shared_prefix_equals_plain_batched(model, target):
     kw = dict(layers=[0, 1, 3], sites=["residual", "mlp_out"], alphas=[1, 5], token=-1, target=target,
               max_new_tokens=6, progress=False)
-    plain = sweep(model, ["Alexander the Great", "Pink Floyd"], **kw)
+    plain = sweep(model, ["Alexander the Great", "Pink Floyd"], shared_prefix=False, **kw)
     prefix = sweep(model, ["Alexander the Great", "Pink Floyd"], shared_prefix=True, **kw)
     assert plain.token_ids.tolist() == prefix.token_ids.tolist()
     local = sweep(model, ["Pink Floyd"], shared_prefix=True, remote="local", **kw)
