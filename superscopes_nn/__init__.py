@@ -9,6 +9,7 @@
 __version__ = "0.1.0"
 
 from .architectures import SITES, arch_spec  # noqa: E402
+from .lens import lens_logits, logit_lens  # noqa: E402
 from .models import DEFAULT_MODEL, load_model  # noqa: E402
 from .patching import (  # noqa: E402
     ENTITY_PROMPT, IDENTITY_PROMPT, RESULT_COLUMNS, Affine, Amplify, Fn, Identity, Source, Target, collect,
@@ -18,5 +19,5 @@ from .patching import (  # noqa: E402
 __all__ = [
     "SITES", "arch_spec", "DEFAULT_MODEL", "load_model", "ENTITY_PROMPT", "IDENTITY_PROMPT", "RESULT_COLUMNS",
     "Affine", "Amplify", "Fn", "Identity", "Source", "Target", "collect", "patched_logits", "patchscope",
-    "resolve", "run_rows", "sweep", "sweep_rows",
+    "resolve", "run_rows", "sweep", "sweep_rows", "lens_logits", "logit_lens",
 ]

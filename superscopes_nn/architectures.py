@@ -70,7 +70,7 @@ _GEMMA = ArchSpec(
 )
 _GPT2 = ArchSpec("gpt2", "transformer.h", "transformer.ln_f", "lm_head", "attn", "mlp", "mlp")
 _NEOX = ArchSpec(
-    "gpt_neox", "gpt_neox.layers", "gpt_neox.final_layer_norm", "embed_out",
+    "gpt_neox", "gpt_neox.layers", "gpt_neox.final_layer_norm", "lm_head",
     "post_attention_dropout", "post_mlp_dropout", "mlp", parallel=True,
 )
 _GPTJ = ArchSpec("gptj", "transformer.h", "transformer.ln_f", "lm_head", "attn", "mlp", "mlp", parallel=True)

@@ -1,0 +1,58 @@
+"""The logit lens: decode a layer's hidden state with the model's own final norm and unembedding.
+
+It is the Patchscope (S, i, M, l) -> (T = S, i* = i, M* = M, l* = L - 1) that
+replaces the last layer's output at position i by h_l and reads the next-token
+distribution (``tests/test_lens.py`` checks the two agree).
+
+>>> logit_lens(model, "The Eiffel Tower is in", layers=range(18), k=3)
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import pandas as pd
+import torch
+
+from .architectures import arch_spec, get_path, num_layers
+from .patching import _ship_library, check_layer, encode, model_name, resolve_position
+
+
+def lens_logits(model, prompt: str, layers: Iterable[int], position: int | str = -1, *,
+                remote: bool | str = False, backend=None) -> torch.Tensor:
+    """[len(layers), vocab] logit-lens logits at ``position`` (final norm + unembedding of h_l)."""
+    config = model._module.config
+    spec = arch_spec(config)
+    n = num_layers(config)
+    layers = sorted({check_layer(l, n, "source", model_name(model)) for l in layers})
+    ids = encode(model.tokenizer, prompt)
+    pos = resolve_position(model.tokenizer, prompt, position, len(ids))
+    cap = getattr(config, "final_logit_softcapping", None)
+    _ship_library(remote, backend)
+    with model.trace(torch.tensor([ids]), remote=remote, backend=backend):
+        hidden = []
+        for layer in layers:
+            out = get_path(model, spec.layers)[layer].output
+            hidden.append((out[0] if isinstance(out, tuple) else out)[0, pos])
+        norm, head = get_path(model, spec.final_norm), get_path(model, spec.lm_head)
+        logits = head(norm(torch.stack(hidden)))
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        logits = logits.detach().save()
+    return logits
+
+
+def logit_lens(model, prompt: str, layers: Iterable[int] | None = None, position: int | str = -1, k: int = 1, *,
+               remote: bool | str = False, backend=None) -> pd.DataFrame:
+    """Top-``k`` logit-lens tokens per layer: columns layer, rank, token, token_id, prob."""
+    layers = list(range(num_layers(model._module.config))) if layers is None else sorted(set(layers))
+    logits = lens_logits(model, prompt, layers, position, remote=remote, backend=backend)
+    probs = logits.float().softmax(-1)
+    top = probs.topk(k, dim=-1)
+    recs = []
+    for li, layer in enumerate(layers):
+        for rank in range(k):
+            tid = int(top.indices[li, rank])
+            recs.append({"prompt": prompt, "layer": layer, "rank": rank, "token": model.tokenizer.decode([tid]),
+                         "token_id": tid, "prob": float(top.values[li, rank])})
+    return pd.DataFrame.from_records(recs)
