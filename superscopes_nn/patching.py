@@ -31,9 +31,11 @@ row alone (``tests/test_patching.py`` checks token ids against plain-HF hooks).
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable, Sequence
 
+import nnsight
 import pandas as pd
 import torch
 
@@ -48,7 +50,7 @@ IDENTITY_PROMPT = "cat -> cat\n1135 -> 1135\nhello -> hello\n?"
 RESULT_COLUMNS = [
     "source_prompt", "source_position", "source_token", "source_layer", "site",
     "target_prompt", "target_position", "target_layer", "target_site", "mapping", "alpha",
-    "model", "target_model", "interpretation", "token_ids",
+    "model", "target_model", "interpretation", "token_ids", "error",
 ]
 
 
@@ -310,6 +312,7 @@ class Job:
     positions: torch.Tensor
     logits: bool = False
     prefix_len: int = 0
+    dtype: torch.dtype = torch.float32
 
 
 def source_key(r: Row) -> tuple:
@@ -354,19 +357,25 @@ def _build_job(model, target_model, rows: Sequence[Row], gen_kwargs: dict, logit
     return Job(
         arch_spec(model._module.config), arch_spec(target_model._module.config), list(groups.values()),
         torch.tensor([list(r.target_ids) for r in rows]), write_list, mappings, gen_kwargs,
-        torch.tensor([r.target_position for r in rows]), logits, prefix,
+        torch.tensor([r.target_position for r in rows]), logits, prefix, target_model._module.dtype,
     )
 
 
-def map_vectors(vectors: dict, mappings: list) -> list:
-    """Apply each row's mapping to its source vector: list of [d_target] tensors."""
-    out = []
+def map_vectors(vectors: dict, mappings: list, dtype: torch.dtype = torch.float32) -> tuple[list, torch.Tensor]:
+    """Apply each row's mapping to its source vector.
+
+    Returns ``(patched, ok)``: a list of [d_target] tensors and a [B] bool tensor
+    that is False where the mapped vector is not finite in ``dtype`` (the model's
+    dtype: an fp16 model overflows at 65504). Such rows get a zero vector, so the
+    batch still runs, and are reported by the caller instead of their text.
+    """
+    out, ok = [], []
     for key, f in mappings:
         v = f(vectors[key].float())
-        if not torch.isfinite(v).all():
-            raise FloatingPointError(f"non-finite values after mapping {f!r} of source vector {key}")
-        out.append(v)
-    return out
+        good = bool(torch.isfinite(v.to(dtype)).all())
+        out.append(v if good else torch.zeros_like(v))
+        ok.append(good)
+    return out, torch.tensor(ok)
 
 
 def write_patches(model, spec: ArchSpec, writes: list, patched: list, offset: int = 0) -> None:
@@ -416,24 +425,28 @@ def run_job(model, job: Job, remote=False, backend=None, vectors: dict | None = 
     """One session: read the sources ``vectors`` lacks (from another model or an
     earlier chunk), map them, patch them into the batched target prompts, generate.
 
-    Returns ``(out, vectors)``: ``out`` is [B, T + new] token ids, or [B, vocab]
-    logits at the target positions when ``job.logits``; ``vectors`` every source
-    vector used (key -> [d]).
+    Returns ``(out, vectors)``: ``out`` is ``(ids [B, T + new], finite [B], mapped_ok [B])``
+    (``finite``: the patched prompt pass gave finite logits; ``mapped_ok``: the mapped
+    vector was finite in the model's dtype), or [B, vocab] logits at the target
+    positions when ``job.logits`` (NaN rows where the mapped vector was not finite);
+    ``vectors`` every source vector used (key -> [d]).
     """
     _ship_library(remote, backend)
     with model.session(remote=remote, backend=backend):
         vectors = dict(vectors or {})
         for group in job.source_groups:
             with model.trace() as tracer:
-                for ids, reads in group:
-                    with tracer.invoke(ids):
+                for src_ids, reads in group:
+                    with tracer.invoke(src_ids):
                         read_sources(model, job.spec, reads, vectors)
-        patched = map_vectors(vectors, job.mappings)
+        patched, mapped_ok = map_vectors(vectors, job.mappings, job.dtype)
         if job.logits:
             with model.trace() as tracer:
                 with tracer.invoke(job.target_ids):
                     write_patches(model, job.target_spec, job.writes, patched)
-                    out = model.output.logits[torch.arange(len(job.positions)), job.positions].save()
+                    logits = model.output.logits[torch.arange(len(job.positions)), job.positions]
+            logits[~mapped_ok] = float("nan")
+            out = logits.save()
         else:
             gen_kwargs = dict(job.gen_kwargs)
             if job.prefix_len:
@@ -443,7 +456,10 @@ def run_job(model, job: Job, remote=False, backend=None, vectors: dict | None = 
             with model.generate(**gen_kwargs) as tracer:
                 with tracer.invoke(job.target_ids):
                     write_patches(model, job.target_spec, job.writes, patched, job.prefix_len)
-                    out = tracer.result.save()
+                    head = get_path(model, job.target_spec.lm_head).output
+                    finite = torch.isfinite(head).flatten(1).all(1)
+                    ids = tracer.result
+            out = nnsight.save((ids, finite, mapped_ok))
         vectors.save()
     return out, vectors
 
@@ -499,13 +515,16 @@ def _eos_ids(target_model) -> set:
 
 
 def execute(model, rows: list[Row], *, target_model=None, gen_kwargs: dict | None = None, logits: bool = False,
-            max_batch_size: int = 64, shared_prefix: bool = True, remote: bool | str = False, backend=None):
+            max_batch_size: int = 64, shared_prefix: bool = True, remote: bool | str = False, backend=None,
+            call_chunk: Callable | None = None):
     """The generic routine: yield ``(chunk_indices, job, out)`` for every chunk of ``rows``.
 
     Each chunk is one session on the target model (plus one on the source model
     when it differs). A source vector is read once per sweep: chunks reuse the
-    vectors earlier chunks read.
+    vectors earlier chunks read. ``call_chunk(fn)`` wraps every session call (the
+    run store passes NDIF retries here).
     """
+    call = call_chunk or (lambda fn: fn())
     target_model = model if target_model is None else target_model
     if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 1:
         raise ValueError(f"max_batch_size must be an int >= 1, got {max_batch_size!r}")
@@ -515,23 +534,24 @@ def execute(model, rows: list[Row], *, target_model=None, gen_kwargs: dict | Non
         job = _build_job(model, target_model, chunk, gen_kwargs or {}, logits, known=known, shared_prefix=shared_prefix)
         if target_model is not model:
             if job.source_groups:
-                known.update(run_sources(model, job, remote, backend))
+                known.update(call(lambda: run_sources(model, job, remote, backend)))
             job = replace(job, source_groups=[])
         needed = {source_key(r) for r in chunk}
-        out, used = run_job(target_model, job, remote, backend, vectors={k: known[k] for k in needed if k in known})
+        given = {k: known[k] for k in needed if k in known}
+        out, used = call(lambda: run_job(target_model, job, remote, backend, vectors=given))
         known.update(used)
         yield idx, job, out
 
 
 def run_rows(model, rows: list[Row], *, target_model=None, max_new_tokens: int = 10, max_batch_size: int = 64,
              shared_prefix: bool = True, remote: bool | str = False, backend=None, progress: bool = False,
-             on_chunk=None) -> pd.DataFrame:
+             on_chunk=None, call_chunk=None) -> pd.DataFrame:
     """Run resolved rows in batched sessions; one result record per row, in input order.
 
     ``shared_prefix``: compute the target tokens before the first patched position
     once per chunk and reuse their KV cache (same token ids, less compute).
     ``on_chunk(records)`` is called with the records of every finished chunk (the
-    run store appends them to disk).
+    run store appends them to disk); ``call_chunk(fn)`` wraps each session call.
     """
     target_model = model if target_model is None else target_model
     gen = _gen_kwargs(target_model, max_new_tokens)
@@ -546,13 +566,24 @@ def run_rows(model, rows: list[Row], *, target_model=None, max_new_tokens: int =
     try:
         for idx, job, ids in execute(model, rows, target_model=target_model, gen_kwargs=gen,
                                      max_batch_size=max_batch_size, shared_prefix=shared_prefix,
-                                     remote=remote, backend=backend):
+                                     remote=remote, backend=backend, call_chunk=call_chunk):
+            ids, finite, mapped_ok = ids
             prompt_len = job.target_ids.shape[1]
             done = []
             for b, i in enumerate(idx):
                 new = trim_new_tokens(ids[b, prompt_len:].tolist(), eos)
-                records[i] = _row_record(rows[i], new, target_model.tokenizer, src_name, tgt_name)
-                done.append(records[i])
+                rec = _row_record(rows[i], new, target_model.tokenizer, src_name, tgt_name)
+                rec["error"] = None
+                if not bool(mapped_ok[b]):
+                    rec["error"] = f"non-finite values after amplification (in {job.dtype})"
+                elif not bool(finite[b]):
+                    rec["error"] = "non-finite logits after patching"
+                if rec["error"]:  # report the row, never its garbage text
+                    rec.update(interpretation=None, token_ids=[])
+                    warnings.warn(f"{rec['error']}: {rec['source_prompt']!r} layer {rec['source_layer']} "
+                                  f"site {rec['site']} alpha {rec['alpha']:g}; row marked in column 'error'")
+                records[i] = rec
+                done.append(rec)
             if on_chunk is not None:
                 on_chunk(done)
             if bar is not None:

@@ -30,6 +30,7 @@ retried, and a chunk that still fails raises
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -305,28 +306,12 @@ def run_sweep(model, rows: Sequence, run_dir: str | os.PathLike, config: dict, r
         host = remote_host(remote)
         if host is None and backend is not None and getattr(backend, "host", None):
             host = backend.host
-        if host is None:
-            patching.run_rows(model, pending, on_chunk=save, **run_kwargs)
-        else:
-            size = run_kwargs.get("max_batch_size", 64)
-            if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-                raise ValueError(f"max_batch_size must be an int >= 1, got {size!r}")
-            kwargs = {k: v for k, v in run_kwargs.items() if k != "progress"}
-            bar = None
-            if run_kwargs.get("progress"):
-                from tqdm.auto import tqdm
-
-                bar = tqdm(total=len(pending), desc="patching (remote)", unit="row")
-            try:
-                for idx in patching._chunks(pending, size):
-                    chunk = [pending[i] for i in idx]
-                    call_remote(lambda: patching.run_rows(model, chunk, on_chunk=save, **kwargs),
-                                retries=retries, backoff=backoff, sleep=sleep, host=host)
-                    if bar is not None:
-                        bar.update(len(chunk))
-            finally:
-                if bar is not None:
-                    bar.close()
+        call_chunk = None
+        if host is not None:
+            name = patching.model_name(run_kwargs.get("target_model") or model)
+            call_chunk = functools.partial(call_remote, retries=retries, backoff=backoff, sleep=sleep, host=host,
+                                           model=name)
+        patching.run_rows(model, pending, on_chunk=save, call_chunk=call_chunk, **run_kwargs)
 
     by_key: dict = {}
     for r in store.records():

@@ -120,3 +120,37 @@ def test_sources_read_once_per_sweep(monkeypatch):
     df = sweep(model, "Pink Floyd", layers=[0, 1, 2, 3], sites=["residual"], alphas=[1, 2, 3, 4], max_batch_size=4,
                max_new_tokens=2, progress=False)
     assert len(df) == 16 and sum(calls) == 4
+
+
+def test_non_finite_rows_are_reported_not_written():
+    """fp16: an amplified vector past 65504, or finite vectors that overflow inside the model."""
+    from superscopes_nn.testing import tiny_hf_model, wrap
+
+    hf, tok = tiny_hf_model("gpt2")
+    model = wrap(hf.half(), tok)
+    with pytest.warns(UserWarning, match="non-finite"):
+        df = sweep(model, "Pink Floyd", layers=[1], sites=["residual"], alphas=[1.0, 1e6], max_new_tokens=3,
+                   progress=False)
+    assert df.error.fillna("").tolist() == ["", "non-finite values after amplification (in torch.float16)"]
+    assert df.interpretation.isna().tolist() == [False, True] and df.token_ids.iloc[1] == []
+    v = collect(model, "Pink Floyd", layers=[1], sites=["mlp_in"])[(1, "mlp_in")][-1].float()
+    alpha = 60000.0 / v.abs().max().item()  # finite in fp16; the MLP's first linear overflows
+    with pytest.warns(UserWarning, match="non-finite logits"):
+        df = sweep(model, "Pink Floyd", layers=[1], sites=["mlp_in"], alphas=[alpha], max_new_tokens=3,
+                   progress=False)
+    assert df.error.fillna("").tolist() == ["non-finite logits after patching"]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_patches_in_model_dtype(dtype):
+    from superscopes_nn.testing import tiny_hf_model, wrap
+
+    hf, tok = tiny_hf_model("llama", seed=4)
+    model = wrap(hf.to(dtype), tok)
+    rows = sweep_rows(model, "Alexander the Great", layers=[0, 2], sites=["mlp_out", "residual"], alphas=[1, 4],
+                      target=Target(ENTITY_PROMPT))
+    df = run_rows(model, rows, max_new_tokens=4)
+    for r, got in zip(rows, df.token_ids):
+        want = hf_patch_generate(hf, hf, list(r.source_ids), r.source_position, r.source_layer, r.site,
+                                 list(r.target_ids), r.target_position, r.target_layer, r.mapping, 4)
+        assert got == want

@@ -35,7 +35,7 @@ def test_captured_request_replays_without_the_library(tmp_path, arch):
     assert proc.returncode == 0, proc.stderr[-3000:]
     replay = torch.load(tmp_path / "out.pt", weights_only=False)
     assert replay["loaded"] == []  # superscopes_nn was never imported in the replay
-    ids = replay["out"]
+    ids = replay["ids"]
     prompt_len = job.target_ids.shape[1]
     eos = {tok.eos_token_id}
     got = [[t for t in row] for row in ids[:, prompt_len:].tolist()]
