@@ -153,6 +153,8 @@ def load_model(name_or_path: str = DEFAULT_MODEL, *, dtype: torch.dtype | str = 
         raise ValueError(f"cannot load model {name!r}: {str(err).splitlines()[0]}") from err
     if device:
         hf_model.to(device)
+    if name in EMBEDDED:
+        hf_model.config._name_or_path = name  # results name the model as the user did
     return wrap(hf_model, tokenizer)
 
 
