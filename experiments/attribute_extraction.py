@@ -1,0 +1,258 @@
+"""Attribute extraction: can a subject's hidden state answer a relation question?
+
+Patchscopes (Ghandeharioun et al. 2024, Sec. 4.2) take the LRE relations
+(Hernandez et al. 2024: country -> currency, company -> CEO, fruit -> colour, ...).
+The source is the subject's last token (here the subject written alone, a neutral
+context) at layer ``l``; the target is the task's attribute prompt with ``x`` in
+place of the subject (``"The official currency of x"``), patched at layer ``l*``.
+An answer is correct when the object occurs in the generation::
+
+    from superscopes_nn import load_model
+    from experiments.attribute_extraction import lre_samples, attribute_extraction, task_summary
+    samples = lre_samples(tasks="country_currency,country_capital_city", limit=10)
+    df = attribute_extraction(load_model(), samples, layer_stride=3)
+    task_summary(df)      # per task: accuracy at the best pair, best pair per task, input-only accuracy
+
+Every (source layer, target layer) pair is tried (``layer_stride`` thins both).
+Beside it, the Li et al. (2025) input-only baseline answers the same prompt with
+the subject's text in place of ``x`` (``method == "input_only"``).
+
+The LRE TSVs are read from ``<repo>/../shared/data/patchscopes_lre`` (never copied
+into the repo). Run::
+
+    .venv/bin/python experiments/attribute_extraction.py --limit 10 --layer-stride 3 --out runs/attribute_extraction
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import pandas as pd
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from superscopes_nn.architectures import num_layers  # noqa: E402
+from superscopes_nn.patching import Source, Target, check_layer, model_name, patchscope  # noqa: E402
+
+from experiments.controls import contains, input_only  # noqa: E402
+
+LRE_ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "patchscopes_lre"
+SAMPLE_COLUMNS = ["task", "subject", "object", "target_prompt"]
+
+
+def _first(df: pd.DataFrame, *names: str) -> str:
+    for n in names:
+        if n in df.columns:
+            return n
+    raise ValueError(f"LRE table has none of the columns {names}; have {list(df.columns)}")
+
+
+def lre_samples(root: str | Path | None = None, *, tasks: str | Sequence[str] | None = None,
+                limit: int | None = None) -> pd.DataFrame:
+    """One row per (task, subject): columns task, subject, object, target_prompt.
+
+    ``tasks``: names (list or comma-separated; ``None``/``"all"`` = every task);
+    ``limit``: first ``limit`` distinct subjects per task. Reads with
+    :func:`superscopes_nn.datasets.load_lre`.
+    """
+    from superscopes_nn.datasets import load_lre
+
+    root = Path(root) if root else LRE_ROOT
+    if not root.exists():
+        raise FileNotFoundError(f"LRE data not found at {root}")
+    raw = load_lre(root)
+    if hasattr(raw, "to_pandas"):  # a datasets.Dataset
+        raw = raw.to_pandas()
+    if not isinstance(raw, pd.DataFrame):
+        raw = pd.DataFrame(raw)
+    df = pd.DataFrame({
+        "task": raw[_first(raw, "task", "relation", "task_name")],
+        "subject": raw[_first(raw, "subject")].astype(str),
+        "object": raw[_first(raw, "object")].astype(str),
+        "target_prompt": raw[_first(raw, "prompt_target", "target_prompt")].astype(str),
+    })
+    df = df.drop_duplicates(["task", "subject"]).reset_index(drop=True)
+    if isinstance(tasks, str):
+        tasks = None if tasks.strip() in ("", "all") else [t.strip() for t in tasks.split(",") if t.strip()]
+    if tasks is not None:
+        unknown = sorted(set(tasks) - set(df.task))
+        if unknown:
+            raise ValueError(f"unknown LRE tasks {unknown}; available: {', '.join(sorted(df.task.unique()))}")
+        df = df[df.task.isin(tasks)]
+    if limit is not None:
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit!r}")
+        df = df.groupby("task", sort=False).head(limit)
+    return df.reset_index(drop=True)
+
+
+def _check_samples(samples: pd.DataFrame) -> pd.DataFrame:
+    missing = set(SAMPLE_COLUMNS) - set(samples.columns)
+    if missing:
+        raise ValueError(f"samples lack columns {sorted(missing)}; have {list(samples.columns)}")
+    if samples.empty:
+        raise ValueError("no samples given")
+    bad = [p for p in samples.target_prompt.unique() if " x" not in f" {p} ".replace(",", " ")]
+    if bad:
+        raise ValueError(f"target prompt {bad[0]!r} has no placeholder 'x'")
+    return samples.reset_index(drop=True)
+
+
+def attribute_extraction(model, samples: pd.DataFrame, *, layers: Iterable[int] | None = None,
+                         target_layers: Iterable[int] | None = None, layer_stride: int = 1,
+                         baseline: bool = True, max_new_tokens: int = 20, max_batch_size: int = 64,
+                         remote: bool | str = False, progress: bool = False) -> pd.DataFrame:
+    """Patchscope attribute extraction over (source layer, target layer) pairs, plus the input-only baseline.
+
+    Steps:
+
+    1. source = the subject alone, last token, layer ``l`` (residual);
+    2. target = the task's prompt at ``x``, layer ``l*``; every pair of ``layers`` x
+       ``target_layers`` (default every ``layer_stride``-th layer); greedy generation;
+    3. if ``baseline``: input-only answers (subject text in place of ``x``);
+    4. ``correct`` = the object is a substring of the generation (case-insensitive).
+
+    Columns: method (``patchscope`` / ``input_only``), task, subject, object, target_prompt,
+    source_layer, target_layer (-1 for the baseline), interpretation, correct, model.
+    """
+    samples = _check_samples(samples)
+    if isinstance(layer_stride, bool) or not isinstance(layer_stride, int) or layer_stride < 1:
+        raise ValueError(f"layer_stride must be an int >= 1, got {layer_stride!r}")
+    n = num_layers(model._module.config)
+    name = model_name(model)
+    src = list(range(0, n, layer_stride)) if layers is None else [check_layer(l, n, "source", name) for l in layers]
+    tgt = list(src) if target_layers is None else [check_layer(l, n, "target", name) for l in target_layers]
+    if not src or not tgt:
+        raise ValueError(f"empty layer list (source {src}, target {tgt})")
+    patches, meta = [], []
+    for k, s in enumerate(samples.itertuples(index=False)):
+        for ls in src:
+            for lt in tgt:
+                patches.append((Source(s.subject, ls, -1), Target(s.target_prompt, layer=lt), None))
+                meta.append(k)
+    res = patchscope(model, patches, max_new_tokens=max_new_tokens, max_batch_size=max_batch_size, remote=remote,
+                     progress=progress)
+    rows = samples.iloc[meta].reset_index(drop=True)
+    df = pd.DataFrame({"method": "patchscope", **{c: rows[c] for c in SAMPLE_COLUMNS},
+                       "source_layer": res.source_layer, "target_layer": res.target_layer,
+                       "interpretation": res.interpretation})
+    frames = [df]
+    if baseline:
+        base = input_only(model, samples.target_prompt.tolist(), samples.subject.tolist(),
+                          max_new_tokens=max_new_tokens, max_batch_size=max_batch_size, remote=remote)
+        frames.append(pd.DataFrame({"method": "input_only", **{c: samples[c] for c in SAMPLE_COLUMNS},
+                                    "source_layer": -1, "target_layer": -1, "interpretation": base.interpretation}))
+    out = pd.concat(frames, ignore_index=True)
+    out["correct"] = [contains(t, o) for t, o in zip(out.interpretation, out.object)]
+    out["model"] = name
+    return out
+
+
+def pair_accuracy(df: pd.DataFrame) -> pd.DataFrame:
+    """Patchscope accuracy per (task, source_layer, target_layer)."""
+    ps = df[df.method == "patchscope"]
+    return ps.groupby(["task", "source_layer", "target_layer"]).correct.mean().rename("accuracy").reset_index()
+
+
+def best_pair(df: pd.DataFrame) -> tuple[int, int, float]:
+    """The (source_layer, target_layer) with the best accuracy averaged over tasks, and that accuracy."""
+    acc = pair_accuracy(df).groupby(["source_layer", "target_layer"]).accuracy.mean()
+    (ls, lt), a = acc.idxmax(), acc.max()
+    return int(ls), int(lt), float(a)
+
+
+def task_summary(df: pd.DataFrame) -> pd.DataFrame:
+    """Per task: n, accuracy at the overall best pair, the task's own best pair and accuracy
+    (an optimistic, per-task oracle), the mean over all pairs, and the input-only accuracy."""
+    acc = pair_accuracy(df)
+    ls, lt, _ = best_pair(df)
+    recs = []
+    for task, g in acc.groupby("task"):
+        top = g.loc[g.accuracy.idxmax()]
+        base = df[(df.method == "input_only") & (df.task == task)].correct
+        recs.append({
+            "task": task, "n": int(((df.method == "patchscope") & (df.task == task)).sum() // len(g)),
+            "acc_best_pair": float(g[(g.source_layer == ls) & (g.target_layer == lt)].accuracy.iloc[0]),
+            "task_best_source_layer": int(top.source_layer), "task_best_target_layer": int(top.target_layer),
+            "acc_task_best_pair": float(top.accuracy), "acc_mean_all_pairs": float(g.accuracy.mean()),
+            "input_only_acc": float(base.mean()) if len(base) else float("nan"),
+        })
+    return pd.DataFrame.from_records(recs)
+
+
+def plot(df: pd.DataFrame, summary: pd.DataFrame, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    grid = pair_accuracy(df).groupby(["source_layer", "target_layer"]).accuracy.mean().unstack("target_layer")
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    im = a1.imshow(grid.values, origin="lower", vmin=0, vmax=max(1e-9, float(grid.values.max())), cmap="viridis")
+    a1.set_xticks(range(grid.shape[1]), grid.columns)
+    a1.set_yticks(range(grid.shape[0]), grid.index)
+    a1.set_xlabel("target layer")
+    a1.set_ylabel("source layer")
+    a1.set_title("mean accuracy over tasks", fontsize=9)
+    fig.colorbar(im, ax=a1)
+    x = range(len(summary))
+    a2.bar([i - 0.2 for i in x], summary.acc_best_pair, width=0.4, label="Patchscope (best pair)")
+    a2.bar([i + 0.2 for i in x], summary.input_only_acc, width=0.4, label="input only")
+    a2.set_xticks(list(x), summary.task, rotation=45, ha="right", fontsize=7)
+    a2.set_ylim(0, 1)
+    a2.set_ylabel("accuracy")
+    a2.legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description="Attribute extraction on LRE tasks (Patchscopes Sec. 4.2).")
+    p.add_argument("--model", default=None, help="model name (default: the library default, Gemma 3 270M)")
+    p.add_argument("--limit", type=int, default=None, help="subjects per task")
+    p.add_argument("--tasks", default="all", help="comma-separated LRE task names, or 'all'")
+    p.add_argument("--layer-stride", type=int, default=1, help="every k-th layer, for source and target")
+    p.add_argument("--lre-root", default=None, help=f"folder of the LRE TSVs (default {LRE_ROOT})")
+    p.add_argument("--out", default="runs/attribute_extraction")
+    p.add_argument("--max-new-tokens", type=int, default=20)
+    p.add_argument("--remote", action="store_true")
+    args = p.parse_args(argv)
+    if args.layer_stride < 1:
+        p.error(f"--layer-stride must be >= 1, got {args.layer_stride}")
+    return args
+
+
+def main(argv=None, model=None) -> pd.DataFrame:
+    from superscopes_nn import load_model
+
+    args = parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    samples = lre_samples(args.lre_root, tasks=args.tasks, limit=args.limit)
+    model = model if model is not None else (load_model(args.model) if args.model else load_model())
+    df = attribute_extraction(model, samples, layer_stride=args.layer_stride, max_new_tokens=args.max_new_tokens,
+                              remote=args.remote, progress=True)
+    summary = task_summary(df)
+    ls, lt, acc = best_pair(df)
+    df.to_csv(out / "attribute_extraction.csv", index=False)
+    summary.to_csv(out / "attribute_extraction_summary.csv", index=False)
+    plot(df, summary, out / "attribute_extraction.png",
+         f"{model_name(model)}: LRE attribute extraction ({len(samples)} samples; best pair {ls}->{lt})")
+    print(summary.round(3).to_string(index=False))
+    base = df[df.method == "input_only"].correct.mean()
+    print(f"best pair: source layer {ls} -> target layer {lt}, mean accuracy over tasks {acc:.3f} "
+          f"(input only {base:.3f})")
+    print(f"{len(df)} rows in {time.perf_counter() - t0:.0f}s -> {out}")
+    return df
+
+
+if __name__ == "__main__":
+    main()

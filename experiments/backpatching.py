@@ -1,0 +1,362 @@
+"""Back-patching (Biran et al. 2024, "Hopping Too Late").
+
+A two-hop query ``e1 --r1--> bridge --r2--> answer`` ("The spouse of the
+performer of Imagine is") is often answered wrongly although the model knows
+both hops. The paper's explanation: the bridge entity is resolved too late in
+the layers for the second hop to use it. Back-patching tests this by reading
+the last token's hidden state at a *later* layer ``s`` and writing it into the
+same prompt at an *earlier* layer ``t < s``, giving the second hop more layers::
+
+    from superscopes_nn import load_model
+    from experiments.backpatching import backpatching, summarize
+    df = backpatching(load_model(), limit=20)
+    summarize(df)       # fixed share of wrong queries, overall and "both hops known"
+
+Run::
+
+    .venv/bin/python experiments/backpatching.py --limit 20 --out runs/backpatching
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import pandas as pd
+import torch
+
+if __package__ in (None, ""):  # run as a script: make `experiments` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from superscopes_nn.architectures import num_layers  # noqa: E402
+from superscopes_nn.patching import (  # noqa: E402
+    Source, Target, _eos_ids, _gen_kwargs, encode, model_name, patchscope, trim_new_tokens,
+)
+
+QUERY_FIELDS = ("id", "two_hop_prompt", "first_hop_prompt", "e1", "r1", "bridge", "bridge_aliases", "r2",
+                "second_hop_prompt", "answer", "answer_aliases")
+CATEGORIES = ("both_correct_composition_correct", "both_correct_composition_wrong",
+              "first_hop_wrong", "second_hop_wrong")
+"""Query classes of the paper: both hops answered correctly alone and the composition
+right / wrong; the first hop (e1 -> bridge) wrong; the first right but the second wrong."""
+
+HOP_COLUMNS = ["id", "two_hop_output", "two_hop_correct", "first_hop_output", "first_hop_correct",
+               "second_hop_output", "second_hop_correct", "category"]
+BACKPATCH_COLUMNS = ["id", "source_layer", "target_layer", "interpretation", "correct", "error",
+                     "two_hop_correct", "category"]
+
+
+# ------------------------------------------------------------------ queries and scoring
+
+
+def load_queries(queries=None, limit: int | None = None, stratify: bool = False) -> pd.DataFrame:
+    """Two-hop queries as a DataFrame with :data:`QUERY_FIELDS` (default ``load_two_hop()``).
+
+    ``queries``: None, a path to a JSONL file, a ``datasets.Dataset``, a DataFrame or a
+    list of dicts. ``limit`` keeps the first ``limit`` queries; with ``stratify`` it takes
+    them round robin over the (r1, r2) relation pairs, so a small subset covers every
+    relation pair. Duplicate ids keep the first.
+    """
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"limit must be an int >= 1, got {limit!r}")
+    if queries is None or isinstance(queries, (str, Path)):
+        try:
+            from superscopes_nn.datasets import load_two_hop
+        except ImportError:  # loader not there yet: read the JSONL directly
+            default = Path(__file__).resolve().parents[1] / "data" / "two_hop.jsonl"
+            path = Path(queries) if queries is not None else default
+            if not path.exists():
+                raise FileNotFoundError(f"two-hop file not found: {path}") from None
+            queries = pd.read_json(path, lines=True)
+        else:
+            queries = load_two_hop(queries)
+    if hasattr(queries, "to_pandas"):
+        queries = queries.to_pandas()
+    df = queries.copy() if isinstance(queries, pd.DataFrame) else pd.DataFrame([dict(q) for q in queries])
+    missing = [f for f in QUERY_FIELDS if f not in df.columns]
+    if missing:
+        raise ValueError(f"two-hop queries lack fields {missing}; have {list(df.columns)}")
+    for col in ("bridge_aliases", "answer_aliases"):
+        df[col] = [list(a) if a is not None and not isinstance(a, float) else [] for a in df[col]]
+    df = df[list(QUERY_FIELDS)].drop_duplicates("id").reset_index(drop=True)
+    if limit is not None:
+        if stratify:
+            rank = df.groupby(["r1", "r2"], sort=False).cumcount()
+            df = df.iloc[rank.sort_values(kind="stable").index]
+        df = df.head(limit).reset_index(drop=True)
+    if df.empty:
+        raise ValueError("no two-hop queries given")
+    return df
+
+
+def alias_match(text, aliases: Iterable[str]) -> bool:
+    """``superscopes_nn.scoring.alias_match`` (case-insensitive substring, aliases of length <= 1
+    ignored); a missing text (an errored row) never matches."""
+    if not isinstance(text, str):
+        return False
+    from superscopes_nn.scoring import alias_match as match
+
+    return bool(match(text, list(aliases)))
+
+
+def answer_aliases(q) -> list[str]:
+    return [q["answer"], *list(q["answer_aliases"])]
+
+
+def bridge_aliases(q) -> list[str]:
+    return [q["bridge"], *list(q["bridge_aliases"])]
+
+
+def generate_plain(model, prompts: Sequence[str], max_new_tokens: int = 10, max_batch_size: int = 64,
+                   remote: bool | str = False) -> list[str]:
+    """Greedy continuations of ``prompts`` with no patch: one nnsight ``generate`` per group of
+    equal token length (so no padding), at most ``max_batch_size`` prompts each. Input order."""
+    gen = _gen_kwargs(model, max_new_tokens)
+    if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 1:
+        raise ValueError(f"max_batch_size must be an int >= 1, got {max_batch_size!r}")
+    eos = _eos_ids(model)
+    ids = [encode(model.tokenizer, p) for p in prompts]
+    by_len: dict = {}
+    for i, t in enumerate(ids):
+        by_len.setdefault(len(t), []).append(i)
+    out: list = [None] * len(ids)
+    for n, idx in by_len.items():
+        for k in range(0, len(idx), max_batch_size):
+            chunk = idx[k:k + max_batch_size]
+            with model.generate(torch.tensor([ids[i] for i in chunk]), remote=remote, **gen) as tracer:
+                result = tracer.result.save()
+            for b, i in enumerate(chunk):
+                new = trim_new_tokens(result[b, n:].tolist(), eos)
+                out[i] = model.tokenizer.decode(new, skip_special_tokens=True)
+    return out
+
+
+def classify(first_ok: bool, second_ok: bool, two_hop_ok: bool) -> str:
+    """The paper's query class (see :data:`CATEGORIES`); a wrong first hop takes precedence."""
+    if not first_ok:
+        return "first_hop_wrong"
+    if not second_ok:
+        return "second_hop_wrong"
+    return "both_correct_composition_correct" if two_hop_ok else "both_correct_composition_wrong"
+
+
+def hop_answers(model, queries: pd.DataFrame, *, max_new_tokens: int = 10, max_batch_size: int = 64,
+                remote: bool | str = False) -> pd.DataFrame:
+    """Greedy answers to the two-hop, first-hop and second-hop prompts of every query.
+
+    Steps: one batched :func:`generate_plain` over all 3 x N prompts; the two-hop and
+    second-hop outputs are correct when they contain the answer or an alias, the
+    first-hop output when it contains the bridge or an alias; :func:`classify`.
+
+    Columns: :data:`HOP_COLUMNS` (outputs str, ``*_correct`` bool, ``category`` one of
+    :data:`CATEGORIES`), one row per query, in query order.
+    """
+    n = len(queries)
+    prompts = (queries.two_hop_prompt.tolist() + queries.first_hop_prompt.tolist()
+               + queries.second_hop_prompt.tolist())
+    texts = generate_plain(model, prompts, max_new_tokens, max_batch_size, remote)
+    rows = []
+    for i, (_, q) in enumerate(queries.iterrows()):
+        two, first, second = texts[i], texts[n + i], texts[2 * n + i]
+        ok2, ok1, okb = (alias_match(two, answer_aliases(q)), alias_match(first, bridge_aliases(q)),
+                         alias_match(second, answer_aliases(q)))
+        rows.append(dict(id=q["id"], two_hop_output=two, two_hop_correct=ok2, first_hop_output=first,
+                         first_hop_correct=ok1, second_hop_output=second, second_hop_correct=okb,
+                         category=classify(ok1, okb, ok2)))
+    return pd.DataFrame(rows, columns=HOP_COLUMNS)
+
+
+def layer_pairs(n_layers: int, layers: Iterable[int] | None = None) -> list[tuple[int, int]]:
+    """All ``(s, t)`` with ``s > t`` over ``layers`` (default every layer): L(L-1)/2 pairs."""
+    ls = list(range(n_layers)) if layers is None else sorted(set(layers))
+    bad = [l for l in ls if isinstance(l, bool) or not isinstance(l, int) or not 0 <= l < n_layers]
+    if bad:
+        raise ValueError(f"layers {bad} out of range for a model with {n_layers} layers (valid 0..{n_layers - 1})")
+    pairs = [(s, t) for s in ls for t in ls if s > t]
+    if not pairs:
+        raise ValueError(f"need at least two layers for back-patching, got {ls}")
+    return pairs
+
+
+def backpatch_patches(queries: pd.DataFrame, pairs: Sequence[tuple[int, int]]) -> list:
+    """``(Source, Target, None)`` triples: last token of the two-hop prompt, layer s -> same prompt
+    and position, layer t. Query-major, then pairs in order."""
+    for s, t in pairs:
+        if not s > t:
+            raise ValueError(f"back-patching needs source layer > target layer, got (s={s}, t={t})")
+    return [(Source(p, s, -1, "residual"), Target(p, layer=t, position=-1), None)
+            for p in queries.two_hop_prompt for s, t in pairs]
+
+
+# ------------------------------------------------------------------ the experiment
+
+
+def backpatching(model, queries=None, *, limit: int | None = None, stratify: bool = False,
+                 layers: Iterable[int] | None = None,
+                 pairs: Sequence[tuple[int, int]] | None = None, max_new_tokens: int = 10,
+                 max_batch_size: int = 64, remote: bool | str = False, progress: bool = False,
+                 hops: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Back-patch every two-hop query for every layer pair ``(s, t)``, ``s > t``.
+
+    Steps:
+
+    1. :func:`hop_answers`: greedy answers to the two-hop, first-hop and second-hop
+       prompts and the query class (skipped when ``hops`` is given);
+    2. source = the two-hop prompt's last token, residual stream after layer ``s``;
+       target = the same prompt and position, layer ``t``; greedy-generate
+       ``max_new_tokens`` tokens (prompt pass patched only), all rows batched;
+    3. a row is correct when its output contains the answer or an alias (length > 1,
+       case-insensitive).
+
+    ``pairs`` overrides ``layers`` (default: all layers, L(L-1)/2 pairs); ``limit`` and
+    ``stratify``: see :func:`load_queries`.
+
+    Columns: :data:`BACKPATCH_COLUMNS` -- ``id``, ``source_layer`` (s), ``target_layer``
+    (t), ``interpretation``, ``correct`` (bool), ``error`` (None unless the patch gave
+    non-finite values), and the query's ``two_hop_correct`` and ``category``; one row
+    per (query, s, t). The per-query hop answers are in ``df.attrs["hops"]``.
+    """
+    qs = load_queries(queries, limit, stratify)
+    n = num_layers(model._module.config)
+    pairs = layer_pairs(n, layers) if pairs is None else [tuple(p) for p in pairs]
+    for s, t in pairs:
+        for l in (s, t):
+            if isinstance(l, bool) or not isinstance(l, int) or not 0 <= l < n:
+                raise ValueError(f"layer {l!r} in pair (s={s}, t={t}) out of range for {model_name(model)} "
+                                 f"with {n} layers (valid 0..{n - 1})")
+    if hops is None:
+        hops = hop_answers(model, qs, max_new_tokens=max_new_tokens, max_batch_size=max_batch_size, remote=remote)
+    res = patchscope(model, backpatch_patches(qs, pairs), max_new_tokens=max_new_tokens,
+                     max_batch_size=max_batch_size, remote=remote, progress=progress)
+    ids = [q for q in qs.id for _ in pairs]
+    aliases = {q["id"]: answer_aliases(q) for _, q in qs.iterrows()}
+    df = pd.DataFrame({
+        "id": ids, "source_layer": res.source_layer.astype(int), "target_layer": res.target_layer.astype(int),
+        "interpretation": res.interpretation, "error": res.error,
+    })
+    df["correct"] = [alias_match(t, aliases[i]) for t, i in zip(df.interpretation, df.id)]
+    df = df.merge(hops[["id", "two_hop_correct", "category"]], on="id", how="left")[BACKPATCH_COLUMNS]
+    df.attrs["hops"] = hops
+    df.attrs["model"] = model_name(model)
+    return df
+
+
+def summarize(df: pd.DataFrame, hops: pd.DataFrame | None = None) -> dict:
+    """Counts per class and the share of wrong two-hop queries fixed by some back-patch.
+
+    Keys: ``n_queries``, ``n_rows``, ``categories`` (class -> count), ``n_wrong`` (two-hop
+    answer wrong), ``n_fixed`` / ``fix_rate`` (wrong queries with at least one correct
+    (s, t)), the same restricted to ``both_correct_composition_wrong`` (``*_both_known``),
+    ``best_pair`` (the (s, t) fixing most wrong queries) and ``best_pair_fix_rate``.
+    """
+    hops = df.attrs.get("hops") if hops is None else hops
+    if hops is None:
+        hops = df.groupby("id", sort=False)[["two_hop_correct", "category"]].first().reset_index()
+    fixed = df.groupby("id").correct.any()
+    wrong = hops[~hops.two_hop_correct.astype(bool)]
+    known = wrong[wrong.category == "both_correct_composition_wrong"]
+
+    def rate(part):
+        k = int(fixed.reindex(part.id).fillna(False).astype(bool).sum())
+        return k, (k / len(part) if len(part) else float("nan"))
+
+    n_fixed, fix_rate = rate(wrong)
+    n_fixed_known, fix_rate_known = rate(known)
+    grid = fix_rate_grid(df)
+    best = grid.stack().idxmax() if grid.notna().any().any() else None
+    return {
+        "model": df.attrs.get("model"),
+        "n_queries": int(len(hops)), "n_rows": int(len(df)),
+        "categories": {c: int((hops.category == c).sum()) for c in CATEGORIES},
+        "two_hop_accuracy": float(hops.two_hop_correct.mean()) if len(hops) else float("nan"),
+        "n_wrong": int(len(wrong)), "n_fixed": n_fixed, "fix_rate": fix_rate,
+        "n_wrong_both_known": int(len(known)), "n_fixed_both_known": n_fixed_known,
+        "fix_rate_both_known": fix_rate_known,
+        "best_pair": None if best is None else [int(best[0]), int(best[1])],
+        "best_pair_fix_rate": None if best is None else float(grid.loc[best[0], best[1]]),
+    }
+
+
+def fix_rate_grid(df: pd.DataFrame) -> pd.DataFrame:
+    """Share of the wrong two-hop queries that each (s, t) fixes: rows s, columns t
+    (NaN where s <= t or no query was wrong)."""
+    wrong = df[~df.two_hop_correct.astype(bool)]
+    layers = sorted(set(df.source_layer) | set(df.target_layer))
+    if wrong.empty:
+        return pd.DataFrame(float("nan"), index=layers, columns=layers)
+    grid = wrong.pivot_table(index="source_layer", columns="target_layer", values="correct", aggfunc="mean")
+    return grid.reindex(index=layers, columns=layers).astype(float)
+
+
+def plot_heatmap(grid: pd.DataFrame, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    im = ax.imshow(grid.values.astype(float), origin="lower", cmap="viridis", vmin=0, vmax=1, aspect="auto")
+    ax.set_xticks(range(len(grid.columns)), grid.columns)
+    ax.set_yticks(range(len(grid.index)), grid.index)
+    ax.set_xlabel("target layer t (patched into)")
+    ax.set_ylabel("source layer s (read from)")
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(im, ax=ax, label="share of wrong queries fixed")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------ script
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description="Back-patching (Biran et al. 2024) on two-hop queries.")
+    p.add_argument("--model", default=None, help="model name (default: the library default, Gemma 3 270M)")
+    p.add_argument("--data", default=None, help="two-hop JSONL (default: data/two_hop.jsonl)")
+    p.add_argument("--limit", type=int, default=None, help="first N queries")
+    p.add_argument("--stratify", action="store_true", help="with --limit: round robin over relation pairs")
+    p.add_argument("--layers", default=None, help="comma-separated layers to pair (default: all)")
+    p.add_argument("--out", default="runs/backpatching")
+    p.add_argument("--max-new-tokens", type=int, default=10)
+    p.add_argument("--max-batch-size", type=int, default=64)
+    p.add_argument("--remote", action="store_true")
+    return p.parse_args(argv)
+
+
+def main(argv=None, model=None) -> pd.DataFrame:
+    args = parse_args(argv)
+    if model is None:
+        from superscopes_nn import load_model
+
+        model = load_model(args.model, remote=args.remote) if args.model else load_model(remote=args.remote)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    layers = None if not args.layers else [int(x) for x in args.layers.split(",") if x.strip()]
+    df = backpatching(model, args.data, limit=args.limit, stratify=args.stratify, layers=layers,
+                      max_new_tokens=args.max_new_tokens,
+                      max_batch_size=args.max_batch_size, remote=args.remote, progress=True)
+    hops = df.attrs["hops"]
+    summary = summarize(df)
+    summary["seconds"] = round(time.perf_counter() - t0, 1)
+    df.to_csv(out / "backpatching.csv", index=False)
+    hops.to_csv(out / "backpatching_hops.csv", index=False)
+    (out / "backpatching_summary.json").write_text(json.dumps(summary, indent=2))
+    plot_heatmap(fix_rate_grid(df), out / "backpatching.png",
+                 f"Back-patching fix rate, {summary['model']} ({summary['n_wrong']} wrong of "
+                 f"{summary['n_queries']} queries)")
+    print(f"classes: {summary['categories']}")
+    print(f"two-hop accuracy {summary['two_hop_accuracy']:.3f}; fixed by some back-patch: "
+          f"{summary['n_fixed']}/{summary['n_wrong']} ({summary['fix_rate']:.1%}); both hops known: "
+          f"{summary['n_fixed_both_known']}/{summary['n_wrong_both_known']} ({summary['fix_rate_both_known']:.1%})")
+    print(f"{len(df)} rows in {summary['seconds']:.0f}s -> {out}")
+    return df
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,296 @@
+"""Controls for verbalizer-based interpretability (Li et al. 2025).
+
+Li et al. (2025, "Do natural language descriptions of model activations convey
+privileged information?") ask whether a Patchscope answer tells us something
+about the *source* model's hidden state, or only about the prompt text and the
+*verbalizer* (the model that generates the description). Two controls:
+
+1. **Input-only baseline** (:func:`input_only`): ask the same question from the
+   prompt text alone, with no activations: write the subject's text in place of
+   the placeholder (``"The official currency of x"`` -> ``"The official currency
+   of Japan"``) and generate plainly. A Patchscope accuracy only means something
+   beside this number. ``entity_resolution`` and ``attribute_extraction`` report
+   it next to every Patchscopes accuracy.
+
+2. **Verbalizer vs source** (:func:`verbalizer_vs_source`): decode model A's
+   states (default Gemma 3 270M, d=640) with a different model B (SmolLM2-135M,
+   d=576) through an affine map fitted on shared texts
+   (:func:`superscopes_nn.mapping.fit_affines`). For attribute questions, compare
+   the cross-model answer with each model's own input-only answer: where A and B
+   disagree (one knows the object, the other not), does the cross-model answer
+   side with B (the verbalizer's knowledge) or with A (the source)?
+
+Run::
+
+    .venv/bin/python experiments/controls.py --limit 10 --out runs/controls
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import pandas as pd
+import torch
+
+if __package__ in (None, ""):  # run as a script: make `experiments` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from superscopes_nn.architectures import num_layers  # noqa: E402
+from superscopes_nn.patching import (  # noqa: E402
+    Source, Target, _eos_ids, _gen_kwargs, encode, model_name, patchscope, trim_new_tokens,
+)
+
+DEFAULT_VERBALIZER = "smollm2-135m"
+
+
+# ------------------------------------------------------------------ input-only baseline
+
+
+def fill_placeholder(prompt: str, text: str, placeholder: str = "x") -> str:
+    """``prompt`` with its only whole-word ``placeholder`` replaced by ``text``."""
+    pattern = r"(?<![\w])" + re.escape(placeholder) + r"(?![\w])"
+    hits = len(re.findall(pattern, prompt))
+    if hits != 1:
+        raise ValueError(f"prompt {prompt!r} must contain the placeholder {placeholder!r} exactly once, found {hits}")
+    return re.sub(pattern, lambda _: text, prompt)
+
+
+def generate_plain(model, prompts: Sequence[str], max_new_tokens: int = 10, max_batch_size: int = 64,
+                   remote: bool | str = False) -> list[str]:
+    """Greedy continuations of ``prompts`` (no patching), batched by token length (no padding)."""
+    gen = _gen_kwargs(model, max_new_tokens)
+    eos = _eos_ids(model)
+    ids = [encode(model.tokenizer, p) for p in prompts]
+    by_len: dict = {}
+    for i, t in enumerate(ids):
+        by_len.setdefault(len(t), []).append(i)
+    out: list = [None] * len(prompts)
+    for n, idx in by_len.items():
+        for k in range(0, len(idx), max_batch_size):
+            chunk = idx[k:k + max_batch_size]
+            with model.generate(torch.tensor([ids[i] for i in chunk]), remote=remote, **gen) as tracer:
+                result = tracer.result.save()
+            for b, i in enumerate(chunk):
+                out[i] = model.tokenizer.decode(trim_new_tokens(result[b, n:].tolist(), eos), skip_special_tokens=True)
+    return out
+
+
+def input_only(model, target_prompts: Sequence[str] | str, subjects: Sequence[str], *, placeholder: str = "x",
+               max_new_tokens: int = 10, max_batch_size: int = 64, remote: bool | str = False) -> pd.DataFrame:
+    """The input-only baseline: answer each target prompt with the subject's *text* in place of the placeholder.
+
+    Steps: fill the placeholder of each target prompt with its subject; greedy-generate
+    ``max_new_tokens`` tokens; no activation is read or written.
+
+    Columns: ``subject``, ``target_prompt``, ``prompt`` (the filled prompt), ``model``,
+    ``interpretation`` (the generated text, comparable with a Patchscope's).
+    """
+    subjects = list(subjects)
+    prompts = [target_prompts] * len(subjects) if isinstance(target_prompts, str) else list(target_prompts)
+    if len(prompts) != len(subjects):
+        raise ValueError(f"got {len(prompts)} target prompts for {len(subjects)} subjects")
+    if not subjects:
+        raise ValueError("no subjects given")
+    filled = [fill_placeholder(p, s, placeholder) for p, s in zip(prompts, subjects)]
+    texts = generate_plain(model, filled, max_new_tokens, max_batch_size, remote)
+    return pd.DataFrame({"subject": subjects, "target_prompt": prompts, "prompt": filled,
+                         "model": model_name(model), "interpretation": texts})
+
+
+def contains(text, answer: str) -> bool:
+    """Case-insensitive substring test (the Patchscopes attribute-extraction criterion)."""
+    return isinstance(text, str) and answer.strip().lower() in text.lower()
+
+
+# ------------------------------------------------------------------ verbalizer vs source
+
+
+def default_fit_texts(limit: int | None = None) -> list[str]:
+    """Shared texts for fitting the cross-model map: ``"name: description"`` of every entity
+    plus the next-token sample sentences."""
+    from superscopes_nn.datasets import load_entities
+
+    from experiments.token_identity import load_sample
+
+    texts = [f"{e['name']}: {e['description']}" for e in _records(load_entities())]
+    texts += load_sample()
+    return texts[:limit] if limit else texts
+
+
+def _records(items) -> list[dict]:
+    if hasattr(items, "to_pandas"):  # a datasets.Dataset
+        items = items.to_pandas()
+    if isinstance(items, pd.DataFrame):
+        return items.to_dict("records")
+    return [dict(e) if not isinstance(e, dict) else e for e in items]
+
+
+def proportional_layers(source_model, target_model, source_layers: Iterable[int]) -> list[tuple[int, int]]:
+    """Pair each source layer with the target layer at the same relative depth."""
+    n_s, n_t = num_layers(source_model._module.config), num_layers(target_model._module.config)
+    return [(l % n_s, round((l % n_s) * (n_t - 1) / max(n_s - 1, 1))) for l in source_layers]
+
+
+def verbalizer_vs_source(source_model, verbalizer, samples: pd.DataFrame, *, layer_pairs: Iterable[tuple[int, int]],
+                         fit_texts: Sequence[str], ridge: float = 1.0, align: str = "span",
+                         holdout: float = 0.2, max_new_tokens: int = 10, max_batch_size: int = 64,
+                         remote: bool | str = False) -> pd.DataFrame:
+    """Cross-model attribute extraction, compared with each model's own input-only answer.
+
+    Steps:
+
+    1. for each ``(source_layer, target_layer)`` pair fit an affine map
+       source -> verbalizer on ``fit_texts`` (the last ``holdout`` fraction of the
+       texts is held out to report the map's R^2);
+    2. Patchscope: read the subject's last token (source prompt = the subject
+       itself) in ``source_model`` at ``source_layer``, map it, write it at the
+       ``x`` of the task's target prompt in ``verbalizer`` at ``target_layer``, generate;
+    3. input-only answers of both models (the subject's text in place of ``x``);
+    4. correct = the object is a substring of the answer (case-insensitive);
+       ``follows`` says whose knowledge the cross-model answer matches where the
+       two models disagree: ``verbalizer`` (cross correct = verbalizer correct !=
+       source correct), ``source`` (the reverse), ``agree`` (both models agree).
+
+    ``samples``: columns ``task``, ``subject``, ``object``, ``target_prompt``.
+    Columns: task, subject, object, target_prompt, source_layer, target_layer, r2_holdout,
+    n_fit_pairs, cross_answer, cross_correct, source_answer, source_correct,
+    verbalizer_answer, verbalizer_correct, follows, model, target_model.
+    """
+    from superscopes_nn.mapping import fit_affine_arrays, paired_states, r2_score
+
+    need = {"task", "subject", "object", "target_prompt"}
+    if missing := need - set(samples.columns):
+        raise ValueError(f"samples lack columns {sorted(missing)}; have {list(samples.columns)}")
+    if samples.empty:
+        raise ValueError("no samples given")
+    pairs = list(layer_pairs)
+    fit_texts = list(fit_texts)
+    n_hold = int(len(fit_texts) * holdout)
+    train, test = fit_texts[: len(fit_texts) - n_hold], fit_texts[len(fit_texts) - n_hold:]
+    data = paired_states(source_model, verbalizer, train, pairs, align=align, remote=remote)
+    held = paired_states(source_model, verbalizer, test, pairs, align=align, remote=remote) if len(test) >= 2 else {}
+    maps, r2, n_pairs = {}, {}, {}
+    for pair, (X, Y) in data.items():
+        maps[pair] = fit_affine_arrays(X, Y, ridge)
+        r2[pair] = r2_score(maps[pair], *held[pair]) if pair in held else float("nan")
+        n_pairs[pair] = len(X)
+
+    own_s = input_only(source_model, samples.target_prompt.tolist(), samples.subject.tolist(),
+                       max_new_tokens=max_new_tokens, max_batch_size=max_batch_size, remote=remote)
+    own_v = input_only(verbalizer, samples.target_prompt.tolist(), samples.subject.tolist(),
+                       max_new_tokens=max_new_tokens, max_batch_size=max_batch_size, remote=remote)
+    patches, meta = [], []
+    for pair, f in maps.items():
+        for k, s in enumerate(samples.itertuples(index=False)):
+            patches.append((Source(s.subject, pair[0], -1), Target(s.target_prompt, layer=pair[1]), f))
+            meta.append((k, pair))
+    cross = patchscope(source_model, patches, target_model=verbalizer, max_new_tokens=max_new_tokens,
+                       max_batch_size=max_batch_size, remote=remote)
+    recs = []
+    for (k, pair), answer in zip(meta, cross.interpretation):
+        s = samples.iloc[k]
+        src_ok, verb_ok = contains(own_s.interpretation[k], s.object), contains(own_v.interpretation[k], s.object)
+        cross_ok = contains(answer, s.object)
+        follows = "agree" if src_ok == verb_ok else ("verbalizer" if cross_ok == verb_ok else "source")
+        recs.append({
+            "task": s.task, "subject": s.subject, "object": s.object, "target_prompt": s.target_prompt,
+            "source_layer": pair[0], "target_layer": pair[1], "r2_holdout": r2[pair], "n_fit_pairs": n_pairs[pair],
+            "cross_answer": answer, "cross_correct": cross_ok,
+            "source_answer": own_s.interpretation[k], "source_correct": src_ok,
+            "verbalizer_answer": own_v.interpretation[k], "verbalizer_correct": verb_ok, "follows": follows,
+            "model": model_name(source_model), "target_model": model_name(verbalizer),
+        })
+    return pd.DataFrame.from_records(recs)
+
+
+def summarize_verbalizer(df: pd.DataFrame) -> pd.DataFrame:
+    """Per layer pair: R^2, cross-model accuracy, each model's input-only accuracy, and
+    among samples where the two models disagree the share of cross answers siding with each."""
+    def one(g):
+        dis = g[g.follows != "agree"]
+        return pd.Series({
+            "r2_holdout": g.r2_holdout.iloc[0], "n": len(g), "cross_acc": g.cross_correct.mean(),
+            "source_input_only_acc": g.source_correct.mean(), "verbalizer_input_only_acc": g.verbalizer_correct.mean(),
+            "n_disagree": len(dis),
+            "follows_verbalizer": (dis.follows == "verbalizer").mean() if len(dis) else float("nan"),
+            "follows_source": (dis.follows == "source").mean() if len(dis) else float("nan"),
+            "cross_correct_source_wrong": int((g.cross_correct & ~g.source_correct).sum()),
+        })
+    return df.groupby(["source_layer", "target_layer"]).apply(one, include_groups=False).reset_index()
+
+
+def plot_verbalizer(summary: pd.DataFrame, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    x = summary.source_layer
+    ax.plot(x, summary.cross_acc, "o-", label="cross-model Patchscope")
+    ax.axhline(summary.source_input_only_acc.iloc[0], color="C1", ls="--", label="source model, input only")
+    ax.axhline(summary.verbalizer_input_only_acc.iloc[0], color="C2", ls=":", label="verbalizer, input only")
+    ax.plot(x, summary.follows_verbalizer, "s-", color="C3", alpha=0.7, label="follows verbalizer (of disagreements)")
+    ax.set_xlabel("source layer (target layer at the same relative depth)")
+    ax.set_ylabel("fraction")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def parse_args(argv, description: str):
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--model", default=None, help="source model (default: the library default, Gemma 3 270M)")
+    p.add_argument("--verbalizer", default=DEFAULT_VERBALIZER, help="the model that decodes the mapped states")
+    p.add_argument("--limit", type=int, default=10, help="samples per LRE task")
+    p.add_argument("--tasks", default="country_capital_city,country_currency,food_from_country,"
+                   "company_ceo,fruit_outside_color,substance_phase",
+                   help="comma-separated LRE task names ('all' = every task)")
+    p.add_argument("--source-layers", default="2,5,8,11", help="comma-separated source layers")
+    p.add_argument("--fit-texts", type=int, default=0, help="number of shared texts for the map (0 = all)")
+    p.add_argument("--ridge", type=float, default=1.0)
+    p.add_argument("--lre-root", default=None, help="folder of the Patchscopes LRE TSVs")
+    p.add_argument("--out", default="runs/controls")
+    p.add_argument("--max-new-tokens", type=int, default=10)
+    p.add_argument("--remote", action="store_true")
+    return p.parse_args(argv)
+
+
+def main(argv=None, model=None, verbalizer=None) -> pd.DataFrame:
+    from superscopes_nn import load_model
+
+    from experiments.attribute_extraction import lre_samples
+
+    args = parse_args(argv, "Li et al. (2025) control: verbalizer vs source knowledge in cross-model Patchscopes.")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    model = model if model is not None else (load_model(args.model) if args.model else load_model())
+    verbalizer = verbalizer if verbalizer is not None else load_model(args.verbalizer)
+    samples = lre_samples(args.lre_root, tasks=args.tasks, limit=args.limit)
+    layers = [int(x) for x in args.source_layers.split(",") if x.strip()]
+    pairs = proportional_layers(model, verbalizer, layers)
+    df = verbalizer_vs_source(model, verbalizer, samples, layer_pairs=pairs,
+                              fit_texts=default_fit_texts(args.fit_texts or None), ridge=args.ridge,
+                              max_new_tokens=args.max_new_tokens, remote=args.remote)
+    summary = summarize_verbalizer(df)
+    df.to_csv(out / "verbalizer_vs_source.csv", index=False)
+    summary.to_csv(out / "verbalizer_vs_source_summary.csv", index=False)
+    plot_verbalizer(summary, out / "verbalizer_vs_source.png",
+                    f"{model_name(model)} states decoded by {model_name(verbalizer)} ({len(samples)} LRE samples)")
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        print(summary.round(3).to_string(index=False))
+    print(f"{len(df)} rows in {time.perf_counter() - t0:.0f}s -> {out}")
+    return df
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,197 @@
+"""Where does the bridge entity become decodable inside a two-hop prompt?
+
+In "The spouse of the performer of Imagine is" the first hop (Imagine -> John
+Lennon) should be resolved at the last token of ``e1`` ("Imagine"). We read that
+token's residual stream at every layer ``l`` of the two-hop prompt, patch it
+into the entity-description Patchscope (``ENTITY_PROMPT``, placeholder ``x``) at
+the same layer, and check whether the description names the bridge entity
+(alias match; optional embedding cosine to the bridge's name). The share of
+queries decodable per layer shows when the bridge appears (Biran et al. 2024,
+Sec. 4; Patchscopes Sec. 4.4)::
+
+    from superscopes_nn import load_model
+    from experiments.entity_resolution_bridge import bridge_resolution, summarize
+    df = bridge_resolution(load_model(), limit=20)
+    summarize(df)     # source_layer, decodable (share), cosine, n
+
+Run::
+
+    .venv/bin/python experiments/entity_resolution_bridge.py --limit 20 --out runs/bridge_resolution
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Iterable
+
+import pandas as pd
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from superscopes_nn.architectures import num_layers  # noqa: E402
+from superscopes_nn.patching import (  # noqa: E402
+    ENTITY_PROMPT, Source, Target, check_layer, find_token, model_name, patchscope,
+)
+
+from experiments.backpatching import alias_match, bridge_aliases, load_queries  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+BRIDGE_COLUMNS = ["id", "source_layer", "e1_token", "source_position", "source_token", "bridge", "interpretation",
+                  "decodable", "cosine", "error"]
+
+
+def e1_position(tokenizer, q) -> tuple[str | None, str]:
+    """The token string locating ``e1`` in the two-hop prompt: ``e1``'s last word when it occurs
+    exactly once in the prompt. Returns ``(word, "")`` or ``(None, reason)``."""
+    words = str(q["e1"]).split()
+    if not words:
+        return None, f"empty e1 {q['e1']!r}"
+    word = words[-1]
+    try:
+        find_token(tokenizer, q["two_hop_prompt"], word)
+    except ValueError as err:
+        return None, str(err)
+    return word, ""
+
+
+def bridge_resolution(model, queries=None, *, limit: int | None = None, stratify: bool = False,
+                      layers: Iterable[int] | None = None,
+                      target_prompt: str = ENTITY_PROMPT, max_new_tokens: int = 20, cosine: bool = False,
+                      max_batch_size: int = 64, remote: bool | str = False, progress: bool = False) -> pd.DataFrame:
+    """Decode the bridge entity from ``e1``'s last token of the two-hop prompt, layer by layer.
+
+    Steps:
+
+    1. per query, locate ``e1``'s last word in ``two_hop_prompt`` (:func:`e1_position`);
+       queries where it is absent or not unique are skipped, with the reason logged
+       (``df.attrs["skipped"]``: id -> reason);
+    2. source = that token (last sub-token), residual at layer ``l``; target =
+       ``target_prompt`` at ``x``, same layer ``l``; greedy ``max_new_tokens`` tokens,
+       all rows batched;
+    3. ``decodable`` = the description contains the bridge or an alias (length > 1,
+       case-insensitive); if ``cosine``: MiniLM cosine of the description to the bridge's name.
+
+    Columns: :data:`BRIDGE_COLUMNS` -- ``id``, ``source_layer``, ``e1_token`` (the word
+    located), ``source_position``/``source_token`` (the resolved token), ``bridge``,
+    ``interpretation``, ``decodable`` (bool), ``cosine`` (float, NaN when not computed),
+    ``error``; one row per (query, layer).
+    """
+    qs = load_queries(queries, limit, stratify)
+    n = num_layers(model._module.config)
+    ls = list(range(n)) if layers is None else [check_layer(l, n, "source", model_name(model)) for l in layers]
+    if not ls:
+        raise ValueError("empty layer list")
+    keep, words, skipped = [], [], {}
+    for _, q in qs.iterrows():
+        word, reason = e1_position(model.tokenizer, q)
+        if word is None:
+            log.warning("skipping query %s: %s", q["id"], reason)
+            skipped[q["id"]] = reason
+            continue
+        keep.append(q)
+        words.append(word)
+    if not keep:
+        raise ValueError(f"every query was skipped: {skipped}")
+    patches = [(Source(q["two_hop_prompt"], l, w, "residual"), Target(target_prompt, layer=l), None)
+               for q, w in zip(keep, words) for l in ls]
+    res = patchscope(model, patches, max_new_tokens=max_new_tokens, max_batch_size=max_batch_size, remote=remote,
+                     progress=progress)
+    rep = lambda xs: [x for x in xs for _ in ls]  # noqa: E731
+    df = pd.DataFrame({
+        "id": rep([q["id"] for q in keep]), "source_layer": res.source_layer.astype(int), "e1_token": rep(words),
+        "source_position": res.source_position.astype(int), "source_token": res.source_token,
+        "bridge": rep([q["bridge"] for q in keep]), "interpretation": res.interpretation, "error": res.error,
+    })
+    aliases = rep([bridge_aliases(q) for q in keep])
+    df["decodable"] = [alias_match(t, a) for t, a in zip(df.interpretation, aliases)]
+    df["cosine"] = float("nan")
+    if cosine:
+        from superscopes_nn.scoring import embedding_cosine
+
+        df["cosine"] = embedding_cosine([t or "" for t in df.interpretation], df.bridge.tolist())
+    df = df[BRIDGE_COLUMNS]
+    df.attrs["skipped"] = skipped
+    df.attrs["model"] = model_name(model)
+    return df
+
+
+def summarize(df: pd.DataFrame) -> pd.DataFrame:
+    """Per layer: ``decodable`` (share of queries), ``cosine`` (mean), ``n`` (queries).
+    Plus ``first_layer``: per query the earliest decodable layer is in :func:`first_layers`."""
+    return (df.groupby("source_layer")
+              .agg(decodable=("decodable", "mean"), cosine=("cosine", "mean"), n=("id", "nunique"))
+              .reset_index())
+
+
+def first_layers(df: pd.DataFrame) -> pd.Series:
+    """Per query id, the first layer where the bridge is decodable (NaN if never)."""
+    hit = df[df.decodable]
+    return hit.groupby("id").source_layer.min().reindex(df.id.unique())
+
+
+def plot(summary: pd.DataFrame, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    ax.plot(summary.source_layer, summary.decodable, marker="o", label="bridge decodable (alias match)")
+    if summary.cosine.notna().any():
+        ax.plot(summary.source_layer, summary.cosine, marker="s", label="cosine to bridge name")
+    ax.set_xlabel("layer (source = target)")
+    ax.set_ylabel("share of queries")
+    ax.set_ylim(0, 1)
+    ax.legend()
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description="Layer at which the bridge entity of a two-hop prompt becomes decodable.")
+    p.add_argument("--model", default=None, help="model name (default: the library default, Gemma 3 270M)")
+    p.add_argument("--data", default=None, help="two-hop JSONL (default: data/two_hop.jsonl)")
+    p.add_argument("--limit", type=int, default=None, help="first N queries")
+    p.add_argument("--stratify", action="store_true", help="with --limit: round robin over relation pairs")
+    p.add_argument("--out", default="runs/bridge_resolution")
+    p.add_argument("--max-new-tokens", type=int, default=20)
+    p.add_argument("--max-batch-size", type=int, default=64)
+    p.add_argument("--cosine", action="store_true", help="also score MiniLM cosine to the bridge name")
+    p.add_argument("--remote", action="store_true")
+    return p.parse_args(argv)
+
+
+def main(argv=None, model=None) -> pd.DataFrame:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    args = parse_args(argv)
+    if model is None:
+        from superscopes_nn import load_model
+
+        model = load_model(args.model, remote=args.remote) if args.model else load_model(remote=args.remote)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    df = bridge_resolution(model, args.data, limit=args.limit, stratify=args.stratify,
+                           max_new_tokens=args.max_new_tokens,
+                           cosine=args.cosine, max_batch_size=args.max_batch_size, remote=args.remote, progress=True)
+    summary = summarize(df)
+    df.to_csv(out / "bridge_resolution.csv", index=False)
+    summary.to_csv(out / "bridge_resolution_summary.csv", index=False)
+    plot(summary, out / "bridge_resolution.png",
+         f"Bridge entity decodable at e1's last token, {df.attrs['model']} ({df.id.nunique()} queries, "
+         f"{len(df.attrs['skipped'])} skipped)")
+    print(summary.round(3).to_string(index=False))
+    print(f"skipped {len(df.attrs['skipped'])} queries; {len(df)} rows in {time.perf_counter() - t0:.0f}s -> {out}")
+    return df
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,221 @@
+"""Multi-hop reasoning by patching (Patchscopes, Ghandeharioun et al. 2024, Sec. 4.5).
+
+A two-hop query ("The spouse of the performer of Imagine is") is split in two:
+the *first hop* is read from the model as a hidden state -- the last token of the
+first-hop prompt ("The performer of Imagine is") at source layer ``l`` -- and
+written at the placeholder of the *second hop* ("The spouse of x is") at target
+layer ``l*``; the model then generates. The query counts as solved when some
+``(l, l*)`` gives the answer (the paper's best-over-layers accuracy); the
+baselines are the plain two-hop prompt and a chain-of-thought variant
+("Let's think step by step. <two-hop prompt>")::
+
+    from superscopes_nn import load_model
+    from experiments.multihop_cot import multihop_cot, summarize
+    df = multihop_cot(load_model(), limit=20)
+    summarize(df)
+
+Run::
+
+    .venv/bin/python experiments/multihop_cot.py --limit 20 --out runs/multihop_cot
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import pandas as pd
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from superscopes_nn.architectures import num_layers  # noqa: E402
+from superscopes_nn.patching import Source, Target, model_name, patchscope  # noqa: E402
+
+from experiments.backpatching import alias_match, answer_aliases, generate_plain, load_queries  # noqa: E402
+
+COT_PREFIX = "Let's think step by step."
+METHODS = ("patchscope", "vanilla", "cot")
+COT_COLUMNS = ["id", "method", "source_layer", "target_layer", "prompt", "target_prompt", "interpretation",
+               "correct", "error"]
+
+
+def second_hop_template(q, placeholder: str = "x") -> str:
+    """The second hop with ``placeholder`` in place of the bridge: ``second_hop_prompt`` with its
+    only occurrence of the bridge replaced, else ``"The {r2} of x is"``."""
+    prompt, bridge = q["second_hop_prompt"], q["bridge"]
+    if bridge and prompt.count(bridge) == 1:
+        return prompt.replace(bridge, placeholder)
+    return f"The {q['r2']} of {placeholder} is"
+
+
+def check_pairs(pairs, n: int, name: str) -> list[tuple[int, int]]:
+    out = []
+    for p in pairs:
+        if len(tuple(p)) != 2:
+            raise ValueError(f"a layer pair must be (source_layer, target_layer), got {p!r}")
+        for l in p:
+            if isinstance(l, bool) or not isinstance(l, int) or not 0 <= l < n:
+                raise ValueError(f"layer {l!r} in pair {tuple(p)} out of range for {name} with {n} layers "
+                                 f"(valid 0..{n - 1})")
+        out.append(tuple(p))
+    if not out:
+        raise ValueError("no layer pairs given")
+    return out
+
+
+def cot_patches(queries: pd.DataFrame, pairs: Sequence[tuple[int, int]], placeholder: str = "x") -> list:
+    """``(Source, Target, None)``: first-hop prompt's last token at l -> second-hop template's
+    placeholder at l*. Query-major, then pairs in order."""
+    return [(Source(q["first_hop_prompt"], l, -1, "residual"),
+             Target(second_hop_template(q, placeholder), layer=ls, placeholder=placeholder), None)
+            for _, q in queries.iterrows() for l, ls in pairs]
+
+
+def multihop_cot(model, queries=None, *, limit: int | None = None, stratify: bool = False,
+                 layers: Iterable[int] | None = None,
+                 pairs: Sequence[tuple[int, int]] | None = None, max_new_tokens: int = 10,
+                 cot_max_new_tokens: int | None = None, baselines: bool = True, max_batch_size: int = 64,
+                 remote: bool | str = False, progress: bool = False) -> pd.DataFrame:
+    """Multi-hop Patchscope over layer pairs plus the vanilla and CoT baselines.
+
+    Steps:
+
+    1. source = ``first_hop_prompt``, last token, residual at layer ``l``;
+    2. target = :func:`second_hop_template` (``"The spouse of x is"``) at ``x``,
+       layer ``l*``; greedy-generate ``max_new_tokens`` (all rows batched);
+    3. if ``baselines``: plain generation on the two-hop prompt (``vanilla``) and on
+       ``"Let's think step by step. " + two-hop prompt`` (``cot``, ``cot_max_new_tokens``
+       tokens, default 2 x ``max_new_tokens``);
+    4. correct = the output contains the answer or an alias (length > 1, case-insensitive).
+
+    ``pairs`` (``(l, l*)``) overrides ``layers`` (default: every layer x every layer).
+
+    Columns: :data:`COT_COLUMNS` -- ``id``, ``method`` (``patchscope`` / ``vanilla`` /
+    ``cot``), ``source_layer`` and ``target_layer`` (-1 for the baselines), ``prompt``
+    (source prompt or baseline prompt), ``target_prompt`` (the template; empty for
+    baselines), ``interpretation``, ``correct`` (bool), ``error``.
+    """
+    qs = load_queries(queries, limit, stratify)
+    n = num_layers(model._module.config)
+    if pairs is None:
+        ls = list(range(n)) if layers is None else list(layers)
+        pairs = [(a, b) for a in ls for b in ls]
+    pairs = check_pairs(pairs, n, model_name(model))
+    res = patchscope(model, cot_patches(qs, pairs), max_new_tokens=max_new_tokens, max_batch_size=max_batch_size,
+                     remote=remote, progress=progress)
+    aliases = {q["id"]: answer_aliases(q) for _, q in qs.iterrows()}
+    ids = [i for i in qs.id for _ in pairs]
+    df = pd.DataFrame({"id": ids, "method": "patchscope", "source_layer": res.source_layer.astype(int),
+                       "target_layer": res.target_layer.astype(int), "prompt": res.source_prompt,
+                       "target_prompt": res.target_prompt, "interpretation": res.interpretation,
+                       "error": res.error})
+    frames = [df]
+    if baselines:
+        cot_tokens = 2 * max_new_tokens if cot_max_new_tokens is None else cot_max_new_tokens
+        for method, prompts, k in (("vanilla", qs.two_hop_prompt.tolist(), max_new_tokens),
+                                   ("cot", [f"{COT_PREFIX} {p}" for p in qs.two_hop_prompt], cot_tokens)):
+            texts = generate_plain(model, prompts, k, max_batch_size, remote)
+            frames.append(pd.DataFrame({"id": qs.id, "method": method, "source_layer": -1, "target_layer": -1,
+                                        "prompt": prompts, "target_prompt": "", "interpretation": texts,
+                                        "error": None}))
+    out = pd.concat(frames, ignore_index=True)
+    out["correct"] = [alias_match(t, aliases[i]) for t, i in zip(out.interpretation, out.id)]
+    out = out[COT_COLUMNS]
+    out.attrs["model"] = model_name(model)
+    return out
+
+
+def summarize(df: pd.DataFrame) -> pd.DataFrame:
+    """Accuracy per method over queries. ``patchscope_best_pairs``: a query is solved when any
+    (l, l*) is correct (the paper's measure); ``patchscope_best_single_pair``: the single
+    (l, l*) with the highest accuracy. Columns: ``method``, ``accuracy``, ``n_queries``, ``pair``."""
+    n_q = df.id.nunique()
+    rows = []
+    ps = df[df.method == "patchscope"]
+    if not ps.empty:
+        rows.append(dict(method="patchscope_best_pairs", accuracy=float(ps.groupby("id").correct.any().mean()),
+                         n_queries=n_q, pair=""))
+        by_pair = ps.groupby(["source_layer", "target_layer"]).correct.mean()
+        best = by_pair.idxmax()
+        rows.append(dict(method="patchscope_best_single_pair", accuracy=float(by_pair.max()), n_queries=n_q,
+                         pair=f"{best[0]},{best[1]}"))
+    for m in ("vanilla", "cot"):
+        part = df[df.method == m]
+        if not part.empty:
+            rows.append(dict(method=m, accuracy=float(part.correct.mean()), n_queries=n_q, pair=""))
+    return pd.DataFrame(rows, columns=["method", "accuracy", "n_queries", "pair"])
+
+
+def accuracy_grid(df: pd.DataFrame) -> pd.DataFrame:
+    """Patchscope accuracy per (source layer l: rows, target layer l*: columns)."""
+    ps = df[df.method == "patchscope"]
+    return ps.pivot_table(index="source_layer", columns="target_layer", values="correct", aggfunc="mean").astype(float)
+
+
+def plot(df: pd.DataFrame, summary: pd.DataFrame, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    grid = accuracy_grid(df)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.5), gridspec_kw=dict(width_ratios=[1.2, 1]))
+    im = ax1.imshow(grid.values, origin="lower", cmap="viridis", vmin=0, vmax=1, aspect="auto")
+    ax1.set_xticks(range(len(grid.columns)), grid.columns)
+    ax1.set_yticks(range(len(grid.index)), grid.index)
+    ax1.set_xlabel("target layer l* (second hop)")
+    ax1.set_ylabel("source layer l (first hop)")
+    fig.colorbar(im, ax=ax1, label="accuracy")
+    ax2.bar(summary.method, summary.accuracy, color=["C0", "C1", "C2", "C3"][: len(summary)])
+    ax2.set_ylim(0, 1)
+    ax2.set_ylabel("accuracy")
+    ax2.tick_params(axis="x", labelrotation=20)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description="Multi-hop Patchscope (first hop patched into the second) vs baselines.")
+    p.add_argument("--model", default=None, help="model name (default: the library default, Gemma 3 270M)")
+    p.add_argument("--data", default=None, help="two-hop JSONL (default: data/two_hop.jsonl)")
+    p.add_argument("--limit", type=int, default=None, help="first N queries")
+    p.add_argument("--stratify", action="store_true", help="with --limit: round robin over relation pairs")
+    p.add_argument("--layers", default=None, help="comma-separated layers for l and l* (default: all)")
+    p.add_argument("--out", default="runs/multihop_cot")
+    p.add_argument("--max-new-tokens", type=int, default=10)
+    p.add_argument("--max-batch-size", type=int, default=64)
+    p.add_argument("--remote", action="store_true")
+    return p.parse_args(argv)
+
+
+def main(argv=None, model=None) -> pd.DataFrame:
+    args = parse_args(argv)
+    if model is None:
+        from superscopes_nn import load_model
+
+        model = load_model(args.model, remote=args.remote) if args.model else load_model(remote=args.remote)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    layers = None if not args.layers else [int(x) for x in args.layers.split(",") if x.strip()]
+    df = multihop_cot(model, args.data, limit=args.limit, stratify=args.stratify, layers=layers,
+                      max_new_tokens=args.max_new_tokens,
+                      max_batch_size=args.max_batch_size, remote=args.remote, progress=True)
+    summary = summarize(df)
+    df.to_csv(out / "multihop_cot.csv", index=False)
+    summary.to_csv(out / "multihop_cot_summary.csv", index=False)
+    plot(df, summary, out / "multihop_cot.png",
+         f"Multi-hop Patchscope, {df.attrs['model']} ({df.id.nunique()} queries)")
+    print(summary.round(3).to_string(index=False))
+    print(f"{len(df)} rows in {time.perf_counter() - t0:.0f}s -> {out}")
+    return df
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,216 @@
+"""Next-token prediction from hidden states: the token-identity Patchscope vs the logit lens.
+
+Patchscopes (Ghandeharioun et al. 2024, Sec. 4.1) decode what a hidden state
+predicts as the next token by patching it into a few-shot *identity* prompt
+(``IDENTITY_PROMPT = "cat -> cat\\n1135 -> 1135\\nhello -> hello\\n?"``) at the
+``?`` and reading the target's next-token distribution there. The logit lens
+instead applies the final norm and unembedding to the state directly.
+
+Both are scored by precision@1 against the model's own next-token prediction
+(the argmax of its final logits at the same position), on every position of the
+plain sentences in ``data/next_token_sample.txt``::
+
+    from superscopes_nn import load_model
+    from experiments.token_identity import token_identity, summarize
+    df = token_identity(load_model(), limit=5)
+    summarize(df)          # method, layer, precision_at_1, n
+
+At the last layer both methods are exact by construction (the logit lens of the
+last layer *is* the model's output; patching the last layer's output at ``?``
+gives the same logits), which the tests check. The Patchscope uses
+``patched_logits`` (batched forward passes, no generation): its argmax is the
+first token a greedy generation would produce.
+
+Run::
+
+    .venv/bin/python experiments/token_identity.py --limit 10 --layer-stride 2 --out runs/token_identity
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import pandas as pd
+import torch
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from superscopes_nn.architectures import arch_spec, get_path, num_layers  # noqa: E402
+from superscopes_nn.patching import (  # noqa: E402
+    IDENTITY_PROMPT, Source, Target, check_layer, encode, model_name, patched_logits, resolve,
+)
+
+SAMPLE_PATH = Path(__file__).resolve().parents[1] / "data" / "next_token_sample.txt"
+METHODS = ("patchscope", "logit_lens")
+
+
+def load_sample(path: Path | str = SAMPLE_PATH, limit: int | None = None) -> list[str]:
+    """The sentences of the next-token sample (one per line, blank lines skipped)."""
+    lines = [ln.strip() for ln in Path(path).read_text(encoding="utf-8").splitlines() if ln.strip()]
+    if limit is not None:
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit!r}")
+        lines = lines[:limit]
+    return lines
+
+
+def source_positions(model, sentence: str, max_positions: int | None = None) -> list[int]:
+    """Positions of ``sentence`` to decode: every token except special tokens (e.g. BOS)."""
+    ids = encode(model.tokenizer, sentence)
+    special = set(model.tokenizer.all_special_ids)
+    pos = [i for i, t in enumerate(ids) if t not in special]
+    return pos[:max_positions] if max_positions else pos
+
+
+def lens_predictions(model, prompt: str, layers: Sequence[int], *, remote: bool | str = False):
+    """One forward pass: ``(lens [len(layers), seq], own [seq])`` argmax token ids.
+
+    ``lens``: logit-lens top-1 at every position (final norm + unembedding of each
+    layer's output, as :func:`superscopes_nn.lens.lens_logits`); ``own``: the model's
+    own next-token prediction. (Gemma's logit soft-capping is monotone, so argmax ignores it.)
+    """
+    spec = arch_spec(model._module.config)
+    ids = torch.tensor([encode(model.tokenizer, prompt)])
+    with model.trace(ids, remote=remote):
+        tops = []
+        for layer in layers:
+            out = get_path(model, spec.layers)[layer].output
+            h = (out[0] if isinstance(out, tuple) else out)[0]
+            logits = get_path(model, spec.lm_head)(get_path(model, spec.final_norm)(h))
+            tops.append(logits.argmax(-1))
+        lens = torch.stack(tops).save()
+        own = model.output.logits[0].argmax(-1).save()
+    return lens, own
+
+
+def token_identity(model, sentences: Sequence[str] | None = None, *, limit: int | None = None,
+                   layers: Iterable[int] | None = None, max_positions: int | None = None,
+                   target_prompt: str = IDENTITY_PROMPT, placeholder: str = "?", rows_per_call: int = 256,
+                   max_batch_size: int = 32, remote: bool | str = False) -> pd.DataFrame:
+    """Precision@1 data for the identity Patchscope and the logit lens, one row per
+    (sentence, position, layer, method).
+
+    Steps:
+
+    1. for each sentence, one traced forward pass gives the model's own next-token
+       prediction at every position and the logit-lens top-1 of every layer;
+    2. for every (position, layer), patch the layer-``l`` residual at that position into
+       ``target_prompt`` at ``placeholder``, same layer, and take the argmax of the
+       next-token logits there (``patched_logits``, batched; ``rows_per_call`` rows per
+       call bound the [rows, vocab] memory);
+    3. ``correct`` = the method's token equals the model's own prediction.
+
+    Columns: model, sentence_id, sentence, position, source_token, layer, method,
+    predicted_id, predicted_token, target_id, target_token, correct.
+    """
+    sentences = load_sample(limit=limit) if sentences is None else list(sentences)[:limit]
+    if not sentences:
+        raise ValueError("no sentences given")
+    n = num_layers(model._module.config)
+    name = model_name(model)
+    layers = list(range(n)) if layers is None else sorted({check_layer(l, n, "source", name) for l in layers})
+    if not layers:
+        raise ValueError("empty layer list")
+    tok = model.tokenizer
+    base, patches = [], []
+    for sid, sentence in enumerate(sentences):
+        lens, own = lens_predictions(model, sentence, layers, remote=remote)
+        ids = encode(tok, sentence)
+        for p in source_positions(model, sentence, max_positions):
+            for li, layer in enumerate(layers):
+                common = {"model": name, "sentence_id": sid, "sentence": sentence, "position": p,
+                          "source_token": tok.decode([ids[p]]), "layer": layer, "target_id": int(own[p])}
+                base.append({**common, "method": "logit_lens", "predicted_id": int(lens[li, p])})
+                patches.append((Source(sentence, layer, p), Target(target_prompt, layer=layer, placeholder=placeholder),
+                                None))
+                base.append({**common, "method": "patchscope", "predicted_id": None})
+    rows = resolve(model, patches)
+    preds = []
+    for k in range(0, len(rows), rows_per_call):
+        logits = patched_logits(model, rows[k:k + rows_per_call], max_batch_size=max_batch_size, remote=remote)
+        preds.extend(logits.argmax(-1).tolist())
+    it = iter(preds)
+    for rec in base:
+        if rec["method"] == "patchscope":
+            rec["predicted_id"] = int(next(it))
+    df = pd.DataFrame.from_records(base)
+    df["predicted_token"] = [tok.decode([i]) for i in df.predicted_id]
+    df["target_token"] = [tok.decode([i]) for i in df.target_id]
+    df["correct"] = df.predicted_id == df.target_id
+    return df
+
+
+def summarize(df: pd.DataFrame) -> pd.DataFrame:
+    """Precision@1 per (method, layer): columns method, layer, precision_at_1, n."""
+    return (df.groupby(["method", "layer"]).correct.agg(precision_at_1="mean", n="size").reset_index())
+
+
+def plot(summary: pd.DataFrame, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for method, g in summary.groupby("method"):
+        ax.plot(g.layer, g.precision_at_1, "o-", label=method.replace("_", " "))
+    ax.set_xlabel("layer")
+    ax.set_ylabel("precision@1 vs the model's own next token")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(title, fontsize=9)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description="Token identity Patchscope vs logit lens (next-token precision@1).")
+    p.add_argument("--model", default=None, help="model name (default: the library default, Gemma 3 270M)")
+    p.add_argument("--limit", type=int, default=None, help="number of sample sentences")
+    p.add_argument("--layer-stride", type=int, default=1, help="decode every k-th layer (the last layer always)")
+    p.add_argument("--max-positions", type=int, default=None, help="positions per sentence (default all)")
+    p.add_argument("--out", default="runs/token_identity")
+    p.add_argument("--max-new-tokens", type=int, default=1,
+                   help="unused: the Patchscope reads the first token from patched logits")
+    p.add_argument("--remote", action="store_true")
+    args = p.parse_args(argv)
+    if args.layer_stride < 1:
+        p.error(f"--layer-stride must be >= 1, got {args.layer_stride}")
+    return args
+
+
+def strided_layers(n: int, stride: int) -> list[int]:
+    """Every ``stride``-th layer of ``n``, always including the last."""
+    return sorted(set(range(0, n, stride)) | {n - 1})
+
+
+def main(argv=None, model=None) -> pd.DataFrame:
+    from superscopes_nn import load_model
+
+    args = parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    model = model if model is not None else (load_model(args.model) if args.model else load_model())
+    layers = strided_layers(num_layers(model._module.config), args.layer_stride)
+    df = token_identity(model, limit=args.limit, layers=layers, max_positions=args.max_positions,
+                        remote=args.remote)
+    summary = summarize(df)
+    df.to_csv(out / "token_identity.csv", index=False)
+    summary.to_csv(out / "token_identity_summary.csv", index=False)
+    n_pos = df[["sentence_id", "position"]].drop_duplicates().shape[0]
+    plot(summary, out / "token_identity.png", f"{model_name(model)}: next-token precision@1 ({n_pos} positions)")
+    wide = summary.pivot(index="layer", columns="method", values="precision_at_1")
+    print(wide.round(3).to_string())
+    print(f"{n_pos} positions x {len(layers)} layers in {time.perf_counter() - t0:.0f}s -> {out}")
+    return df
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,415 @@
+"""Probe sets for Patchscopes / Superscopes experiments, as Hugging Face ``datasets``.
+
+Every loader validates its input and fails fast: a missing file is a
+FileNotFoundError naming the path, a missing column a ValueError naming the
+column and the columns found, an empty file a ValueError naming the file.
+
+The project's own data (``<repo>/data``)::
+
+    >>> from superscopes_nn.datasets import load_entities, load_two_hop
+    >>> ents = load_entities()        # name, type, description, aliases
+    >>> ents[0]["name"]
+    'Alexander the Great'
+    >>> hops = load_two_hop()         # id, two_hop_prompt, ..., answer, answer_aliases
+
+Published sets, read from files you obtain yourself::
+
+    >>> htl = load_hopping_too_late_csv("two_hop.csv")                 # doctest: +SKIP
+    >>> lre = load_lre("../shared/data/patchscopes_lre", kind="factual",
+    ...                relations=["country_capital_city"])             # doctest: +SKIP
+    >>> popqa = load_popqa("test")          # needs the HF hub or cache # doctest: +SKIP
+    >>> fig3 = load_fig3_prompts()          # [(prompt, paper_last_token), ...]
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+import datasets
+import pandas as pd
+
+__all__ = [
+    "DATA_DIR",
+    "SHARED_DATA_DIR",
+    "ENTITY_FIELDS",
+    "TWO_HOP_FIELDS",
+    "LRE_KINDS",
+    "load_entities",
+    "load_two_hop",
+    "load_hopping_too_late_csv",
+    "load_lre",
+    "parse_popqa_rows",
+    "load_popqa",
+    "load_fig3_prompts",
+]
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DATA_DIR = REPO_ROOT / "data"
+SHARED_DATA_DIR = REPO_ROOT.parent / "shared" / "data"
+
+_STR = datasets.Value("string")
+_STR_LIST = datasets.List(datasets.Value("string"))
+
+ENTITY_FIELDS = {"name": _STR, "type": _STR, "description": _STR, "aliases": _STR_LIST}
+TWO_HOP_FIELDS = {
+    "id": _STR,
+    "two_hop_prompt": _STR,
+    "first_hop_prompt": _STR,
+    "e1": _STR,
+    "r1": _STR,
+    "bridge": _STR,
+    "bridge_aliases": _STR_LIST,
+    "r2": _STR,
+    "second_hop_prompt": _STR,
+    "answer": _STR,
+    "answer_aliases": _STR_LIST,
+}
+LRE_KINDS = ("factual", "commonsense")
+
+
+# --------------------------------------------------------------------------- shared helpers
+
+
+def _existing_file(path: str | Path, what: str, hint: str = "") -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} file not found: {path}" + (f"; {hint}" if hint else ""))
+    return path
+
+
+def _check_columns(found: Sequence[str], required: Iterable[str], source: object) -> None:
+    for col in required:
+        if col not in found:
+            raise ValueError(f"column {col!r} not found in {source}; columns are {list(found)}")
+
+
+def _to_dataset(rows: list[dict], fields: Mapping[str, object], source: object) -> datasets.Dataset:
+    if not rows:
+        raise ValueError(f"no rows in {source}: the set is empty")
+    return datasets.Dataset.from_list(
+        [{k: row[k] for k in fields} for row in rows], features=datasets.Features(dict(fields))
+    )
+
+
+def _check_types(row: dict, fields: Mapping[str, object], where: str) -> None:
+    for key, feature in fields.items():
+        value = row[key]
+        if feature is _STR_LIST:
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ValueError(f"field {key!r} at {where} must be a list of strings, got {value!r}")
+        elif not isinstance(value, str) or not value.strip():
+            raise ValueError(f"field {key!r} at {where} must be a non-empty string, got {value!r}")
+
+
+def _read_jsonl(path: Path, fields: Mapping[str, object]) -> list[dict]:
+    """Parse a JSON Lines file; every object must hold every key of ``fields`` with the right type."""
+    rows = []
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"invalid JSON at {where}: {e.msg}: {line.strip()[:80]!r}") from e
+            if not isinstance(row, dict):
+                raise ValueError(f"line {where} is not a JSON object: {line.strip()[:80]!r}")
+            _check_columns(list(row), fields, where)
+            _check_types(row, fields, where)
+            rows.append(row)
+    return rows
+
+
+def _parse_list(value: object, where: str) -> list[str]:
+    """An alias list stored as a JSON or Python list literal ('["a", "b"]' or "['a', 'b']").
+
+    Missing values (NaN, '') give []; a bare string that is not a list literal
+    gives a one-element list.
+    """
+    if isinstance(value, list):
+        items = value
+    elif value is None or (isinstance(value, float) and pd.isna(value)) or str(value).strip() == "":
+        return []
+    else:
+        text = str(value).strip()
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError:
+            try:
+                items = ast.literal_eval(text)
+            except (ValueError, SyntaxError):
+                if text.startswith(("[", "(", "{")):
+                    raise ValueError(f"cannot parse the list {text!r} at {where}") from None
+                items = [text]
+        if isinstance(items, str):
+            items = [items]
+    if not isinstance(items, (list, tuple)) or not all(isinstance(v, str) for v in items):
+        raise ValueError(f"expected a list of strings at {where}, got {value!r}")
+    return list(items)
+
+
+# --------------------------------------------------------------------------- project data
+
+
+def load_entities(path: str | Path | None = None) -> datasets.Dataset:
+    """Entities for entity-description Patchscopes, from ``<repo>/data/entities.jsonl``.
+
+    Columns: ``name`` (str), ``type`` (str), ``description`` (str),
+    ``aliases`` (list[str], may be empty). One row per JSON line.
+    """
+    path = _existing_file(DATA_DIR / "entities.jsonl" if path is None else path, "entities")
+    return _to_dataset(_read_jsonl(path, ENTITY_FIELDS), ENTITY_FIELDS, path)
+
+
+def load_two_hop(path: str | Path | None = None) -> datasets.Dataset:
+    """Two-hop queries ``e1 --r1--> bridge --r2--> answer``, from ``<repo>/data/two_hop.jsonl``.
+
+    Columns (all str except the two alias lists, list[str]): id,
+    two_hop_prompt, first_hop_prompt, e1, r1, bridge, bridge_aliases, r2,
+    second_hop_prompt, answer, answer_aliases.
+    """
+    path = _existing_file(DATA_DIR / "two_hop.jsonl" if path is None else path, "two-hop")
+    return _to_dataset(_read_jsonl(path, TWO_HOP_FIELDS), TWO_HOP_FIELDS, path)
+
+
+# --------------------------------------------------------------------------- Hopping Too Late
+
+HTL_REQUIRED = ("e1_label", "r1_template", "r2_template", "e2_label", "e3_label", "e2_aliases", "e3_aliases")
+"""Columns the Hopping Too Late CSV must have (Biran et al., 2024; the file is not bundled)."""
+
+
+def _fill(template: str, value: str, where: str) -> str:
+    if template.count("{}") != 1:
+        raise ValueError(f"template {template!r} at {where} must contain exactly one '{{}}' placeholder")
+    return template.replace("{}", value)
+
+
+def _first_hop_prompt(r1_phrase: str) -> str:
+    """'the performer of Imagine' -> 'The performer of Imagine is'."""
+    phrase = r1_phrase.strip()
+    phrase = phrase[:1].upper() + phrase[1:]
+    return phrase if phrase.endswith((" is", " was", " are")) else phrase + " is"
+
+
+def _htl_row(row: dict, i: int, path: Path) -> dict:
+    where = f"{path} row {i}"
+    for col in HTL_REQUIRED[:5]:
+        if not isinstance(row[col], str) or not row[col].strip():
+            raise ValueError(f"column {col!r} at {where} must be a non-empty string, got {row[col]!r}")
+    e1, e2, e3 = row["e1_label"], row["e2_label"], row["e3_label"]
+    r1_phrase = _fill(row["r1_template"], e1, where)
+    source = row.get("source_prompt")
+    two_hop = source if isinstance(source, str) and source.strip() else _fill(row["r2_template"], r1_phrase, where)
+    rid = row.get("id") or f"htl_{i}"
+    return {
+        "id": str(rid),
+        "two_hop_prompt": two_hop,
+        "first_hop_prompt": _first_hop_prompt(r1_phrase),
+        "e1": e1,
+        "r1": str(row.get("r1_label") or row["r1_template"]),
+        "bridge": e2,
+        "bridge_aliases": _parse_list(row["e2_aliases"], f"{where}, column 'e2_aliases'"),
+        "r2": str(row.get("r2_label") or row["r2_template"]),
+        "second_hop_prompt": _fill(row["r2_template"], e2, where),
+        "answer": e3,
+        "answer_aliases": _parse_list(row["e3_aliases"], f"{where}, column 'e3_aliases'"),
+    }
+
+
+def load_hopping_too_late_csv(path: str | Path) -> datasets.Dataset:
+    """Map the official Hopping Too Late CSV to the two-hop columns of ``load_two_hop``.
+
+    Assumed columns (others are ignored):
+
+    - ``e1_label``, ``e2_label`` (bridge), ``e3_label`` (answer): entity names;
+    - ``r1_template``: phrase for the first hop with one ``{}`` slot for e1,
+      e.g. ``"the performer of {}"``;
+    - ``r2_template``: prompt for the second hop with one ``{}`` slot, e.g.
+      ``"The spouse of {} is"``;
+    - ``e2_aliases``, ``e3_aliases``: JSON or Python list literals of strings;
+    - optional: ``source_prompt`` (the composed two-hop prompt; when absent or
+      empty it is ``r2_template`` filled with the filled ``r1_template``),
+      ``id``, ``r1_label``, ``r2_label`` (relation names; default: the templates).
+
+    ``first_hop_prompt`` is the filled r1 phrase, capitalised, with " is"
+    appended; ``second_hop_prompt`` is ``r2_template`` filled with e2.
+    """
+    path = _existing_file(path, "Hopping Too Late CSV")
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    _check_columns(list(frame.columns), HTL_REQUIRED, path)
+    rows = [_htl_row(row, i, path) for i, row in enumerate(frame.to_dict("records"))]
+    return _to_dataset(rows, TWO_HOP_FIELDS, path)
+
+
+# --------------------------------------------------------------------------- Patchscopes LRE
+
+LRE_REQUIRED = ("subject", "object", "prompt_target")
+LRE_OPTIONAL = {
+    "sample_id": datasets.Value("int64"),
+    "position_target": datasets.Value("int64"),
+    "target_baseline": _STR,
+    "prompt_source": _STR,
+    "position_source": datasets.Value("int64"),
+}
+"""Columns of the Patchscopes LRE attribute files kept when present (the rest, baseline generations, is dropped)."""
+
+
+def _lre_files(root: Path, kinds: Sequence[str], relations: Sequence[str] | None) -> list[tuple[str, Path]]:
+    found = {(kind, p.stem): p for kind in kinds for p in sorted((root / kind).glob("*.tsv"))}
+    if not found:
+        raise ValueError(f"no <kind>/<relation>.tsv files under {root} for kind(s) {list(kinds)}")
+    if relations is None:
+        return [(kind, p) for (kind, _), p in sorted(found.items())]
+    if isinstance(relations, str):
+        relations = [relations]
+    available = sorted({rel for _, rel in found})
+    unknown = [r for r in relations if r not in available]
+    if unknown:
+        raise ValueError(f"unknown relation(s) {unknown} under {root} (kinds {list(kinds)}); available: {available}")
+    return [(kind, p) for (kind, rel), p in sorted(found.items()) if rel in set(relations)]
+
+
+def _read_lre_tsv(kind: str, path: Path) -> pd.DataFrame:
+    frame = pd.read_csv(path, sep="\t", index_col=0, dtype=str, keep_default_na=False)
+    _check_columns(list(frame.columns), LRE_REQUIRED, path)
+    if frame.empty:
+        raise ValueError(f"no rows in {path}: the set is empty")
+    out = pd.DataFrame({"relation": path.stem, "kind": kind}, index=frame.index)
+    for col in LRE_REQUIRED:
+        out[col] = frame[col]
+    for col, feature in LRE_OPTIONAL.items():
+        if col in frame.columns:
+            out[col] = _integers(frame[col], path) if feature.dtype == "int64" else frame[col]
+    return out.reset_index(drop=True)
+
+
+def _integers(column: pd.Series, path: Path) -> pd.Series:
+    try:
+        return pd.to_numeric(column).astype("int64")
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"column {column.name!r} in {path} must hold integers: {e}") from None
+
+
+def load_lre(
+    root: str | Path, kind: str | None = None, relations: Sequence[str] | None = None
+) -> datasets.Dataset:
+    """The Patchscopes LRE attribute-extraction files ``root/{factual,commonsense}/<relation>.tsv``.
+
+    Each TSV (first column an unnamed row index) has one row per (subject,
+    source context) with columns sample_id, prompt_target (the template,
+    e.g. "The capital city of x"), position_target, target_baseline, object,
+    subject, generations_baseline, generations_baseline_str,
+    is_correct_baseline, prompt_source, position_source, source_cropped_toks.
+
+    Output columns: relation (file stem), kind, subject, object, prompt_target,
+    and, when present, sample_id, position_target, target_baseline,
+    prompt_source (may be ''), position_source. ``kind`` restricts to one of
+    ``LRE_KINDS``; ``relations`` to some file stems.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"LRE root directory not found: {root}")
+    if kind is not None and kind not in LRE_KINDS:
+        raise ValueError(f"unknown LRE kind {kind!r}; choose from {LRE_KINDS}")
+    frames = [_read_lre_tsv(k, p) for k, p in _lre_files(root, LRE_KINDS if kind is None else (kind,), relations)]
+    frame = pd.concat(frames, ignore_index=True)
+    kept = [c for c in LRE_OPTIONAL if c in frame.columns]
+    if frame[kept].isna().any().any():
+        bad = frame[kept].columns[frame[kept].isna().any()].tolist()
+        raise ValueError(f"column(s) {bad} are missing from some LRE files under {root}; files must share columns")
+    features = {"relation": _STR, "kind": _STR, **{c: _STR for c in LRE_REQUIRED}}
+    features |= {c: LRE_OPTIONAL[c] for c in kept}
+    return datasets.Dataset.from_pandas(
+        frame[list(features)], features=datasets.Features(features), preserve_index=False
+    )
+
+
+# --------------------------------------------------------------------------- PopQA
+
+POPQA_REQUIRED = ("id", "subj", "prop", "question", "possible_answers")
+POPQA_FIELDS = {
+    "id": _STR,
+    "subject": _STR,
+    "relation": _STR,
+    "object": _STR,
+    "question": _STR,
+    "possible_answers": _STR_LIST,
+    "s_pop": datasets.Value("int64"),
+}
+
+
+def _popqa_row(row: Mapping, i: int) -> dict:
+    pop = row.get("s_pop")
+    return {
+        "id": str(row["id"]),
+        "subject": row["subj"],
+        "relation": row["prop"],
+        "object": row.get("obj") or "",
+        "question": row["question"],
+        "possible_answers": _parse_list(
+            row["possible_answers"], f"PopQA row {i} (id {row['id']!r}), column 'possible_answers'"
+        ),
+        "s_pop": -1 if pop is None or pop == "" or pd.isna(pop) else int(pop),
+    }
+
+
+def parse_popqa_rows(rows: Iterable[Mapping] | pd.DataFrame | datasets.Dataset) -> datasets.Dataset:
+    """Map raw PopQA rows (Mallen et al., 2023; ``akariasai/PopQA``) to the scoring schema.
+
+    Input columns: id, subj, prop, obj, question, possible_answers (a JSON list
+    as a string), s_pop, ... Output columns: id, subject, relation (prop),
+    object (obj), question, possible_answers (list[str]), s_pop (int, -1 if absent).
+    """
+    if isinstance(rows, pd.DataFrame):
+        rows = rows.to_dict("records")
+    rows = list(rows)
+    if not rows:
+        raise ValueError("no rows in the PopQA input: the set is empty")
+    for i, row in enumerate(rows):
+        _check_columns(list(row), POPQA_REQUIRED, f"PopQA row {i}")
+    return _to_dataset([_popqa_row(r, i) for i, r in enumerate(rows)], POPQA_FIELDS, "the PopQA input")
+
+
+def load_popqa(split: str = "test") -> datasets.Dataset:
+    """PopQA via ``datasets.load_dataset("akariasai/PopQA", split=split)``, parsed by ``parse_popqa_rows``.
+
+    Needs the Hugging Face Hub or a local datasets cache of it.
+    """
+    return parse_popqa_rows(datasets.load_dataset("akariasai/PopQA", split=split))
+
+
+# --------------------------------------------------------------------------- Superscopes Figure 3
+
+FIG3_DEFAULT = SHARED_DATA_DIR / "superscopes_fig3_prompts.tsv"
+
+
+def load_fig3_prompts(
+    path: str | Path | None = None, as_frame: bool = False
+) -> list[tuple[str, str]] | pd.DataFrame:
+    """The source prompts of the Superscopes paper's Figure 3.
+
+    The file is a TSV with one ``prompt<TAB>paper_last_token`` per line (the
+    last token as the paper's Llama-2 tokenizer split it); lines starting with
+    '#' and blank lines are skipped. Returns ``[(prompt, paper_token), ...]``,
+    or a DataFrame with columns prompt, paper_token when ``as_frame``.
+    """
+    path = _existing_file(
+        FIG3_DEFAULT if path is None else path,
+        "Superscopes Figure 3 prompt",
+        f"it is shared project data: put it at {FIG3_DEFAULT} or pass path=",
+    )
+    pairs = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        fields = line.split("\t")
+        if len(fields) != 2 or not fields[0].strip() or not fields[1].strip():
+            raise ValueError(f"line {path}:{lineno} must be 'prompt<TAB>paper_last_token', got {line!r}")
+        pairs.append((fields[0], fields[1]))
+    if not pairs:
+        raise ValueError(f"no prompts in {path}: the set is empty")
+    return pd.DataFrame(pairs, columns=["prompt", "paper_token"]) if as_frame else pairs
