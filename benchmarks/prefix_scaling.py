@@ -40,7 +40,7 @@ PAIRS = [
 
 def target_of_length(tok, n_tokens: int) -> str:
     parts = []
-    for p in PAIRS * 4:
+    for p in sorted(PAIRS, key=len) * 4:  # short pairs first, so lengths land near the goal
         parts.append(p)
         if len(tok(", ".join(parts) + ", x")["input_ids"]) >= n_tokens:
             break
