@@ -27,14 +27,13 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import pandas as pd
-import torch
 
 if __package__ in (None, ""):  # run as a script: make `experiments` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from superscopes_nn.architectures import num_layers  # noqa: E402
 from superscopes_nn.patching import (  # noqa: E402
-    Source, Target, _eos_ids, _gen_kwargs, encode, model_name, patchscope, trim_new_tokens,
+    Source, Target, generate_plain, model_name, patchscope,
 )
 
 QUERY_FIELDS = ("id", "two_hop_prompt", "first_hop_prompt", "e1", "r1", "bridge", "bridge_aliases", "r2",
@@ -109,30 +108,6 @@ def answer_aliases(q) -> list[str]:
 
 def bridge_aliases(q) -> list[str]:
     return [q["bridge"], *list(q["bridge_aliases"])]
-
-
-def generate_plain(model, prompts: Sequence[str], max_new_tokens: int = 10, max_batch_size: int = 64,
-                   remote: bool | str = False) -> list[str]:
-    """Greedy continuations of ``prompts`` with no patch: one nnsight ``generate`` per group of
-    equal token length (so no padding), at most ``max_batch_size`` prompts each. Input order."""
-    gen = _gen_kwargs(model, max_new_tokens)
-    if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 1:
-        raise ValueError(f"max_batch_size must be an int >= 1, got {max_batch_size!r}")
-    eos = _eos_ids(model)
-    ids = [encode(model.tokenizer, p) for p in prompts]
-    by_len: dict = {}
-    for i, t in enumerate(ids):
-        by_len.setdefault(len(t), []).append(i)
-    out: list = [None] * len(ids)
-    for n, idx in by_len.items():
-        for k in range(0, len(idx), max_batch_size):
-            chunk = idx[k:k + max_batch_size]
-            with model.generate(torch.tensor([ids[i] for i in chunk]), remote=remote, **gen) as tracer:
-                result = tracer.result.save()
-            for b, i in enumerate(chunk):
-                new = trim_new_tokens(result[b, n:].tolist(), eos)
-                out[i] = model.tokenizer.decode(new, skip_special_tokens=True)
-    return out
 
 
 def classify(first_ok: bool, second_ok: bool, two_hop_ok: bool) -> str:

@@ -35,14 +35,13 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import pandas as pd
-import torch
 
 if __package__ in (None, ""):  # run as a script: make `experiments` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from superscopes_nn.architectures import num_layers  # noqa: E402
 from superscopes_nn.patching import (  # noqa: E402
-    Source, Target, _eos_ids, _gen_kwargs, encode, model_name, patchscope, trim_new_tokens,
+    Source, Target, generate_plain, model_name, patchscope,
 )
 
 DEFAULT_VERBALIZER = "smollm2-135m"
@@ -58,26 +57,6 @@ def fill_placeholder(prompt: str, text: str, placeholder: str = "x") -> str:
     if hits != 1:
         raise ValueError(f"prompt {prompt!r} must contain the placeholder {placeholder!r} exactly once, found {hits}")
     return re.sub(pattern, lambda _: text, prompt)
-
-
-def generate_plain(model, prompts: Sequence[str], max_new_tokens: int = 10, max_batch_size: int = 64,
-                   remote: bool | str = False) -> list[str]:
-    """Greedy continuations of ``prompts`` (no patching), batched by token length (no padding)."""
-    gen = _gen_kwargs(model, max_new_tokens)
-    eos = _eos_ids(model)
-    ids = [encode(model.tokenizer, p) for p in prompts]
-    by_len: dict = {}
-    for i, t in enumerate(ids):
-        by_len.setdefault(len(t), []).append(i)
-    out: list = [None] * len(prompts)
-    for n, idx in by_len.items():
-        for k in range(0, len(idx), max_batch_size):
-            chunk = idx[k:k + max_batch_size]
-            with model.generate(torch.tensor([ids[i] for i in chunk]), remote=remote, **gen) as tracer:
-                result = tracer.result.save()
-            for b, i in enumerate(chunk):
-                out[i] = model.tokenizer.decode(trim_new_tokens(result[b, n:].tolist(), eos), skip_special_tokens=True)
-    return out
 
 
 def input_only(model, target_prompts: Sequence[str] | str, subjects: Sequence[str], *, placeholder: str = "x",

@@ -13,11 +13,11 @@ from .lens import lens_logits, logit_lens  # noqa: E402
 from .models import DEFAULT_MODEL, load_model  # noqa: E402
 from .patching import (  # noqa: E402
     ENTITY_PROMPT, IDENTITY_PROMPT, RESULT_COLUMNS, Affine, Amplify, Fn, Identity, Source, Target, collect,
-    patched_logits, patchscope, resolve, run_rows, sweep, sweep_rows,
+    generate_plain, patched_logits, patchscope, resolve, run_rows, sweep, sweep_rows,
 )
 
 __all__ = [
     "SITES", "arch_spec", "DEFAULT_MODEL", "load_model", "ENTITY_PROMPT", "IDENTITY_PROMPT", "RESULT_COLUMNS",
-    "Affine", "Amplify", "Fn", "Identity", "Source", "Target", "collect", "patched_logits", "patchscope",
+    "Affine", "Amplify", "Fn", "Identity", "Source", "Target", "collect", "generate_plain", "patched_logits", "patchscope",
     "resolve", "run_rows", "sweep", "sweep_rows", "lens_logits", "logit_lens",
 ]

@@ -605,6 +605,33 @@ def patched_logits(model, rows: list[Row], *, target_model=None, max_batch_size:
     return torch.stack(out)
 
 
+def generate_plain(model, prompts: Sequence[str], max_new_tokens: int = 10, max_batch_size: int = 64,
+                   remote: bool | str = False, backend=None) -> list[str]:
+    """Greedy continuations of ``prompts`` with no patch (baselines: input-only, composed question).
+
+    One ``generate`` per group of equal token length (no padding), at most
+    ``max_batch_size`` prompts each; returns the decoded new text per prompt, input order.
+    """
+    if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 1:
+        raise ValueError(f"max_batch_size must be an int >= 1, got {max_batch_size!r}")
+    gen = _gen_kwargs(model, max_new_tokens)
+    eos = _eos_ids(model)
+    ids = [encode(model.tokenizer, p) for p in prompts]
+    by_len: dict = {}
+    for i, t in enumerate(ids):
+        by_len.setdefault(len(t), []).append(i)
+    out: list = [None] * len(ids)
+    for n, idx in by_len.items():
+        for k in range(0, len(idx), max_batch_size):
+            chunk = idx[k:k + max_batch_size]
+            with model.generate(torch.tensor([ids[i] for i in chunk]), remote=remote, backend=backend,
+                                **gen) as tracer:
+                result = tracer.result.save()
+            for b, i in enumerate(chunk):
+                out[i] = model.tokenizer.decode(trim_new_tokens(result[b, n:].tolist(), eos), skip_special_tokens=True)
+    return out
+
+
 def patchscope(model, patches: Iterable, *, target_model=None, max_new_tokens: int = 10, max_batch_size: int = 64,
                shared_prefix: bool = True, remote: bool | str = False, backend=None,
                progress: bool = False) -> pd.DataFrame:

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from superscopes_nn import Affine, Amplify, Source, Target, load_model, patchscope, sweep, sweep_rows
+from superscopes_nn import Affine, Amplify, Source, Target, load_model, patchscope, sweep
 from superscopes_nn.cli import main
 from superscopes_nn.patching import ENTITY_PROMPT, run_rows
 from superscopes_nn.testing import tiny_model

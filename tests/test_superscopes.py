@@ -13,7 +13,7 @@ if str(ROOT) not in sys.path:  # the experiments package lives at the repo root
     sys.path.insert(0, str(ROOT))
 
 from hf_reference import hf_patch_generate  # noqa: E402
-from superscopes_nn.patching import ENTITY_PROMPT, sweep_rows, Target  # noqa: E402
+from superscopes_nn.patching import ENTITY_PROMPT  # noqa: E402
 from superscopes_nn.superscopes import (  # noqa: E402
     HIDDEN_ALPHAS, MLP_ALPHAS, add_scores, check_alphas, detect_alpha, rule_agreement, success_table, superscope,
 )
@@ -158,7 +158,7 @@ def test_add_scores_one_embedding_call_per_sweep(llama):
 
 
 def test_add_scores_with_real_scoring_module_fake_embedder():
-    scoring = pytest.importorskip("superscopes_nn.scoring")
+    pytest.importorskip("superscopes_nn.scoring")
     calls = []
 
     class FakeEmbedder:  # SentenceTransformer-like: encode(list[str]) -> [n, d]
