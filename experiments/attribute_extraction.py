@@ -36,6 +36,7 @@ import pandas as pd
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from experiments.run_args import add_resume, store_kwargs  # noqa: E402
 from superscopes_nn.architectures import num_layers  # noqa: E402
 from superscopes_nn.patching import Source, Target, check_layer, model_name, patchscope  # noqa: E402
 
@@ -106,7 +107,8 @@ def _check_samples(samples: pd.DataFrame) -> pd.DataFrame:
 def attribute_extraction(model, samples: pd.DataFrame, *, layers: Iterable[int] | None = None,
                          target_layers: Iterable[int] | None = None, layer_stride: int = 1,
                          baseline: bool = True, max_new_tokens: int = 20, max_batch_size: int = 64,
-                         remote: bool | str = False, progress: bool = False) -> pd.DataFrame:
+                         remote: bool | str = False, progress: bool = False,
+                         run_dir=None, resume: bool = False, config: dict | None = None) -> pd.DataFrame:
     """Patchscope attribute extraction over (source layer, target layer) pairs, plus the input-only baseline.
 
     Steps:
@@ -136,7 +138,7 @@ def attribute_extraction(model, samples: pd.DataFrame, *, layers: Iterable[int] 
                 patches.append((Source(s.subject, ls, -1), Target(s.target_prompt, layer=lt), None))
                 meta.append(k)
     res = patchscope(model, patches, max_new_tokens=max_new_tokens, max_batch_size=max_batch_size, remote=remote,
-                     progress=progress)
+                     progress=progress, run_dir=run_dir, resume=resume, config=config)
     rows = samples.iloc[meta].reset_index(drop=True)
     df = pd.DataFrame({"method": "patchscope", **{c: rows[c] for c in SAMPLE_COLUMNS},
                        "source_layer": res.source_layer, "target_layer": res.target_layer,
@@ -223,6 +225,7 @@ def parse_args(argv):
     p.add_argument("--out", default="runs/attribute_extraction")
     p.add_argument("--max-new-tokens", type=int, default=20)
     p.add_argument("--remote", action="store_true")
+    add_resume(p)
     args = p.parse_args(argv)
     if args.layer_stride < 1:
         p.error(f"--layer-stride must be >= 1, got {args.layer_stride}")
@@ -239,7 +242,8 @@ def main(argv=None, model=None) -> pd.DataFrame:
     samples = lre_samples(args.lre_root, tasks=args.tasks, limit=args.limit)
     model = model if model is not None else (load_model(args.model) if args.model else load_model())
     df = attribute_extraction(model, samples, layer_stride=args.layer_stride, max_new_tokens=args.max_new_tokens,
-                              remote=args.remote, progress=True)
+                              remote=args.remote, progress=True,
+                              **store_kwargs(args, out, "attribute_extraction"))
     summary = task_summary(df)
     ls, lt, acc = best_pair(df)
     df.to_csv(out / "attribute_extraction.csv", index=False)

@@ -31,6 +31,7 @@ import pandas as pd
 if __package__ in (None, ""):  # run as a script: make `experiments` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from experiments.run_args import add_resume, store_kwargs  # noqa: E402
 from superscopes_nn.architectures import num_layers  # noqa: E402
 from superscopes_nn.patching import (  # noqa: E402
     Source, Target, generate_plain, model_name, patchscope,
@@ -174,7 +175,8 @@ def backpatching(model, queries=None, *, limit: int | None = None, stratify: boo
                  layers: Iterable[int] | None = None,
                  pairs: Sequence[tuple[int, int]] | None = None, max_new_tokens: int = 10,
                  max_batch_size: int = 64, remote: bool | str = False, progress: bool = False,
-                 hops: pd.DataFrame | None = None) -> pd.DataFrame:
+                 hops: pd.DataFrame | None = None,
+                 run_dir=None, resume: bool = False, config: dict | None = None) -> pd.DataFrame:
     """Back-patch every two-hop query for every layer pair ``(s, t)``, ``s > t``.
 
     Steps:
@@ -206,7 +208,8 @@ def backpatching(model, queries=None, *, limit: int | None = None, stratify: boo
     if hops is None:
         hops = hop_answers(model, qs, max_new_tokens=max_new_tokens, max_batch_size=max_batch_size, remote=remote)
     res = patchscope(model, backpatch_patches(qs, pairs), max_new_tokens=max_new_tokens,
-                     max_batch_size=max_batch_size, remote=remote, progress=progress)
+                     max_batch_size=max_batch_size, remote=remote, progress=progress,
+                     run_dir=run_dir, resume=resume, config=config)
     ids = [q for q in qs.id for _ in pairs]
     aliases = {q["id"]: answer_aliases(q) for _, q in qs.iterrows()}
     df = pd.DataFrame({
@@ -300,6 +303,7 @@ def parse_args(argv):
     p.add_argument("--max-new-tokens", type=int, default=10)
     p.add_argument("--max-batch-size", type=int, default=64)
     p.add_argument("--remote", action="store_true")
+    add_resume(p)
     return p.parse_args(argv)
 
 
@@ -315,7 +319,8 @@ def main(argv=None, model=None) -> pd.DataFrame:
     layers = None if not args.layers else [int(x) for x in args.layers.split(",") if x.strip()]
     df = backpatching(model, args.data, limit=args.limit, stratify=args.stratify, layers=layers,
                       max_new_tokens=args.max_new_tokens,
-                      max_batch_size=args.max_batch_size, remote=args.remote, progress=True)
+                      max_batch_size=args.max_batch_size, remote=args.remote, progress=True,
+                      **store_kwargs(args, out, "backpatching"))
     hops = df.attrs["hops"]
     summary = summarize(df)
     summary["seconds"] = round(time.perf_counter() - t0, 1)

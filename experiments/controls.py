@@ -39,6 +39,7 @@ import pandas as pd
 if __package__ in (None, ""):  # run as a script: make `experiments` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from experiments.run_args import add_resume, store_kwargs  # noqa: E402
 from superscopes_nn.architectures import num_layers  # noqa: E402
 from superscopes_nn.patching import (  # noqa: E402
     Source, Target, generate_plain, model_name, patchscope,
@@ -118,7 +119,8 @@ def proportional_layers(source_model, target_model, source_layers: Iterable[int]
 def verbalizer_vs_source(source_model, verbalizer, samples: pd.DataFrame, *, layer_pairs: Iterable[tuple[int, int]],
                          fit_texts: Sequence[str], ridge: float = 1.0, align: str = "span",
                          holdout: float = 0.2, max_new_tokens: int = 10, max_batch_size: int = 64,
-                         remote: bool | str = False) -> pd.DataFrame:
+                         remote: bool | str = False,
+                         run_dir=None, resume: bool = False, config: dict | None = None) -> pd.DataFrame:
     """Cross-model attribute extraction, compared with each model's own input-only answer.
 
     Steps:
@@ -169,7 +171,7 @@ def verbalizer_vs_source(source_model, verbalizer, samples: pd.DataFrame, *, lay
             patches.append((Source(s.subject, pair[0], -1), Target(s.target_prompt, layer=pair[1]), f))
             meta.append((k, pair))
     cross = patchscope(source_model, patches, target_model=verbalizer, max_new_tokens=max_new_tokens,
-                       max_batch_size=max_batch_size, remote=remote)
+                       max_batch_size=max_batch_size, remote=remote, run_dir=run_dir, resume=resume, config=config)
     recs = []
     for (k, pair), answer in zip(meta, cross.interpretation):
         s = samples.iloc[k]
@@ -240,6 +242,7 @@ def parse_args(argv, description: str):
     p.add_argument("--out", default="runs/controls")
     p.add_argument("--max-new-tokens", type=int, default=10)
     p.add_argument("--remote", action="store_true")
+    add_resume(p)
     return p.parse_args(argv)
 
 
@@ -259,7 +262,8 @@ def main(argv=None, model=None, verbalizer=None) -> pd.DataFrame:
     pairs = proportional_layers(model, verbalizer, layers)
     df = verbalizer_vs_source(model, verbalizer, samples, layer_pairs=pairs,
                               fit_texts=default_fit_texts(args.fit_texts or None), ridge=args.ridge,
-                              max_new_tokens=args.max_new_tokens, remote=args.remote)
+                              max_new_tokens=args.max_new_tokens, remote=args.remote,
+                              **store_kwargs(args, out, "controls"))
     summary = summarize_verbalizer(df)
     df.to_csv(out / "verbalizer_vs_source.csv", index=False)
     summary.to_csv(out / "verbalizer_vs_source_summary.csv", index=False)

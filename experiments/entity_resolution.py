@@ -36,6 +36,7 @@ import pandas as pd
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from experiments.run_args import add_resume, store_kwargs  # noqa: E402
 from superscopes_nn.architectures import num_layers  # noqa: E402
 from superscopes_nn.patching import ENTITY_PROMPT, Target, check_layer, model_name, sweep  # noqa: E402
 
@@ -113,7 +114,8 @@ def entity_resolution(model, entities=None, *, limit: int | None = None, layers:
                       target_prompt: str = ENTITY_PROMPT, metrics: Sequence[str] = METRICS,
                       baseline: bool = True, max_new_tokens: int = 20, max_batch_size: int = 64,
                       target_model=None, mapping=None, remote: bool | str = False,
-                      progress: bool = False) -> pd.DataFrame:
+                      progress: bool = False,
+                      run_dir=None, resume: bool = False, config: dict | None = None) -> pd.DataFrame:
     """Entity descriptions decoded from each layer, scored, plus the input-only baseline.
 
     Steps:
@@ -140,7 +142,7 @@ def entity_resolution(model, entities=None, *, limit: int | None = None, layers:
     names = ents.name.tolist()
     df = sweep(model, names, layers=layers, token=-1, target=Target(target_prompt), target_model=target_model,
                mapping=mapping, max_new_tokens=max_new_tokens, max_batch_size=max_batch_size, remote=remote,
-               progress=progress)
+               progress=progress, run_dir=run_dir, resume=resume, config=config)
     df.insert(0, "method", "patchscope")
     df["entity"] = df.source_prompt
     frames = [df]
@@ -203,6 +205,7 @@ def parse_args(argv):
     p.add_argument("--out", default="runs/entity_resolution")
     p.add_argument("--max-new-tokens", type=int, default=20)
     p.add_argument("--remote", action="store_true")
+    add_resume(p)
     args = p.parse_args(argv)
     if args.layer_stride < 1:
         p.error(f"--layer-stride must be >= 1, got {args.layer_stride}")
@@ -221,7 +224,8 @@ def main(argv=None, model=None) -> pd.DataFrame:
     metrics = [m for m in args.metrics.split(",") if m]
     entities = pd.read_json(args.entities, lines=True) if args.entities else None
     df = entity_resolution(model, entities, limit=args.limit, layers=layers, metrics=metrics,
-                           max_new_tokens=args.max_new_tokens, remote=args.remote, progress=True)
+                           max_new_tokens=args.max_new_tokens, remote=args.remote, progress=True,
+                           **store_kwargs(args, out, "entity_resolution"))
     summary = summarize(df)
     df.to_csv(out / "entity_resolution.csv", index=False)
     summary.to_csv(out / "entity_resolution_summary.csv", index=False)

@@ -33,6 +33,7 @@ import pandas as pd
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from experiments.run_args import add_resume, store_kwargs  # noqa: E402
 from superscopes_nn.architectures import num_layers  # noqa: E402
 from superscopes_nn.patching import (  # noqa: E402
     ENTITY_PROMPT, Source, Target, check_layer, find_token, model_name, patchscope,
@@ -63,7 +64,8 @@ def e1_position(tokenizer, q) -> tuple[str | None, str]:
 def bridge_resolution(model, queries=None, *, limit: int | None = None, stratify: bool = False,
                       layers: Iterable[int] | None = None,
                       target_prompt: str = ENTITY_PROMPT, max_new_tokens: int = 20, cosine: bool = False,
-                      max_batch_size: int = 64, remote: bool | str = False, progress: bool = False) -> pd.DataFrame:
+                      max_batch_size: int = 64, remote: bool | str = False, progress: bool = False,
+                      run_dir=None, resume: bool = False, config: dict | None = None) -> pd.DataFrame:
     """Decode the bridge entity from ``e1``'s last token of the two-hop prompt, layer by layer.
 
     Steps:
@@ -101,7 +103,7 @@ def bridge_resolution(model, queries=None, *, limit: int | None = None, stratify
     patches = [(Source(q["two_hop_prompt"], l, w, "residual"), Target(target_prompt, layer=l), None)
                for q, w in zip(keep, words) for l in ls]
     res = patchscope(model, patches, max_new_tokens=max_new_tokens, max_batch_size=max_batch_size, remote=remote,
-                     progress=progress)
+                     progress=progress, run_dir=run_dir, resume=resume, config=config)
     rep = lambda xs: [x for x in xs for _ in ls]  # noqa: E731
     df = pd.DataFrame({
         "id": rep([q["id"] for q in keep]), "source_layer": res.source_layer.astype(int), "e1_token": rep(words),
@@ -166,6 +168,7 @@ def parse_args(argv):
     p.add_argument("--max-batch-size", type=int, default=64)
     p.add_argument("--cosine", action="store_true", help="also score MiniLM cosine to the bridge name")
     p.add_argument("--remote", action="store_true")
+    add_resume(p)
     return p.parse_args(argv)
 
 
@@ -181,7 +184,8 @@ def main(argv=None, model=None) -> pd.DataFrame:
     t0 = time.perf_counter()
     df = bridge_resolution(model, args.data, limit=args.limit, stratify=args.stratify,
                            max_new_tokens=args.max_new_tokens,
-                           cosine=args.cosine, max_batch_size=args.max_batch_size, remote=args.remote, progress=True)
+                           cosine=args.cosine, max_batch_size=args.max_batch_size, remote=args.remote, progress=True,
+                           **store_kwargs(args, out, "bridge_resolution"))
     summary = summarize(df)
     df.to_csv(out / "bridge_resolution.csv", index=False)
     summary.to_csv(out / "bridge_resolution_summary.csv", index=False)

@@ -32,6 +32,7 @@ import pandas as pd
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from experiments.run_args import add_resume, store_kwargs  # noqa: E402
 from superscopes_nn.architectures import num_layers  # noqa: E402
 from superscopes_nn.patching import Source, Target, model_name, patchscope  # noqa: E402
 
@@ -79,7 +80,8 @@ def multihop_cot(model, queries=None, *, limit: int | None = None, stratify: boo
                  layers: Iterable[int] | None = None,
                  pairs: Sequence[tuple[int, int]] | None = None, max_new_tokens: int = 10,
                  cot_max_new_tokens: int | None = None, baselines: bool = True, max_batch_size: int = 64,
-                 remote: bool | str = False, progress: bool = False) -> pd.DataFrame:
+                 remote: bool | str = False, progress: bool = False,
+                 run_dir=None, resume: bool = False, config: dict | None = None) -> pd.DataFrame:
     """Multi-hop Patchscope over layer pairs plus the vanilla and CoT baselines.
 
     Steps:
@@ -106,7 +108,7 @@ def multihop_cot(model, queries=None, *, limit: int | None = None, stratify: boo
         pairs = [(a, b) for a in ls for b in ls]
     pairs = check_pairs(pairs, n, model_name(model))
     res = patchscope(model, cot_patches(qs, pairs), max_new_tokens=max_new_tokens, max_batch_size=max_batch_size,
-                     remote=remote, progress=progress)
+                     remote=remote, progress=progress, run_dir=run_dir, resume=resume, config=config)
     aliases = {q["id"]: answer_aliases(q) for _, q in qs.iterrows()}
     ids = [i for i in qs.id for _ in pairs]
     df = pd.DataFrame({"id": ids, "method": "patchscope", "source_layer": res.source_layer.astype(int),
@@ -191,6 +193,7 @@ def parse_args(argv):
     p.add_argument("--max-new-tokens", type=int, default=10)
     p.add_argument("--max-batch-size", type=int, default=64)
     p.add_argument("--remote", action="store_true")
+    add_resume(p)
     return p.parse_args(argv)
 
 
@@ -206,7 +209,8 @@ def main(argv=None, model=None) -> pd.DataFrame:
     layers = None if not args.layers else [int(x) for x in args.layers.split(",") if x.strip()]
     df = multihop_cot(model, args.data, limit=args.limit, stratify=args.stratify, layers=layers,
                       max_new_tokens=args.max_new_tokens,
-                      max_batch_size=args.max_batch_size, remote=args.remote, progress=True)
+                      max_batch_size=args.max_batch_size, remote=args.remote, progress=True,
+                      **store_kwargs(args, out, "multihop_cot"))
     summary = summarize(df)
     df.to_csv(out / "multihop_cot.csv", index=False)
     summary.to_csv(out / "multihop_cot_summary.csv", index=False)

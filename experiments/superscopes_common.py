@@ -11,6 +11,8 @@ from typing import Callable, Sequence
 
 import pandas as pd
 
+from experiments.run_args import add_resume, store_kwargs
+
 REPO = Path(__file__).resolve().parents[1]
 FIG3_PROMPTS = REPO.parent / "shared" / "data" / "superscopes_fig3_prompts.tsv"
 DEFAULT_OUT = REPO / "out" / "superscopes"
@@ -111,7 +113,7 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--progress", action="store_true", help="show a progress bar")
-    return p
+    return add_resume(p)
 
 
 def get_model(name: str, model=None):
@@ -254,7 +256,8 @@ def run_single_prompt(name: str, prompt: str, token: str, site: str, alphas: Seq
         t0 = time.perf_counter()
         df = superscope(m, prompt, site=site, layers=layers, alphas=alphas, token=token,
                         target_layer=args.target_layer, max_new_tokens=args.max_new_tokens,
-                        max_batch_size=args.batch_size, progress=args.progress)
+                        max_batch_size=args.batch_size, progress=args.progress,
+                        **store_kwargs(args, out, f"{name}_{tag}"))
         t_run = time.perf_counter() - t0
         save_csv(df, out / f"{name}_{tag}_raw.csv")  # unscored: re-score with --from-csv
     t0 = time.perf_counter()

@@ -19,6 +19,7 @@ import json
 import time
 from pathlib import Path
 
+from experiments.run_args import store_kwargs
 from experiments.superscopes_common import (
     bars_figure, base_parser, get_model, load_fig3_prompts, log, n_layers_of, parse_layers, read_saved_csv,
     save_csv, score,
@@ -54,7 +55,8 @@ def main(argv=None, model=None, cosine=None, embedder=None) -> dict:
         layers = parse_layers(args.layers, n, [l for l in range(1, 8) if l < n])
         t0 = time.perf_counter()
         df = superscope(m, prompts, site="mlp_out", layers=layers, alphas=MLP_ALPHAS, token=-1, target_layer=None,
-                        max_new_tokens=args.max_new_tokens, max_batch_size=args.batch_size, progress=args.progress)
+                        max_new_tokens=args.max_new_tokens, max_batch_size=args.batch_size, progress=args.progress,
+                        **store_kwargs(args, out, f"fig3_{tag}"))
         t_run = time.perf_counter() - t0
         save_csv(df, out / f"fig3_{tag}_raw.csv")  # unscored, so scoring can be redone with --from-csv
         (out / f"fig3_{tag}_raw.meta.json").write_text(json.dumps({"n_layers": n, "sweep_s": round(t_run, 1)}))

@@ -545,14 +545,26 @@ def execute(model, rows: list[Row], *, target_model=None, gen_kwargs: dict | Non
 
 def run_rows(model, rows: list[Row], *, target_model=None, max_new_tokens: int = 10, max_batch_size: int = 64,
              shared_prefix: bool = True, remote: bool | str = False, backend=None, progress: bool = False,
-             on_chunk=None, call_chunk=None) -> pd.DataFrame:
+             on_chunk=None, call_chunk=None, run_dir=None, resume: bool = False,
+             config: dict | None = None) -> pd.DataFrame:
     """Run resolved rows in batched sessions; one result record per row, in input order.
 
     ``shared_prefix``: compute the target tokens before the first patched position
     once per chunk and reuse their KV cache (same token ids, less compute).
     ``on_chunk(records)`` is called with the records of every finished chunk (the
     run store appends them to disk); ``call_chunk(fn)`` wraps each session call.
+    ``run_dir``: keep every finished chunk on disk there (:mod:`superscopes_nn.store`:
+    ``config.json`` = model names, ``max_new_tokens`` and ``config``; ``rows.jsonl``);
+    ``resume=True`` skips the rows already there, and a changed config is an error.
     """
+    if run_dir is not None:
+        from .store import run_sweep
+
+        cfg = {"model": model_name(model), "target_model": model_name(target_model or model),
+               "max_new_tokens": max_new_tokens, **(config or {})}
+        return run_sweep(model, rows, run_dir, cfg, resume=resume, on_chunk=on_chunk, target_model=target_model,
+                         max_new_tokens=max_new_tokens, max_batch_size=max_batch_size, shared_prefix=shared_prefix,
+                         remote=remote, backend=backend, progress=progress)
     target_model = model if target_model is None else target_model
     gen = _gen_kwargs(target_model, max_new_tokens)
     eos = _eos_ids(target_model)
@@ -634,16 +646,17 @@ def generate_plain(model, prompts: Sequence[str], max_new_tokens: int = 10, max_
 
 def patchscope(model, patches: Iterable, *, target_model=None, max_new_tokens: int = 10, max_batch_size: int = 64,
                shared_prefix: bool = True, remote: bool | str = False, backend=None,
-               progress: bool = False) -> pd.DataFrame:
+               progress: bool = False, run_dir=None, resume: bool = False, config: dict | None = None) -> pd.DataFrame:
     """Run ``(Source, Target, mapping)`` triples; a tidy DataFrame, one row per patch.
 
     Columns: :data:`RESULT_COLUMNS` (``interpretation`` is the decoded new text,
     ``token_ids`` the new token ids up to the first end-of-sequence token).
+    ``run_dir`` / ``resume`` / ``config``: keep finished rows on disk (see :func:`run_rows`).
     """
     rows = resolve(model, patches, target_model)
     return run_rows(model, rows, target_model=target_model, max_new_tokens=max_new_tokens,
                     max_batch_size=max_batch_size, shared_prefix=shared_prefix, remote=remote, backend=backend,
-                    progress=progress)
+                    progress=progress, run_dir=run_dir, resume=resume, config=config)
 
 
 def sweep_rows(model, prompts: Sequence[str] | str, *, layers: Iterable[int], sites: Sequence[str] = ("residual",),
@@ -699,16 +712,18 @@ class _Compose:
 
 def sweep(model, prompts, *, layers, sites=("residual",), alphas=(1.0,), token=-1, target: Target = Target(),
           target_layers=None, target_model=None, mapping=None, max_new_tokens: int = 10, max_batch_size: int = 64,
-          shared_prefix: bool = True, remote: bool | str = False, backend=None, progress: bool = True) -> pd.DataFrame:
+          shared_prefix: bool = True, remote: bool | str = False, backend=None, progress: bool = True,
+          run_dir=None, resume: bool = False, config: dict | None = None) -> pd.DataFrame:
     """The grid prompts x sites x layers (x target layers) x alphas, batched.
 
     Returns a tidy DataFrame (:data:`RESULT_COLUMNS`), one row per grid cell.
+    ``run_dir`` / ``resume`` / ``config``: keep finished rows on disk (see :func:`run_rows`).
     """
     rows = sweep_rows(model, prompts, layers=layers, sites=sites, alphas=alphas, token=token, target=target,
                       target_layers=target_layers, target_model=target_model, mapping=mapping)
     return run_rows(model, rows, target_model=target_model, max_new_tokens=max_new_tokens,
                     max_batch_size=max_batch_size, shared_prefix=shared_prefix, remote=remote, backend=backend,
-                    progress=progress)
+                    progress=progress, run_dir=run_dir, resume=resume, config=config)
 
 
 def collect(model, prompt: str, layers: Iterable[int], sites: Sequence[str] = ("residual",), *,
