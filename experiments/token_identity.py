@@ -42,8 +42,10 @@ if __package__ in (None, ""):
 
 from superscopes_nn.architectures import arch_spec, get_path, num_layers  # noqa: E402
 from superscopes_nn.patching import (  # noqa: E402
-    IDENTITY_PROMPT, Source, Target, check_layer, encode, model_name, patched_logits, resolve,
+    IDENTITY_PROMPT, Source, Target, _row_record, check_layer, encode, model_name, patched_logits, resolve,
 )
+from superscopes_nn.store import RunStore, record_key, row_key  # noqa: E402
+from experiments.run_args import add_resume, store_kwargs  # noqa: E402
 
 SAMPLE_PATH = Path(__file__).resolve().parents[1] / "data" / "next_token_sample.txt"
 METHODS = ("patchscope", "logit_lens")
@@ -91,7 +93,8 @@ def lens_predictions(model, prompt: str, layers: Sequence[int], *, remote: bool 
 def token_identity(model, sentences: Sequence[str] | None = None, *, limit: int | None = None,
                    layers: Iterable[int] | None = None, max_positions: int | None = None,
                    target_prompt: str = IDENTITY_PROMPT, placeholder: str = "?", rows_per_call: int = 256,
-                   max_batch_size: int = 32, remote: bool | str = False) -> pd.DataFrame:
+                   max_batch_size: int = 32, remote: bool | str = False, run_dir=None, resume: bool = False,
+                   config: dict | None = None) -> pd.DataFrame:
     """Precision@1 data for the identity Patchscope and the logit lens, one row per
     (sentence, position, layer, method).
 
@@ -104,6 +107,10 @@ def token_identity(model, sentences: Sequence[str] | None = None, *, limit: int 
        next-token logits there (``patched_logits``, batched; ``rows_per_call`` rows per
        call bound the [rows, vocab] memory);
     3. ``correct`` = the method's token equals the model's own prediction.
+
+    ``run_dir``: the patched top-1 of every finished call is appended there
+    (:class:`~superscopes_nn.store.RunStore`, one record per row with ``token_ids = [top-1]``);
+    ``resume=True`` skips the calls whose rows are all on disk.
 
     Columns: model, sentence_id, sentence, position, source_token, layer, method,
     predicted_id, predicted_token, target_id, target_token, correct.
@@ -130,10 +137,19 @@ def token_identity(model, sentences: Sequence[str] | None = None, *, limit: int 
                                 None))
                 base.append({**common, "method": "patchscope", "predicted_id": None})
     rows = resolve(model, patches)
+    store = None if run_dir is None else RunStore(run_dir, {"model": name, **(config or {})}, resume=resume)
+    done = {} if store is None else {record_key(r): r["token_ids"][0] for r in store.records()}
     preds = []
     for k in range(0, len(rows), rows_per_call):
-        logits = patched_logits(model, rows[k:k + rows_per_call], max_batch_size=max_batch_size, remote=remote)
-        preds.extend(logits.argmax(-1).tolist())
+        chunk = rows[k:k + rows_per_call]
+        keys = [row_key(r) for r in chunk]
+        if all(key in done for key in keys):
+            preds.extend(done[key] for key in keys)
+            continue
+        top = patched_logits(model, chunk, max_batch_size=max_batch_size, remote=remote).argmax(-1).tolist()
+        if store is not None:
+            store.append([{**_row_record(r, [t], tok, name, name), "error": None} for r, t in zip(chunk, top)])
+        preds.extend(top)
     it = iter(preds)
     for rec in base:
         if rec["method"] == "patchscope":
@@ -179,6 +195,7 @@ def parse_args(argv):
     p.add_argument("--max-new-tokens", type=int, default=1,
                    help="unused: the Patchscope reads the first token from patched logits")
     p.add_argument("--remote", action="store_true")
+    add_resume(p)
     args = p.parse_args(argv)
     if args.layer_stride < 1:
         p.error(f"--layer-stride must be >= 1, got {args.layer_stride}")
@@ -200,7 +217,7 @@ def main(argv=None, model=None) -> pd.DataFrame:
     model = model if model is not None else (load_model(args.model) if args.model else load_model())
     layers = strided_layers(num_layers(model._module.config), args.layer_stride)
     df = token_identity(model, limit=args.limit, layers=layers, max_positions=args.max_positions,
-                        remote=args.remote)
+                        remote=args.remote, **store_kwargs(args, out, "token_identity"))
     summary = summarize(df)
     df.to_csv(out / "token_identity.csv", index=False)
     summary.to_csv(out / "token_identity_summary.csv", index=False)

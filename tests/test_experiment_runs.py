@@ -129,3 +129,25 @@ def test_fig3_script_resumes_after_a_crash(model, tmp_path):
     assert again["df"].token_ids.tolist() == first["df"].token_ids.tolist()
     assert again["table"].equals(first["table"])
     assert len(jsonl(run / "rows.jsonl")) == 24
+
+
+def test_token_identity_stores_top1_per_call_and_resumes(model, tmp_path, monkeypatch):
+    from experiments import token_identity as ti
+
+    kw = dict(sentences=["The cat sat on the mat.", "Paris is the capital of France."], layers=[0, 2],
+              max_positions=3, rows_per_call=4)  # 12 patched rows -> 3 calls
+    reference = ti.token_identity(model, **kw)
+    full = ti.token_identity(model, run_dir=tmp_path, **kw)
+    pd.testing.assert_frame_equal(full, reference)
+    stored = jsonl(tmp_path / "rows.jsonl")
+    assert len(stored) == 12 and all(len(r["token_ids"]) == 1 for r in stored)
+
+    _cut(tmp_path / "rows.jsonl", 5)  # the first call's 4 rows survive intact, the second's only partly
+    calls = []
+    real = ti.patched_logits
+    monkeypatch.setattr(ti, "patched_logits", lambda m, rows, **k: calls.append(len(rows)) or real(m, rows, **k))
+    resumed = ti.token_identity(model, run_dir=tmp_path, resume=True, **kw)
+    pd.testing.assert_frame_equal(resumed, reference)
+    assert calls == [4, 4]  # only the two calls not fully on disk ran again
+    with pytest.raises(FileExistsError, match="--resume"):
+        ti.token_identity(model, run_dir=tmp_path, **kw)
