@@ -30,6 +30,7 @@ row alone (``tests/test_patching.py`` checks token ids against plain-HF hooks).
 
 from __future__ import annotations
 
+import inspect
 import math
 import warnings
 from dataclasses import dataclass, field, replace
@@ -353,7 +354,7 @@ def _build_job(model, target_model, rows: Sequence[Row], gen_kwargs: dict, logit
         b_idx = [b for b, _ in items]
         write_list.append((layer, site, torch.tensor(b_idx), torch.tensor([p for _, p in items]), b_idx))
     mappings = [(source_key(r), r.mapping) for r in rows]
-    prefix = shared_prefix_len(rows) if shared_prefix and not logits else 0
+    prefix = shared_prefix_len(rows) if shared_prefix else 0
     return Job(
         arch_spec(model._module.config), arch_spec(target_model._module.config), list(groups.values()),
         torch.tensor([list(r.target_ids) for r in rows]), write_list, mappings, gen_kwargs,
@@ -421,6 +422,19 @@ def run_sources(model, job: Job, remote=False, backend=None) -> dict:
     return vectors
 
 
+def _logits_window(model, n_tokens: int, positions: torch.Tensor) -> tuple[dict, torch.Tensor]:
+    """Compute vocabulary logits only from the earliest target position on (``logits_to_keep``).
+
+    ``positions``: [B] indices into a pass of ``n_tokens`` tokens. Returns the forward
+    kwargs and the positions re-indexed into the kept window; models whose forward
+    lacks ``logits_to_keep`` get every position (same values).
+    """
+    if "logits_to_keep" not in inspect.signature(model._module.forward).parameters:
+        return {}, positions
+    keep = n_tokens - int(positions.min())
+    return {"logits_to_keep": keep}, positions - (n_tokens - keep)
+
+
 def run_job(model, job: Job, remote=False, backend=None, vectors: dict | None = None):
     """One session: read the sources ``vectors`` lacks (from another model or an
     earlier chunk), map them, patch them into the batched target prompts, generate.
@@ -441,10 +455,17 @@ def run_job(model, job: Job, remote=False, backend=None, vectors: dict | None = 
                         read_sources(model, job.spec, reads, vectors)
         patched, mapped_ok = map_vectors(vectors, job.mappings, job.dtype)
         if job.logits:
-            with model.trace() as tracer:
-                with tracer.invoke(job.target_ids):
-                    write_patches(model, job.target_spec, job.writes, patched)
-                    logits = model.output.logits[torch.arange(len(job.positions)), job.positions]
+            ids, offset, kw = job.target_ids, job.prefix_len, {}
+            if offset:
+                with model.trace(ids[:1, :offset]):
+                    cache = model.output.past_key_values
+                kw["past_key_values"] = expand_cache(cache, len(ids))
+                ids = ids[:, offset:]
+            keep, positions = _logits_window(model, ids.shape[1], job.positions - offset)
+            with model.trace(**keep) as tracer:
+                with tracer.invoke(ids, **kw):  # the cache goes with the invoke: nnsight then adds no short mask
+                    write_patches(model, job.target_spec, job.writes, patched, offset)
+                    logits = model.output.logits[torch.arange(len(positions)), positions]
             logits[~mapped_ok] = float("nan")
             out = logits.save()
         else:
@@ -607,11 +628,15 @@ def run_rows(model, rows: list[Row], *, target_model=None, max_new_tokens: int =
 
 
 def patched_logits(model, rows: list[Row], *, target_model=None, max_batch_size: int = 64,
-                   remote: bool | str = False, backend=None) -> torch.Tensor:
-    """Next-token logits at each row's target position after patching: [N, vocab], input order."""
+                   shared_prefix: bool = True, remote: bool | str = False, backend=None) -> torch.Tensor:
+    """Next-token logits at each row's target position after patching: [N, vocab], input order.
+
+    ``shared_prefix``: as in :func:`run_rows` (the target prefix's KV cache is reused).
+    """
     out = [None] * len(rows)
     for idx, _, logits in execute(model, rows, target_model=target_model, logits=True,
-                                  max_batch_size=max_batch_size, remote=remote, backend=backend):
+                                  max_batch_size=max_batch_size, shared_prefix=shared_prefix,
+                                  remote=remote, backend=backend):
         for b, i in enumerate(idx):
             out[i] = logits[b]
     return torch.stack(out)

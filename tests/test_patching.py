@@ -80,9 +80,15 @@ def test_cross_model_with_affine_map():
 
 
 def test_patched_logits_match_hooks():
+    """Also where the patched positions differ within one call and are not the last token
+    (vocabulary logits are computed only from the earliest patched position on)."""
     model = tiny_model("gemma3_text")
     rows = sweep_rows(model, ["Alexander the Great"], layers=[1, 2], sites=["mlp_out", "residual"], alphas=[1, 8],
                       target=Target(ENTITY_PROMPT))
+    for pos in (2, 4):
+        rows += sweep_rows(model, ["Pink Floyd"], layers=[1], sites=["residual"], alphas=[3],
+                           target=Target("The official currency of x is", position=pos))
+    assert len({len(r.target_ids) for r in rows[-2:]}) == 1 and rows[-1].target_position < len(rows[-1].target_ids) - 1
     got = patched_logits(model, rows)
     for r, g in zip(rows, got):
         want = hf_patch_logits(model._module, list(r.source_ids), r.source_position, r.source_layer, r.site,
@@ -107,6 +113,19 @@ def test_shared_prefix_equals_plain_batched(model, target):
     assert plain.token_ids.tolist() == prefix.token_ids.tolist()
     local = sweep(model, ["Pink Floyd"], shared_prefix=True, remote="local", **kw)
     assert local.token_ids.tolist() == plain.token_ids.tolist()[len(local):]
+
+
+def test_patched_logits_with_shared_prefix_equal_full_pass(model):
+    """Logits with the target prefix's KV cache reused (and the logits window) equal a full pass."""
+    rows = sweep_rows(model, ["Alexander the Great", "Pink Floyd"], layers=[0, 2], sites=["residual", "mlp_out"],
+                      alphas=[1, 5], target=Target(IDENTITY_PROMPT, placeholder="?"))
+    rows += sweep_rows(model, ["Pink Floyd"], layers=[1], alphas=[2], target=Target("The official currency of x is"))
+    full = patched_logits(model, rows, shared_prefix=False)
+    reused = patched_logits(model, rows, max_batch_size=3)
+    torch.testing.assert_close(reused, full, rtol=1e-4, atol=1e-4)
+    assert torch.equal(reused.argmax(-1), full.argmax(-1))
+    local = patched_logits(model, rows[:4], remote="local")
+    torch.testing.assert_close(local, reused[:4], rtol=1e-4, atol=1e-4)
 
 
 def test_sources_read_once_per_sweep(monkeypatch):
