@@ -18,6 +18,6 @@ from .patching import (  # noqa: E402
 
 __all__ = [
     "SITES", "arch_spec", "DEFAULT_MODEL", "load_model", "ENTITY_PROMPT", "IDENTITY_PROMPT", "RESULT_COLUMNS",
-    "Affine", "Amplify", "Fn", "Identity", "Source", "Target", "collect", "generate_plain", "patched_logits", "patchscope",
-    "resolve", "run_rows", "sweep", "sweep_rows", "lens_logits", "logit_lens",
+    "Affine", "Amplify", "Fn", "Identity", "Source", "Target", "collect", "generate_plain", "patched_logits",
+    "patchscope", "resolve", "run_rows", "sweep", "sweep_rows", "lens_logits", "logit_lens",
 ]
