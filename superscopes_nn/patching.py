@@ -488,11 +488,11 @@ def run_job(model, job: Job, remote=False, backend=None, vectors: dict | None = 
 # ------------------------------------------------------------------ public API
 
 
-def _chunks(rows: list[Row], max_batch_size: int):
-    """Group rows by target length (no padding), then split into batches; yields index lists."""
+def _chunks(lengths: Sequence[int], max_batch_size: int):
+    """Group items by token length (no padding), then split into batches; yields index lists."""
     by_len: dict = {}
-    for i, r in enumerate(rows):
-        by_len.setdefault(len(r.target_ids), []).append(i)
+    for i, n in enumerate(lengths):
+        by_len.setdefault(n, []).append(i)
     for idx in by_len.values():
         for k in range(0, len(idx), max_batch_size):
             yield idx[k:k + max_batch_size]
@@ -550,7 +550,7 @@ def execute(model, rows: list[Row], *, target_model=None, gen_kwargs: dict | Non
     if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 1:
         raise ValueError(f"max_batch_size must be an int >= 1, got {max_batch_size!r}")
     known: dict = {}
-    for idx in _chunks(rows, max_batch_size):
+    for idx in _chunks([len(r.target_ids) for r in rows], max_batch_size):
         chunk = [rows[i] for i in idx]
         job = _build_job(model, target_model, chunk, gen_kwargs or {}, logits, known=known, shared_prefix=shared_prefix)
         if target_model is not model:
@@ -654,18 +654,13 @@ def generate_plain(model, prompts: Sequence[str], max_new_tokens: int = 10, max_
     gen = _gen_kwargs(model, max_new_tokens)
     eos = _eos_ids(model)
     ids = [encode(model.tokenizer, p) for p in prompts]
-    by_len: dict = {}
-    for i, t in enumerate(ids):
-        by_len.setdefault(len(t), []).append(i)
     out: list = [None] * len(ids)
-    for n, idx in by_len.items():
-        for k in range(0, len(idx), max_batch_size):
-            chunk = idx[k:k + max_batch_size]
-            with model.generate(torch.tensor([ids[i] for i in chunk]), remote=remote, backend=backend,
-                                **gen) as tracer:
-                result = tracer.result.save()
-            for b, i in enumerate(chunk):
-                out[i] = model.tokenizer.decode(trim_new_tokens(result[b, n:].tolist(), eos), skip_special_tokens=True)
+    for chunk in _chunks([len(t) for t in ids], max_batch_size):
+        n = len(ids[chunk[0]])
+        with model.generate(torch.tensor([ids[i] for i in chunk]), remote=remote, backend=backend, **gen) as tracer:
+            result = tracer.result.save()
+        for b, i in enumerate(chunk):
+            out[i] = model.tokenizer.decode(trim_new_tokens(result[b, n:].tolist(), eos), skip_special_tokens=True)
     return out
 
 
