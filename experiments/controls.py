@@ -255,10 +255,10 @@ def main(argv=None, model=None, verbalizer=None) -> pd.DataFrame:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
+    samples = lre_samples(args.lre_root, tasks=args.tasks, limit=args.limit)  # bad data fails before loading
+    layers = [int(x) for x in args.source_layers.split(",") if x.strip()]
     model = model if model is not None else (load_model(args.model) if args.model else load_model())
     verbalizer = verbalizer if verbalizer is not None else load_model(args.verbalizer)
-    samples = lre_samples(args.lre_root, tasks=args.tasks, limit=args.limit)
-    layers = [int(x) for x in args.source_layers.split(",") if x.strip()]
     pairs = proportional_layers(model, verbalizer, layers)
     df = verbalizer_vs_source(model, verbalizer, samples, layer_pairs=pairs,
                               fit_texts=default_fit_texts(args.fit_texts or None), ridge=args.ridge,
