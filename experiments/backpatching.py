@@ -292,31 +292,46 @@ def plot_heatmap(grid: pd.DataFrame, path: Path, title: str) -> None:
 # ------------------------------------------------------------------ script
 
 
-def parse_args(argv):
-    p = argparse.ArgumentParser(description="Back-patching (Biran et al. 2024) on two-hop queries.")
+def two_hop_parser(description: str, out: str, max_new_tokens: int = 10,
+                   layers_help: str | None = None) -> argparse.ArgumentParser:
+    """The arguments the three two-hop scripts share (back-patching, multi-hop CoT, bridge)."""
+    p = argparse.ArgumentParser(description=description)
     p.add_argument("--model", default=None, help="model name (default: the library default, Gemma 3 270M)")
     p.add_argument("--data", default=None, help="two-hop JSONL (default: data/two_hop.jsonl)")
     p.add_argument("--limit", type=int, default=None, help="first N queries")
     p.add_argument("--stratify", action="store_true", help="with --limit: round robin over relation pairs")
-    p.add_argument("--layers", default=None, help="comma-separated layers to pair (default: all)")
-    p.add_argument("--out", default="runs/backpatching")
-    p.add_argument("--max-new-tokens", type=int, default=10)
+    if layers_help:
+        p.add_argument("--layers", default=None, help=layers_help)
+    p.add_argument("--out", default=out)
+    p.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
     p.add_argument("--max-batch-size", type=int, default=64)
     p.add_argument("--remote", action="store_true")
-    add_resume(p)
-    return p.parse_args(argv)
+    return add_resume(p)
 
 
-def main(argv=None, model=None) -> pd.DataFrame:
-    args = parse_args(argv)
+def script_setup(args, model=None):
+    """``(model, out, layers)`` for a two-hop script: the given or loaded model, the created
+    output folder, and ``--layers`` as a list (None = all)."""
     if model is None:
         from superscopes_nn import load_model
 
         model = load_model(args.model, remote=args.remote) if args.model else load_model(remote=args.remote)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    layers = getattr(args, "layers", None)
+    return model, out, None if not layers else [int(x) for x in layers.split(",") if x.strip()]
+
+
+def parse_args(argv):
+    p = two_hop_parser("Back-patching (Biran et al. 2024) on two-hop queries.", "runs/backpatching",
+                       layers_help="comma-separated layers to pair (default: all)")
+    return p.parse_args(argv)
+
+
+def main(argv=None, model=None) -> pd.DataFrame:
+    args = parse_args(argv)
+    model, out, layers = script_setup(args, model)
     t0 = time.perf_counter()
-    layers = None if not args.layers else [int(x) for x in args.layers.split(",") if x.strip()]
     df = backpatching(model, args.data, limit=args.limit, stratify=args.stratify, layers=layers,
                       max_new_tokens=args.max_new_tokens,
                       max_batch_size=args.max_batch_size, remote=args.remote, progress=True,

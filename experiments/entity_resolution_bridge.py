@@ -21,7 +21,6 @@ Run::
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 import time
@@ -33,13 +32,15 @@ import pandas as pd
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experiments.run_args import add_resume, store_kwargs  # noqa: E402
+from experiments.run_args import store_kwargs  # noqa: E402
 from superscopes_nn.architectures import num_layers  # noqa: E402
 from superscopes_nn.patching import (  # noqa: E402
     ENTITY_PROMPT, Source, Target, check_layer, find_token, model_name, patchscope,
 )
 
-from experiments.backpatching import alias_match, bridge_aliases, load_queries  # noqa: E402
+from experiments.backpatching import (  # noqa: E402
+    alias_match, bridge_aliases, load_queries, script_setup, two_hop_parser,
+)
 
 log = logging.getLogger(__name__)
 
@@ -158,29 +159,16 @@ def plot(summary: pd.DataFrame, path: Path, title: str) -> None:
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description="Layer at which the bridge entity of a two-hop prompt becomes decodable.")
-    p.add_argument("--model", default=None, help="model name (default: the library default, Gemma 3 270M)")
-    p.add_argument("--data", default=None, help="two-hop JSONL (default: data/two_hop.jsonl)")
-    p.add_argument("--limit", type=int, default=None, help="first N queries")
-    p.add_argument("--stratify", action="store_true", help="with --limit: round robin over relation pairs")
-    p.add_argument("--out", default="runs/bridge_resolution")
-    p.add_argument("--max-new-tokens", type=int, default=20)
-    p.add_argument("--max-batch-size", type=int, default=64)
+    p = two_hop_parser("Layer at which the bridge entity of a two-hop prompt becomes decodable.",
+                       "runs/bridge_resolution", max_new_tokens=20)
     p.add_argument("--cosine", action="store_true", help="also score MiniLM cosine to the bridge name")
-    p.add_argument("--remote", action="store_true")
-    add_resume(p)
     return p.parse_args(argv)
 
 
 def main(argv=None, model=None) -> pd.DataFrame:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     args = parse_args(argv)
-    if model is None:
-        from superscopes_nn import load_model
-
-        model = load_model(args.model, remote=args.remote) if args.model else load_model(remote=args.remote)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    model, out, _ = script_setup(args, model)
     t0 = time.perf_counter()
     df = bridge_resolution(model, args.data, limit=args.limit, stratify=args.stratify,
                            max_new_tokens=args.max_new_tokens,

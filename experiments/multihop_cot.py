@@ -21,7 +21,6 @@ Run::
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -32,11 +31,13 @@ import pandas as pd
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experiments.run_args import add_resume, store_kwargs  # noqa: E402
+from experiments.run_args import store_kwargs  # noqa: E402
 from superscopes_nn.architectures import num_layers  # noqa: E402
-from superscopes_nn.patching import Source, Target, model_name, patchscope  # noqa: E402
+from superscopes_nn.patching import Source, Target, generate_plain, model_name, patchscope  # noqa: E402
 
-from experiments.backpatching import alias_match, answer_aliases, generate_plain, load_queries  # noqa: E402
+from experiments.backpatching import (  # noqa: E402
+    alias_match, answer_aliases, load_queries, script_setup, two_hop_parser,
+)
 
 COT_PREFIX = "Let's think step by step."
 METHODS = ("patchscope", "vanilla", "cot")
@@ -183,30 +184,15 @@ def plot(df: pd.DataFrame, summary: pd.DataFrame, path: Path, title: str) -> Non
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description="Multi-hop Patchscope (first hop patched into the second) vs baselines.")
-    p.add_argument("--model", default=None, help="model name (default: the library default, Gemma 3 270M)")
-    p.add_argument("--data", default=None, help="two-hop JSONL (default: data/two_hop.jsonl)")
-    p.add_argument("--limit", type=int, default=None, help="first N queries")
-    p.add_argument("--stratify", action="store_true", help="with --limit: round robin over relation pairs")
-    p.add_argument("--layers", default=None, help="comma-separated layers for l and l* (default: all)")
-    p.add_argument("--out", default="runs/multihop_cot")
-    p.add_argument("--max-new-tokens", type=int, default=10)
-    p.add_argument("--max-batch-size", type=int, default=64)
-    p.add_argument("--remote", action="store_true")
-    add_resume(p)
+    p = two_hop_parser("Multi-hop Patchscope (first hop patched into the second) vs baselines.", "runs/multihop_cot",
+                       layers_help="comma-separated layers for l and l* (default: all)")
     return p.parse_args(argv)
 
 
 def main(argv=None, model=None) -> pd.DataFrame:
     args = parse_args(argv)
-    if model is None:
-        from superscopes_nn import load_model
-
-        model = load_model(args.model, remote=args.remote) if args.model else load_model(remote=args.remote)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    model, out, layers = script_setup(args, model)
     t0 = time.perf_counter()
-    layers = None if not args.layers else [int(x) for x in args.layers.split(",") if x.strip()]
     df = multihop_cot(model, args.data, limit=args.limit, stratify=args.stratify, layers=layers,
                       max_new_tokens=args.max_new_tokens,
                       max_batch_size=args.max_batch_size, remote=args.remote, progress=True,

@@ -10,7 +10,7 @@ import pytest
 from experiments import backpatching as bp
 from experiments import entity_resolution_bridge as erb
 from experiments import multihop_cot as mc
-from superscopes_nn.patching import patchscope
+from superscopes_nn.patching import generate_plain, patchscope
 from superscopes_nn.testing import tiny_model
 
 FIXTURE = Path(__file__).parent / "fixtures" / "two_hop_multihop_small.jsonl"
@@ -53,7 +53,7 @@ def test_layer_pairs_and_errors():
 
 def test_generate_plain_batched_equals_single(model, queries):
     prompts = queries.two_hop_prompt.tolist() + queries.first_hop_prompt.tolist()
-    assert bp.generate_plain(model, prompts, 4) == bp.generate_plain(model, prompts, 4, max_batch_size=1)
+    assert generate_plain(model, prompts, 4) == generate_plain(model, prompts, 4, max_batch_size=1)
 
 
 def test_backpatch_batched_equals_one_at_a_time(model, queries):
