@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from superscopes_nn import load_model  # noqa: E402
 from superscopes_nn.architectures import num_layers  # noqa: E402
-from superscopes_nn.patching import patchscope  # noqa: E402
+from superscopes_nn.api import patchscope  # noqa: E402
 
 from experiments.backpatching import backpatch_patches, layer_pairs, load_queries  # noqa: E402
 

@@ -38,7 +38,10 @@ if __package__ in (None, ""):
 
 from experiments.run_args import add_resume, store_kwargs  # noqa: E402
 from superscopes_nn.architectures import num_layers  # noqa: E402
-from superscopes_nn.patching import Source, Target, check_layer, model_name, patchscope  # noqa: E402
+from superscopes_nn.api import patchscope  # noqa: E402
+from superscopes_nn.resolver import model_name  # noqa: E402
+from superscopes_nn.specs import Source, Target  # noqa: E402
+from superscopes_nn.validate import check_layer  # noqa: E402
 
 from experiments.controls import contains, input_only  # noqa: E402
 

@@ -38,7 +38,10 @@ if __package__ in (None, ""):
 
 from experiments.run_args import add_resume, store_kwargs  # noqa: E402
 from superscopes_nn.architectures import num_layers  # noqa: E402
-from superscopes_nn.patching import ENTITY_PROMPT, Target, check_layer, model_name, sweep  # noqa: E402
+from superscopes_nn.api import sweep  # noqa: E402
+from superscopes_nn.resolver import model_name  # noqa: E402
+from superscopes_nn.specs import ENTITY_PROMPT, Target  # noqa: E402
+from superscopes_nn.validate import check_layer  # noqa: E402
 
 from experiments.controls import input_only  # noqa: E402
 
@@ -122,7 +125,7 @@ def entity_resolution(model, entities=None, *, limit: int | None = None, layers:
 
     1. source = each entity name alone, its last token, every layer ``l`` (residual);
     2. target = ``target_prompt`` at ``x``, target layer = ``l``; greedy-generate
-       ``max_new_tokens`` tokens (one batched :func:`~superscopes_nn.patching.sweep`);
+       ``max_new_tokens`` tokens (one batched :func:`~superscopes_nn.api.sweep`);
     3. if ``baseline``: the input-only control (name in place of ``x``, no patching);
     4. score every row with ``metrics`` (empty = no scoring).
 

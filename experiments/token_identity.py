@@ -41,9 +41,11 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from superscopes_nn.architectures import arch_spec, get_path, num_layers  # noqa: E402
-from superscopes_nn.patching import (  # noqa: E402
-    IDENTITY_PROMPT, Source, Target, _row_record, check_layer, encode, model_name, patched_logits, resolve,
-)
+from superscopes_nn.api import patched_logits  # noqa: E402
+from superscopes_nn.resolver import encode, model_name, resolve  # noqa: E402
+from superscopes_nn.run import row_record  # noqa: E402
+from superscopes_nn.specs import IDENTITY_PROMPT, Source, Target  # noqa: E402
+from superscopes_nn.validate import check_layer  # noqa: E402
 from superscopes_nn.store import RunStore, record_key, row_key  # noqa: E402
 from experiments.run_args import add_resume, store_kwargs  # noqa: E402
 
@@ -148,7 +150,7 @@ def token_identity(model, sentences: Sequence[str] | None = None, *, limit: int 
             continue
         top = patched_logits(model, chunk, max_batch_size=max_batch_size, remote=remote).argmax(-1).tolist()
         if store is not None:
-            store.append([{**_row_record(r, [t], tok, name, name), "error": None} for r, t in zip(chunk, top)])
+            store.append([{**row_record(r, [t], tok, name, name), "error": None} for r, t in zip(chunk, top)])
         preds.extend(top)
     it = iter(preds)
     for rec in base:

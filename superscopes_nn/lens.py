@@ -15,7 +15,9 @@ import pandas as pd
 import torch
 
 from .architectures import arch_spec, get_path, num_layers
-from .patching import _ship_library, check_layer, encode, model_name, resolve_position
+from .api import _ship
+from .resolver import encode, model_name, resolve_position
+from .validate import check_layer, check_layers
 
 
 def lens_logits(model, prompt: str, layers: Iterable[int], position: int | str = -1, *,
@@ -28,7 +30,7 @@ def lens_logits(model, prompt: str, layers: Iterable[int], position: int | str =
     ids = encode(model.tokenizer, prompt)
     pos = resolve_position(model.tokenizer, prompt, position, len(ids))
     cap = getattr(config, "final_logit_softcapping", None)
-    _ship_library(remote, backend)
+    _ship(remote, backend)
     with model.trace(torch.tensor([ids]), remote=remote, backend=backend):
         hidden = []
         for layer in layers:

@@ -4,7 +4,9 @@ import pytest
 import torch
 
 from superscopes_nn.lens import lens_logits, logit_lens
-from superscopes_nn.patching import Source, Target, patched_logits, resolve
+from superscopes_nn.api import patched_logits
+from superscopes_nn.resolver import resolve
+from superscopes_nn.specs import Source, Target
 from superscopes_nn.testing import tiny_model
 
 

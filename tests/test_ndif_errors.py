@@ -26,7 +26,9 @@ import pytest
 from nnsight.intervention.backends.remote import RemoteError
 
 from superscopes_nn.ndif_errors import NDIFError, call_remote, classify
-from superscopes_nn.patching import ENTITY_PROMPT, Target, run_rows, sweep_rows
+from superscopes_nn.resolver import sweep_rows
+from superscopes_nn.run import run_rows
+from superscopes_nn.specs import ENTITY_PROMPT, Target
 from superscopes_nn.testing import tiny_model
 
 WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -150,7 +152,7 @@ def remote_run(tiny, monkeypatch):
     model, rows = tiny
     monkeypatch.setitem(hf._ID_CACHE, model.repo_id, "superscopes/tiny-llama")  # no hub lookup
     monkeypatch.setattr(websocket._socket, "_default_timeout", TIMEOUT)
-    return lambda url: run_rows(model, rows, max_new_tokens=2, remote=url)
+    return lambda url, **kw: run_rows(model, rows, max_new_tokens=2, remote=url, **kw)
 
 
 def free_port() -> int:
@@ -160,9 +162,10 @@ def free_port() -> int:
 
 
 def call(remote_run, url, retries=2):
+    """The entry point's own NDIF retries (every remote entry point has them, run_dir or not)."""
     sleeps = []
     with pytest.raises(NDIFError) as info:
-        call_remote(lambda: remote_run(url), retries=retries, sleep=sleeps.append, host=url)
+        remote_run(url, retries=retries, sleep=sleeps.append)
     return info.value, sleeps
 
 
