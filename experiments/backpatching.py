@@ -94,7 +94,7 @@ def load_queries(queries=None, limit: int | None = None, stratify: bool = False)
 
 
 def alias_match(text, aliases: Iterable[str]) -> bool:
-    """``superscopes_nn.scoring.alias_match`` (case-insensitive substring, aliases of length <= 1
+    """``superscopes_nn.scoring.alias_match`` (case-insensitive whole-word match, aliases of length <= 1
     ignored); a missing text (an errored row) never matches."""
     if not isinstance(text, str):
         return False
