@@ -200,7 +200,7 @@ def test_single_prompt_scripts(llama, tmp_path, mod, extra):
 
 
 def test_fig3_script(llama, tmp_path, capsys):
-    from experiments import superscopes_common, superscopes_fig3
+    from experiments import superscopes_fig3
 
     tsv = tmp_path / "p.tsv"
     tsv.write_text("# comment\nPink Floyd\tloyd\nStar Wars\tWars\nTitanic\tic\n")
