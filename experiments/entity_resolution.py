@@ -201,7 +201,7 @@ def parse_args(argv):
     p = argparse.ArgumentParser(description="Entity resolution across layers (Patchscopes Sec. 4.4).")
     p.add_argument("--model", default=None, help="model name (default: the library default, Gemma 3 270M)")
     p.add_argument("--limit", type=int, default=None, help="number of entities (round robin over types)")
-    p.add_argument("--entities", default=None, help="a JSON Lines file of entities (default: data/entities.jsonl)")
+    p.add_argument("--entities", default=None, help="a JSON Lines file of entities (default: superscopes_nn/data/entities.jsonl)")
     p.add_argument("--layer-stride", type=int, default=1, help="every k-th layer")
     p.add_argument("--metrics", default=",".join(METRICS),
                    help="comma-separated subset of " + ",".join(METRICS) + " ('' = generate only)")

@@ -8,7 +8,7 @@ instead applies the final norm and unembedding to the state directly.
 
 Both are scored by precision@1 against the model's own next-token prediction
 (the argmax of its final logits at the same position), on every position of the
-plain sentences in ``data/next_token_sample.txt``::
+plain sentences in ``superscopes_nn/data/next_token_sample.txt``::
 
     from superscopes_nn import load_model
     from experiments.token_identity import token_identity, summarize
@@ -49,7 +49,9 @@ from superscopes_nn.validate import check_layer  # noqa: E402
 from superscopes_nn.store import RunStore, record_key, row_key  # noqa: E402
 from experiments.run_args import add_resume, store_kwargs  # noqa: E402
 
-SAMPLE_PATH = Path(__file__).resolve().parents[1] / "data" / "next_token_sample.txt"
+from superscopes_nn.datasets import DATA_DIR  # noqa: E402
+
+SAMPLE_PATH = DATA_DIR / "next_token_sample.txt"
 METHODS = ("patchscope", "logit_lens")
 
 

@@ -22,11 +22,16 @@ from .validate import check_layer, check_layers
 
 def lens_logits(model, prompt: str, layers: Iterable[int], position: int | str = -1, *,
                 remote: bool | str = False, backend=None) -> torch.Tensor:
-    """[len(layers), vocab] logit-lens logits at ``position`` (final norm + unembedding of h_l)."""
+    """[len(layers), vocab] logit-lens logits at ``position`` (final norm + unembedding of h_l).
+
+    Row ``j`` is ``layers[j]``, in the order given (negative layers count from the end,
+    so ``[-1, 0]`` gives the last layer's row first).
+    """
     config = model._module.config
     spec = arch_spec(config)
     n = num_layers(config)
-    layers = sorted({check_layer(l, n, "source", model_name(model)) for l in layers})
+    wanted = [check_layer(l, n, "source", model_name(model)) for l in layers]
+    layers = sorted(set(wanted))
     ids = encode(model.tokenizer, prompt)
     pos = resolve_position(model.tokenizer, prompt, position, len(ids))
     cap = getattr(config, "final_logit_softcapping", None)
@@ -41,13 +46,19 @@ def lens_logits(model, prompt: str, layers: Iterable[int], position: int | str =
         if cap:
             logits = torch.tanh(logits / cap) * cap
         logits = logits.detach().save()
-    return logits
+    return logits[[layers.index(l) for l in wanted]]
 
 
 def logit_lens(model, prompt: str, layers: Iterable[int] | None = None, position: int | str = -1, k: int = 1, *,
                remote: bool | str = False, backend=None) -> pd.DataFrame:
-    """Top-``k`` logit-lens tokens per layer: columns layer, rank, token, token_id, prob."""
-    layers = list(range(num_layers(model._module.config))) if layers is None else sorted(set(layers))
+    """Top-``k`` logit-lens tokens per layer: columns layer, rank, token, token_id, prob.
+
+    ``layer`` is the absolute layer index (``-1`` is reported as ``L - 1``); rows come in
+    increasing layer order, one block of ``k`` per distinct layer.
+    """
+    n = num_layers(model._module.config)
+    layers = list(range(n)) if layers is None else sorted({check_layer(l, n, "source", model_name(model))
+                                                          for l in layers})
     logits = lens_logits(model, prompt, layers, position, remote=remote, backend=backend)
     probs = logits.float().softmax(-1)
     top = probs.topk(k, dim=-1)
