@@ -22,7 +22,9 @@ import superscopes_nn
 from superscopes_nn import datasets as ds
 
 assert Path(superscopes_nn.__file__).is_relative_to(site), superscopes_nn.__file__
-bad = [p for p in sys.path if p in ("", ".") or Path(p).resolve() == repo or Path(p).resolve().is_relative_to(repo)]
+venv = Path(sys.prefix).resolve()  # the interpreter's own site-packages may live inside the repo (.venv)
+bad = [p for p in sys.path if p in ("", ".") or (Path(p).resolve().is_relative_to(repo)
+                                                  and not Path(p).resolve().is_relative_to(venv))]
 assert not bad, ("repo on sys.path", bad)
 assert ds.DATA_DIR.is_relative_to(site), ds.DATA_DIR
 assert len(ds.load_entities()) == 285 and len(ds.load_two_hop()) == 182
