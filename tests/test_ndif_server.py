@@ -35,7 +35,7 @@ PROMPTS = ["Alexander the Great", "Pink Floyd"]
 # the generated __repr__, `_thread`; `_logits_window` references `inspect`. The lead is making
 # the body plain data; flip these when it lands.
 PAYLOAD = "payload references modules outside NDIF's allowlist (dataclasses/_thread/inspect): see docs/ndif.md"
-SANDBOX_META = ("reads model._module inside the session (_logits_window / model_name), which is None on NDIF's "
+SANDBOX_META = ("_logits_window reads model._module.forward inside the session; model._module is None on NDIF's "
                 "sandbox when nnsight 0.8.1 cannot build the meta model (transformers >= 5.23)")
 
 
