@@ -31,10 +31,9 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$WANT" ] && "$VENV/bin/python" -c "
   exit 0
 fi
 
-find_python() {
-  command -v "python$PYV" 2>/dev/null && return
-  for p in "${PYENV_ROOT:-$HOME/.pyenv}"/versions/"$PYV".*/bin/python; do
-    [ -x "$p" ] && { echo "$p"; return; }
+find_python() {  # a pyenv shim on PATH may exist and still refuse to run: try each candidate
+  for p in "$(command -v "python$PYV" 2>/dev/null || true)" "${PYENV_ROOT:-$HOME/.pyenv}"/versions/"$PYV".*/bin/python; do
+    [ -n "$p" ] && [ -x "$p" ] && "$p" -c "import venv" 2>/dev/null && { echo "$p"; return; }
   done
   echo "[setup_ndif] no python$PYV found (PATH or pyenv); set NDIF_PY to an installed version" >&2
   exit 1
