@@ -37,6 +37,8 @@ from dataclasses import dataclass
 from typing import Callable, TypeVar
 
 T = TypeVar("T")
+__all__ = ["RETRY", "FIX", "PERMANENT", "TEXTS", "Failure", "NDIFError", "classify", "classify_text", "call_remote",
+           "remote_host", "NDIFBackend", "remote_backend"]
 
 RETRY, FIX, PERMANENT = "retry", "fix", "permanent"
 _SEND_PREFIX = "Failed to send request:"
