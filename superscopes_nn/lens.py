@@ -35,13 +35,14 @@ def lens_logits(model, prompt: str, layers: Iterable[int], position: int | str =
     ids = encode(model.tokenizer, prompt)
     pos = resolve_position(model.tokenizer, prompt, position, len(ids))
     cap = getattr(config, "final_logit_softcapping", None)
+    layers_path, norm_path, head_path = spec.layers, spec.final_norm, spec.lm_head  # plain strings cross the wire
     _ship(remote, backend)
     with model.trace(torch.tensor([ids]), remote=remote, backend=backend):
         hidden = []
         for layer in layers:
-            out = get_path(model, spec.layers)[layer].output
+            out = get_path(model, layers_path)[layer].output
             hidden.append((out[0] if isinstance(out, tuple) else out)[0, pos])
-        norm, head = get_path(model, spec.final_norm), get_path(model, spec.lm_head)
+        norm, head = get_path(model, norm_path), get_path(model, head_path)
         logits = head(norm(torch.stack(hidden)))
         if cap:
             logits = torch.tanh(logits / cap) * cap

@@ -23,18 +23,17 @@ import torch
 import ndif_server
 from superscopes_nn import (Affine, Amplify, Source, Target, collect, generate_plain, load_model, logit_lens,
                             patched_logits, patchscope, sweep)
-from superscopes_nn.patching import resolve
+from superscopes_nn import resolve
 from superscopes_nn.superscopes import superscope
 from superscopes_nn.testing import tiny_hf_model
 
 pytestmark = pytest.mark.ndif_server
 
 PROMPTS = ["Alexander the Great", "Pink Floyd"]
-# Today's session body ships library objects whose code NDIF's allowlist rejects: dataclass
-# instances (Job, ArchSpec, Row mappings such as Amplify) reference `dataclasses` and, through
-# the generated __repr__, `_thread`; `_logits_window` references `inspect`. The lead is making
-# the body plain data; flip these when it lands.
-PAYLOAD = "payload references modules outside NDIF's allowlist (dataclasses/_thread/inspect): see docs/ndif.md"
+# Every session body is plain data plus functions of the library shipped by source (the engine
+# unpacks its plan into tuples, dicts, tensors and strings before the session; no dataclass method
+# and nothing reading model._module runs on the server). A case that regresses fails here.
+PAYLOAD = "payload references modules outside NDIF's allowlist"
 SANDBOX_META = ("_logits_window reads model._module.forward inside the session; model._module is None on NDIF's "
                 "sandbox when nnsight 0.8.1 cannot build the meta model (transformers >= 5.23)")
 
@@ -88,10 +87,10 @@ CASES = {
     "logit_lens": lambda m, r: logit_lens(m["gemma3_text"], "Pink Floyd is", layers=[0, 2], k=3,
                                           remote=r).to_dict("records"),
 }
-# Cases whose session body is allowlist-clean today (only nnsight / torch / builtins).
-CLEAN = {"generate_plain"}
-# Cases that read model._module inside the session (sandbox path without a meta model).
-READS_MODULE = {"patched_logits"}
+# Cases whose session body is allowlist-clean (only nnsight / torch / builtins): all of them.
+CLEAN = set(CASES)
+# Cases that read model._module inside the session (sandbox path without a meta model): none.
+READS_MODULE: set = set()
 
 _OUTCOMES: dict = {}
 
