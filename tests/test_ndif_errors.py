@@ -178,7 +178,7 @@ def test_connection_refused_is_retried_then_names_the_host(remote_run):
     assert msg.startswith(f"could not reach NDIF at {url} (connection refused)") and "after 3 tries" in msg
     assert "check the host" in msg and "\n" not in msg
     assert sleeps == [1.0, 2.0] and err.attempts == 3 and err.failure.transient
-    assert isinstance(err.__cause__, ConnectionRefusedError)
+    assert "Connection refused" in str(err.__cause__)  # the POST of NDIFBackend's submit (no websocket)
 
 
 def test_post_403_invalid_key_is_not_retried(remote_run):
