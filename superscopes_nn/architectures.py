@@ -15,10 +15,15 @@ mlp_in     the MLP's input (the pre-MLP residual after the pre-MLP norm)
 =========  ================================================================
 
 Each :class:`ArchSpec` says which module each site is read from (its output,
-except ``mlp_in`` which is the *input* of the MLP module). For Gemma 2/3 the
-``attn_out``/``mlp_out`` sites are the outputs of ``post_attention_layernorm`` /
-``post_feedforward_layernorm``; for GPT-NeoX they are the (identity in eval)
-dropout modules that sit just before the residual add.
+except ``mlp_in`` which is the *input* of the MLP module). Specs are resolved from
+the built model by watching one forward pass (:mod:`superscopes_nn.sites_resolver`),
+not looked up by family name, so any decoder transformers ships gets its sites where
+its blocks actually add to the residual: for Gemma 2/3 ``attn_out``/``mlp_out`` are
+the outputs of the post-norms, for OLMo 2 (post-norms only) too, for Phi-3 and
+GPT-NeoX the (identity in eval) dropouts just before the residual add, for a MoE
+model the whole sparse block. :data:`ARCHITECTURES` keeps the specs resolved for the
+tested families, for a config alone (``arch_spec(config)``, e.g. a remote model).
+``python -m superscopes_nn.architectures --markdown`` prints the table of them.
 
 Within one layer the sites are reached in the order of :data:`SITE_ORDER`
 (attention first, then the MLP's input, its output, and the layer output), which
@@ -27,7 +32,7 @@ is the order interventions on one layer must be written in.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 SITES = ("residual", "attn_out", "mlp_in", "mlp_out")
 #: The order in which a forward pass reaches the sites of one layer.
@@ -39,7 +44,10 @@ class ArchSpec:
     """Module paths of one architecture family.
 
     Paths are dotted attribute paths from the ``*ForCausalLM`` root (``layers``,
-    ``final_norm``, ``lm_head``) or from one decoder layer (the site modules).
+    ``final_norm``, ``lm_head``) or from one decoder layer (the site modules and
+    the informational ``attn``, ``mlp``, ``mlp_norm``: the attention, the MLP and
+    the pre-MLP norm, ``""`` when there is none). ``missing``: ``(site, reason)``
+    pairs of sites the layout has no module for (asking for one raises).
     """
 
     family: str
@@ -51,11 +59,23 @@ class ArchSpec:
     mlp_in: str  # module whose *input* is the MLP input
     residual: str = ""  # "" = the decoder layer itself
     parallel: bool = False  # attention and MLP read the same residual (GPT-J, NeoX)
+    attn: str = ""
+    mlp: str = ""
+    mlp_norm: str = ""
+    layout: str = "pre-norm"  # pre-norm | sandwich | post-norm | parallel
+    moe: bool = False
+    missing: tuple = ()
 
     def site_module(self, site: str) -> str:
         """The path, relative to a decoder layer, of the module holding ``site``."""
         check_site(site)
+        why = dict(self.missing).get(site)
+        if why:
+            raise ValueError(f"site {site!r} is not available on {self.family}: {why}")
         return getattr(self, site)
+
+    def has_site(self, site: str) -> bool:
+        return check_site(site) not in dict(self.missing)
 
     @staticmethod
     def site_is_input(site: str) -> bool:
@@ -63,28 +83,51 @@ class ArchSpec:
         return site == "mlp_in"
 
 
-_LLAMA = ArchSpec("llama", "model.layers", "model.norm", "lm_head", "self_attn", "mlp", "mlp")
-_GEMMA = ArchSpec(
-    "gemma", "model.layers", "model.norm", "lm_head",
-    "post_attention_layernorm", "post_feedforward_layernorm", "mlp",
-)
-_GPT2 = ArchSpec("gpt2", "transformer.h", "transformer.ln_f", "lm_head", "attn", "mlp", "mlp")
-_NEOX = ArchSpec(
-    "gpt_neox", "gpt_neox.layers", "gpt_neox.final_layer_norm", "lm_head",
-    "post_attention_dropout", "post_mlp_dropout", "mlp", parallel=True,
-)
-_GPTJ = ArchSpec("gptj", "transformer.h", "transformer.ln_f", "lm_head", "attn", "mlp", "mlp", parallel=True)
+def _spec(family, layers, final_norm, lm_head, attn_out, mlp_out, mlp, layout="pre-norm", attn="self_attn",
+          mlp_norm="post_attention_layernorm", moe=False, missing=()):
+    return ArchSpec(family, layers, final_norm, lm_head, attn_out, mlp_out, mlp, parallel=layout == "parallel",
+                    attn=attn, mlp=mlp, mlp_norm=mlp_norm, layout=layout, moe=moe, missing=missing)
 
-#: ``config.model_type`` -> spec.
+
+_M = ("model.layers", "model.norm", "lm_head")
+_GEMMA = dict(attn_out="post_attention_layernorm", mlp_out="post_feedforward_layernorm", mlp="mlp", layout="sandwich",
+              mlp_norm="pre_feedforward_layernorm")
+_GRANITE_WHY = ("the layer adds 0.22 x self_attn + 0.22 x mlp (a residual scale); no module outputs what a block "
+                "adds")
+
+#: ``config.model_type`` -> the spec resolved on its tiny test model (tests/test_families.py
+#: checks each entry against :func:`superscopes_nn.sites_resolver.resolve_sites`). Used for a
+#: config alone; a built model is always resolved from its own forward pass.
 ARCHITECTURES: dict[str, ArchSpec] = {
-    "llama": _LLAMA,
-    "qwen2": ArchSpec("qwen2", "model.layers", "model.norm", "lm_head", "self_attn", "mlp", "mlp"),
-    "gemma3_text": _GEMMA,
-    "gemma2": _GEMMA,
-    "gpt2": _GPT2,
-    "gpt_neox": _NEOX,
-    "gptj": _GPTJ,
+    **{f: _spec(f, *_M, "self_attn", "mlp", "mlp") for f in (
+        "llama", "mistral", "qwen2", "qwen3", "gemma", "starcoder2", "cohere")},
+    **{f: _spec(f, *_M, "self_attn", "mlp", "mlp", moe=True) for f in ("mixtral", "qwen3_moe", "gpt_oss")},
+    "phi3": _spec("phi3", *_M, "resid_attn_dropout", "resid_mlp_dropout", "mlp"),
+    "olmo2": _spec("olmo2", *_M, "post_attention_layernorm", "post_feedforward_layernorm", "mlp", layout="post-norm",
+                   mlp_norm=""),
+    "gemma2": _spec("gemma2", *_M, **_GEMMA),
+    "gemma3_text": _spec("gemma3_text", *_M, **_GEMMA),
+    "gemma3": _spec("gemma3", "model.language_model.layers", "model.language_model.norm", "lm_head", **_GEMMA),
+    "granite": _spec("granite", *_M, "self_attn", "mlp", "mlp",
+                     missing=(("attn_out", _GRANITE_WHY), ("mlp_out", _GRANITE_WHY))),
+    "gpt2": _spec("gpt2", "transformer.h", "transformer.ln_f", "lm_head", "attn", "mlp", "mlp", attn="attn",
+                  mlp_norm="ln_2"),
+    "gptj": _spec("gptj", "transformer.h", "transformer.ln_f", "lm_head", "attn", "mlp", "mlp", layout="parallel",
+                  attn="attn", mlp_norm="ln_1"),
+    "gpt_neox": _spec("gpt_neox", "gpt_neox.layers", "gpt_neox.final_layer_norm", "lm_head",
+                      "post_attention_dropout", "post_mlp_dropout", "mlp", layout="parallel", attn="attention"),
+    "falcon": _spec("falcon", "transformer.h", "transformer.ln_f", "lm_head", "self_attention", "mlp", "mlp",
+                    layout="parallel", attn="self_attention", mlp_norm="input_layernorm"),
 }
+ARCHITECTURES["cohere"] = replace(ARCHITECTURES["cohere"], parallel=True, layout="parallel", mlp_norm="input_layernorm")
+
+#: config-only lookups of families whose layout is a config switch.
+_CONFIG_PARALLEL = {
+    "gpt_neox": lambda c: bool(getattr(c, "use_parallel_residual", True)),
+    "falcon": lambda c: bool(getattr(c, "parallel_attn", True) or getattr(c, "new_decoder_architecture", False)),
+}
+# id(config) -> spec resolved from the model built with that config (filled by arch_spec(model)).
+_RESOLVED: dict[int, ArchSpec] = {}
 
 
 def check_site(site: str) -> str:
@@ -93,31 +136,74 @@ def check_site(site: str) -> str:
     return site
 
 
-def arch_spec(config) -> ArchSpec:
-    """The :class:`ArchSpec` for a transformers config (by ``config.model_type``)."""
+def arch_spec(model_or_config) -> ArchSpec:
+    """The :class:`ArchSpec` of a model (resolved from its forward pass) or of a config.
+
+    A built HF model (or an nnsight wrapper of one) is resolved by
+    :func:`superscopes_nn.sites_resolver.resolve_sites` and remembered for its config, so
+    ``arch_spec(model.config)`` later returns the same spec; a config never built into a
+    model falls back to :data:`ARCHITECTURES` (by ``model_type``).
+    """
+    import torch
+
+    hf = getattr(model_or_config, "_module", model_or_config)
+    if isinstance(hf, torch.nn.Module):
+        config = hf.config
+        if id(config) in _RESOLVED:
+            return _RESOLVED[id(config)]
+        if all(p.device.type != "meta" for p in hf.parameters()):
+            from .sites_resolver import resolve_sites
+
+            spec = resolve_sites(hf)
+            remember(config, spec)
+            return spec
+        model_or_config = config
+    config = model_or_config
+    if id(config) in _RESOLVED:
+        return _RESOLVED[id(config)]
     model_type = getattr(config, "model_type", None)
-    text_config = getattr(config, "text_config", None)
-    if model_type not in ARCHITECTURES and text_config is not None:
-        model_type = getattr(text_config, "model_type", model_type)
     if model_type not in ARCHITECTURES:
         raise ValueError(
-            f"unsupported architecture {model_type!r}; supported model types are "
-            f"{', '.join(sorted(ARCHITECTURES))}"
+            f"unsupported architecture {model_type!r} for a config alone; the known model types are "
+            f"{', '.join(sorted(ARCHITECTURES))}; any other decoder resolves from the built model "
+            "(load_model / wrap, or arch_spec(hf_model))"
         )
-    return ARCHITECTURES[model_type]
+    spec = ARCHITECTURES[model_type]
+    if model_type in _CONFIG_PARALLEL and _CONFIG_PARALLEL[model_type](config) != spec.parallel:
+        raise ValueError(f"{model_type} with this config switch (parallel={not spec.parallel}) is resolved from the "
+                         "built model only (load_model / wrap, or arch_spec(hf_model))")
+    return spec
+
+
+def remember(config, spec: ArchSpec) -> None:
+    """Make ``arch_spec(config)`` return ``spec`` for as long as ``config`` lives."""
+    import weakref
+
+    key = id(config)
+    if key not in _RESOLVED:
+        weakref.finalize(config, _RESOLVED.pop, key, None)
+    _RESOLVED[key] = spec
+
+
+def _config_value(config, names):
+    for cfg in (config, getattr(config, "text_config", None)):
+        for name in names:
+            if cfg is not None and getattr(cfg, name, None) is not None:
+                return int(getattr(cfg, name))
+    return None
 
 
 def num_layers(config) -> int:
-    for name in ("num_hidden_layers", "n_layer", "num_layers"):
-        if getattr(config, name, None) is not None:
-            return int(getattr(config, name))
+    n = _config_value(config, ("num_hidden_layers", "n_layer", "num_layers"))
+    if n is not None:
+        return n
     raise ValueError(f"cannot find the layer count in config {type(config).__name__}")
 
 
 def hidden_size(config) -> int:
-    for name in ("hidden_size", "n_embd", "d_model"):
-        if getattr(config, name, None) is not None:
-            return int(getattr(config, name))
+    d = _config_value(config, ("hidden_size", "n_embd", "d_model"))
+    if d is not None:
+        return d
     raise ValueError(f"cannot find the hidden size in config {type(config).__name__}")
 
 
