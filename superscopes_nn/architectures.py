@@ -92,15 +92,13 @@ def _spec(family, layers, final_norm, lm_head, attn_out, mlp_out, mlp, layout="p
 _M = ("model.layers", "model.norm", "lm_head")
 _GEMMA = dict(attn_out="post_attention_layernorm", mlp_out="post_feedforward_layernorm", mlp="mlp", layout="sandwich",
               mlp_norm="pre_feedforward_layernorm")
-_GRANITE_WHY = ("the layer adds 0.22 x self_attn + 0.22 x mlp (a residual scale); no module outputs what a block "
-                "adds")
 
 #: ``config.model_type`` -> the spec resolved on its tiny test model (tests/test_families.py
 #: checks each entry against :func:`superscopes_nn.sites_resolver.resolve_sites`). Used for a
 #: config alone; a built model is always resolved from its own forward pass.
 ARCHITECTURES: dict[str, ArchSpec] = {
     **{f: _spec(f, *_M, "self_attn", "mlp", "mlp") for f in (
-        "llama", "mistral", "qwen2", "qwen3", "gemma", "starcoder2", "cohere")},
+        "llama", "mistral", "qwen2", "qwen3", "gemma", "starcoder2", "granite", "cohere")},
     **{f: _spec(f, *_M, "self_attn", "mlp", "mlp", moe=True) for f in ("mixtral", "qwen3_moe", "gpt_oss")},
     "phi3": _spec("phi3", *_M, "resid_attn_dropout", "resid_mlp_dropout", "mlp"),
     "olmo2": _spec("olmo2", *_M, "post_attention_layernorm", "post_feedforward_layernorm", "mlp", layout="post-norm",
@@ -108,8 +106,6 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "gemma2": _spec("gemma2", *_M, **_GEMMA),
     "gemma3_text": _spec("gemma3_text", *_M, **_GEMMA),
     "gemma3": _spec("gemma3", "model.language_model.layers", "model.language_model.norm", "lm_head", **_GEMMA),
-    "granite": _spec("granite", *_M, "self_attn", "mlp", "mlp",
-                     missing=(("attn_out", _GRANITE_WHY), ("mlp_out", _GRANITE_WHY))),
     "gpt2": _spec("gpt2", "transformer.h", "transformer.ln_f", "lm_head", "attn", "mlp", "mlp", attn="attn",
                   mlp_norm="ln_2"),
     "gptj": _spec("gptj", "transformer.h", "transformer.ln_f", "lm_head", "attn", "mlp", "mlp", layout="parallel",
@@ -121,10 +117,12 @@ ARCHITECTURES: dict[str, ArchSpec] = {
 }
 ARCHITECTURES["cohere"] = replace(ARCHITECTURES["cohere"], parallel=True, layout="parallel", mlp_norm="input_layernorm")
 
-#: config-only lookups of families whose layout is a config switch.
-_CONFIG_PARALLEL = {
+#: Config switches that change a family's layout: a config alone is looked up only in the
+#: layout its ARCHITECTURES entry was resolved in (any built model resolves by itself).
+_CONFIG_LAYOUT = {
     "gpt_neox": lambda c: bool(getattr(c, "use_parallel_residual", True)),
     "falcon": lambda c: bool(getattr(c, "parallel_attn", True) or getattr(c, "new_decoder_architecture", False)),
+    "granite": lambda c: getattr(c, "residual_multiplier", 1.0) == 1.0,  # else no module holds attn_out/mlp_out
 }
 # id(config) -> spec resolved from the model built with that config (filled by arch_spec(model)).
 _RESOLVED: dict[int, ArchSpec] = {}
@@ -169,9 +167,9 @@ def arch_spec(model_or_config) -> ArchSpec:
             "(load_model / wrap, or arch_spec(hf_model))"
         )
     spec = ARCHITECTURES[model_type]
-    if model_type in _CONFIG_PARALLEL and _CONFIG_PARALLEL[model_type](config) != spec.parallel:
-        raise ValueError(f"{model_type} with this config switch (parallel={not spec.parallel}) is resolved from the "
-                         "built model only (load_model / wrap, or arch_spec(hf_model))")
+    if model_type in _CONFIG_LAYOUT and not _CONFIG_LAYOUT[model_type](config):
+        raise ValueError(f"{model_type} with this config's layout switches resolves from the built model only "
+                         "(load_model / wrap, or arch_spec(hf_model))")
     return spec
 
 

@@ -110,10 +110,14 @@ def wrap(hf_model, tokenizer):
     """Wrap a built HF causal LM and its tokenizer as an nnsight ``TransformersModel``."""
     from nnsight.modeling.transformers import TransformersModel
 
-    arch_spec(hf_model.config)  # fail fast on an unsupported architecture
+    from .sites_resolver import verify_sites
+
+    hf_model.eval()
+    # sites resolved from one forward pass, then checked on another: an unsupported
+    # layout fails here with a message naming what was not found
+    verify_sites(hf_model, arch_spec(hf_model))
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    hf_model.eval()
     return TransformersModel(hf_model, tokenizer=tokenizer)
 
 

@@ -111,7 +111,8 @@ def run_watched(hf_model, watch: dict, input_ids=None) -> _Recorder:
     hf_model.eval()
     try:
         with torch.no_grad():
-            hf_model(input_ids if input_ids is not None else check_ids(hf_model), use_cache=False)
+            ids = input_ids if input_ids is not None else check_ids(hf_model)
+            hf_model(ids, attention_mask=torch.ones_like(ids), use_cache=False)
     finally:
         rec.remove()
         hf_model.train(was_training)
@@ -272,3 +273,68 @@ def _layer_sites(rec, prefix, family, tol) -> dict:
                                                                                                  "pre-norm")
     return dict(attn_out=a, mlp_out=m, mlp_in=mlp, parallel=parallel, attn=attn, mlp=mlp,
                 mlp_norm=".".join(pre[-1:]), layout=layout, moe=kids[mlp]["moe"], missing=tuple(missing))
+
+
+def verify_sites(model, spec: ArchSpec | None = None, input_ids=None) -> ArchSpec:
+    """Check ``spec`` (default: the model's resolved spec) on one short prompt; return it.
+
+    On every layer: ``residual_out - residual_in == attn_out + mlp_out`` within the
+    dtype's tolerance, and ``mlp_in`` is what the MLP branch computes from the
+    residual (the pre-MLP norm of ``residual_in`` for a parallel layer, of
+    ``residual_in + attn_out`` otherwise). Raises :class:`SiteError` with a one-line
+    message naming what failed. Models on the meta device are not checked.
+    """
+    from .architectures import arch_spec
+
+    hf = getattr(model, "_module", model)
+    spec = spec or arch_spec(hf)
+    if any(p.device.type == "meta" for p in hf.parameters()):
+        return spec
+    sites = [s for s in ("attn_out", "mlp_out", "mlp_in") if spec.has_site(s)]
+    try:
+        get_path(hf, spec.final_norm), get_path(hf, spec.lm_head)
+        blocks = list(get_path(hf, spec.layers))
+        watch = {}
+        for i, block in enumerate(blocks):
+            watch[f"{i}"] = block
+            watch.update({f"{i}.{c}": m for c, m in block.named_children()})
+            watch.update({f"{i}:{s}": get_path(block, spec.site_module(s)) for s in sites})
+        norms = [get_path(b, spec.mlp_norm) if spec.mlp_norm else (lambda t: t) for b in blocks]
+    except (AttributeError, IndexError, TypeError) as err:
+        raise SiteError(f"{spec.family}: a module of the site spec was not found ({err})") from None
+    rec = run_watched(hf, watch, input_ids)
+    tol = tolerance(next(hf.parameters()).dtype)
+    for i in range(len(blocks)):
+        layer = rec.once(f"{i}")
+        got = {s: rec.once(f"{i}:{s}") for s in sites}
+        if layer is None or any(c is None for c in got.values()):
+            raise SiteError(f"{spec.family}: layer {i} or one of its site modules did not run exactly once")
+        x, y = layer["inp"], layer["out"]
+        v = {s: c["inp"] if spec.site_is_input(s) else c["out"] for s, c in got.items()}
+        bad = [s for s, t in v.items() if t is None or t.shape != x.shape]
+        if bad:
+            raise SiteError(f"{spec.family}: layer {i}: {', '.join(bad)} is not a [batch, seq, d] residual-stream "
+                            f"tensor (read at {', '.join(getattr(spec, s) for s in bad)})")
+        if "attn_out" in v and "mlp_out" in v:
+            if got["attn_out"]["done"] > got["mlp_out"]["done"]:
+                raise SiteError(f"{spec.family}: layer {i}: attn_out ({spec.attn_out!r}) is computed after mlp_out "
+                                f"({spec.mlp_out!r})")
+            err = _n(y - x - v["attn_out"] - v["mlp_out"]) / (_n(x) + _n(y))
+            if not err <= tol:
+                raise SiteError(f"{spec.family}: layer {i}: residual_out - residual_in != attn_out + mlp_out "
+                                f"(relative error {err:.2g}; attn_out read at {spec.attn_out!r}, "
+                                f"mlp_out at {spec.mlp_out!r})")
+        end = spec.mlp_out if "mlp_out" in v else spec.mlp
+        kids = {n[len(f"{i}."):]: c for n in rec.calls if n.startswith(f"{i}.") and (c := rec.once(n)) is not None}
+        if "mlp_in" in v and end in kids and spec.mlp_in in kids and spec.mlp_in not in _branch(kids, end):
+            raise SiteError(f"{spec.family}: layer {i}: mlp_in ({spec.mlp_in!r}) is not on the branch that computes "
+                            f"the MLP's contribution ({' -> '.join(_branch(kids, end))})")
+        if "mlp_in" in v and (spec.parallel or "attn_out" in v):
+            with torch.no_grad():
+                want = norms[i](x if spec.parallel else x + v["attn_out"])
+            err = _n(v["mlp_in"] - want) / (_n(want) + _n(v["mlp_in"]) + 1e-30)
+            if not err <= tol:
+                raise SiteError(f"{spec.family}: layer {i}: mlp_in (input of {spec.mlp_in!r}) is not the pre-MLP norm "
+                                f"{spec.mlp_norm or '(none)'!r} of the {'layer input' if spec.parallel else 'layer input + attn_out'}"
+                                f" (relative error {err:.2g})")
+    return spec

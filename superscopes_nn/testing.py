@@ -64,7 +64,9 @@ _FAMILY = {
     "gpt_oss": dict(num_local_experts=4, num_experts_per_tok=2,
                     rope_parameters=dict(rope_type="default", rope_theta=10000.0)),
     "gemma2": dict(sliding_window=8), "gemma3_text": dict(sliding_window=8),
-    "granite": dict(residual_multiplier=0.22),  # Granite 3's value: no module outputs attn_out / mlp_out
+    # Granite 3 scales what each block adds (residual_multiplier 0.22): no module outputs
+    # attn_out / mlp_out there (tests/test_families.py checks that it is refused); 1.0 here
+    "granite": dict(residual_multiplier=1.0),
     "gpt_neox": dict(use_parallel_residual=True),
     "falcon": dict(parallel_attn=True, new_decoder_architecture=False, alibi=False),
 }

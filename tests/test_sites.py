@@ -3,15 +3,18 @@
 import pytest
 import torch
 
-from superscopes_nn.architectures import arch_spec, get_path
+from superscopes_nn.architectures import arch_spec, get_path, num_layers
 from superscopes_nn.patching import Source, Target, collect, patched_logits, resolve
 from superscopes_nn.testing import TINY_ARCHS, tiny_model
 
-# The pre-MLP norm of each family, written down independently of ArchSpec.
-PRE_MLP_NORM = {"llama": "post_attention_layernorm", "qwen2": "post_attention_layernorm",
-                "gemma3_text": "pre_feedforward_layernorm", "gemma2": "pre_feedforward_layernorm",
-                "gpt2": "ln_2", "gpt_neox": "post_attention_layernorm", "gptj": "ln_1"}
-PARALLEL = {"gpt_neox", "gptj"}
+# The pre-MLP norm of each family, written down independently of ArchSpec (None: OLMo 2 has none).
+PRE_MLP_NORM = {
+    **dict.fromkeys(["llama", "mistral", "mixtral", "qwen2", "qwen3", "qwen3_moe", "phi3", "gemma", "starcoder2",
+                     "granite", "gpt_oss", "gpt_neox"], "post_attention_layernorm"),
+    **dict.fromkeys(["gemma2", "gemma3_text", "gemma3"], "pre_feedforward_layernorm"),
+    "olmo2": None, "gpt2": "ln_2", "gptj": "ln_1", "falcon": "input_layernorm", "cohere": "input_layernorm",
+}
+PARALLEL = {"gpt_neox", "gptj", "falcon", "cohere"}
 PROMPT = "Alexander the Great was a king"
 
 
@@ -20,9 +23,13 @@ def arch_model(request):
     return request.param, tiny_model(request.param)
 
 
+def test_oracle_covers_every_family():
+    assert set(PRE_MLP_NORM) == set(TINY_ARCHS)
+
+
 def test_sites_are_residual_contributions(arch_model):
     arch, model = arch_model
-    n = model._module.config.num_hidden_layers
+    n = num_layers(model._module.config)
     v = collect(model, PROMPT, layers=range(n), sites=("residual", "attn_out", "mlp_in", "mlp_out"))
     emb = collect_embeddings(model)
     spec = arch_spec(model._module.config)
@@ -33,7 +40,8 @@ def test_sites_are_residual_contributions(arch_model):
         torch.testing.assert_close(resid_out - resid_in, v[(layer, "attn_out")] + v[(layer, "mlp_out")],
                                    rtol=1e-4, atol=1e-4)
         # attn_out checked on its own: the MLP input is the pre-MLP norm of the mid residual
-        norm = get_path(get_path(model._module, spec.layers)[layer], PRE_MLP_NORM[arch])
+        block = get_path(model._module, spec.layers)[layer]
+        norm = getattr(block, PRE_MLP_NORM[arch]) if PRE_MLP_NORM[arch] else (lambda t: t)
         mid = resid_in if arch in PARALLEL else resid_in + v[(layer, "attn_out")]
         with torch.no_grad():
             torch.testing.assert_close(norm(mid), v[(layer, "mlp_in")], rtol=1e-4, atol=1e-4)
