@@ -211,3 +211,29 @@ def get_path(root, path: str):
     for part in path.split(".") if path else []:
         obj = getattr(obj, part)
     return obj
+
+
+def families_markdown(specs: dict[str, ArchSpec] | None = None) -> str:
+    """The table of families and where each site lives (docs/families.md embeds it)."""
+    specs = ARCHITECTURES if specs is None else specs
+    rows = ["| family | layers `[l]` | layout | `residual` | `attn_out` | `mlp_in` | `mlp_out` | pre-MLP norm | MoE "
+            "| final norm | LM head |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+
+    def where(spec, site, io):
+        return f"`{spec.site_module(site)}` {io}" if spec.has_site(site) else "not available"
+
+    for name in sorted(specs):
+        s = specs[name]
+        rows.append(f"| {name} | `{s.layers}` | {s.layout} | layer output | {where(s, 'attn_out', 'output')} | "
+                    f"{where(s, 'mlp_in', 'input')} | {where(s, 'mlp_out', 'output')} | {f'`{s.mlp_norm}`' if s.mlp_norm else 'none'} | "
+                    f"{'yes' if s.moe else ''} | "
+                    f"`{s.final_norm}` | `{s.lm_head}` |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:] != ["--markdown"]:
+        sys.exit("usage: python -m superscopes_nn.architectures --markdown")
+    print(families_markdown(), end="")

@@ -115,7 +115,12 @@ def wrap(hf_model, tokenizer):
     hf_model.eval()
     # sites resolved from one forward pass, then checked on another: an unsupported
     # layout fails here with a message naming what was not found
-    verify_sites(hf_model, arch_spec(hf_model))
+    spec = verify_sites(hf_model, arch_spec(hf_model))
+    if spec.missing:
+        import warnings
+
+        warnings.warn(f"{spec.family}: sites {', '.join(s for s, _ in spec.missing)} are not available: "
+                      f"{spec.missing[0][1]}", stacklevel=2)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return TransformersModel(hf_model, tokenizer=tokenizer)

@@ -243,27 +243,27 @@ def _layer_sites(rec, prefix, family, tol) -> dict:
                 if best is None or key < best[0]:
                     best = (key, a, m, s.tolist())
     if best is None:
-        raise SiteError(f"{family}: layer {prefix} has no two sub-modules ({', '.join(kids)}) whose outputs add up "
-                        "to what the layer adds to its residual stream; attn_out/mlp_out not found")
+        why = (f"no two sub-modules of a layer ({', '.join(kids) or 'none'}) output what it adds to its residual "
+               "stream: attn_out / mlp_out (and so mlp_in) not found")
+        return dict(attn_out="", mlp_out="", mlp_in="", parallel=False, attn="", mlp="", mlp_norm="",
+                    layout="unknown", moe=False, missing=tuple((s, why) for s in ("attn_out", "mlp_in", "mlp_out")))
     _, a, m, (sa, sm) = best
     attn_chain, mlp_chain = _branch(kids, a), _branch(kids, m)
     heavy = lambda chain: max(chain, key=lambda k: kids[k]["params"])  # noqa: E731
     attn, mlp = heavy(attn_chain), heavy(mlp_chain)
     start = kids[mlp_chain[0]]["inp"]
-    if start is not None and start.shape == x.shape and torch.equal(start, x):
-        parallel = True
-    elif start is not None and start.shape == x.shape and _n(start - x - sa * kids[a]["out"]) <= scale:
-        parallel = False
-    else:
-        raise SiteError(f"{family}: the MLP branch of {prefix} ({', '.join(mlp_chain)}) reads neither the layer input "
-                        "nor the input plus the attention output; mlp_in not found")
     missing = []
+    parallel = start is not None and start.shape == x.shape and torch.equal(start, x)
+    if not parallel and not (start is not None and start.shape == x.shape
+                             and _n(start - x - sa * kids[a]["out"]) <= scale):
+        missing.append(("mlp_in", f"the MLP branch ({' -> '.join(mlp_chain)}) reads neither the layer input nor "
+                                  "the input plus the attention output"))
     if max(abs(sa - 1), abs(sm - 1)) > max(1e-3, 64 * tol):
         why = (f"the layer adds {sa:.3g} x {a} + {sm:.3g} x {m} (a residual scale); no module outputs what a "
                "block adds")
         missing = [("attn_out", why), ("mlp_out", why)]
     mlp_inp = kids[mlp]["inp"]
-    if mlp_inp is None or mlp_inp.shape != x.shape:
+    if (mlp_inp is None or mlp_inp.shape != x.shape) and not missing:
         missing.append(("mlp_in", f"the MLP module {mlp!r} does not take the [batch, seq, d] residual as input"))
     normed = lambda chain: [k for k in chain if kids[k]["params"]]  # noqa: E731  (dropouts have none)
     pre = normed(mlp_chain[:mlp_chain.index(mlp)])

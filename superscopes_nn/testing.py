@@ -18,6 +18,9 @@ from .models import wrap
 
 #: The families the tests parametrize over (``config.model_type`` values; ``gemma3`` is the
 #: multimodal Gemma 3, whose language model lives under ``model.language_model``).
+#: The seven families the engine-mechanics tests (batching, shared prefixes, remote="local")
+#: run on; every family in TINY_ARCHS gets the site tests (tests/test_sites.py, test_families.py).
+CORE_ARCHS = ("llama", "gemma3_text", "gemma2", "qwen2", "gpt2", "gpt_neox", "gptj")
 TINY_ARCHS = (
     "llama", "mistral", "mixtral", "qwen2", "qwen3", "qwen3_moe", "phi3", "olmo2", "gemma", "gemma2",
     "gemma3_text", "gemma3", "gpt2", "gpt_neox", "gptj", "falcon", "cohere", "starcoder2", "granite", "gpt_oss",

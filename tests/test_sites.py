@@ -61,23 +61,32 @@ def collect_embeddings(model):
     return store["x"][0]
 
 
-@pytest.mark.parametrize("site", ["mlp_out", "attn_out"])
-def test_amplification_changes_logits(arch_model, site):
-    # (2) alpha 1 vs 8 on the block's contribution gives different logits at the patched position
+AMPLIFIED = [(site, layer) for site in ("mlp_out", "attn_out") for layer in (0, 2)]
+OWN = ("residual", "attn_out", "mlp_in", "mlp_out")
+OWN_PROMPT = "The official currency of x"
+
+
+@pytest.fixture(scope="module")
+def site_logits(arch_model):
+    """One patched-logits call per family: alpha 1 and 8 on each AMPLIFIED (site, layer), then
+    each OWN site's own value written back at layer 1."""
     _, model = arch_model
-    for layer in (0, 2):
-        rows = resolve(model, [(Source("Pink Floyd", layer, -1, site), Target("The official currency of x"), a)
-                               for a in (1.0, 8.0)])
-        lo = patched_logits(model, rows)
-        assert (lo[0] - lo[1]).abs().max() > 1e-3, (site, layer)
+    patches = [(Source("Pink Floyd", layer, -1, site), Target(OWN_PROMPT), a) for site, layer in AMPLIFIED
+               for a in (1.0, 8.0)]
+    patches += [(Source(OWN_PROMPT, 1, -1, site), Target(OWN_PROMPT), 1.0) for site in OWN]
+    return patched_logits(model, resolve(model, patches))
 
 
-@pytest.mark.parametrize("site", ["residual", "attn_out", "mlp_in", "mlp_out"])
-def test_identity_patch_of_own_value_is_a_no_op(arch_model, site):
+def test_amplification_changes_logits(site_logits):
+    # (2) alpha 1 vs 8 on the block's contribution gives different logits at the patched position
+    for i, key in enumerate(AMPLIFIED):
+        assert (site_logits[2 * i] - site_logits[2 * i + 1]).abs().max() > 1e-3, key
+
+
+def test_identity_patch_of_own_value_is_a_no_op(arch_model, site_logits):
     # (3) alpha 1 with the site's own value leaves the logits unchanged
     _, model = arch_model
-    prompt = "The official currency of x"
-    rows = resolve(model, [(Source(prompt, 1, -1, site), Target(prompt), 1.0)])
     with torch.no_grad():
-        clean = model._module(torch.tensor([model.tokenizer(prompt)["input_ids"]])).logits[0, -1]
-    torch.testing.assert_close(patched_logits(model, rows)[0], clean, rtol=1e-5, atol=1e-5)
+        clean = model._module(torch.tensor([model.tokenizer(OWN_PROMPT)["input_ids"]])).logits[0, -1]
+    for site, got in zip(OWN, site_logits[2 * len(AMPLIFIED):]):
+        torch.testing.assert_close(got, clean, rtol=1e-5, atol=1e-5, msg=lambda m: f"{site}: {m}")

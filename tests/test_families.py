@@ -1,0 +1,150 @@
+"""Issue 19: sites resolved by structure on every family, checked when a model loads."""
+
+import dataclasses
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from hf_reference import hf_patch_generate
+from superscopes_nn.architectures import ARCHITECTURES, arch_spec, families_markdown
+from superscopes_nn.models import wrap
+from superscopes_nn.patching import ENTITY_PROMPT, Target, run_rows, sweep_rows
+from superscopes_nn.sites_resolver import SiteError, resolve_sites, verify_sites
+from superscopes_nn.testing import TINY_ARCHS, tiny_hf_model, tiny_tokenizer
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+@pytest.mark.parametrize("arch", TINY_ARCHS)
+def test_resolver_finds_the_table_entry(arch):
+    """The spec read off a forward pass equals the recorded one (and so the README table)."""
+    hf, _ = tiny_hf_model(arch)
+    assert resolve_sites(hf) == ARCHITECTURES[arch]
+    assert arch_spec(hf.config) == ARCHITECTURES[arch]  # a config alone: the table
+
+
+def test_every_table_entry_is_tested():
+    assert set(ARCHITECTURES) == set(TINY_ARCHS)
+
+
+def test_multimodal_gemma3_uses_the_language_model():
+    hf, _ = tiny_hf_model("gemma3")
+    spec = resolve_sites(hf)
+    assert spec.layers == "model.language_model.layers" and spec.final_norm == "model.language_model.norm"
+    assert len(hf.model.vision_tower.vision_model.encoder.layers) == 2  # present, never taken for the decoder
+
+
+# (field, replacement) breaking one thing each; every one must be caught on load.
+BROKEN = {
+    "attn_out at the MLP": lambda s: dict(attn_out=s.mlp_out),
+    "mlp_out at the MLP input norm": lambda s: dict(mlp_out=s.mlp_norm or s.attn),
+    "mlp_in at the attention": lambda s: dict(mlp_in=s.attn),
+    "parallel flipped": lambda s: dict(parallel=not s.parallel),
+    "attention and MLP swapped": lambda s: dict(attn_out=s.mlp_out, mlp_out=s.attn_out),
+    "no such module": lambda s: dict(mlp_out="feed_forward"),
+}
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma2", "olmo2", "gptj", "falcon", "phi3", "qwen3_moe"])
+@pytest.mark.parametrize("how", list(BROKEN))
+def test_load_check_catches_a_broken_spec(arch, how):
+    hf, _ = tiny_hf_model(arch)
+    spec = resolve_sites(hf)
+    assert verify_sites(hf, spec) is spec
+    broken = dataclasses.replace(spec, **BROKEN[how](spec))
+    if broken == spec:
+        pytest.fail(f"{how} does not change the {arch} spec")
+    with pytest.raises(SiteError) as err:
+        verify_sites(hf, broken)
+    assert "\n" not in str(err.value) and arch in str(err.value)
+
+
+def test_wrap_runs_the_check(monkeypatch):
+    import superscopes_nn.sites_resolver as R
+
+    calls = []
+    orig = R.verify_sites
+    monkeypatch.setattr(R, "verify_sites", lambda m, s=None, ids=None: (calls.append(s), orig(m, s, ids))[1])
+    model = wrap(*tiny_hf_model("mistral"))
+    assert calls == [ARCHITECTURES["mistral"]] and arch_spec(model._module.config) == ARCHITECTURES["mistral"]
+
+
+def test_scaled_residual_has_no_attn_or_mlp_out_site():
+    """Granite 3 adds 0.22 x what each block outputs: attn_out / mlp_out are refused, never
+    read from the unscaled module; residual and mlp_in still match the hook reference."""
+    hf, tok = tiny_hf_model("granite")
+    hf.model.layers.apply(lambda m: setattr(m, "residual_multiplier", 0.22) if hasattr(m, "residual_multiplier") else None)
+    hf.config.residual_multiplier = 0.22
+    with pytest.warns(UserWarning, match="attn_out, mlp_out are not available"):
+        model = wrap(hf, tok)
+    spec = arch_spec(hf.config)
+    assert [s for s, _ in spec.missing] == ["attn_out", "mlp_out"] and "0.22 x self_attn" in spec.missing[0][1]
+    with pytest.raises(ValueError, match="'mlp_out' is not available on granite.*residual scale"):
+        sweep_rows(model, "Pink Floyd", layers=[1], sites=["mlp_out"], target=Target(ENTITY_PROMPT))
+        run_rows(model, sweep_rows(model, "Pink Floyd", layers=[1], sites=["mlp_out"], target=Target(ENTITY_PROMPT)))
+    _matches_reference(model, ["residual", "mlp_in"])
+    with pytest.raises(ValueError, match="granite"):  # a config alone cannot tell
+        arch_spec(type(hf.config)(**{**hf.config.to_dict(), "residual_multiplier": 0.22}))
+
+
+class _Shifted(torch.nn.Module):
+    """A decoder layer that adds a learnt bias of its own after the blocks."""
+
+    def __init__(self, inner, d):
+        super().__init__()
+        self.inner, self.shift = inner, torch.nn.Parameter(torch.randn(d))
+
+    def forward(self, hidden_states, *args, **kwargs):
+        return self.inner(hidden_states, *args, **kwargs) + self.shift
+
+
+def test_unsupported_layout_refuses_the_sites_it_cannot_find():
+    hf, tok = tiny_hf_model("llama")
+    hf.model.layers = torch.nn.ModuleList(_Shifted(layer, 64) for layer in hf.model.layers)
+    with pytest.warns(UserWarning) as rec:
+        model = wrap(hf, tok)
+    msg = str(rec[0].message)
+    assert "\n" not in msg and "attn_out / mlp_out (and so mlp_in) not found" in msg
+    for site in ("attn_out", "mlp_in", "mlp_out"):
+        with pytest.raises(ValueError, match=f"'{site}' is not available on llama"):
+            arch_spec(hf.config).site_module(site)
+    _matches_reference(model, ["residual"])
+
+
+def test_no_decoder_list_is_a_clear_error():
+    hf, tok = tiny_hf_model("gpt2")
+    hf.transformer.h = torch.nn.ModuleList()
+    with pytest.raises(SiteError, match="no decoder-layer list found"):
+        wrap(hf, tok)
+
+
+def _matches_reference(model, sites):
+    rows = sweep_rows(model, "Alexander the Great", layers=[0, 3], sites=sites, alphas=[1.0, 4.0], token="Great",
+                      target=Target(ENTITY_PROMPT))
+    df = run_rows(model, rows, max_new_tokens=4)
+    for r, got in zip(rows, df.token_ids):
+        want = hf_patch_generate(model._module, model._module, list(r.source_ids), r.source_position, r.source_layer,
+                                 r.site, list(r.target_ids), r.target_position, r.target_layer, r.mapping, 4)
+        assert got == want, (r.site, r.source_layer)
+
+
+def test_readme_table_is_generated():
+    text = README.read_text()
+    m = re.search(r"<!-- families:begin.*?-->\n(.*?)<!-- families:end -->", text, re.S)
+    assert m, "README lacks the generated families table"
+    assert m.group(1) == families_markdown(), "regenerate: python -m superscopes_nn.architectures --markdown"
+    out = subprocess.run([sys.executable, "-m", "superscopes_nn.architectures", "--markdown"], capture_output=True,
+                         text=True, check=True, cwd=README.parent).stdout
+    assert out == families_markdown()
+
+
+def test_tiny_tokenizer_fits_every_family():
+    """phi3's default pad id (32000) is past the tiny vocabulary; every config uses ours."""
+    tok = tiny_tokenizer()
+    for arch in ("phi3", "gemma3"):
+        hf, _ = tiny_hf_model(arch, n_layers=1, hidden=32)
+        assert hf.get_input_embeddings().num_embeddings == len(tok)
