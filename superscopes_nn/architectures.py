@@ -125,7 +125,7 @@ _CONFIG_LAYOUT = {
     "granite": lambda c: getattr(c, "residual_multiplier", 1.0) == 1.0,  # else no module holds attn_out/mlp_out
 }
 # id(config) -> spec resolved from the model built with that config (filled by arch_spec(model)).
-_RESOLVED: dict[int, ArchSpec] = {}
+_RESOLVED: dict[int, tuple] = {}  # id -> (weakref to the config, spec)
 
 
 def check_site(site: str) -> str:
@@ -147,8 +147,8 @@ def arch_spec(model_or_config) -> ArchSpec:
     hf = getattr(model_or_config, "_module", model_or_config)
     if isinstance(hf, torch.nn.Module):
         config = hf.config
-        if id(config) in _RESOLVED:
-            return _RESOLVED[id(config)]
+        if remembered(config) is not None:
+            return remembered(config)
         if all(p.device.type != "meta" for p in hf.parameters()):
             from .sites_resolver import resolve_sites
 
@@ -157,8 +157,8 @@ def arch_spec(model_or_config) -> ArchSpec:
             return spec
         model_or_config = config
     config = model_or_config
-    if id(config) in _RESOLVED:
-        return _RESOLVED[id(config)]
+    if remembered(config) is not None:
+        return remembered(config)
     model_type = getattr(config, "model_type", None)
     if model_type not in ARCHITECTURES:
         raise ValueError(
@@ -178,9 +178,18 @@ def remember(config, spec: ArchSpec) -> None:
     import weakref
 
     key = id(config)
-    if key not in _RESOLVED:
-        weakref.finalize(config, _RESOLVED.pop, key, None)
-    _RESOLVED[key] = spec
+
+    def forget(ref):
+        if _RESOLVED.get(key, (None,))[0] is ref:
+            del _RESOLVED[key]
+
+    _RESOLVED[key] = (weakref.ref(config, forget), spec)
+
+
+def remembered(config) -> ArchSpec | None:
+    """The spec resolved for this very ``config`` object, if any."""
+    ref, spec = _RESOLVED.get(id(config), (None, None))
+    return spec if ref is not None and ref() is config else None
 
 
 def _config_value(config, names):

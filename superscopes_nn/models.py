@@ -25,7 +25,6 @@ from typing import Callable
 
 import torch
 
-from .architectures import arch_spec
 
 DEFAULT_MODEL = "gemma-3-270m"
 
@@ -113,9 +112,9 @@ def wrap(hf_model, tokenizer):
     from .sites_resolver import verify_sites
 
     hf_model.eval()
-    # sites resolved from one forward pass, then checked on another: an unsupported
-    # layout fails here with a message naming what was not found
-    spec = verify_sites(hf_model, arch_spec(hf_model))
+    # sites resolved from one short forward pass and checked on it (a model resolved
+    # before, e.g. re-wrapped in another dtype, is re-checked on a pass of its own)
+    spec = verify_sites(hf_model)
     if spec.missing:
         import warnings
 

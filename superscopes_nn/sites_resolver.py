@@ -153,8 +153,9 @@ def _module_name(hf_model, module):
     return next((n for n, m in hf_model.named_modules() if m is module), None)
 
 
-def resolve_sites(hf_model, input_ids=None) -> ArchSpec:
-    """The :class:`ArchSpec` of a built HF causal LM, read off one forward pass."""
+def resolve_sites(hf_model, input_ids=None, _keep: list | None = None) -> ArchSpec:
+    """The :class:`ArchSpec` of a built HF causal LM, read off one forward pass
+    (its recording is appended to ``_keep`` for :func:`verify_sites` to reuse)."""
     family = hf_model.config.model_type
     head = hf_model.get_output_embeddings()
     lm_head = _module_name(hf_model, head) if head is not None else None
@@ -168,6 +169,8 @@ def resolve_sites(hf_model, input_ids=None) -> ArchSpec:
         watch.update({f"{path.rpartition('.')[0]}.{c}".lstrip("."): m
                       for c, m in _parent(hf_model, path).named_children() if m is not lst})
     rec = run_watched(hf_model, watch, input_ids)
+    if _keep is not None:
+        _keep.append(rec)
     tol = tolerance(next(hf_model.parameters()).dtype)
     path, lst = _decoder_list(hf_model, rec, family)
     per_layer = [_layer_sites(rec, f"{path}.{i}", family, tol) for i in range(len(lst))]
@@ -230,6 +233,9 @@ def _layer_sites(rec, prefix, family, tol) -> dict:
             for k, c in kids.items() if c is not None}
     adds = sorted((k for k, c in kids.items() if c["out"] is not None and c["out"].shape == x.shape),
                   key=lambda k: kids[k]["done"])
+    # modules outputting the same value (an eval-mode dropout after a block): keep the one nearest the add
+    adds = [k for i, k in enumerate(adds) if not any(torch.equal(kids[k]["out"], kids[later]["out"])
+                                                     for later in adds[i + 1:])]
     target = (y - x).double().flatten()
     scale = tol * (_n(x) + _n(y))
     best = None
@@ -239,9 +245,8 @@ def _layer_sites(rec, prefix, family, tol) -> dict:
             s = torch.linalg.lstsq(cols, target.unsqueeze(1)).solution.squeeze(1)
             res = (target - cols @ s).norm().item()
             if res <= scale and s.abs().min() > 1e-3:
-                key = (res, -kids[m]["done"], -kids[a]["done"])
-                if best is None or key < best[0]:
-                    best = (key, a, m, s.tolist())
+                if best is None or res < best[0]:
+                    best = (res, a, m, s.tolist())
     if best is None:
         why = (f"no two sub-modules of a layer ({', '.join(kids) or 'none'}) output what it adds to its residual "
                "stream: attn_out / mlp_out (and so mlp_in) not found")
@@ -276,37 +281,48 @@ def _layer_sites(rec, prefix, family, tol) -> dict:
 
 
 def verify_sites(model, spec: ArchSpec | None = None, input_ids=None) -> ArchSpec:
-    """Check ``spec`` (default: the model's resolved spec) on one short prompt; return it.
+    """Check ``spec`` (default: the model's spec, resolved if not yet) on one short prompt; return it.
 
     On every layer: ``residual_out - residual_in == attn_out + mlp_out`` within the
-    dtype's tolerance, and ``mlp_in`` is what the MLP branch computes from the
-    residual (the pre-MLP norm of ``residual_in`` for a parallel layer, of
-    ``residual_in + attn_out`` otherwise). Raises :class:`SiteError` with a one-line
-    message naming what failed. Models on the meta device are not checked.
+    dtype's tolerance, ``attn_out`` comes before ``mlp_out``, and ``mlp_in`` is on the
+    MLP's branch and is what that branch computes from the residual (the pre-MLP
+    norm of ``residual_in`` for a parallel layer, of ``residual_in + attn_out``
+    otherwise). Raises :class:`SiteError` with a one-line message naming what failed.
+    Without ``spec``, a model not resolved yet is resolved and checked on the same
+    forward pass. Models on the meta device are not checked.
     """
-    from .architectures import arch_spec
+    from .architectures import arch_spec, remember, remembered
 
     hf = getattr(model, "_module", model)
+    meta = any(p.device.type == "meta" for p in hf.parameters())
+    rec = None
+    if spec is None and not meta and remembered(hf.config) is None:
+        keep = []
+        spec = resolve_sites(hf, input_ids, keep)
+        remember(hf.config, spec)
+        rec = keep[0]
     spec = spec or arch_spec(hf)
-    if any(p.device.type == "meta" for p in hf.parameters()):
+    if meta:
         return spec
     sites = [s for s in ("attn_out", "mlp_out", "mlp_in") if spec.has_site(s)]
+    pre = spec.layers
     try:
         get_path(hf, spec.final_norm), get_path(hf, spec.lm_head)
         blocks = list(get_path(hf, spec.layers))
         watch = {}
         for i, block in enumerate(blocks):
-            watch[f"{i}"] = block
-            watch.update({f"{i}.{c}": m for c, m in block.named_children()})
-            watch.update({f"{i}:{s}": get_path(block, spec.site_module(s)) for s in sites})
+            watch[f"{pre}.{i}"] = block
+            watch.update({f"{pre}.{i}.{c}": m for c, m in block.named_children()})
+            watch.update({f"{pre}.{i}.{spec.site_module(s)}": get_path(block, spec.site_module(s)) for s in sites})
         norms = [get_path(b, spec.mlp_norm) if spec.mlp_norm else (lambda t: t) for b in blocks]
     except (AttributeError, IndexError, TypeError) as err:
         raise SiteError(f"{spec.family}: a module of the site spec was not found ({err})") from None
-    rec = run_watched(hf, watch, input_ids)
+    if rec is None:
+        rec = run_watched(hf, watch, input_ids)
     tol = tolerance(next(hf.parameters()).dtype)
     for i in range(len(blocks)):
-        layer = rec.once(f"{i}")
-        got = {s: rec.once(f"{i}:{s}") for s in sites}
+        layer = rec.once(f"{pre}.{i}")
+        got = {s: rec.once(f"{pre}.{i}.{spec.site_module(s)}") for s in sites}
         if layer is None or any(c is None for c in got.values()):
             raise SiteError(f"{spec.family}: layer {i} or one of its site modules did not run exactly once")
         x, y = layer["inp"], layer["out"]
@@ -325,7 +341,8 @@ def verify_sites(model, spec: ArchSpec | None = None, input_ids=None) -> ArchSpe
                                 f"(relative error {err:.2g}; attn_out read at {spec.attn_out!r}, "
                                 f"mlp_out at {spec.mlp_out!r})")
         end = spec.mlp_out if "mlp_out" in v else spec.mlp
-        kids = {n[len(f"{i}."):]: c for n in rec.calls if n.startswith(f"{i}.") and (c := rec.once(n)) is not None}
+        kids = {c: rec.once(f"{pre}.{i}.{c}") for c, _ in blocks[i].named_children()}
+        kids = {c: call for c, call in kids.items() if call is not None}
         if "mlp_in" in v and end in kids and spec.mlp_in in kids and spec.mlp_in not in _branch(kids, end):
             raise SiteError(f"{spec.family}: layer {i}: mlp_in ({spec.mlp_in!r}) is not on the branch that computes "
                             f"the MLP's contribution ({' -> '.join(_branch(kids, end))})")

@@ -93,13 +93,19 @@ def test_load_check_catches_a_broken_spec(arch, how):
 
 
 def test_wrap_runs_the_check(monkeypatch):
+    """wrap() resolves and checks on one pass; re-wrapping (another dtype) checks again."""
     import superscopes_nn.sites_resolver as R
 
-    calls = []
-    orig = R.verify_sites
-    monkeypatch.setattr(R, "verify_sites", lambda m, s=None, ids=None: (calls.append(s), orig(m, s, ids))[1])
-    model = wrap(*tiny_hf_model("mistral"))
-    assert calls == [ARCHITECTURES["mistral"]] and arch_spec(model._module.config) == ARCHITECTURES["mistral"]
+    calls, passes = [], []
+    orig_verify, orig_run = R.verify_sites, R.run_watched
+    monkeypatch.setattr(R, "verify_sites", lambda m, s=None, ids=None: calls.append(s) or orig_verify(m, s, ids))
+    monkeypatch.setattr(R, "run_watched", lambda *a: passes.append(1) or orig_run(*a))
+    hf, tok = tiny_hf_model("mistral")
+    model = wrap(hf, tok)
+    assert calls == [None] and len(passes) == 1
+    assert arch_spec(model._module.config) == ARCHITECTURES["mistral"]
+    wrap(hf.to(torch.bfloat16), tok)
+    assert len(calls) == 2 and len(passes) == 2
 
 
 def test_scaled_residual_has_no_attn_or_mlp_out_site():
