@@ -129,10 +129,9 @@ def _n(t):
 
 
 def _top_lists(hf_model):
-    """``ModuleList``s not inside another one, with layers of one class."""
+    """``ModuleList``s not inside another one."""
     lists = [(n, m) for n, m in hf_model.named_modules() if isinstance(m, torch.nn.ModuleList) and len(m)]
-    top = [(n, m) for n, m in lists if not any(n != o and n.startswith(o + ".") for o, _ in lists)]
-    return [(n, m) for n, m in top if len({type(x) for x in m}) == 1]
+    return [(n, m) for n, m in lists if not any(n != o and n.startswith(o + ".") for o, _ in lists)]
 
 
 def _parent(hf_model, path):
@@ -177,9 +176,12 @@ def resolve_sites(hf_model, input_ids=None, _keep: list | None = None) -> ArchSp
     moe = any([found.pop("moe") for found in per_layer])  # MoE models may keep some layers dense
     first = per_layer[0]
     for i, found in enumerate(per_layer[1:], 1):
-        if found != first:
-            diff = ", ".join(f"{k}: {first[k]!r} vs {found[k]!r}" for k in first if first[k] != found[k])
-            raise SiteError(f"{family}: layers 0 and {i} differ ({diff}); one path per site cannot serve both")
+        if found != first:  # e.g. a hybrid model's attention and state-space layers
+            diff = ", ".join(f"{k} {first[k] or '-'!r} vs {found[k] or '-'!r}" for k in ("attn_out", "mlp_out", "mlp_in")
+                             if first[k] != found[k]) or "layout"
+            why = f"layers 0 and {i} differ ({diff}); one path per site cannot serve both"
+            first = dict(first, layout="mixed", missing=tuple((s, why) for s in ("attn_out", "mlp_in", "mlp_out")))
+            break
     return ArchSpec(family=family, layers=path, final_norm=_final_norm(rec, path, len(lst), family), lm_head=lm_head,
                     moe=moe, **first)
 
@@ -244,7 +246,7 @@ def _layer_sites(rec, prefix, family, tol) -> dict:
             cols = torch.stack([kids[a]["out"].double().flatten(), kids[m]["out"].double().flatten()], 1)
             s = torch.linalg.lstsq(cols, target.unsqueeze(1)).solution.squeeze(1)
             res = (target - cols @ s).norm().item()
-            if res <= scale and s.abs().min() > 1e-3:
+            if res <= scale and s.min() > 1e-3:  # a block adds a positive multiple of its output
                 if best is None or res < best[0]:
                     best = (res, a, m, s.tolist())
     if best is None:
@@ -253,31 +255,41 @@ def _layer_sites(rec, prefix, family, tol) -> dict:
         return dict(attn_out="", mlp_out="", mlp_in="", parallel=False, attn="", mlp="", mlp_norm="",
                     layout="unknown", moe=False, missing=tuple((s, why) for s in ("attn_out", "mlp_in", "mlp_out")))
     _, a, m, (sa, sm) = best
+    d = x.shape[-1]
+    heavy = lambda k: kids[k]["params"] > 2 * d  # noqa: E731  (a norm has at most 2 d parameters)
+    changes = lambda k: not (kids[k]["inp"] is not None and kids[k]["out"] is not None  # noqa: E731
+                             and kids[k]["inp"].shape == kids[k]["out"].shape
+                             and torch.equal(kids[k]["inp"], kids[k]["out"]))  # an eval dropout does not
+
+    def split(chain):
+        """(norms before, the block's first and last heavy module, norms after) of a branch."""
+        big = [i for i, k in enumerate(chain) if heavy(k)] or [max(range(len(chain)),
+                                                                     key=lambda i: kids[chain[i]]["params"])]
+        norms = lambda part: [k for k in part if changes(k) and not heavy(k)]  # noqa: E731
+        return norms(chain[:big[0]]), chain[big[0]], chain[big[-1]], norms(chain[big[-1] + 1:])
+
     attn_chain, mlp_chain = _branch(kids, a), _branch(kids, m)
-    heavy = lambda chain: max(chain, key=lambda k: kids[k]["params"])  # noqa: E731
-    attn, mlp = heavy(attn_chain), heavy(mlp_chain)
-    start = kids[mlp_chain[0]]["inp"]
+    attn_pre, attn, _, attn_post = split(attn_chain)
+    mlp_pre, mlp, _, mlp_post = split(mlp_chain)
     missing = []
+    if max(abs(sa - 1), abs(sm - 1)) > max(1e-3, 64 * tol):
+        why = (f"the layer adds {sa:.3g} x {a} + {sm:.3g} x {m} (a residual scale); no module outputs what a "
+               "block adds")
+        missing += [("attn_out", why), ("mlp_out", why)]
+    start = kids[mlp_chain[0]]["inp"]
     parallel = start is not None and start.shape == x.shape and torch.equal(start, x)
+    mlp_inp = kids[mlp]["inp"]
     if not parallel and not (start is not None and start.shape == x.shape
                              and _n(start - x - sa * kids[a]["out"]) <= scale):
         missing.append(("mlp_in", f"the MLP branch ({' -> '.join(mlp_chain)}) reads neither the layer input nor "
                                   "the input plus the attention output"))
-    if max(abs(sa - 1), abs(sm - 1)) > max(1e-3, 64 * tol):
-        why = (f"the layer adds {sa:.3g} x {a} + {sm:.3g} x {m} (a residual scale); no module outputs what a "
-               "block adds")
-        missing = [("attn_out", why), ("mlp_out", why)]
-    mlp_inp = kids[mlp]["inp"]
-    if (mlp_inp is None or mlp_inp.shape != x.shape) and not missing:
+    elif mlp_inp is None or mlp_inp.shape != x.shape:
         missing.append(("mlp_in", f"the MLP module {mlp!r} does not take the [batch, seq, d] residual as input"))
-    normed = lambda chain: [k for k in chain if kids[k]["params"]]  # noqa: E731  (dropouts have none)
-    pre = normed(mlp_chain[:mlp_chain.index(mlp)])
-    post = bool(normed(attn_chain[attn_chain.index(attn) + 1:] + mlp_chain[mlp_chain.index(mlp) + 1:]))
-    has_pre = bool(pre or normed(attn_chain[:attn_chain.index(attn)]))
+    post, has_pre = bool(attn_post or mlp_post), bool(attn_pre or mlp_pre)
     layout = "parallel" if parallel else {(True, True): "sandwich", (False, True): "post-norm"}.get((has_pre, post),
                                                                                                  "pre-norm")
     return dict(attn_out=a, mlp_out=m, mlp_in=mlp, parallel=parallel, attn=attn, mlp=mlp,
-                mlp_norm=".".join(pre[-1:]), layout=layout, moe=kids[mlp]["moe"], missing=tuple(missing))
+                mlp_norm=".".join(mlp_pre[-1:]), layout=layout, moe=kids[mlp]["moe"], missing=tuple(missing))
 
 
 def verify_sites(model, spec: ArchSpec | None = None, input_ids=None) -> ArchSpec:
