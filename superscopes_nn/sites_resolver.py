@@ -24,6 +24,7 @@ sites are marked missing with the reason, never served from a wrong module.
 
 from __future__ import annotations
 
+import inspect
 from collections import defaultdict
 
 import torch
@@ -112,7 +113,8 @@ def run_watched(hf_model, watch: dict, input_ids=None) -> _Recorder:
     try:
         with torch.no_grad():
             ids = input_ids if input_ids is not None else check_ids(hf_model)
-            hf_model(ids, attention_mask=torch.ones_like(ids), use_cache=False)
+            kw = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(hf_model.forward).parameters else {}
+            hf_model(ids, attention_mask=torch.ones_like(ids), use_cache=False, **kw)  # the head on 1 position
     finally:
         rec.remove()
         hf_model.train(was_training)
@@ -210,7 +212,8 @@ def _final_norm(rec, path, n, family):
         c = calls[0] if len(calls) == 1 else None
         if (c is not None and c["inp"] is not None and c["out"] is not None and head is not None
                 and c["inp"].shape == last["out"].shape and torch.equal(c["inp"], last["out"])
-                and c["out"].shape == head["inp"].shape and torch.equal(c["out"], head["inp"])):
+                and c["out"].dim() == head["inp"].dim() == 3 and c["out"].shape[-1] == head["inp"].shape[-1]
+                and torch.equal(c["out"][:, -head["inp"].shape[1]:], head["inp"])):
             return name
     raise SiteError(f"{family}: no final norm found between the last decoder layer and the LM head")
 
@@ -326,7 +329,8 @@ def verify_sites(model, spec: ArchSpec | None = None, input_ids=None) -> ArchSpe
             watch[f"{pre}.{i}"] = block
             watch.update({f"{pre}.{i}.{c}": m for c, m in block.named_children()})
             watch.update({f"{pre}.{i}.{spec.site_module(s)}": get_path(block, spec.site_module(s)) for s in sites})
-        norms = [get_path(b, spec.mlp_norm) if spec.mlp_norm else (lambda t: t) for b in blocks]
+        norms = [get_path(b, spec.mlp_norm) if spec.mlp_norm and "mlp_in" in sites else (lambda t: t)
+                 for b in blocks]
     except (AttributeError, IndexError, TypeError) as err:
         raise SiteError(f"{spec.family}: a module of the site spec was not found ({err})") from None
     if rec is None:

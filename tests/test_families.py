@@ -149,6 +149,17 @@ def test_unsupported_layout_refuses_the_sites_it_cannot_find():
     _matches_reference(model, ["residual"])
 
 
+def test_layers_that_differ_keep_only_the_residual():
+    """One path per site must serve every layer (a hybrid model's layers may differ)."""
+    hf, tok = tiny_hf_model("qwen2")
+    hf.model.layers[2] = _Shifted(hf.model.layers[2], 64)
+    with pytest.warns(UserWarning, match="layers 0 and 2 differ"):
+        model = wrap(hf, tok)
+    spec = arch_spec(hf.config)
+    assert spec.layout == "mixed" and [s for s, _ in spec.missing] == ["attn_out", "mlp_in", "mlp_out"]
+    _matches_reference(model, ["residual"])
+
+
 def test_no_decoder_list_is_a_clear_error():
     hf, tok = tiny_hf_model("gpt2")
     hf.transformer.h = torch.nn.ModuleList()
