@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from superscopes_nn import load_model  # noqa: E402
 from superscopes_nn.architectures import num_layers  # noqa: E402
-from superscopes_nn.patching import patchscope  # noqa: E402
+from superscopes_nn.api import patchscope  # noqa: E402
 
 from experiments.backpatching import backpatch_patches, layer_pairs, load_queries  # noqa: E402
 
@@ -40,7 +40,7 @@ from experiments.backpatching import backpatch_patches, layer_pairs, load_querie
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="smollm2-135m")
-    p.add_argument("--data", default=None, help="two-hop JSONL (default: data/two_hop.jsonl)")
+    p.add_argument("--data", default=None, help="two-hop JSONL (default: superscopes_nn/data/two_hop.jsonl)")
     p.add_argument("--queries", type=int, default=2, help="two-hop queries (first N)")
     p.add_argument("--loop-rows", type=int, default=40, help="rows timed in the per-pair loop (scaled to all)")
     p.add_argument("--max-new-tokens", type=int, default=10)

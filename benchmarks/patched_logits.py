@@ -18,7 +18,7 @@ import json
 import time
 from unittest import mock
 
-import superscopes_nn.patching as P
+import superscopes_nn.resolver as P
 from superscopes_nn import IDENTITY_PROMPT, Source, Target, load_model, patched_logits, resolve
 
 

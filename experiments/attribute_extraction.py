@@ -38,11 +38,15 @@ if __package__ in (None, ""):
 
 from experiments.run_args import add_resume, store_kwargs  # noqa: E402
 from superscopes_nn.architectures import num_layers  # noqa: E402
-from superscopes_nn.patching import Source, Target, check_layer, model_name, patchscope  # noqa: E402
+from superscopes_nn.api import patchscope  # noqa: E402
+from superscopes_nn.resolver import model_name  # noqa: E402
+from superscopes_nn.specs import Source, Target  # noqa: E402
+from superscopes_nn.validate import check_layer  # noqa: E402
 
 from experiments.controls import contains, input_only  # noqa: E402
 
-LRE_ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "patchscopes_lre"
+LRE_SUBDIR = "patchscopes_lre"
+"""The LRE TSVs live in ``shared_data_dir() / LRE_SUBDIR`` (``$SUPERSCOPES_SHARED_DATA``, else ``../shared/data``)."""
 SAMPLE_COLUMNS = ["task", "subject", "object", "target_prompt"]
 
 
@@ -61,9 +65,9 @@ def lre_samples(root: str | Path | None = None, *, tasks: str | Sequence[str] | 
     ``limit``: first ``limit`` distinct subjects per task. Reads with
     :func:`superscopes_nn.datasets.load_lre`.
     """
-    from superscopes_nn.datasets import load_lre
+    from superscopes_nn.datasets import load_lre, shared_data_dir
 
-    root = Path(root) if root else LRE_ROOT
+    root = Path(root) if root else shared_data_dir() / LRE_SUBDIR
     if not root.exists():
         raise FileNotFoundError(f"LRE data not found at {root}")
     raw = load_lre(root)
@@ -221,7 +225,8 @@ def parse_args(argv):
     p.add_argument("--limit", type=int, default=None, help="subjects per task")
     p.add_argument("--tasks", default="all", help="comma-separated LRE task names, or 'all'")
     p.add_argument("--layer-stride", type=int, default=1, help="every k-th layer, for source and target")
-    p.add_argument("--lre-root", default=None, help=f"folder of the LRE TSVs (default {LRE_ROOT})")
+    p.add_argument("--lre-root", default=None, help="folder of the LRE TSVs (default $SUPERSCOPES_SHARED_DATA/patchscopes_lre, "
+                   "else ../shared/data/patchscopes_lre)")
     p.add_argument("--out", default="runs/attribute_extraction")
     p.add_argument("--max-new-tokens", type=int, default=20)
     p.add_argument("--remote", action="store_true")

@@ -33,9 +33,9 @@ if __package__ in (None, ""):  # run as a script: make `experiments` importable
 
 from experiments.run_args import add_resume, store_kwargs  # noqa: E402
 from superscopes_nn.architectures import num_layers  # noqa: E402
-from superscopes_nn.patching import (  # noqa: E402
-    Source, Target, generate_plain, model_name, patchscope,
-)
+from superscopes_nn.api import generate_plain, patchscope  # noqa: E402
+from superscopes_nn.resolver import model_name  # noqa: E402
+from superscopes_nn.specs import Source, Target  # noqa: E402
 
 QUERY_FIELDS = ("id", "two_hop_prompt", "first_hop_prompt", "e1", "r1", "bridge", "bridge_aliases", "r2",
                 "second_hop_prompt", "answer", "answer_aliases")
@@ -64,16 +64,9 @@ def load_queries(queries=None, limit: int | None = None, stratify: bool = False)
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ValueError(f"limit must be an int >= 1, got {limit!r}")
     if queries is None or isinstance(queries, (str, Path)):
-        try:
-            from superscopes_nn.datasets import load_two_hop
-        except ImportError:  # loader not there yet: read the JSONL directly
-            default = Path(__file__).resolve().parents[1] / "data" / "two_hop.jsonl"
-            path = Path(queries) if queries is not None else default
-            if not path.exists():
-                raise FileNotFoundError(f"two-hop file not found: {path}") from None
-            queries = pd.read_json(path, lines=True)
-        else:
-            queries = load_two_hop(queries)
+        from superscopes_nn.datasets import load_two_hop
+
+        queries = load_two_hop(queries)
     if hasattr(queries, "to_pandas"):
         queries = queries.to_pandas()
     df = queries.copy() if isinstance(queries, pd.DataFrame) else pd.DataFrame([dict(q) for q in queries])
@@ -94,7 +87,7 @@ def load_queries(queries=None, limit: int | None = None, stratify: bool = False)
 
 
 def alias_match(text, aliases: Iterable[str]) -> bool:
-    """``superscopes_nn.scoring.alias_match`` (case-insensitive substring, aliases of length <= 1
+    """``superscopes_nn.scoring.alias_match`` (case-insensitive whole-word match, aliases of length <= 1
     ignored); a missing text (an errored row) never matches."""
     if not isinstance(text, str):
         return False
@@ -297,7 +290,7 @@ def two_hop_parser(description: str, out: str, max_new_tokens: int = 10,
     """The arguments the three two-hop scripts share (back-patching, multi-hop CoT, bridge)."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--model", default=None, help="model name (default: the library default, Gemma 3 270M)")
-    p.add_argument("--data", default=None, help="two-hop JSONL (default: data/two_hop.jsonl)")
+    p.add_argument("--data", default=None, help="two-hop JSONL (default: the package's data/two_hop.jsonl)")
     p.add_argument("--limit", type=int, default=None, help="first N queries")
     p.add_argument("--stratify", action="store_true", help="with --limit: round robin over relation pairs")
     if layers_help:

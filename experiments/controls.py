@@ -41,9 +41,9 @@ if __package__ in (None, ""):  # run as a script: make `experiments` importable
 
 from experiments.run_args import add_resume, store_kwargs  # noqa: E402
 from superscopes_nn.architectures import num_layers  # noqa: E402
-from superscopes_nn.patching import (  # noqa: E402
-    Source, Target, generate_plain, model_name, patchscope,
-)
+from superscopes_nn.api import generate_plain, patchscope  # noqa: E402
+from superscopes_nn.resolver import model_name  # noqa: E402
+from superscopes_nn.specs import Source, Target  # noqa: E402
 
 DEFAULT_VERBALIZER = "smollm2-135m"
 

@@ -38,7 +38,10 @@ if __package__ in (None, ""):
 
 from experiments.run_args import add_resume, store_kwargs  # noqa: E402
 from superscopes_nn.architectures import num_layers  # noqa: E402
-from superscopes_nn.patching import ENTITY_PROMPT, Target, check_layer, model_name, sweep  # noqa: E402
+from superscopes_nn.api import sweep  # noqa: E402
+from superscopes_nn.resolver import model_name  # noqa: E402
+from superscopes_nn.specs import ENTITY_PROMPT, Target  # noqa: E402
+from superscopes_nn.validate import check_layer  # noqa: E402
 
 from experiments.controls import input_only  # noqa: E402
 
@@ -122,7 +125,7 @@ def entity_resolution(model, entities=None, *, limit: int | None = None, layers:
 
     1. source = each entity name alone, its last token, every layer ``l`` (residual);
     2. target = ``target_prompt`` at ``x``, target layer = ``l``; greedy-generate
-       ``max_new_tokens`` tokens (one batched :func:`~superscopes_nn.patching.sweep`);
+       ``max_new_tokens`` tokens (one batched :func:`~superscopes_nn.api.sweep`);
     3. if ``baseline``: the input-only control (name in place of ``x``, no patching);
     4. score every row with ``metrics`` (empty = no scoring).
 
@@ -198,7 +201,7 @@ def parse_args(argv):
     p = argparse.ArgumentParser(description="Entity resolution across layers (Patchscopes Sec. 4.4).")
     p.add_argument("--model", default=None, help="model name (default: the library default, Gemma 3 270M)")
     p.add_argument("--limit", type=int, default=None, help="number of entities (round robin over types)")
-    p.add_argument("--entities", default=None, help="a JSON Lines file of entities (default: data/entities.jsonl)")
+    p.add_argument("--entities", default=None, help="a JSON Lines file of entities (default: superscopes_nn/data/entities.jsonl)")
     p.add_argument("--layer-stride", type=int, default=1, help="every k-th layer")
     p.add_argument("--metrics", default=",".join(METRICS),
                    help="comma-separated subset of " + ",".join(METRICS) + " ('' = generate only)")

@@ -34,9 +34,10 @@ if __package__ in (None, ""):
 
 from experiments.run_args import store_kwargs  # noqa: E402
 from superscopes_nn.architectures import num_layers  # noqa: E402
-from superscopes_nn.patching import (  # noqa: E402
-    ENTITY_PROMPT, Source, Target, check_layer, find_token, model_name, patchscope,
-)
+from superscopes_nn.api import patchscope  # noqa: E402
+from superscopes_nn.resolver import find_token, model_name  # noqa: E402
+from superscopes_nn.specs import ENTITY_PROMPT, Source, Target  # noqa: E402
+from superscopes_nn.validate import check_layer  # noqa: E402
 
 from experiments.backpatching import (  # noqa: E402
     alias_match, bridge_aliases, load_queries, script_setup, two_hop_parser,

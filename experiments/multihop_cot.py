@@ -33,7 +33,9 @@ if __package__ in (None, ""):
 
 from experiments.run_args import store_kwargs  # noqa: E402
 from superscopes_nn.architectures import num_layers  # noqa: E402
-from superscopes_nn.patching import Source, Target, generate_plain, model_name, patchscope  # noqa: E402
+from superscopes_nn.api import generate_plain, patchscope  # noqa: E402
+from superscopes_nn.resolver import model_name  # noqa: E402
+from superscopes_nn.specs import Source, Target  # noqa: E402
 
 from experiments.backpatching import (  # noqa: E402
     alias_match, answer_aliases, load_queries, script_setup, two_hop_parser,

@@ -14,7 +14,6 @@ import pandas as pd
 from experiments.run_args import add_resume, store_kwargs
 
 REPO = Path(__file__).resolve().parents[1]
-FIG3_PROMPTS = REPO.parent / "shared" / "data" / "superscopes_fig3_prompts.tsv"
 DEFAULT_OUT = REPO / "out" / "superscopes"
 PAPER_LAYERS = 40  # Llama-2-13b-chat
 
@@ -45,26 +44,12 @@ def read_fig3_tsv(path: Path | str) -> list[tuple[str, str]]:
 
 
 def load_fig3_prompts(path: Path | str | None = None) -> list[tuple[str, str]]:
-    """The 48 Figure 3 prompts; uses ``superscopes_nn.datasets.load_fig3_prompts`` when it
-    exists and no explicit path is given, else parses the TSV here."""
+    """The 48 Figure 3 prompts: ``path``, else ``superscopes_nn.datasets.load_fig3_prompts()``
+    (``superscopes_fig3_prompts.tsv`` in the shared data folder)."""
     if path is None:
-        try:
-            from superscopes_nn.datasets import load_fig3_prompts as lib_loader
-        except ImportError:
-            lib_loader = None
-        if lib_loader is not None:
-            data = lib_loader()
-            if isinstance(data, pd.DataFrame):
-                cols = list(data.columns)
-                tok = "paper_last_token" if "paper_last_token" in cols else cols[1]
-                return [(str(p), str(t)) for p, t in zip(data["prompt" if "prompt" in cols else cols[0]], data[tok])]
-            items = list(data)
-            if items and isinstance(items[0], str):
-                return [(p, "") for p in items]
-            if items and isinstance(items[0], dict):
-                return [(d["prompt"], d.get("paper_last_token", "")) for d in items]
-            return [(str(x[0]), str(x[1]) if len(x) > 1 else "") for x in items]
-        path = FIG3_PROMPTS
+        from superscopes_nn.datasets import load_fig3_prompts as lib_loader
+
+        return [(str(p), str(t)) for p, t in lib_loader()]
     return read_fig3_tsv(path)
 
 

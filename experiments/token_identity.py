@@ -8,7 +8,7 @@ instead applies the final norm and unembedding to the state directly.
 
 Both are scored by precision@1 against the model's own next-token prediction
 (the argmax of its final logits at the same position), on every position of the
-plain sentences in ``data/next_token_sample.txt``::
+plain sentences in ``superscopes_nn/data/next_token_sample.txt``::
 
     from superscopes_nn import load_model
     from experiments.token_identity import token_identity, summarize
@@ -41,13 +41,17 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from superscopes_nn.architectures import arch_spec, get_path, num_layers  # noqa: E402
-from superscopes_nn.patching import (  # noqa: E402
-    IDENTITY_PROMPT, Source, Target, _row_record, check_layer, encode, model_name, patched_logits, resolve,
-)
+from superscopes_nn.api import patched_logits  # noqa: E402
+from superscopes_nn.resolver import encode, model_name, resolve  # noqa: E402
+from superscopes_nn.run import row_record  # noqa: E402
+from superscopes_nn.specs import IDENTITY_PROMPT, Source, Target  # noqa: E402
+from superscopes_nn.validate import check_layer  # noqa: E402
 from superscopes_nn.store import RunStore, record_key, row_key  # noqa: E402
 from experiments.run_args import add_resume, store_kwargs  # noqa: E402
 
-SAMPLE_PATH = Path(__file__).resolve().parents[1] / "data" / "next_token_sample.txt"
+from superscopes_nn.datasets import DATA_DIR  # noqa: E402
+
+SAMPLE_PATH = DATA_DIR / "next_token_sample.txt"
 METHODS = ("patchscope", "logit_lens")
 
 
@@ -148,7 +152,7 @@ def token_identity(model, sentences: Sequence[str] | None = None, *, limit: int 
             continue
         top = patched_logits(model, chunk, max_batch_size=max_batch_size, remote=remote).argmax(-1).tolist()
         if store is not None:
-            store.append([{**_row_record(r, [t], tok, name, name), "error": None} for r, t in zip(chunk, top)])
+            store.append([{**row_record(r, [t], tok, name, name), "error": None} for r, t in zip(chunk, top)])
         preds.extend(top)
     it = iter(preds)
     for rec in base:

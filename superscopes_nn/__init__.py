@@ -11,13 +11,16 @@ __version__ = "0.1.0"
 from .architectures import SITES, arch_spec  # noqa: E402
 from .lens import lens_logits, logit_lens  # noqa: E402
 from .models import DEFAULT_MODEL, load_model  # noqa: E402
-from .patching import (  # noqa: E402
-    ENTITY_PROMPT, IDENTITY_PROMPT, RESULT_COLUMNS, Affine, Amplify, Fn, Identity, Source, Target, collect,
-    generate_plain, patched_logits, patchscope, resolve, run_rows, sweep, sweep_rows,
+from .api import collect, generate_plain, patched_logits, patchscope, sweep  # noqa: E402
+from .engine import logit_tolerance  # noqa: E402
+from .resolver import resolve, sweep_rows  # noqa: E402
+from .run import run_rows  # noqa: E402
+from .specs import (  # noqa: E402
+    ENTITY_PROMPT, IDENTITY_PROMPT, RESULT_COLUMNS, Affine, Amplify, Compose, Fn, Identity, Row, Source, Target,
 )
 
 __all__ = [
     "SITES", "arch_spec", "DEFAULT_MODEL", "load_model", "ENTITY_PROMPT", "IDENTITY_PROMPT", "RESULT_COLUMNS",
-    "Affine", "Amplify", "Fn", "Identity", "Source", "Target", "collect", "generate_plain", "patched_logits",
+    "Affine", "Amplify", "Compose", "Fn", "Identity", "Row", "logit_tolerance", "Source", "Target", "collect", "generate_plain", "patched_logits",
     "patchscope", "resolve", "run_rows", "sweep", "sweep_rows", "lens_logits", "logit_lens",
 ]

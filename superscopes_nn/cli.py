@@ -111,8 +111,9 @@ def parse_remote(s: str):
 def explain(args) -> int:
     from .models import DEFAULT_MODEL, load_model
     from .architectures import SITES, num_layers
-    from .patching import ENTITY_PROMPT, Target, sweep_rows
-    from .runs import run_and_store
+    from .resolver import sweep_rows
+    from .run import run_rows
+    from .specs import ENTITY_PROMPT, Target
 
     sites = [s.strip() for s in args.site.split(",") if s.strip()]
     for s in sites:
@@ -130,12 +131,12 @@ def explain(args) -> int:
                       token=parse_position(args.token), target=target)
     out = Path(args.out) if args.out else Path("runs") / datetime.now().strftime("explain-%Y%m%d-%H%M%S")
     config = {
-        "command": "explain", "model": name, "prompts": [args.prompt], "token": args.token, "sites": sites,
+        "command": "explain", "prompts": [args.prompt], "token": args.token, "sites": sites,
         "layers": layers, "alphas": alphas, "target_prompt": target.prompt, "placeholder": target.placeholder,
         "target_layer": args.target_layer, "max_new_tokens": args.max_new_tokens, "max_batch_size": args.batch_size,
     }
-    df = run_and_store(model, rows, out, config, resume=args.resume, max_new_tokens=args.max_new_tokens,
-                       max_batch_size=args.batch_size, remote=remote, progress=not args.no_progress)
+    df = run_rows(model, rows, run_dir=out, config=config, resume=args.resume, max_new_tokens=args.max_new_tokens,
+                  max_batch_size=args.batch_size, remote=remote, progress=not args.no_progress)
     print(_table(df))
     print(f"\nwrote {out / 'results.csv'} and {out / 'results.parquet'} ({len(df)} rows)")
     return 0

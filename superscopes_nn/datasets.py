@@ -4,7 +4,8 @@ Every loader validates its input and fails fast: a missing file is a
 FileNotFoundError naming the path, a missing column a ValueError naming the
 column and the columns found, an empty file a ValueError naming the file.
 
-The project's own data (``<repo>/data``)::
+The project's own data ships inside the package (``superscopes_nn/data/``, found with
+``importlib.resources``, so a wheel or ``pip install .`` has it too)::
 
     >>> from superscopes_nn.datasets import load_entities, load_two_hop
     >>> ents = load_entities()        # name, type, description, aliases
@@ -15,17 +16,25 @@ The project's own data (``<repo>/data``)::
 Published sets, read from files you obtain yourself::
 
     >>> htl = load_hopping_too_late_csv("two_hop.csv")                 # doctest: +SKIP
-    >>> lre = load_lre("../shared/data/patchscopes_lre", kind="factual",
-    ...                relations=["country_capital_city"])             # doctest: +SKIP
+    >>> lre = load_lre(kind="factual", relations=["country_capital_city"])  # doctest: +SKIP
     >>> popqa = load_popqa("test")          # needs the HF hub or cache # doctest: +SKIP
     >>> fig3 = load_fig3_prompts()          # [(prompt, paper_last_token), ...]
+
+The shared data (the Patchscopes LRE files, the Figure 3 prompt list) is never
+copied into the package: ``shared_data_dir()`` finds it at ``$SUPERSCOPES_SHARED_DATA``
+when set, else at ``shared/data`` beside the current directory or one of its
+parents (``../shared/data`` from a checkout), else beside the source checkout of
+the package; otherwise it raises a one-line FileNotFoundError naming every place
+it looked.
 """
 
 from __future__ import annotations
 
 import ast
 import json
+import os
 from collections.abc import Iterable, Mapping, Sequence
+from importlib import resources
 from pathlib import Path
 
 import datasets
@@ -33,7 +42,8 @@ import pandas as pd
 
 __all__ = [
     "DATA_DIR",
-    "SHARED_DATA_DIR",
+    "SHARED_DATA_ENV",
+    "shared_data_dir",
     "ENTITY_FIELDS",
     "TWO_HOP_FIELDS",
     "LRE_KINDS",
@@ -46,9 +56,49 @@ __all__ = [
     "load_fig3_prompts",
 ]
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DATA_DIR = REPO_ROOT / "data"
-SHARED_DATA_DIR = REPO_ROOT.parent / "shared" / "data"
+DATA_DIR = Path(str(resources.files("superscopes_nn").joinpath("data")))
+"""The package data: entities.jsonl, two_hop.jsonl, next_token_sample.txt (see data/README.md)."""
+
+SHARED_DATA_ENV = "SUPERSCOPES_SHARED_DATA"
+"""Environment variable naming the shared data folder (holds patchscopes_lre/, superscopes_fig3_prompts.tsv)."""
+
+
+def _shared_candidates() -> list[Path]:
+    cwd = Path.cwd().resolve()
+    places = [d / "shared" / "data" for d in (cwd, *cwd.parents)]
+    pkg_parent = Path(__file__).resolve().parents[1]
+    if (pkg_parent / "pyproject.toml").is_file():  # a source checkout: ../shared/data beside the repo
+        places.append(pkg_parent.parent / "shared" / "data")
+    return list(dict.fromkeys(places))
+
+
+def shared_data_dir() -> Path:
+    """The shared data folder: ``$SUPERSCOPES_SHARED_DATA``, else the first ``shared/data`` found
+    beside the current directory or one of its parents, else beside the package's source checkout.
+
+    Raises a one-line FileNotFoundError naming the variable's value or every place looked in.
+    """
+    env = os.environ.get(SHARED_DATA_ENV)
+    if env:
+        path = Path(env).expanduser()
+        if not path.is_dir():
+            raise FileNotFoundError(f"shared data folder not found: {SHARED_DATA_ENV}={env!r} is not a directory")
+        return path
+    places = _shared_candidates()
+    for place in places:
+        if place.is_dir():
+            return place
+    raise FileNotFoundError(
+        f"shared data folder not found: set {SHARED_DATA_ENV}; looked in {', '.join(str(p) for p in places)}"
+    )
+
+
+def __getattr__(name: str):
+    if name == "SHARED_DATA_DIR":  # kept for old callers; resolved on use, so the cwd and env count
+        return shared_data_dir()
+    if name == "FIG3_DEFAULT":
+        return shared_data_dir() / FIG3_FILE
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 _STR = datasets.Value("string")
 _STR_LIST = datasets.List(datasets.Value("string"))
@@ -156,7 +206,7 @@ def _parse_list(value: object, where: str) -> list[str]:
 
 
 def load_entities(path: str | Path | None = None) -> datasets.Dataset:
-    """Entities for entity-description Patchscopes, from ``<repo>/data/entities.jsonl``.
+    """Entities for entity-description Patchscopes, from the package's ``data/entities.jsonl``.
 
     Columns: ``name`` (str), ``type`` (str), ``description`` (str),
     ``aliases`` (list[str], may be empty). One row per JSON line.
@@ -166,7 +216,7 @@ def load_entities(path: str | Path | None = None) -> datasets.Dataset:
 
 
 def load_two_hop(path: str | Path | None = None) -> datasets.Dataset:
-    """Two-hop queries ``e1 --r1--> bridge --r2--> answer``, from ``<repo>/data/two_hop.jsonl``.
+    """Two-hop queries ``e1 --r1--> bridge --r2--> answer``, from the package's ``data/two_hop.jsonl``.
 
     Columns (all str except the two alias lists, list[str]): id,
     two_hop_prompt, first_hop_prompt, e1, r1, bridge, bridge_aliases, r2,
@@ -295,7 +345,7 @@ def _integers(column: pd.Series, path: Path) -> pd.Series:
 
 
 def load_lre(
-    root: str | Path, kind: str | None = None, relations: Sequence[str] | None = None
+    root: str | Path | None = None, kind: str | None = None, relations: Sequence[str] | None = None
 ) -> datasets.Dataset:
     """The Patchscopes LRE attribute-extraction files ``root/{factual,commonsense}/<relation>.tsv``.
 
@@ -308,9 +358,10 @@ def load_lre(
     Output columns: relation (file stem), kind, subject, object, prompt_target,
     and, when present, sample_id, position_target, target_baseline,
     prompt_source (may be ''), position_source. ``kind`` restricts to one of
-    ``LRE_KINDS``; ``relations`` to some file stems.
+    ``LRE_KINDS``; ``relations`` to some file stems. ``root`` defaults to
+    ``shared_data_dir() / "patchscopes_lre"``.
     """
-    root = Path(root)
+    root = shared_data_dir() / LRE_DIR if root is None else Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"LRE root directory not found: {root}")
     if kind is not None and kind not in LRE_KINDS:
@@ -384,7 +435,8 @@ def load_popqa(split: str = "test") -> datasets.Dataset:
 
 # --------------------------------------------------------------------------- Superscopes Figure 3
 
-FIG3_DEFAULT = SHARED_DATA_DIR / "superscopes_fig3_prompts.tsv"
+FIG3_FILE = "superscopes_fig3_prompts.tsv"
+LRE_DIR = "patchscopes_lre"
 
 
 def load_fig3_prompts(
@@ -397,11 +449,12 @@ def load_fig3_prompts(
     '#' and blank lines are skipped. Returns ``[(prompt, paper_token), ...]``,
     or a DataFrame with columns prompt, paper_token when ``as_frame``.
     """
-    path = _existing_file(
-        FIG3_DEFAULT if path is None else path,
-        "Superscopes Figure 3 prompt",
-        f"it is shared project data: put it at {FIG3_DEFAULT} or pass path=",
-    )
+    if path is None:
+        default = shared_data_dir() / FIG3_FILE
+        path = _existing_file(default, "Superscopes Figure 3 prompt", f"it is shared project data: put it at {default} or pass path=")
+    else:
+        path = _existing_file(path, "Superscopes Figure 3 prompt",
+                              f"it is shared project data ({FIG3_FILE} in the shared data folder) or pass path=")
     pairs = []
     for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip() or line.startswith("#"):

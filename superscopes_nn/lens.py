@@ -15,37 +15,51 @@ import pandas as pd
 import torch
 
 from .architectures import arch_spec, get_path, num_layers
-from .patching import _ship_library, check_layer, encode, model_name, resolve_position
+from .api import _ship
+from .resolver import encode, model_name, resolve_position
+from .validate import check_layer, check_layers
 
 
 def lens_logits(model, prompt: str, layers: Iterable[int], position: int | str = -1, *,
                 remote: bool | str = False, backend=None) -> torch.Tensor:
-    """[len(layers), vocab] logit-lens logits at ``position`` (final norm + unembedding of h_l)."""
+    """[len(layers), vocab] logit-lens logits at ``position`` (final norm + unembedding of h_l).
+
+    Row ``j`` is ``layers[j]``, in the order given (negative layers count from the end,
+    so ``[-1, 0]`` gives the last layer's row first).
+    """
     config = model._module.config
     spec = arch_spec(config)
     n = num_layers(config)
-    layers = sorted({check_layer(l, n, "source", model_name(model)) for l in layers})
+    wanted = [check_layer(l, n, "source", model_name(model)) for l in layers]
+    layers = sorted(set(wanted))
     ids = encode(model.tokenizer, prompt)
     pos = resolve_position(model.tokenizer, prompt, position, len(ids))
     cap = getattr(config, "final_logit_softcapping", None)
-    _ship_library(remote, backend)
+    layers_path, norm_path, head_path = spec.layers, spec.final_norm, spec.lm_head  # plain strings cross the wire
+    _ship(remote, backend)
     with model.trace(torch.tensor([ids]), remote=remote, backend=backend):
         hidden = []
         for layer in layers:
-            out = get_path(model, spec.layers)[layer].output
+            out = get_path(model, layers_path)[layer].output
             hidden.append((out[0] if isinstance(out, tuple) else out)[0, pos])
-        norm, head = get_path(model, spec.final_norm), get_path(model, spec.lm_head)
+        norm, head = get_path(model, norm_path), get_path(model, head_path)
         logits = head(norm(torch.stack(hidden)))
         if cap:
             logits = torch.tanh(logits / cap) * cap
         logits = logits.detach().save()
-    return logits
+    return logits[[layers.index(l) for l in wanted]]
 
 
 def logit_lens(model, prompt: str, layers: Iterable[int] | None = None, position: int | str = -1, k: int = 1, *,
                remote: bool | str = False, backend=None) -> pd.DataFrame:
-    """Top-``k`` logit-lens tokens per layer: columns layer, rank, token, token_id, prob."""
-    layers = list(range(num_layers(model._module.config))) if layers is None else sorted(set(layers))
+    """Top-``k`` logit-lens tokens per layer: columns layer, rank, token, token_id, prob.
+
+    ``layer`` is the absolute layer index (``-1`` is reported as ``L - 1``); rows come in
+    increasing layer order, one block of ``k`` per distinct layer.
+    """
+    n = num_layers(model._module.config)
+    layers = list(range(n)) if layers is None else sorted({check_layer(l, n, "source", model_name(model))
+                                                          for l in layers})
     logits = lens_logits(model, prompt, layers, position, remote=remote, backend=backend)
     probs = logits.float().softmax(-1)
     top = probs.topk(k, dim=-1)

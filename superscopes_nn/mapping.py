@@ -35,7 +35,10 @@ from typing import Iterable, Sequence
 import torch
 
 from .architectures import check_site, hidden_size, num_layers
-from .patching import Affine, check_layer, collect, model_name
+from .api import collect
+from .resolver import model_name
+from .specs import Affine
+from .validate import check_layer
 
 ALIGNMENTS = ("span", "last")
 
@@ -186,7 +189,7 @@ def fit_affine(source_model, target_model, texts: Sequence[str], source_layer: i
                remote: bool | str = False) -> Affine:
     """Fit ``h_target(target_layer) ~= W h_source(source_layer) + b`` on paired states of ``texts``.
 
-    Returns an :class:`~superscopes_nn.patching.Affine` with weight [d_target, d_source],
+    Returns an :class:`~superscopes_nn.specs.Affine` with weight [d_target, d_source],
     ready to pass as the mapping of a cross-model ``patchscope``/``sweep``.
     """
     fits = fit_affines(source_model, target_model, texts, [(source_layer, target_layer)], site=site,

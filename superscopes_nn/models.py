@@ -25,6 +25,7 @@ from typing import Callable
 
 import torch
 
+from .architectures import arch_spec
 
 DEFAULT_MODEL = "gemma-3-270m"
 
@@ -143,9 +144,7 @@ def load_model(name_or_path: str = DEFAULT_MODEL, *, dtype: torch.dtype | str = 
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
     if remote:
-        from nnsight.modeling.transformers import TransformersModel
-
-        return TransformersModel(name, dtype=dtype, **kwargs)
+        return _meta_model(name, dtype, **kwargs)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = embedded_path(name) if name in EMBEDDED else name
@@ -164,6 +163,39 @@ def load_model(name_or_path: str = DEFAULT_MODEL, *, dtype: torch.dtype | str = 
     if name in EMBEDDED:
         hf_model.config._name_or_path = name  # results name the model as the user did
     return wrap(hf_model, tokenizer)
+
+
+def _meta_model(name: str, dtype: torch.dtype, **kwargs):
+    """The wrapper for ``remote=True``: the architecture on meta weights, plus the tokenizer.
+
+    Built here from ``AutoConfig`` + accelerate's ``init_empty_weights`` rather than by
+    ``TransformersModel(name)``: nnsight 0.8.1's meta build goes through a transformers
+    pipeline that transformers >= 5.23 can no longer build ("Impossible to guess which
+    tokenizer to use"). The module tree is ``AutoModelForCausalLM``'s, the class NDIF loads
+    for the key's ``text-generation`` task, so the request's module paths match the server's.
+    Only the config and tokenizer files are read (hub or cache); no weights.
+    """
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    revision = kwargs.pop("revision", None)
+    try:
+        config = AutoConfig.from_pretrained(name, revision=revision, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(name, revision=revision)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"cannot load model {name!r} for remote use: {str(err).splitlines()[0]}") from err
+    with init_empty_weights():
+        hf_model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    hf_model.config._name_or_path = name  # the key NDIF resolves: the hub id as given
+    arch_spec(config)  # fail fast on an unsupported architecture
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    from nnsight.modeling.transformers import TransformersModel
+
+    # device="meta" reaches the pipeline nnsight wraps the module in (it would move it to the CPU)
+    model = TransformersModel(hf_model.eval(), tokenizer=tokenizer, device="meta")
+    model.revision = revision
+    return model
 
 
 def _in_hf_cache(name: str) -> bool:

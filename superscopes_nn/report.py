@@ -50,6 +50,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from .store import load_run
+
 REQUIRED_COLUMNS = (
     "source_prompt", "source_token", "source_position", "source_layer", "site",
     "target_layer", "alpha", "target_prompt", "interpretation",
@@ -427,30 +429,6 @@ def write_report(df: pd.DataFrame, path, config: dict | None = None, score_colum
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(page, encoding="utf-8")
     return path
-
-
-def load_run(run_dir) -> tuple[pd.DataFrame, dict]:
-    """``(rows, config)`` of a run directory (``rows.jsonl`` + ``config.json``)."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise FileNotFoundError(f"run directory not found: {run_dir}")
-    config_path, rows_path = run_dir / "config.json", run_dir / "rows.jsonl"
-    for p in (config_path, rows_path):
-        if not p.is_file():
-            raise FileNotFoundError(f"missing {p.name} in run directory: {p}")
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{config_path} is not valid JSON: {err}") from None
-    if not isinstance(config, dict):
-        raise ValueError(f"{config_path} must hold a JSON object, got {type(config).__name__}")
-    if not rows_path.read_text(encoding="utf-8").strip():
-        raise ValueError(f"{rows_path} has no rows (is the run finished?)")
-    try:
-        df = pd.read_json(rows_path, lines=True, dtype=False)
-    except ValueError as err:
-        raise ValueError(f"{rows_path} is not valid JSON lines: {err}") from None
-    return df, config
 
 
 def write_report_from_run(run_dir, path=None, score_column: str | None = None, columns: str = "alpha") -> Path:

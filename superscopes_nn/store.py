@@ -1,53 +1,58 @@
 """A run directory that keeps every finished row on disk, so a run can resume.
 
-A run directory holds two files:
+A run directory holds:
 
-- ``config.json``: the run's full configuration (model, prompts, sites, layers,
-  alphas, target, generation settings, ``max_batch_size``) plus ``versions``
-  (superscopes_nn, nnsight, torch, transformers), written atomically.
+- ``config.json``: the run's configuration (one schema for every run:
+  :func:`superscopes_nn.run.run_config`: model, target model, ``max_new_tokens``,
+  then the caller's settings) plus ``versions`` (superscopes_nn, nnsight, torch,
+  transformers), written atomically;
 - ``rows.jsonl``: one JSON object per finished row (the keys of
-  :data:`~superscopes_nn.patching.RESULT_COLUMNS`), appended after every finished
-  chunk, flushed and fsynced. A kill loses at most the chunk in flight.
+  :data:`~superscopes_nn.specs.RESULT_COLUMNS`), appended after every finished
+  chunk, flushed and fsynced. A kill loses at most the chunk in flight;
+- ``results.csv`` / ``results.parquet``: the finished table, written to a temporary
+  file and renamed;
+- ``.lock``: held (``filelock``, an OS lock released when the process dies) while a
+  writer has the directory open; a second writer is refused, naming the holder's pid.
 
-Usage::
+Usage (what :func:`superscopes_nn.run.run_rows` does with ``run_dir=``)::
 
-    from superscopes_nn.store import run_sweep
+    store = RunStore("runs/exp1", config, resume=True)
+    done = store.records_by_key()       # finished rows, by row_key
+    store.append(records)               # after each chunk
+    store.write_tables(df)              # at the end
 
-    rows = sweep_rows(model, prompts, layers=range(9), alphas=[1, 6])
-    df = run_sweep(model, rows, "runs/exp1", config, max_batch_size=16)
-    # ... killed half way? The same call with resume=True skips the finished rows:
-    df = run_sweep(model, rows, "runs/exp1", config, resume=True, max_batch_size=16)
-
-A row is identified by :func:`row_key` (for a resolved :class:`~superscopes_nn.patching.Row`)
-or :func:`record_key` (for a stored record); both give the same string. Resuming
-with a different configuration is refused (``ValueError`` naming the first
-differing key); reusing a directory that already has rows without ``resume`` is
-refused too (``FileExistsError``). With ``remote=`` set, every chunk runs through
-:func:`~superscopes_nn.ndif_errors.call_remote`: transient NDIF failures are
-retried, and a chunk that still fails raises
-:class:`~superscopes_nn.ndif_errors.NDIFError` with every earlier chunk on disk.
+A row is identified by :func:`row_key` (for a resolved :class:`~superscopes_nn.specs.Row`)
+or :func:`record_key` (for a stored record); both give the same string, and both
+include the mapping's ``key`` (an ``Affine``'s weights hash, not just its name).
+Resuming with a different configuration is refused (``ValueError`` naming the most
+meaningful differing key: the model first, then the grid); so is reusing a
+directory that already has rows without ``resume`` (``FileExistsError``), and rows
+on disk without a ``config.json``. :func:`load_run` is the one reader for everyone
+(the report included), with the same torn-line handling.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import os
-import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import pandas as pd
 
-from .patching import RESULT_COLUMNS
+from .specs import RESULT_COLUMNS
 
 CONFIG_FILE = "config.json"
 ROWS_FILE = "rows.jsonl"
 KEY_FIELDS = ("source_prompt", "source_position", "source_layer", "site", "target_prompt", "target_position",
-              "target_layer", "target_site", "mapping", "alpha")
+              "target_layer", "target_site", "mapping_key", "alpha")
+LOCK_FILE = ".lock"
+#: Config keys compared first on resume, so the message names what matters most.
+PRIORITY_KEYS = ("model", "target_model", "command", "experiment", "prompts", "sites", "layers", "alphas",
+                 "target_prompt", "max_new_tokens")
 _MISSING = "<missing>"
 
 
@@ -68,15 +73,18 @@ def _key(values: Sequence, extra: dict) -> str:
 
 
 def row_key(row) -> str:
-    """Identity of a resolved :class:`~superscopes_nn.patching.Row` (same as :func:`record_key` of its record)."""
+    """Identity of a resolved :class:`~superscopes_nn.api.Row` (same as :func:`record_key` of its record)."""
     return _key((row.source_prompt, row.source_position, row.source_layer, row.site, row.target_prompt,
-                 row.target_position, row.target_layer, row.target_site, row.mapping.name, row.mapping.alpha),
+                 row.target_position, row.target_layer, row.target_site, row.mapping.key, row.mapping.alpha),
                 dict(row.extra))
 
 
 def record_key(record: dict) -> str:
     """Identity of a result record (a dict with :data:`RESULT_COLUMNS`, plus any extra fields of the row)."""
     missing = [k for k in KEY_FIELDS if k not in record]
+    if missing == ["mapping_key"] and "mapping" in record:  # rows written before mapping keys existed
+        record = {**record, "mapping_key": record["mapping"]}
+        missing = []
     if missing:
         raise KeyError(f"record lacks the key field(s) {missing}: {sorted(record)}")
     extra = {k: v for k, v in record.items() if k not in RESULT_COLUMNS}
@@ -113,9 +121,11 @@ def _normalise_config(config: dict) -> dict:
 
 
 def first_difference(old: Any, new: Any, path: str = "") -> tuple[str, Any, Any] | None:
-    """``(dotted key, old value, new value)`` of the first difference (keys sorted), or ``None``."""
+    """``(dotted key, old value, new value)`` of the first difference (:data:`PRIORITY_KEYS` first, then sorted)."""
     if isinstance(old, dict) and isinstance(new, dict):
-        for k in sorted(set(old) | set(new)):
+        keys = set(old) | set(new)
+        ordered = [k for k in PRIORITY_KEYS if k in keys] + sorted(k for k in keys if k not in PRIORITY_KEYS)
+        for k in ordered:
             sub = f"{path}.{k}" if path else k
             if k not in old or k not in new:
                 return sub, old.get(k, _MISSING), new.get(k, _MISSING)
@@ -189,14 +199,66 @@ class RunStore:
             raise NotADirectoryError(f"run directory {self.run_dir} exists and is not a directory")
         self.config = _normalise_config({k: v for k, v in config.items() if k != "versions"})
         self.config["versions"] = library_versions()
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = None
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise OSError(f"cannot create run directory {self.run_dir}: {err.strerror or err}") from None
+        self._acquire()
+        try:
+            self._open(resume)
+        except BaseException:
+            self.close()
+            raise
+
+    def _acquire(self) -> None:
+        import filelock
+
+        lock = filelock.FileLock(str(self.run_dir / LOCK_FILE), timeout=0, thread_local=False)
+        try:
+            lock.acquire()
+        except filelock.Timeout:
+            owner = (self.run_dir / (LOCK_FILE + ".owner"))
+            holder = owner.read_text(encoding="utf-8").strip() if owner.exists() else "another process"
+            raise RuntimeError(f"run directory {self.run_dir} is in use by {holder}; wait for it to finish "
+                               "or choose another directory") from None
+        except OSError as err:
+            raise OSError(f"cannot lock run directory {self.run_dir}: {err.strerror or err}") from None
+        self._lock = lock
+        (self.run_dir / (LOCK_FILE + ".owner")).write_text(f"pid {os.getpid()}\n", encoding="utf-8")
+
+    def close(self) -> None:
+        """Release the directory's lock (also when the process dies)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
+
+    def _open(self, resume: bool) -> None:
         has_rows = bool(_scan(self.rows_path).records)
         if has_rows and not resume:
             raise FileExistsError(
                 f"run directory {self.run_dir} already holds finished rows; pass resume=True (--resume) "
                 "to continue it, or choose another directory")
+        if has_rows and not self.config_path.exists():
+            raise ValueError(f"cannot resume {self.run_dir}: it holds rows but no {CONFIG_FILE}, so the settings "
+                             "they were made with are unknown; choose another directory")
         if resume and self.config_path.exists():
-            stored = json.loads(self.config_path.read_text(encoding="utf-8"))
+            try:
+                stored = json.loads(self.config_path.read_text(encoding="utf-8"))
+            except ValueError as err:
+                raise ValueError(f"cannot resume {self.run_dir}: {CONFIG_FILE} is not valid JSON ({err})") from None
             diff = first_difference({k: v for k, v in stored.items() if k != "versions"},
                                     {k: v for k, v in self.config.items() if k != "versions"})
             if diff is not None:
@@ -206,7 +268,7 @@ class RunStore:
                     "rerun with the stored settings or choose another directory")
             if stored.get("versions") != self.config["versions"]:
                 warnings.warn(f"resuming {self.run_dir} with different library versions: stored "
-                              f"{stored.get('versions')}, now {self.config['versions']}", stacklevel=2)
+                              f"{stored.get('versions')}, now {self.config['versions']}", stacklevel=3)
             return
         _write_atomic(self.config_path, json.dumps(self.config, indent=2, ensure_ascii=False) + "\n")
 
@@ -247,18 +309,34 @@ class RunStore:
             f.flush()
             os.fsync(f.fileno())
 
+    def records_by_key(self) -> dict:
+        """The first stored record of every finished row, by :func:`record_key`."""
+        out: dict = {}
+        for r in self.records():
+            out.setdefault(record_key(r), r)
+        return out
+
     def load(self) -> pd.DataFrame:
         """All finished rows, one per key (the first stored), in file order."""
-        seen, out = set(), []
-        for r in self.records():
-            k = record_key(r)
-            if k not in seen:
-                seen.add(k)
-                out.append(r)
-        return _frame(out)
+        return frame(list(self.records_by_key().values()))
+
+    def write_tables(self, df: pd.DataFrame) -> None:
+        """``results.csv`` and ``results.parquet``, each written to a temporary file and renamed."""
+        write_tables(df, self.run_dir)
 
 
-def _frame(records: list[dict]) -> pd.DataFrame:
+def write_tables(df: pd.DataFrame, run_dir: str | os.PathLike) -> None:
+    """The one results-table writer: ``results.csv`` and ``results.parquet`` in ``run_dir``, atomically."""
+    run_dir = Path(run_dir)
+    for name, write in (("results.csv", lambda p: df.to_csv(p, index=False)),
+                        ("results.parquet", lambda p: df.to_parquet(p, index=False))):
+        tmp = run_dir / f".{name}.tmp"
+        write(tmp)
+        os.replace(tmp, run_dir / name)
+
+
+def frame(records: list[dict]) -> pd.DataFrame:
+    """A results DataFrame: :data:`RESULT_COLUMNS` first, then the rows' extra fields."""
     df = pd.DataFrame.from_records(records)
     if df.empty:
         return pd.DataFrame(columns=RESULT_COLUMNS)
@@ -266,57 +344,28 @@ def _frame(records: list[dict]) -> pd.DataFrame:
     return df[cols]
 
 
-# ------------------------------------------------------------------ running
-
-
-def run_sweep(model, rows: Sequence, run_dir: str | os.PathLike, config: dict, resume: bool = False, *,
-              retries: int = 3, backoff: float = 1.0, sleep: Callable[[float], None] = time.sleep,
-              on_chunk: Callable[[list], None] | None = None, **run_kwargs) -> pd.DataFrame:
-    """Run ``rows`` into ``run_dir``, skipping rows already finished there.
-
-    ``run_kwargs`` go to :func:`~superscopes_nn.patching.run_rows` (``max_new_tokens``,
-    ``max_batch_size``, ``remote``, ``backend``, ``target_model``, ``progress``).
-    With a remote target each chunk is one :func:`~superscopes_nn.ndif_errors.call_remote`
-    (``retries``, ``backoff``, ``sleep``). ``on_chunk(records)`` is called after each
-    chunk is on disk. Returns every row's record (previous + new) in ``rows`` order.
-    """
-    from . import patching
-    from .ndif_errors import call_remote, remote_host
-
-    rows = list(rows)
-    if not rows:
-        raise ValueError("no rows to run")
-    store = RunStore(run_dir, config, resume=resume)
-
-    def save(records):
-        store.append(records)
-        if on_chunk is not None:
-            on_chunk(records)
-
-    done = store.done_keys()
-    keys = [row_key(r) for r in rows]
-    pending, queued = [], set()
-    for r, k in zip(rows, keys):
-        if k not in done and k not in queued:
-            queued.add(k)
-            pending.append(r)
-
-    if pending:
-        remote, backend = run_kwargs.get("remote", False), run_kwargs.get("backend")
-        host = remote_host(remote)
-        if host is None and backend is not None and getattr(backend, "host", None):
-            host = backend.host
-        call_chunk = None
-        if host is not None:
-            name = patching.model_name(run_kwargs.get("target_model") or model)
-            call_chunk = functools.partial(call_remote, retries=retries, backoff=backoff, sleep=sleep, host=host,
-                                           model=name)
-        patching.run_rows(model, pending, on_chunk=save, call_chunk=call_chunk, **run_kwargs)
-
-    by_key: dict = {}
-    for r in store.records():
-        by_key.setdefault(record_key(r), r)
-    missing = [k for k in keys if k not in by_key]
-    if missing:  # a bug, not a user error: the engine returned a row we cannot match
-        raise RuntimeError(f"{len(missing)} rows have no stored result after the run, e.g. {missing[0]}")
-    return _frame([by_key[k] for k in keys])
+def load_run(run_dir: str | os.PathLike) -> tuple[pd.DataFrame, dict]:
+    """``(rows, config)`` of a run directory: the one reader (torn last line dropped, duplicates merged)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run directory not found: {run_dir}")
+    config_path, rows_path = run_dir / CONFIG_FILE, run_dir / ROWS_FILE
+    for p in (config_path, rows_path):
+        if not p.is_file():
+            raise FileNotFoundError(f"missing {p.name} in run directory: {p}")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{config_path} is not valid JSON: {err}") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{config_path} must hold a JSON object, got {type(config).__name__}")
+    records = _scan(rows_path).records
+    if not records:
+        raise ValueError(f"{rows_path} has no rows (is the run finished?)")
+    seen: dict = {}
+    for r in records:
+        try:
+            seen.setdefault(record_key(r), r)
+        except KeyError:  # rows of another writer (a hand-made table): keep them all
+            seen[len(seen)] = r
+    return frame(list(seen.values())), config

@@ -42,13 +42,14 @@ Empty interpretations score 0 on every rule (nothing was said); rows whose
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
-from .patching import ENTITY_PROMPT, Target, sweep
+from .api import sweep
+from .specs import ENTITY_PROMPT, Target
+from .validate import check_alphas
 
 #: The paper's amplifiers for MLP outputs (alpha = 1 is plain Patchscopes).
 MLP_ALPHAS = (1, 3, 6, 9, 12, 15)
@@ -65,28 +66,13 @@ DEFAULT_BY = ("source_prompt", "site", "source_layer", "target_layer")
 SCORE_COLUMNS = ("score_source_cosine", "score_stability", "score_reference_cosine")
 
 
-def check_alphas(alphas: Iterable[Any]) -> list[float]:
-    """Validate an amplifier list: non-empty, every value a finite real > 0. Returns floats."""
-    if isinstance(alphas, (str, bytes)) or not isinstance(alphas, Iterable):
-        raise ValueError(f"alphas must be a list of numbers, got {alphas!r}")
-    alphas = list(alphas)
-    if not alphas:
-        raise ValueError("empty amplification (alpha) list: give at least one alpha > 0")
-    out = []
-    for a in alphas:
-        if isinstance(a, bool) or not isinstance(a, numbers.Real) or not math.isfinite(float(a)) or float(a) <= 0:
-            raise ValueError(f"amplification factor must be a finite number > 0, got {a!r}")
-        out.append(float(a))
-    return out
-
-
 def superscope(model, prompts: Sequence[str] | str, *, site: str = "mlp_out", layers: Iterable[int],
                alphas: Sequence[float] = MLP_ALPHAS, token: int | str | Sequence = -1,
                target_layer: int | None = None, target_prompt: str = ENTITY_PROMPT, placeholder: str = "x",
                **run_kwargs) -> pd.DataFrame:
     """Amplify ``site`` of ``token`` in each prompt by every alpha and let the model describe it.
 
-    A thin wrapper over :func:`superscopes_nn.patching.sweep` (same tidy DataFrame):
+    A thin wrapper over :func:`superscopes_nn.api.sweep` (same tidy DataFrame):
 
     - ``site``: ``"mlp_out"`` (paper's main setting), ``"residual"`` (hidden states),
       ``"attn_out"`` or ``"mlp_in"``;
@@ -96,8 +82,6 @@ def superscope(model, prompts: Sequence[str] | str, *, site: str = "mlp_out", la
     - ``run_kwargs``: ``max_new_tokens``, ``max_batch_size``, ``remote``, ``progress``, ...
     """
     alphas = check_alphas(alphas)
-    if isinstance(layers, int):
-        layers = [layers]
     target = Target(target_prompt, layer=target_layer, placeholder=placeholder)
     return sweep(model, prompts, layers=layers, sites=[site], alphas=alphas, token=token, target=target,
                  **run_kwargs)

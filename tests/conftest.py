@@ -4,7 +4,12 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
+
+CI_REQUIRED = {
+    "shared_data": "the shared data (../shared/data or $SUPERSCOPES_SHARED_DATA) must be present in CI",
+    "browser": "the headless browser (scripts/install_browser.sh) must be installed in CI",
+}
+"""Markers whose skips fail the run when CI=true: in CI these tests must run, never skip quietly."""
 
 
 def pytest_configure(config):
@@ -16,13 +21,46 @@ def pytest_configure(config):
     import torch
 
     torch.set_num_threads(int(os.environ.get("SUPERSCOPES_TEST_THREADS", "1")))
+    config.addinivalue_line("markers", "browser: needs a headless Chromium (a skip fails the run with CI=true)")
+    config.addinivalue_line("markers", "shared_data: needs the shared data folder (a skip fails the run with CI=true)")
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "shared_data" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.shared_data)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if not (report.skipped and in_ci()):
+        return
+    required = [m for m in CI_REQUIRED if item.get_closest_marker(m) is not None]
+    if not required:
+        return
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    reason = reason.removeprefix("Skipped: ")
+    why = "; ".join(CI_REQUIRED[m] for m in required)
+    report.outcome = "failed"
+    report.longrepr = f"CI=true: {item.nodeid} skipped ({reason}); {why}"
 
 
 @pytest.fixture(scope="session")
 def shared_data():
-    if not SHARED.exists():
-        pytest.skip(f"shared data not found at {SHARED}")
-    return SHARED
+    """The shared data folder (``superscopes_nn.datasets.shared_data_dir``); skips when absent
+    (and with CI=true that skip fails the run)."""
+    from superscopes_nn.datasets import shared_data_dir
+
+    try:
+        return shared_data_dir()
+    except FileNotFoundError as err:
+        pytest.skip(str(err))
 
 
 @pytest.fixture(scope="session")

@@ -91,3 +91,53 @@ def hf_patch_logits(hf_model, src_ids, src_pos, src_layer, site, tgt_ids, tgt_po
             return hf_model(torch.tensor([tgt_ids])).logits[0, tgt_pos]
     finally:
         h.remove()
+
+
+def hf_patch_generate_logits(source_model, target_model, src_ids, src_pos, src_layer, site, tgt_ids, tgt_pos,
+                             tgt_layer, f, max_new_tokens: int):
+    """Like :func:`hf_patch_generate`, also returning each step's logits: ``(ids, [steps, vocab])``.
+
+    ``ids`` are trimmed at EOS; the logits cover every step generated.
+    """
+    vec = f(hf_read(source_model, src_ids, src_layer, site)[src_pos].float())
+    h = _patch_hook(target_model, tgt_layer, site, tgt_pos, vec)
+    try:
+        with torch.no_grad():
+            out = target_model.generate(torch.tensor([tgt_ids]), attention_mask=torch.ones(1, len(tgt_ids), dtype=torch.long),
+                                        max_new_tokens=max_new_tokens, do_sample=False, output_logits=True,
+                                        return_dict_in_generate=True,
+                                        pad_token_id=target_model.config.pad_token_id or 0,
+                                        top_p=None, top_k=None, temperature=None)
+    finally:
+        h.remove()
+    eos = target_model.generation_config.eos_token_id
+    eos = set([eos] if isinstance(eos, int) else (eos or []))
+    new = []
+    for t in out.sequences[0, len(tgt_ids):].tolist():
+        if t in eos:
+            break
+        new.append(t)
+    return new, torch.stack([s[0] for s in out.logits]).float()
+
+
+def first_ambiguous_step(step_logits: torch.Tensor, tolerance) -> int:
+    """The first step whose top-1/top-2 logit margin is below ``tolerance(step_logits[s])``
+    (``len(step_logits)`` when none is): the half-precision guarantee holds up to it."""
+    for s, logits in enumerate(step_logits):
+        top = logits.float().topk(2).values
+        if float(top[0] - top[1]) < tolerance(logits):
+            return s
+    return len(step_logits)
+
+
+def assert_ids_agree_until_ambiguous(got: list[int], ref: list[int], step_logits: torch.Tensor, tolerance) -> int:
+    """The half-precision rule: ``got`` equals ``ref`` up to the first ambiguous step of the reference.
+
+    Returns that step. ``ref`` is trimmed at EOS: an EOS chosen before the ambiguous step must be chosen too.
+    """
+    k = first_ambiguous_step(step_logits, tolerance)
+    if len(ref) < k:
+        assert got == ref, f"ids differ before the first ambiguous step {k}: got {got}, reference {ref}"
+    else:
+        assert got[:k] == ref[:k], f"ids differ before the first ambiguous step {k}: got {got}, reference {ref}"
+    return k

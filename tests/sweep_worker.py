@@ -20,7 +20,8 @@ RUN_KWARGS = dict(max_new_tokens=3, max_batch_size=4)  # 48 rows -> 12 chunks
 
 def build():
     """``(model, rows, config)`` of the sweep: 3 prompts x 4 layers x 4 alphas = 48 rows."""
-    from superscopes_nn.patching import ENTITY_PROMPT, Target, sweep_rows
+    from superscopes_nn.resolver import sweep_rows
+    from superscopes_nn.specs import ENTITY_PROMPT, Target
     from superscopes_nn.testing import tiny_model
 
     model = tiny_model("llama", seed=0)
@@ -31,7 +32,7 @@ def build():
 
 
 def main(argv: list[str]) -> int:
-    from superscopes_nn.store import run_sweep
+    from superscopes_nn.run import run_sweep
 
     run_dir = argv[0]
     pause = float(argv[1]) if len(argv) > 1 else 0.0

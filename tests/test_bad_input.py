@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 
 from superscopes_nn import Affine, Amplify, Source, Target, load_model, patchscope, sweep
 from superscopes_nn.cli import main
-from superscopes_nn.patching import ENTITY_PROMPT, run_rows
+from superscopes_nn.run import run_rows
+from superscopes_nn.specs import ENTITY_PROMPT
 from superscopes_nn.testing import tiny_model
 
 import torch
@@ -123,7 +124,7 @@ def test_cli_unknown_model_no_traceback(tmp_path):
 def test_random_grids_batched_equal_one_at_a_time(model, grid):
     patches = [(Source("Back to the Future", layer, pos, "mlp_out"), Target(ENTITY_PROMPT, layer=tl), Amplify(a))
                for layer, pos, tl, a in grid]
-    from superscopes_nn.patching import resolve
+    from superscopes_nn.resolver import resolve
 
     rows = resolve(model, patches)
     batched = run_rows(model, rows, max_new_tokens=3)

@@ -13,8 +13,6 @@ from superscopes_nn.datasets import (
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 REPO = Path(__file__).resolve().parents[1]
-LRE_ROOT = REPO.parent / "shared" / "data" / "patchscopes_lre"
-FIG3 = REPO.parent / "shared" / "data" / "superscopes_fig3_prompts.tsv"
 
 
 def write(path, text):
@@ -32,10 +30,10 @@ def test_load_entities_fixture():
     assert ds[0]["aliases"] == ["Floyd", "The Pink Floyd"] and ds[2]["aliases"] == []
 
 
-@pytest.mark.skipif(not (DATA_DIR / "entities.jsonl").exists(), reason="data/entities.jsonl not written yet")
 def test_load_entities_default_file():
     ds = load_entities()
-    assert len(ds) > 0 and "Pink Floyd" in ds["name"]
+    assert len(ds) == 285 and "Pink Floyd" in ds["name"]
+    assert DATA_DIR.parent == Path(__import__("superscopes_nn").__file__).parent  # package data, not <repo>/data
 
 
 def test_load_two_hop_fixture():
@@ -44,10 +42,9 @@ def test_load_two_hop_fixture():
     assert ds[0]["answer"] == "Yoko Ono" and ds[0]["bridge_aliases"] == ["Lennon", "John Winston Lennon"]
 
 
-@pytest.mark.skipif(not (DATA_DIR / "two_hop.jsonl").exists(), reason="data/two_hop.jsonl not written yet")
 def test_load_two_hop_default_file():
     ds = load_two_hop()
-    assert len(ds) > 0 and ds.column_names == list(TWO_HOP_FIELDS)
+    assert len(ds) == 182 and ds.column_names == list(TWO_HOP_FIELDS)
 
 
 def test_jsonl_missing_file_names_path(tmp_path):
@@ -129,9 +126,8 @@ def test_load_lre_fixture():
     assert com["prompt_source"] == [" a bunch of bananas\n"]  # multi-line quoted field
 
 
-def test_load_lre_real_files():
-    if not LRE_ROOT.exists():
-        pytest.skip(f"Patchscopes LRE files not found at {LRE_ROOT}")
+def test_load_lre_real_files(shared_data):
+    LRE_ROOT = shared_data / "patchscopes_lre"
     ds = load_lre(LRE_ROOT, kind="factual", relations=["country_capital_city", "country_currency"])
     assert set(ds["relation"]) == {"country_capital_city", "country_currency"} and set(ds["kind"]) == {"factual"}
     row = ds.filter(lambda r: r["subject"] == "United States" and r["relation"] == "country_capital_city")[0]
@@ -207,9 +203,8 @@ def test_load_fig3_fixture():
     assert list(frame.columns) == ["prompt", "paper_token"] and len(frame) == 3
 
 
-def test_load_fig3_default_file():
-    if not FIG3.exists():
-        pytest.skip(f"{FIG3} not present")
+def test_load_fig3_default_file(shared_data):
+    assert load_lre(kind="factual", relations=["country_capital_city"])["relation"][0] == "country_capital_city"
     pairs = load_fig3_prompts()
     assert ("Pink Floyd", "loyd") in pairs and all(not p.startswith("#") for p, _ in pairs)
 
@@ -221,3 +216,37 @@ def test_load_fig3_errors(tmp_path):
         load_fig3_prompts(write(tmp_path / "only.tsv", "# just a comment\n\n"))
     with pytest.raises(ValueError, match=r"bad\.tsv:2.*'Pink Floyd'"):
         load_fig3_prompts(write(tmp_path / "bad.tsv", "# c\nPink Floyd\n"))
+
+
+# --------------------------------------------------------------------------- where the shared data is found
+
+
+def test_shared_data_dir_env_var(tmp_path, monkeypatch):
+    from superscopes_nn.datasets import SHARED_DATA_ENV, shared_data_dir
+
+    (tmp_path / "mine").mkdir()
+    monkeypatch.setenv(SHARED_DATA_ENV, str(tmp_path / "mine"))
+    assert shared_data_dir() == tmp_path / "mine"
+    monkeypatch.setenv(SHARED_DATA_ENV, str(tmp_path / "gone"))
+    with pytest.raises(FileNotFoundError, match=r"SUPERSCOPES_SHARED_DATA='.*gone' is not a directory") as err:
+        shared_data_dir()
+    assert "\n" not in str(err.value)
+
+
+def test_shared_data_dir_beside_cwd_and_one_line_error(tmp_path, monkeypatch):
+    from superscopes_nn import datasets as ds
+
+    monkeypatch.delenv(ds.SHARED_DATA_ENV, raising=False)
+    repo = tmp_path / "repo" / "sub"
+    repo.mkdir(parents=True)
+    monkeypatch.setattr(ds, "__file__", str(tmp_path / "site" / "superscopes_nn" / "datasets.py"))  # not a checkout
+    monkeypatch.chdir(repo)
+    with pytest.raises(FileNotFoundError) as err:
+        ds.shared_data_dir()
+    msg = str(err.value)
+    assert "\n" not in msg and "SUPERSCOPES_SHARED_DATA" in msg and str(tmp_path / "repo" / "shared" / "data") in msg
+    with pytest.raises(FileNotFoundError, match="SUPERSCOPES_SHARED_DATA"):
+        load_fig3_prompts()
+    (tmp_path / "shared" / "data").mkdir(parents=True)   # ../../shared/data from repo/sub
+    assert ds.shared_data_dir() == tmp_path / "shared" / "data"
+    assert ds.SHARED_DATA_DIR == tmp_path / "shared" / "data"

@@ -16,7 +16,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-import superscopes_nn.patching as P
+import superscopes_nn.resolver as R
+import superscopes_nn.run as P
 from superscopes_nn import ENTITY_PROMPT, Target, run_rows, sweep, sweep_rows
 from superscopes_nn.testing import tiny_model
 
@@ -46,7 +47,7 @@ def test_run_dir_gives_the_same_frame_and_writes_config(model, rows, tmp_path):
     assert stored.interpretation.tolist() == plain.interpretation.tolist()
     assert len(jsonl(tmp_path / "r" / "rows.jsonl")) == len(rows)
     cfg = json.loads((tmp_path / "r" / "config.json").read_text())
-    assert cfg["note"] == "x" and cfg["max_new_tokens"] == 3 and cfg["model"] == P.model_name(model)
+    assert cfg["note"] == "x" and cfg["max_new_tokens"] == 3 and cfg["model"] == R.model_name(model)
     assert {"nnsight", "torch", "transformers", "superscopes_nn"} <= set(cfg["versions"])
     # the public wrappers forward the run store
     again = sweep(model, ["Pink Floyd"], layers=[0, 1, 2], alphas=[1, 4], target=Target(ENTITY_PROMPT),
@@ -69,14 +70,14 @@ def test_ctrl_c_keeps_finished_chunks_and_resume_runs_only_the_rest(model, rows,
     assert len(jsonl(tmp_path / "rows.jsonl")) == 8  # both finished chunks are on disk
 
     ran = []
-    real = P.run_rows
+    real = P.execute
 
     def counting(m, rs, **kw):
         ran.extend(rs)
         return real(m, rs, **kw)
 
-    monkeypatch.setattr(P, "run_rows", counting)  # what run_sweep calls for the missing rows
-    resumed = real(model, rows, run_dir=tmp_path, resume=True, **KW)
+    monkeypatch.setattr(P, "execute", counting)  # what run_rows runs for the missing rows
+    resumed = P.run_rows(model, rows, run_dir=tmp_path, resume=True, **KW)
     assert len(ran) == 4
     assert resumed.token_ids.tolist() == reference.token_ids.tolist()
     assert len(jsonl(tmp_path / "rows.jsonl")) == len(rows)

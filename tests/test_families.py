@@ -13,7 +13,9 @@ import torch
 from hf_reference import hf_patch_generate
 from superscopes_nn.architectures import ARCHITECTURES, SITES, arch_spec, families_markdown
 from superscopes_nn.models import wrap
-from superscopes_nn.patching import ENTITY_PROMPT, Target, run_rows, sweep_rows
+from superscopes_nn.resolver import sweep_rows
+from superscopes_nn.run import run_rows
+from superscopes_nn.specs import ENTITY_PROMPT, Target
 from superscopes_nn.sites_resolver import SiteError, resolve_sites, verify_sites
 from superscopes_nn.testing import TINY_ARCHS, tiny_hf_model, tiny_model, tiny_tokenizer
 

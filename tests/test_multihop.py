@@ -10,7 +10,7 @@ import pytest
 from experiments import backpatching as bp
 from experiments import entity_resolution_bridge as erb
 from experiments import multihop_cot as mc
-from superscopes_nn.patching import generate_plain, patchscope
+from superscopes_nn.api import generate_plain, patchscope
 from superscopes_nn.testing import tiny_model
 
 FIXTURE = Path(__file__).parent / "fixtures" / "two_hop_multihop_small.jsonl"

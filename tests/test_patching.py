@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from hf_reference import hf_patch_generate, hf_patch_logits, hf_read
-from superscopes_nn.patching import (
-    ENTITY_PROMPT, IDENTITY_PROMPT, Affine, Amplify, Source, Target, collect, patched_logits, patchscope, resolve,
-    run_rows, sweep, sweep_rows,
-)
+from superscopes_nn.api import collect, patched_logits, patchscope, sweep
+from superscopes_nn.resolver import resolve, sweep_rows
+from superscopes_nn.run import run_rows
+from superscopes_nn.specs import ENTITY_PROMPT, IDENTITY_PROMPT, Affine, Amplify, Source, Target
 from superscopes_nn.testing import CORE_ARCHS, tiny_model
 
 SITES = ("residual", "attn_out", "mlp_in", "mlp_out")
@@ -130,7 +130,7 @@ def test_patched_logits_with_shared_prefix_equal_full_pass(model):
 
 def test_sources_read_once_per_sweep(monkeypatch):
     """Chunks reuse source vectors read by earlier chunks."""
-    import superscopes_nn.patching as P
+    import superscopes_nn.engine as P
 
     model = tiny_model("llama")
     calls = []

@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from superscopes_nn.patching import ENTITY_PROMPT, Target, _build_job, _gen_kwargs, run_job, run_rows, sweep_rows
+from superscopes_nn import ENTITY_PROMPT, Target, run_rows, sweep_rows
+from superscopes_nn.engine import plan, run_session
+from superscopes_nn.run import gen_kwargs
 from superscopes_nn.remote import CaptureBackend, RequestCaptured
 from superscopes_nn.testing import tiny_hf_model, wrap
 
@@ -23,9 +25,9 @@ def test_captured_request_replays_without_the_library(tmp_path, arch):
     rows = sweep_rows(model, ["Alexander the Great", "Pink Floyd"], layers=[0, 2], sites=["mlp_out", "residual"],
                       alphas=[1, 6], target=Target(ENTITY_PROMPT))
     local = run_rows(model, rows, max_new_tokens=5)
-    job = _build_job(model, model, rows, _gen_kwargs(model, 5), logits=False)
+    job = plan(model, rows, gen_kwargs=gen_kwargs(model, 5))
     with pytest.raises(RequestCaptured):
-        run_job(model, job, backend=CaptureBackend(tmp_path / "request.bin"))
+        run_session(model, job, backend=CaptureBackend(tmp_path / "request.bin"))
     assert (tmp_path / "request.bin").stat().st_size > 0
     proc = subprocess.run(
         [sys.executable, "-I", str(HERE / "replay_request.py"), str(tmp_path / "request.bin"),

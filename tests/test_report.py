@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 import itertools
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -25,7 +26,7 @@ LAYERS = [0, 1, 2]
 ALPHAS = [1.0, 2.0, 4.0]
 XSS = "<script>window.__pwned = 1</script>"
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
-CHROMIUM = "/usr/bin/chromium"
+CHROMIUM = os.environ.get("SUPERSCOPES_CHROMIUM", "/usr/bin/chromium")
 
 
 def _score(p, s, layer, a):

@@ -205,3 +205,37 @@ def test_source_cosine(frame, embedder):
     assert s.iloc[0] == pytest.approx(1.0, abs=1e-5) and s.iloc[0] > s.iloc[1]
     with pytest.raises(ValueError, match="'prompt'"):
         source_cosine(frame, source_col="prompt", embedder=embedder)
+
+
+# short aliases used to match inside words ("US" in "famous"); matching is on word boundaries now
+@pytest.mark.parametrize("text, aliases", [
+    ("a famous painter", ["US"]),
+    ("the capital of Europe", ["EUR"]),
+    ("a decade later", ["CAD"]),
+    ("He was a Parisian", ["Paris"]),
+    ("the Zürichsee", ["Zürich"]),
+    ("CADillac", ["CAD"]),
+    ("US_dollar_code", ["US"]),
+    ("1999USD", ["USD"]),
+])
+def test_alias_match_does_not_match_inside_words(text, aliases):
+    assert not alias_match(text, aliases), (text, aliases)
+
+
+@pytest.mark.parametrize("text, aliases", [
+    ("the US dollar", ["US"]),
+    ("US-made cars", ["US"]),
+    ("(US)", ["US"]),
+    ("paid in EUR.", ["EUR"]),
+    ("CAD, the Canadian dollar", ["CAD"]),
+    ("the U.S. dollar", ["United States", "U.S."]),
+    ("made in the U.S.A.", ["U.S."]),
+    ("it is Paris, France", ["Paris"]),
+    ("ZÜRICH am See", ["zürich"]),
+    ("Cafe\u0301 de Flore", ["Café"]),          # decomposed accent vs precomposed alias
+    ("São Paulo is big", ["são paulo"]),
+    ("首都は東京都です", ["東京"]),               # Japanese: no spaces between words
+    ("Yoko Ono's art", ["Yoko Ono"]),
+])
+def test_alias_match_on_word_boundaries(text, aliases):
+    assert alias_match(text, aliases), (text, aliases)

@@ -4,7 +4,9 @@ import pytest
 import torch
 
 from superscopes_nn.architectures import arch_spec, get_path, num_layers
-from superscopes_nn.patching import Source, Target, collect, patched_logits, resolve
+from superscopes_nn.api import collect, patched_logits
+from superscopes_nn.resolver import resolve
+from superscopes_nn.specs import Source, Target
 from superscopes_nn.testing import TINY_ARCHS, tiny_model
 
 # The pre-MLP norm of each family, written down independently of ArchSpec (None: OLMo 2 has none).

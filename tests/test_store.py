@@ -15,10 +15,12 @@ import pytest
 from nnsight.intervention.backends.remote import RemoteError
 
 import sweep_worker
-from superscopes_nn import patching
+from superscopes_nn import run as patching
+from superscopes_nn.specs import Row
 from superscopes_nn.ndif_errors import NDIFError
-from superscopes_nn.patching import RESULT_COLUMNS, Fn
-from superscopes_nn.store import RunStore, record_key, row_key, run_sweep
+from superscopes_nn.specs import RESULT_COLUMNS, Fn
+from superscopes_nn.run import run_sweep
+from superscopes_nn.store import RunStore, record_key, row_key
 
 HERE = Path(__file__).resolve().parent
 
@@ -92,7 +94,7 @@ def test_kill_mid_run_then_resume_equals_uninterrupted_run(sweep, reference, tmp
 def test_resume_of_a_finished_run_runs_nothing(sweep, reference, tmp_path, monkeypatch):
     model, rows, config = sweep
     run_sweep(model, rows[:8], tmp_path, config, **sweep_worker.RUN_KWARGS)
-    monkeypatch.setattr(patching, "run_rows", lambda *a, **k: pytest.fail("ran rows that were done"))
+    monkeypatch.setattr(patching, "execute", lambda *a, **k: pytest.fail("ran rows that were done"))
     again = run_sweep(model, rows[:8], tmp_path, config, resume=True, **sweep_worker.RUN_KWARGS)
     pd.testing.assert_frame_equal(again, reference.iloc[:8])
 
@@ -105,10 +107,11 @@ def test_row_key_matches_record_key(sweep, reference):
 
 def test_key_of_a_nan_alpha_survives_the_json_round_trip(sweep):
     _, rows, _ = sweep
-    row = patching.Row(**{**rows[0].__dict__, "mapping": Fn(lambda v: v, name="negate")})
+    row = Row(**{**rows[0].__dict__, "mapping": Fn(lambda v: v, name="negate")})
     rec = fake_record(0, **{k: getattr(row, k) for k in ("source_prompt", "source_position", "source_layer", "site",
                                                            "target_prompt", "target_position", "target_layer",
-                                                           "target_site")}, mapping="negate", alpha=float("nan"))
+                                                           "target_site")}, mapping="negate",
+                      mapping_key=row.mapping.key, alpha=float("nan"))
     back = json.loads(json.dumps(rec))
     assert math.isnan(back["alpha"]) and record_key(back) == record_key(rec) == row_key(row)
 
@@ -163,6 +166,7 @@ def test_torn_last_line_is_ignored_and_truncated_before_appending(tmp_path):
     good = (tmp_path / "rows.jsonl").read_bytes()
     with open(tmp_path / "rows.jsonl", "ab") as f:
         f.write(json.dumps(fake_record(2)).encode()[:40])  # a kill mid-write
+    store.close()
     store = RunStore(tmp_path, CONFIG, resume=True)
     assert store.done_keys() == {record_key(fake_record(0)), record_key(fake_record(1))}
     store.append([fake_record(3)])
@@ -206,19 +210,19 @@ def test_load_deduplicates_in_file_order(tmp_path):
 def test_remote_chunk_failure_keeps_finished_chunks_and_resume_completes(sweep, reference, tmp_path, monkeypatch):
     model, rows, config = sweep
     rows = rows[:16]  # 4 chunks of 4
-    real_run_job = patching.run_job
+    real_run_job = patching.run_session
     calls, sleeps, state = [], [], {"down": True}
 
-    def flaky_run_job(model, job, remote=False, backend=None, vectors=None):
+    def flaky_run_job(model, job, *, remote=False, backend=None, vectors=None):
         calls.append(remote)
         if state["down"] and len(calls) >= 3:  # chunk 3 onwards: NDIF unreachable
             try:
                 raise httpx.ConnectError("[Errno 111] Connection refused")
             except httpx.ConnectError as err:
                 raise RemoteError(f"Failed to send request: {err}") from err
-        return real_run_job(model, job, False, None, vectors=vectors)  # "remote" work done here
+        return real_run_job(model, job, remote=False, backend=None, vectors=vectors)  # "remote" work done here
 
-    monkeypatch.setattr(patching, "run_job", flaky_run_job)
+    monkeypatch.setattr(patching, "run_session", flaky_run_job)
     url = "http://127.0.0.1:9"
     with pytest.raises(NDIFError, match=r"could not reach NDIF at http://127.0.0.1:9 \(connection refused\) after 3 tries"):
         run_sweep(model, rows, tmp_path, config, remote=url, retries=2, sleep=sleeps.append,

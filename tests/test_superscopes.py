@@ -13,7 +13,7 @@ if str(ROOT) not in sys.path:  # the experiments package lives at the repo root
     sys.path.insert(0, str(ROOT))
 
 from hf_reference import hf_patch_generate  # noqa: E402
-from superscopes_nn.patching import ENTITY_PROMPT  # noqa: E402
+from superscopes_nn.specs import ENTITY_PROMPT  # noqa: E402
 from superscopes_nn.superscopes import (  # noqa: E402
     HIDDEN_ALPHAS, MLP_ALPHAS, add_scores, check_alphas, detect_alpha, rule_agreement, success_table, superscope,
 )
@@ -200,7 +200,7 @@ def test_single_prompt_scripts(llama, tmp_path, mod, extra):
 
 
 def test_fig3_script(llama, tmp_path, capsys):
-    from experiments import superscopes_common, superscopes_fig3
+    from experiments import superscopes_fig3
 
     tsv = tmp_path / "p.tsv"
     tsv.write_text("# comment\nPink Floyd\tloyd\nStar Wars\tWars\nTitanic\tic\n")
@@ -219,9 +219,13 @@ def test_fig3_script(llama, tmp_path, capsys):
                                    "--from-csv", str(next(tmp_path.glob("fig3_*_raw.csv")))], cosine=word_cosine)
     assert again["table"].equals(res["table"])
     assert np.allclose(again["df"].score_source_cosine, res["df"].score_source_cosine)
-    # the real prompt file parses to 48 prompts when present
-    if superscopes_common.FIG3_PROMPTS.exists():
-        assert len(superscopes_common.load_fig3_prompts()) == 48
+
+
+def test_fig3_real_prompt_file(shared_data):
+    """The shared prompt file parses to 48 prompts (a CI run without the shared data fails here)."""
+    from experiments import superscopes_common
+
+    assert len(superscopes_common.load_fig3_prompts()) == 48
 
 
 def test_success_table_counts():

@@ -1,0 +1,59 @@
+"""The only code that reads or assigns activations inside an nnsight trace.
+
+:mod:`superscopes_nn.architectures` says *where* each site lives (an
+:class:`~superscopes_nn.architectures.ArchSpec` of module paths); this module
+turns a spec into plain data (:func:`plain_spec`, a tuple of strings that can
+cross the wire to NDIF) and, inside a trace, reads (:func:`read_sources`) or
+writes (:func:`write_patches`) the live tensors. A value written is moved to the
+device and dtype of the tensor it is written into, at the write.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .architectures import SITES, arch_spec, get_path
+
+
+def plain_spec(model) -> tuple:
+    """``(layers_path, lm_head_path, {site: (module_path, is_input)})`` of an nnsight model."""
+    spec = arch_spec_of(model)
+    return (spec.layers, spec.lm_head,
+            {s: (spec.site_module(s), spec.site_is_input(s)) for s in SITES if spec.has_site(s)})
+
+
+def arch_spec_of(model):
+    """The architecture spec of an nnsight model (its HF module, or its config when there is none)."""
+    return arch_spec(model._module.config)
+
+
+def site_tensor(model, pspec: tuple, layer: int, site: str) -> torch.Tensor:
+    """The live tensor of ``site`` at ``layer`` inside a trace: [batch, seq, d]."""
+    layers_path, _, site_paths = pspec
+    block = get_path(model, layers_path)[layer]
+    path, is_input = site_paths[site]
+    env = get_path(block, path)
+    value = env.input if is_input else env.output
+    return value[0] if isinstance(value, tuple) else value
+
+
+def read_sources(model, pspec: tuple, reads: list, vectors: dict) -> None:
+    """Inside an invoke: store ``site[0, position]`` of every read ``(key, layer, site, position)``."""
+    for key, layer, site, pos in reads:
+        vectors[key] = site_tensor(model, pspec, layer, site)[0, pos].detach().clone()
+
+
+def write_patches(model, pspec: tuple, writes: list, patched: list, offset: int = 0) -> None:
+    """Inside an invoke: write every patch, one indexed assignment per (layer, site).
+
+    ``writes``: ``(layer, site, batch_rows [n], positions [n], row_indices)`` in forward
+    order; ``offset``: tokens served from a reused KV cache (absent from the pass's tensors).
+    """
+    for layer, site, b_rows, positions, b_idx in writes:
+        t = site_tensor(model, pspec, layer, site)
+        value = torch.stack([patched[i].to(t.device) for i in b_idx]).to(t.dtype)
+        t[b_rows.to(t.device), (positions - offset).to(t.device)] = value
+
+
+def lm_head_output(model, pspec: tuple):
+    return get_path(model, pspec[1]).output

@@ -1,0 +1,120 @@
+"""One validator per kind of value; each error is one line that names the value.
+
+Every public entry point (Python API, CLI, experiments) checks its inputs here,
+so ``numpy`` scalars and arrays are accepted wherever an int or float list is, and
+a bad value is refused the same way everywhere::
+
+    check_layer(np.int64(3), n=18, what="source", name="gemma-3-270m")   # -> 3
+    check_alphas(np.array([1, 3]))                                         # -> [1.0, 3.0]
+    check_alpha(float("nan"))   # ValueError: amplification factor must be a finite number > 0, got nan
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any, Iterable
+
+
+def is_int(value: Any) -> bool:
+    """True for Python and numpy integers (never bools)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and not _is_np_bool(value)
+
+
+def _is_np_bool(value: Any) -> bool:
+    return type(value).__name__ == "bool_"
+
+
+def as_list(values: Any, what: str) -> list:
+    """A list from a scalar, a list/tuple/range, a numpy array or any non-string iterable."""
+    if hasattr(values, "tolist") and not isinstance(values, (str, bytes)):
+        values = values.tolist()  # numpy arrays and scalars, torch tensors
+    if isinstance(values, (str, bytes)):
+        return [values]
+    if isinstance(values, Iterable):
+        return list(values)
+    return [values]
+
+
+def check_int(value: Any, what: str, minimum: int | None = None) -> int:
+    """An int (numpy ints accepted) >= ``minimum``."""
+    if not is_int(value):
+        raise ValueError(f"{what} must be an int, got {value!r}")
+    value = int(value)
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{what} must be an int >= {minimum}, got {value!r}")
+    return value
+
+
+def check_layer(layer: Any, n: int, what: str, name: str) -> int:
+    """A layer index in ``-n .. n-1``, returned as ``0 .. n-1``."""
+    if not is_int(layer):
+        raise ValueError(f"{what} layer must be an int, got {layer!r}")
+    layer = int(layer)
+    if not -n <= layer < n:
+        raise ValueError(f"{what} layer {layer} out of range for {name} with {n} layers (valid 0..{n - 1})")
+    return layer % n
+
+
+def check_layers(layers: Any, what: str = "layer") -> list[int]:
+    """A non-empty list of ints from an int, a range, a list or a numpy array (range checks come later)."""
+    out = as_list(layers, what)
+    if not out:
+        raise ValueError(f"empty {what} list")
+    return [check_int(v, f"{what}") for v in out]
+
+
+def check_alpha(alpha: Any) -> float:
+    """An amplification factor: a finite real > 0 (numpy scalars accepted)."""
+    ok = isinstance(alpha, numbers.Real) and not isinstance(alpha, bool) and not _is_np_bool(alpha)
+    if not ok or not math.isfinite(float(alpha)) or float(alpha) <= 0:
+        raise ValueError(f"amplification factor must be a finite number > 0, got {_plain(alpha)!r}")
+    return float(alpha)
+
+
+def check_alphas(alphas: Any) -> list[float]:
+    """A non-empty list of amplification factors."""
+    if isinstance(alphas, (str, bytes)):
+        raise ValueError(f"alphas must be a list of numbers, got {alphas!r}")
+    out = as_list(alphas, "alpha")
+    if not out:
+        raise ValueError("empty amplification (alpha) list: give at least one alpha > 0")
+    return [check_alpha(a) for a in out]
+
+
+def check_batch_size(value: Any) -> int:
+    return check_int(value, "max_batch_size", minimum=1)
+
+
+def check_max_new_tokens(value: Any) -> int:
+    return check_int(value, "max_new_tokens", minimum=1)
+
+
+def check_strings(values: Any, what: str) -> list[str]:
+    """A non-empty list of non-empty strings (a single string becomes a one-item list)."""
+    out = as_list(values, what)
+    if not out:
+        raise ValueError(f"no {what} given")
+    for v in out:
+        if not isinstance(v, str) or not v.strip():
+            raise ValueError(f"{what} must be a non-empty string, got {v!r}")
+    return out
+
+
+def dedupe(values: list, what: str) -> list:
+    """``values`` without repeats (first kept), warning once when there were any."""
+    seen, out = set(), []
+    for v in values:
+        if v not in seen:
+            seen.add(v)
+            out.append(v)
+    if len(out) < len(values):
+        import warnings
+
+        warnings.warn(f"repeated {what} values dropped: {values!r} -> {out!r}", stacklevel=3)
+    return out
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars as Python numbers, so messages read ``1`` rather than ``np.int64(1)``."""
+    return value.item() if hasattr(value, "item") and not isinstance(value, (str, bytes)) else value
