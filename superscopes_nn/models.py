@@ -110,10 +110,19 @@ def wrap(hf_model, tokenizer):
     """Wrap a built HF causal LM and its tokenizer as an nnsight ``TransformersModel``."""
     from nnsight.modeling.transformers import TransformersModel
 
-    arch_spec(hf_model.config)  # fail fast on an unsupported architecture
+    from .sites_resolver import verify_sites
+
+    hf_model.eval()
+    # sites resolved from one short forward pass and checked on it (a model resolved
+    # before, e.g. re-wrapped in another dtype, is re-checked on a pass of its own)
+    spec = verify_sites(hf_model)
+    if spec.missing:
+        import warnings
+
+        warnings.warn(f"{spec.family}: sites {', '.join(s for s, _ in spec.missing)} are not available: "
+                      f"{spec.missing[0][1]}", stacklevel=2)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    hf_model.eval()
     return TransformersModel(hf_model, tokenizer=tokenizer)
 
 

@@ -18,7 +18,8 @@ from .architectures import SITES, arch_spec, get_path
 def plain_spec(model) -> tuple:
     """``(layers_path, lm_head_path, {site: (module_path, is_input)})`` of an nnsight model."""
     spec = arch_spec_of(model)
-    return (spec.layers, spec.lm_head, {s: (spec.site_module(s), spec.site_is_input(s)) for s in SITES})
+    return (spec.layers, spec.lm_head,
+            {s: (spec.site_module(s), spec.site_is_input(s)) for s in SITES if spec.has_site(s)})
 
 
 def arch_spec_of(model):

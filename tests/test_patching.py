@@ -8,12 +8,12 @@ from superscopes_nn.api import collect, patched_logits, patchscope, sweep
 from superscopes_nn.resolver import resolve, sweep_rows
 from superscopes_nn.run import run_rows
 from superscopes_nn.specs import ENTITY_PROMPT, IDENTITY_PROMPT, Affine, Amplify, Source, Target
-from superscopes_nn.testing import TINY_ARCHS, tiny_model
+from superscopes_nn.testing import CORE_ARCHS, tiny_model
 
 SITES = ("residual", "attn_out", "mlp_in", "mlp_out")
 
 
-@pytest.fixture(scope="module", params=TINY_ARCHS)
+@pytest.fixture(scope="module", params=CORE_ARCHS)  # every family: tests/test_families.py
 def model(request):
     return tiny_model(request.param)
 
