@@ -25,6 +25,7 @@ medians keeps.
   average before and after, the thread count and this process's peak RSS.
 - :func:`child_peak_rss_mb`: a command's own peak RSS (memory-flat checks in a fresh
   process, so one measurement cannot inherit another's high-water mark).
+- :func:`round_slices`: which items a per-item way times in each round.
 - :func:`add_args` / :func:`setup`: the common ``--repeats --warmup --threads`` flags.
 
 Threads: the benchmarks default to ``--threads 1``. On a machine whose load exceeds
@@ -122,6 +123,19 @@ def interleave(ways: Sequence[Way], repeats: int = 5, warmup: int = 1, clock: Ca
                 progress(f"{'warm-up' if k < 0 else f'round {k + 1}/{repeats}'} {w.name}: {dt:.2f} s")
     t.load_after = loadavg()
     return t
+
+
+def round_slices(items: Sequence, repeats: int) -> tuple[Callable[[int], list], int]:
+    """For a per-item way (a loop over rows) timed on a different part of ``items`` each round:
+    ``(pick, per_round)``; ``pick(k)`` is every ``repeats``-th item from ``k`` (round ``k >= 0``;
+    the first item in warm-up rounds), each round the same count ``per_round`` (the rest of
+    ``items`` is dropped), so ``Way(..., scale=total / per_round)`` scales a round to all items."""
+    per_round = max(1, len(items) // repeats)
+    kept = list(items[: per_round * repeats])
+
+    def pick(k: int) -> list:
+        return kept[:1] if k < 0 else kept[k % len(kept)::repeats][:per_round]
+    return pick, per_round
 
 
 def peak_rss_mb() -> float:

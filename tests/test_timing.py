@@ -88,3 +88,16 @@ def test_rejects_bad_arguments():
         interleave([Way("a", lambda: None)], repeats=0)
     with pytest.raises(ValueError):
         interleave([Way("a", lambda: None), Way("a", lambda: None)])
+
+
+def test_round_slices_cover_distinct_items_with_equal_counts():
+    from benchmarks.timing import round_slices
+
+    pick, per_round = round_slices(list(range(62)), 5)
+    assert per_round == 12
+    rounds = [pick(k) for k in range(5)]
+    assert all(len(r) == 12 for r in rounds)
+    assert sorted(sum(rounds, [])) == list(range(60))  # every kept item once, none twice
+    assert pick(-1) == [0]
+    pick, per_round = round_slices([7, 8], 5)  # fewer items than rounds: one per round, repeating
+    assert per_round == 1 and [pick(k) for k in range(5)] == [[7], [8], [7], [8], [7]]
