@@ -9,7 +9,7 @@ prompt, 10 new tokens, greedy. One warm-up round, then ``--repeats`` interleaved
 
 - sweep: ``superscope(...)`` (batched nnsight sessions, 64 rows each, shared target prefix);
 - loop:  the official per-combo loop: one HF ``generate`` per (prompt, layer, alpha) with
-         a forward hook writing alpha * v (``tests/hf_reference.py``), on the first
+         a forward hook writing alpha * v (``benchmarks/_reference.py``), on the first
          ``--loop-prompts`` prompts (a different ``1/repeats`` of those rows each round),
          scaled to all rows; its token ids are checked against the sweep's.
 

@@ -22,8 +22,10 @@ rounds (``benchmarks/timing.py``), each timing every way once:
                          and the LM head at M = batch rows): the compute bound of a round is
                          the default path's forward FLOPs over that round's GFLOP/s.
 
-Ratios are medians of per-round ratios. Memory: the library default's peak RSS on 180
-and 720 rows (and after loading the model only), each in a fresh child process.
+Ratios are medians of per-round ratios. Memory: the library default on 180 and 720 rows,
+each in a fresh child process: its peak RSS, and (because the model load's peak can mask
+the run's) its RSS after loading and the peak sampled during ``run_rows``
+(``--memory-only`` runs just this).
 The last line is one JSON object: ``speedup_vs_loop`` (loop / library), ``ratio_vs_plain_prefix``
 (library / plain_prefix), ``ratio_vs_plain``, ``ratio_vs_compute_bound``, ``spread``
 (each way's [min, max] seconds), ``median_s``, ``memory`` and ``goals``.
@@ -45,7 +47,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
 from _reference import hf_patch_generate  # noqa: E402
-from timing import Way, add_args, child_peak_rss_mb, interleave, report, say, setup  # noqa: E402
+from timing import RssSampler, Way, add_args, interleave, report, run_child, say, setup  # noqa: E402
 
 from superscopes_nn import ENTITY_PROMPT, Target, load_model, run_rows, sweep_rows  # noqa: E402
 from superscopes_nn.engine import chunks, shared_prefix_len  # noqa: E402
@@ -154,25 +156,41 @@ def matmul_way(hf, m_rows: int, target_s: float = 0.5):
 
 
 def memory_child(args) -> None:
-    """``--memory-child N``: load the model, run the library default on N rows (0: load only), exit."""
+    """``--memory-child N``: load the model, run the library default on N rows, print one JSON line
+    (RSS after loading, sampled peak RSS during the run), exit."""
+    import gc
+
     setup(args)
     model = load_model(args.model)
-    if args.memory_child:
-        rows = sweep_rows(model, MEMORY_PROMPTS, token=-1, layers=range(model._module.config.num_hidden_layers),
-                          sites=["mlp_out"], alphas=ALPHAS, target=Target(ENTITY_PROMPT))[: args.memory_child]
-        assert len(rows) == args.memory_child, f"only {len(rows)} memory rows"
+    rows = sweep_rows(model, MEMORY_PROMPTS, token=-1, layers=range(model._module.config.num_hidden_layers),
+                      sites=["mlp_out"], alphas=ALPHAS, target=Target(ENTITY_PROMPT))[: args.memory_child]
+    assert len(rows) == args.memory_child, f"only {len(rows)} memory rows"
+    gc.collect()
+    with RssSampler() as s:
         run_rows(model, rows, max_new_tokens=args.max_new_tokens, max_batch_size=args.batch_size)
+    print(json.dumps({"after_load_mb": s.start_mb, "run_peak_mb": s.peak_mb}))
 
 
-def measure_memory(args, sizes=(0, 180, 720)) -> dict:
+def measure_memory(args, sizes=(180, 720)) -> dict:
+    """Per row count, in a fresh process each: ``peak_rss_mb`` (the process's ``ru_maxrss``, which
+    the model load's conversion peak can mask), ``after_load_mb`` and ``run_peak_mb`` (sampled
+    during ``run_rows``) and ``run_growth_mb`` = run peak - after load."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--model", args.model, "--threads", str(args.threads),
            "--max-new-tokens", str(args.max_new_tokens), "--batch-size", str(args.batch_size), "--memory-child"]
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     out = {}
     for n in sizes:
-        out[str(n)] = child_peak_rss_mb(cmd + [str(n)], env=env)
-        say(f"peak RSS, library default on {n} rows (fresh process): {out[str(n)]} MiB")
+        peak, text = run_child(cmd + [str(n)], env=env)
+        m = json.loads(text.strip().splitlines()[-1])
+        out[str(n)] = {"peak_rss_mb": peak, **m, "run_growth_mb": round(m["run_peak_mb"] - m["after_load_mb"], 1)}
+        say(f"library default on {n} rows (fresh process): {out[str(n)]}")
     return out
+
+
+def memory_flat(memory: dict) -> bool:
+    """Flat in rows: 4x the rows adds at most 10% to the peak and at most 64 MiB to the run's growth."""
+    a, b = memory["180"], memory["720"]
+    return b["peak_rss_mb"] <= 1.10 * a["peak_rss_mb"] and b["run_growth_mb"] - a["run_growth_mb"] <= 64
 
 
 # ------------------------------------------------------------------ main
@@ -186,11 +204,17 @@ def main(argv=None) -> dict:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--rows", type=int, default=None, help="only the first N rows (a quick check; goals need all)")
     p.add_argument("--no-memory", action="store_true", help="skip the child-process peak-RSS runs")
+    p.add_argument("--memory-only", action="store_true", help="only the child-process memory runs")
     p.add_argument("--memory-child", type=int, default=None, help=argparse.SUPPRESS)
     add_args(p, repeats=5, warmup=1)
     args = p.parse_args(argv)
     if args.memory_child is not None:
         return memory_child(args)
+    if args.memory_only:
+        res = {"benchmark": "sweep_memory", "model": args.model, "memory": measure_memory(args)}
+        res["memory_flat"] = memory_flat(res["memory"])
+        print(json.dumps(res))
+        return res
     setup(args)
     model = load_model(args.model)
     hf = model._module
@@ -264,7 +288,7 @@ def main(argv=None) -> dict:
         "matmul_gflops": {"median": round(sorted(gflops)[len(gflops) // 2], 2), "min": round(min(gflops), 2),
                           "max": round(max(gflops), 2), "shape_m": bs},
         "forward_gflop": {k: round(v / 1e9, 2) for k, v in flops.items()},
-        "memory_peak_rss_mb": memory,
+        "memory": memory,
         "repeats": rep["repeats"], "warmup": args.warmup, "threads": rep["threads"], "cpu_count": rep["cpu_count"],
         "loadavg_before": rep["loadavg_before"], "loadavg_after": rep["loadavg_after"],
         "peak_rss_mb": rep["peak_rss_mb"], "loop_token_ids_equal": True,
@@ -275,8 +299,7 @@ def main(argv=None) -> dict:
         "loop_rows_timed>=60": len(loop_idx) >= 60,
     }
     if memory:
-        res["memory_growth_180_to_720"] = round(memory["720"] / memory["180"], 3)
-        res["goals"]["memory_flat(720/180<=1.10)"] = res["memory_growth_180_to_720"] <= 1.10
+        res["goals"]["memory_flat"] = memory_flat(memory)
     md = rep["median_s"]
     say(f"{n} rows, medians of {rep['repeats']} interleaved rounds (spread = min-max):")
     for w in ("library", "library_no_prefix", "plain", "plain_prefix", "loop", "compute_bound"):

@@ -4,7 +4,7 @@
 
     t = interleave([Way("library", lambda: run_rows(...)), Way("plain", lambda: plain(...))],
                    repeats=5, warmup=1)
-    res = report(t, ratios={"ratio_vs_plain": ("library", "plain")})
+    res = report(t, ratios={"ratio_vs_plain": ("library", "plain")})  # median of per-round ratios
     print(json.dumps(res))          # the JSON last line: medians, spread, ratios, load, RSS
 
 Why this shape: on a shared machine a single timing moves by 2-3x with the other
@@ -23,8 +23,9 @@ medians keeps.
 - :func:`report`: the JSON-ready summary: ``median_s``, ``spread`` (each way's
   ``[min, max]``), ``ratios`` (median of per-round ratios, with their min/max), the load
   average before and after, the thread count and this process's peak RSS.
-- :func:`child_peak_rss_mb`: a command's own peak RSS (memory-flat checks in a fresh
-  process, so one measurement cannot inherit another's high-water mark).
+- :func:`child_peak_rss_mb` / :func:`run_child`: a command's own peak RSS (memory-flat checks
+  in a fresh process, so one measurement cannot inherit another's high-water mark);
+  :class:`RssSampler`: the RSS before a piece of work and its sampled peak during it.
 - :func:`round_slices`: which items a per-item way times in each round.
 - :func:`add_args` / :func:`setup`: the common ``--repeats --warmup --threads`` flags.
 
@@ -144,14 +145,57 @@ def peak_rss_mb() -> float:
     return round(rss / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
 
 
-def child_peak_rss_mb(argv: Sequence[str], env: dict | None = None) -> float:
-    """Run ``argv`` to completion in a fresh process and return *its* peak RSS in MiB."""
-    proc = subprocess.Popen(list(argv), env=env, stdout=subprocess.DEVNULL)
+def run_child(argv: Sequence[str], env: dict | None = None) -> tuple[float, str]:
+    """Run ``argv`` to completion in a fresh process: ``(its own peak RSS in MiB, its stdout)``."""
+    proc = subprocess.Popen(list(argv), env=env, stdout=subprocess.PIPE, text=True)
+    out = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} exited with {proc.returncode}")
-    return round(usage.ru_maxrss / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
+    return round(usage.ru_maxrss / (1024 * 1024 if sys.platform == "darwin" else 1024), 1), out
+
+
+def child_peak_rss_mb(argv: Sequence[str], env: dict | None = None) -> float:
+    """Run ``argv`` to completion in a fresh process and return *its* peak RSS in MiB."""
+    return run_child(argv, env)[0]
+
+
+def current_rss_mb() -> float:
+    """This process's resident set size now, in MiB (Linux ``/proc``; else the peak so far)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return round(int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
+    except OSError:  # pragma: no cover - no /proc
+        return peak_rss_mb()
+
+
+class RssSampler:
+    """``with RssSampler() as s: work()`` -> ``s.start_mb``, ``s.peak_mb``: the RSS before and the
+    highest RSS sampled (every ``interval`` s) during the work. Unlike ``ru_maxrss`` it is not
+    masked by a higher peak before the work (a model load's conversion)."""
+
+    def __init__(self, interval: float = 0.02):
+        self.interval, self.start_mb, self.peak_mb = interval, 0.0, 0.0
+
+    def __enter__(self):
+        import threading
+
+        self.start_mb = self.peak_mb = current_rss_mb()
+        self._stop = threading.Event()
+
+        def run():
+            while not self._stop.wait(self.interval):
+                self.peak_mb = max(self.peak_mb, current_rss_mb())
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak_mb = max(self.peak_mb, current_rss_mb())
+        return False
 
 
 def _r(x: float, nd: int = 3) -> float:

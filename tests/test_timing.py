@@ -101,3 +101,19 @@ def test_round_slices_cover_distinct_items_with_equal_counts():
     assert pick(-1) == [0]
     pick, per_round = round_slices([7, 8], 5)  # fewer items than rounds: one per round, repeating
     assert per_round == 1 and [pick(k) for k in range(5)] == [[7], [8], [7], [8], [7]]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/statm")
+def test_rss_sampler_sees_a_transient_allocation():
+    import time
+
+    from benchmarks.timing import RssSampler
+
+    with RssSampler(interval=0.005) as s:
+        block = bytearray(64 * 2**20)
+        block[:: 4096] = b"x" * len(block[:: 4096])  # touch every page
+        deadline = time.monotonic() + 30  # wait for a sample, however loaded the machine
+        while s.peak_mb - s.start_mb < 48 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        del block
+    assert s.peak_mb - s.start_mb >= 48
