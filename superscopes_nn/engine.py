@@ -93,6 +93,7 @@ class Job:
     dtype: torch.dtype = torch.float32
     keep: dict = field(default_factory=dict)
     logit_positions: torch.Tensor | None = None
+    prefix_keep: dict = field(default_factory=dict)
 
 
 def shared_prefix_len(rows: Sequence[Row]) -> int:
@@ -146,7 +147,8 @@ def plan(model, rows: Sequence[Row], *, gen_kwargs: dict | None = None, logits: 
     prefix = shared_prefix_len(rows) if shared_prefix else 0
     positions = torch.tensor([r.target_position for r in rows]) - prefix
     keep: dict = {}
-    if logits and _supports_logits_to_keep(model):
+    supports_keep = _supports_logits_to_keep(model)
+    if logits and supports_keep:
         n_tokens = target_ids.shape[1] - prefix
         k = n_tokens - int(positions.min())
         keep, positions = {"logits_to_keep": k}, positions - (n_tokens - k)
@@ -154,7 +156,7 @@ def plan(model, rows: Sequence[Row], *, gen_kwargs: dict | None = None, logits: 
         source_spec=spec, target_spec=spec, source_groups=source_groups(rows, known) if read_here else [],
         target_ids=target_ids, writes=write_list, maps=[(r.source_key, r.mapping.plain()) for r in rows],
         gen_kwargs=dict(gen_kwargs or {}), logits=logits, prefix_len=prefix, dtype=model._module.dtype,
-        keep=keep, logit_positions=positions,
+        keep=keep, logit_positions=positions, prefix_keep={"logits_to_keep": 1} if supports_keep else {},
     )
 
 
@@ -198,36 +200,43 @@ def expand_cache(cache, batch: int):
     return cache
 
 
-def run_session(model, job: Job, *, remote=False, backend=None, vectors: dict | None = None):
-    """One session on ``model``: read the sources ``vectors`` lacks, then (unless the
-    job is read-only) map them, patch them into the batched targets and generate.
+def run_session(model, jobs, *, remote=False, backend=None, vectors: dict | None = None):
+    """One session on ``model`` running one job or a list of jobs (one NDIF request either way).
 
-    Returns ``(out, vectors)``. ``out`` is None for a read-only job, ``(ids [B, T + new],
-    finite [B], mapped_ok [B])`` for generation (``finite``: the patched prompt pass gave
-    finite logits; ``mapped_ok``: the mapped vector was finite in the model's dtype), or
-    [B, vocab] logits at the target positions (NaN rows where ``mapped_ok`` is False).
-    ``vectors``: every source vector used (key -> [d]).
+    Each job reads the sources ``vectors`` (and the jobs before it) lack, then, unless it is
+    read-only, maps them, patches them into its batched targets and generates.
+
+    Returns ``(out, vectors)`` for one job and ``(outs, vectors)`` for a list. ``out`` is None
+    for a read-only job, ``(ids [B, T + new], finite [B], mapped_ok [B])`` for generation
+    (``finite``: the patched prompt pass gave finite logits; ``mapped_ok``: the mapped vector
+    was finite in the model's dtype), or [B, vocab] logits at the target positions (NaN rows
+    where ``mapped_ok`` is False). ``vectors``: every source vector used (key -> [d]).
     """
+    single = isinstance(jobs, Job)
+    jobs = [jobs] if single else list(jobs)
     if remote or backend is not None:
         from .remote import register
 
         register()
     # Plain locals only: this is all the session body (and NDIF) sees.
-    spec, tspec, groups = job.source_spec, job.target_spec, job.source_groups
-    ids, writes, maps, dtype, offset = job.target_ids, job.writes, job.maps, job.dtype, job.prefix_len
-    gen_kwargs, keep, lpos, want_logits = dict(job.gen_kwargs), dict(job.keep), job.logit_positions, job.logits
-    vectors, out = dict(vectors or {}), None
+    spec, tspec, dtype = jobs[0].source_spec, jobs[0].target_spec, jobs[0].dtype
+    plain = [(j.source_groups, j.target_ids, j.writes, j.maps, j.prefix_len, dict(j.gen_kwargs), dict(j.keep),
+              j.logit_positions, j.logits, dict(j.prefix_keep)) for j in jobs]
+    vectors, outs = dict(vectors or {}), []
     with model.session(remote=remote, backend=backend):
-        for group in groups:
-            with model.trace() as tracer:
-                for src_ids, reads in group:
-                    with tracer.invoke(src_ids):
-                        read_sources(model, spec, reads, vectors)
-        if ids is not None:
+        for groups, ids, writes, maps, offset, gen_kwargs, keep, lpos, want_logits, prefix_keep in plain:
+            for group in groups:
+                with model.trace() as tracer:
+                    for src_ids, reads in group:
+                        with tracer.invoke(src_ids):
+                            read_sources(model, spec, reads, vectors)
+            if ids is None:
+                outs.append(None)
+                continue
             patched, mapped_ok = map_vectors(vectors, maps, dtype)
             kw = {}
             if offset:
-                with model.trace(ids[:1, :offset]):
+                with model.trace(ids[:1, :offset], **prefix_keep):
                     cache = model.output.past_key_values
                 kw["past_key_values"] = expand_cache(cache, len(ids))
             if want_logits:
@@ -236,7 +245,7 @@ def run_session(model, job: Job, *, remote=False, backend=None, vectors: dict | 
                         write_patches(model, tspec, writes, patched, offset)
                         logits = model.output.logits[torch.arange(len(lpos)), lpos]
                 logits[~mapped_ok] = float("nan")
-                out = logits.save()
+                outs.append(logits)
             else:
                 gen_kwargs.update(kw)
                 with model.generate(**gen_kwargs) as tracer:
@@ -244,6 +253,17 @@ def run_session(model, job: Job, *, remote=False, backend=None, vectors: dict | 
                         write_patches(model, tspec, writes, patched, offset)
                         finite = torch.isfinite(lm_head_output(model, tspec)).flatten(1).all(1)
                         result = tracer.result
-                out = nnsight.save((result, finite, mapped_ok))
+                outs.append((result, finite, mapped_ok))
+        nnsight.save(outs)
         vectors.save()
-    return out, vectors
+    return (outs[0] if single else outs), vectors
+
+
+def result_bytes(job: Job, vocab: int, hidden: int) -> int:
+    """An upper estimate of what ``job`` sends back: ids (or logits) and the vectors it reads."""
+    reads = sum(len(r) for g in job.source_groups for _, r in g)
+    out = 0
+    if job.target_ids is not None:
+        b, t = job.target_ids.shape
+        out = b * vocab * 4 if job.logits else b * (t + int(job.gen_kwargs.get("max_new_tokens", 0))) * 8 + 2 * b
+    return out + reads * hidden * 4

@@ -26,7 +26,8 @@ from typing import Callable, Sequence
 
 import pandas as pd
 
-from .engine import chunks, plan, plan_reads, run_session
+from .architectures import hidden_size
+from .engine import chunks, plan, plan_reads, result_bytes, run_session
 from .resolver import model_name
 from .specs import Row
 from .store import RunStore, frame, row_key
@@ -95,34 +96,69 @@ def session_backend(model, remote, backend):
     return remote_backend(model, remote)
 
 
+#: NDIF returns a result inline up to 8 MiB; a request is sized to stay well under it.
+REQUEST_RESULT_BYTES = 6 * 2 ** 20
+
+
+def requests(model, plans: list, chunks_per_request: int) -> list[list]:
+    """Group consecutive chunk plans into requests of at most ``chunks_per_request`` chunks
+    whose estimated result stays under :data:`REQUEST_RESULT_BYTES`."""
+    config = model._module.config
+    vocab = getattr(config, "vocab_size", None) or getattr(getattr(config, "text_config", None), "vocab_size", 0)
+    d = hidden_size(config)
+    out, size = [], 0
+    for item in plans:
+        n = result_bytes(item[1], vocab, d)
+        if out and len(out[-1]) < chunks_per_request and size + n <= REQUEST_RESULT_BYTES:
+            out[-1].append(item)
+            size += n
+        else:
+            out.append([item])
+            size = n
+    return out
+
+
 def execute(model, rows: list[Row], *, target_model=None, gen_kwargs: dict | None = None, logits: bool = False,
-            max_batch_size: int = 64, shared_prefix: bool = True, remote=False, backend=None, call=None):
+            max_batch_size: int = 64, shared_prefix: bool = True, remote=False, backend=None, call=None,
+            chunks_per_request: int | None = None):
     """Yield ``(chunk_indices, job, out)`` for every chunk of ``rows`` (see :mod:`superscopes_nn.engine`).
 
     A source vector is read once per sweep: chunks reuse what earlier chunks read. In a
     cross-model run the source model reads in its own session first. ``call(fn)`` wraps
-    every session (NDIF retries); default: :func:`remote_caller`.
+    every session (NDIF retries); default: :func:`remote_caller`. ``chunks_per_request``:
+    chunks sent as one session (one NDIF request; results sized under NDIF's inline cap);
+    default 8 for remote runs, 1 locally (so progress and the run store advance per chunk).
     """
     target_model = model if target_model is None else target_model
     check_batch_size(max_batch_size)
     call = call or remote_caller(remote, backend, target_model)
+    per = chunks_per_request or (8 if remote else 1)
+    check_batch_size(per)
+    two = target_model is not model
     known: dict = {}
-    for idx in chunks([len(r.target_ids) for r in rows], int(max_batch_size)):
+    all_chunks = list(chunks([len(r.target_ids) for r in rows], int(max_batch_size)))
+    planned, seen = [], set()
+    for idx in all_chunks:  # plan every chunk up front: a source is read by the first chunk that needs it
         chunk = [rows[i] for i in idx]
-        two = target_model is not model
+        job = plan(target_model, chunk, gen_kwargs=gen_kwargs, logits=logits, known=seen,
+                   shared_prefix=shared_prefix, read_here=not two)
+        seen |= {r.source_key for r in chunk}
+        planned.append((idx, job))
+    for request in requests(target_model, planned, int(per)):
+        req_rows = [rows[i] for idx, _ in request for i in idx]
         if two:
-            reads = plan_reads(model, chunk, known)
+            reads = plan_reads(model, req_rows, known)
             if reads.source_groups:
                 _, got = call(lambda: run_session(model, reads, remote=remote,
                                                   backend=session_backend(model, remote, backend)))
                 known.update(got)
-        job = plan(target_model, chunk, gen_kwargs=gen_kwargs, logits=logits, known=known,
-                   shared_prefix=shared_prefix, read_here=not two)
-        given = {k: known[k] for k in {r.source_key for r in chunk} if k in known}
-        out, used = call(lambda: run_session(target_model, job, remote=remote, vectors=given,
-                                             backend=session_backend(target_model, remote, backend)))
+        jobs = [job for _, job in request]
+        given = {k: known[k] for k in {r.source_key for r in req_rows} if k in known}
+        outs, used = call(lambda: run_session(target_model, jobs, remote=remote, vectors=given,
+                                              backend=session_backend(target_model, remote, backend)))
         known.update(used)
-        yield idx, job, out
+        for (idx, job), out in zip(request, outs):
+            yield idx, job, out
 
 
 def _row_error(mapped_ok: bool, finite: bool, dtype) -> str | None:
@@ -142,7 +178,8 @@ def run_config(model, target_model, max_new_tokens: int, config: dict | None) ->
 def run_rows(model, rows: list[Row], *, target_model=None, max_new_tokens: int = 10, max_batch_size: int = 64,
              shared_prefix: bool = True, exact: bool = False, remote=False, backend=None, progress: bool = False,
              on_chunk: Callable | None = None, run_dir=None, resume: bool = False, config: dict | None = None,
-             retries: int = 3, backoff: float = 1.0, sleep: Callable | None = None) -> pd.DataFrame:
+             retries: int = 3, backoff: float = 1.0, sleep: Callable | None = None,
+             chunks_per_request: int | None = None) -> pd.DataFrame:
     """Run resolved rows in batched sessions; one result record per row, in input order.
 
     ``shared_prefix``: reuse the KV cache of the target tokens before the first patched
@@ -151,7 +188,8 @@ def run_rows(model, rows: list[Row], *, target_model=None, max_new_tokens: int =
     chunk on disk (:mod:`superscopes_nn.store`) and write ``results.csv`` /
     ``results.parquet`` at the end; ``resume=True`` skips the rows already there (a
     changed config is an error). ``on_chunk(records)`` runs after each chunk is stored;
-    ``retries`` / ``backoff`` / ``sleep``: NDIF retries of remote sessions.
+    ``retries`` / ``backoff`` / ``sleep``: NDIF retries of remote sessions;
+    ``chunks_per_request``: chunks per session (see :func:`execute`; default 8 remote, 1 local).
     """
     target_model = model if target_model is None else target_model
     gen = gen_kwargs(target_model, max_new_tokens)
@@ -183,7 +221,8 @@ def run_rows(model, rows: list[Row], *, target_model=None, max_new_tokens: int =
         if pending:
             for idx, job, (ids, finite, mapped_ok) in execute(
                     model, pending, target_model=target_model, gen_kwargs=gen, max_batch_size=max_batch_size,
-                    shared_prefix=shared_prefix, remote=remote, backend=backend, call=call):
+                    shared_prefix=shared_prefix, remote=remote, backend=backend, call=call,
+                    chunks_per_request=chunks_per_request):
                 prompt_len = job.target_ids.shape[1]
                 done = []
                 for b, i in enumerate(idx):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hf_reference import hf_patch_generate
+from superscopes_nn.reference import hf_patch_generate
 from superscopes_nn.architectures import ARCHITECTURES, SITES, arch_spec, families_markdown
 from superscopes_nn.models import wrap
 from superscopes_nn.resolver import sweep_rows

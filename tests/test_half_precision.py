@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hf_reference import assert_ids_agree_until_ambiguous, first_ambiguous_step, hf_patch_generate_logits, hf_patch_logits
+from superscopes_nn.reference import assert_ids_agree_until_ambiguous, first_ambiguous_step, hf_patch_generate_logits, hf_patch_logits
 from superscopes_nn import ENTITY_PROMPT, Target, logit_tolerance, patched_logits, run_rows, sweep_rows
 from superscopes_nn.testing import tiny_hf_model, wrap
 

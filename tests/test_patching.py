@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from hf_reference import hf_patch_generate, hf_patch_logits, hf_read
+from superscopes_nn.reference import hf_patch_generate, hf_patch_logits, hf_read
 from superscopes_nn.api import collect, patched_logits, patchscope, sweep
 from superscopes_nn.resolver import resolve, sweep_rows
 from superscopes_nn.run import run_rows
@@ -173,3 +173,26 @@ def test_half_precision_patches_in_model_dtype(dtype):
         want = hf_patch_generate(hf, hf, list(r.source_ids), r.source_position, r.source_layer, r.site,
                                  list(r.target_ids), r.target_position, r.target_layer, r.mapping, 4)
         assert got == want
+
+
+def test_several_chunks_per_request_equal_one_per_session(monkeypatch):
+    """Remote runs send several chunks as one session (one NDIF request); same ids, fewer sessions."""
+    import superscopes_nn.run as R
+
+    model = tiny_model("llama")
+    kw = dict(layers=[0, 1, 2, 3], sites=["residual", "mlp_out"], alphas=[1, 3], max_batch_size=4, max_new_tokens=3,
+              progress=False)
+    local = sweep(model, ["Pink Floyd", "Star Wars"], **kw)  # 32 rows: 8 chunks, 8 sessions
+    sessions = []
+    real = R.run_session
+    monkeypatch.setattr(R, "run_session", lambda m, jobs, **k: (sessions.append(len(jobs)), real(m, jobs, **k))[1])
+    grouped = sweep(model, ["Pink Floyd", "Star Wars"], remote="local", chunks_per_request=3, **kw)
+    assert grouped.token_ids.tolist() == local.token_ids.tolist()
+    assert sessions == [3, 3, 2]
+    sessions.clear()
+    logits = patched_logits(model, resolve(model, [(Source("Pink Floyd", l), Target(), a) for l in range(4)
+                                                   for a in (1, 2)]), max_batch_size=2, remote="local")
+    assert sessions == [4]
+    want = patched_logits(model, resolve(model, [(Source("Pink Floyd", l), Target(), a) for l in range(4)
+                                                 for a in (1, 2)]), max_batch_size=2)
+    torch.testing.assert_close(logits, want, rtol=1e-5, atol=1e-5)

@@ -1,6 +1,9 @@
 """An independent Patchscope implementation with plain PyTorch forward hooks (no nnsight).
 
-Used by the tests as the reference the nnsight engine must match token for token.
+One HF ``generate`` per row with a hook that writes the mapped vector on the prompt pass:
+the official papers' per-row protocol. The tests hold the nnsight engine to it token for
+token, and ``benchmarks/`` time it as the naive loop. It shares only the site locations
+(:mod:`superscopes_nn.architectures`) with the engine.
 """
 
 from __future__ import annotations
