@@ -132,12 +132,21 @@ def load_model(name_or_path: str = DEFAULT_MODEL, *, dtype: torch.dtype | str = 
     if not isinstance(name_or_path, (str, os.PathLike)) or not str(name_or_path).strip():
         raise ValueError(f"model name must be a non-empty string, got {name_or_path!r}")
     name = str(name_or_path)
-    if isinstance(dtype, str):
-        dtype = getattr(torch, dtype)
+    from .validate import check_device, check_dtype
+
+    dtype, device = check_dtype(dtype), check_device(device)
+    if name.startswith(("/", "./", "../", "~", ".\\")) and not Path(name).expanduser().exists():
+        raise FileNotFoundError(f"model path not found: {name!r} (no such directory)")
     if remote:
         from nnsight.modeling.transformers import TransformersModel
 
-        return TransformersModel(name, dtype=dtype, **kwargs)
+        try:
+            return TransformersModel(name, dtype=dtype, **kwargs)
+        except Exception as err:  # noqa: BLE001 - hub/offline failures: one line, not three tracebacks
+            offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes")
+            hint = " (HF_HUB_OFFLINE is set: a remote model needs its config from the hub or the local cache)" \
+                if offline else ""
+            raise ValueError(f"cannot set up {name!r} for a remote run: {str(err).splitlines()[0]}{hint}") from None
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = embedded_path(name) if name in EMBEDDED else name

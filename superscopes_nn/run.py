@@ -30,7 +30,7 @@ from .engine import chunks, plan, plan_reads, run_session
 from .resolver import model_name
 from .specs import Row
 from .store import RunStore, frame, row_key
-from .validate import check_batch_size, check_max_new_tokens
+from .validate import check_batch_size, check_max_new_tokens, check_remote
 
 
 def gen_kwargs(target_model, max_new_tokens: int) -> dict:
@@ -71,15 +71,31 @@ def row_record(r: Row, new_ids: list[int], tokenizer, src_name: str, tgt_name: s
     }
 
 
+def check_remotable(model, host: str) -> None:
+    """A remote run sends the model's hub id: refuse a local path or an in-memory model, naming the host."""
+    import os
+
+    repo = getattr(model, "repo_id", None)
+    repo = repo if isinstance(repo, str) else ""
+    if not repo.strip():
+        raise ValueError(f"cannot run {model_name(model)!r} on {host}: it is an in-memory model with no hub id; "
+                         "a remote run needs a model loaded by its hub id (load_model('org/name', remote=True))")
+    if repo.startswith(("/", ".", "~")) or os.path.isdir(repo):
+        raise ValueError(f"cannot run {repo!r} on {host}: it is a local path, and a remote run sends the model's "
+                         "hub id; load a hub model (load_model('org/name', remote=True))")
+
+
 def remote_caller(remote, backend, model, retries: int = 3, backoff: float = 1.0, sleep=None) -> Callable:
     """``call(fn)``: ``fn()`` directly for local runs, through NDIF retries for remote ones."""
     from .ndif_errors import call_remote, remote_host
 
-    host = remote_host(remote)
+    host = remote_host(check_remote(remote))
     if host is None and backend is not None and getattr(backend, "host", None):
         host = backend.host
     if host is None:
         return lambda fn: fn()
+    if backend is None:
+        check_remotable(model, host)
     kw = {} if sleep is None else {"sleep": sleep}
     return functools.partial(call_remote, retries=retries, backoff=backoff, host=host, model=model_name(model), **kw)
 
@@ -148,6 +164,7 @@ def run_rows(model, rows: list[Row], *, target_model=None, max_new_tokens: int =
     rows = list(rows)
     if not rows:
         raise ValueError("no rows to run")
+    call = remote_caller(remote, backend, target_model, retries, backoff, sleep)  # bad remote: refused before disk
     store = None
     if run_dir is not None:
         store = RunStore(run_dir, run_config(model, target_model, max_new_tokens, config), resume=resume)
@@ -160,7 +177,6 @@ def run_rows(model, rows: list[Row], *, target_model=None, max_new_tokens: int =
             pending.append(r)
     eos, tok = eos_ids(target_model), target_model.tokenizer
     src_name, tgt_name = model_name(model), model_name(target_model)
-    call = remote_caller(remote, backend, target_model, retries, backoff, sleep)
     bar = None
     if progress and pending:
         from tqdm.auto import tqdm
@@ -192,6 +208,10 @@ def run_rows(model, rows: list[Row], *, target_model=None, max_new_tokens: int =
         df = frame([results[k] for k in keys])
         if store is not None:
             store.write_tables(df)
+    except BaseException:
+        if store is not None:
+            store.abandon()  # a failed start leaves no config.json behind
+        raise
     finally:
         if bar is not None:
             bar.close()

@@ -36,6 +36,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,6 +149,39 @@ def _write_atomic(path: Path, text: str) -> None:
 # ------------------------------------------------------------------ the store
 
 
+class RunDirBusy(RuntimeError):
+    """Another live process holds the run directory's lock (the message names the directory and the pid)."""
+
+
+def check_run_dir(run_dir: str | os.PathLike) -> Path:
+    """Refuse an output directory that cannot be written, before any model loads.
+
+    Raises a one-line ``OSError`` naming the directory: it is a file, it lies under a
+    file, or a probe write in it (or its nearest existing parent) fails (no permission,
+    read-only file system, full disk). Creates nothing that stays.
+    """
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise NotADirectoryError(f"run directory {run_dir} exists and is a file; choose a directory")
+    at = run_dir
+    while not at.exists() and at != at.parent:
+        at = at.parent
+    if not at.is_dir():
+        raise NotADirectoryError(f"cannot create run directory {run_dir}: {at} is a file")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".probe-", dir=at)
+        try:
+            os.write(fd, b"superscopes write probe\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as err:
+        where = "" if at == run_dir else f" (in {at})"
+        raise OSError(err.errno, f"cannot write run directory {run_dir}{where}: {err.strerror or err}") from None
+    return run_dir
+
+
 @dataclass(frozen=True)
 class _Scan:
     """What is in rows.jsonl: parsed records and the byte length of its valid prefix."""
@@ -200,6 +234,7 @@ class RunStore:
         self.config = _normalise_config({k: v for k, v in config.items() if k != "versions"})
         self.config["versions"] = library_versions()
         self._lock = None
+        self._wrote_config = False
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         except OSError as err:
@@ -220,7 +255,7 @@ class RunStore:
         except filelock.Timeout:
             owner = (self.run_dir / (LOCK_FILE + ".owner"))
             holder = owner.read_text(encoding="utf-8").strip() if owner.exists() else "another process"
-            raise RuntimeError(f"run directory {self.run_dir} is in use by {holder}; wait for it to finish "
+            raise RunDirBusy(f"run directory {self.run_dir} is in use by {holder}; wait for it to finish "
                                "or choose another directory") from None
         except OSError as err:
             raise OSError(f"cannot lock run directory {self.run_dir}: {err.strerror or err}") from None
@@ -271,6 +306,15 @@ class RunStore:
                               f"{stored.get('versions')}, now {self.config['versions']}", stacklevel=3)
             return
         _write_atomic(self.config_path, json.dumps(self.config, indent=2, ensure_ascii=False) + "\n")
+        self._wrote_config = True
+
+    def abandon(self) -> None:
+        """After a failed start: remove the ``config.json`` this store wrote if no row was stored; release the lock."""
+        try:
+            if self._wrote_config and not _scan(self.rows_path).records:
+                self.config_path.unlink(missing_ok=True)
+        finally:
+            self.close()
 
     @property
     def config_path(self) -> Path:
@@ -304,10 +348,13 @@ class RunStore:
                 f.truncate(scan.valid_bytes)
         if scan.needs_newline:
             text = b"\n" + text
-        with open(self.rows_path, "ab") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with open(self.rows_path, "ab") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as err:
+            raise OSError(err.errno, f"cannot append rows to {self.rows_path}: {err.strerror or err}") from None
 
     def records_by_key(self) -> dict:
         """The first stored record of every finished row, by :func:`record_key`."""
@@ -331,8 +378,12 @@ def write_tables(df: pd.DataFrame, run_dir: str | os.PathLike) -> None:
     for name, write in (("results.csv", lambda p: df.to_csv(p, index=False)),
                         ("results.parquet", lambda p: df.to_parquet(p, index=False))):
         tmp = run_dir / f".{name}.tmp"
-        write(tmp)
-        os.replace(tmp, run_dir / name)
+        try:
+            write(tmp)
+            os.replace(tmp, run_dir / name)
+        except OSError as err:
+            tmp.unlink(missing_ok=True)
+            raise OSError(err.errno, f"cannot write {run_dir / name}: {err.strerror or err}") from None
 
 
 def frame(records: list[dict]) -> pd.DataFrame:
