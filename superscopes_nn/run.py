@@ -71,20 +71,6 @@ def row_record(r: Row, new_ids: list[int], tokenizer, src_name: str, tgt_name: s
     }
 
 
-def check_remotable(model, host: str) -> None:
-    """A remote run sends the model's hub id: refuse a local path or an in-memory model, naming the host."""
-    import os
-
-    repo = getattr(model, "repo_id", None)
-    repo = repo if isinstance(repo, str) else ""
-    if not repo.strip():
-        raise ValueError(f"cannot run {model_name(model)!r} on {host}: it is an in-memory model with no hub id; "
-                         "a remote run needs a model loaded by its hub id (load_model('org/name', remote=True))")
-    if repo.startswith(("/", ".", "~")) or os.path.isdir(repo):
-        raise ValueError(f"cannot run {repo!r} on {host}: it is a local path, and a remote run sends the model's "
-                         "hub id; load a hub model (load_model('org/name', remote=True))")
-
-
 def remote_caller(remote, backend, model, retries: int = 3, backoff: float = 1.0, sleep=None) -> Callable:
     """``call(fn)``: ``fn()`` directly for local runs, through NDIF retries for remote ones."""
     from .ndif_errors import call_remote, remote_host
@@ -94,10 +80,21 @@ def remote_caller(remote, backend, model, retries: int = 3, backoff: float = 1.0
         host = backend.host
     if host is None:
         return lambda fn: fn()
-    if backend is None:
-        check_remotable(model, host)
     kw = {} if sleep is None else {"sleep": sleep}
-    return functools.partial(call_remote, retries=retries, backoff=backoff, host=host, model=model_name(model), **kw)
+    retrying = functools.partial(call_remote, retries=retries, backoff=backoff, host=host, model=model_name(model), **kw)
+    return functools.partial(_named_model_key, retrying, model_name(model), host)
+
+
+def _named_model_key(call: Callable, name: str, host: str, fn: Callable):
+    """``call(fn)``; a model with no hub id (a local path, an in-memory model) is one line naming the host."""
+    from huggingface_hub.errors import HFValidationError
+
+    try:
+        return call(fn)
+    except HFValidationError as err:
+        raise ValueError(f"cannot run {name!r} on {host}: a remote run sends the model's hub id, and {name!r} has "
+                         f"none NDIF can look up (a local path or an in-memory model): {str(err).splitlines()[0]}"
+                         ) from None
 
 
 def execute(model, rows: list[Row], *, target_model=None, gen_kwargs: dict | None = None, logits: bool = False,

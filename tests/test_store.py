@@ -223,7 +223,6 @@ def test_remote_chunk_failure_keeps_finished_chunks_and_resume_completes(sweep, 
         return real_run_job(model, job, remote=False, backend=None, vectors=vectors)  # "remote" work done here
 
     monkeypatch.setattr(patching, "run_session", flaky_run_job)
-    monkeypatch.setattr(model, "repo_id", "org/tiny-llama", raising=False)  # remote runs send a hub id
     url = "http://127.0.0.1:9"
     with pytest.raises(NDIFError, match=r"could not reach NDIF at http://127.0.0.1:9 \(connection refused\) after 3 tries"):
         run_sweep(model, rows, tmp_path, config, remote=url, retries=2, sleep=sleeps.append,
