@@ -12,7 +12,12 @@ A run directory holds:
 - ``results.csv`` / ``results.parquet``: the finished table, written to a temporary
   file and renamed;
 - ``.lock``: held (``filelock``, an OS lock released when the process dies) while a
-  writer has the directory open; a second writer is refused, naming the holder's pid.
+  writer has the directory open; a second writer gets :class:`RunDirBusy` naming the
+  directory and the holder's pid (``.lock.owner``); a dead holder's lock is taken over.
+
+:func:`check_run_dir` refuses an unwritable output directory (a file, under a file, no
+permission, full disk) with one ``OSError`` line before any model loads; a run that fails
+before its first row calls :meth:`RunStore.abandon`, leaving no ``config.json``.
 
 Usage (what :func:`superscopes_nn.run.run_rows` does with ``run_dir=``)::
 
