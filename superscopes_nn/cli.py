@@ -16,7 +16,7 @@ import warnings
 from datetime import datetime
 from pathlib import Path
 
-from .store import RunDirBusy, check_run_dir
+from .dirlock import RunDirBusy, check_run_dir
 from .validate import check_alphas, check_batch_size, check_int, check_max_new_tokens, check_remote
 
 ERRORS = (ValueError, KeyError, FloatingPointError, OSError, RunDirBusy)

@@ -12,12 +12,14 @@ A run directory holds:
 - ``results.csv`` / ``results.parquet``: the finished table, written to a temporary
   file and renamed;
 - ``.lock``: held (``filelock``, an OS lock released when the process dies) while a
-  writer has the directory open; a second writer gets :class:`RunDirBusy` naming the
-  directory and the holder's pid (``.lock.owner``); a dead holder's lock is taken over.
+  writer has the directory open; a second writer gets
+  :class:`~superscopes_nn.dirlock.RunDirBusy` naming the directory and the holder's
+  pid (``.lock.owner``); a dead holder's lock is taken over (:mod:`~superscopes_nn.dirlock`).
 
-:func:`check_run_dir` refuses an unwritable output directory (a file, under a file, no
-permission, full disk) with one ``OSError`` line before any model loads; a run that fails
-before its first row calls :meth:`RunStore.abandon`, leaving no ``config.json``.
+:func:`~superscopes_nn.dirlock.check_run_dir` refuses an unwritable output directory
+(a file, under a file, no permission, full disk) in one ``OSError`` line before any
+model loads; a run that fails before its first row calls :meth:`RunStore.abandon`,
+which leaves no ``config.json``.
 
 Usage (what :func:`superscopes_nn.run.run_rows` does with ``run_dir=``)::
 
@@ -41,7 +43,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,13 +50,13 @@ from typing import Any, Sequence
 
 import pandas as pd
 
+from .dirlock import DirLock
 from .specs import RESULT_COLUMNS
 
 CONFIG_FILE = "config.json"
 ROWS_FILE = "rows.jsonl"
 KEY_FIELDS = ("source_prompt", "source_position", "source_layer", "site", "target_prompt", "target_position",
               "target_layer", "target_site", "mapping_key", "alpha")
-LOCK_FILE = ".lock"
 #: Config keys compared first on resume, so the message names what matters most.
 PRIORITY_KEYS = ("model", "target_model", "command", "experiment", "prompts", "sites", "layers", "alphas",
                  "target_prompt", "max_new_tokens")
@@ -154,39 +155,6 @@ def _write_atomic(path: Path, text: str) -> None:
 # ------------------------------------------------------------------ the store
 
 
-class RunDirBusy(RuntimeError):
-    """Another live process holds the run directory's lock (the message names the directory and the pid)."""
-
-
-def check_run_dir(run_dir: str | os.PathLike) -> Path:
-    """Refuse an output directory that cannot be written, before any model loads.
-
-    Raises a one-line ``OSError`` naming the directory: it is a file, it lies under a
-    file, or a probe write in it (or its nearest existing parent) fails (no permission,
-    read-only file system, full disk). Creates nothing that stays.
-    """
-    run_dir = Path(run_dir)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise NotADirectoryError(f"run directory {run_dir} exists and is a file; choose a directory")
-    at = run_dir
-    while not at.exists() and at != at.parent:
-        at = at.parent
-    if not at.is_dir():
-        raise NotADirectoryError(f"cannot create run directory {run_dir}: {at} is a file")
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".probe-", dir=at)
-        try:
-            os.write(fd, b"superscopes write probe\n")
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-            os.unlink(probe)
-    except OSError as err:
-        where = "" if at == run_dir else f" (in {at})"
-        raise OSError(err.errno, f"cannot write run directory {run_dir}{where}: {err.strerror or err}") from None
-    return run_dir
-
-
 @dataclass(frozen=True)
 class _Scan:
     """What is in rows.jsonl: parsed records and the byte length of its valid prefix."""
@@ -252,20 +220,7 @@ class RunStore:
             raise
 
     def _acquire(self) -> None:
-        import filelock
-
-        lock = filelock.FileLock(str(self.run_dir / LOCK_FILE), timeout=0, thread_local=False)
-        try:
-            lock.acquire()
-        except filelock.Timeout:
-            owner = (self.run_dir / (LOCK_FILE + ".owner"))
-            holder = owner.read_text(encoding="utf-8").strip() if owner.exists() else "another process"
-            raise RunDirBusy(f"run directory {self.run_dir} is in use by {holder}; wait for it to finish "
-                               "or choose another directory") from None
-        except OSError as err:
-            raise OSError(f"cannot lock run directory {self.run_dir}: {err.strerror or err}") from None
-        self._lock = lock
-        (self.run_dir / (LOCK_FILE + ".owner")).write_text(f"pid {os.getpid()}\n", encoding="utf-8")
+        self._lock = DirLock(self.run_dir)
 
     def close(self) -> None:
         """Release the directory's lock (also when the process dies)."""

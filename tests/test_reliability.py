@@ -26,7 +26,8 @@ import sweep_worker
 from superscopes_nn import store as store_mod
 from superscopes_nn.cli import main
 from superscopes_nn.run import run_sweep
-from superscopes_nn.store import RunDirBusy, RunStore, record_key, row_key
+from superscopes_nn.dirlock import RunDirBusy
+from superscopes_nn.store import RunStore, record_key, row_key
 from superscopes_nn.testing import tiny_hf_model
 
 HERE = Path(__file__).resolve().parent
@@ -144,7 +145,7 @@ def test_second_writer_refused_while_the_first_appends(sweep, reference, tmp_pat
                                 capture_output=True, text=True, timeout=300)
         assert second.returncode != 0
         last = second.stderr.strip().splitlines()[-1]
-        assert last == (f"superscopes_nn.store.RunDirBusy: run directory {run_dir} is in use by pid {first.pid}; "
+        assert last == (f"superscopes_nn.dirlock.RunDirBusy: run directory {run_dir} is in use by pid {first.pid}; "
                         "wait for it to finish or choose another directory")
         assert len(lines(run_dir / "rows.jsonl")) == 4  # the refused writer wrote nothing
     finally:

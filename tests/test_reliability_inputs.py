@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from superscopes_nn import Source, Target, load_model, patchscope, sweep
-from superscopes_nn import cli, models, store
+from superscopes_nn import cli, dirlock, models
 from superscopes_nn.cli import main
 from superscopes_nn.testing import tiny_hf_model, tiny_model
 
@@ -174,13 +174,13 @@ def _unwritable(tmp_path, monkeypatch):
     d.mkdir()
     d.chmod(0o500)
     if os.geteuid() == 0:  # root writes anywhere: simulate the refusal the kernel gives everyone else
-        monkeypatch.setattr(store.tempfile, "mkstemp", lambda **k: (_ for _ in ()).throw(
+        monkeypatch.setattr(dirlock.tempfile, "mkstemp", lambda **k: (_ for _ in ()).throw(
             PermissionError(errno.EACCES, "Permission denied")))
     return d / "run"
 
 
 def _full_disk(tmp_path, monkeypatch):
-    monkeypatch.setattr(store.os, "write", lambda fd, data: (_ for _ in ()).throw(
+    monkeypatch.setattr(dirlock.os, "write", lambda fd, data: (_ for _ in ()).throw(
         OSError(errno.ENOSPC, "No space left on device")))
     return tmp_path / "run"
 
