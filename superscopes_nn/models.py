@@ -25,6 +25,7 @@ from typing import Callable
 
 import torch
 
+from .validate import check_device, check_dtype
 from .architectures import arch_spec
 
 DEFAULT_MODEL = "gemma-3-270m"
@@ -141,8 +142,9 @@ def load_model(name_or_path: str = DEFAULT_MODEL, *, dtype: torch.dtype | str = 
     if not isinstance(name_or_path, (str, os.PathLike)) or not str(name_or_path).strip():
         raise ValueError(f"model name must be a non-empty string, got {name_or_path!r}")
     name = str(name_or_path)
-    if isinstance(dtype, str):
-        dtype = getattr(torch, dtype)
+    dtype, device = check_dtype(dtype), check_device(device)
+    if name.startswith(("/", "./", "../", "~", ".\\")) and not Path(name).expanduser().exists():
+        raise FileNotFoundError(f"model path not found: {name!r} (no such directory)")
     if remote:
         return _meta_model(name, dtype, **kwargs)
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -183,7 +185,10 @@ def _meta_model(name: str, dtype: torch.dtype, **kwargs):
         config = AutoConfig.from_pretrained(name, revision=revision, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(name, revision=revision)
     except (OSError, ValueError) as err:
-        raise ValueError(f"cannot load model {name!r} for remote use: {str(err).splitlines()[0]}") from err
+        offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes")
+        hint = " (HF_HUB_OFFLINE is set: a remote model needs its config from the hub or the local cache)" \
+            if offline else ""
+        raise ValueError(f"cannot load model {name!r} for remote use: {str(err).splitlines()[0]}{hint}") from None
     with init_empty_weights():
         hf_model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     hf_model.config._name_or_path = name  # the key NDIF resolves: the hub id as given

@@ -51,6 +51,7 @@ from pathlib import Path
 import pandas as pd
 
 from .store import load_run
+from .superscopes import detect_alpha
 
 REQUIRED_COLUMNS = (
     "source_prompt", "source_token", "source_position", "source_layer", "site",
@@ -246,18 +247,22 @@ def choose_cells(df: pd.DataFrame, score_column: str | None = None, columns: str
     """The chosen (prompt, site, layer, col) cells: per grid row, the column with the
     highest score, ties broken towards the smallest column value (e.g. smallest alpha).
 
-    Rows without any finite score choose nothing.  ``score_column=None`` uses the
-    first ``score_*`` column; with no score column at all nothing is chosen.
+    The choice is :func:`superscopes_nn.superscopes.detect_alpha` on the cells' mean
+    scores (the grid column standing in for ``alpha``). Rows without any finite score
+    choose nothing.  ``score_column=None`` uses the first ``score_*`` column; with no
+    score column at all nothing is chosen.
     """
     score_column = _validate(df, score_column, columns)
     if score_column is None:
         return set()
-    chosen = set()
     cells = _cell_scores(df, score_column, columns).dropna()
-    for (prompt, site, layer), group in cells.groupby(level=[0, 1, 2], sort=False):
-        best = max(group.items(), key=lambda kv: (kv[1], -float(kv[0][3])))
-        chosen.add(best[0])
-    return chosen
+    if cells.empty:
+        return set()
+    by = ["source_prompt", "site", "source_layer"]
+    table = cells.rename("cell_score").reset_index().rename(columns={columns: "alpha"})
+    picked = detect_alpha(table, score="cell_score", by=by)
+    return {(r.source_prompt, r.site, r.source_layer, r.alpha) for r in picked.itertuples(index=False)
+            if not math.isnan(r.alpha)}
 
 
 # --------------------------------------------------------------------------- #

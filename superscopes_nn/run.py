@@ -31,7 +31,7 @@ from .engine import chunks, plan, plan_reads, result_bytes, run_session
 from .resolver import model_name
 from .specs import Row
 from .store import RunStore, frame, row_key
-from .validate import check_batch_size, check_max_new_tokens
+from .validate import check_batch_size, check_max_new_tokens, check_remote
 
 
 def gen_kwargs(target_model, max_new_tokens: int) -> dict:
@@ -76,13 +76,26 @@ def remote_caller(remote, backend, model, retries: int = 3, backoff: float = 1.0
     """``call(fn)``: ``fn()`` directly for local runs, through NDIF retries for remote ones."""
     from .ndif_errors import call_remote, remote_host
 
-    host = remote_host(remote)
+    host = remote_host(check_remote(remote))
     if host is None and backend is not None and getattr(backend, "host", None):
         host = backend.host
     if host is None:
         return lambda fn: fn()
     kw = {} if sleep is None else {"sleep": sleep}
-    return functools.partial(call_remote, retries=retries, backoff=backoff, host=host, model=model_name(model), **kw)
+    retrying = functools.partial(call_remote, retries=retries, backoff=backoff, host=host, model=model_name(model), **kw)
+    return functools.partial(_named_model_key, retrying, model_name(model), host)
+
+
+def _named_model_key(call: Callable, name: str, host: str, fn: Callable):
+    """``call(fn)``; a model with no hub id (a local path, an in-memory model) is one line naming the host."""
+    from huggingface_hub.errors import HFValidationError
+
+    try:
+        return call(fn)
+    except HFValidationError as err:
+        raise ValueError(f"cannot run {name!r} on {host}: a remote run sends the model's hub id, and {name!r} has "
+                         f"none NDIF can look up (a local path or an in-memory model): {str(err).splitlines()[0]}"
+                         ) from None
 
 
 def session_backend(model, remote, backend):
@@ -199,6 +212,7 @@ def run_rows(model, rows: list[Row], *, target_model=None, max_new_tokens: int =
     rows = list(rows)
     if not rows:
         raise ValueError("no rows to run")
+    call = remote_caller(remote, backend, target_model, retries, backoff, sleep)  # bad remote: refused before disk
     store = None
     if run_dir is not None:
         store = RunStore(run_dir, run_config(model, target_model, max_new_tokens, config), resume=resume)
@@ -211,7 +225,6 @@ def run_rows(model, rows: list[Row], *, target_model=None, max_new_tokens: int =
             pending.append(r)
     eos, tok = eos_ids(target_model), target_model.tokenizer
     src_name, tgt_name = model_name(model), model_name(target_model)
-    call = remote_caller(remote, backend, target_model, retries, backoff, sleep)
     bar = None
     if progress and pending:
         from tqdm.auto import tqdm
@@ -244,6 +257,10 @@ def run_rows(model, rows: list[Row], *, target_model=None, max_new_tokens: int =
         df = frame([results[k] for k in keys])
         if store is not None:
             store.write_tables(df)
+    except BaseException:
+        if store is not None:
+            store.abandon()  # a failed start leaves no config.json behind
+        raise
     finally:
         if bar is not None:
             bar.close()
