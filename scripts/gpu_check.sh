@@ -7,7 +7,8 @@
 #     bash scripts/gpu_check.sh --download          (.whl/ is in .gitignore)
 # then on the GPU machine (device tool): run(command="bash scripts/gpu_check.sh", carry=[".whl"],
 # timeout_s=600). The JSON summary is printed and written to $OUT/gpu_check.json.
-# Extra arguments go to gpu_check.py (e.g. --skip engine_tests). CPU-only: --cpu-smoke.
+# Extra arguments go to gpu_check.py (e.g. --skip engine_tests). On a CPU: PYTHON=.venv/bin/python
+# bash scripts/gpu_check.sh --cpu-smoke (tiny shapes; what tests/test_devices.py runs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WHEELS="nnsight==0.8.1 greenlet==3.5.6 pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0
@@ -23,11 +24,9 @@ if [ "${1:-}" = "--download" ]; then
   ls -l .whl
   exit 0
 fi
-if ls .whl/*.whl >/dev/null 2>&1; then
+if [ "${1:-}" != "--cpu-smoke" ] && ls .whl/*.whl >/dev/null 2>&1; then  # cp312 wheels, for the GPU image
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
   export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-PY=python3
-[ -x .venv/bin/python ] && [ "${1:-}" = "--cpu-smoke" ] && PY=.venv/bin/python
-exec "$PY" benchmarks/gpu_check.py --json "${OUT:-/tmp}/gpu_check.json" "$@"
+exec "${PYTHON:-python3}" benchmarks/gpu_check.py --json "${OUT:-/tmp}/gpu_check.json" "$@"

@@ -176,11 +176,17 @@ def test_cross_model_into_an_offloaded_target_with_affine(checkpoint, tmp_path):
 
 
 @pytest.mark.cpu_only
-def test_load_model_passes_device_map_and_dtype(checkpoint):
+def test_load_model_passes_device_map_and_dtype(checkpoint, monkeypatch):
+    from transformers import AutoModelForCausalLM
+
     path, plain = checkpoint
-    model = load_model(str(path), dtype="bfloat16", device_map="auto")  # no GPU here: accelerate puts all on cpu
-    assert set(model._module.hf_device_map.values()) <= {"cpu", 0} | {f"cuda:{i}" for i in range(8)} | set(range(8))
-    assert {p.dtype for p in model._module.parameters()} == {torch.bfloat16}
+    seen = []
+    orig = AutoModelForCausalLM.from_pretrained
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained",
+                        lambda *a, **k: (seen.append(k), orig(*a, **k))[1])
+    model = load_model(str(path), dtype="bfloat16", device_map="auto")  # no GPU here: all of it on the CPU
+    assert seen == [{"dtype": torch.bfloat16, "device_map": "auto"}]
+    assert {(p.device.type, p.dtype) for p in model._module.parameters()} == {("cpu", torch.bfloat16)}
     with pytest.raises(ValueError, match="not both"):
         load_model(str(path), device="cpu", device_map="auto")
 
@@ -219,9 +225,11 @@ def test_cpu_vectors_and_affine_into_a_model_on_device(device, monkeypatch):
 
 @pytest.mark.cpu_only
 def test_gpu_check_cpu_smoke(tmp_path):
-    out = tmp_path / "summary.json"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--cpu-smoke", "--json", str(out)],
+    """scripts/gpu_check.sh at tiny shape on the CPU: every check of the GPU run, same code."""
+    out = tmp_path / "gpu_check.json"
+    env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable,
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh"), "--cpu-smoke"],
                           capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     import json
