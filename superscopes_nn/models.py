@@ -110,10 +110,19 @@ def wrap(hf_model, tokenizer):
     """Wrap a built HF causal LM and its tokenizer as an nnsight ``TransformersModel``."""
     from nnsight.modeling.transformers import TransformersModel
 
-    arch_spec(hf_model.config)  # fail fast on an unsupported architecture
+    from .sites_resolver import verify_sites
+
+    hf_model.eval()
+    # sites resolved from one short forward pass and checked on it (a model resolved
+    # before, e.g. re-wrapped in another dtype, is re-checked on a pass of its own)
+    spec = verify_sites(hf_model)
+    if spec.missing:
+        import warnings
+
+        warnings.warn(f"{spec.family}: sites {', '.join(s for s, _ in spec.missing)} are not available: "
+                      f"{spec.missing[0][1]}", stacklevel=2)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    hf_model.eval()
     return TransformersModel(hf_model, tokenizer=tokenizer)
 
 
@@ -130,7 +139,7 @@ def load_model(name_or_path: str = DEFAULT_MODEL, *, dtype: torch.dtype | str = 
             too big for one GPU over the GPUs (then CPU, then disk with ``offload_folder=``),
             or a dict ``{module name: device}``. Layers then live on different devices; the
             engine moves every written value to the device of the tensor it is written into.
-            Not with ``device``.
+            Not with ``device``; ignored with ``remote=True`` (NDIF places the model).
         remote: ``True`` builds the wrapper on meta weights (nothing downloaded but
             the config), for running on NDIF with ``remote=True``.
     """
@@ -141,12 +150,10 @@ def load_model(name_or_path: str = DEFAULT_MODEL, *, dtype: torch.dtype | str = 
         dtype = getattr(torch, dtype)
     if device is not None and device_map is not None:
         raise ValueError(f"pass device={device!r} or device_map={device_map!r}, not both")
+    if remote:  # NDIF places the model; a device or device_map has no meaning for meta weights
+        return _meta_model(name, dtype, **kwargs)
     if device_map is not None:
         kwargs["device_map"] = device_map
-    if remote:
-        from nnsight.modeling.transformers import TransformersModel
-
-        return TransformersModel(name, dtype=dtype, **kwargs)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = embedded_path(name) if name in EMBEDDED else name
@@ -165,6 +172,39 @@ def load_model(name_or_path: str = DEFAULT_MODEL, *, dtype: torch.dtype | str = 
     if name in EMBEDDED:
         hf_model.config._name_or_path = name  # results name the model as the user did
     return wrap(hf_model, tokenizer)
+
+
+def _meta_model(name: str, dtype: torch.dtype, **kwargs):
+    """The wrapper for ``remote=True``: the architecture on meta weights, plus the tokenizer.
+
+    Built here from ``AutoConfig`` + accelerate's ``init_empty_weights`` rather than by
+    ``TransformersModel(name)``: nnsight 0.8.1's meta build goes through a transformers
+    pipeline that transformers >= 5.23 can no longer build ("Impossible to guess which
+    tokenizer to use"). The module tree is ``AutoModelForCausalLM``'s, the class NDIF loads
+    for the key's ``text-generation`` task, so the request's module paths match the server's.
+    Only the config and tokenizer files are read (hub or cache); no weights.
+    """
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    revision = kwargs.pop("revision", None)
+    try:
+        config = AutoConfig.from_pretrained(name, revision=revision, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(name, revision=revision)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"cannot load model {name!r} for remote use: {str(err).splitlines()[0]}") from err
+    with init_empty_weights():
+        hf_model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    hf_model.config._name_or_path = name  # the key NDIF resolves: the hub id as given
+    arch_spec(config)  # fail fast on an unsupported architecture
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    from nnsight.modeling.transformers import TransformersModel
+
+    # device="meta" reaches the pipeline nnsight wraps the module in (it would move it to the CPU)
+    model = TransformersModel(hf_model.eval(), tokenizer=tokenizer, device="meta")
+    model.revision = revision
+    return model
 
 
 def _in_hf_cache(name: str) -> bool:

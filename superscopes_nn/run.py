@@ -84,6 +84,17 @@ def remote_caller(remote, backend, model, retries: int = 3, backoff: float = 1.0
     return functools.partial(call_remote, retries=retries, backoff=backoff, host=host, model=model_name(model), **kw)
 
 
+def session_backend(model, remote, backend):
+    """The backend one session of ``model`` uses: the caller's; else, for NDIF (``remote=True`` or a
+    host), a fresh :class:`~superscopes_nn.ndif_backend.NDIFBackend` (submit once, then wait on the
+    same job id, so a dropped connection never runs the job twice); else None (local, "local")."""
+    if backend is not None or not remote or remote == "local":
+        return backend
+    from .ndif_backend import remote_backend
+
+    return remote_backend(model, remote)
+
+
 def execute(model, rows: list[Row], *, target_model=None, gen_kwargs: dict | None = None, logits: bool = False,
             max_batch_size: int = 64, shared_prefix: bool = True, remote=False, backend=None, call=None):
     """Yield ``(chunk_indices, job, out)`` for every chunk of ``rows`` (see :mod:`superscopes_nn.engine`).
@@ -102,12 +113,14 @@ def execute(model, rows: list[Row], *, target_model=None, gen_kwargs: dict | Non
         if two:
             reads = plan_reads(model, chunk, known)
             if reads.source_groups:
-                _, got = call(lambda: run_session(model, reads, remote=remote, backend=backend))
+                _, got = call(lambda: run_session(model, reads, remote=remote,
+                                                  backend=session_backend(model, remote, backend)))
                 known.update(got)
         job = plan(target_model, chunk, gen_kwargs=gen_kwargs, logits=logits, known=known,
                    shared_prefix=shared_prefix, read_here=not two)
         given = {k: known[k] for k in {r.source_key for r in chunk} if k in known}
-        out, used = call(lambda: run_session(target_model, job, remote=remote, backend=backend, vectors=given))
+        out, used = call(lambda: run_session(target_model, job, remote=remote, vectors=given,
+                                             backend=session_backend(target_model, remote, backend)))
         known.update(used)
         yield idx, job, out
 

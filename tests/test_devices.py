@@ -22,6 +22,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -102,26 +103,35 @@ def test_map_vectors_moves_a_shared_weight_once_per_chunk(monkeypatch):
     torch.testing.assert_close(patched[2], f(vectors[2]))
 
 
-def test_writes_move_value_and_indices_to_the_target_once(monkeypatch):
-    import superscopes_nn.sites as S
+def _stub(residual, mlp_in):
+    """A model-shaped namespace: ``layers[l]`` with a residual ``output`` and an ``mlp`` whose ``input`` is a site."""
+    blocks = [SimpleNamespace(output=None, mlp=SimpleNamespace(input=None)) for _ in range(3)]
+    blocks[1].output, blocks[2].mlp.input = residual, mlp_in
+    spec = ("layers", "lm_head", {"residual": ("", False), "mlp_in": ("mlp", True)})
+    return SimpleNamespace(layers=blocks), spec
 
-    targets = {(1, "residual"): torch.zeros(3, 5, 4, dtype=torch.float16, device="meta"),
-               (2, "mlp_out"): torch.zeros(3, 5, 4, dtype=torch.float16, device="meta")}
-    monkeypatch.setattr(S, "site_tensor", lambda model, spec, layer, site: targets[(layer, site)])
+
+def test_writes_move_value_and_indices_to_the_target_once():
+    from superscopes_nn.sites import write_patches
+
+    model, spec = _stub(torch.zeros(3, 5, 4, dtype=torch.float16, device="meta"),
+                        torch.zeros(3, 5, 4, dtype=torch.float16, device="meta"))
     patched = [torch.randn(4) for _ in range(3)]  # float32 on the CPU (as NDIF sends them back)
     writes = [(1, "residual", torch.tensor([0, 2]), torch.tensor([3, 4]), [0, 2]),
-              (2, "mlp_out", torch.tensor([1]), torch.tensor([4]), [1])]
+              (2, "mlp_in", torch.tensor([1]), torch.tensor([4]), [1])]
     with StrictDevices() as mode:
-        S.write_patches(None, None, writes, patched, offset=1)
+        write_patches(model, spec, writes, patched, offset=1)
     vectors = [m for m in mode.moves if m[2] == (4,)]
     indices = [m for m in mode.moves if m[2] != (4,)]
     assert vectors == [("cpu", "meta", (4,))] * 3  # each value crosses once
     assert indices == [("cpu", "meta", (2,))] * 2 + [("cpu", "meta", (1,))] * 2
-    # values land in the target's dtype (checked on a CPU target with data)
-    cpu = torch.zeros(3, 5, 4, dtype=torch.float16)
-    monkeypatch.setattr(S, "site_tensor", lambda *a: cpu)
-    S.write_patches(None, None, writes[:1], patched, offset=1)
-    assert torch.equal(cpu[2, 3], patched[2].half()) and torch.equal(cpu[0, 2], patched[0].half())
+    assert model.layers[2].mlp.input.device.type == "meta"  # an input site gets a written copy, on its device
+    # values land in the target's dtype (checked on CPU targets with data)
+    model, spec = _stub(torch.zeros(3, 5, 4, dtype=torch.float16), torch.zeros(3, 5, 4, dtype=torch.bfloat16))
+    write_patches(model, spec, writes, patched, offset=1)
+    res, mlp_in = model.layers[1].output, model.layers[2].mlp.input
+    assert torch.equal(res[2, 3], patched[2].half()) and torch.equal(res[0, 2], patched[0].half())
+    assert mlp_in.dtype == torch.bfloat16 and torch.equal(mlp_in[1, 3], patched[1].bfloat16())
 
 
 # -- accelerate-dispatched models (device_map) ------------------------------------------------

@@ -9,7 +9,7 @@ from superscopes_nn.api import collect, patched_logits, patchscope, sweep
 from superscopes_nn.resolver import resolve, sweep_rows
 from superscopes_nn.run import run_rows
 from superscopes_nn.specs import ENTITY_PROMPT, IDENTITY_PROMPT, Affine, Amplify, Source, Target
-from superscopes_nn.testing import TINY_ARCHS, tiny_hf_model, wrap
+from superscopes_nn.testing import CORE_ARCHS, tiny_hf_model, wrap
 
 SITES = ("residual", "attn_out", "mlp_in", "mlp_out")
 
@@ -19,7 +19,7 @@ def tiny_model(arch="llama", *, device, dtype=torch.float32, **kw):
     return wrap(hf.to(device, dtype), tok)
 
 
-@pytest.fixture(scope="module", params=TINY_ARCHS)
+@pytest.fixture(scope="module", params=CORE_ARCHS)  # every family: tests/test_families.py
 def model(request, device):
     return tiny_model(request.param, device=device)
 
