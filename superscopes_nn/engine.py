@@ -165,29 +165,47 @@ def plan_reads(model, rows: Sequence[Row], known: Iterable = ()) -> Job:
     return Job(source_spec=plain_spec(model), source_groups=source_groups(rows, known))
 
 
-def apply_map(m: tuple, v: torch.Tensor) -> torch.Tensor:
-    """``alpha * (W @ fn(v) + b)`` for a plain mapping ``(alpha, W, b, fn)``; parameters follow ``v``'s device."""
+def apply_map(m: tuple, v: torch.Tensor, moved: dict | None = None) -> torch.Tensor:
+    """``alpha * (W @ fn(v) + b)`` for a plain mapping ``(alpha, W, b, fn)``; parameters follow ``v``'s device.
+
+    ``moved``: a per-chunk cache ``{(id(param), device): param on device}``, so a weight
+    shared by the rows of a chunk crosses to a device once per chunk, not once per row.
+    ``fn`` gets ``v`` as it is: tensors it closes over are its own to move (``v.device``).
+    """
     alpha, weight, bias, fn = m
     if fn is not None:
         v = fn(v)
     if weight is not None:
-        w = weight.to(v.device)
+        w = _on(weight, v.device, moved)
         v = v.to(w.dtype) @ w.T
         if bias is not None:
-            v = v + bias.to(v.device)
+            v = v + _on(bias, v.device, moved)
     return v * alpha if alpha != 1.0 else v
 
 
+def _on(param: torch.Tensor, device, moved: dict | None) -> torch.Tensor:
+    """``param`` on ``device``, moved at most once per ``moved`` cache."""
+    if param.device == device:
+        return param
+    if moved is None:
+        return param.to(device)
+    key = (id(param), str(device))
+    if key not in moved:
+        moved[key] = param.to(device)
+    return moved[key]
+
+
 def map_vectors(vectors: dict, maps: list, dtype: torch.dtype) -> tuple:
-    """Apply each row's mapping to its source vector (in float32).
+    """Apply each row's mapping to its source vector (in float32), on the vector's device.
 
     Returns ``(patched, ok)``: [d_target] tensors and a [B] bool tensor that is False
     where the mapped vector is not finite in ``dtype`` (fp16 overflows at 65504);
     such rows get a zero vector, so the batch still runs, and are reported by the caller.
+    Mapping parameters cross to a vector's device once per chunk (:func:`apply_map`).
     """
-    out, ok = [], []
+    out, ok, moved = [], [], {}
     for key, m in maps:
-        v = apply_map(m, vectors[key].float())
+        v = apply_map(m, vectors[key].float(), moved)
         good = bool(torch.isfinite(v.to(dtype)).all())
         out.append(v if good else torch.zeros_like(v))
         ok.append(good)
@@ -243,8 +261,9 @@ def run_session(model, jobs, *, remote=False, backend=None, vectors: dict | None
                 with model.trace(**keep) as tracer:
                     with tracer.invoke(ids[:, offset:], **kw):  # the cache goes with the invoke (nnsight's mask)
                         write_patches(model, tspec, writes, patched, offset)
-                        logits = model.output.logits[torch.arange(len(lpos)), lpos]
-                logits[~mapped_ok] = float("nan")
+                        full = model.output.logits  # index tensors built on its device
+                        logits = full[torch.arange(len(lpos), device=full.device), lpos.to(full.device)]
+                logits[~mapped_ok.to(logits.device)] = float("nan")
                 outs.append(logits)
             else:
                 gen_kwargs.update(kw)

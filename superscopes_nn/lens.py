@@ -46,7 +46,9 @@ def lens_logits(model, prompt: str, layers: Iterable[int], position: int | str =
                 out = get_path(model, layers_path)[layer].output
                 hidden.append((out[0] if isinstance(out, tuple) else out)[0, pos])
             norm, head = get_path(model, norm_path), get_path(model, head_path)
-            logits = head(norm(torch.stack(hidden)))
+            # under a device_map the layers live on several devices: gather on the last layer's
+            # (the final norm's, in a pipeline layout), each state crossing at most once
+            logits = head(norm(torch.stack([h.to(hidden[-1].device) for h in hidden])))
             if cap:
                 logits = torch.tanh(logits / cap) * cap
             logits = logits.detach().save()

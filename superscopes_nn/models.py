@@ -128,14 +128,19 @@ def wrap(hf_model, tokenizer):
 
 
 def load_model(name_or_path: str = DEFAULT_MODEL, *, dtype: torch.dtype | str = torch.float32,
-               device: str | None = None, remote: bool = False, **kwargs):
+               device: str | None = None, device_map=None, remote: bool = False, **kwargs):
     """Load a causal LM as an nnsight ``TransformersModel``.
 
     Args:
         name_or_path: ``"gemma-3-270m"`` (default) or ``"smollm2-135m"`` (embedded,
             offline), any HF hub id, or a local checkpoint directory.
         dtype: weights dtype (``torch.bfloat16`` on a GPU for big models).
-        device: e.g. ``"cuda"``; default CPU.
+        device: e.g. ``"cuda"``; default CPU. The whole model is moved there.
+        device_map: passed to ``from_pretrained`` (accelerate): ``"auto"`` spreads a model
+            too big for one GPU over the GPUs (then CPU, then disk with ``offload_folder=``),
+            or a dict ``{module name: device}``. Layers then live on different devices; the
+            engine moves every written value to the device of the tensor it is written into.
+            Not with ``device``; ignored with ``remote=True`` (NDIF places the model).
         remote: ``True`` builds the wrapper on meta weights (nothing downloaded but
             the config), for running on NDIF with ``remote=True``.
     """
@@ -145,8 +150,12 @@ def load_model(name_or_path: str = DEFAULT_MODEL, *, dtype: torch.dtype | str = 
     dtype, device = check_dtype(dtype), check_device(device)
     if name.startswith(("/", "./", "../", "~", ".\\")) and not Path(name).expanduser().exists():
         raise FileNotFoundError(f"model path not found: {name!r} (no such directory)")
-    if remote:
+    if device is not None and device_map is not None:
+        raise ValueError(f"pass device={device!r} or device_map={device_map!r}, not both")
+    if remote:  # NDIF places the model; a device or device_map has no meaning for meta weights
         return _meta_model(name, dtype, **kwargs)
+    if device_map is not None:
+        kwargs["device_map"] = device_map
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = embedded_path(name) if name in EMBEDDED else name

@@ -3,7 +3,9 @@
 One HF ``generate`` per row with a hook that writes the mapped vector on the prompt pass:
 the official papers' per-row protocol. The tests hold the nnsight engine to it token for
 token, and ``benchmarks/`` time it as the naive loop. It shares only the site locations
-(:mod:`superscopes_nn.architectures`) with the engine.
+(:mod:`superscopes_nn.architectures`) with the engine. Inputs are built on the model's
+device and patched vectors moved to the hooked tensor's device and dtype, so the reference
+runs wherever the model sits (CPU or CUDA).
 """
 
 from __future__ import annotations
@@ -11,6 +13,10 @@ from __future__ import annotations
 import torch
 
 from superscopes_nn.architectures import arch_spec, get_path
+
+
+def _ids(hf_model, ids: list[int]) -> torch.Tensor:
+    return torch.tensor([ids], device=hf_model.device)
 
 
 def _module(hf_model, layer: int, site: str):
@@ -32,7 +38,7 @@ def hf_read(hf_model, ids: list[int], layer: int, site: str) -> torch.Tensor:
         h = mod.register_forward_hook(hook)
     try:
         with torch.no_grad():
-            hf_model(torch.tensor([ids]))
+            hf_model(_ids(hf_model, ids))
     finally:
         h.remove()
     return store["v"][0]
@@ -46,7 +52,7 @@ def _patch_hook(hf_model, layer, site, pos, vec):
             x = args[0]
             if x.shape[1] > 1:
                 x = x.clone()
-                x[:, pos] = vec.to(x.dtype)
+                x[:, pos] = vec.to(x.device, x.dtype)
                 return (x,) + tuple(args[1:])
             return None
 
@@ -56,7 +62,7 @@ def _patch_hook(hf_model, layer, site, pos, vec):
         t = out[0] if isinstance(out, tuple) else out
         if t.shape[1] > 1:
             t = t.clone()
-            t[:, pos] = vec.to(t.dtype)
+            t[:, pos] = vec.to(t.device, t.dtype)
             return (t,) + tuple(out[1:]) if isinstance(out, tuple) else t
         return None
 
@@ -70,7 +76,7 @@ def hf_patch_generate(source_model, target_model, src_ids, src_pos, src_layer, s
     h = _patch_hook(target_model, tgt_layer, tgt_site or site, tgt_pos, vec)
     try:
         with torch.no_grad():
-            out = target_model.generate(torch.tensor([tgt_ids]), attention_mask=torch.ones(1, len(tgt_ids), dtype=torch.long),
+            out = target_model.generate(_ids(target_model, tgt_ids), attention_mask=torch.ones_like(_ids(target_model, tgt_ids)),
                                         max_new_tokens=max_new_tokens, do_sample=False,
                                         pad_token_id=target_model.config.pad_token_id or 0,
                                         top_p=None, top_k=None, temperature=None)
@@ -91,7 +97,7 @@ def hf_patch_logits(hf_model, src_ids, src_pos, src_layer, site, tgt_ids, tgt_po
     h = _patch_hook(hf_model, tgt_layer, site, tgt_pos, vec)
     try:
         with torch.no_grad():
-            return hf_model(torch.tensor([tgt_ids])).logits[0, tgt_pos]
+            return hf_model(_ids(hf_model, tgt_ids)).logits[0, tgt_pos]
     finally:
         h.remove()
 
@@ -106,7 +112,7 @@ def hf_patch_generate_logits(source_model, target_model, src_ids, src_pos, src_l
     h = _patch_hook(target_model, tgt_layer, site, tgt_pos, vec)
     try:
         with torch.no_grad():
-            out = target_model.generate(torch.tensor([tgt_ids]), attention_mask=torch.ones(1, len(tgt_ids), dtype=torch.long),
+            out = target_model.generate(_ids(target_model, tgt_ids), attention_mask=torch.ones_like(_ids(target_model, tgt_ids)),
                                         max_new_tokens=max_new_tokens, do_sample=False, output_logits=True,
                                         return_dict_in_generate=True,
                                         pad_token_id=target_model.config.pad_token_id or 0,

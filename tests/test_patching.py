@@ -1,4 +1,5 @@
-"""The nnsight patch engine against an independent plain-HF hook reference."""
+"""The nnsight patch engine against an independent plain-HF hook reference, on every test device
+(``device`` in conftest.py: CPU, and CUDA when present or ``SUPERSCOPES_TEST_DEVICES=cuda``)."""
 
 import pytest
 import torch
@@ -8,14 +9,19 @@ from superscopes_nn.api import collect, patched_logits, patchscope, sweep
 from superscopes_nn.resolver import resolve, sweep_rows
 from superscopes_nn.run import run_rows
 from superscopes_nn.specs import ENTITY_PROMPT, IDENTITY_PROMPT, Affine, Amplify, Source, Target
-from superscopes_nn.testing import CORE_ARCHS, tiny_model
+from superscopes_nn.testing import CORE_ARCHS, tiny_hf_model, wrap
 
 SITES = ("residual", "attn_out", "mlp_in", "mlp_out")
 
 
+def tiny_model(arch="llama", *, device, dtype=torch.float32, **kw):
+    hf, tok = tiny_hf_model(arch, **kw)
+    return wrap(hf.to(device, dtype), tok)
+
+
 @pytest.fixture(scope="module", params=CORE_ARCHS)  # every family: tests/test_families.py
-def model(request):
-    return tiny_model(request.param)
+def model(request, device):
+    return tiny_model(request.param, device=device)
 
 
 def test_patched_generation_matches_hf_hooks(model):
@@ -46,8 +52,8 @@ def test_remote_local_equals_local(model):
     assert local.token_ids.tolist() == sim.token_ids.tolist()
 
 
-def test_mixed_target_lengths_and_cross_layer():
-    model = tiny_model("llama")
+def test_mixed_target_lengths_and_cross_layer(device):
+    model = tiny_model("llama", device=device)
     hf = model._module
     patches = [
         (Source("Titanic", 1, -1, "residual"), Target("The official currency of x", layer=0), Amplify(2.0)),
@@ -64,8 +70,8 @@ def test_mixed_target_lengths_and_cross_layer():
     assert df.mapping.tolist() == ["amplify", "identity", "amplify"]
 
 
-def test_cross_model_with_affine_map():
-    src, tgt = tiny_model("llama", seed=1), tiny_model("gpt2", seed=2, hidden=32)
+def test_cross_model_with_affine_map(device):
+    src, tgt = tiny_model("llama", seed=1, device=device), tiny_model("gpt2", seed=2, hidden=32, device=device)
     g = torch.Generator().manual_seed(0)
     f = Affine(torch.randn(32, 64, generator=g) * 0.2, torch.randn(32, generator=g) * 0.1)
     patches = [(Source("Pink Floyd", l, -1), Target(ENTITY_PROMPT, layer=1), f) for l in (0, 3)]
@@ -79,10 +85,10 @@ def test_cross_model_with_affine_map():
         patchscope(src, [(Source("Pink Floyd", 0), Target(ENTITY_PROMPT), None)], target_model=tgt)
 
 
-def test_patched_logits_match_hooks():
+def test_patched_logits_match_hooks(device):
     """Also where the patched positions differ within one call and are not the last token
     (vocabulary logits are computed only from the earliest patched position on)."""
-    model = tiny_model("gemma3_text")
+    model = tiny_model("gemma3_text", device=device)
     rows = sweep_rows(model, ["Alexander the Great"], layers=[1, 2], sites=["mlp_out", "residual"], alphas=[1, 8],
                       target=Target(ENTITY_PROMPT))
     for pos in (2, 4):
@@ -100,6 +106,7 @@ def test_collect_matches_hooks(model):
     values = collect(model, "Led Zeppelin", layers=[0, 3], sites=SITES)
     ids = model.tokenizer("Led Zeppelin")["input_ids"]
     for (layer, site), v in values.items():
+        assert v.device == model._module.device
         torch.testing.assert_close(v, hf_read(model._module, ids, layer, site))
 
 
@@ -128,11 +135,11 @@ def test_patched_logits_with_shared_prefix_equal_full_pass(model):
     torch.testing.assert_close(local, reused[:4], rtol=1e-4, atol=1e-4)
 
 
-def test_sources_read_once_per_sweep(monkeypatch):
+def test_sources_read_once_per_sweep(monkeypatch, device):
     """Chunks reuse source vectors read by earlier chunks."""
     import superscopes_nn.engine as P
 
-    model = tiny_model("llama")
+    model = tiny_model("llama", device=device)
     calls = []
     orig = P.read_sources
     monkeypatch.setattr(P, "read_sources", lambda m, spec, reads, vectors: (calls.append(len(reads)), orig(m, spec, reads, vectors)))
@@ -141,12 +148,9 @@ def test_sources_read_once_per_sweep(monkeypatch):
     assert len(df) == 16 and sum(calls) == 4
 
 
-def test_non_finite_rows_are_reported_not_written():
+def test_non_finite_rows_are_reported_not_written(device):
     """fp16: an amplified vector past 65504, or finite vectors that overflow inside the model."""
-    from superscopes_nn.testing import tiny_hf_model, wrap
-
-    hf, tok = tiny_hf_model("gpt2")
-    model = wrap(hf.half(), tok)
+    model = tiny_model("gpt2", device=device, dtype=torch.float16)
     with pytest.warns(UserWarning, match="non-finite"):
         df = sweep(model, "Pink Floyd", layers=[1], sites=["residual"], alphas=[1.0, 1e6], max_new_tokens=3,
                    progress=False)
@@ -161,11 +165,9 @@ def test_non_finite_rows_are_reported_not_written():
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_half_precision_patches_in_model_dtype(dtype):
-    from superscopes_nn.testing import tiny_hf_model, wrap
-
-    hf, tok = tiny_hf_model("llama", seed=4)
-    model = wrap(hf.to(dtype), tok)
+def test_half_precision_patches_in_model_dtype(dtype, device):
+    model = tiny_model("llama", seed=4, device=device, dtype=dtype)
+    hf = model._module
     rows = sweep_rows(model, "Alexander the Great", layers=[0, 2], sites=["mlp_out", "residual"], alphas=[1, 4],
                       target=Target(ENTITY_PROMPT))
     df = run_rows(model, rows, max_new_tokens=4)
