@@ -62,7 +62,7 @@ def llama(shape: str, device, dtype, seed: int):
 
 def reference_rows(model, rows, n_new, target_model=None):
     """Plain-HF hook reference ids of ``rows`` (tests/hf_reference.py)."""
-    from hf_reference import hf_patch_generate
+    from superscopes_nn.reference import hf_patch_generate
 
     src, tgt = model._module, (target_model or model)._module
     return [hf_patch_generate(src, tgt, list(r.source_ids), r.source_position, r.source_layer, r.site,
@@ -83,7 +83,7 @@ def check_engine_tests(smoke: bool) -> dict:
 
 
 def check_sweep_bf16(device, smoke: bool, models: dict) -> dict:
-    from hf_reference import hf_patch_logits
+    from superscopes_nn.reference import hf_patch_logits
     from superscopes_nn import ENTITY_PROMPT, Target, logit_tolerance, patched_logits, run_rows, sweep_rows
 
     t0 = time.perf_counter()

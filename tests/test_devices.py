@@ -29,7 +29,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
-from hf_reference import hf_patch_generate
+from superscopes_nn.reference import hf_patch_generate
 from superscopes_nn import Affine, Compose, Fn, load_model
 from superscopes_nn.api import collect, patched_logits, patchscope, sweep
 from superscopes_nn.engine import apply_map, map_vectors
