@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
+from pathlib import Path
 import torch
 
 import ndif_server
@@ -165,3 +166,42 @@ def test_runner_cannot_import_the_library(server):
     assert server.banner.startswith("NDIF-RUNNER-READY ndif 0.1.2"), server.banner
     for e in server.log:
         assert not any(m.startswith("superscopes_nn") for m in e["modules"]), e["modules"]
+
+
+def test_backpatching_request_matches_local(models, server, monkeypatch):
+    """Back-patching (Biran et al.): the last token's state at a later layer s into an earlier t < s, same prompt."""
+    m = models["llama"]
+    prompt = "The spouse of the performer of Imagine is"
+    patches = [(Source(prompt, layer=s), Target(prompt, layer=t, position=-1), None) for s in (2, 3) for t in (0, 1)]
+    local = _df(patchscope(m, patches, max_new_tokens=4))
+    start = len(server.log)
+    with monkeypatch.context() as mp:
+        ndif_server.route(mp, server)
+        remote = _df(patchscope(m, patches, max_new_tokens=4, remote=True))
+    assert server.log[start:], "no request reached the NDIF runner"
+    assert all(not e["errors"] and e.get("sandbox_equal") for e in server.log[start:])
+    assert remote == local
+
+
+def test_fig3_shaped_grid_in_few_requests(models, server, monkeypatch):
+    """Remote cost: a Fig 3-shaped grid travels in ceil(chunks / 8) NDIF requests (Fig 3's 2016 rows =
+    32 chunks of 64 -> 4 requests), each result under NDIF's 8 MiB inline cap, token ids equal to local."""
+    m = models["gemma3_text"]
+    words = ["Alexander the Great", "Pink Floyd", "Star Wars", "Titanic", "Will Smith", "Led Zeppelin",
+             "Daft Punk", "Iron Maiden"]
+    prompts = [f"{a} and {b}" for a in words for b in words if a != b][:48]
+    kw = dict(layers=range(4), sites="mlp_out", alphas=[1, 3, 6, 9, 12, 15], max_new_tokens=3, progress=False)
+    rows_kw = dict(kw, layers=[0, 1, 2, 3])  # the tiny model has 4 layers: 48 x 4 x 6 = 1152 rows, 18 chunks
+    local = sweep(m, prompts, **rows_kw)
+    start = len(server.log)
+    with monkeypatch.context() as mp:
+        ndif_server.route(mp, server)
+        remote = sweep(m, prompts, remote=True, **rows_kw)
+    log = server.log[start:]
+    chunks = -(-len(local) // 64)
+    request_bytes = [(Path(e["dir"]) / "request.bin").stat().st_size for e in log]
+    result_bytes = [(Path(e["dir"]) / "result-trusted.bin").stat().st_size for e in log]
+    print(f"fig3-shaped grid: {len(local)} rows, {chunks} chunks, {len(log)} requests, request bytes "
+          f"{request_bytes}, result bytes {result_bytes}")
+    assert len(log) == -(-chunks // 8) and max(result_bytes) < 8 * 2 ** 20
+    assert remote.token_ids.tolist() == local.token_ids.tolist()
