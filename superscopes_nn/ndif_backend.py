@@ -19,6 +19,12 @@ from typing import Callable
 from nnsight.intervention.backends.remote import RemoteBackend
 
 
+#: Defaults: seconds between status polls, and seconds without any recorded status (or of failed
+#: polls) after which the job is reported lost (never resubmitted).
+POLL_INTERVAL = 1.0
+LOST_AFTER = 1800.0
+
+
 class NDIFBackend(RemoteBackend):
     """Blocking from the caller's side, non-blocking on the wire (see the module doc).
 
@@ -28,10 +34,12 @@ class NDIFBackend(RemoteBackend):
     """
 
     def __init__(self, model_key: str, host: str | None = None, env: dict | None = None, *,
-                 poll_interval: float = 1.0, lost_after: float = 600.0,
+                 poll_interval: float | None = None, lost_after: float | None = None,
                  sleep: Callable[[float], None] = time.sleep, verbose: bool = False):
         super().__init__(model_key, host=host, env=env, blocking=False, verbose=verbose)
-        self.poll_interval, self.lost_after, self.sleep = poll_interval, lost_after, sleep
+        self.poll_interval = POLL_INTERVAL if poll_interval is None else poll_interval
+        self.lost_after = LOST_AFTER if lost_after is None else lost_after
+        self.sleep = sleep
         self.polls = 0
 
     def __call__(self, tracer=None):
@@ -72,11 +80,21 @@ class NDIFBackend(RemoteBackend):
                                                          f"GET /response/{self.job_id}", job_id=self.job_id)) from err
                 self.sleep(self.poll_interval)
 
+    def _lost(self, why: str):
+        from .ndif_errors import Failure, NDIFError
+
+        return NDIFError(Failure("permanent", f"lost track of NDIF job {self.job_id} at {self.host} ({why}); it was "
+                                              "not resubmitted (NDIFBackend waits on job ids): fetch it later "
+                                              f"from GET /response/{self.job_id}", job_id=self.job_id))
+
     def wait(self, tracer=None):
         from nnsight.schema.response import Status
 
+        started = time.monotonic()
         while True:
             response = self._status()
+            if response is None and time.monotonic() - started > self.lost_after:
+                raise self._lost(f"no status recorded after {self.lost_after:g} s")
             if response is not None:
                 self.status = response.status
                 result = self.handle(response)  # raises RemoteError on ERROR; downloads on COMPLETED

@@ -67,7 +67,12 @@ class FakeNDIF:
             def do_GET(self):
                 if self.path.startswith("/response/"):
                     fake.counts["poll"] += 1
-                    status, body = fake.polls.pop(0) if fake.polls else (404, {"detail": "none yet"})
+                    if fake.polls:
+                        status, body = fake.polls.pop(0)
+                    elif fake.job_error is not None:  # the ERROR status NDIF stores for the job
+                        status, body = 200, {"id": "job-1", "status": "ERROR", "description": fake.job_error}
+                    else:
+                        status, body = 404, {"detail": "none yet"}
                     return self.reply(status, body)
                 if self.path.startswith("/results/"):
                     fake.counts["download"] += 1

@@ -39,6 +39,10 @@ def remote_run(tiny, monkeypatch):
     model, rows = tiny
     monkeypatch.setitem(hf._ID_CACHE, model.repo_id, "superscopes/tiny-llama")  # no hub lookup
     monkeypatch.setattr(websocket._socket, "_default_timeout", TIMEOUT)
+    import superscopes_nn.ndif_backend as nb
+
+    monkeypatch.setattr(nb, "POLL_INTERVAL", 0.01)  # NDIFBackend polls the fake quickly, and gives up on
+    monkeypatch.setattr(nb, "LOST_AFTER", 1.0)      # a job with no recorded status after a second
     return lambda url, **kw: run_rows(model, rows, max_new_tokens=2, remote=url, **kw)
 
 
