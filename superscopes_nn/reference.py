@@ -69,15 +69,15 @@ def _patch_hook(hf_model, layer, site, pos, vec):
     return mod.register_forward_hook(post)
 
 
-def hf_patch_generate(source_model, target_model, src_ids, src_pos, src_layer, site, tgt_ids, tgt_pos, tgt_layer,
-                      f, max_new_tokens: int, tgt_site: str | None = None) -> list[int]:
-    """Patched greedy generation with hooks; returns the new token ids (trimmed at EOS)."""
+def _patched_generate(source_model, target_model, src_ids, src_pos, src_layer, site, tgt_ids, tgt_pos, tgt_layer,
+                      f, max_new_tokens: int, tgt_site: str | None, with_logits: bool):
     vec = f(hf_read(source_model, src_ids, src_layer, site)[src_pos].float())
     h = _patch_hook(target_model, tgt_layer, tgt_site or site, tgt_pos, vec)
+    ids = _ids(target_model, tgt_ids)
     try:
         with torch.no_grad():
-            out = target_model.generate(_ids(target_model, tgt_ids), attention_mask=torch.ones_like(_ids(target_model, tgt_ids)),
-                                        max_new_tokens=max_new_tokens, do_sample=False,
+            out = target_model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                                        do_sample=False, output_logits=with_logits, return_dict_in_generate=True,
                                         pad_token_id=target_model.config.pad_token_id or 0,
                                         top_p=None, top_k=None, temperature=None)
     finally:
@@ -85,11 +85,18 @@ def hf_patch_generate(source_model, target_model, src_ids, src_pos, src_layer, s
     eos = target_model.generation_config.eos_token_id
     eos = set([eos] if isinstance(eos, int) else (eos or []))
     new = []
-    for t in out[0, len(tgt_ids):].tolist():
+    for t in out.sequences[0, len(tgt_ids):].tolist():
         if t in eos:
             break
         new.append(t)
-    return new
+    return new, (torch.stack([s[0] for s in out.logits]).float() if with_logits else None)
+
+
+def hf_patch_generate(source_model, target_model, src_ids, src_pos, src_layer, site, tgt_ids, tgt_pos, tgt_layer,
+                      f, max_new_tokens: int, tgt_site: str | None = None) -> list[int]:
+    """Patched greedy generation with hooks; returns the new token ids (trimmed at EOS)."""
+    return _patched_generate(source_model, target_model, src_ids, src_pos, src_layer, site, tgt_ids, tgt_pos,
+                             tgt_layer, f, max_new_tokens, tgt_site, False)[0]
 
 
 def hf_patch_logits(hf_model, src_ids, src_pos, src_layer, site, tgt_ids, tgt_pos, tgt_layer, f) -> torch.Tensor:
@@ -108,25 +115,8 @@ def hf_patch_generate_logits(source_model, target_model, src_ids, src_pos, src_l
 
     ``ids`` are trimmed at EOS; the logits cover every step generated.
     """
-    vec = f(hf_read(source_model, src_ids, src_layer, site)[src_pos].float())
-    h = _patch_hook(target_model, tgt_layer, site, tgt_pos, vec)
-    try:
-        with torch.no_grad():
-            out = target_model.generate(_ids(target_model, tgt_ids), attention_mask=torch.ones_like(_ids(target_model, tgt_ids)),
-                                        max_new_tokens=max_new_tokens, do_sample=False, output_logits=True,
-                                        return_dict_in_generate=True,
-                                        pad_token_id=target_model.config.pad_token_id or 0,
-                                        top_p=None, top_k=None, temperature=None)
-    finally:
-        h.remove()
-    eos = target_model.generation_config.eos_token_id
-    eos = set([eos] if isinstance(eos, int) else (eos or []))
-    new = []
-    for t in out.sequences[0, len(tgt_ids):].tolist():
-        if t in eos:
-            break
-        new.append(t)
-    return new, torch.stack([s[0] for s in out.logits]).float()
+    return _patched_generate(source_model, target_model, src_ids, src_pos, src_layer, site, tgt_ids, tgt_pos,
+                             tgt_layer, f, max_new_tokens, None, True)
 
 
 def first_ambiguous_step(step_logits: torch.Tensor, tolerance) -> int:
