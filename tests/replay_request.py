@@ -2,7 +2,7 @@
 
 Run with ``python -I tests/replay_request.py REQUEST MODEL_DIR OUT`` where MODEL_DIR
 is a saved HF checkpoint. ``superscopes_nn`` is made unimportable first: the
-request must carry everything it needs. Writes the saved token ids (``out[0]``) with torch.save.
+request must carry everything it needs. Writes the saved token ids (``outs[0][0]``) with torch.save.
 """
 
 import importlib.abc
@@ -42,7 +42,7 @@ def main(request_path, model_dir, out_path):
     finally:
         dec()
     loaded = sorted(n for n in sys.modules if n.split(".")[0] == "superscopes_nn")
-    torch.save({"ids": tracer.info.frame.f_locals["out"][0], "loaded": loaded}, out_path)
+    torch.save({"ids": tracer.info.frame.f_locals["outs"][0][0], "loaded": loaded}, out_path)
 
 
 if __name__ == "__main__":

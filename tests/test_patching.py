@@ -177,11 +177,11 @@ def test_half_precision_patches_in_model_dtype(dtype, device):
         assert got == want
 
 
-def test_several_chunks_per_request_equal_one_per_session(monkeypatch):
+def test_several_chunks_per_request_equal_one_per_session(monkeypatch, device):
     """Remote runs send several chunks as one session (one NDIF request); same ids, fewer sessions."""
     import superscopes_nn.run as R
 
-    model = tiny_model("llama")
+    model = tiny_model("llama", device=device)
     kw = dict(layers=[0, 1, 2, 3], sites=["residual", "mlp_out"], alphas=[1, 3], max_batch_size=4, max_new_tokens=3,
               progress=False)
     local = sweep(model, ["Pink Floyd", "Star Wars"], **kw)  # 32 rows: 8 chunks, 8 sessions
