@@ -66,10 +66,42 @@ DEFAULT_BY = ("source_prompt", "site", "source_layer", "target_layer")
 SCORE_COLUMNS = ("score_source_cosine", "score_stability", "score_reference_cosine")
 
 
+#: Target protocols of :func:`superscope`: ``official`` = the paper's code (the amplified vector
+#: replaces the target's hidden state, i.e. the layer output, at the target prompt's last token);
+#: ``same-site`` = it replaces the same site in the target (e.g. the target's MLP output at the
+#: placeholder), so the placeholder's own residual survives the patch.
+PROTOCOLS = ("official", "same-site")
+
+
+def check_protocol(protocol: str) -> str:
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    return protocol
+
+
+def protocol_target(protocol: str = "official", target_prompt: str = ENTITY_PROMPT, target_layer: int | None = None,
+                    placeholder: str = "x") -> Target:
+    """The :class:`Target` of a protocol: ``official`` writes the hidden state (``residual``) at the
+    last target token (``patchscope_interpret``: ``module="hs"``, ``target_idx = -1``);
+    ``same-site`` writes the source's own site at the placeholder."""
+    if check_protocol(protocol) == "official":
+        return Target(target_prompt, layer=target_layer, position=-1, site="residual")
+    return Target(target_prompt, layer=target_layer, placeholder=placeholder)
+
+
+def last_token_position(tokenizer, prompt: str) -> int:
+    """The official notebook's source position: ``find_token_id(prompt, find_last_token(prompt))``,
+    i.e. the first token whose decoded string equals the last token's (= the last token unless
+    that string also occurs earlier)."""
+    ids = list(tokenizer(prompt)["input_ids"])
+    pieces = [tokenizer.decode([i]) for i in ids]
+    return pieces.index(pieces[-1])
+
+
 def superscope(model, prompts: Sequence[str] | str, *, site: str = "mlp_out", layers: Iterable[int],
                alphas: Sequence[float] = MLP_ALPHAS, token: int | str | Sequence = -1,
                target_layer: int | None = None, target_prompt: str = ENTITY_PROMPT, placeholder: str = "x",
-               **run_kwargs) -> pd.DataFrame:
+               protocol: str = "official", **run_kwargs) -> pd.DataFrame:
     """Amplify ``site`` of ``token`` in each prompt by every alpha and let the model describe it.
 
     A thin wrapper over :func:`superscopes_nn.api.sweep` (same tidy DataFrame):
@@ -79,10 +111,13 @@ def superscope(model, prompts: Sequence[str] | str, *, site: str = "mlp_out", la
     - ``alphas``: amplifiers (:data:`MLP_ALPHAS`; :data:`HIDDEN_ALPHAS` for hidden states);
     - ``token``: position (``-1`` = last token as this model tokenizes it) or a token string;
     - ``target_layer``: ``None`` = the source layer (paper, Figure 3), or an int (e.g. 0);
+    - ``protocol``: ``"official"`` (default; the vector replaces the target's hidden state at
+      the last target token, as the paper's code does) or ``"same-site"`` (it replaces the
+      same site at the placeholder); see :func:`protocol_target`;
     - ``run_kwargs``: ``max_new_tokens``, ``max_batch_size``, ``remote``, ``progress``, ...
     """
     alphas = check_alphas(alphas)
-    target = Target(target_prompt, layer=target_layer, placeholder=placeholder)
+    target = protocol_target(protocol, target_prompt, target_layer, placeholder)
     return sweep(model, prompts, layers=layers, sites=[site], alphas=alphas, token=token, target=target,
                  **run_kwargs)
 
