@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from hf_reference import hf_patch_generate  # noqa: E402
 
-from experiments.superscopes_common import load_fig3_prompts  # noqa: E402
+from superscopes_nn.datasets import load_fig3_prompts  # noqa: E402
 from superscopes_nn import ENTITY_PROMPT, load_model  # noqa: E402
 from superscopes_nn.superscopes import MLP_ALPHAS, superscope  # noqa: E402
 
@@ -64,7 +64,8 @@ def main(argv=None, model=None) -> dict:
     for r in sub.itertuples(index=False):
         a = r.alpha
         got = hf_patch_generate(hf, hf, ids[r.source_prompt], r.source_position, r.source_layer, r.site, tgt,
-                                r.target_position, r.target_layer, lambda v, a=a: v * a, args.max_new_tokens)
+                                r.target_position, r.target_layer, lambda v, a=a: v * a, args.max_new_tokens,
+                                tgt_site=r.target_site)
         assert got == r.token_ids, f"loop and sweep disagree on {r.source_prompt!r} layer {r.source_layer} alpha {a}"
     t_loop_sub = time.perf_counter() - t0
     t_loop = t_loop_sub * n / len(sub)

@@ -29,14 +29,15 @@ def log(msg: str) -> None:
 
 
 def parser(description: str, *, out: str, max_new_tokens: int = 10, layers_help: str | None = None,
-           two_hop: bool = False, limit_help: str = "only the first N items") -> argparse.ArgumentParser:
+           two_hop: bool = False, limit_help: str = "only the first N items",
+           limit: int | None = None) -> argparse.ArgumentParser:
     """The flags every script takes: ``--model --out --limit --max-new-tokens --max-batch-size
     --remote --progress --resume`` (+ ``--layers`` with ``layers_help``; + ``--data --stratify``
     for the two-hop scripts)."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--model", default=None, help="model name (default: the library default, Gemma 3 270M)")
     p.add_argument("--out", default=out, help="output directory")
-    p.add_argument("--limit", type=int, default=None, help=limit_help)
+    p.add_argument("--limit", type=int, default=limit, help=limit_help)
     if two_hop:
         p.add_argument("--data", default=None, help="two-hop JSONL (default: the package's data/two_hop.jsonl)")
         p.add_argument("--stratify", action="store_true", help="with --limit: round robin over relation pairs")
@@ -90,6 +91,11 @@ def parse_layers(spec: str | None, n_layers: int, default: Sequence[int] | None 
     if not layers:
         raise ValueError(f"empty layer list from --layers {spec!r}")
     return sorted(set(layers))
+
+
+def int_list(spec: str | None) -> list[int] | None:
+    """``"2,5,8"`` -> ``[2, 5, 8]``; None or ``""`` -> None."""
+    return None if not spec else [int(x) for x in spec.split(",") if x.strip()]
 
 
 # ------------------------------------------------------------------ model

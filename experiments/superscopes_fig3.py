@@ -52,7 +52,6 @@ import pandas as pd
 
 from experiments.common import (
     check_args, log, n_layers_of, parse_layers, parser, pyplot, read_saved_csv, save_csv, save_figure, setup,
-    store_kwargs,
 )
 from experiments.fig3_sweep import FIG3_LAYERS, fig3_rows
 from superscopes_nn.chance import chance_table, cosine_pairs, format_chance
@@ -69,6 +68,13 @@ def load_rows(path) -> pd.DataFrame:
     """A raw CSV written by this script, or a run directory (``..._rows``)."""
     path = Path(path)
     return load_run(path)[0] if path.is_dir() else read_saved_csv(path)
+
+
+def run_store(args, out: Path, stem: str, control: str, layers) -> dict:
+    """Run directory ``OUT/<stem>_<control>_rows`` and the config that defines its rows."""
+    config = {"experiment": "fig3", "protocol": args.protocol, "control": control, "token": args.token,
+              "layers": list(layers), "alphas": list(MLP_ALPHAS), "seed": 0}
+    return {"run_dir": out / f"{stem}_{control}_rows", "resume": bool(args.resume), "config": config}
 
 
 def fig3_chance(df: pd.DataFrame, random_df: pd.DataFrame | None = None, threshold: float = SUCCESS_THRESHOLD,
@@ -138,13 +144,14 @@ def main(argv=None, model=None, cosine=None, embedder=None, score_pairs=None) ->
         kw = dict(max_new_tokens=args.max_new_tokens, max_batch_size=args.max_batch_size, progress=args.progress,
                   remote=args.remote)
         t0 = time.perf_counter()
-        rows = fig3_rows(m, prompts, protocol=args.protocol, layers=layers, alphas=MLP_ALPHAS, token=args.token)
-        df = run_rows(m, rows, **kw, **store_kwargs(args, out, stem))
-        save_csv(df, out / f"{stem}_raw.csv.gz")
-        if args.control == "random":
-            rows = fig3_rows(m, prompts, protocol=args.protocol, control="random", layers=layers, alphas=MLP_ALPHAS,
+        frames = {}
+        for control in ("source", "random") if args.control == "random" else ("source",):
+            rows = fig3_rows(m, prompts, protocol=args.protocol, control=control, layers=layers, alphas=MLP_ALPHAS,
                              token=args.token)
-            random_df = run_rows(m, rows, **kw, **store_kwargs(args, out, f"{stem}_random"))
+            frames[control] = run_rows(m, rows, **kw, **run_store(args, out, stem, control, layers))
+        df, random_df = frames["source"], frames.get("random")
+        save_csv(df, out / f"{stem}_raw.csv.gz")
+        if random_df is not None:
             save_csv(random_df, out / f"{stem}_random_raw.csv.gz")
         t_run = time.perf_counter() - t0
     t0 = time.perf_counter()

@@ -40,6 +40,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .architectures import hidden_size
+from .resolver import resolve
+from .scoring import alias_match, embedding_matrix
 from .specs import Compose, Fn, Source, Target
 
 PairScorer = Callable[[list, list], np.ndarray]
@@ -52,8 +55,6 @@ def cosine_pairs(embedder=None) -> PairScorer:
     """``score(texts, refs)``: MiniLM cosine of every text with every reference (one encode call)."""
 
     def score(texts: list, refs: list) -> np.ndarray:
-        from .scoring import embedding_matrix
-
         return embedding_matrix(list(map(_str, texts)), list(map(_str, refs)), embedder=embedder)
 
     return score
@@ -63,8 +64,6 @@ def alias_pairs() -> PairScorer:
     """``score(texts, alias_lists)``: 1.0 where text i names any alias of reference j, else 0.0."""
 
     def score(texts: list, refs: list) -> np.ndarray:
-        from .scoring import alias_match
-
         out = np.zeros((len(texts), len(refs)))
         for j, r in enumerate(refs):
             aliases = [r] if isinstance(r, str) else list(r)
@@ -119,9 +118,6 @@ def random_vector_rows(model, prompts: Sequence[str], *, layers: Sequence[int], 
     Returns resolved rows for :func:`superscopes_nn.run.run_rows`; their ``mapping`` is
     ``random+amplify``.
     """
-    from .architectures import hidden_size
-    from .resolver import resolve
-
     d = hidden_size(model._module.config)
     toks = list(tokens) if isinstance(tokens, (list, tuple)) else [tokens] * len(prompts)
     patches = []
@@ -307,3 +303,41 @@ def format_chance(table: pd.DataFrame, counts: bool = True) -> pd.DataFrame:
                                             scale if counts else [1.0] * len(table))]
     return out
 
+
+
+def item_table(df: pd.DataFrame, score_pairs: PairScorer, *, threshold: float, reference="source_prompt",
+               item: str = "source_prompt", text: str = "interpretation",
+               cells: Sequence[str] = ("source_layer", "alpha")) -> pd.DataFrame:
+    """Per item: how many of its cells (e.g. layer x α) pass ``threshold`` against its own reference
+    (``raw``) and, on average, against another item's (``null``, the exact derangement average);
+    ``above`` = raw - null. Sorted by ``above``, best first: a prompt chosen from this table for a
+    demonstration is chosen by its margin over chance, not by one lucky cell."""
+    cells = list(cells)
+    items = sorted(df[item].unique(), key=str)
+    if len(items) < 2:
+        raise ValueError(f"a shuffled-source null needs at least 2 items, got {len(items)}")
+    ref_of = _ref_lookup(df, item, reference)
+    scores = _score_cells(_cells(df, items, item, text, cells[:-1], cells[-1]), [ref_of(k) for k in items],
+                          score_pairs)
+    n = len(items)
+    raw, null = np.zeros(n), np.zeros(n)
+    for m in scores.values():
+        x = (m > threshold).astype(float)
+        raw += np.diag(x)
+        null += (x.sum(axis=1) - np.diag(x)) / (n - 1)
+    out = pd.DataFrame({item: items, "cells": len(scores), "raw": raw, "null": null, "above": raw - null})
+    return out.sort_values(["above", "raw"], ascending=False, kind="stable").reset_index(drop=True)
+
+
+def null_against(df: pd.DataFrame, others: Sequence, score_pairs: PairScorer, *, threshold: float,
+                 text: str = "interpretation") -> np.ndarray:
+    """Per row: the share of ``others`` (references of other items, e.g. the other Figure 3 prompts)
+    that the row's text passes; the chance level of one prompt's grid without running the others
+    (the marginal of a derangement: the row's text against a uniformly drawn other reference)."""
+    others = list(others)
+    if not others:
+        raise ValueError("null_against needs at least one other reference")
+    texts = [t if isinstance(t, str) else "" for t in df[text]]
+    m = np.asarray(score_pairs(texts, others), dtype=float)
+    m[[t == "" for t in texts]] = 0.0
+    return (m > threshold).mean(axis=1)

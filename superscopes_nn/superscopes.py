@@ -41,13 +41,16 @@ Empty interpretations score 0 on every rule (nothing was said); rows whose
 
 from __future__ import annotations
 
+import json
 import math
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
 from .api import sweep
+from .chance import cosine_pairs, null_against
 from .specs import ENTITY_PROMPT, Target
 from .validate import check_alphas
 
@@ -292,3 +295,28 @@ def success_table(df: pd.DataFrame, score: str = "score_source_cosine", threshol
                      "superscopes": int(sup.sum()), "either": int((patch | sup).sum()),
                      "only_superscopes": int((sup & ~patch).sum())})
     return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------ chance of one grid
+
+
+def other_entity_names(exclude: Iterable[str] = ()) -> list[str]:
+    """The names of the package's bundled entity set (``superscopes_nn/data/entities.jsonl``),
+    minus ``exclude``: references for the chance level of a grid of one prompt."""
+    path = Path(__file__).parent / "data" / "entities.jsonl"
+    names = [json.loads(line)["name"] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    drop = set(exclude)
+    return [n for n in names if n not in drop]
+
+
+def with_chance(df: pd.DataFrame, others: Sequence[str] | None = None, threshold: float = SUCCESS_THRESHOLD,
+                embedder=None, score_pairs=None) -> pd.DataFrame:
+    """A copy of a scored grid with ``chance_rate``: per cell, the share of ``others`` (other entity
+    names; default :func:`other_entity_names`) that its interpretation passes (cosine > ``threshold``).
+    Summed over cells it is the number of cells expected to pass by chance -- the chance line of a
+    one-prompt grid (:func:`superscopes_nn.chance.null_against`)."""
+    if others is None:
+        others = other_entity_names(df["source_prompt"].unique())
+    out = df.copy()
+    out["chance_rate"] = null_against(out, others, score_pairs or cosine_pairs(embedder), threshold=threshold)
+    return out

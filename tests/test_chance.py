@@ -130,3 +130,24 @@ def test_random_vector_rows_on_tiny_model():
     assert len({r.mapping.base.key for r in rows}) == 2  # one direction per (prompt, layer), shared over alpha
     df = run_rows(model, rows, max_new_tokens=2)
     assert len(df) == 4 and df.error.isna().all()
+
+
+def test_item_table_ranks_by_margin_over_chance():
+    from superscopes_nn.chance import item_table
+
+    # A names itself at both alphas; D's texts are "A" (passes only against A: chance, not signal)
+    df = grid({1: ["A", "x", "x", "A"], 3: ["A", "B", "x", "A"]})
+    t = item_table(df, exact_pairs, threshold=0.5)
+    assert t.source_prompt.tolist()[0] == "A" and t.raw.iloc[0] == 2 and t.null.iloc[0] == 0
+    d = t.set_index("source_prompt").loc["D"]
+    assert d.raw == 0 and d.null == pytest.approx(2 / 3) and d.above < 0
+
+
+def test_with_chance_on_one_prompt_grid():
+    from superscopes_nn.superscopes import other_entity_names, with_chance
+
+    names = other_entity_names(exclude=["Pink Floyd"])
+    assert "Pink Floyd" not in names and "Alexander the Great" in names and len(names) > 100
+    df = pd.DataFrame({"source_prompt": ["Q"] * 3, "interpretation": ["A", "nothing", ""]})
+    out = with_chance(df, others=["A", "B"], threshold=0.5, score_pairs=exact_pairs)
+    assert out.chance_rate.tolist() == [0.5, 0.0, 0.0]

@@ -194,7 +194,7 @@ def test_add_scores_with_real_scoring_module_fake_embedder():
 
 @pytest.mark.parametrize("mod, extra", [("superscopes_fig1", ["--layers", "0-3"]),
                                         ("superscopes_fig2", []),
-                                        ("superscopes_alexander", [])])
+                                        ("superscopes_alexander", []), ("superscopes_wales", ["--layers", "1", "--protocol", "same-site"])])
 def test_single_prompt_scripts(llama, tmp_path, mod, extra):
     import importlib
 
