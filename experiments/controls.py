@@ -23,6 +23,27 @@ about the *source* model's hidden state, or only about the prompt text and the
 Run::
 
     .venv/bin/python experiments/controls.py --limit 10 --out runs/controls
+
+Protocol against Li et al.'s code (millicentli/verb_faithfulness, ``src/predict_verbalizer.py``,
+``src/predict_zeroshot.py``), as far as it is followed here:
+
+==================  ========================================================  ===============================
+step                their code                                                here
+==================  ========================================================  ===============================
+Patchscopes acc.    an item is correct if ANY target layer answers it, per    :func:`li_accuracy` (same rule);
+                    source layer; averaged over source layers                 our sweep has one proportional
+                                                                              target layer per source layer
+                                                                              (named deviation), so "any" is
+                                                                              over that one layer
+zero-shot baseline  the source context as an assistant turn, then             NOT followed: the input-only
+                    "Complete the sentence: ...", 20 tokens                   baseline (subject text at x,
+                                                                              plain generation); Gemma 3 270M
+                                                                              here is a base model
+data                PersonaQA (personas the target was taught)                LRE attribute samples: both
+                                                                              models may know the fact, so
+                                                                              ``follows`` has few items that
+                                                                              tell verbalizer from target
+==================  ========================================================  ===============================
 """
 
 from __future__ import annotations
@@ -148,6 +169,16 @@ def verbalizer_vs_source(source_model, verbalizer, samples: pd.DataFrame, *, lay
             "model": model_name(source_model), "target_model": model_name(verbalizer),
         })
     return pd.DataFrame.from_records(recs)
+
+
+def li_accuracy(df: pd.DataFrame, correct: str = "cross_correct") -> pd.DataFrame:
+    """Li et al.'s Patchscopes accuracy: per source layer, the share of items (task, subject) that
+    SOME target layer answers; and ``mean_over_source_layers`` in the last row."""
+    per = (df.groupby(["source_layer", "task", "subject"])[correct].any()
+             .groupby("source_layer").agg(accuracy="mean", n="size").reset_index())
+    mean = pd.DataFrame([{"source_layer": "mean_over_source_layers", "accuracy": float(per.accuracy.mean()),
+                          "n": int(per.n.max()) if len(per) else 0}])
+    return pd.concat([per, mean], ignore_index=True)
 
 
 def summarize_verbalizer(df: pd.DataFrame) -> pd.DataFrame:

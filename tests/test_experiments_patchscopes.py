@@ -212,3 +212,11 @@ def test_verbalizer_vs_source(model, verbalizer, tmp_path):
     with pytest.raises(ValueError, match="'task'"):
         controls.verbalizer_vs_source(model, verbalizer, SAMPLES.drop(columns="task"), layer_pairs=pairs,
                                       fit_texts=texts)
+
+
+def test_li_accuracy_any_target_layer_then_mean_over_source_layers():
+    df = pd.DataFrame({"source_layer": [0, 0, 0, 0, 1, 1], "target_layer": [0, 1, 0, 1, 0, 0],
+                       "task": ["t"] * 6, "subject": ["a", "a", "b", "b", "a", "b"],
+                       "cross_correct": [False, True, False, False, True, True]})
+    t = controls.li_accuracy(df)
+    assert t.accuracy.tolist() == [0.5, 1.0, 0.75] and t.source_layer.iloc[-1] == "mean_over_source_layers"
