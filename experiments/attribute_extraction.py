@@ -37,7 +37,8 @@ target          ``prompt_target`` ("The official currency of x"),             sa
 population      ``only_correct``: rows with ``is_correct_baseline`` (the      ``only_correct=True``: our model's own
                 model answers ``target_baseline`` itself)                     input-only answer contains the object
 layers          every (source, target) pair                                   every pair (``--layer-stride`` thins)
-new tokens      10                                                            10 (``--max-new-tokens``)
+new tokens      ``patchscopes_utils.py``: ``evaluate_attriburte_exraction_batch``  10 (``--max-new-tokens``)
+                (``max_gen_len=10``)
 correct         object in the generation                                      case-insensitive substring
 best pair       --                                                            beside its shuffled-object chance
                                                                               level (:func:`pair_chance`)

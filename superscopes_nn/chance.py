@@ -178,6 +178,12 @@ def _score_cells(cells: dict, refs: list, score_pairs: PairScorer) -> dict:
     return {k: mat[i * n:(i + 1) * n] for i, k in enumerate(keys)}
 
 
+def _natural(key: tuple) -> tuple:
+    """Numbers before strings, numbers in numeric order (layer 2 before layer 10)."""
+    return tuple((0, float(v), "") if isinstance(v, (int, float, np.integer, np.floating)) else (1, 0.0, str(v))
+                 for v in key)
+
+
 def _best(scores: dict, group: tuple, choices: list) -> np.ndarray | None:
     mats = [scores[(group, c)] for c in choices if (group, c) in scores]
     return np.max(np.stack(mats), axis=0) if mats else None
@@ -240,7 +246,7 @@ def chance_table(df: pd.DataFrame, score_pairs: PairScorer, *, threshold: float 
         if extra:
             raise ValueError(f"random_df has items not in df: {extra[:5]}")
         rscores = _score_cells(_cells(random_df, items, item, text, by, choice), refs, score_pairs)
-    groups = sorted({g for g, _ in scores}, key=str)
+    groups = sorted({g for g, _ in scores}, key=_natural)
     all_choices = sorted({c for _, c in scores}, key=lambda v: (str(type(v)), v))
     arm_list = [(name, all_choices if vals is None else [c for c in all_choices if c in set(vals)])
                 for name, vals in (arms or {"any": None}).items()]

@@ -168,12 +168,14 @@ def test_official_direction_splits_the_query(model, queries):
     assert mc.second_hop_prefix(q) == "The spouse of" and mc.first_hop_phrase(q) == "the performer of Imagine"
     src, tgt, _ = mc.cot_patches(queries.head(1), [(2, 1)], direction="official")[0]
     assert (src.prompt, src.position, tgt.prompt, tgt.position) == ("The spouse of", -1, "the performer of Imagine", -1)
-    df = mc.multihop_cot(model, queries, layers=[1, 3], max_new_tokens=2, only_correct=False)
+    two = queries.head(2)
+    df = mc.multihop_cot(model, two, layers=[1], max_new_tokens=1, only_correct=False, baselines=False)
     ps = df[df.method == "patchscope"]
-    assert len(ps) == 4 * (len(queries) - len(df.attrs["skipped"])) and set(ps.prompt) <= {
-        mc.second_hop_prefix(q) for _, q in queries.iterrows()}
+    assert len(ps) == len(two) - len(df.attrs["skipped"]) and set(ps.prompt) <= {
+        mc.second_hop_prefix(q) for _, q in two.iterrows()}
     assert mc.pair_chance(df) is not None
-    kept = mc.multihop_cot(model, queries, layers=[1], max_new_tokens=2)  # only_correct: both hops known
+    kept = mc.multihop_cot(model, two, layers=[1], max_new_tokens=1, baselines=False,
+                           baseline_max_new_tokens=3)  # only_correct: both hops known
     hops = kept.attrs["hops"]
     assert set(kept.id) == set(hops.id[hops.hop1_correct & hops.hop2_correct])
 

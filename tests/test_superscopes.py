@@ -48,7 +48,7 @@ def llama():
 
 @pytest.mark.parametrize("arch, site, target_layer, protocol", [
     ("gemma3_text", "mlp_out", None, "official"), ("gemma3_text", "mlp_out", None, "same-site"),
-    ("llama", "mlp_out", 0, "same-site"), ("llama", "mlp_out", None, "official"),
+    ("llama", "mlp_out", 0, "same-site"),
     ("llama", "residual", None, "same-site"), ("gemma3_text", "residual", 0, "official"),
     ("llama", "mlp_in", None, "same-site")])
 def test_amplification_equals_scaled_hook_patch(arch, site, target_layer, protocol):
@@ -219,26 +219,30 @@ def test_fig3_script(llama, tmp_path, capsys, protocol):
 
     tsv = tmp_path / "p.tsv"
     tsv.write_text("# comment\nPink Floyd\tloyd\nStar Wars\tWars\nTitanic\tic\n")
+    control = "random" if protocol == "official" else "none"
     res = superscopes_fig3.main(["--out", str(tmp_path), "--prompts", str(tsv), "--limit", "2", "--layers", "all",
-                                 "--max-new-tokens", "3", "--protocol", protocol, "--control", "random", "--boot", "50"],
+                                 "--max-new-tokens", "3", "--protocol", protocol, "--control", control, "--boot", "50"],
                                 model=llama, cosine=word_cosine, score_pairs=pair_word_cosine)
     df = res["df"]
     assert len(df) == 2 * 4 * 6 and set(df.source_prompt) == {"Pink Floyd", "Star Wars"}
     assert (df.target_layer == df.source_layer).all() and set(df.site) == {"mlp_out"}
     assert set(df.target_site) == ({"residual"} if protocol == "official" else {"mlp_out"})
-    assert len(res["random_df"]) == len(df) and set(res["random_df"].mapping) == {"random+amplify"}
+    if control == "random":
+        assert len(res["random_df"]) == len(df) and set(res["random_df"].mapping) == {"random+amplify"}
     assert "score_source_cosine" in df and res["png"].exists() and list(res["table"].source_layer) == [0, 1, 2, 3]
     ch = res["chance"]
     assert {"patchscopes", "superscopes", "alpha=1", "alpha=15"} <= set(ch.arm)
-    assert {"raw", "null", "above", "random", "raw_lo", "null_hi"} <= set(ch.columns)
+    assert {"raw", "null", "above", "raw_lo", "null_hi"} <= set(ch.columns)
+    assert ("random" in ch) == (control == "random")
     out = capsys.readouterr().out
     assert "patchscopes" in out and "superscopes" in out
     # re-scoring the saved raw CSVs (no model) gives the same tables
     raw = tmp_path / f"fig3_tiny-llama_{protocol}_raw.csv.gz"
     raw = raw if raw.exists() else next(tmp_path.glob(f"fig3_*_{protocol}_raw.csv.gz"))
+    extra = ["--random-csv", str(raw).replace("_raw", "_random_raw")] if control == "random" else []
     again = superscopes_fig3.main(["--out", str(tmp_path / "re"), "--prompts", str(tsv), "--protocol", protocol,
-                                   "--from-csv", str(raw), "--random-csv", str(raw).replace("_raw", "_random_raw"),
-                                   "--boot", "50"], cosine=word_cosine, score_pairs=pair_word_cosine)
+                                   "--from-csv", str(raw), *extra, "--boot", "50"],
+                                  cosine=word_cosine, score_pairs=pair_word_cosine)
     assert again["table"].equals(res["table"])
     assert np.allclose(again["chance"].raw, ch.raw) and np.allclose(again["chance"].null, ch.null)
 
