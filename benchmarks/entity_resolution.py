@@ -1,17 +1,19 @@
 """Entity-resolution experiment speed: one batched sweep vs one ``patchscope`` call per row.
 
-    .venv/bin/python benchmarks/entity_resolution.py [--model smollm2-135m] [--entities 40] [--loop-rows 30]
+    .venv/bin/python benchmarks/entity_resolution.py [--model smollm2-135m] [--entities 40] [--loop-rows 30] [--repeats 3]
 
 Both sides run the same rows (entity name, last token, every layer, target layer =
 source layer, ``ENTITY_PROMPT``, greedy ``--max-new-tokens``), generation only
-(scoring is the same for both and timed apart when ``--score`` is given):
+(scoring is the same for both and timed apart when ``--score`` is given), one warm-up round
+then ``--repeats`` interleaved rounds (``benchmarks/timing.py``):
 
 - batched: ``experiments.entity_resolution.entity_resolution`` (one sweep, chunks of 64 rows,
   shared target-prefix KV cache), baseline off;
-- loop:    ``patchscope(model, [one row])`` per row on ``--loop-rows`` rows, scaled to all rows,
-  whose token ids must equal the batched ones.
+- loop:    ``patchscope(model, [one row])`` per row on ``--loop-rows`` rows (a different
+  ``1/repeats`` of them each round), scaled to all rows, whose token ids must equal the batched ones.
 
-The last line is one JSON object with both times and ``speedup`` = loop / batched.
+The last line is one JSON object with both medians, ``spread`` and ``speedup`` = loop / batched
+(median of per-round ratios).
 """
 
 from __future__ import annotations
@@ -22,9 +24,10 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from timing import Way, add_args, interleave, report, round_slices, say, setup  # noqa: E402
 
 from experiments.entity_resolution import entity_resolution, entity_table  # noqa: E402
 from superscopes_nn import ENTITY_PROMPT, Source, Target, load_model, patchscope  # noqa: E402
@@ -38,34 +41,43 @@ def main(argv=None, model=None, entities=None) -> dict:
     p.add_argument("--loop-rows", type=int, default=30, help="rows timed in the per-row loop (scaled to all)")
     p.add_argument("--max-new-tokens", type=int, default=20)
     p.add_argument("--score", action="store_true", help="also time scoring (needs superscopes_nn.scoring)")
+    add_args(p, repeats=3, warmup=1)
     args = p.parse_args(argv)
+    setup(args)
     model = model if model is not None else load_model(args.model)
     n_layers = num_layers(model._module.config)
     ents = entity_table(entities, limit=args.entities)
     kw = dict(max_new_tokens=args.max_new_tokens)
-    entity_resolution(model, ents.head(2), layers=[0], metrics=(), baseline=False, **kw)  # warm-up
+    state: dict = {}
 
-    t0 = time.perf_counter()
-    df = entity_resolution(model, ents, metrics=(), baseline=False, **kw)
-    t_batched = time.perf_counter() - t0
-    n = len(df)
+    def batched():
+        state["df"] = entity_resolution(model, ents, metrics=(), baseline=False, **kw)
 
-    step = max(1, n // max(1, args.loop_rows))
-    sample = df.iloc[::step].head(args.loop_rows)
-    t0 = time.perf_counter()
-    for r in sample.itertuples(index=False):
-        one = patchscope(model, [(Source(r.source_prompt, int(r.source_layer), -1), Target(ENTITY_PROMPT), None)],
-                         **kw)
-        assert list(one.token_ids[0]) == list(r.token_ids), f"loop row differs from the sweep: {r.source_prompt} " \
-                                                            f"layer {r.source_layer}"
-    t_loop_rows = time.perf_counter() - t0
-    t_loop = t_loop_rows / len(sample) * n
+    def loop(k):
+        df = state["df"]
+        if "pick" not in state:
+            step = max(1, len(df) // max(1, args.loop_rows))
+            state["pick"] = round_slices(list(range(0, len(df), step))[: args.loop_rows], args.repeats)
+        for i in state["pick"][0](k):
+            r = df.iloc[i]
+            one = patchscope(model, [(Source(r.source_prompt, int(r.source_layer), -1), Target(ENTITY_PROMPT),
+                                      None)], **kw)
+            assert list(one.token_ids[0]) == list(r.token_ids), f"loop row differs from the sweep: " \
+                                                                f"{r.source_prompt} layer {r.source_layer}"
+            state.setdefault("checked", set()).add(i)
 
+    ways = [Way("batched", batched), Way("loop", loop)]
+    t = interleave(ways, repeats=args.repeats, warmup=args.warmup, progress=say)
+    df = state["df"]
+    n, per_round = len(df), state["pick"][1]
+    t.times["loop"] = [s * n / per_round for s in t.times["loop"]]  # a round times per_round of the n rows
+    rep = report(t, {"speedup": ("loop", "batched")})
+    md = rep["median_s"]
     result = {
         "benchmark": "entity_resolution", "model": args.model, "entities": len(ents), "layers": n_layers,
-        "rows": n, "max_new_tokens": args.max_new_tokens, "threads": torch.get_num_threads(),
-        "batched_s": round(t_batched, 2), "loop_rows_timed": len(sample), "loop_s_timed": round(t_loop_rows, 2),
-        "loop_s_scaled": round(t_loop, 2), "speedup": round(t_loop / t_batched, 2),
+        "rows": n, "max_new_tokens": args.max_new_tokens,
+        "batched_s": md["batched"], "loop_rows_timed": len(state["checked"]),
+        "loop_rows_per_round": per_round, "loop_s_scaled": md["loop"], "speedup": rep["ratios"]["speedup"], **rep,
     }
     if args.score:
         from experiments.entity_resolution import score
@@ -77,9 +89,9 @@ def main(argv=None, model=None, entities=None) -> dict:
         df["entity"] = df.source_prompt
         score(df, ents)
         result["scoring_s"] = round(time.perf_counter() - t0, 2)
-    print(f"batched: {n} rows in {t_batched:.1f}s ({n / t_batched:.1f} rows/s)")
-    print(f"loop:    {len(sample)} rows in {t_loop_rows:.1f}s -> {t_loop:.1f}s scaled to {n} rows")
-    print(f"speedup (loop / batched): {t_loop / t_batched:.1f}x")
+    print(f"batched: {n} rows, median {md['batched']:.1f}s {rep['spread']['batched']} ({n / md['batched']:.1f} rows/s)")
+    print(f"loop:    {per_round} rows a round -> median {md['loop']:.1f}s {rep['spread']['loop']} scaled to {n} rows")
+    print(f"speedup (loop / batched, median of {rep['repeats']} rounds): {result['speedup']}x")
     print(json.dumps(result))
     return result
 

@@ -1,6 +1,6 @@
 """Scoring throughput (rows/s) of each metric in ``superscopes_nn.scoring`` on synthetic sweep rows.
 
-    .venv/bin/python benchmarks/scoring.py [--rows 10000] [--keys 200] [--unique-texts 3000]
+    .venv/bin/python benchmarks/scoring.py [--rows 10000] [--keys 200] [--unique-texts 3000] [--repeats 3]
 
 The rows look like a sweep's output: ``--keys`` source prompts, each with its
 reference description, repeated over layers/alphas, and interpretations drawn
@@ -11,7 +11,9 @@ reference description, repeated over layers/alphas, and interpretations drawn
 - cosine:         ``embedding_cosine`` (each unique text encoded once);
 - cosine_nodedup: the same embedder encoding all 2 x rows texts, for comparison.
 
-The embedder loads (and warms up) before timing. The last line is one JSON object.
+The embedder loads before timing; then one warm-up round and ``--repeats`` interleaved
+rounds (``benchmarks/timing.py``). Seconds are medians; ``dedup_speedup`` is the median of
+per-round cosine_nodedup / cosine ratios. The last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -25,7 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from timing import Way, add_args, interleave, report, say, setup  # noqa: E402
 
 from superscopes_nn.scoring import alias_match, embedding_cosine, load_embedder, rouge_l  # noqa: E402
 
@@ -64,34 +69,39 @@ def main(argv=None) -> dict:
     p.add_argument("--keys", type=int, default=200, help="distinct source prompts / references")
     p.add_argument("--unique-texts", type=int, default=3000, help="distinct interpretations")
     p.add_argument("--skip-nodedup", action="store_true")
+    add_args(p, repeats=3, warmup=1, threads=0)
     args = p.parse_args(argv)
+    setup(args)
 
     texts, refs, aliases = synthetic_rows(args.rows, args.keys, args.unique_texts)
     n_unique = len(set(texts) | set(refs))
     embedder, load_s = timed(load_embedder)
-    embedder.encode(["warm up"], show_progress_bar=False)
-
-    seconds = {}
-    _, seconds["alias"] = timed(lambda: [alias_match(t, [r, *al]) for t, r, al in zip(texts, refs, aliases)])
-    _, seconds["rouge_l"] = timed(lambda: rouge_l(texts, refs))
-    dedup, seconds["cosine"] = timed(lambda: embedding_cosine(texts, refs, embedder))
+    got: dict = {}
+    ways = [Way("alias", lambda: [alias_match(t, [r, *al]) for t, r, al in zip(texts, refs, aliases)]),
+            Way("rouge_l", lambda: rouge_l(texts, refs)),
+            Way("cosine", lambda: got.__setitem__("dedup", embedding_cosine(texts, refs, embedder)))]
     if not args.skip_nodedup:
-        full, seconds["cosine_nodedup"] = timed(lambda: cosine_nodedup(embedder, texts, refs))
-        assert np.allclose(dedup, full, atol=1e-4), "dedup and no-dedup cosines differ"
+        ways.append(Way("cosine_nodedup", lambda: got.__setitem__("full", cosine_nodedup(embedder, texts, refs))))
+    t = interleave(ways, repeats=args.repeats, warmup=args.warmup, progress=say)
+    if "full" in got:
+        assert np.allclose(got["dedup"], got["full"], atol=1e-4), "dedup and no-dedup cosines differ"
+    rep = report(t, {"dedup_speedup": ("cosine_nodedup", "cosine")} if "full" in got else {})
+    seconds = rep["median_s"]
 
-    print(f"{args.rows} rows, {n_unique} unique texts, embedder load {load_s:.1f}s")
-    print(f"{'metric':<16}{'seconds':>10}{'rows/s':>12}")
+    print(f"{args.rows} rows, {n_unique} unique texts, embedder load {load_s:.1f}s, medians of {rep['repeats']} rounds")
+    print(f"{'metric':<16}{'seconds':>10}{'rows/s':>12}  spread")
     for name, s in seconds.items():
-        print(f"{name:<16}{s:>10.2f}{args.rows / s:>12.0f}")
+        print(f"{name:<16}{s:>10.2f}{args.rows / s:>12.0f}  {rep['spread'][name]}")
     result = {
         "rows": args.rows,
         "unique_texts": n_unique,
         "embedder_load_s": round(load_s, 2),
-        "seconds": {k: round(v, 3) for k, v in seconds.items()},
+        "seconds": seconds,
         "rows_per_s": {k: round(args.rows / v, 1) for k, v in seconds.items()},
+        **rep,
     }
-    if "cosine_nodedup" in seconds:
-        result["dedup_speedup"] = round(seconds["cosine_nodedup"] / seconds["cosine"], 2)
+    if "full" in got:
+        result["dedup_speedup"] = rep["ratios"]["dedup_speedup"]
     print(json.dumps(result))
     return result
 

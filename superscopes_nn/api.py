@@ -35,7 +35,7 @@ import torch
 from .architectures import SITE_ORDER, num_layers
 from .engine import chunks
 from .resolver import check_sites, encode, model_name, resolve, sweep_rows
-from .run import eos_ids, execute, gen_kwargs, remote_caller, run_rows, trim_new_tokens
+from .run import eos_ids, execute, gen_kwargs, remote_caller, run_rows, session_backend, trim_new_tokens
 from .sites import plain_spec, site_tensor
 from .specs import Row, Target
 from .validate import check_batch_size, check_layer, check_layers, check_strings
@@ -93,7 +93,7 @@ def generate_plain(model, prompts: Sequence[str], max_new_tokens: int = 10, max_
         batch = torch.tensor([ids[i] for i in chunk])
 
         def one(batch=batch):
-            with model.generate(batch, remote=remote, backend=backend, **gen) as tracer:
+            with model.generate(batch, remote=remote, backend=session_backend(model, remote, backend), **gen) as tracer:
                 result = tracer.result.save()
             return result
 
@@ -122,7 +122,7 @@ def collect(model, prompt: str, layers: Iterable[int], sites: Sequence[str] = ("
     _ship(remote, backend)
 
     def one():
-        with model.trace(ids, remote=remote, backend=backend):
+        with model.trace(ids, remote=remote, backend=session_backend(model, remote, backend)):
             values = {}
             for layer, site in reads:
                 values[(layer, site)] = site_tensor(model, spec, layer, site)[0].detach().clone()

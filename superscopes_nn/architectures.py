@@ -15,10 +15,15 @@ mlp_in     the MLP's input (the pre-MLP residual after the pre-MLP norm)
 =========  ================================================================
 
 Each :class:`ArchSpec` says which module each site is read from (its output,
-except ``mlp_in`` which is the *input* of the MLP module). For Gemma 2/3 the
-``attn_out``/``mlp_out`` sites are the outputs of ``post_attention_layernorm`` /
-``post_feedforward_layernorm``; for GPT-NeoX they are the (identity in eval)
-dropout modules that sit just before the residual add.
+except ``mlp_in`` which is the *input* of the MLP module). Specs are resolved from
+the built model by watching one forward pass (:mod:`superscopes_nn.sites_resolver`),
+not looked up by family name, so any decoder transformers ships gets its sites where
+its blocks actually add to the residual: for Gemma 2/3 ``attn_out``/``mlp_out`` are
+the outputs of the post-norms, for OLMo 2 (post-norms only) too, for Phi-3 and
+GPT-NeoX the (identity in eval) dropouts just before the residual add, for a MoE
+model the whole sparse block. :data:`ARCHITECTURES` keeps the specs resolved for the
+tested families, for a config alone (``arch_spec(config)``, e.g. a remote model).
+``python -m superscopes_nn.architectures --markdown`` prints the table of them.
 
 Within one layer the sites are reached in the order of :data:`SITE_ORDER`
 (attention first, then the MLP's input, its output, and the layer output), which
@@ -27,7 +32,7 @@ is the order interventions on one layer must be written in.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 SITES = ("residual", "attn_out", "mlp_in", "mlp_out")
 #: The order in which a forward pass reaches the sites of one layer.
@@ -39,7 +44,10 @@ class ArchSpec:
     """Module paths of one architecture family.
 
     Paths are dotted attribute paths from the ``*ForCausalLM`` root (``layers``,
-    ``final_norm``, ``lm_head``) or from one decoder layer (the site modules).
+    ``final_norm``, ``lm_head``) or from one decoder layer (the site modules and
+    the informational ``attn``, ``mlp``, ``mlp_norm``: the attention, the MLP and
+    the pre-MLP norm, ``""`` when there is none). ``missing``: ``(site, reason)``
+    pairs of sites the layout has no module for (asking for one raises).
     """
 
     family: str
@@ -51,11 +59,23 @@ class ArchSpec:
     mlp_in: str  # module whose *input* is the MLP input
     residual: str = ""  # "" = the decoder layer itself
     parallel: bool = False  # attention and MLP read the same residual (GPT-J, NeoX)
+    attn: str = ""
+    mlp: str = ""
+    mlp_norm: str = ""
+    layout: str = "pre-norm"  # pre-norm | sandwich | post-norm | parallel
+    moe: bool = False
+    missing: tuple = ()
 
     def site_module(self, site: str) -> str:
         """The path, relative to a decoder layer, of the module holding ``site``."""
         check_site(site)
+        why = dict(self.missing).get(site)
+        if why:
+            raise ValueError(f"site {site!r} is not available on {self.family}: {why}")
         return getattr(self, site)
+
+    def has_site(self, site: str) -> bool:
+        return check_site(site) not in dict(self.missing)
 
     @staticmethod
     def site_is_input(site: str) -> bool:
@@ -63,28 +83,49 @@ class ArchSpec:
         return site == "mlp_in"
 
 
-_LLAMA = ArchSpec("llama", "model.layers", "model.norm", "lm_head", "self_attn", "mlp", "mlp")
-_GEMMA = ArchSpec(
-    "gemma", "model.layers", "model.norm", "lm_head",
-    "post_attention_layernorm", "post_feedforward_layernorm", "mlp",
-)
-_GPT2 = ArchSpec("gpt2", "transformer.h", "transformer.ln_f", "lm_head", "attn", "mlp", "mlp")
-_NEOX = ArchSpec(
-    "gpt_neox", "gpt_neox.layers", "gpt_neox.final_layer_norm", "lm_head",
-    "post_attention_dropout", "post_mlp_dropout", "mlp", parallel=True,
-)
-_GPTJ = ArchSpec("gptj", "transformer.h", "transformer.ln_f", "lm_head", "attn", "mlp", "mlp", parallel=True)
+def _spec(family, layers, final_norm, lm_head, attn_out, mlp_out, mlp, layout="pre-norm", attn="self_attn",
+          mlp_norm="post_attention_layernorm", moe=False, missing=()):
+    return ArchSpec(family, layers, final_norm, lm_head, attn_out, mlp_out, mlp, parallel=layout == "parallel",
+                    attn=attn, mlp=mlp, mlp_norm=mlp_norm, layout=layout, moe=moe, missing=missing)
 
-#: ``config.model_type`` -> spec.
+
+_M = ("model.layers", "model.norm", "lm_head")
+_GEMMA = dict(attn_out="post_attention_layernorm", mlp_out="post_feedforward_layernorm", mlp="mlp", layout="sandwich",
+              mlp_norm="pre_feedforward_layernorm")
+
+#: ``config.model_type`` -> the spec resolved on its tiny test model (tests/test_families.py
+#: checks each entry against :func:`superscopes_nn.sites_resolver.resolve_sites`). Used for a
+#: config alone; a built model is always resolved from its own forward pass.
 ARCHITECTURES: dict[str, ArchSpec] = {
-    "llama": _LLAMA,
-    "qwen2": ArchSpec("qwen2", "model.layers", "model.norm", "lm_head", "self_attn", "mlp", "mlp"),
-    "gemma3_text": _GEMMA,
-    "gemma2": _GEMMA,
-    "gpt2": _GPT2,
-    "gpt_neox": _NEOX,
-    "gptj": _GPTJ,
+    **{f: _spec(f, *_M, "self_attn", "mlp", "mlp") for f in (
+        "llama", "mistral", "qwen2", "qwen3", "gemma", "starcoder2", "granite", "cohere")},
+    **{f: _spec(f, *_M, "self_attn", "mlp", "mlp", moe=True) for f in ("mixtral", "qwen3_moe", "gpt_oss")},
+    "phi3": _spec("phi3", *_M, "resid_attn_dropout", "resid_mlp_dropout", "mlp"),
+    "olmo2": _spec("olmo2", *_M, "post_attention_layernorm", "post_feedforward_layernorm", "mlp", layout="post-norm",
+                   mlp_norm=""),
+    "gemma2": _spec("gemma2", *_M, **_GEMMA),
+    "gemma3_text": _spec("gemma3_text", *_M, **_GEMMA),
+    "gemma3": _spec("gemma3", "model.language_model.layers", "model.language_model.norm", "lm_head", **_GEMMA),
+    "gpt2": _spec("gpt2", "transformer.h", "transformer.ln_f", "lm_head", "attn", "mlp", "mlp", attn="attn",
+                  mlp_norm="ln_2"),
+    "gptj": _spec("gptj", "transformer.h", "transformer.ln_f", "lm_head", "attn", "mlp", "mlp", layout="parallel",
+                  attn="attn", mlp_norm="ln_1"),
+    "gpt_neox": _spec("gpt_neox", "gpt_neox.layers", "gpt_neox.final_layer_norm", "lm_head",
+                      "post_attention_dropout", "post_mlp_dropout", "mlp", layout="parallel", attn="attention"),
+    "falcon": _spec("falcon", "transformer.h", "transformer.ln_f", "lm_head", "self_attention", "mlp", "mlp",
+                    layout="parallel", attn="self_attention", mlp_norm="input_layernorm"),
 }
+ARCHITECTURES["cohere"] = replace(ARCHITECTURES["cohere"], parallel=True, layout="parallel", mlp_norm="input_layernorm")
+
+#: Config switches that change a family's layout: a config alone is looked up only in the
+#: layout its ARCHITECTURES entry was resolved in (any built model resolves by itself).
+_CONFIG_LAYOUT = {
+    "gpt_neox": lambda c: bool(getattr(c, "use_parallel_residual", True)),
+    "falcon": lambda c: bool(getattr(c, "parallel_attn", True) or getattr(c, "new_decoder_architecture", False)),
+    "granite": lambda c: getattr(c, "residual_multiplier", 1.0) == 1.0,  # else no module holds attn_out/mlp_out
+}
+# id(config) -> spec resolved from the model built with that config (filled by arch_spec(model)).
+_RESOLVED: dict[int, tuple] = {}  # id -> (weakref to the config, spec)
 
 
 def check_site(site: str) -> str:
@@ -93,31 +134,83 @@ def check_site(site: str) -> str:
     return site
 
 
-def arch_spec(config) -> ArchSpec:
-    """The :class:`ArchSpec` for a transformers config (by ``config.model_type``)."""
+def arch_spec(model_or_config) -> ArchSpec:
+    """The :class:`ArchSpec` of a model (resolved from its forward pass) or of a config.
+
+    A built HF model (or an nnsight wrapper of one) is resolved by
+    :func:`superscopes_nn.sites_resolver.resolve_sites` and remembered for its config, so
+    ``arch_spec(model.config)`` later returns the same spec; a config never built into a
+    model falls back to :data:`ARCHITECTURES` (by ``model_type``).
+    """
+    import torch
+
+    hf = getattr(model_or_config, "_module", model_or_config)
+    if isinstance(hf, torch.nn.Module):
+        config = hf.config
+        if remembered(config) is not None:
+            return remembered(config)
+        if all(p.device.type != "meta" for p in hf.parameters()):
+            from .sites_resolver import resolve_sites
+
+            spec = resolve_sites(hf)
+            remember(config, spec)
+            return spec
+        model_or_config = config
+    config = model_or_config
+    if remembered(config) is not None:
+        return remembered(config)
     model_type = getattr(config, "model_type", None)
-    text_config = getattr(config, "text_config", None)
-    if model_type not in ARCHITECTURES and text_config is not None:
-        model_type = getattr(text_config, "model_type", model_type)
     if model_type not in ARCHITECTURES:
         raise ValueError(
-            f"unsupported architecture {model_type!r}; supported model types are "
-            f"{', '.join(sorted(ARCHITECTURES))}"
+            f"unsupported architecture {model_type!r} for a config alone; the known model types are "
+            f"{', '.join(sorted(ARCHITECTURES))}; any other decoder resolves from the built model "
+            "(load_model / wrap, or arch_spec(hf_model))"
         )
-    return ARCHITECTURES[model_type]
+    spec = ARCHITECTURES[model_type]
+    if model_type in _CONFIG_LAYOUT and not _CONFIG_LAYOUT[model_type](config):
+        raise ValueError(f"{model_type} with this config's layout switches resolves from the built model only "
+                         "(load_model / wrap, or arch_spec(hf_model))")
+    return spec
+
+
+def remember(config, spec: ArchSpec) -> None:
+    """Make ``arch_spec(config)`` return ``spec`` for as long as ``config`` lives."""
+    import weakref
+
+    key = id(config)
+
+    def forget(ref):
+        if _RESOLVED.get(key, (None,))[0] is ref:
+            del _RESOLVED[key]
+
+    _RESOLVED[key] = (weakref.ref(config, forget), spec)
+
+
+def remembered(config) -> ArchSpec | None:
+    """The spec resolved for this very ``config`` object, if any."""
+    ref, spec = _RESOLVED.get(id(config), (None, None))
+    return spec if ref is not None and ref() is config else None
+
+
+def _config_value(config, names):
+    for cfg in (config, getattr(config, "text_config", None)):
+        for name in names:
+            if cfg is not None and getattr(cfg, name, None) is not None:
+                return int(getattr(cfg, name))
+    return None
 
 
 def num_layers(config) -> int:
-    for name in ("num_hidden_layers", "n_layer", "num_layers"):
-        if getattr(config, name, None) is not None:
-            return int(getattr(config, name))
+    n = _config_value(config, ("num_hidden_layers", "n_layer", "num_layers"))
+    if n is not None:
+        return n
     raise ValueError(f"cannot find the layer count in config {type(config).__name__}")
 
 
 def hidden_size(config) -> int:
-    for name in ("hidden_size", "n_embd", "d_model"):
-        if getattr(config, name, None) is not None:
-            return int(getattr(config, name))
+    d = _config_value(config, ("hidden_size", "n_embd", "d_model"))
+    if d is not None:
+        return d
     raise ValueError(f"cannot find the hidden size in config {type(config).__name__}")
 
 
@@ -127,3 +220,29 @@ def get_path(root, path: str):
     for part in path.split(".") if path else []:
         obj = getattr(obj, part)
     return obj
+
+
+def families_markdown(specs: dict[str, ArchSpec] | None = None) -> str:
+    """The table of families and where each site lives (docs/families.md embeds it)."""
+    specs = ARCHITECTURES if specs is None else specs
+    rows = ["| family | layers `[l]` | layout | `residual` | `attn_out` | `mlp_in` | `mlp_out` | pre-MLP norm | MoE "
+            "| final norm | LM head |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+
+    def where(spec, site, io):
+        return f"`{spec.site_module(site)}` {io}" if spec.has_site(site) else "not available"
+
+    for name in sorted(specs):
+        s = specs[name]
+        rows.append(f"| {name} | `{s.layers}` | {s.layout} | layer output | {where(s, 'attn_out', 'output')} | "
+                    f"{where(s, 'mlp_in', 'input')} | {where(s, 'mlp_out', 'output')} | {f'`{s.mlp_norm}`' if s.mlp_norm else 'none'} | "
+                    f"{'yes' if s.moe else ''} | "
+                    f"`{s.final_norm}` | `{s.lm_head}` |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:] != ["--markdown"]:
+        sys.exit("usage: python -m superscopes_nn.architectures --markdown")
+    print(families_markdown(), end="")

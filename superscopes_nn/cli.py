@@ -10,12 +10,17 @@ Bad input prints one line ``error: ...`` naming the value and exits 2 (no traceb
 from __future__ import annotations
 
 import argparse
-import math
+import re
 import sys
+import warnings
 from datetime import datetime
 from pathlib import Path
 
-ERRORS = (ValueError, FileNotFoundError, FileExistsError, KeyError, FloatingPointError)
+from .dirlock import RunDirBusy, check_run_dir
+from .validate import check_alphas, check_batch_size, check_int, check_max_new_tokens, check_remote
+
+ERRORS = (ValueError, KeyError, FloatingPointError, OSError, RunDirBusy)
+"""Errors printed as one line ``error: ...`` with exit status 2 (``OSError`` covers FileNotFound/FileExists)."""
 
 
 def parse_layers(spec: str) -> list[int]:
@@ -41,16 +46,17 @@ def parse_layers(spec: str) -> list[int]:
 
 
 def parse_floats(spec: str, what: str) -> list[float]:
+    """``"1,3,6"`` -> ``[1.0, 3.0, 6.0]``: amplification factors, checked by :func:`~superscopes_nn.validate.check_alphas`."""
     try:
         vals = [float(x) for x in spec.split(",") if x.strip()]
     except ValueError:
         raise ValueError(f"bad {what} {spec!r}: use comma-separated numbers, e.g. 1,3,6") from None
     if not vals:
         raise ValueError(f"bad {what} {spec!r}: empty list")
-    for v in vals:
-        if not math.isfinite(v) or v <= 0:
-            raise ValueError(f"bad {what} value {v!r} in {spec!r}: must be finite and > 0")
-    return vals
+    try:
+        return check_alphas(vals)
+    except ValueError as err:
+        raise ValueError(f"bad {what} {spec!r}: {err}") from None
 
 
 def parse_position(spec: str | None):
@@ -103,57 +109,68 @@ def parse_remote(s: str):
         return False
     if low in ("true", "1", "yes", "ndif"):
         return True
-    if low == "local" or low.startswith(("http://", "https://")):
-        return "local" if low == "local" else s
-    raise ValueError(f"bad --remote {s!r}: use false, local, true or an https:// host")
+    try:
+        return check_remote(s)
+    except ValueError:
+        raise ValueError(f"bad --remote {s!r}: use false, local, true or an https:// host") from None
 
 
 def explain(args) -> int:
+    from .architectures import num_layers
     from .models import DEFAULT_MODEL, load_model
-    from .architectures import SITES, num_layers
-    from .resolver import sweep_rows
+    from .resolver import check_sites, sweep_rows
     from .run import run_rows
     from .specs import ENTITY_PROMPT, Target
 
-    sites = [s.strip() for s in args.site.split(",") if s.strip()]
-    for s in sites:
-        if s not in SITES:
-            raise ValueError(f"unknown site {s!r}; choose one of {', '.join(SITES)}")
+    # every check that needs no model comes first: a bad value or output directory costs no model load
+    sites = check_sites([s.strip() for s in args.site.split(",") if s.strip()] or [args.site])
     layers = parse_layers(args.layers)
     alphas = parse_floats(args.amps, "--amps")
     remote = parse_remote(args.remote)
+    max_new_tokens = check_max_new_tokens(args.max_new_tokens)
+    batch_size = check_batch_size(args.batch_size)
+    target_layer = None if args.target_layer is None else check_int(args.target_layer, "--target-layer")
+    out = Path(args.out) if args.out else Path("runs") / datetime.now().strftime("explain-%Y%m%d-%H%M%S")
+    check_run_dir(out)
     name = args.model or DEFAULT_MODEL
     model = load_model(name, remote=remote is True)
     if layers is None:
         layers = list(range(num_layers(model._module.config)))
-    target = Target(args.target_prompt or ENTITY_PROMPT, layer=args.target_layer, placeholder=args.placeholder)
+    target = Target(args.target_prompt or ENTITY_PROMPT, layer=target_layer, placeholder=args.placeholder)
     rows = sweep_rows(model, [args.prompt], layers=layers, sites=sites, alphas=alphas,
                       token=parse_position(args.token), target=target)
-    out = Path(args.out) if args.out else Path("runs") / datetime.now().strftime("explain-%Y%m%d-%H%M%S")
+    layers, alphas = list(dict.fromkeys(layers)), list(dict.fromkeys(alphas))  # as sweep_rows ran them
     config = {
         "command": "explain", "prompts": [args.prompt], "token": args.token, "sites": sites,
         "layers": layers, "alphas": alphas, "target_prompt": target.prompt, "placeholder": target.placeholder,
-        "target_layer": args.target_layer, "max_new_tokens": args.max_new_tokens, "max_batch_size": args.batch_size,
+        "target_layer": target_layer, "max_new_tokens": max_new_tokens, "max_batch_size": batch_size,
     }
-    df = run_rows(model, rows, run_dir=out, config=config, resume=args.resume, max_new_tokens=args.max_new_tokens,
-                  max_batch_size=args.batch_size, remote=remote, progress=not args.no_progress)
+    df = run_rows(model, rows, run_dir=out, config=config, resume=args.resume, max_new_tokens=max_new_tokens,
+                  max_batch_size=batch_size, remote=remote, progress=not args.no_progress)
     print(_table(df))
     print(f"\nwrote {out / 'results.csv'} and {out / 'results.parquet'} ({len(df)} rows)")
     return 0
 
 
+def demo_dir(model: str | None) -> Path:
+    """The demo's own run directory: ``runs/demo`` (default model) or ``runs/demo-<model>``."""
+    if model is None:
+        return Path("runs") / "demo"
+    return Path("runs") / ("demo-" + (re.sub(r"[^A-Za-z0-9._-]+", "_", Path(model).name or model).strip("._") or "model"))
+
+
 def demo(args) -> int:
+    """The README's main job; rerunning it in the same folder resumes (and so reuses) its own directory."""
+    out = Path(args.out) if args.out else demo_dir(args.model)
     ns = argparse.Namespace(
         prompt="Alexander the Great", token="Great", site="mlp_out", layers="0-8", amps="1,3,6,9,12,15",
         model=args.model, target_prompt=None, placeholder="x", target_layer=None, max_new_tokens=10,
-        batch_size=64, remote="false", out=args.out or "runs/demo", resume=False, no_progress=False,
+        batch_size=64, remote="false", out=str(out), resume=True, no_progress=False,
     )
     explain(ns)
-    try:
-        from .report import write_report_from_run
-    except ImportError:
-        return 0
-    path = write_report_from_run(Path(ns.out))
+    from .report import write_report_from_run
+
+    path = write_report_from_run(out)
     print(f"report: {path}")
     return 0
 
@@ -165,10 +182,26 @@ def build_parser() -> argparse.ArgumentParser:
     add_explain_args(e)
     d = sub.add_parser("demo", help="the README demo: Alexander the Great, MLP outputs, layers 0-8, six alphas")
     d.add_argument("--model", default=None)
-    d.add_argument("--out", default=None)
+    d.add_argument("--out", default=None, help="run directory (default runs/demo; a rerun resumes it)")
+    d.add_argument("--resume", action="store_true", help="accepted for symmetry: the demo always resumes its own directory")
     r = sub.add_parser("report", help="write the HTML explorer of a run directory")
     r.add_argument("rest", nargs=argparse.REMAINDER)
     return p
+
+
+def one_line(err: BaseException) -> str:
+    """The message of ``err`` on one line (an ``OSError`` as ``strerror: filename``)."""
+    if isinstance(err, KeyError) and err.args:
+        msg = str(err.args[0])
+    elif isinstance(err, OSError) and err.strerror:
+        msg = err.strerror + (f": {err.filename}" if err.filename else "")
+    else:
+        msg = str(err) or type(err).__name__
+    return " ".join(msg.split())
+
+
+def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"warning: {' '.join(str(message).split())}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -178,20 +211,23 @@ def main(argv: list[str] | None = None) -> int:
 
         return report_main(argv[1:])
     args = build_parser().parse_args(argv)
+    shown = warnings.showwarning
+    warnings.showwarning = _warning_line  # a library warning is one line too
     try:
         return {"explain": explain, "demo": demo}[args.command](args)
     except ERRORS as err:
-        msg = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"error: {msg}", file=sys.stderr)
+        print(f"error: {one_line(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: finished rows are on disk; rerun with --resume to continue", file=sys.stderr)
         return 130
     except Exception as err:  # remote errors and friends: one line, no traceback
         if type(err).__name__ in ("NDIFError", "RemoteError"):
-            print(f"error: {err}", file=sys.stderr)
+            print(f"error: {one_line(err)}", file=sys.stderr)
             return 2
         raise
+    finally:
+        warnings.showwarning = shown
 
 
 if __name__ == "__main__":

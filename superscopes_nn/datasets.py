@@ -446,8 +446,10 @@ def load_fig3_prompts(
 
     The file is a TSV with one ``prompt<TAB>paper_last_token`` per line (the
     last token as the paper's Llama-2 tokenizer split it); lines starting with
-    '#' and blank lines are skipped. Returns ``[(prompt, paper_token), ...]``,
-    or a DataFrame with columns prompt, paper_token when ``as_frame``.
+    '#' (after any indentation) and blank lines are skipped; fields are stripped.
+    Returns ``[(prompt, paper_token), ...]``, or a DataFrame with columns prompt,
+    paper_token when ``as_frame``. This is the one parser of the file (experiments
+    call it too).
     """
     if path is None:
         default = shared_data_dir() / FIG3_FILE
@@ -457,10 +459,10 @@ def load_fig3_prompts(
                               f"it is shared project data ({FIG3_FILE} in the shared data folder) or pass path=")
     pairs = []
     for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip() or line.startswith("#"):
+        if not line.strip() or line.lstrip().startswith("#"):
             continue
-        fields = line.split("\t")
-        if len(fields) != 2 or not fields[0].strip() or not fields[1].strip():
+        fields = [f.strip() for f in line.split("\t")]
+        if len(fields) != 2 or not fields[0] or not fields[1]:
             raise ValueError(f"line {path}:{lineno} must be 'prompt<TAB>paper_last_token', got {line!r}")
         pairs.append((fields[0], fields[1]))
     if not pairs:

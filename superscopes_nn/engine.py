@@ -93,6 +93,7 @@ class Job:
     dtype: torch.dtype = torch.float32
     keep: dict = field(default_factory=dict)
     logit_positions: torch.Tensor | None = None
+    prefix_keep: dict = field(default_factory=dict)
 
 
 def shared_prefix_len(rows: Sequence[Row]) -> int:
@@ -146,7 +147,8 @@ def plan(model, rows: Sequence[Row], *, gen_kwargs: dict | None = None, logits: 
     prefix = shared_prefix_len(rows) if shared_prefix else 0
     positions = torch.tensor([r.target_position for r in rows]) - prefix
     keep: dict = {}
-    if logits and _supports_logits_to_keep(model):
+    supports_keep = _supports_logits_to_keep(model)
+    if logits and supports_keep:
         n_tokens = target_ids.shape[1] - prefix
         k = n_tokens - int(positions.min())
         keep, positions = {"logits_to_keep": k}, positions - (n_tokens - k)
@@ -154,7 +156,7 @@ def plan(model, rows: Sequence[Row], *, gen_kwargs: dict | None = None, logits: 
         source_spec=spec, target_spec=spec, source_groups=source_groups(rows, known) if read_here else [],
         target_ids=target_ids, writes=write_list, maps=[(r.source_key, r.mapping.plain()) for r in rows],
         gen_kwargs=dict(gen_kwargs or {}), logits=logits, prefix_len=prefix, dtype=model._module.dtype,
-        keep=keep, logit_positions=positions,
+        keep=keep, logit_positions=positions, prefix_keep={"logits_to_keep": 1} if supports_keep else {},
     )
 
 
@@ -163,29 +165,47 @@ def plan_reads(model, rows: Sequence[Row], known: Iterable = ()) -> Job:
     return Job(source_spec=plain_spec(model), source_groups=source_groups(rows, known))
 
 
-def apply_map(m: tuple, v: torch.Tensor) -> torch.Tensor:
-    """``alpha * (W @ fn(v) + b)`` for a plain mapping ``(alpha, W, b, fn)``; parameters follow ``v``'s device."""
+def apply_map(m: tuple, v: torch.Tensor, moved: dict | None = None) -> torch.Tensor:
+    """``alpha * (W @ fn(v) + b)`` for a plain mapping ``(alpha, W, b, fn)``; parameters follow ``v``'s device.
+
+    ``moved``: a per-chunk cache ``{(id(param), device): param on device}``, so a weight
+    shared by the rows of a chunk crosses to a device once per chunk, not once per row.
+    ``fn`` gets ``v`` as it is: tensors it closes over are its own to move (``v.device``).
+    """
     alpha, weight, bias, fn = m
     if fn is not None:
         v = fn(v)
     if weight is not None:
-        w = weight.to(v.device)
+        w = _on(weight, v.device, moved)
         v = v.to(w.dtype) @ w.T
         if bias is not None:
-            v = v + bias.to(v.device)
+            v = v + _on(bias, v.device, moved)
     return v * alpha if alpha != 1.0 else v
 
 
+def _on(param: torch.Tensor, device, moved: dict | None) -> torch.Tensor:
+    """``param`` on ``device``, moved at most once per ``moved`` cache."""
+    if param.device == device:
+        return param
+    if moved is None:
+        return param.to(device)
+    key = (id(param), str(device))
+    if key not in moved:
+        moved[key] = param.to(device)
+    return moved[key]
+
+
 def map_vectors(vectors: dict, maps: list, dtype: torch.dtype) -> tuple:
-    """Apply each row's mapping to its source vector (in float32).
+    """Apply each row's mapping to its source vector (in float32), on the vector's device.
 
     Returns ``(patched, ok)``: [d_target] tensors and a [B] bool tensor that is False
     where the mapped vector is not finite in ``dtype`` (fp16 overflows at 65504);
     such rows get a zero vector, so the batch still runs, and are reported by the caller.
+    Mapping parameters cross to a vector's device once per chunk (:func:`apply_map`).
     """
-    out, ok = [], []
+    out, ok, moved = [], [], {}
     for key, m in maps:
-        v = apply_map(m, vectors[key].float())
+        v = apply_map(m, vectors[key].float(), moved)
         good = bool(torch.isfinite(v.to(dtype)).all())
         out.append(v if good else torch.zeros_like(v))
         ok.append(good)
@@ -198,45 +218,53 @@ def expand_cache(cache, batch: int):
     return cache
 
 
-def run_session(model, job: Job, *, remote=False, backend=None, vectors: dict | None = None):
-    """One session on ``model``: read the sources ``vectors`` lacks, then (unless the
-    job is read-only) map them, patch them into the batched targets and generate.
+def run_session(model, jobs, *, remote=False, backend=None, vectors: dict | None = None):
+    """One session on ``model`` running one job or a list of jobs (one NDIF request either way).
 
-    Returns ``(out, vectors)``. ``out`` is None for a read-only job, ``(ids [B, T + new],
-    finite [B], mapped_ok [B])`` for generation (``finite``: the patched prompt pass gave
-    finite logits; ``mapped_ok``: the mapped vector was finite in the model's dtype), or
-    [B, vocab] logits at the target positions (NaN rows where ``mapped_ok`` is False).
-    ``vectors``: every source vector used (key -> [d]).
+    Each job reads the sources ``vectors`` (and the jobs before it) lack, then, unless it is
+    read-only, maps them, patches them into its batched targets and generates.
+
+    Returns ``(out, vectors)`` for one job and ``(outs, vectors)`` for a list. ``out`` is None
+    for a read-only job, ``(ids [B, T + new], finite [B], mapped_ok [B])`` for generation
+    (``finite``: the patched prompt pass gave finite logits; ``mapped_ok``: the mapped vector
+    was finite in the model's dtype), or [B, vocab] logits at the target positions (NaN rows
+    where ``mapped_ok`` is False). ``vectors``: every source vector used (key -> [d]).
     """
+    single = isinstance(jobs, Job)
+    jobs = [jobs] if single else list(jobs)
     if remote or backend is not None:
         from .remote import register
 
         register()
     # Plain locals only: this is all the session body (and NDIF) sees.
-    spec, tspec, groups = job.source_spec, job.target_spec, job.source_groups
-    ids, writes, maps, dtype, offset = job.target_ids, job.writes, job.maps, job.dtype, job.prefix_len
-    gen_kwargs, keep, lpos, want_logits = dict(job.gen_kwargs), dict(job.keep), job.logit_positions, job.logits
-    vectors, out = dict(vectors or {}), None
+    spec, tspec, dtype = jobs[0].source_spec, jobs[0].target_spec, jobs[0].dtype
+    plain = [(j.source_groups, j.target_ids, j.writes, j.maps, j.prefix_len, dict(j.gen_kwargs), dict(j.keep),
+              j.logit_positions, j.logits, dict(j.prefix_keep)) for j in jobs]
+    vectors, outs = dict(vectors or {}), []
     with model.session(remote=remote, backend=backend):
-        for group in groups:
-            with model.trace() as tracer:
-                for src_ids, reads in group:
-                    with tracer.invoke(src_ids):
-                        read_sources(model, spec, reads, vectors)
-        if ids is not None:
+        for groups, ids, writes, maps, offset, gen_kwargs, keep, lpos, want_logits, prefix_keep in plain:
+            for group in groups:
+                with model.trace() as tracer:
+                    for src_ids, reads in group:
+                        with tracer.invoke(src_ids):
+                            read_sources(model, spec, reads, vectors)
+            if ids is None:
+                outs.append(None)
+                continue
             patched, mapped_ok = map_vectors(vectors, maps, dtype)
             kw = {}
             if offset:
-                with model.trace(ids[:1, :offset]):
+                with model.trace(ids[:1, :offset], **prefix_keep):
                     cache = model.output.past_key_values
                 kw["past_key_values"] = expand_cache(cache, len(ids))
             if want_logits:
                 with model.trace(**keep) as tracer:
                     with tracer.invoke(ids[:, offset:], **kw):  # the cache goes with the invoke (nnsight's mask)
                         write_patches(model, tspec, writes, patched, offset)
-                        logits = model.output.logits[torch.arange(len(lpos)), lpos]
-                logits[~mapped_ok] = float("nan")
-                out = logits.save()
+                        full = model.output.logits  # index tensors built on its device
+                        logits = full[torch.arange(len(lpos), device=full.device), lpos.to(full.device)]
+                logits[~mapped_ok.to(logits.device)] = float("nan")
+                outs.append(logits)
             else:
                 gen_kwargs.update(kw)
                 with model.generate(**gen_kwargs) as tracer:
@@ -244,6 +272,17 @@ def run_session(model, job: Job, *, remote=False, backend=None, vectors: dict | 
                         write_patches(model, tspec, writes, patched, offset)
                         finite = torch.isfinite(lm_head_output(model, tspec)).flatten(1).all(1)
                         result = tracer.result
-                out = nnsight.save((result, finite, mapped_ok))
+                outs.append((result, finite, mapped_ok))
+        nnsight.save(outs)
         vectors.save()
-    return out, vectors
+    return (outs[0] if single else outs), vectors
+
+
+def result_bytes(job: Job, vocab: int, hidden: int) -> int:
+    """An upper estimate of what ``job`` sends back: ids (or logits) and the vectors it reads."""
+    reads = sum(len(r) for g in job.source_groups for _, r in g)
+    out = 0
+    if job.target_ids is not None:
+        b, t = job.target_ids.shape
+        out = b * vocab * 4 if job.logits else b * (t + int(job.gen_kwargs.get("max_new_tokens", 0))) * 8 + 2 * b
+    return out + reads * hidden * 4

@@ -16,6 +16,7 @@ import torch
 
 from .architectures import arch_spec, get_path, num_layers
 from .api import _ship
+from .run import remote_caller, session_backend
 from .resolver import encode, model_name, resolve_position
 from .validate import check_layer, check_layers
 
@@ -35,17 +36,25 @@ def lens_logits(model, prompt: str, layers: Iterable[int], position: int | str =
     ids = encode(model.tokenizer, prompt)
     pos = resolve_position(model.tokenizer, prompt, position, len(ids))
     cap = getattr(config, "final_logit_softcapping", None)
+    layers_path, norm_path, head_path = spec.layers, spec.final_norm, spec.lm_head  # plain strings cross the wire
     _ship(remote, backend)
-    with model.trace(torch.tensor([ids]), remote=remote, backend=backend):
-        hidden = []
-        for layer in layers:
-            out = get_path(model, spec.layers)[layer].output
-            hidden.append((out[0] if isinstance(out, tuple) else out)[0, pos])
-        norm, head = get_path(model, spec.final_norm), get_path(model, spec.lm_head)
-        logits = head(norm(torch.stack(hidden)))
-        if cap:
-            logits = torch.tanh(logits / cap) * cap
-        logits = logits.detach().save()
+
+    def one():
+        with model.trace(torch.tensor([ids]), remote=remote, backend=session_backend(model, remote, backend)):
+            hidden = []
+            for layer in layers:
+                out = get_path(model, layers_path)[layer].output
+                hidden.append((out[0] if isinstance(out, tuple) else out)[0, pos])
+            norm, head = get_path(model, norm_path), get_path(model, head_path)
+            # under a device_map the layers live on several devices: gather on the last layer's
+            # (the final norm's, in a pipeline layout), each state crossing at most once
+            logits = head(norm(torch.stack([h.to(hidden[-1].device) for h in hidden])))
+            if cap:
+                logits = torch.tanh(logits / cap) * cap
+            logits = logits.detach().save()
+        return logits
+
+    logits = remote_caller(remote, backend, model)(one)
     return logits[[layers.index(l) for l in wanted]]
 
 

@@ -96,7 +96,7 @@ def paired_states(source_model, target_model, texts: Sequence[str], layer_pairs:
     """Hidden states of the same texts in both models, token-aligned.
 
     Returns ``{(source_layer, target_layer): (X [n, d_source], Y [n, d_target])}``
-    (float64), one row per aligned token pair over all ``texts``. Each text is
+    (float64, on the CPU), one row per aligned token pair over all ``texts``. Each text is
     read once per model for all layers.
     """
     texts = _check_texts(texts)
@@ -124,9 +124,9 @@ def paired_states(source_model, target_model, texts: Sequence[str], layer_pairs:
         tj = torch.tensor([j for _, j in idx])
         hs = collect(source_model, text, s_layers, [site], remote=remote)
         ht = collect(target_model, text, t_layers, [site], remote=remote)
-        for ls, lt in pairs:
-            xs[(ls, lt)].append(hs[(ls, site)][si].double())
-            ys[(ls, lt)].append(ht[(lt, site)][tj].double())
+        for ls, lt in pairs:  # the pairs gather on the CPU (the models may sit on other devices)
+            xs[(ls, lt)].append(hs[(ls, site)][si.to(hs[(ls, site)].device)].to("cpu", torch.float64))
+            ys[(ls, lt)].append(ht[(lt, site)][tj.to(ht[(lt, site)].device)].to("cpu", torch.float64))
     if not any(xs.values()) or not xs[pairs[0]]:
         raise ValueError(f"no aligned token pairs in {len(texts)} texts (align={align!r}); try align='last'")
     return {p: (torch.cat(xs[p]), torch.cat(ys[p])) for p in pairs}
@@ -136,7 +136,9 @@ def fit_affine_arrays(X: torch.Tensor, Y: torch.Tensor, ridge: float = 0.0) -> A
     """Least-squares ``Y ~= X @ W.T + b``: an :class:`Affine` with weight [d_Y, d_X].
 
     ``ridge`` > 0 adds ``ridge * ||W||^2`` (the bias is not penalised). Without
-    ridge the fit needs at least ``d_X + 1`` pairs (else it is underdetermined).
+    ridge the fit needs at least ``d_X + 1`` pairs (else it is underdetermined). The fit
+    runs on the CPU in float64 (X, Y may sit anywhere); the map's weight and bias are CPU
+    float32 tensors, which the engine moves to each vector's device once per chunk.
     """
     ridge = _check_ridge(ridge)
     if X.dim() != 2 or Y.dim() != 2 or X.shape[0] != Y.shape[0]:
@@ -147,7 +149,7 @@ def fit_affine_arrays(X: torch.Tensor, Y: torch.Tensor, ridge: float = 0.0) -> A
     if ridge == 0 and n < d + 1:
         raise ValueError(f"an unregularised fit needs at least d_source + 1 = {d + 1} paired vectors, got {n}; "
                          f"pass ridge > 0 or more texts")
-    X, Y = X.double(), Y.double()
+    X, Y = X.detach().to("cpu", torch.float64), Y.detach().to("cpu", torch.float64)  # gelsd is CPU-only
     mx, my = X.mean(0), Y.mean(0)
     Xc, Yc = X - mx, Y - my  # centring = an unpenalised bias
     if ridge == 0:
@@ -163,7 +165,7 @@ def fit_affine_arrays(X: torch.Tensor, Y: torch.Tensor, ridge: float = 0.0) -> A
 def r2_score(f: Affine, X: torch.Tensor, Y: torch.Tensor) -> float:
     """Coefficient of determination of ``f`` on pairs ``(X, Y)`` (1 = perfect, pooled over dims)."""
     pred = f(X.float()).double()
-    Y = Y.double()
+    Y = Y.double().to(pred.device)
     ss_res = ((Y - pred) ** 2).sum()
     ss_tot = ((Y - Y.mean(0)) ** 2).sum()
     return float(1 - ss_res / ss_tot)

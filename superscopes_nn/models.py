@@ -25,6 +25,7 @@ from typing import Callable
 
 import torch
 
+from .validate import check_device, check_dtype
 from .architectures import arch_spec
 
 DEFAULT_MODEL = "gemma-3-270m"
@@ -110,34 +111,51 @@ def wrap(hf_model, tokenizer):
     """Wrap a built HF causal LM and its tokenizer as an nnsight ``TransformersModel``."""
     from nnsight.modeling.transformers import TransformersModel
 
-    arch_spec(hf_model.config)  # fail fast on an unsupported architecture
+    from .sites_resolver import verify_sites
+
+    hf_model.eval()
+    # sites resolved from one short forward pass and checked on it (a model resolved
+    # before, e.g. re-wrapped in another dtype, is re-checked on a pass of its own)
+    spec = verify_sites(hf_model)
+    if spec.missing:
+        import warnings
+
+        warnings.warn(f"{spec.family}: sites {', '.join(s for s, _ in spec.missing)} are not available: "
+                      f"{spec.missing[0][1]}", stacklevel=2)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    hf_model.eval()
     return TransformersModel(hf_model, tokenizer=tokenizer)
 
 
 def load_model(name_or_path: str = DEFAULT_MODEL, *, dtype: torch.dtype | str = torch.float32,
-               device: str | None = None, remote: bool = False, **kwargs):
+               device: str | None = None, device_map=None, remote: bool = False, **kwargs):
     """Load a causal LM as an nnsight ``TransformersModel``.
 
     Args:
         name_or_path: ``"gemma-3-270m"`` (default) or ``"smollm2-135m"`` (embedded,
             offline), any HF hub id, or a local checkpoint directory.
         dtype: weights dtype (``torch.bfloat16`` on a GPU for big models).
-        device: e.g. ``"cuda"``; default CPU.
+        device: e.g. ``"cuda"``; default CPU. The whole model is moved there.
+        device_map: passed to ``from_pretrained`` (accelerate): ``"auto"`` spreads a model
+            too big for one GPU over the GPUs (then CPU, then disk with ``offload_folder=``),
+            or a dict ``{module name: device}``. Layers then live on different devices; the
+            engine moves every written value to the device of the tensor it is written into.
+            Not with ``device``; ignored with ``remote=True`` (NDIF places the model).
         remote: ``True`` builds the wrapper on meta weights (nothing downloaded but
             the config), for running on NDIF with ``remote=True``.
     """
     if not isinstance(name_or_path, (str, os.PathLike)) or not str(name_or_path).strip():
         raise ValueError(f"model name must be a non-empty string, got {name_or_path!r}")
     name = str(name_or_path)
-    if isinstance(dtype, str):
-        dtype = getattr(torch, dtype)
-    if remote:
-        from nnsight.modeling.transformers import TransformersModel
-
-        return TransformersModel(name, dtype=dtype, **kwargs)
+    dtype, device = check_dtype(dtype), check_device(device)
+    if name.startswith(("/", "./", "../", "~", ".\\")) and not Path(name).expanduser().exists():
+        raise FileNotFoundError(f"model path not found: {name!r} (no such directory)")
+    if device is not None and device_map is not None:
+        raise ValueError(f"pass device={device!r} or device_map={device_map!r}, not both")
+    if remote:  # NDIF places the model; a device or device_map has no meaning for meta weights
+        return _meta_model(name, dtype, **kwargs)
+    if device_map is not None:
+        kwargs["device_map"] = device_map
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = embedded_path(name) if name in EMBEDDED else name
@@ -156,6 +174,42 @@ def load_model(name_or_path: str = DEFAULT_MODEL, *, dtype: torch.dtype | str = 
     if name in EMBEDDED:
         hf_model.config._name_or_path = name  # results name the model as the user did
     return wrap(hf_model, tokenizer)
+
+
+def _meta_model(name: str, dtype: torch.dtype, **kwargs):
+    """The wrapper for ``remote=True``: the architecture on meta weights, plus the tokenizer.
+
+    Built here from ``AutoConfig`` + accelerate's ``init_empty_weights`` rather than by
+    ``TransformersModel(name)``: nnsight 0.8.1's meta build goes through a transformers
+    pipeline that transformers >= 5.23 can no longer build ("Impossible to guess which
+    tokenizer to use"). The module tree is ``AutoModelForCausalLM``'s, the class NDIF loads
+    for the key's ``text-generation`` task, so the request's module paths match the server's.
+    Only the config and tokenizer files are read (hub or cache); no weights.
+    """
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    revision = kwargs.pop("revision", None)
+    try:
+        config = AutoConfig.from_pretrained(name, revision=revision, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(name, revision=revision)
+    except (OSError, ValueError) as err:
+        offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes")
+        hint = " (HF_HUB_OFFLINE is set: a remote model needs its config from the hub or the local cache)" \
+            if offline else ""
+        raise ValueError(f"cannot load model {name!r} for remote use: {str(err).splitlines()[0]}{hint}") from None
+    with init_empty_weights():
+        hf_model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    hf_model.config._name_or_path = name  # the key NDIF resolves: the hub id as given
+    arch_spec(config)  # fail fast on an unsupported architecture
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    from nnsight.modeling.transformers import TransformersModel
+
+    # device="meta" reaches the pipeline nnsight wraps the module in (it would move it to the CPU)
+    model = TransformersModel(hf_model.eval(), tokenizer=tokenizer, device="meta")
+    model.revision = revision
+    return model
 
 
 def _in_hf_cache(name: str) -> bool:

@@ -13,7 +13,7 @@ import re
 from dataclasses import replace
 from typing import Any, Iterable, Sequence
 
-from .architectures import check_site, hidden_size, num_layers
+from .architectures import arch_spec, check_site, hidden_size, num_layers
 from .specs import Affine, Amplify, Compose, Identity, Row, Source, Target, as_mapping
 from .validate import as_list, check_alphas, check_layer, check_layers, check_strings, dedupe, is_int
 
@@ -103,6 +103,7 @@ def resolve(model, patches: Iterable, target_model=None) -> list[Row]:
     src_name, tgt_name = model_name(model), model_name(target_model)
     limits = {id(model): context_length(model), id(target_model): context_length(target_model)}
     cache: dict = {}
+    specs = arch_spec(model._module.config), arch_spec(target_model._module.config)
 
     def ids_of(m, t, prompt):
         key = (id(t), prompt)
@@ -120,8 +121,9 @@ def resolve(model, patches: Iterable, target_model=None) -> list[Row]:
         raise ValueError(f"patches must be a list of (Source, Target[, mapping]) tuples, got {patches!r}")
     for item in patches:
         src, tgt, f = _unpack(item)
-        check_site(src.site)
+        specs[0].site_module(check_site(src.site))  # a site the layout has no module for: its reason
         tsite = check_site(tgt.site or src.site)
+        specs[1].site_module(tsite)
         sids = ids_of(model, tok, src.prompt)
         spos = resolve_position(tok, src.prompt, src.position, len(sids))
         slayer = check_layer(src.layer, n_src, "source", src_name)

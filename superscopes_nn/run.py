@@ -26,11 +26,12 @@ from typing import Callable, Sequence
 
 import pandas as pd
 
-from .engine import chunks, plan, plan_reads, run_session
+from .architectures import hidden_size
+from .engine import chunks, plan, plan_reads, result_bytes, run_session
 from .resolver import model_name
 from .specs import Row
 from .store import RunStore, frame, row_key
-from .validate import check_batch_size, check_max_new_tokens
+from .validate import check_batch_size, check_max_new_tokens, check_remote
 
 
 def gen_kwargs(target_model, max_new_tokens: int) -> dict:
@@ -75,41 +76,102 @@ def remote_caller(remote, backend, model, retries: int = 3, backoff: float = 1.0
     """``call(fn)``: ``fn()`` directly for local runs, through NDIF retries for remote ones."""
     from .ndif_errors import call_remote, remote_host
 
-    host = remote_host(remote)
+    host = remote_host(check_remote(remote))
     if host is None and backend is not None and getattr(backend, "host", None):
         host = backend.host
     if host is None:
         return lambda fn: fn()
     kw = {} if sleep is None else {"sleep": sleep}
-    return functools.partial(call_remote, retries=retries, backoff=backoff, host=host, model=model_name(model), **kw)
+    retrying = functools.partial(call_remote, retries=retries, backoff=backoff, host=host, model=model_name(model), **kw)
+    return functools.partial(_named_model_key, retrying, model_name(model), host)
+
+
+def _named_model_key(call: Callable, name: str, host: str, fn: Callable):
+    """``call(fn)``; a model with no hub id (a local path, an in-memory model) is one line naming the host."""
+    from huggingface_hub.errors import HFValidationError
+
+    try:
+        return call(fn)
+    except HFValidationError as err:
+        raise ValueError(f"cannot run {name!r} on {host}: a remote run sends the model's hub id, and {name!r} has "
+                         f"none NDIF can look up (a local path or an in-memory model): {str(err).splitlines()[0]}"
+                         ) from None
+
+
+def session_backend(model, remote, backend):
+    """The backend one session of ``model`` uses: the caller's; else, for NDIF (``remote=True`` or a
+    host), a fresh :class:`~superscopes_nn.ndif_backend.NDIFBackend` (submit once, then wait on the
+    same job id, so a dropped connection never runs the job twice); else None (local, "local")."""
+    if backend is not None or not remote or remote == "local":
+        return backend
+    from .ndif_backend import remote_backend
+
+    return remote_backend(model, remote)
+
+
+#: NDIF returns a result inline up to 8 MiB; a request is sized to stay well under it.
+REQUEST_RESULT_BYTES = 6 * 2 ** 20
+
+
+def requests(model, plans: list, chunks_per_request: int) -> list[list]:
+    """Group consecutive chunk plans into requests of at most ``chunks_per_request`` chunks
+    whose estimated result stays under :data:`REQUEST_RESULT_BYTES`."""
+    config = model._module.config
+    vocab = getattr(config, "vocab_size", None) or getattr(getattr(config, "text_config", None), "vocab_size", 0)
+    d = hidden_size(config)
+    out, size = [], 0
+    for item in plans:
+        n = result_bytes(item[1], vocab, d)
+        if out and len(out[-1]) < chunks_per_request and size + n <= REQUEST_RESULT_BYTES:
+            out[-1].append(item)
+            size += n
+        else:
+            out.append([item])
+            size = n
+    return out
 
 
 def execute(model, rows: list[Row], *, target_model=None, gen_kwargs: dict | None = None, logits: bool = False,
-            max_batch_size: int = 64, shared_prefix: bool = True, remote=False, backend=None, call=None):
+            max_batch_size: int = 64, shared_prefix: bool = True, remote=False, backend=None, call=None,
+            chunks_per_request: int | None = None):
     """Yield ``(chunk_indices, job, out)`` for every chunk of ``rows`` (see :mod:`superscopes_nn.engine`).
 
     A source vector is read once per sweep: chunks reuse what earlier chunks read. In a
     cross-model run the source model reads in its own session first. ``call(fn)`` wraps
-    every session (NDIF retries); default: :func:`remote_caller`.
+    every session (NDIF retries); default: :func:`remote_caller`. ``chunks_per_request``:
+    chunks sent as one session (one NDIF request; results sized under NDIF's inline cap);
+    default 8 for remote runs, 1 locally (so progress and the run store advance per chunk).
     """
     target_model = model if target_model is None else target_model
     check_batch_size(max_batch_size)
     call = call or remote_caller(remote, backend, target_model)
+    per = chunks_per_request or (8 if remote else 1)
+    check_batch_size(per)
+    two = target_model is not model
     known: dict = {}
-    for idx in chunks([len(r.target_ids) for r in rows], int(max_batch_size)):
+    all_chunks = list(chunks([len(r.target_ids) for r in rows], int(max_batch_size)))
+    planned, seen = [], set()
+    for idx in all_chunks:  # plan every chunk up front: a source is read by the first chunk that needs it
         chunk = [rows[i] for i in idx]
-        two = target_model is not model
-        if two:
-            reads = plan_reads(model, chunk, known)
-            if reads.source_groups:
-                _, got = call(lambda: run_session(model, reads, remote=remote, backend=backend))
-                known.update(got)
-        job = plan(target_model, chunk, gen_kwargs=gen_kwargs, logits=logits, known=known,
+        job = plan(target_model, chunk, gen_kwargs=gen_kwargs, logits=logits, known=seen,
                    shared_prefix=shared_prefix, read_here=not two)
-        given = {k: known[k] for k in {r.source_key for r in chunk} if k in known}
-        out, used = call(lambda: run_session(target_model, job, remote=remote, backend=backend, vectors=given))
+        seen |= {r.source_key for r in chunk}
+        planned.append((idx, job))
+    for request in requests(target_model, planned, int(per)):
+        req_rows = [rows[i] for idx, _ in request for i in idx]
+        if two:
+            reads = plan_reads(model, req_rows, known)
+            if reads.source_groups:
+                _, got = call(lambda: run_session(model, reads, remote=remote,
+                                                  backend=session_backend(model, remote, backend)))
+                known.update(got)
+        jobs = [job for _, job in request]
+        given = {k: known[k] for k in {r.source_key for r in req_rows} if k in known}
+        outs, used = call(lambda: run_session(target_model, jobs, remote=remote, vectors=given,
+                                              backend=session_backend(target_model, remote, backend)))
         known.update(used)
-        yield idx, job, out
+        for (idx, job), out in zip(request, outs):
+            yield idx, job, out
 
 
 def _row_error(mapped_ok: bool, finite: bool, dtype) -> str | None:
@@ -129,7 +191,8 @@ def run_config(model, target_model, max_new_tokens: int, config: dict | None) ->
 def run_rows(model, rows: list[Row], *, target_model=None, max_new_tokens: int = 10, max_batch_size: int = 64,
              shared_prefix: bool = True, exact: bool = False, remote=False, backend=None, progress: bool = False,
              on_chunk: Callable | None = None, run_dir=None, resume: bool = False, config: dict | None = None,
-             retries: int = 3, backoff: float = 1.0, sleep: Callable | None = None) -> pd.DataFrame:
+             retries: int = 3, backoff: float = 1.0, sleep: Callable | None = None,
+             chunks_per_request: int | None = None) -> pd.DataFrame:
     """Run resolved rows in batched sessions; one result record per row, in input order.
 
     ``shared_prefix``: reuse the KV cache of the target tokens before the first patched
@@ -138,7 +201,8 @@ def run_rows(model, rows: list[Row], *, target_model=None, max_new_tokens: int =
     chunk on disk (:mod:`superscopes_nn.store`) and write ``results.csv`` /
     ``results.parquet`` at the end; ``resume=True`` skips the rows already there (a
     changed config is an error). ``on_chunk(records)`` runs after each chunk is stored;
-    ``retries`` / ``backoff`` / ``sleep``: NDIF retries of remote sessions.
+    ``retries`` / ``backoff`` / ``sleep``: NDIF retries of remote sessions;
+    ``chunks_per_request``: chunks per session (see :func:`execute`; default 8 remote, 1 local).
     """
     target_model = model if target_model is None else target_model
     gen = gen_kwargs(target_model, max_new_tokens)
@@ -148,6 +212,7 @@ def run_rows(model, rows: list[Row], *, target_model=None, max_new_tokens: int =
     rows = list(rows)
     if not rows:
         raise ValueError("no rows to run")
+    call = remote_caller(remote, backend, target_model, retries, backoff, sleep)  # bad remote: refused before disk
     store = None
     if run_dir is not None:
         store = RunStore(run_dir, run_config(model, target_model, max_new_tokens, config), resume=resume)
@@ -160,7 +225,6 @@ def run_rows(model, rows: list[Row], *, target_model=None, max_new_tokens: int =
             pending.append(r)
     eos, tok = eos_ids(target_model), target_model.tokenizer
     src_name, tgt_name = model_name(model), model_name(target_model)
-    call = remote_caller(remote, backend, target_model, retries, backoff, sleep)
     bar = None
     if progress and pending:
         from tqdm.auto import tqdm
@@ -170,7 +234,8 @@ def run_rows(model, rows: list[Row], *, target_model=None, max_new_tokens: int =
         if pending:
             for idx, job, (ids, finite, mapped_ok) in execute(
                     model, pending, target_model=target_model, gen_kwargs=gen, max_batch_size=max_batch_size,
-                    shared_prefix=shared_prefix, remote=remote, backend=backend, call=call):
+                    shared_prefix=shared_prefix, remote=remote, backend=backend, call=call,
+                    chunks_per_request=chunks_per_request):
                 prompt_len = job.target_ids.shape[1]
                 done = []
                 for b, i in enumerate(idx):
@@ -192,6 +257,10 @@ def run_rows(model, rows: list[Row], *, target_model=None, max_new_tokens: int =
         df = frame([results[k] for k in keys])
         if store is not None:
             store.write_tables(df)
+    except BaseException:
+        if store is not None:
+            store.abandon()  # a failed start leaves no config.json behind
+        raise
     finally:
         if bar is not None:
             bar.close()

@@ -18,7 +18,8 @@ from .architectures import SITES, arch_spec, get_path
 def plain_spec(model) -> tuple:
     """``(layers_path, lm_head_path, {site: (module_path, is_input)})`` of an nnsight model."""
     spec = arch_spec_of(model)
-    return (spec.layers, spec.lm_head, {s: (spec.site_module(s), spec.site_is_input(s)) for s in SITES})
+    return (spec.layers, spec.lm_head,
+            {s: (spec.site_module(s), spec.site_is_input(s)) for s in SITES if spec.has_site(s)})
 
 
 def arch_spec_of(model):
@@ -48,10 +49,18 @@ def write_patches(model, pspec: tuple, writes: list, patched: list, offset: int 
     ``writes``: ``(layer, site, batch_rows [n], positions [n], row_indices)`` in forward
     order; ``offset``: tokens served from a reused KV cache (absent from the pass's tensors).
     """
+    layers_path, _, site_paths = pspec
     for layer, site, b_rows, positions, b_idx in writes:
-        t = site_tensor(model, pspec, layer, site)
+        path, is_input = site_paths[site]
+        env = get_path(get_path(model, layers_path)[layer], path)
+        t = env.input if is_input else site_tensor(model, pspec, layer, site)
         value = torch.stack([patched[i].to(t.device) for i in b_idx]).to(t.dtype)
-        t[b_rows.to(t.device), (positions - offset).to(t.device)] = value
+        if is_input:  # a module's input may be the residual itself (OLMo 2): write a copy, never in place
+            t = t.clone()
+            t[b_rows.to(t.device), (positions - offset).to(t.device)] = value
+            env.input = t
+        else:
+            t[b_rows.to(t.device), (positions - offset).to(t.device)] = value
 
 
 def lm_head_output(model, pspec: tuple):

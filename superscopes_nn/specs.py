@@ -158,7 +158,13 @@ def _fn_digest(fn: Callable) -> str:
 @dataclass(frozen=True, eq=False)
 class Fn:
     """Any torch callable ``v -> v'`` ([d_source] -> [d_target]); it runs where the model runs
-    (on NDIF too, shipped by source). ``key`` defaults to a hash of its code and closure."""
+    (on NDIF too, shipped by source). ``key`` defaults to a hash of its code and closure.
+
+    ``v`` is a float32 tensor on the device the source vector was read on (a GPU, a layer's
+    GPU under ``device_map``, or the CPU for vectors NDIF sent back); the engine moves what
+    ``fn`` returns to the target tensor's device and dtype. Tensors ``fn`` closes over are
+    *not* moved for it: move them explicitly (``lambda v: W.to(v.device) @ v``), or use
+    :class:`Affine`, whose weight and bias follow ``v`` (once per chunk)."""
 
     fn: Callable[[torch.Tensor], torch.Tensor]
     name: str = "callable"

@@ -12,7 +12,14 @@ A run directory holds:
 - ``results.csv`` / ``results.parquet``: the finished table, written to a temporary
   file and renamed;
 - ``.lock``: held (``filelock``, an OS lock released when the process dies) while a
-  writer has the directory open; a second writer is refused, naming the holder's pid.
+  writer has the directory open; a second writer gets
+  :class:`~superscopes_nn.dirlock.RunDirBusy` naming the directory and the holder's
+  pid (``.lock.owner``); a dead holder's lock is taken over (:mod:`~superscopes_nn.dirlock`).
+
+:func:`~superscopes_nn.dirlock.check_run_dir` refuses an unwritable output directory
+(a file, under a file, no permission, full disk) in one ``OSError`` line before any
+model loads; a run that fails before its first row calls :meth:`RunStore.abandon`,
+which leaves no ``config.json``.
 
 Usage (what :func:`superscopes_nn.run.run_rows` does with ``run_dir=``)::
 
@@ -43,13 +50,13 @@ from typing import Any, Sequence
 
 import pandas as pd
 
+from .dirlock import DirLock
 from .specs import RESULT_COLUMNS
 
 CONFIG_FILE = "config.json"
 ROWS_FILE = "rows.jsonl"
 KEY_FIELDS = ("source_prompt", "source_position", "source_layer", "site", "target_prompt", "target_position",
               "target_layer", "target_site", "mapping_key", "alpha")
-LOCK_FILE = ".lock"
 #: Config keys compared first on resume, so the message names what matters most.
 PRIORITY_KEYS = ("model", "target_model", "command", "experiment", "prompts", "sites", "layers", "alphas",
                  "target_prompt", "max_new_tokens")
@@ -200,6 +207,7 @@ class RunStore:
         self.config = _normalise_config({k: v for k, v in config.items() if k != "versions"})
         self.config["versions"] = library_versions()
         self._lock = None
+        self._wrote_config = False
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         except OSError as err:
@@ -212,20 +220,7 @@ class RunStore:
             raise
 
     def _acquire(self) -> None:
-        import filelock
-
-        lock = filelock.FileLock(str(self.run_dir / LOCK_FILE), timeout=0, thread_local=False)
-        try:
-            lock.acquire()
-        except filelock.Timeout:
-            owner = (self.run_dir / (LOCK_FILE + ".owner"))
-            holder = owner.read_text(encoding="utf-8").strip() if owner.exists() else "another process"
-            raise RuntimeError(f"run directory {self.run_dir} is in use by {holder}; wait for it to finish "
-                               "or choose another directory") from None
-        except OSError as err:
-            raise OSError(f"cannot lock run directory {self.run_dir}: {err.strerror or err}") from None
-        self._lock = lock
-        (self.run_dir / (LOCK_FILE + ".owner")).write_text(f"pid {os.getpid()}\n", encoding="utf-8")
+        self._lock = DirLock(self.run_dir)
 
     def close(self) -> None:
         """Release the directory's lock (also when the process dies)."""
@@ -271,6 +266,15 @@ class RunStore:
                               f"{stored.get('versions')}, now {self.config['versions']}", stacklevel=3)
             return
         _write_atomic(self.config_path, json.dumps(self.config, indent=2, ensure_ascii=False) + "\n")
+        self._wrote_config = True
+
+    def abandon(self) -> None:
+        """After a failed start: remove the ``config.json`` this store wrote if no row was stored; release the lock."""
+        try:
+            if self._wrote_config and not _scan(self.rows_path).records:
+                self.config_path.unlink(missing_ok=True)
+        finally:
+            self.close()
 
     @property
     def config_path(self) -> Path:
@@ -304,10 +308,13 @@ class RunStore:
                 f.truncate(scan.valid_bytes)
         if scan.needs_newline:
             text = b"\n" + text
-        with open(self.rows_path, "ab") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with open(self.rows_path, "ab") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as err:
+            raise OSError(err.errno, f"cannot append rows to {self.rows_path}: {err.strerror or err}") from None
 
     def records_by_key(self) -> dict:
         """The first stored record of every finished row, by :func:`record_key`."""
@@ -331,8 +338,12 @@ def write_tables(df: pd.DataFrame, run_dir: str | os.PathLike) -> None:
     for name, write in (("results.csv", lambda p: df.to_csv(p, index=False)),
                         ("results.parquet", lambda p: df.to_parquet(p, index=False))):
         tmp = run_dir / f".{name}.tmp"
-        write(tmp)
-        os.replace(tmp, run_dir / name)
+        try:
+            write(tmp)
+            os.replace(tmp, run_dir / name)
+        except OSError as err:
+            tmp.unlink(missing_ok=True)
+            raise OSError(err.errno, f"cannot write {run_dir / name}: {err.strerror or err}") from None
 
 
 def frame(records: list[dict]) -> pd.DataFrame:

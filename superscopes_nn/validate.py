@@ -101,6 +101,53 @@ def check_strings(values: Any, what: str) -> list[str]:
     return out
 
 
+def check_remote(remote: Any) -> Any:
+    """``remote=``: ``False``/``None`` (local), ``True`` (NDIF), ``"local"`` or an ``http(s)://host`` URL."""
+    if remote is None or isinstance(remote, bool) or _is_np_bool(remote):
+        return bool(remote)
+    if isinstance(remote, str):
+        low = remote.strip().lower()
+        if low == "local":
+            return "local"
+        if low.startswith(("http://", "https://")) and low.split("://", 1)[1].strip("/"):
+            return remote.strip()
+    raise ValueError(f"remote must be False, True, 'local' or an http(s):// host URL, got {remote!r}")
+
+
+def check_dtype(dtype: Any):
+    """A ``torch.dtype`` from a dtype or its name (``"bfloat16"``, ``"torch.float16"``)."""
+    import torch
+
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if isinstance(dtype, str):
+        value = getattr(torch, dtype.strip().removeprefix("torch."), None)
+        if isinstance(value, torch.dtype):
+            return value
+    raise ValueError(f"unknown dtype {dtype!r}: use a torch dtype or its name, e.g. float32, bfloat16, float16")
+
+
+def check_device(device: Any):
+    """``None`` (CPU) or a device string / ``torch.device`` that exists on this machine."""
+    import torch
+
+    if device is None:
+        return None
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"unknown device {device!r}: use e.g. 'cpu', 'cuda', 'cuda:0' or 'mps'") from None
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise ValueError(f"device {device!r}: no CUDA GPU is available here; use device=None (CPU)")
+        if dev.index is not None and dev.index >= n:
+            raise ValueError(f"device {device!r}: only {n} CUDA GPU(s) here (valid cuda:0..cuda:{n - 1})")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError(f"device {device!r}: MPS is not available here; use device=None (CPU)")
+    return dev
+
+
 def dedupe(values: list, what: str) -> list:
     """``values`` without repeats (first kept), warning once when there were any."""
     seen, out = set(), []

@@ -152,3 +152,14 @@ def test_token_identity_stores_top1_per_row_and_resumes(model, tmp_path):
     assert len(load_run(tmp_path)[0]) == 12
     with pytest.raises(FileExistsError, match="--resume"):
         ti.token_identity(model, run_dir=tmp_path, **kw)
+
+
+def test_sweep_with_run_dir_writes_the_results_tables(model, tmp_path):
+    """The README promises results.csv and results.parquet in every run directory, not only the CLI's."""
+    df = sweep(model, ["Pink Floyd"], layers=[0, 1], alphas=[1, 4], target=Target(ENTITY_PROMPT),
+               run_dir=tmp_path / "s", progress=False, **KW)
+    csv = pd.read_csv(tmp_path / "s" / "results.csv")
+    parquet = pd.read_parquet(tmp_path / "s" / "results.parquet")
+    assert len(csv) == len(parquet) == len(df) == 4
+    assert parquet.interpretation.tolist() == df.interpretation.tolist()
+    assert [list(t) for t in parquet.token_ids] == df.token_ids.tolist()

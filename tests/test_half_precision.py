@@ -6,7 +6,9 @@
   top-1/top-2 margin falls below that tolerance (the rule, never a loosened ``==``);
 - ``exact=True`` equals the one-at-a-time reference bit for bit.
 
-The same tests run again in a subprocess under ``ONEDNN_MAX_CPU_ISA=AVX2``, so both kernel
+The tiny-model tests run on every test device (``device`` in conftest.py: CPU, and CUDA when
+present), where the tolerance holds for cuBLAS's batch-shape-dependent bf16/fp16 kernels as well.
+The CPU ones run again in a subprocess under ``ONEDNN_MAX_CPU_ISA=AVX2``, so both kernel
 families (oneDNN's AVX-512/AMX bf16 kernels and torch's fallback) are exercised on any CPU.
 The real Gemma 3 270M in bf16 is batch-shape dependent even on AVX-512 CPUs without AMX
 (measured: max |batched - single| 0.43 on logits of scale 26), so its tests always exercise the rule.
@@ -22,7 +24,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hf_reference import assert_ids_agree_until_ambiguous, first_ambiguous_step, hf_patch_generate_logits, hf_patch_logits
+from superscopes_nn.reference import assert_ids_agree_until_ambiguous, first_ambiguous_step, hf_patch_generate_logits, hf_patch_logits
 from superscopes_nn import ENTITY_PROMPT, Target, logit_tolerance, patched_logits, run_rows, sweep_rows
 from superscopes_nn.testing import tiny_hf_model, wrap
 
@@ -62,17 +64,21 @@ def check_guarantee(model, rows, new_tokens=4):
     return worst, checked
 
 
-@pytest.mark.parametrize("dtype", HALF)
-def test_half_precision_batched_within_stated_tolerance(dtype):
+def _tiny(dtype, device):
     hf, tok = tiny_hf_model("llama", seed=4)
-    model = wrap(hf.to(dtype), tok)
+    return wrap(hf.to(device, dtype), tok)
+
+
+@pytest.mark.parametrize("dtype", HALF)
+def test_half_precision_batched_within_stated_tolerance(dtype, device):
+    model = _tiny(dtype, device)
     check_guarantee(model, _rows(model, [0, 2]))
 
 
 @pytest.mark.parametrize("dtype", HALF)
-def test_exact_mode_equals_one_at_a_time_bit_for_bit(dtype):
-    hf, tok = tiny_hf_model("llama", seed=4)
-    model = wrap(hf.to(dtype), tok)
+def test_exact_mode_equals_one_at_a_time_bit_for_bit(dtype, device):
+    model = _tiny(dtype, device)
+    hf = model._module
     rows = _rows(model, [0, 2])
     df = run_rows(model, rows, max_new_tokens=4, exact=True)
     logits = patched_logits(model, rows, exact=True)
@@ -132,10 +138,11 @@ def _kernel(env: dict) -> str:
     return kernels[0] if kernels else "torch fallback (no oneDNN matmul)"
 
 
+@pytest.mark.cpu_only
 @pytest.mark.skipif(os.environ.get("ONEDNN_MAX_CPU_ISA") == "AVX2", reason="already the restricted run")
 def test_half_precision_under_restricted_isa():
     """The tests above again with oneDNN held to AVX2: the other bf16 kernel family."""
-    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "SUPERSCOPES_TEST_DEVICES": "cpu"}  # oneDNN is CPU-only
     restricted, default = _kernel(env), _kernel(dict(os.environ))
     assert "avx512" not in restricted and "amx" not in restricted, restricted
     print(f"bf16 matmul kernels: default {default!r}, restricted {restricted!r}")

@@ -1,4 +1,4 @@
-"""Remote failures, end to end against a fake NDIF on 127.0.0.1, and the retry logic.
+"""NDIF's failures as NDIF writes them (table-driven), end to end against a fake NDIF, and retries.
 
 ``FakeNDIF`` speaks just enough of the protocol nnsight's RemoteBackend uses:
 the ``/subscribe`` websocket (handshake, the session-id message, status frames)
@@ -9,131 +9,18 @@ Everything stays on 127.0.0.1 with short timeouts.
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import http.server
-import json
-import queue
-import select
 import socket
-import struct
-import threading
-import time
-from collections import Counter
 
 import httpx
 import pytest
 from nnsight.intervention.backends.remote import RemoteError
 
+from fake_ndif import TIMEOUT, FakeNDIF
 from superscopes_nn.ndif_errors import NDIFError, call_remote, classify
 from superscopes_nn.resolver import sweep_rows
 from superscopes_nn.run import run_rows
 from superscopes_nn.specs import ENTITY_PROMPT, Target
 from superscopes_nn.testing import tiny_model
-
-WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-TIMEOUT = 5.0
-
-
-def ws_frame(payload: bytes, opcode: int = 0x1) -> bytes:
-    """One unmasked (server -> client) websocket frame."""
-    n = len(payload)
-    head = bytes([0x80 | opcode]) + (bytes([n]) if n < 126 else bytes([126]) + struct.pack(">H", n))
-    return head + payload
-
-
-class FakeNDIF:
-    """A threaded HTTP server playing one failure mode of NDIF.
-
-    ``ws_status``: answer the websocket handshake with this HTTP status.
-    ``ws_drop``: accept the handshake, then drop the TCP connection.
-    ``post_status``: answer ``POST /request`` with this status and ``{"detail": detail}``.
-    ``job_error``: accept the POST, then send an ERROR status with this description.
-    """
-
-    def __init__(self, ws_status=None, ws_drop=False, post_status=None, detail="", job_error=None):
-        self.ws_status, self.ws_drop, self.post_status = ws_status, ws_drop, post_status
-        self.detail, self.job_error = detail, job_error
-        self.counts: Counter = Counter()
-        self.post_headers: list[dict] = []
-        self.frames: queue.Queue = queue.Queue()
-        fake = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            timeout = TIMEOUT
-
-            def log_message(self, *args):
-                pass
-
-            def reply(self, status, body: dict):
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.send_header("Connection", "close")
-                self.end_headers()
-                self.wfile.write(data)
-                self.close_connection = True
-
-            def do_GET(self):
-                if self.path != "/subscribe":
-                    return self.reply(404, {"detail": f"no route {self.path}"})
-                fake.counts["subscribe"] += 1
-                if fake.ws_status is not None:
-                    return self.reply(fake.ws_status, {"detail": fake.detail})
-                accept = base64.b64encode(
-                    hashlib.sha1((self.headers["Sec-WebSocket-Key"] + WS_GUID).encode()).digest()).decode()
-                self.send_response(101, "Switching Protocols")
-                self.send_header("Upgrade", "websocket")
-                self.send_header("Connection", "Upgrade")
-                self.send_header("Sec-WebSocket-Accept", accept)
-                self.end_headers()
-                self.wfile.flush()
-                self.close_connection = True
-                if fake.ws_drop:
-                    self.connection.shutdown(socket.SHUT_RDWR)
-                    return
-                self.wfile.write(ws_frame(json.dumps({"session_id": "session-1"}).encode()))
-                self.wfile.flush()
-                deadline = time.monotonic() + TIMEOUT
-                try:  # send the job's status once the POST put it in the queue; answer the client's close
-                    while time.monotonic() < deadline:
-                        try:
-                            self.wfile.write(ws_frame(fake.frames.get_nowait()))
-                            self.wfile.flush()
-                        except queue.Empty:
-                            pass
-                        if select.select([self.connection], [], [], 0.02)[0]:
-                            self.connection.recv(1024)  # the client's close frame (or EOF)
-                            self.wfile.write(ws_frame(b"\x03\xe8", opcode=0x8))
-                            self.wfile.flush()
-                            return
-                except OSError:
-                    pass
-
-            def do_POST(self):
-                fake.counts["request"] += 1
-                fake.post_headers.append(dict(self.headers))
-                self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                if fake.post_status is not None:
-                    return self.reply(fake.post_status, {"detail": fake.detail})
-                self.reply(200, {"id": "job-1", "status": "RECEIVED", "description": "received"})
-                if fake.job_error is not None:
-                    fake.frames.put(json.dumps({"id": "job-1", "status": "ERROR",
-                                                "description": fake.job_error}).encode())
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def __enter__(self):
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture(scope="module")
@@ -152,6 +39,10 @@ def remote_run(tiny, monkeypatch):
     model, rows = tiny
     monkeypatch.setitem(hf._ID_CACHE, model.repo_id, "superscopes/tiny-llama")  # no hub lookup
     monkeypatch.setattr(websocket._socket, "_default_timeout", TIMEOUT)
+    import superscopes_nn.ndif_backend as nb
+
+    monkeypatch.setattr(nb, "POLL_INTERVAL", 0.01)  # NDIFBackend polls the fake quickly, and gives up on
+    monkeypatch.setattr(nb, "LOST_AFTER", 1.0)      # a job with no recorded status after a second
     return lambda url, **kw: run_rows(model, rows, max_new_tokens=2, remote=url, **kw)
 
 
@@ -169,75 +60,229 @@ def call(remote_run, url, retries=2):
     return info.value, sleeps
 
 
-# ------------------------------------------------------------------ end to end
+# ------------------------------------------------------------------ NDIF's own texts, table-driven
+
+# Each text verbatim from NDIF's docs/reference/error-messages.md (ndif 0.1.2 sdist), with its
+# HTTP status (ingress, after nnsight's "Failed to send request:") or None (a job's ERROR).
+KEY = "Invalid API key format: 'abc'. API keys must be in the format: xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx"
+NDIF_TEXTS = [
+    ("Missing or invalid API key. Please visit https://login.ndif.us to get one", 401, "fix"),
+    (KEY, 400, "fix"),
+    ("Invalid API key.", 403, "fix"),
+    ("Invalid JSON: EOF while parsing a value at line 1 column 0", 422, "fix"),
+    ("Service temporarily unavailable: compute backend is reconnecting. Please try again in a few minutes.",
+     503, "retry"),
+    ("Auth backend unavailable.", 503, "retry"),
+    ("Internal server error.", 500, "retry"),
+    ("Could not retrieve cluster status.", 503, "retry"),
+    ("Timed out waiting for cluster status.", 504, "retry"),
+    ("Client nnsight version was not provided. This usually means an outdated nnsight; please "
+     "`pip install --upgrade nnsight` and retry.", 400, "fix"),
+    ("Malformed nnsight version 'abc'.", 400, "fix"),
+    ("Client nnsight version 0.7.0 is below the minimum supported 0.8.0. Please `pip install --upgrade nnsight`.",
+     400, "fix"),
+    ("Client python version was not provided. Please update nnsight.", 400, "fix"),
+    ("Malformed python version 'x'.", 400, "fix"),
+    ("Client python version 3.11 is below the minimum supported 3.12. Please update python.", 400, "fix"),
+    ("OutOfOrderError: 'model.layers.0.output' was requested but the model already ran past it", None, "fix"),
+    ("ValueError: A barrier was never reached by every block it waits for; check the count it was created with",
+     None, "fix"),
+    ("Your request payload could not be read (UnpicklingError: pickle data was truncated). It may be truncated or "
+     "corrupted in transit, or compressed differently than the request declared. Re-sending it usually resolves "
+     "this; if it persists, check that the client and server nnsight versions match.", None, "retry"),
+    ("The model architecture on this server doesn't match the one your code was traced against: it has no module "
+     "at 'model.layers.0.mlp'.\n\nThis usually means the package versions differ", None, "fix"),
+    ("Your job exceeded the execution timeout of 600s.", None, "fix"),
+    ("Your job was cancelled or preempted by the server.", None, "retry"),
+    ("Request cancelled by operator.", None, "permanent"),
+    ("Replica was evicted while processing your request. Sorry for the inconvenience. Please try again later.",
+     None, "retry"),
+    ("Error submitting request to model deployment. Please try again later. Sorry for the inconvenience.",
+     None, "retry"),
+    ("Error provisioning model. Please try again later. Sorry for the inconvenience.", None, "retry"),
+    ("Error starting model. Please try again later.", None, "retry"),
+    ("Could not deploy this model. Repository Not Found for url: https://huggingface.co/api/models/x/y", None, "fix"),
+    ("Critical server error occurred. Please try again later. Sorry for the inconvenience.", None, "retry"),
+    ("Traceback (most recent call last):\n  File \"greenlet\", line 1\nValueError: Cannot switch to a different "
+     "thread", None, "retry"),
+]
+
+
+def _sent(text: str, status: int | None) -> Exception:
+    """The exception nnsight raises for ``text``: a wrapped HTTP error, or the job's RemoteError."""
+    if status is None:
+        return RemoteError(text)
+    request = httpx.Request("POST", "https://api.ndif.us/request")
+    resp = httpx.Response(status, json={"detail": text}, request=request)
+    return _wrapped(httpx.HTTPStatusError(str(status), request=request, response=resp))
+
+
+@pytest.mark.parametrize("text,status,kind", NDIF_TEXTS, ids=[t[0][:40] for t in NDIF_TEXTS])
+def test_ndif_documented_texts(text, status, kind):
+    failure = classify(_sent(text, status), host="https://api.ndif.us")
+    assert failure is not None and failure.kind == kind, (text, failure)
+    assert failure.transient == (kind == "retry")
+    assert "\n" not in failure.message
+    assert text.split("\n")[0][:60] in failure.message or text.splitlines()[-1] in failure.message
+
+
+def test_python_version_gate_names_the_versions():
+    msg = classify(_sent(NDIF_TEXTS[14][0], 400)).message
+    assert "3.11 is below the minimum supported 3.12" in msg and "HTTP 400" in msg
+
+
+def test_architecture_mismatch_points_to_ndif_compare():
+    failure = classify(RemoteError(NDIF_TEXTS[18][0]))
+    assert "ndif.compare()" in failure.message and "transformers" in failure.message and "version" not in \
+        failure.message.split(":")[0]
+
+
+def test_job_traceback_keeps_its_last_line_and_oom_says_lower_max_batch_size():
+    frames = "".join(f'  File "/srv/ndif/x{i}.py", line {i}, in f\n    y = g()\n' for i in range(40))
+    text = f"Traceback (most recent call last):\n{frames}torch.OutOfMemoryError: CUDA out of memory. " \
+           "Tried to allocate 2.00 GiB"
+    failure = classify(RemoteError(text))
+    assert failure.kind == "fix" and "torch.OutOfMemoryError: CUDA out of memory" in failure.message
+    assert "lower max_batch_size" in failure.message
+    user = classify(RemoteError(f"Traceback (most recent call last):\n{frames}KeyError: 'model.layers.99'"))
+    assert user.kind == "fix" and user.message.startswith("NDIF job failed: KeyError: 'model.layers.99'")
+
+
+@pytest.mark.parametrize("status,body,kind,says", [
+    (403, "<Error><Code>AccessDenied</Code><Message>Request has expired</Message></Error>", "fix",
+     "Request has expired"),
+    (404, "<Error><Code>NoSuchBucket</Code></Error>", "permanent", "NoSuchBucket"),
+    (403, "<Error><Code>SignatureDoesNotMatch</Code></Error>", "permanent", "SignatureDoesNotMatch"),
+])
+def test_result_download_failures_are_named_as_such(status, body, kind, says):
+    url = "https://store.ndif.us/dev/results/abc.pt?X-Amz-Signature=1"
+    request = httpx.Request("GET", url)
+    err = httpx.HTTPStatusError(str(status), request=request, response=httpx.Response(status, text=body,
+                                                                                          request=request))
+    failure = classify(err, host="https://api.ndif.us")
+    assert failure.kind == kind and failure.message.startswith("result download failed") and says in failure.message
+    assert "API key" not in failure.message and "X-Amz-Signature" not in failure.message
+
+
+def test_result_download_dns_failure_is_not_a_host_problem():
+    request = httpx.Request("GET", "http://minio:27018/dev/results/abc.pt")
+    failure = classify(httpx.ConnectError("[Errno -2] Name or service not known", request=request),
+                       host="https://api.ndif.us")
+    assert failure.kind == "permanent" and failure.message.startswith("result download failed")
+    assert "object store" in failure.message
+
+
+# ------------------------------------------------------------------ end to end (fake NDIF on 127.0.0.1)
 
 
 def test_connection_refused_is_retried_then_names_the_host(remote_run):
     url = f"http://127.0.0.1:{free_port()}"
     err, sleeps = call(remote_run, url, retries=2)
     msg = str(err)
-    assert msg.startswith(f"could not reach NDIF at {url} (connection refused) after 3 tries")
+    assert msg.startswith(f"could not reach NDIF at {url} (connection refused)") and "after 3 tries" in msg
     assert "check the host" in msg and "\n" not in msg
     assert sleeps == [1.0, 2.0] and err.attempts == 3 and err.failure.transient
-    assert isinstance(err.__cause__, ConnectionRefusedError)
+    assert "Connection refused" in str(err.__cause__)  # the POST of NDIFBackend's submit (no websocket)
 
 
-@pytest.mark.parametrize("where", ["handshake", "post"])
-def test_http_401_is_an_api_key_error_not_retried(remote_run, where):
-    kw = {"ws_status": 401} if where == "handshake" else {"post_status": 401}
-    with FakeNDIF(detail="Invalid API key", **kw) as srv:
+def test_post_403_invalid_key_is_not_retried(remote_run):
+    with FakeNDIF(post_status=403, detail="Invalid API key.") as srv:
         err, sleeps = call(remote_run, srv.url)
-    msg = str(err)
-    assert msg.startswith("NDIF rejected the API key (HTTP 401)")
-    assert "Invalid API key" in msg and "set_default_api_key" in msg and "NDIF_API_KEY" in msg
-    assert sleeps == [] and srv.counts["subscribe"] == 1
-    assert srv.counts["request"] == (1 if where == "post" else 0)
-    assert err.__cause__ is not None
-
-
-def test_http_404_model_not_on_ndif(remote_run):
-    with FakeNDIF(post_status=404, detail="Model superscopes/tiny-llama is not deployed") as srv:
-        err, sleeps = call(remote_run, srv.url)
-    msg = str(err)
-    assert f"NDIF at {srv.url} does not serve" in msg and "HTTP 404" in msg and "not deployed" in msg
+    assert "Invalid API key." in str(err) and "NDIF_API_KEY" in str(err) and err.failure.kind == "fix"
     assert sleeps == [] and srv.counts["request"] == 1
-    assert isinstance(err.__cause__, RemoteError) and isinstance(err.__cause__.__cause__, httpx.HTTPStatusError)
 
 
-@pytest.mark.parametrize("status", [503, 429])
-def test_http_503_and_429_are_retried(remote_run, status):
-    with FakeNDIF(post_status=status, detail="overloaded") as srv:
+@pytest.mark.parametrize("status,detail", [(503, "Auth backend unavailable."), (504, "Timed out waiting for "
+                                                                                      "cluster status.")])
+def test_ingress_503_504_are_retried(remote_run, status, detail):
+    with FakeNDIF(post_status=status, detail=detail) as srv:
         err, sleeps = call(remote_run, srv.url, retries=2)
     msg = str(err)
-    assert f"HTTP {status}" in msg and "after 3 tries" in msg and "overloaded" in msg and srv.url in msg
-    assert srv.counts["request"] == 3 and srv.counts["subscribe"] == 3
-    assert sleeps == [1.0, 2.0]
+    assert f"HTTP {status}" in msg and "after 3 tries" in msg and detail in msg and srv.url in msg
+    assert srv.counts["request"] == 3 and sleeps == [1.0, 2.0]
 
 
-def test_websocket_dropped_is_retried(remote_run):
-    with FakeNDIF(ws_drop=True) as srv:
+def test_evicted_job_is_retried(remote_run):
+    text = "Replica was evicted while processing your request. Sorry for the inconvenience. Please try again later."
+    with FakeNDIF(job_error=text) as srv:
         err, sleeps = call(remote_run, srv.url, retries=1)
-    assert "websocket closed" in str(err) and "after 2 tries" in str(err)
-    assert srv.counts["subscribe"] == 2 and srv.counts["request"] == 0 and sleeps == [1.0]
+    assert text in str(err) and srv.counts["request"] == 2 and sleeps == [1.0]
 
 
-def test_server_side_job_error_carries_the_server_message(remote_run):
-    with FakeNDIF(job_error="CUDA out of memory. Tried to allocate 2.00 GiB") as srv:
+def test_websocket_drop_after_submit_is_never_resubmitted(remote_run):
+    with FakeNDIF(drop_after_post=True) as srv:
+        err, sleeps = call(remote_run, srv.url, retries=3)
+    assert srv.counts["request"] == 1 and sleeps == [] and err.failure.kind == "permanent"
+    assert "not resubmitted" in str(err) and "NDIFBackend" in str(err)
+
+
+def test_version_gate_400(remote_run):
+    text = "Client nnsight version 0.8.1 is below the minimum supported 0.9.0. Please `pip install --upgrade nnsight`."
+    with FakeNDIF(post_status=400, detail=text) as srv:
         err, sleeps = call(remote_run, srv.url)
-    assert str(err) == "NDIF job failed on the server: CUDA out of memory. Tried to allocate 2.00 GiB"
-    assert isinstance(err.__cause__, RemoteError) and sleeps == [] and srv.counts["request"] == 1
-
-
-@pytest.mark.parametrize("how", ["post", "job"])
-def test_version_mismatch(remote_run, how):
-    text = "nnsight version mismatch: client 0.8.1 is not supported, the server requires nnsight 0.9.0"
-    kw = {"post_status": 400, "detail": text} if how == "post" else {"job_error": text}
-    with FakeNDIF(**kw) as srv:
-        err, sleeps = call(remote_run, srv.url)
-    msg = str(err)
-    assert msg.startswith("nnsight version mismatch: client 0.8.1, server says") and "0.9.0" in msg
+    assert "0.8.1 is below the minimum supported 0.9.0" in str(err) and err.failure.kind == "fix"
     assert sleeps == [] and srv.counts["request"] == 1
     assert srv.post_headers[0].get("nnsight-version") == "0.8.1"  # what the server gates on
+
+
+# ------------------------------------------------------------------ NDIFBackend: one submit, wait on its id
+
+
+def _result_blob(saved: dict) -> bytes:
+    import io
+
+    import torch
+    import zstandard
+    from nnsight import CONFIG
+
+    buf = io.BytesIO()
+    torch.save(saved, buf)
+    return zstandard.ZstdCompressor().compress(buf.getvalue()) if CONFIG.API.COMPRESS else buf.getvalue()
+
+
+def _job(status, url=None):
+    return 200, {"id": "job-1", "status": status, "description": status.lower(), "data": url}
+
+
+def test_ndif_backend_waits_on_the_same_job_through_poll_failures(tiny, monkeypatch):
+    import nnsight.modeling.huggingface as hf
+    import torch
+
+    from superscopes_nn import generate_plain
+    from superscopes_nn.ndif_errors import remote_backend
+
+    model, _ = tiny
+    monkeypatch.setitem(hf._ID_CACHE, model.repo_id, "superscopes/tiny-llama")
+    want = generate_plain(model, ["Pink Floyd"], max_new_tokens=3)
+    with model.generate(torch.tensor([model.tokenizer("Pink Floyd")["input_ids"]]), max_new_tokens=3,
+                        do_sample=False, pad_token_id=model.tokenizer.pad_token_id) as tracer:
+        ids = tracer.result.save()
+    polls = [(503, {"detail": "Auth backend unavailable."}), _job("QUEUED"), _job("RUNNING")]
+    with FakeNDIF(polls=polls, result=(200, _result_blob({"result": ids}))) as srv:
+        srv.polls.append(_job("COMPLETED", f"{srv.url}/results/job-1"))
+        backend = remote_backend(model, srv.url, sleep=lambda s: None)
+        got = generate_plain(model, ["Pink Floyd"], max_new_tokens=3, backend=backend)
+    assert got == want
+    assert srv.counts["request"] == 1 and srv.counts["subscribe"] == 0 and srv.counts["poll"] == 4
+    assert backend.job_id == "job-1"
+
+
+def test_ndif_backend_expired_result_url_is_a_download_failure(tiny, monkeypatch):
+    import nnsight.modeling.huggingface as hf
+
+    from superscopes_nn import generate_plain
+    from superscopes_nn.ndif_errors import remote_backend
+
+    model, _ = tiny
+    monkeypatch.setitem(hf._ID_CACHE, model.repo_id, "superscopes/tiny-llama")
+    with FakeNDIF(result=(403, b"<Error><Message>Request has expired</Message></Error>")) as srv:
+        srv.polls.append(_job("COMPLETED", f"{srv.url}/results/job-1?X-Amz-Date=20260101T000000Z&X-Amz-Expires=3600"))
+        backend = remote_backend(model, srv.url, sleep=lambda s: None)
+        with pytest.raises(NDIFError) as info:
+            call_remote(lambda: generate_plain(model, ["Pink Floyd"], max_new_tokens=2, backend=backend),
+                        host=srv.url, sleep=lambda s: pytest.fail("retried"))
+    assert str(info.value).startswith("result download failed (HTTP 403 Request has expired")
+    assert srv.counts["request"] == 1
 
 
 # ------------------------------------------------------------------ retry logic (no network)
@@ -265,14 +310,14 @@ def test_transient_failure_then_success():
 def test_retries_exhausted_counts_attempts():
     fn, calls = failing(10, TimeoutError("timed out"))
     sleeps = []
-    with pytest.raises(NDIFError, match=r"timed out\) after 4 tries") as info:
+    with pytest.raises(NDIFError, match=r"timed out\).*after 4 tries") as info:
         call_remote(fn, retries=3, sleep=sleeps.append, host="https://ndif.example")
     assert len(calls) == 4 and sleeps == [1.0, 2.0, 4.0] and isinstance(info.value.__cause__, TimeoutError)
 
 
 def test_permanent_failure_is_not_retried():
-    fn, calls = failing(10, RemoteError("Traceback ... KeyError: 'model.layers.99'"))
-    with pytest.raises(NDIFError, match="NDIF job failed on the server: Traceback"):
+    fn, calls = failing(10, RemoteError("Traceback (most recent call last):\nKeyError: 'model.layers.99'"))
+    with pytest.raises(NDIFError, match="NDIF job failed: KeyError: 'model.layers.99'"):
         call_remote(fn, retries=3, sleep=lambda s: pytest.fail("slept"))
     assert len(calls) == 1
 
@@ -313,7 +358,7 @@ def test_classify_httpx_errors_as_nnsight_wraps_them():
     assert refused.transient and "connection refused" in refused.message
     resp = httpx.Response(403, json={"detail": "Key revoked"}, request=request)
     forbidden = classify(_wrapped(httpx.HTTPStatusError("403", request=request, response=resp)))
-    assert not forbidden.transient and forbidden.status == 403 and "Key revoked" in forbidden.message
+    assert forbidden.kind == "fix" and forbidden.status == 403 and "Key revoked" in forbidden.message
     resp = httpx.Response(502, text="<html>Bad Gateway</html>", request=request)
     gateway = classify(_wrapped(httpx.HTTPStatusError("502", request=request, response=resp)))
     assert gateway.transient and "HTTP 502" in gateway.message

@@ -1,21 +1,27 @@
-"""The nnsight patch engine against an independent plain-HF hook reference."""
+"""The nnsight patch engine against an independent plain-HF hook reference, on every test device
+(``device`` in conftest.py: CPU, and CUDA when present or ``SUPERSCOPES_TEST_DEVICES=cuda``)."""
 
 import pytest
 import torch
 
-from hf_reference import hf_patch_generate, hf_patch_logits, hf_read
+from superscopes_nn.reference import hf_patch_generate, hf_patch_logits, hf_read
 from superscopes_nn.api import collect, patched_logits, patchscope, sweep
 from superscopes_nn.resolver import resolve, sweep_rows
 from superscopes_nn.run import run_rows
 from superscopes_nn.specs import ENTITY_PROMPT, IDENTITY_PROMPT, Affine, Amplify, Source, Target
-from superscopes_nn.testing import TINY_ARCHS, tiny_model
+from superscopes_nn.testing import CORE_ARCHS, tiny_hf_model, wrap
 
 SITES = ("residual", "attn_out", "mlp_in", "mlp_out")
 
 
-@pytest.fixture(scope="module", params=TINY_ARCHS)
-def model(request):
-    return tiny_model(request.param)
+def tiny_model(arch="llama", *, device, dtype=torch.float32, **kw):
+    hf, tok = tiny_hf_model(arch, **kw)
+    return wrap(hf.to(device, dtype), tok)
+
+
+@pytest.fixture(scope="module", params=CORE_ARCHS)  # every family: tests/test_families.py
+def model(request, device):
+    return tiny_model(request.param, device=device)
 
 
 def test_patched_generation_matches_hf_hooks(model):
@@ -46,8 +52,8 @@ def test_remote_local_equals_local(model):
     assert local.token_ids.tolist() == sim.token_ids.tolist()
 
 
-def test_mixed_target_lengths_and_cross_layer():
-    model = tiny_model("llama")
+def test_mixed_target_lengths_and_cross_layer(device):
+    model = tiny_model("llama", device=device)
     hf = model._module
     patches = [
         (Source("Titanic", 1, -1, "residual"), Target("The official currency of x", layer=0), Amplify(2.0)),
@@ -64,8 +70,8 @@ def test_mixed_target_lengths_and_cross_layer():
     assert df.mapping.tolist() == ["amplify", "identity", "amplify"]
 
 
-def test_cross_model_with_affine_map():
-    src, tgt = tiny_model("llama", seed=1), tiny_model("gpt2", seed=2, hidden=32)
+def test_cross_model_with_affine_map(device):
+    src, tgt = tiny_model("llama", seed=1, device=device), tiny_model("gpt2", seed=2, hidden=32, device=device)
     g = torch.Generator().manual_seed(0)
     f = Affine(torch.randn(32, 64, generator=g) * 0.2, torch.randn(32, generator=g) * 0.1)
     patches = [(Source("Pink Floyd", l, -1), Target(ENTITY_PROMPT, layer=1), f) for l in (0, 3)]
@@ -79,10 +85,10 @@ def test_cross_model_with_affine_map():
         patchscope(src, [(Source("Pink Floyd", 0), Target(ENTITY_PROMPT), None)], target_model=tgt)
 
 
-def test_patched_logits_match_hooks():
+def test_patched_logits_match_hooks(device):
     """Also where the patched positions differ within one call and are not the last token
     (vocabulary logits are computed only from the earliest patched position on)."""
-    model = tiny_model("gemma3_text")
+    model = tiny_model("gemma3_text", device=device)
     rows = sweep_rows(model, ["Alexander the Great"], layers=[1, 2], sites=["mlp_out", "residual"], alphas=[1, 8],
                       target=Target(ENTITY_PROMPT))
     for pos in (2, 4):
@@ -100,6 +106,7 @@ def test_collect_matches_hooks(model):
     values = collect(model, "Led Zeppelin", layers=[0, 3], sites=SITES)
     ids = model.tokenizer("Led Zeppelin")["input_ids"]
     for (layer, site), v in values.items():
+        assert v.device == model._module.device
         torch.testing.assert_close(v, hf_read(model._module, ids, layer, site))
 
 
@@ -128,11 +135,11 @@ def test_patched_logits_with_shared_prefix_equal_full_pass(model):
     torch.testing.assert_close(local, reused[:4], rtol=1e-4, atol=1e-4)
 
 
-def test_sources_read_once_per_sweep(monkeypatch):
+def test_sources_read_once_per_sweep(monkeypatch, device):
     """Chunks reuse source vectors read by earlier chunks."""
     import superscopes_nn.engine as P
 
-    model = tiny_model("llama")
+    model = tiny_model("llama", device=device)
     calls = []
     orig = P.read_sources
     monkeypatch.setattr(P, "read_sources", lambda m, spec, reads, vectors: (calls.append(len(reads)), orig(m, spec, reads, vectors)))
@@ -141,12 +148,9 @@ def test_sources_read_once_per_sweep(monkeypatch):
     assert len(df) == 16 and sum(calls) == 4
 
 
-def test_non_finite_rows_are_reported_not_written():
+def test_non_finite_rows_are_reported_not_written(device):
     """fp16: an amplified vector past 65504, or finite vectors that overflow inside the model."""
-    from superscopes_nn.testing import tiny_hf_model, wrap
-
-    hf, tok = tiny_hf_model("gpt2")
-    model = wrap(hf.half(), tok)
+    model = tiny_model("gpt2", device=device, dtype=torch.float16)
     with pytest.warns(UserWarning, match="non-finite"):
         df = sweep(model, "Pink Floyd", layers=[1], sites=["residual"], alphas=[1.0, 1e6], max_new_tokens=3,
                    progress=False)
@@ -161,11 +165,9 @@ def test_non_finite_rows_are_reported_not_written():
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_half_precision_patches_in_model_dtype(dtype):
-    from superscopes_nn.testing import tiny_hf_model, wrap
-
-    hf, tok = tiny_hf_model("llama", seed=4)
-    model = wrap(hf.to(dtype), tok)
+def test_half_precision_patches_in_model_dtype(dtype, device):
+    model = tiny_model("llama", seed=4, device=device, dtype=dtype)
+    hf = model._module
     rows = sweep_rows(model, "Alexander the Great", layers=[0, 2], sites=["mlp_out", "residual"], alphas=[1, 4],
                       target=Target(ENTITY_PROMPT))
     df = run_rows(model, rows, max_new_tokens=4)
@@ -173,3 +175,26 @@ def test_half_precision_patches_in_model_dtype(dtype):
         want = hf_patch_generate(hf, hf, list(r.source_ids), r.source_position, r.source_layer, r.site,
                                  list(r.target_ids), r.target_position, r.target_layer, r.mapping, 4)
         assert got == want
+
+
+def test_several_chunks_per_request_equal_one_per_session(monkeypatch):
+    """Remote runs send several chunks as one session (one NDIF request); same ids, fewer sessions."""
+    import superscopes_nn.run as R
+
+    model = tiny_model("llama")
+    kw = dict(layers=[0, 1, 2, 3], sites=["residual", "mlp_out"], alphas=[1, 3], max_batch_size=4, max_new_tokens=3,
+              progress=False)
+    local = sweep(model, ["Pink Floyd", "Star Wars"], **kw)  # 32 rows: 8 chunks, 8 sessions
+    sessions = []
+    real = R.run_session
+    monkeypatch.setattr(R, "run_session", lambda m, jobs, **k: (sessions.append(len(jobs)), real(m, jobs, **k))[1])
+    grouped = sweep(model, ["Pink Floyd", "Star Wars"], remote="local", chunks_per_request=3, **kw)
+    assert grouped.token_ids.tolist() == local.token_ids.tolist()
+    assert sessions == [3, 3, 2]
+    sessions.clear()
+    logits = patched_logits(model, resolve(model, [(Source("Pink Floyd", l), Target(), a) for l in range(4)
+                                                   for a in (1, 2)]), max_batch_size=2, remote="local")
+    assert sessions == [4]
+    want = patched_logits(model, resolve(model, [(Source("Pink Floyd", l), Target(), a) for l in range(4)
+                                                 for a in (1, 2)]), max_batch_size=2)
+    torch.testing.assert_close(logits, want, rtol=1e-5, atol=1e-5)

@@ -3,17 +3,20 @@
 import pytest
 import torch
 
-from superscopes_nn.architectures import arch_spec, get_path
+from superscopes_nn.architectures import arch_spec, get_path, num_layers
 from superscopes_nn.api import collect, patched_logits
 from superscopes_nn.resolver import resolve
 from superscopes_nn.specs import Source, Target
 from superscopes_nn.testing import TINY_ARCHS, tiny_model
 
-# The pre-MLP norm of each family, written down independently of ArchSpec.
-PRE_MLP_NORM = {"llama": "post_attention_layernorm", "qwen2": "post_attention_layernorm",
-                "gemma3_text": "pre_feedforward_layernorm", "gemma2": "pre_feedforward_layernorm",
-                "gpt2": "ln_2", "gpt_neox": "post_attention_layernorm", "gptj": "ln_1"}
-PARALLEL = {"gpt_neox", "gptj"}
+# The pre-MLP norm of each family, written down independently of ArchSpec (None: OLMo 2 has none).
+PRE_MLP_NORM = {
+    **dict.fromkeys(["llama", "mistral", "mixtral", "qwen2", "qwen3", "qwen3_moe", "phi3", "gemma", "starcoder2",
+                     "granite", "gpt_oss", "gpt_neox"], "post_attention_layernorm"),
+    **dict.fromkeys(["gemma2", "gemma3_text", "gemma3"], "pre_feedforward_layernorm"),
+    "olmo2": None, "gpt2": "ln_2", "gptj": "ln_1", "falcon": "input_layernorm", "cohere": "input_layernorm",
+}
+PARALLEL = {"gpt_neox", "gptj", "falcon", "cohere"}
 PROMPT = "Alexander the Great was a king"
 
 
@@ -22,9 +25,13 @@ def arch_model(request):
     return request.param, tiny_model(request.param)
 
 
+def test_oracle_covers_every_family():
+    assert set(PRE_MLP_NORM) == set(TINY_ARCHS)
+
+
 def test_sites_are_residual_contributions(arch_model):
     arch, model = arch_model
-    n = model._module.config.num_hidden_layers
+    n = num_layers(model._module.config)
     v = collect(model, PROMPT, layers=range(n), sites=("residual", "attn_out", "mlp_in", "mlp_out"))
     emb = collect_embeddings(model)
     spec = arch_spec(model._module.config)
@@ -35,7 +42,8 @@ def test_sites_are_residual_contributions(arch_model):
         torch.testing.assert_close(resid_out - resid_in, v[(layer, "attn_out")] + v[(layer, "mlp_out")],
                                    rtol=1e-4, atol=1e-4)
         # attn_out checked on its own: the MLP input is the pre-MLP norm of the mid residual
-        norm = get_path(get_path(model._module, spec.layers)[layer], PRE_MLP_NORM[arch])
+        block = get_path(model._module, spec.layers)[layer]
+        norm = getattr(block, PRE_MLP_NORM[arch]) if PRE_MLP_NORM[arch] else (lambda t: t)
         mid = resid_in if arch in PARALLEL else resid_in + v[(layer, "attn_out")]
         with torch.no_grad():
             torch.testing.assert_close(norm(mid), v[(layer, "mlp_in")], rtol=1e-4, atol=1e-4)
@@ -55,23 +63,32 @@ def collect_embeddings(model):
     return store["x"][0]
 
 
-@pytest.mark.parametrize("site", ["mlp_out", "attn_out"])
-def test_amplification_changes_logits(arch_model, site):
-    # (2) alpha 1 vs 8 on the block's contribution gives different logits at the patched position
+AMPLIFIED = [(site, layer) for site in ("mlp_out", "attn_out") for layer in (0, 2)]
+OWN = ("residual", "attn_out", "mlp_in", "mlp_out")
+OWN_PROMPT = "The official currency of x"
+
+
+@pytest.fixture(scope="module")
+def site_logits(arch_model):
+    """One patched-logits call per family: alpha 1 and 8 on each AMPLIFIED (site, layer), then
+    each OWN site's own value written back at layer 1."""
     _, model = arch_model
-    for layer in (0, 2):
-        rows = resolve(model, [(Source("Pink Floyd", layer, -1, site), Target("The official currency of x"), a)
-                               for a in (1.0, 8.0)])
-        lo = patched_logits(model, rows)
-        assert (lo[0] - lo[1]).abs().max() > 1e-3, (site, layer)
+    patches = [(Source("Pink Floyd", layer, -1, site), Target(OWN_PROMPT), a) for site, layer in AMPLIFIED
+               for a in (1.0, 8.0)]
+    patches += [(Source(OWN_PROMPT, 1, -1, site), Target(OWN_PROMPT), 1.0) for site in OWN]
+    return patched_logits(model, resolve(model, patches))
 
 
-@pytest.mark.parametrize("site", ["residual", "attn_out", "mlp_in", "mlp_out"])
-def test_identity_patch_of_own_value_is_a_no_op(arch_model, site):
+def test_amplification_changes_logits(site_logits):
+    # (2) alpha 1 vs 8 on the block's contribution gives different logits at the patched position
+    for i, key in enumerate(AMPLIFIED):
+        assert (site_logits[2 * i] - site_logits[2 * i + 1]).abs().max() > 1e-3, key
+
+
+def test_identity_patch_of_own_value_is_a_no_op(arch_model, site_logits):
     # (3) alpha 1 with the site's own value leaves the logits unchanged
     _, model = arch_model
-    prompt = "The official currency of x"
-    rows = resolve(model, [(Source(prompt, 1, -1, site), Target(prompt), 1.0)])
     with torch.no_grad():
-        clean = model._module(torch.tensor([model.tokenizer(prompt)["input_ids"]])).logits[0, -1]
-    torch.testing.assert_close(patched_logits(model, rows)[0], clean, rtol=1e-5, atol=1e-5)
+        clean = model._module(torch.tensor([model.tokenizer(OWN_PROMPT)["input_ids"]])).logits[0, -1]
+    for site, got in zip(OWN, site_logits[2 * len(AMPLIFIED):]):
+        torch.testing.assert_close(got, clean, rtol=1e-5, atol=1e-5, msg=lambda m: f"{site}: {m}")

@@ -223,9 +223,10 @@ def test_remote_chunk_failure_keeps_finished_chunks_and_resume_completes(sweep, 
         return real_run_job(model, job, remote=False, backend=None, vectors=vectors)  # "remote" work done here
 
     monkeypatch.setattr(patching, "run_session", flaky_run_job)
+    monkeypatch.setattr(patching, "session_backend", lambda model, remote, backend: None)  # no model key needed
     url = "http://127.0.0.1:9"
     with pytest.raises(NDIFError, match=r"could not reach NDIF at http://127.0.0.1:9 \(connection refused\) after 3 tries"):
-        run_sweep(model, rows, tmp_path, config, remote=url, retries=2, sleep=sleeps.append,
+        run_sweep(model, rows, tmp_path, config, remote=url, retries=2, sleep=sleeps.append, chunks_per_request=1,
                   **sweep_worker.RUN_KWARGS)
     assert sleeps == [1.0, 2.0] and calls == [url] * 5  # 2 good chunks + 3 tries of chunk 3
     on_disk = [json.loads(l) for l in lines(tmp_path / "rows.jsonl")]
@@ -233,6 +234,6 @@ def test_remote_chunk_failure_keeps_finished_chunks_and_resume_completes(sweep, 
 
     state["down"] = False
     resumed = run_sweep(model, rows, tmp_path, config, resume=True, remote=url, sleep=sleeps.append,
-                        **sweep_worker.RUN_KWARGS)
+                        chunks_per_request=1, **sweep_worker.RUN_KWARGS)
     pd.testing.assert_frame_equal(resumed, reference.iloc[:16])
     assert len(lines(tmp_path / "rows.jsonl")) == 16 and len(calls) == 5 + 2

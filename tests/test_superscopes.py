@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # the experiments package lives at the repo root
     sys.path.insert(0, str(ROOT))
 
-from hf_reference import hf_patch_generate  # noqa: E402
+from superscopes_nn.reference import hf_patch_generate  # noqa: E402
 from superscopes_nn.specs import ENTITY_PROMPT  # noqa: E402
 from superscopes_nn.superscopes import (  # noqa: E402
     HIDDEN_ALPHAS, MLP_ALPHAS, add_scores, check_alphas, detect_alpha, rule_agreement, success_table, superscope,

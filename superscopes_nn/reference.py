@@ -1,6 +1,11 @@
 """An independent Patchscope implementation with plain PyTorch forward hooks (no nnsight).
 
-Used by the tests as the reference the nnsight engine must match token for token.
+One HF ``generate`` per row with a hook that writes the mapped vector on the prompt pass:
+the official papers' per-row protocol. The tests hold the nnsight engine to it token for
+token, and ``benchmarks/`` time it as the naive loop. It shares only the site locations
+(:mod:`superscopes_nn.architectures`) with the engine. Inputs are built on the model's
+device and patched vectors moved to the hooked tensor's device and dtype, so the reference
+runs wherever the model sits (CPU or CUDA).
 """
 
 from __future__ import annotations
@@ -8,6 +13,10 @@ from __future__ import annotations
 import torch
 
 from superscopes_nn.architectures import arch_spec, get_path
+
+
+def _ids(hf_model, ids: list[int]) -> torch.Tensor:
+    return torch.tensor([ids], device=hf_model.device)
 
 
 def _module(hf_model, layer: int, site: str):
@@ -29,7 +38,7 @@ def hf_read(hf_model, ids: list[int], layer: int, site: str) -> torch.Tensor:
         h = mod.register_forward_hook(hook)
     try:
         with torch.no_grad():
-            hf_model(torch.tensor([ids]))
+            hf_model(_ids(hf_model, ids))
     finally:
         h.remove()
     return store["v"][0]
@@ -43,7 +52,7 @@ def _patch_hook(hf_model, layer, site, pos, vec):
             x = args[0]
             if x.shape[1] > 1:
                 x = x.clone()
-                x[:, pos] = vec.to(x.dtype)
+                x[:, pos] = vec.to(x.device, x.dtype)
                 return (x,) + tuple(args[1:])
             return None
 
@@ -53,59 +62,22 @@ def _patch_hook(hf_model, layer, site, pos, vec):
         t = out[0] if isinstance(out, tuple) else out
         if t.shape[1] > 1:
             t = t.clone()
-            t[:, pos] = vec.to(t.dtype)
+            t[:, pos] = vec.to(t.device, t.dtype)
             return (t,) + tuple(out[1:]) if isinstance(out, tuple) else t
         return None
 
     return mod.register_forward_hook(post)
 
 
-def hf_patch_generate(source_model, target_model, src_ids, src_pos, src_layer, site, tgt_ids, tgt_pos, tgt_layer,
-                      f, max_new_tokens: int, tgt_site: str | None = None) -> list[int]:
-    """Patched greedy generation with hooks; returns the new token ids (trimmed at EOS)."""
+def _patched_generate(source_model, target_model, src_ids, src_pos, src_layer, site, tgt_ids, tgt_pos, tgt_layer,
+                      f, max_new_tokens: int, tgt_site: str | None, with_logits: bool):
     vec = f(hf_read(source_model, src_ids, src_layer, site)[src_pos].float())
     h = _patch_hook(target_model, tgt_layer, tgt_site or site, tgt_pos, vec)
+    ids = _ids(target_model, tgt_ids)
     try:
         with torch.no_grad():
-            out = target_model.generate(torch.tensor([tgt_ids]), attention_mask=torch.ones(1, len(tgt_ids), dtype=torch.long),
-                                        max_new_tokens=max_new_tokens, do_sample=False,
-                                        pad_token_id=target_model.config.pad_token_id or 0,
-                                        top_p=None, top_k=None, temperature=None)
-    finally:
-        h.remove()
-    eos = target_model.generation_config.eos_token_id
-    eos = set([eos] if isinstance(eos, int) else (eos or []))
-    new = []
-    for t in out[0, len(tgt_ids):].tolist():
-        if t in eos:
-            break
-        new.append(t)
-    return new
-
-
-def hf_patch_logits(hf_model, src_ids, src_pos, src_layer, site, tgt_ids, tgt_pos, tgt_layer, f) -> torch.Tensor:
-    vec = f(hf_read(hf_model, src_ids, src_layer, site)[src_pos].float())
-    h = _patch_hook(hf_model, tgt_layer, site, tgt_pos, vec)
-    try:
-        with torch.no_grad():
-            return hf_model(torch.tensor([tgt_ids])).logits[0, tgt_pos]
-    finally:
-        h.remove()
-
-
-def hf_patch_generate_logits(source_model, target_model, src_ids, src_pos, src_layer, site, tgt_ids, tgt_pos,
-                             tgt_layer, f, max_new_tokens: int):
-    """Like :func:`hf_patch_generate`, also returning each step's logits: ``(ids, [steps, vocab])``.
-
-    ``ids`` are trimmed at EOS; the logits cover every step generated.
-    """
-    vec = f(hf_read(source_model, src_ids, src_layer, site)[src_pos].float())
-    h = _patch_hook(target_model, tgt_layer, site, tgt_pos, vec)
-    try:
-        with torch.no_grad():
-            out = target_model.generate(torch.tensor([tgt_ids]), attention_mask=torch.ones(1, len(tgt_ids), dtype=torch.long),
-                                        max_new_tokens=max_new_tokens, do_sample=False, output_logits=True,
-                                        return_dict_in_generate=True,
+            out = target_model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                                        do_sample=False, output_logits=with_logits, return_dict_in_generate=True,
                                         pad_token_id=target_model.config.pad_token_id or 0,
                                         top_p=None, top_k=None, temperature=None)
     finally:
@@ -117,7 +89,34 @@ def hf_patch_generate_logits(source_model, target_model, src_ids, src_pos, src_l
         if t in eos:
             break
         new.append(t)
-    return new, torch.stack([s[0] for s in out.logits]).float()
+    return new, (torch.stack([s[0] for s in out.logits]).float() if with_logits else None)
+
+
+def hf_patch_generate(source_model, target_model, src_ids, src_pos, src_layer, site, tgt_ids, tgt_pos, tgt_layer,
+                      f, max_new_tokens: int, tgt_site: str | None = None) -> list[int]:
+    """Patched greedy generation with hooks; returns the new token ids (trimmed at EOS)."""
+    return _patched_generate(source_model, target_model, src_ids, src_pos, src_layer, site, tgt_ids, tgt_pos,
+                             tgt_layer, f, max_new_tokens, tgt_site, False)[0]
+
+
+def hf_patch_logits(hf_model, src_ids, src_pos, src_layer, site, tgt_ids, tgt_pos, tgt_layer, f) -> torch.Tensor:
+    vec = f(hf_read(hf_model, src_ids, src_layer, site)[src_pos].float())
+    h = _patch_hook(hf_model, tgt_layer, site, tgt_pos, vec)
+    try:
+        with torch.no_grad():
+            return hf_model(_ids(hf_model, tgt_ids)).logits[0, tgt_pos]
+    finally:
+        h.remove()
+
+
+def hf_patch_generate_logits(source_model, target_model, src_ids, src_pos, src_layer, site, tgt_ids, tgt_pos,
+                             tgt_layer, f, max_new_tokens: int):
+    """Like :func:`hf_patch_generate`, also returning each step's logits: ``(ids, [steps, vocab])``.
+
+    ``ids`` are trimmed at EOS; the logits cover every step generated.
+    """
+    return _patched_generate(source_model, target_model, src_ids, src_pos, src_layer, site, tgt_ids, tgt_pos,
+                             tgt_layer, f, max_new_tokens, None, True)
 
 
 def first_ambiguous_step(step_logits: torch.Tensor, tolerance) -> int:
