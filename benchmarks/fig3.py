@@ -31,7 +31,7 @@ sys.path.insert(0, str(HERE.parent))
 from superscopes_nn.reference import hf_patch_generate  # noqa: E402
 from timing import Way, add_args, interleave, report, round_slices, say, setup  # noqa: E402
 
-from experiments.superscopes_common import load_fig3_prompts  # noqa: E402
+from superscopes_nn.datasets import load_fig3_prompts  # noqa: E402
 from superscopes_nn import ENTITY_PROMPT, load_model  # noqa: E402
 from superscopes_nn.superscopes import MLP_ALPHAS, superscope  # noqa: E402
 
@@ -69,7 +69,7 @@ def main(argv=None, model=None) -> dict:
             a = r.alpha
             got = hf_patch_generate(hf, hf, state["ids"][r.source_prompt], r.source_position, r.source_layer, r.site,
                                     tgt, r.target_position, r.target_layer, lambda v, a=a: v * a,
-                                    args.max_new_tokens)
+                                    args.max_new_tokens, tgt_site=r.target_site)
             assert got == list(r.token_ids), \
                 f"loop and sweep disagree on {r.source_prompt!r} layer {r.source_layer} alpha {a}"
             state["checked"].add(i)

@@ -21,33 +21,65 @@ The LRE TSVs are read from ``<repo>/../shared/data/patchscopes_lre`` (never copi
 into the repo). Run::
 
     .venv/bin/python experiments/attribute_extraction.py --limit 10 --layer-stride 3 --out runs/attribute_extraction
+
+Protocol against the official code (PAIR-code/interpretability, ``patchscopes/code/attribute_extraction.ipynb``
+and its preprocessed LRE TSVs, ``patchscopes/code/preprocessed_data/*/*.tsv``):
+
+==============  ============================================================  ==================================
+step            official code / data                                          here
+==============  ============================================================  ==================================
+source          ``prompt_source`` (a WikiText sentence with the subject),     ``--source wikitext`` (default): the
+                ``position_source`` = the subject's last token                sentence cropped after the subject's
+                (``source_cropped_toks``)                                     first occurrence, last token;
+                                                                              ``--source subject``: the subject alone
+target          ``prompt_target`` ("The official currency of x"),             same, at ``x``
+                ``position_target = -1``
+population      ``only_correct``: rows with ``is_correct_baseline`` (the      ``only_correct=True``: our model's own
+                model answers ``target_baseline`` itself)                     input-only answer contains the object
+layers          every (source, target) pair                                   every pair (``--layer-stride`` thins)
+new tokens      ``patchscopes_utils.py``: ``evaluate_attriburte_exraction_batch``  10 (``--max-new-tokens``)
+                (``max_gen_len=10``)
+correct         object in the generation                                      case-insensitive substring
+best pair       --                                                            beside its shuffled-object chance
+                                                                              level (:func:`pair_chance`)
+==============  ============================================================  ==================================
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
 from typing import Iterable, Sequence
 
+import numpy as np
 import pandas as pd
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experiments.run_args import add_resume, store_kwargs  # noqa: E402
+from experiments.common import check_args, parser, store_kwargs  # noqa: E402
 from superscopes_nn.architectures import num_layers  # noqa: E402
 from superscopes_nn.api import patchscope  # noqa: E402
 from superscopes_nn.resolver import model_name  # noqa: E402
 from superscopes_nn.specs import Source, Target  # noqa: E402
 from superscopes_nn.validate import check_layer  # noqa: E402
 
-from experiments.controls import contains, input_only  # noqa: E402
+from superscopes_nn.baselines import contains, input_only  # noqa: E402
+from superscopes_nn.chance import chance_table  # noqa: E402
 
 LRE_SUBDIR = "patchscopes_lre"
 """The LRE TSVs live in ``shared_data_dir() / LRE_SUBDIR`` (``$SUPERSCOPES_SHARED_DATA``, else ``../shared/data``)."""
-SAMPLE_COLUMNS = ["task", "subject", "object", "target_prompt"]
+SAMPLE_COLUMNS = ["task", "subject", "object", "target_prompt", "source_context"]
+SOURCES = ("wikitext", "subject")
+
+
+def crop_context(context: str, subject: str) -> str:
+    """``context`` cut after the first occurrence of ``subject`` (the official source prompt ends at
+    the subject's last token); the subject alone when it does not occur."""
+    if not isinstance(context, str) or subject not in context:
+        return subject
+    return context[: context.index(subject) + len(subject)].strip()
 
 
 def _first(df: pd.DataFrame, *names: str) -> str:
@@ -80,6 +112,7 @@ def lre_samples(root: str | Path | None = None, *, tasks: str | Sequence[str] | 
         "subject": raw[_first(raw, "subject")].astype(str),
         "object": raw[_first(raw, "object")].astype(str),
         "target_prompt": raw[_first(raw, "prompt_target", "target_prompt")].astype(str),
+        "source_context": raw["prompt_source"].astype(str) if "prompt_source" in raw else "",
     })
     df = df.drop_duplicates(["task", "subject"]).reset_index(drop=True)
     if isinstance(tasks, str):
@@ -97,6 +130,8 @@ def lre_samples(root: str | Path | None = None, *, tasks: str | Sequence[str] | 
 
 
 def _check_samples(samples: pd.DataFrame) -> pd.DataFrame:
+    if "source_context" not in samples:
+        samples = samples.assign(source_context="")
     missing = set(SAMPLE_COLUMNS) - set(samples.columns)
     if missing:
         raise ValueError(f"samples lack columns {sorted(missing)}; have {list(samples.columns)}")
@@ -110,23 +145,29 @@ def _check_samples(samples: pd.DataFrame) -> pd.DataFrame:
 
 def attribute_extraction(model, samples: pd.DataFrame, *, layers: Iterable[int] | None = None,
                          target_layers: Iterable[int] | None = None, layer_stride: int = 1,
-                         baseline: bool = True, max_new_tokens: int = 20, max_batch_size: int = 64,
+                         baseline: bool = True, max_new_tokens: int = 10, max_batch_size: int = 64,
+                         source: str = "wikitext", only_correct: bool = True,
                          remote: bool | str = False, progress: bool = False,
                          run_dir=None, resume: bool = False, config: dict | None = None) -> pd.DataFrame:
     """Patchscope attribute extraction over (source layer, target layer) pairs, plus the input-only baseline.
 
     Steps:
 
-    1. source = the subject alone, last token, layer ``l`` (residual);
+    0. input-only answers (subject text in place of ``x``); ``only_correct`` keeps the
+       samples answered correctly (the official ``is_correct_baseline`` filter);
+    1. source = ``source="wikitext"``: the sample's WikiText context cropped after the subject
+       (:func:`crop_context`), ``"subject"``: the subject alone; last token, layer ``l`` (residual);
     2. target = the task's prompt at ``x``, layer ``l*``; every pair of ``layers`` x
        ``target_layers`` (default every ``layer_stride``-th layer); greedy generation;
-    3. if ``baseline``: input-only answers (subject text in place of ``x``);
+    3. if ``baseline``: the input-only rows are kept in the frame;
     4. ``correct`` = the object is a substring of the generation (case-insensitive).
 
     Columns: method (``patchscope`` / ``input_only``), task, subject, object, target_prompt,
     source_layer, target_layer (-1 for the baseline), interpretation, correct, model.
     """
     samples = _check_samples(samples)
+    if source not in SOURCES:
+        raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
     if isinstance(layer_stride, bool) or not isinstance(layer_stride, int) or layer_stride < 1:
         raise ValueError(f"layer_stride must be an int >= 1, got {layer_stride!r}")
     n = num_layers(model._module.config)
@@ -135,28 +176,53 @@ def attribute_extraction(model, samples: pd.DataFrame, *, layers: Iterable[int] 
     tgt = list(src) if target_layers is None else [check_layer(l, n, "target", name) for l in target_layers]
     if not src or not tgt:
         raise ValueError(f"empty layer list (source {src}, target {tgt})")
+    base = input_only(model, samples.target_prompt.tolist(), samples.subject.tolist(),
+                      max_new_tokens=max_new_tokens, max_batch_size=max_batch_size, remote=remote)
+    base_ok = [contains(t, o) for t, o in zip(base.interpretation, samples.object)]
+    base_frame = pd.DataFrame({"method": "input_only", **{c: samples[c] for c in SAMPLE_COLUMNS},
+                               "source_layer": -1, "target_layer": -1, "interpretation": base.interpretation})
+    kept = samples[base_ok].reset_index(drop=True) if only_correct else samples
     patches, meta = [], []
-    for k, s in enumerate(samples.itertuples(index=False)):
+    for k, smp in enumerate(kept.itertuples(index=False)):
+        prompt = crop_context(smp.source_context, smp.subject) if source == "wikitext" else smp.subject
         for ls in src:
             for lt in tgt:
-                patches.append((Source(s.subject, ls, -1), Target(s.target_prompt, layer=lt), None))
+                patches.append((Source(prompt, ls, -1), Target(smp.target_prompt, layer=lt), None))
                 meta.append(k)
-    res = patchscope(model, patches, max_new_tokens=max_new_tokens, max_batch_size=max_batch_size, remote=remote,
-                     progress=progress, run_dir=run_dir, resume=resume, config=config)
-    rows = samples.iloc[meta].reset_index(drop=True)
-    df = pd.DataFrame({"method": "patchscope", **{c: rows[c] for c in SAMPLE_COLUMNS},
-                       "source_layer": res.source_layer, "target_layer": res.target_layer,
-                       "interpretation": res.interpretation})
-    frames = [df]
-    if baseline:
-        base = input_only(model, samples.target_prompt.tolist(), samples.subject.tolist(),
-                          max_new_tokens=max_new_tokens, max_batch_size=max_batch_size, remote=remote)
-        frames.append(pd.DataFrame({"method": "input_only", **{c: samples[c] for c in SAMPLE_COLUMNS},
-                                    "source_layer": -1, "target_layer": -1, "interpretation": base.interpretation}))
+    frames = [base_frame] if baseline else []
+    if patches:
+        res = patchscope(model, patches, max_new_tokens=max_new_tokens, max_batch_size=max_batch_size,
+                         remote=remote, progress=progress, run_dir=run_dir, resume=resume, config=config)
+        rows = kept.iloc[meta].reset_index(drop=True)
+        frames.insert(0, pd.DataFrame({"method": "patchscope", **{c: rows[c] for c in SAMPLE_COLUMNS},
+                                       "source_prompt": res.source_prompt, "source_layer": res.source_layer,
+                                       "target_layer": res.target_layer, "interpretation": res.interpretation}))
+    if not frames:
+        frames = [base_frame.iloc[:0]]
     out = pd.concat(frames, ignore_index=True)
     out["correct"] = [contains(t, o) for t, o in zip(out.interpretation, out.object)]
     out["model"] = name
+    out.attrs.update(source=source, only_correct=only_correct, n_samples=len(samples), n_kept=len(kept))
     return out
+
+
+def pair_chance(df: pd.DataFrame, n_boot: int = 2000):
+    """"Some (l, l*) pair answers" per sample beside its chance level: each sample's patched outputs
+    matched (substring) against another sample's object, exact over derangements. None with < 2."""
+    ps = df[df.method == "patchscope"].copy()
+    if ps.empty:
+        return None
+    ps["item"] = ps.task + "|" + ps.subject
+    if ps.item.nunique() < 2:
+        return None
+    ps["pair"] = [f"{a}->{b}" for a, b in zip(ps.source_layer, ps.target_layer)]
+    objects = dict(zip(ps.item, ps.object))
+
+    def contains_pairs(texts, refs):
+        return np.array([[float(contains(t, r)) for r in refs] for t in texts])
+
+    return chance_table(ps, contains_pairs, threshold=0.5, item="item", reference=objects, by=(), choice="pair",
+                        arms={"some pair": None}, per_choice=False, n_boot=n_boot)
 
 
 def pair_accuracy(df: pd.DataFrame) -> pd.DataFrame:
@@ -220,21 +286,16 @@ def plot(df: pd.DataFrame, summary: pd.DataFrame, path: Path, title: str) -> Non
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description="Attribute extraction on LRE tasks (Patchscopes Sec. 4.2).")
-    p.add_argument("--model", default=None, help="model name (default: the library default, Gemma 3 270M)")
-    p.add_argument("--limit", type=int, default=None, help="subjects per task")
+    p = parser("Attribute extraction on LRE tasks (Patchscopes Sec. 4.2).", out="runs/attribute_extraction",
+               max_new_tokens=10, limit_help="subjects per task")
+    p.add_argument("--source", choices=SOURCES, default="wikitext",
+                   help="wikitext: the subject in its WikiText context (official); subject: the subject alone")
+    p.add_argument("--all-samples", action="store_true", help="drop the official only_correct filter")
     p.add_argument("--tasks", default="all", help="comma-separated LRE task names, or 'all'")
     p.add_argument("--layer-stride", type=int, default=1, help="every k-th layer, for source and target")
     p.add_argument("--lre-root", default=None, help="folder of the LRE TSVs (default $SUPERSCOPES_SHARED_DATA/patchscopes_lre, "
                    "else ../shared/data/patchscopes_lre)")
-    p.add_argument("--out", default="runs/attribute_extraction")
-    p.add_argument("--max-new-tokens", type=int, default=20)
-    p.add_argument("--remote", action="store_true")
-    add_resume(p)
-    args = p.parse_args(argv)
-    if args.layer_stride < 1:
-        p.error(f"--layer-stride must be >= 1, got {args.layer_stride}")
-    return args
+    return check_args(p, p.parse_args(argv))
 
 
 def main(argv=None, model=None) -> pd.DataFrame:
@@ -247,11 +308,21 @@ def main(argv=None, model=None) -> pd.DataFrame:
     samples = lre_samples(args.lre_root, tasks=args.tasks, limit=args.limit)
     model = model if model is not None else (load_model(args.model) if args.model else load_model())
     df = attribute_extraction(model, samples, layer_stride=args.layer_stride, max_new_tokens=args.max_new_tokens,
-                              remote=args.remote, progress=True,
-                              **store_kwargs(args, out, "attribute_extraction"))
+                              remote=args.remote, progress=True, source=args.source,
+                              only_correct=not args.all_samples, **store_kwargs(args, out, "attribute_extraction"))
+    df.to_csv(out / "attribute_extraction.csv", index=False)
+    print(f"{df.attrs['n_kept']} of {df.attrs['n_samples']} samples kept (only_correct={not args.all_samples})")
+    if not (df.method == "patchscope").any():
+        print("no sample left to patch")
+        return df
+    chance = pair_chance(df)
+    if chance is not None:
+        chance.to_csv(out / "attribute_extraction_chance.csv", index=False)
+        c = chance.iloc[0]
+        print(f"some pair answers {c.raw_count:.0f}/{c.n}; shuffled-object chance {c.null_count:.1f}/{c.n}; "
+              f"above chance {c.above:+.2f} [{c.above_lo:+.2f}, {c.above_hi:+.2f}]")
     summary = task_summary(df)
     ls, lt, acc = best_pair(df)
-    df.to_csv(out / "attribute_extraction.csv", index=False)
     summary.to_csv(out / "attribute_extraction_summary.csv", index=False)
     plot(df, summary, out / "attribute_extraction.png",
          f"{model_name(model)}: LRE attribute extraction ({len(samples)} samples; best pair {ls}->{lt})")

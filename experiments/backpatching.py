@@ -14,12 +14,39 @@ same prompt at an *earlier* layer ``t < s``, giving the second hop more layers::
 
 Run::
 
-    .venv/bin/python experiments/backpatching.py --limit 20 --out runs/backpatching
+    .venv/bin/python experiments/backpatching.py --limit 20 --out runs/backpatching [--population paper|wrong|all]
+
+Protocol against the official code (edenbiran/HoppingTooLate):
+
+=====================  ===========================================================  ==================================
+step                   official code (file: function)                               here
+=====================  ===========================================================  ==================================
+hop checks             ``src/evaluate_dataset.py``: ``eval_first_hop``,             :func:`hop_answers`: the dataset's
+                       ``eval_second_hop``, ``eval_composition`` (generate, test    first/second-hop and two-hop
+                       answers)                                                     prompts, whole-word alias match
+shortcuts              ``eval_entity_shortcut`` (r2 applied to e1),                 ``entity_shortcut_prompt`` (the
+                       ``eval_relation_shortcut`` (r2(r1('')) without e1)           second-hop prompt with e1 for the
+                                                                                    bridge), ``relation_shortcut_prompt``
+                                                                                    (the two-hop prompt without e1, no
+                                                                                    final " is"): our prompts are not
+                                                                                    templates, so these are approximations
+population             composition wrong, both hops right, no shortcut right        ``--population paper`` (default);
+                       (``composition_incorrect`` dataset)                          ``wrong`` = every wrong two-hop query
+                                                                                    (the earlier design); ``all``
+patch                  ``src/patched_generation.py``:                               residual at the last token, layer s
+                       ``generate_with_patching_all_layers``: hidden state at the   -> same prompt/position, layer t;
+                       last token, every (source, target) pair, prompt pass only,   prompt pass only, 10 greedy tokens
+                       10 greedy tokens
+pairs counted          ``src/analyze_results.py``: ``load_backpatching`` masks      s > t only
+                       ``source_layer <= target_layer``
+success                ``calc_backpatching_oracle_success``: some pair answers      "some pair fixes", beside the
+                                                                                    shuffled-answer chance level
+                                                                                    (:func:`fix_chance`)
+=====================  ===========================================================  ==================================
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -31,11 +58,12 @@ import pandas as pd
 if __package__ in (None, ""):  # run as a script: make `experiments` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experiments.run_args import add_resume, store_kwargs  # noqa: E402
+from experiments.common import int_list, parser, setup, store_kwargs  # noqa: E402
 from superscopes_nn.architectures import num_layers  # noqa: E402
 from superscopes_nn.api import generate_plain, patchscope  # noqa: E402
 from superscopes_nn.resolver import model_name  # noqa: E402
 from superscopes_nn.specs import Source, Target  # noqa: E402
+from superscopes_nn.chance import alias_pairs, chance_table  # noqa: E402
 
 QUERY_FIELDS = ("id", "two_hop_prompt", "first_hop_prompt", "e1", "r1", "bridge", "bridge_aliases", "r2",
                 "second_hop_prompt", "answer", "answer_aliases")
@@ -45,7 +73,11 @@ CATEGORIES = ("both_correct_composition_correct", "both_correct_composition_wron
 right / wrong; the first hop (e1 -> bridge) wrong; the first right but the second wrong."""
 
 HOP_COLUMNS = ["id", "two_hop_output", "two_hop_correct", "first_hop_output", "first_hop_correct",
-               "second_hop_output", "second_hop_correct", "category"]
+               "second_hop_output", "second_hop_correct", "entity_shortcut_output", "entity_shortcut_correct",
+               "relation_shortcut_output", "relation_shortcut_correct", "category", "paper_population"]
+POPULATIONS = ("paper", "wrong", "all")
+"""Queries back-patched: ``paper`` = the official population (composition wrong, both hops
+right, neither shortcut right); ``wrong`` = every wrong two-hop query; ``all`` = every query."""
 BACKPATCH_COLUMNS = ["id", "source_layer", "target_layer", "interpretation", "correct", "error",
                      "two_hop_correct", "category"]
 
@@ -113,29 +145,48 @@ def classify(first_ok: bool, second_ok: bool, two_hop_ok: bool) -> str:
     return "both_correct_composition_correct" if two_hop_ok else "both_correct_composition_wrong"
 
 
+def entity_shortcut_prompt(q) -> str:
+    """The second hop asked of e1 directly (``eval_entity_shortcut``): the second-hop prompt with e1
+    in place of the bridge."""
+    return q["second_hop_prompt"].replace(q["bridge"], q["e1"], 1)
+
+
+def relation_shortcut_prompt(q) -> str:
+    """The composed relation without its subject (``eval_relation_shortcut``): the two-hop prompt
+    without e1 and without a final " is"."""
+    p = q["two_hop_prompt"].replace(" " + q["e1"], "", 1)
+    return p[:-3] if p.endswith(" is") else p
+
+
 def hop_answers(model, queries: pd.DataFrame, *, max_new_tokens: int = 10, max_batch_size: int = 64,
                 remote: bool | str = False) -> pd.DataFrame:
-    """Greedy answers to the two-hop, first-hop and second-hop prompts of every query.
+    """Greedy answers to the two-hop, first-hop, second-hop and the two shortcut prompts of every query.
 
-    Steps: one batched :func:`generate_plain` over all 3 x N prompts; the two-hop and
-    second-hop outputs are correct when they contain the answer or an alias, the
-    first-hop output when it contains the bridge or an alias; :func:`classify`.
+    Steps: one batched :func:`generate_plain` over all 5 x N prompts; the two-hop,
+    second-hop and shortcut outputs are correct when they contain the answer or an alias,
+    the first-hop output when it contains the bridge or an alias; :func:`classify`;
+    ``paper_population`` = composition wrong, both hops right, neither shortcut right.
 
-    Columns: :data:`HOP_COLUMNS` (outputs str, ``*_correct`` bool, ``category`` one of
-    :data:`CATEGORIES`), one row per query, in query order.
+    Columns: :data:`HOP_COLUMNS`, one row per query, in query order.
     """
     n = len(queries)
     prompts = (queries.two_hop_prompt.tolist() + queries.first_hop_prompt.tolist()
-               + queries.second_hop_prompt.tolist())
+               + queries.second_hop_prompt.tolist()
+               + [entity_shortcut_prompt(q) for _, q in queries.iterrows()]
+               + [relation_shortcut_prompt(q) for _, q in queries.iterrows()])
     texts = generate_plain(model, prompts, max_new_tokens, max_batch_size, remote)
     rows = []
     for i, (_, q) in enumerate(queries.iterrows()):
-        two, first, second = texts[i], texts[n + i], texts[2 * n + i]
+        two, first, second, ent, rel = (texts[k * n + i] for k in range(5))
         ok2, ok1, okb = (alias_match(two, answer_aliases(q)), alias_match(first, bridge_aliases(q)),
                          alias_match(second, answer_aliases(q)))
+        oke, okr = alias_match(ent, answer_aliases(q)), alias_match(rel, answer_aliases(q))
         rows.append(dict(id=q["id"], two_hop_output=two, two_hop_correct=ok2, first_hop_output=first,
                          first_hop_correct=ok1, second_hop_output=second, second_hop_correct=okb,
-                         category=classify(ok1, okb, ok2)))
+                         entity_shortcut_output=ent, entity_shortcut_correct=oke,
+                         relation_shortcut_output=rel, relation_shortcut_correct=okr,
+                         category=classify(ok1, okb, ok2),
+                         paper_population=bool(ok1 and okb and not ok2 and not oke and not okr)))
     return pd.DataFrame(rows, columns=HOP_COLUMNS)
 
 
@@ -168,7 +219,7 @@ def backpatching(model, queries=None, *, limit: int | None = None, stratify: boo
                  layers: Iterable[int] | None = None,
                  pairs: Sequence[tuple[int, int]] | None = None, max_new_tokens: int = 10,
                  max_batch_size: int = 64, remote: bool | str = False, progress: bool = False,
-                 hops: pd.DataFrame | None = None,
+                 hops: pd.DataFrame | None = None, population: str = "paper",
                  run_dir=None, resume: bool = False, config: dict | None = None) -> pd.DataFrame:
     """Back-patch every two-hop query for every layer pair ``(s, t)``, ``s > t``.
 
@@ -183,7 +234,8 @@ def backpatching(model, queries=None, *, limit: int | None = None, stratify: boo
        case-insensitive).
 
     ``pairs`` overrides ``layers`` (default: all layers, L(L-1)/2 pairs); ``limit`` and
-    ``stratify``: see :func:`load_queries`.
+    ``stratify``: see :func:`load_queries`; ``population``: which queries are back-patched
+    (:data:`POPULATIONS`; default ``paper``, the official population; the result may be empty).
 
     Columns: :data:`BACKPATCH_COLUMNS` -- ``id``, ``source_layer`` (s), ``target_layer``
     (t), ``interpretation``, ``correct`` (bool), ``error`` (None unless the patch gave
@@ -198,8 +250,17 @@ def backpatching(model, queries=None, *, limit: int | None = None, stratify: boo
             if isinstance(l, bool) or not isinstance(l, int) or not 0 <= l < n:
                 raise ValueError(f"layer {l!r} in pair (s={s}, t={t}) out of range for {model_name(model)} "
                                  f"with {n} layers (valid 0..{n - 1})")
+    if population not in POPULATIONS:
+        raise ValueError(f"population must be one of {POPULATIONS}, got {population!r}")
     if hops is None:
         hops = hop_answers(model, qs, max_new_tokens=max_new_tokens, max_batch_size=max_batch_size, remote=remote)
+    keep = {"paper": hops.paper_population.astype(bool) if "paper_population" in hops else hops.id.isna(),
+            "wrong": ~hops.two_hop_correct.astype(bool), "all": hops.id.notna()}[population]
+    qs = qs[qs.id.isin(set(hops.id[keep.to_numpy()]))].reset_index(drop=True)
+    if qs.empty:
+        df = pd.DataFrame(columns=BACKPATCH_COLUMNS)
+        df.attrs.update(hops=hops, model=model_name(model), population=population, answers={})
+        return df
     res = patchscope(model, backpatch_patches(qs, pairs), max_new_tokens=max_new_tokens,
                      max_batch_size=max_batch_size, remote=remote, progress=progress,
                      run_dir=run_dir, resume=resume, config=config)
@@ -211,9 +272,21 @@ def backpatching(model, queries=None, *, limit: int | None = None, stratify: boo
     })
     df["correct"] = [alias_match(t, aliases[i]) for t, i in zip(df.interpretation, df.id)]
     df = df.merge(hops[["id", "two_hop_correct", "category"]], on="id", how="left")[BACKPATCH_COLUMNS]
-    df.attrs["hops"] = hops
-    df.attrs["model"] = model_name(model)
+    df.attrs.update(hops=hops, model=model_name(model), population=population, answers=aliases)
     return df
+
+
+def fix_chance(df: pd.DataFrame, answers: dict | None = None, n_boot: int = 2000) -> pd.DataFrame | None:
+    """"Some pair fixes" beside its chance level: each wrong query's back-patched outputs (every
+    (s, t) pair) matched against another query's answer aliases, averaged over all derangements
+    (:func:`superscopes_nn.chance.chance_table`). None with fewer than 2 wrong queries."""
+    answers = df.attrs.get("answers") if answers is None else answers
+    wrong = df[~df.two_hop_correct.astype(bool)].copy()
+    if answers is None or wrong.id.nunique() < 2:
+        return None
+    wrong["pair"] = [f"{s}->{t}" for s, t in zip(wrong.source_layer, wrong.target_layer)]
+    return chance_table(wrong, alias_pairs(), threshold=0.5, item="id", reference=answers, by=(), choice="pair",
+                        arms={"some pair": None}, per_choice=False, n_boot=n_boot)
 
 
 def summarize(df: pd.DataFrame, hops: pd.DataFrame | None = None) -> dict:
@@ -229,6 +302,8 @@ def summarize(df: pd.DataFrame, hops: pd.DataFrame | None = None) -> dict:
         hops = df.groupby("id", sort=False)[["two_hop_correct", "category"]].first().reset_index()
     fixed = df.groupby("id").correct.any()
     wrong = hops[~hops.two_hop_correct.astype(bool)]
+    if df.attrs.get("population") == "paper":  # only the official population was back-patched
+        wrong = wrong[wrong.paper_population.astype(bool)]
     known = wrong[wrong.category == "both_correct_composition_wrong"]
 
     def rate(part):
@@ -247,6 +322,8 @@ def summarize(df: pd.DataFrame, hops: pd.DataFrame | None = None) -> dict:
         "n_wrong": int(len(wrong)), "n_fixed": n_fixed, "fix_rate": fix_rate,
         "n_wrong_both_known": int(len(known)), "n_fixed_both_known": n_fixed_known,
         "fix_rate_both_known": fix_rate_known,
+        "population": df.attrs.get("population"),
+        "n_paper_population": int(hops.paper_population.sum()) if "paper_population" in hops else None,
         "best_pair": None if best is None else [int(best[0]), int(best[1])],
         "best_pair_fix_rate": None if best is None else float(grid.loc[best[0], best[1]]),
     }
@@ -285,63 +362,45 @@ def plot_heatmap(grid: pd.DataFrame, path: Path, title: str) -> None:
 # ------------------------------------------------------------------ script
 
 
-def two_hop_parser(description: str, out: str, max_new_tokens: int = 10,
-                   layers_help: str | None = None) -> argparse.ArgumentParser:
-    """The arguments the three two-hop scripts share (back-patching, multi-hop CoT, bridge)."""
-    p = argparse.ArgumentParser(description=description)
-    p.add_argument("--model", default=None, help="model name (default: the library default, Gemma 3 270M)")
-    p.add_argument("--data", default=None, help="two-hop JSONL (default: the package's data/two_hop.jsonl)")
-    p.add_argument("--limit", type=int, default=None, help="first N queries")
-    p.add_argument("--stratify", action="store_true", help="with --limit: round robin over relation pairs")
-    if layers_help:
-        p.add_argument("--layers", default=None, help=layers_help)
-    p.add_argument("--out", default=out)
-    p.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
-    p.add_argument("--max-batch-size", type=int, default=64)
-    p.add_argument("--remote", action="store_true")
-    return add_resume(p)
-
-
-def script_setup(args, model=None):
-    """``(model, out, layers)`` for a two-hop script: the given or loaded model, the created
-    output folder, and ``--layers`` as a list (None = all)."""
-    if model is None:
-        from superscopes_nn import load_model
-
-        model = load_model(args.model, remote=args.remote) if args.model else load_model(remote=args.remote)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    layers = getattr(args, "layers", None)
-    return model, out, None if not layers else [int(x) for x in layers.split(",") if x.strip()]
-
-
 def parse_args(argv):
-    p = two_hop_parser("Back-patching (Biran et al. 2024) on two-hop queries.", "runs/backpatching",
+    p = parser("Back-patching (Biran et al. 2024) on two-hop queries.", out="runs/backpatching", two_hop=True, limit_help="first N queries",
                        layers_help="comma-separated layers to pair (default: all)")
+    p.add_argument("--population", choices=POPULATIONS, default="paper",
+                   help="paper: the official population (both hops known, composition wrong, no shortcut); "
+                        "wrong: every wrong two-hop query; all: every query")
     return p.parse_args(argv)
 
 
 def main(argv=None, model=None) -> pd.DataFrame:
     args = parse_args(argv)
-    model, out, layers = script_setup(args, model)
+    model, out = setup(args, model)
+    layers = int_list(getattr(args, "layers", None))
     t0 = time.perf_counter()
     df = backpatching(model, args.data, limit=args.limit, stratify=args.stratify, layers=layers,
                       max_new_tokens=args.max_new_tokens,
                       max_batch_size=args.max_batch_size, remote=args.remote, progress=True,
-                      **store_kwargs(args, out, "backpatching"))
+                      population=args.population, **store_kwargs(args, out, "backpatching"))
     hops = df.attrs["hops"]
     summary = summarize(df)
+    chance = fix_chance(df)
+    summary["chance"] = None if chance is None else chance.to_dict(orient="records")
     summary["seconds"] = round(time.perf_counter() - t0, 1)
     df.to_csv(out / "backpatching.csv", index=False)
     hops.to_csv(out / "backpatching_hops.csv", index=False)
-    (out / "backpatching_summary.json").write_text(json.dumps(summary, indent=2))
-    plot_heatmap(fix_rate_grid(df), out / "backpatching.png",
-                 f"Back-patching fix rate, {summary['model']} ({summary['n_wrong']} wrong of "
-                 f"{summary['n_queries']} queries)")
+    (out / "backpatching_summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    if len(df):
+        plot_heatmap(fix_rate_grid(df), out / "backpatching.png",
+                     f"Back-patching fix rate, {summary['model']} ({summary['n_wrong']} wrong of "
+                     f"{summary['n_queries']} queries, population {args.population})")
     print(f"classes: {summary['categories']}")
     print(f"two-hop accuracy {summary['two_hop_accuracy']:.3f}; fixed by some back-patch: "
           f"{summary['n_fixed']}/{summary['n_wrong']} ({summary['fix_rate']:.1%}); both hops known: "
           f"{summary['n_fixed_both_known']}/{summary['n_wrong_both_known']} ({summary['fix_rate_both_known']:.1%})")
+    print(f"population {args.population}: {summary['n_paper_population']} queries in the paper's population")
+    if chance is not None:
+        c = chance.iloc[0]
+        print(f"some pair fixes {c.raw_count:.0f}/{c.n} [{c.raw_lo:.2f}, {c.raw_hi:.2f}]; shuffled-answer chance "
+              f"{c.null_count:.1f}/{c.n}; above chance {c.above:+.2f} [{c.above_lo:+.2f}, {c.above_hi:+.2f}]")
     print(f"{len(df)} rows in {summary['seconds']:.0f}s -> {out}")
     return df
 

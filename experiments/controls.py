@@ -23,12 +23,31 @@ about the *source* model's hidden state, or only about the prompt text and the
 Run::
 
     .venv/bin/python experiments/controls.py --limit 10 --out runs/controls
+
+Protocol against Li et al.'s code (millicentli/verb_faithfulness, ``src/predict_verbalizer.py``,
+``src/predict_zeroshot.py``), as far as it is followed here:
+
+==================  ========================================================  ===============================
+step                their code                                                here
+==================  ========================================================  ===============================
+Patchscopes acc.    an item is correct if ANY target layer answers it, per    :func:`li_accuracy` (same rule);
+                    source layer; averaged over source layers                 our sweep has one proportional
+                                                                              target layer per source layer
+                                                                              (named deviation), so "any" is
+                                                                              over that one layer
+zero-shot baseline  the source context as an assistant turn, then             NOT followed: the input-only
+                    "Complete the sentence: ...", 20 tokens                   baseline (subject text at x,
+                                                                              plain generation); Gemma 3 270M
+                                                                              here is a base model
+data                PersonaQA (personas the target was taught)                LRE attribute samples: both
+                                                                              models may know the fact, so
+                                                                              ``follows`` has few items that
+                                                                              tell verbalizer from target
+==================  ========================================================  ===============================
 """
 
 from __future__ import annotations
 
-import argparse
-import re
 import sys
 import time
 from pathlib import Path
@@ -39,52 +58,15 @@ import pandas as pd
 if __package__ in (None, ""):  # run as a script: make `experiments` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experiments.run_args import add_resume, store_kwargs  # noqa: E402
+from experiments.common import parser, store_kwargs  # noqa: E402
 from superscopes_nn.architectures import num_layers  # noqa: E402
-from superscopes_nn.api import generate_plain, patchscope  # noqa: E402
+from superscopes_nn.api import patchscope  # noqa: E402
 from superscopes_nn.resolver import model_name  # noqa: E402
 from superscopes_nn.specs import Source, Target  # noqa: E402
+from superscopes_nn.baselines import contains, input_only  # noqa: E402
+from experiments.attribute_extraction import lre_samples  # noqa: E402
 
 DEFAULT_VERBALIZER = "smollm2-135m"
-
-
-# ------------------------------------------------------------------ input-only baseline
-
-
-def fill_placeholder(prompt: str, text: str, placeholder: str = "x") -> str:
-    """``prompt`` with its only whole-word ``placeholder`` replaced by ``text``."""
-    pattern = r"(?<![\w])" + re.escape(placeholder) + r"(?![\w])"
-    hits = len(re.findall(pattern, prompt))
-    if hits != 1:
-        raise ValueError(f"prompt {prompt!r} must contain the placeholder {placeholder!r} exactly once, found {hits}")
-    return re.sub(pattern, lambda _: text, prompt)
-
-
-def input_only(model, target_prompts: Sequence[str] | str, subjects: Sequence[str], *, placeholder: str = "x",
-               max_new_tokens: int = 10, max_batch_size: int = 64, remote: bool | str = False) -> pd.DataFrame:
-    """The input-only baseline: answer each target prompt with the subject's *text* in place of the placeholder.
-
-    Steps: fill the placeholder of each target prompt with its subject; greedy-generate
-    ``max_new_tokens`` tokens; no activation is read or written.
-
-    Columns: ``subject``, ``target_prompt``, ``prompt`` (the filled prompt), ``model``,
-    ``interpretation`` (the generated text, comparable with a Patchscope's).
-    """
-    subjects = list(subjects)
-    prompts = [target_prompts] * len(subjects) if isinstance(target_prompts, str) else list(target_prompts)
-    if len(prompts) != len(subjects):
-        raise ValueError(f"got {len(prompts)} target prompts for {len(subjects)} subjects")
-    if not subjects:
-        raise ValueError("no subjects given")
-    filled = [fill_placeholder(p, s, placeholder) for p, s in zip(prompts, subjects)]
-    texts = generate_plain(model, filled, max_new_tokens, max_batch_size, remote)
-    return pd.DataFrame({"subject": subjects, "target_prompt": prompts, "prompt": filled,
-                         "model": model_name(model), "interpretation": texts})
-
-
-def contains(text, answer: str) -> bool:
-    """Case-insensitive substring test (the Patchscopes attribute-extraction criterion)."""
-    return isinstance(text, str) and answer.strip().lower() in text.lower()
 
 
 # ------------------------------------------------------------------ verbalizer vs source
@@ -189,6 +171,16 @@ def verbalizer_vs_source(source_model, verbalizer, samples: pd.DataFrame, *, lay
     return pd.DataFrame.from_records(recs)
 
 
+def li_accuracy(df: pd.DataFrame, correct: str = "cross_correct") -> pd.DataFrame:
+    """Li et al.'s Patchscopes accuracy: per source layer, the share of items (task, subject) that
+    SOME target layer answers; and ``mean_over_source_layers`` in the last row."""
+    per = (df.groupby(["source_layer", "task", "subject"])[correct].any()
+             .groupby("source_layer").agg(accuracy="mean", n="size").reset_index())
+    mean = pd.DataFrame([{"source_layer": "mean_over_source_layers", "accuracy": float(per.accuracy.mean()),
+                          "n": int(per.n.max()) if len(per) else 0}])
+    return pd.concat([per, mean], ignore_index=True)
+
+
 def summarize_verbalizer(df: pd.DataFrame) -> pd.DataFrame:
     """Per layer pair: R^2, cross-model accuracy, each model's input-only accuracy, and
     among samples where the two models disagree the share of cross answers siding with each."""
@@ -228,10 +220,8 @@ def plot_verbalizer(summary: pd.DataFrame, path: Path, title: str) -> None:
 
 
 def parse_args(argv, description: str):
-    p = argparse.ArgumentParser(description=description)
-    p.add_argument("--model", default=None, help="source model (default: the library default, Gemma 3 270M)")
+    p = parser(description, out="runs/controls", limit=10, limit_help="samples per LRE task")
     p.add_argument("--verbalizer", default=DEFAULT_VERBALIZER, help="the model that decodes the mapped states")
-    p.add_argument("--limit", type=int, default=10, help="samples per LRE task")
     p.add_argument("--tasks", default="country_capital_city,country_currency,food_from_country,"
                    "company_ceo,fruit_outside_color,substance_phase",
                    help="comma-separated LRE task names ('all' = every task)")
@@ -239,17 +229,11 @@ def parse_args(argv, description: str):
     p.add_argument("--fit-texts", type=int, default=0, help="number of shared texts for the map (0 = all)")
     p.add_argument("--ridge", type=float, default=1.0)
     p.add_argument("--lre-root", default=None, help="folder of the Patchscopes LRE TSVs")
-    p.add_argument("--out", default="runs/controls")
-    p.add_argument("--max-new-tokens", type=int, default=10)
-    p.add_argument("--remote", action="store_true")
-    add_resume(p)
     return p.parse_args(argv)
 
 
 def main(argv=None, model=None, verbalizer=None) -> pd.DataFrame:
     from superscopes_nn import load_model
-
-    from experiments.attribute_extraction import lre_samples
 
     args = parse_args(argv, "Li et al. (2025) control: verbalizer vs source knowledge in cross-model Patchscopes.")
     out = Path(args.out)

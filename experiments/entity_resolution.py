@@ -10,9 +10,9 @@ shows where the entity gets resolved::
     from superscopes_nn import load_model
     from experiments.entity_resolution import entity_resolution, summarize
     df = entity_resolution(load_model(), limit=20)
-    summarize(df)      # method, source_layer, alias_match, rouge_l, cosine, n
+    summarize(df)      # method, source_layer, score_alias, score_rouge_l, score_cosine, n
 
-Metrics (``superscopes_nn.scoring``): ``alias_match`` (the name or an alias occurs
+Metrics (``superscopes_nn.scoring``), columns ``score_<metric>``: ``alias`` (the name or an alias occurs
 in the text), ``rouge_l`` and ``cosine`` (MiniLM embeddings) against the curated
 description. The Li et al. (2025) input-only baseline (the name written in
 place of ``x``, plain generation; ``method == "input_only"``) is scored the same
@@ -25,7 +25,6 @@ Run::
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -36,16 +35,17 @@ import pandas as pd
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experiments.run_args import add_resume, store_kwargs  # noqa: E402
+from experiments.common import check_args, parser, store_kwargs  # noqa: E402
 from superscopes_nn.architectures import num_layers  # noqa: E402
 from superscopes_nn.api import sweep  # noqa: E402
 from superscopes_nn.resolver import model_name  # noqa: E402
 from superscopes_nn.specs import ENTITY_PROMPT, Target  # noqa: E402
 from superscopes_nn.validate import check_layer  # noqa: E402
 
-from experiments.controls import input_only  # noqa: E402
+from superscopes_nn.baselines import input_only  # noqa: E402
 
-METRICS = ("alias_match", "rouge_l", "cosine")
+METRICS = ("alias", "rouge_l", "cosine")
+"""Metric names (as in :data:`superscopes_nn.scoring.METRICS`); each adds a ``score_<name>`` column."""
 ENTITY_COLUMNS = ("name", "type", "description", "aliases")
 
 
@@ -93,8 +93,9 @@ def description_of(text) -> str:
 
 
 def score(df: pd.DataFrame, ents: pd.DataFrame, metrics: Sequence[str] = METRICS) -> pd.DataFrame:
-    """Add one column per metric: alias match on the whole continuation (name + aliases),
-    ROUGE-L and embedding cosine of its description part against the curated description."""
+    """Add one ``score_<metric>`` column per metric (the scheme of :func:`superscopes_nn.scoring.score_frame`):
+    ``score_alias``, alias match on the whole continuation (name + aliases); ``score_rouge_l`` and
+    ``score_cosine``, ROUGE-L and embedding cosine of its description part against the curated description."""
     unknown = set(metrics) - set(METRICS)
     if unknown:
         raise ValueError(f"unknown metrics {sorted(unknown)}; choose from {', '.join(METRICS)}")
@@ -102,14 +103,14 @@ def score(df: pd.DataFrame, ents: pd.DataFrame, metrics: Sequence[str] = METRICS
 
     df = df.copy()
     by_name = ents.set_index("name")
-    if "alias_match" in metrics:
-        df["alias_match"] = [bool(scoring.alias_match(t or "", [n, *list(by_name.aliases[n])]))
+    if "alias" in metrics:
+        df["score_alias"] = [bool(scoring.alias_match(t or "", [n, *list(by_name.aliases[n])]))
                              for t, n in zip(df.interpretation, df.entity)]
     refs = [by_name.description[n] for n in df.entity]
     if "rouge_l" in metrics:
-        df["rouge_l"] = [float(x) for x in scoring.rouge_l(df.answer.tolist(), refs)]
+        df["score_rouge_l"] = [float(x) for x in scoring.rouge_l(df.answer.tolist(), refs)]
     if "cosine" in metrics:
-        df["cosine"] = [float(x) for x in scoring.embedding_cosine(df.answer.tolist(), refs)]
+        df["score_cosine"] = [float(x) for x in scoring.embedding_cosine(df.answer.tolist(), refs)]
     return df
 
 
@@ -132,7 +133,7 @@ def entity_resolution(model, entities=None, *, limit: int | None = None, layers:
     Columns: the sweep's result columns (``source_layer`` is -1 for the baseline) plus
     ``method`` (``patchscope`` / ``input_only``), ``entity``, ``type``, ``description``,
     ``answer`` (the description part of the continuation) and one column per metric
-    (``alias_match`` bool, ``rouge_l`` and ``cosine`` floats).
+    (``score_alias`` bool, ``score_rouge_l`` and ``score_cosine`` floats).
     """
     unknown = set(metrics) - set(METRICS)
     if unknown:
@@ -165,7 +166,7 @@ def entity_resolution(model, entities=None, *, limit: int | None = None, layers:
 
 def summarize(df: pd.DataFrame) -> pd.DataFrame:
     """Mean of every metric per (method, source_layer), with the row count ``n``."""
-    cols = [m for m in METRICS if m in df]
+    cols = [f"score_{m}" for m in METRICS if f"score_{m}" in df]
     g = df.groupby(["method", "source_layer"])
     out = g[cols].mean() if cols else g.size().to_frame("n").iloc[:, :0]
     out["n"] = g.size()
@@ -178,7 +179,7 @@ def plot(summary: pd.DataFrame, path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cols = [m for m in METRICS if m in summary]
+    cols = [f"score_{m}" for m in METRICS if f"score_{m}" in summary]
     fig, ax = plt.subplots(figsize=(7, 4))
     ps = summary[summary.method == "patchscope"]
     base = summary[summary.method == "input_only"]
@@ -198,21 +199,13 @@ def plot(summary: pd.DataFrame, path: Path, title: str) -> None:
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description="Entity resolution across layers (Patchscopes Sec. 4.4).")
-    p.add_argument("--model", default=None, help="model name (default: the library default, Gemma 3 270M)")
-    p.add_argument("--limit", type=int, default=None, help="number of entities (round robin over types)")
+    p = parser("Entity resolution across layers (Patchscopes Sec. 4.4).", out="runs/entity_resolution", max_new_tokens=20,
+               limit_help="number of entities (round robin over types)")
     p.add_argument("--entities", default=None, help="a JSON Lines file of entities (default: superscopes_nn/data/entities.jsonl)")
     p.add_argument("--layer-stride", type=int, default=1, help="every k-th layer")
     p.add_argument("--metrics", default=",".join(METRICS),
                    help="comma-separated subset of " + ",".join(METRICS) + " ('' = generate only)")
-    p.add_argument("--out", default="runs/entity_resolution")
-    p.add_argument("--max-new-tokens", type=int, default=20)
-    p.add_argument("--remote", action="store_true")
-    add_resume(p)
-    args = p.parse_args(argv)
-    if args.layer_stride < 1:
-        p.error(f"--layer-stride must be >= 1, got {args.layer_stride}")
-    return args
+    return check_args(p, p.parse_args(argv))
 
 
 def main(argv=None, model=None) -> pd.DataFrame:
@@ -237,8 +230,9 @@ def main(argv=None, model=None) -> pd.DataFrame:
     print(summary.round(3).to_string(index=False))
     ps = summary[summary.method == "patchscope"]
     if len(ps) and metrics:
-        best = ps.loc[ps[metrics[-1]].idxmax()]
-        print(f"best layer by {metrics[-1]}: {int(best.source_layer)} ({best[metrics[-1]]:.3f})")
+        col = f"score_{metrics[-1]}"
+        best = ps.loc[ps[col].idxmax()]
+        print(f"best layer by {col}: {int(best.source_layer)} ({best[col]:.3f})")
     print(f"{len(df)} rows in {time.perf_counter() - t0:.0f}s -> {out}")
     return df
 

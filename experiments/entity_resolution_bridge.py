@@ -32,7 +32,7 @@ import pandas as pd
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experiments.run_args import store_kwargs  # noqa: E402
+from experiments.common import parser, setup, store_kwargs  # noqa: E402
 from superscopes_nn.architectures import num_layers  # noqa: E402
 from superscopes_nn.api import patchscope  # noqa: E402
 from superscopes_nn.resolver import find_token, model_name  # noqa: E402
@@ -40,7 +40,7 @@ from superscopes_nn.specs import ENTITY_PROMPT, Source, Target  # noqa: E402
 from superscopes_nn.validate import check_layer  # noqa: E402
 
 from experiments.backpatching import (  # noqa: E402
-    alias_match, bridge_aliases, load_queries, script_setup, two_hop_parser,
+    alias_match, bridge_aliases, load_queries,
 )
 
 log = logging.getLogger(__name__)
@@ -160,8 +160,7 @@ def plot(summary: pd.DataFrame, path: Path, title: str) -> None:
 
 
 def parse_args(argv):
-    p = two_hop_parser("Layer at which the bridge entity of a two-hop prompt becomes decodable.",
-                       "runs/bridge_resolution", max_new_tokens=20)
+    p = parser("Layer at which the bridge entity of a two-hop prompt becomes decodable.", out="runs/bridge_resolution", two_hop=True, limit_help="first N queries", max_new_tokens=20)
     p.add_argument("--cosine", action="store_true", help="also score MiniLM cosine to the bridge name")
     return p.parse_args(argv)
 
@@ -169,7 +168,7 @@ def parse_args(argv):
 def main(argv=None, model=None) -> pd.DataFrame:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     args = parse_args(argv)
-    model, out, _ = script_setup(args, model)
+    model, out = setup(args, model)
     t0 = time.perf_counter()
     df = bridge_resolution(model, args.data, limit=args.limit, stratify=args.stratify,
                            max_new_tokens=args.max_new_tokens,

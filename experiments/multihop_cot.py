@@ -16,7 +16,36 @@ baselines are the plain two-hop prompt and a chain-of-thought variant
 
 Run::
 
-    .venv/bin/python experiments/multihop_cot.py --limit 20 --out runs/multihop_cot
+    .venv/bin/python experiments/multihop_cot.py --limit 20 --out runs/multihop_cot [--direction reversed]
+
+Protocol against the official code (PAIR-code/interpretability, ``patchscopes/code/multihop-CoT.ipynb``,
+"Experiment 2: CoT", ``generate_CoT_data_prod`` / ``run_experiment`` /
+``evaluate_attriburte_exraction_batch_multihop``):
+
+=================  ==========================================================  ===============================
+step               official code                                               here
+=================  ==========================================================  ===============================
+source             ``prompt_source = "Who is the current CEO of "``: the       ``--direction official``: the
+                   second-hop prefix, ``position_source = -1``                  second-hop prompt up to the bridge
+                                                                               (:func:`second_hop_prefix`), last token
+target             ``prompt_target = "the company that created {hop1}"``:      the first-hop phrase of the two-hop
+                   the first-hop phrase, ``position_target = -1``              prompt (:func:`first_hop_phrase`),
+                                                                               last token
+layers             every (source, target) layer pair                           same
+population         ``only_correct``: ``is_correct_baseline_hop2`` and          ``only_correct=True``: the first-hop
+                   ``is_correct_baseline_hop3``                                phrase continues to the bridge and
+                                                                               the second-hop prompt to the answer
+patched tokens     ``max_gen_len=10``                                          10
+vanilla baseline   ``baseline_multihop3`` (the whole query), 20 tokens         ``vanilla``, 20 tokens
+correct            ``object in generation`` (also without spaces)              whole-word alias match (named
+                                                                               deviation: aliases of our data set)
+CoT baseline       none                                                        ``cot`` ("Let's think step by step.")
+                                                                               kept as an extra
+=================  ==========================================================  ===============================
+
+``--direction reversed`` is the earlier design (the first-hop prompt's last token written at the
+``x`` of "The spouse of x is"), and ``--all-queries`` drops ``only_correct``. The best-pair
+accuracy is reported beside its shuffled-answer chance level (:func:`pair_chance`).
 """
 
 from __future__ import annotations
@@ -31,14 +60,15 @@ import pandas as pd
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experiments.run_args import store_kwargs  # noqa: E402
+from experiments.common import int_list, parser, setup, store_kwargs  # noqa: E402
 from superscopes_nn.architectures import num_layers  # noqa: E402
 from superscopes_nn.api import generate_plain, patchscope  # noqa: E402
 from superscopes_nn.resolver import model_name  # noqa: E402
 from superscopes_nn.specs import Source, Target  # noqa: E402
+from superscopes_nn.chance import alias_pairs, chance_table  # noqa: E402
 
 from experiments.backpatching import (  # noqa: E402
-    alias_match, answer_aliases, load_queries, script_setup, two_hop_parser,
+    alias_match, answer_aliases, bridge_aliases, load_queries,
 )
 
 COT_PREFIX = "Let's think step by step."
@@ -56,6 +86,27 @@ def second_hop_template(q, placeholder: str = "x") -> str:
     return f"The {q['r2']} of {placeholder} is"
 
 
+def second_hop_prefix(q) -> str | None:
+    """The second-hop prompt up to the bridge ("The spouse of"); None when the bridge is absent."""
+    prompt, bridge = q["second_hop_prompt"], q["bridge"]
+    if not bridge or bridge not in prompt:
+        return None
+    return prompt[: prompt.index(bridge)].rstrip() or None
+
+
+def first_hop_phrase(q) -> str | None:
+    """The part of the two-hop prompt after the second-hop prefix, up to and including e1
+    ("the performer of Imagine"); None when the two-hop prompt does not start with the prefix."""
+    prefix, two = second_hop_prefix(q), q["two_hop_prompt"]
+    if prefix is None or not two.startswith(prefix) or q["e1"] not in two[len(prefix):]:
+        return None
+    end = two.index(q["e1"], len(prefix)) + len(q["e1"])
+    return two[len(prefix):end].strip() or None
+
+
+DIRECTIONS = ("official", "reversed")
+
+
 def check_pairs(pairs, n: int, name: str) -> list[tuple[int, int]]:
     out = []
     for p in pairs:
@@ -71,9 +122,14 @@ def check_pairs(pairs, n: int, name: str) -> list[tuple[int, int]]:
     return out
 
 
-def cot_patches(queries: pd.DataFrame, pairs: Sequence[tuple[int, int]], placeholder: str = "x") -> list:
-    """``(Source, Target, None)``: first-hop prompt's last token at l -> second-hop template's
-    placeholder at l*. Query-major, then pairs in order."""
+def cot_patches(queries: pd.DataFrame, pairs: Sequence[tuple[int, int]], placeholder: str = "x",
+                direction: str = "reversed") -> list:
+    """``(Source, Target, None)``, query-major, then pairs in order. ``official``: second-hop prefix's
+    last token at l -> first-hop phrase's last token at l*; ``reversed``: first-hop prompt's last
+    token at l -> second-hop template's placeholder at l*."""
+    if direction == "official":
+        return [(Source(second_hop_prefix(q), l, -1, "residual"), Target(first_hop_phrase(q), layer=ls, position=-1),
+                 None) for _, q in queries.iterrows() for l, ls in pairs]
     return [(Source(q["first_hop_prompt"], l, -1, "residual"),
              Target(second_hop_template(q, placeholder), layer=ls, placeholder=placeholder), None)
             for _, q in queries.iterrows() for l, ls in pairs]
@@ -83,18 +139,23 @@ def multihop_cot(model, queries=None, *, limit: int | None = None, stratify: boo
                  layers: Iterable[int] | None = None,
                  pairs: Sequence[tuple[int, int]] | None = None, max_new_tokens: int = 10,
                  cot_max_new_tokens: int | None = None, baselines: bool = True, max_batch_size: int = 64,
+                 direction: str = "official", only_correct: bool = True, baseline_max_new_tokens: int = 20,
                  remote: bool | str = False, progress: bool = False,
                  run_dir=None, resume: bool = False, config: dict | None = None) -> pd.DataFrame:
     """Multi-hop Patchscope over layer pairs plus the vanilla and CoT baselines.
 
     Steps:
 
-    1. source = ``first_hop_prompt``, last token, residual at layer ``l``;
-    2. target = :func:`second_hop_template` (``"The spouse of x is"``) at ``x``,
-       layer ``l*``; greedy-generate ``max_new_tokens`` (all rows batched);
-    3. if ``baselines``: plain generation on the two-hop prompt (``vanilla``) and on
-       ``"Let's think step by step. " + two-hop prompt`` (``cot``, ``cot_max_new_tokens``
-       tokens, default 2 x ``max_new_tokens``);
+    0. ``only_correct``: keep the queries whose first-hop phrase names the bridge and whose
+       second-hop prompt names the answer (``baseline_max_new_tokens`` each);
+    1. ``direction="official"``: source = :func:`second_hop_prefix`, target =
+       :func:`first_hop_phrase`, both at their last token (queries whose prompts do not split
+       so are skipped, ``df.attrs["skipped"]``); ``reversed``: source = ``first_hop_prompt``'s
+       last token, target = :func:`second_hop_template` at ``x``; residual at ``l`` -> ``l*``;
+       greedy-generate ``max_new_tokens`` (all rows batched);
+    3. if ``baselines``: plain generation on the two-hop prompt (``vanilla``,
+       ``baseline_max_new_tokens``) and on ``"Let's think step by step. " + two-hop prompt``
+       (``cot``, ``cot_max_new_tokens`` tokens, default 2 x ``max_new_tokens``);
     4. correct = the output contains the answer or an alias (length > 1, case-insensitive).
 
     ``pairs`` (``(l, l*)``) overrides ``layers`` (default: every layer x every layer).
@@ -104,13 +165,35 @@ def multihop_cot(model, queries=None, *, limit: int | None = None, stratify: boo
     (source prompt or baseline prompt), ``target_prompt`` (the template; empty for
     baselines), ``interpretation``, ``correct`` (bool), ``error``.
     """
-    qs = load_queries(queries, limit, stratify)
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
     n = num_layers(model._module.config)
     if pairs is None:
         ls = list(range(n)) if layers is None else list(layers)
         pairs = [(a, b) for a in ls for b in ls]
     pairs = check_pairs(pairs, n, model_name(model))
-    res = patchscope(model, cot_patches(qs, pairs), max_new_tokens=max_new_tokens, max_batch_size=max_batch_size,
+    qs = load_queries(queries, limit, stratify)
+    skipped: list = []
+    if direction == "official":
+        ok = [first_hop_phrase(q) is not None for _, q in qs.iterrows()]
+        skipped = qs.id[[not o for o in ok]].tolist()
+        qs = qs[ok].reset_index(drop=True)
+    hops = None
+    if only_correct and len(qs):
+        phrase = [first_hop_phrase(q) or q["first_hop_prompt"] for _, q in qs.iterrows()]
+        texts = generate_plain(model, phrase + qs.second_hop_prompt.tolist(), baseline_max_new_tokens,
+                               max_batch_size, remote)
+        n_q = len(qs)
+        hops = pd.DataFrame({"id": qs.id, "hop1_output": texts[:n_q], "hop2_output": texts[n_q:]})
+        hops["hop1_correct"] = [alias_match(t, bridge_aliases(q)) for t, (_, q) in zip(texts[:n_q], qs.iterrows())]
+        hops["hop2_correct"] = [alias_match(t, answer_aliases(q)) for t, (_, q) in zip(texts[n_q:], qs.iterrows())]
+        keep = (hops.hop1_correct & hops.hop2_correct).tolist()
+        qs = qs[keep].reset_index(drop=True)
+    if qs.empty:
+        out = pd.DataFrame(columns=COT_COLUMNS)
+        out.attrs.update(model=model_name(model), skipped=skipped, hops=hops, direction=direction)
+        return out
+    res = patchscope(model, cot_patches(qs, pairs, direction=direction), max_new_tokens=max_new_tokens, max_batch_size=max_batch_size,
                      remote=remote, progress=progress, run_dir=run_dir, resume=resume, config=config)
     aliases = {q["id"]: answer_aliases(q) for _, q in qs.iterrows()}
     ids = [i for i in qs.id for _ in pairs]
@@ -121,7 +204,7 @@ def multihop_cot(model, queries=None, *, limit: int | None = None, stratify: boo
     frames = [df]
     if baselines:
         cot_tokens = 2 * max_new_tokens if cot_max_new_tokens is None else cot_max_new_tokens
-        for method, prompts, k in (("vanilla", qs.two_hop_prompt.tolist(), max_new_tokens),
+        for method, prompts, k in (("vanilla", qs.two_hop_prompt.tolist(), baseline_max_new_tokens),
                                    ("cot", [f"{COT_PREFIX} {p}" for p in qs.two_hop_prompt], cot_tokens)):
             texts = generate_plain(model, prompts, k, max_batch_size, remote)
             frames.append(pd.DataFrame({"id": qs.id, "method": method, "source_layer": -1, "target_layer": -1,
@@ -130,8 +213,20 @@ def multihop_cot(model, queries=None, *, limit: int | None = None, stratify: boo
     out = pd.concat(frames, ignore_index=True)
     out["correct"] = [alias_match(t, aliases[i]) for t, i in zip(out.interpretation, out.id)]
     out = out[COT_COLUMNS]
-    out.attrs["model"] = model_name(model)
+    out.attrs.update(model=model_name(model), skipped=skipped, hops=hops, direction=direction, answers=aliases)
     return out
+
+
+def pair_chance(df: pd.DataFrame, answers: dict | None = None, n_boot: int = 2000):
+    """"Some (l, l*) pair answers" beside its chance level: each query's patched outputs matched
+    against another query's answer aliases, exact over derangements. None with < 2 queries."""
+    answers = df.attrs.get("answers") if answers is None else answers
+    ps = df[df.method == "patchscope"].copy()
+    if answers is None or ps.id.nunique() < 2:
+        return None
+    ps["pair"] = [f"{a}->{b}" for a, b in zip(ps.source_layer, ps.target_layer)]
+    return chance_table(ps, alias_pairs(), threshold=0.5, item="id", reference=answers, by=(), choice="pair",
+                        arms={"some pair": None}, per_choice=False, n_boot=n_boot)
 
 
 def summarize(df: pd.DataFrame) -> pd.DataFrame:
@@ -186,23 +281,35 @@ def plot(df: pd.DataFrame, summary: pd.DataFrame, path: Path, title: str) -> Non
 
 
 def parse_args(argv):
-    p = two_hop_parser("Multi-hop Patchscope (first hop patched into the second) vs baselines.", "runs/multihop_cot",
+    p = parser("Multi-hop Patchscope (first hop patched into the second) vs baselines.", out="runs/multihop_cot", two_hop=True, limit_help="first N queries",
                        layers_help="comma-separated layers for l and l* (default: all)")
+    p.add_argument("--direction", choices=DIRECTIONS, default="official",
+                   help="official: second-hop prefix -> first-hop phrase; reversed: first hop -> 'The r2 of x is'")
+    p.add_argument("--all-queries", action="store_true", help="drop the official only_correct filter")
     return p.parse_args(argv)
 
 
 def main(argv=None, model=None) -> pd.DataFrame:
     args = parse_args(argv)
-    model, out, layers = script_setup(args, model)
+    model, out = setup(args, model)
+    layers = int_list(getattr(args, "layers", None))
     t0 = time.perf_counter()
     df = multihop_cot(model, args.data, limit=args.limit, stratify=args.stratify, layers=layers,
                       max_new_tokens=args.max_new_tokens,
                       max_batch_size=args.max_batch_size, remote=args.remote, progress=True,
+                      direction=args.direction, only_correct=not args.all_queries,
                       **store_kwargs(args, out, "multihop_cot"))
     summary = summarize(df)
+    chance = pair_chance(df)
+    if chance is not None:
+        chance.to_csv(out / "multihop_cot_chance.csv", index=False)
+        c = chance.iloc[0]
+        print(f"some pair answers {c.raw_count:.0f}/{c.n}; shuffled-answer chance {c.null_count:.1f}/{c.n}; "
+              f"above chance {c.above:+.2f} [{c.above_lo:+.2f}, {c.above_hi:+.2f}]")
     df.to_csv(out / "multihop_cot.csv", index=False)
     summary.to_csv(out / "multihop_cot_summary.csv", index=False)
-    plot(df, summary, out / "multihop_cot.png",
+    if len(df):
+        plot(df, summary, out / "multihop_cot.png",
          f"Multi-hop Patchscope, {df.attrs['model']} ({df.id.nunique()} queries)")
     print(summary.round(3).to_string(index=False))
     print(f"{len(df)} rows in {time.perf_counter() - t0:.0f}s -> {out}")

@@ -1,16 +1,45 @@
-"""Superscopes Figure 3: MLP-output interpretation successes per layer, Patchscopes vs Superscopes.
+"""Superscopes Figure 3: MLP-output interpretation successes per layer, Patchscopes vs Superscopes,
+each beside its chance level.
 
-    python -m experiments.superscopes_fig3 --model gemma-3-270m [--limit N] [--layers 1-7|all] [--out DIR]
+    python -m experiments.superscopes_fig3 [--protocol official|same-site] [--control random]
+           [--model gemma-3-270m] [--limit N] [--layers 1-7|all] [--out DIR] [--resume]
+    python -m experiments.superscopes_fig3 --from-csv RAW.csv.gz [--random-csv RANDOM_RAW.csv.gz]
 
-The 48 prompts of ``../shared/data/superscopes_fig3_prompts.tsv``; the inspected token
-is the last token of each prompt *as this model tokenizes it* (token = -1); site
-``mlp_out``; source layers 1-7 (or ``all``); target layer = source layer; alphas
-1, 3, 6, 9, 12, 15; 10 new tokens into the entity-description prompt.
+Protocol (default ``official``) against the paper's code, GalNivs/Superscopes,
+``code/superscopes_mlp_outputs_full_evaluation.ipynb``:
 
-Success = MiniLM cosine > 0.3 between the source prompt and the interpretation.
-Patchscopes = success at alpha 1; Superscopes = success at any alpha in 3..15.
-Writes ``fig3_<model>.csv`` (every row), ``fig3_<model>.png`` (grouped bars),
-``fig3_<model>_summary.json``, and prints the per-layer counts.
+======================  ==========================================================  ==========================================
+step                    official code (function)                                    here
+======================  ==========================================================  ==========================================
+prompts                 ``test_pairs``: 48 names                                    same 48 (``superscopes_fig3_prompts.tsv``)
+source token            ``find_last_token`` then ``find_token_id``: first token     same rule on Gemma's tokens
+                        whose string equals the last token's                        (:func:`~superscopes_nn.superscopes.last_token_position`);
+                                                                                    ``--token last`` = position -1
+source vector           ``generate_and_extract_intermediate_values``:               ``mlp_out`` = what the MLP block adds to
+                        ``layer.mlp`` forward-hook output (Llama: no post-norm)     the residual (Gemma: after its post-FFN norm)
+layers                  ``range(1, 8)``                                             1-7 (``--layers``)
+amplifiers              α = 1 (``..._patchscopes_reference``) and                   1, 3, 6, 9, 12, 15
+                        ``range(3, 18, 3)`` (``..._patch_to_same_layer``)
+target prompt           ``patchscope_interpret``: "Syria: Country in the Middle     ``ENTITY_PROMPT`` (same text)
+                        East, ... corporation, x"
+target site             ``set_hs_patch_hooks(..., module="hs")``: the vector        ``--protocol official``: Target(site="residual",
+                        REPLACES the layer output (hidden state)                    position=-1); ``same-site``: it replaces the
+                                                                                    target's ``mlp_out`` at the placeholder
+target position/layer   ``target_idx = -1``; ``target_layer=layer``                 last token; target layer = source layer
+decoding                ``generate(max_length=seq_len + 10)`` with Llama-2-chat's   10 new tokens, greedy (named deviation:
+                        generation config (which samples)                           the paper's texts were likely sampled)
+score / success         MiniLM mean-pooled cosine(source prompt, text) > 0.3;       :func:`~superscopes_nn.superscopes.add_scores`
+                        per (prompt, layer): α = 1 (Patchscopes), any α in 3..15    ``score_source_cosine``; ``success_table``
+chance                  none                                                        shuffled-source null (exact over all
+                                                                                    derangements) and, with ``--control random``,
+                                                                                    norm-matched random vectors
+                                                                                    (:mod:`superscopes_nn.chance`)
+======================  ==========================================================  ==========================================
+
+Writes, under ``--out``: ``fig3_<model>_<protocol>_raw.csv.gz`` (every row, unscored; the
+random-vector rows in ``..._random_raw.csv.gz``), ``..._scored.csv.gz``, ``..._chance.csv``
+(raw / null / above-null / random rates with bootstrap 95% intervals over prompts, per layer
+and in all, per arm and per α), ``..._summary.json`` and ``..._bars.png``.
 """
 
 from __future__ import annotations
@@ -19,78 +48,136 @@ import json
 import time
 from pathlib import Path
 
-from experiments.run_args import store_kwargs
-from experiments.superscopes_common import (
-    bars_figure, base_parser, get_model, load_fig3_prompts, log, n_layers_of, parse_layers, read_saved_csv,
-    save_csv, score,
+import pandas as pd
+
+from experiments.common import (
+    check_args, log, n_layers_of, parse_layers, parser, pyplot, read_saved_csv, save_csv, save_figure, setup,
 )
-from superscopes_nn.superscopes import MLP_ALPHAS, SUCCESS_THRESHOLD, rule_agreement, success_table, superscope
+from experiments.fig3_sweep import FIG3_LAYERS, fig3_rows
+from superscopes_nn.chance import chance_table, cosine_pairs, format_chance
+from superscopes_nn.datasets import load_fig3_prompts
+from superscopes_nn.resolver import model_name
+from superscopes_nn.run import run_rows
+from superscopes_nn.store import load_run
+from superscopes_nn.superscopes import MLP_ALPHAS, PROTOCOLS, SUCCESS_THRESHOLD, add_scores, success_table
+
+ARMS = {"patchscopes": (1.0,), "superscopes": (3.0, 6.0, 9.0, 12.0, 15.0)}
 
 
-def main(argv=None, model=None, cosine=None, embedder=None) -> dict:
-    p = base_parser(__doc__.splitlines()[0])
-    p.add_argument("--limit", type=int, default=None, help="only the first N prompts")
-    p.add_argument("--prompts", default=None, help="prompt TSV (default ../shared/data/superscopes_fig3_prompts.tsv)")
+def load_rows(path) -> pd.DataFrame:
+    """A raw CSV written by this script, or a run directory (``..._rows``)."""
+    path = Path(path)
+    return load_run(path)[0] if path.is_dir() else read_saved_csv(path)
+
+
+def run_store(args, out: Path, stem: str, control: str, layers) -> dict:
+    """Run directory ``OUT/<stem>_<control>_rows`` and the config that defines its rows."""
+    config = {"experiment": "fig3", "protocol": args.protocol, "control": control, "token": args.token,
+              "layers": list(layers), "alphas": list(MLP_ALPHAS), "seed": 0}
+    return {"run_dir": out / f"{stem}_{control}_rows", "resume": bool(args.resume), "config": config}
+
+
+def fig3_chance(df: pd.DataFrame, random_df: pd.DataFrame | None = None, threshold: float = SUCCESS_THRESHOLD,
+                embedder=None, score_pairs=None, n_boot: int = 2000, n_derangements: int | None = None) -> pd.DataFrame:
+    """The chance table of a Figure 3 frame: arms Patchscopes (α=1) and Superscopes (α 3..15),
+    and one arm per α; per source layer and over all layers."""
+    return chance_table(df, score_pairs or cosine_pairs(embedder), threshold=threshold, by=("source_layer",),
+                        arms=ARMS, per_choice=True, random_df=random_df, n_boot=n_boot, n_derangements=n_derangements)
+
+
+def bars(table: pd.DataFrame, path: Path, title: str) -> Path:
+    """Successes per layer, Patchscopes vs Superscopes, each with its shuffled-source chance level."""
+    plt = pyplot()
+    import numpy as np
+
+    t = table[table.source_layer != "all"]
+    p, s = t[t.arm == "patchscopes"], t[t.arm == "superscopes"]
+    x = np.arange(len(p))
+    fig, ax = plt.subplots(figsize=(max(5, 0.8 * len(p) + 2), 3.8))
+    for off, arm, colour, label in ((-0.2, p, "#8c8c8c", "Patchscopes (α=1)"), (0.2, s, "#d62728", "Superscopes (α∈3..15)")):
+        ax.bar(x + off, arm.raw_count, 0.4, label=label, color=colour)
+        ax.errorbar(x + off, arm.raw_count, yerr=[arm.raw_count - arm.raw_lo * arm.n, arm.raw_hi * arm.n - arm.raw_count],
+                    fmt="none", ecolor="black", lw=0.8, capsize=2)
+        ax.scatter(x + off, arm.null_count, marker="_", s=250, color="black", zorder=3)
+    ax.scatter([], [], marker="_", color="black", label="shuffled-source chance")
+    ax.set_xticks(x, [str(l) for l in p.source_layer])
+    ax.set_xlabel("layer (MLP output)")
+    ax.set_ylabel(f"successes (of {int(p.n.iloc[0])} prompts)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    return save_figure(fig, path, dpi=130)
+
+
+def main(argv=None, model=None, cosine=None, embedder=None, score_pairs=None) -> dict:
+    p = parser(__doc__.splitlines()[0], out="out/superscopes", layers_help="e.g. 1-7 (default, the paper's) or all",
+               limit_help="only the first N prompts")
+    p.add_argument("--protocol", choices=PROTOCOLS, default="official",
+                   help="official: the vector replaces the target's hidden state (paper's code); "
+                        "same-site: it replaces the target's MLP output at the placeholder")
+    p.add_argument("--token", choices=("official", "last"), default="official",
+                   help="official: first occurrence of the last token's string (the notebook's rule); last: -1")
+    p.add_argument("--control", choices=("none", "random"), default="none",
+                   help="random: also run norm-matched random vectors (doubles the generation)")
+    p.add_argument("--prompts", default=None, help="prompt TSV (default: the shared superscopes_fig3_prompts.tsv)")
     p.add_argument("--threshold", type=float, default=SUCCESS_THRESHOLD)
-    p.add_argument("--from-csv", default=None,
-                   help="re-score a saved fig3 CSV (raw or scored) instead of running the sweep")
-    args = p.parse_args(argv)
-    if args.limit is not None and args.limit < 1:
-        raise ValueError(f"--limit must be >= 1, got {args.limit}")
-    items = load_fig3_prompts(args.prompts)[: args.limit]
-    prompts = [x[0] for x in items]
-    paper_tok = dict(items)
+    p.add_argument("--from-csv", default=None, help="score a saved raw CSV (or run directory) instead of sweeping")
+    p.add_argument("--random-csv", default=None, help="with --from-csv: the random-vector rows")
+    p.add_argument("--boot", type=int, default=2000, help="bootstrap resamples")
+    args = check_args(p, p.parse_args(argv))
+    prompts = [x[0] for x in load_fig3_prompts(args.prompts)][: args.limit]
     out = Path(args.out)
-    tag = Path(str(args.model)).name
+    tag = Path(str(args.model or "gemma-3-270m")).name
+    stem = f"fig3_{tag}_{args.protocol}"
+    random_df = None
     if args.from_csv:
-        df = read_saved_csv(args.from_csv)
+        df = load_rows(args.from_csv)
         df = df[df.source_prompt.isin(prompts)].reset_index(drop=True)
-        n = int(json.loads(Path(args.from_csv).with_suffix(".meta.json").read_text())["n_layers"]) \
-            if Path(args.from_csv).with_suffix(".meta.json").exists() else int(df.source_layer.max()) + 1
-        layers = sorted(int(l) for l in df.source_layer.unique())
-        t_run = float("nan")
+        if args.random_csv:
+            random_df = load_rows(args.random_csv)
+            random_df = random_df[random_df.source_prompt.isin(prompts)].reset_index(drop=True)
+        layers, t_run = sorted(int(l) for l in df.source_layer.unique()), float("nan")
     else:
-        m = get_model(args.model, model)
-        n = n_layers_of(m)
-        layers = parse_layers(args.layers, n, [l for l in range(1, 8) if l < n])
+        m, out = setup(args, model)
+        tag = Path(str(args.model)).name if args.model else Path(model_name(m)).name
+        stem = f"fig3_{tag}_{args.protocol}"
+        layers = parse_layers(args.layers, n_layers_of(m), [l for l in FIG3_LAYERS if l < n_layers_of(m)])
+        kw = dict(max_new_tokens=args.max_new_tokens, max_batch_size=args.max_batch_size, progress=args.progress,
+                  remote=args.remote)
         t0 = time.perf_counter()
-        df = superscope(m, prompts, site="mlp_out", layers=layers, alphas=MLP_ALPHAS, token=-1, target_layer=None,
-                        max_new_tokens=args.max_new_tokens, max_batch_size=args.batch_size, progress=args.progress,
-                        **store_kwargs(args, out, f"fig3_{tag}"))
+        frames = {}
+        for control in ("source", "random") if args.control == "random" else ("source",):
+            rows = fig3_rows(m, prompts, protocol=args.protocol, control=control, layers=layers, alphas=MLP_ALPHAS,
+                             token=args.token)
+            frames[control] = run_rows(m, rows, **kw, **run_store(args, out, stem, control, layers))
+        df, random_df = frames["source"], frames.get("random")
+        save_csv(df, out / f"{stem}_raw.csv.gz")
+        if random_df is not None:
+            save_csv(random_df, out / f"{stem}_random_raw.csv.gz")
         t_run = time.perf_counter() - t0
-        save_csv(df, out / f"fig3_{tag}_raw.csv")  # unscored, so scoring can be redone with --from-csv
-        (out / f"fig3_{tag}_raw.meta.json").write_text(json.dumps({"n_layers": n, "sweep_s": round(t_run, 1)}))
     t0 = time.perf_counter()
-    df = score(df, cosine=cosine, embedder=embedder)
+    df = add_scores(df, embedder=embedder, cosine=cosine)
+    table = fig3_chance(df, random_df, args.threshold, embedder, score_pairs, n_boot=args.boot)
     t_score = time.perf_counter() - t0
-    df["paper_last_token"] = [paper_tok.get(pr, "") for pr in df.source_prompt]
-    table = success_table(df, threshold=args.threshold)
-    agree = rule_agreement(df)
-    tok = df.drop_duplicates("source_prompt")
-    same_tok = int(sum(s.strip() == t.strip() for s, t in zip(tok.source_token, tok.paper_last_token)))
-    csv = save_csv(df, out / f"fig3_{tag}.csv")
-    png = bars_figure(table, out / f"fig3_{tag}.png",
-                      f"MLP-output interpretations, {tag} ({n} layers), cosine > {args.threshold:g}", len(prompts))
-    summary = {
-        "model": tag, "n_layers": n, "prompts": len(prompts), "layers": layers, "rows": len(df),
-        "sweep_s": round(t_run, 1), "score_s": round(t_score, 1), "threshold": args.threshold,
-        "per_layer": table.to_dict(orient="records"),
-        "total_patchscopes": int(table.patchscopes.sum()), "total_superscopes": int(table.superscopes.sum()),
-        "rule_agreement_source_vs_stability": agree,
-        "last_token_same_as_paper": same_tok,
-        "error_rows": int(df["error"].notna().sum()) if "error" in df else 0,
-    }
-    (out / f"fig3_{tag}_summary.json").write_text(json.dumps(summary, indent=1))
-    log(f"fig3 on {tag}: {len(prompts)} prompts x {len(layers)} layers x {len(MLP_ALPHAS)} alphas = {len(df)} rows; "
-        f"sweep {t_run:.1f} s, scoring {t_score:.1f} s")
-    log(f"successes (cosine > {args.threshold:g}) of {len(prompts)} prompts per layer:")
-    log(table.to_string(index=False))
-    log(f"total: Patchscopes {summary['total_patchscopes']}, Superscopes {summary['total_superscopes']}")
-    log(f"alpha chosen by the paper's rule (source cosine) = alpha chosen by stability in "
-        f"{agree['agree']}/{agree['groups']} (prompt, layer) groups ({agree['rate']:.0%})")
-    log(f"last token equals the paper's Llama-2 last token for {same_tok}/{len(prompts)} prompts")
-    log(f"wrote {csv}, {png}")
-    return {"df": df, "table": table, "csv": csv, "png": png, "summary": summary}
+    counts = success_table(df, threshold=args.threshold)
+    save_csv(df, out / f"{stem}_scored.csv.gz")
+    table.to_csv(out / f"{stem}_chance.csv", index=False)
+    png = bars(table, out / f"{stem}_bars.png", f"Fig 3, {tag}, protocol {args.protocol}: cosine > {args.threshold:g}"
+                                                f" ({len(prompts)} prompts)")
+    allrow = table[table.source_layer == "all"].set_index("arm")
+    summary = {"model": tag, "protocol": args.protocol, "token": getattr(args, "token", "official"),
+               "prompts": len(prompts), "layers": layers, "rows": len(df), "random_rows": 0 if random_df is None else len(random_df),
+               "sweep_s": round(t_run, 1), "score_s": round(t_score, 1), "threshold": args.threshold,
+               "per_layer": counts.to_dict(orient="records"),
+               "all": allrow.reset_index().to_dict(orient="records"),
+               "error_rows": int(df["error"].notna().sum()) if "error" in df else 0}
+    (out / f"{stem}_summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    log(f"fig3 {tag}, protocol {args.protocol}: {len(prompts)} prompts x {len(layers)} layers x {len(MLP_ALPHAS)} α "
+        f"= {len(df)} rows; sweep {t_run:.1f} s, scoring {t_score:.1f} s")
+    shown = format_chance(table)
+    cols = ["arm", "source_layer", "n", "raw", "null", "above"] + (["random", "above_random"] if random_df is not None else [])
+    log(shown[cols].to_string(index=False))
+    log(f"wrote {out / (stem + '_chance.csv')}, {png}")
+    return {"df": df, "table": counts, "chance": table, "png": png, "summary": summary, "random_df": random_df}
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ plain sentences in ``superscopes_nn/data/next_token_sample.txt``::
 At the last layer both methods are exact by construction (the logit lens of the
 last layer *is* the model's output; patching the last layer's output at ``?``
 gives the same logits), which the tests check. The Patchscope uses
-``patched_logits`` (batched forward passes, no generation): its argmax is the
+one greedy token per patched row (:func:`~superscopes_nn.run.run_rows`): it is the
 first token a greedy generation would produce.
 
 Run::
@@ -28,7 +28,6 @@ Run::
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -41,13 +40,11 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from superscopes_nn.architectures import arch_spec, get_path, num_layers  # noqa: E402
-from superscopes_nn.api import patched_logits  # noqa: E402
 from superscopes_nn.resolver import encode, model_name, resolve  # noqa: E402
-from superscopes_nn.run import row_record  # noqa: E402
 from superscopes_nn.specs import IDENTITY_PROMPT, Source, Target  # noqa: E402
 from superscopes_nn.validate import check_layer  # noqa: E402
-from superscopes_nn.store import RunStore, record_key, row_key  # noqa: E402
-from experiments.run_args import add_resume, store_kwargs  # noqa: E402
+from superscopes_nn.run import run_rows  # noqa: E402
+from experiments.common import check_args, parser, store_kwargs  # noqa: E402
 
 from superscopes_nn.datasets import DATA_DIR  # noqa: E402
 
@@ -96,7 +93,7 @@ def lens_predictions(model, prompt: str, layers: Sequence[int], *, remote: bool 
 
 def token_identity(model, sentences: Sequence[str] | None = None, *, limit: int | None = None,
                    layers: Iterable[int] | None = None, max_positions: int | None = None,
-                   target_prompt: str = IDENTITY_PROMPT, placeholder: str = "?", rows_per_call: int = 256,
+                   target_prompt: str = IDENTITY_PROMPT, placeholder: str = "?",
                    max_batch_size: int = 32, remote: bool | str = False, run_dir=None, resume: bool = False,
                    config: dict | None = None) -> pd.DataFrame:
     """Precision@1 data for the identity Patchscope and the logit lens, one row per
@@ -108,13 +105,12 @@ def token_identity(model, sentences: Sequence[str] | None = None, *, limit: int 
        prediction at every position and the logit-lens top-1 of every layer;
     2. for every (position, layer), patch the layer-``l`` residual at that position into
        ``target_prompt`` at ``placeholder``, same layer, and take the argmax of the
-       next-token logits there (``patched_logits``, batched; ``rows_per_call`` rows per
-       call bound the [rows, vocab] memory);
+       next-token logits there (one greedy token through :func:`~superscopes_nn.run.run_rows`,
+       the argmax at the placeholder, which is the target prompt's last token);
     3. ``correct`` = the method's token equals the model's own prediction.
 
-    ``run_dir``: the patched top-1 of every finished call is appended there
-    (:class:`~superscopes_nn.store.RunStore`, one record per row with ``token_ids = [top-1]``);
-    ``resume=True`` skips the calls whose rows are all on disk.
+    ``run_dir`` / ``resume`` / ``config``: the run store of :func:`~superscopes_nn.run.run_rows`
+    (one record per patched row, ``token_ids = [top-1]``).
 
     Columns: model, sentence_id, sentence, position, source_token, layer, method,
     predicted_id, predicted_token, target_id, target_token, correct.
@@ -141,19 +137,10 @@ def token_identity(model, sentences: Sequence[str] | None = None, *, limit: int 
                                 None))
                 base.append({**common, "method": "patchscope", "predicted_id": None})
     rows = resolve(model, patches)
-    store = None if run_dir is None else RunStore(run_dir, {"model": name, **(config or {})}, resume=resume)
-    done = {} if store is None else {record_key(r): r["token_ids"][0] for r in store.records()}
-    preds = []
-    for k in range(0, len(rows), rows_per_call):
-        chunk = rows[k:k + rows_per_call]
-        keys = [row_key(r) for r in chunk]
-        if all(key in done for key in keys):
-            preds.extend(done[key] for key in keys)
-            continue
-        top = patched_logits(model, chunk, max_batch_size=max_batch_size, remote=remote).argmax(-1).tolist()
-        if store is not None:
-            store.append([{**row_record(r, [t], tok, name, name), "error": None} for r, t in zip(chunk, top)])
-        preds.extend(top)
+    res = run_rows(model, rows, max_new_tokens=1, max_batch_size=max_batch_size, remote=remote, run_dir=run_dir,
+                   resume=resume, config=config)
+    eos = tok.eos_token_id
+    preds = [ids[0] if len(ids) else eos for ids in res.token_ids]  # an end-of-sequence top-1 is trimmed
     it = iter(preds)
     for rec in base:
         if rec["method"] == "patchscope":
@@ -190,20 +177,11 @@ def plot(summary: pd.DataFrame, path: Path, title: str) -> None:
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description="Token identity Patchscope vs logit lens (next-token precision@1).")
-    p.add_argument("--model", default=None, help="model name (default: the library default, Gemma 3 270M)")
-    p.add_argument("--limit", type=int, default=None, help="number of sample sentences")
+    p = parser("Token identity Patchscope vs logit lens (next-token precision@1).", out="runs/token_identity",
+               max_new_tokens=1, limit_help="number of sample sentences")
     p.add_argument("--layer-stride", type=int, default=1, help="decode every k-th layer (the last layer always)")
     p.add_argument("--max-positions", type=int, default=None, help="positions per sentence (default all)")
-    p.add_argument("--out", default="runs/token_identity")
-    p.add_argument("--max-new-tokens", type=int, default=1,
-                   help="unused: the Patchscope reads the first token from patched logits")
-    p.add_argument("--remote", action="store_true")
-    add_resume(p)
-    args = p.parse_args(argv)
-    if args.layer_stride < 1:
-        p.error(f"--layer-stride must be >= 1, got {args.layer_stride}")
-    return args
+    return check_args(p, p.parse_args(argv))
 
 
 def strided_layers(n: int, stride: int) -> list[int]:

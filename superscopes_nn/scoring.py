@@ -55,6 +55,7 @@ __all__ = [
     "rouge_l",
     "load_embedder",
     "embedding_cosine",
+    "embedding_matrix",
     "score_frame",
     "source_cosine",
 ]
@@ -232,6 +233,29 @@ def embedding_cosine(
     ia = np.fromiter((index[t] for t in texts_a), dtype=np.int64, count=len(texts_a))
     ib = np.fromiter((index[t] for t in texts_b), dtype=np.int64, count=len(texts_b))
     return np.clip(np.einsum("ij,ij->i", emb[ia], emb[ib]), -1.0, 1.0)
+
+
+def embedding_matrix(texts: Sequence[str], refs: Sequence[str], embedder=None, batch_size: int = 256) -> np.ndarray:
+    """Cosine of every ``texts[i]`` with every ``refs[j]``: a ``[len(texts), len(refs)]`` float64 array.
+
+    Like :func:`embedding_cosine`, each unique text of both lists is encoded once, in one call
+    (the shuffled-source chance levels of :mod:`superscopes_nn.chance` score thousands of
+    texts against every prompt this way).
+    """
+    texts, refs = list(texts), list(refs)
+    _check_strings(texts, "texts")
+    _check_strings(refs, "refs")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if not texts or not refs:
+        return np.zeros((len(texts), len(refs)), dtype=np.float64)
+    embedder = load_embedder() if embedder is None else embedder
+    index = {t: i for i, t in enumerate(dict.fromkeys(texts + refs))}
+    emb = np.asarray(embedder.encode(list(index), batch_size=batch_size, normalize_embeddings=True,
+                                     convert_to_numpy=True, show_progress_bar=False), dtype=np.float64)
+    ia = np.fromiter((index[t] for t in texts), dtype=np.int64, count=len(texts))
+    ib = np.fromiter((index[t] for t in refs), dtype=np.int64, count=len(refs))
+    return np.clip(emb[ia] @ emb[ib].T, -1.0, 1.0)
 
 
 # --------------------------------------------------------------------------- frames

@@ -41,13 +41,16 @@ Empty interpretations score 0 on every rule (nothing was said); rows whose
 
 from __future__ import annotations
 
+import json
 import math
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
 from .api import sweep
+from .chance import cosine_pairs, null_against
 from .specs import ENTITY_PROMPT, Target
 from .validate import check_alphas
 
@@ -66,10 +69,42 @@ DEFAULT_BY = ("source_prompt", "site", "source_layer", "target_layer")
 SCORE_COLUMNS = ("score_source_cosine", "score_stability", "score_reference_cosine")
 
 
+#: Target protocols of :func:`superscope`: ``official`` = the paper's code (the amplified vector
+#: replaces the target's hidden state, i.e. the layer output, at the target prompt's last token);
+#: ``same-site`` = it replaces the same site in the target (e.g. the target's MLP output at the
+#: placeholder), so the placeholder's own residual survives the patch.
+PROTOCOLS = ("official", "same-site")
+
+
+def check_protocol(protocol: str) -> str:
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    return protocol
+
+
+def protocol_target(protocol: str = "official", target_prompt: str = ENTITY_PROMPT, target_layer: int | None = None,
+                    placeholder: str = "x") -> Target:
+    """The :class:`Target` of a protocol: ``official`` writes the hidden state (``residual``) at the
+    last target token (``patchscope_interpret``: ``module="hs"``, ``target_idx = -1``);
+    ``same-site`` writes the source's own site at the placeholder."""
+    if check_protocol(protocol) == "official":
+        return Target(target_prompt, layer=target_layer, position=-1, site="residual")
+    return Target(target_prompt, layer=target_layer, placeholder=placeholder)
+
+
+def last_token_position(tokenizer, prompt: str) -> int:
+    """The official notebook's source position: ``find_token_id(prompt, find_last_token(prompt))``,
+    i.e. the first token whose decoded string equals the last token's (= the last token unless
+    that string also occurs earlier)."""
+    ids = list(tokenizer(prompt)["input_ids"])
+    pieces = [tokenizer.decode([i]) for i in ids]
+    return pieces.index(pieces[-1])
+
+
 def superscope(model, prompts: Sequence[str] | str, *, site: str = "mlp_out", layers: Iterable[int],
                alphas: Sequence[float] = MLP_ALPHAS, token: int | str | Sequence = -1,
                target_layer: int | None = None, target_prompt: str = ENTITY_PROMPT, placeholder: str = "x",
-               **run_kwargs) -> pd.DataFrame:
+               protocol: str = "official", **run_kwargs) -> pd.DataFrame:
     """Amplify ``site`` of ``token`` in each prompt by every alpha and let the model describe it.
 
     A thin wrapper over :func:`superscopes_nn.api.sweep` (same tidy DataFrame):
@@ -79,10 +114,13 @@ def superscope(model, prompts: Sequence[str] | str, *, site: str = "mlp_out", la
     - ``alphas``: amplifiers (:data:`MLP_ALPHAS`; :data:`HIDDEN_ALPHAS` for hidden states);
     - ``token``: position (``-1`` = last token as this model tokenizes it) or a token string;
     - ``target_layer``: ``None`` = the source layer (paper, Figure 3), or an int (e.g. 0);
+    - ``protocol``: ``"official"`` (default; the vector replaces the target's hidden state at
+      the last target token, as the paper's code does) or ``"same-site"`` (it replaces the
+      same site at the placeholder); see :func:`protocol_target`;
     - ``run_kwargs``: ``max_new_tokens``, ``max_batch_size``, ``remote``, ``progress``, ...
     """
     alphas = check_alphas(alphas)
-    target = Target(target_prompt, layer=target_layer, placeholder=placeholder)
+    target = protocol_target(protocol, target_prompt, target_layer, placeholder)
     return sweep(model, prompts, layers=layers, sites=[site], alphas=alphas, token=token, target=target,
                  **run_kwargs)
 
@@ -257,3 +295,28 @@ def success_table(df: pd.DataFrame, score: str = "score_source_cosine", threshol
                      "superscopes": int(sup.sum()), "either": int((patch | sup).sum()),
                      "only_superscopes": int((sup & ~patch).sum())})
     return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------ chance of one grid
+
+
+def other_entity_names(exclude: Iterable[str] = ()) -> list[str]:
+    """The names of the package's bundled entity set (``superscopes_nn/data/entities.jsonl``),
+    minus ``exclude``: references for the chance level of a grid of one prompt."""
+    path = Path(__file__).parent / "data" / "entities.jsonl"
+    names = [json.loads(line)["name"] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    drop = set(exclude)
+    return [n for n in names if n not in drop]
+
+
+def with_chance(df: pd.DataFrame, others: Sequence[str] | None = None, threshold: float = SUCCESS_THRESHOLD,
+                embedder=None, score_pairs=None) -> pd.DataFrame:
+    """A copy of a scored grid with ``chance_rate``: per cell, the share of ``others`` (other entity
+    names; default :func:`other_entity_names`) that its interpretation passes (cosine > ``threshold``).
+    Summed over cells it is the number of cells expected to pass by chance -- the chance line of a
+    one-prompt grid (:func:`superscopes_nn.chance.null_against`)."""
+    if others is None:
+        others = other_entity_names(df["source_prompt"].unique())
+    out = df.copy()
+    out["chance_rate"] = null_against(out, others, score_pairs or cosine_pairs(embedder), threshold=threshold)
+    return out

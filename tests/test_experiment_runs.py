@@ -92,7 +92,8 @@ def _cut(rows_file: Path, keep: int) -> None:
 def test_backpatching_script_resumes_after_a_crash(model, tmp_path):
     from experiments import backpatching as bp
 
-    args = ["--data", str(FIXTURE), "--limit", "3", "--max-new-tokens", "3", "--max-batch-size", "4"]
+    args = ["--data", str(FIXTURE), "--limit", "3", "--max-new-tokens", "3", "--max-batch-size", "4",
+            "--population", "all"]
     full = tmp_path / "full"
     bp.main(args + ["--out", str(full)], model=model)
     rows_file = full / "backpatching_rows" / "rows.jsonl"
@@ -102,7 +103,8 @@ def test_backpatching_script_resumes_after_a_crash(model, tmp_path):
     with pytest.raises(FileExistsError, match="--resume"):
         bp.main(args + ["--out", str(full)], model=model)
     with pytest.raises(ValueError, match="max_new_tokens"):
-        bp.main(["--data", str(FIXTURE), "--limit", "3", "--max-new-tokens", "4", "--out", str(full), "--resume"],
+        bp.main(["--data", str(FIXTURE), "--limit", "3", "--max-new-tokens", "4", "--out", str(full), "--resume",
+                 "--population", "all"],
                 model=model)
 
     _cut(rows_file, 7)
@@ -116,40 +118,38 @@ def test_backpatching_script_resumes_after_a_crash(model, tmp_path):
 def test_fig3_script_resumes_after_a_crash(model, tmp_path):
     from experiments import superscopes_fig3
 
-    from test_superscopes import word_cosine
+    from test_superscopes import pair_word_cosine, word_cosine
 
     tsv = tmp_path / "p.tsv"
     tsv.write_text("Pink Floyd\tloyd\nStar Wars\tWars\n")
     args = ["--out", str(tmp_path), "--prompts", str(tsv), "--layers", "0,1", "--max-new-tokens", "3",
-            "--batch-size", "4"]
-    first = superscopes_fig3.main(args, model=model, cosine=word_cosine)
+            "--batch-size", "4", "--boot", "20"]
+    first = superscopes_fig3.main(args, model=model, cosine=word_cosine, score_pairs=pair_word_cosine)
     run = next(tmp_path.glob("fig3_*_rows"))
     assert len(jsonl(run / "rows.jsonl")) == 2 * 2 * 6
     _cut(run / "rows.jsonl", 5)
-    again = superscopes_fig3.main(args + ["--resume"], model=model, cosine=word_cosine)
+    again = superscopes_fig3.main(args + ["--resume"], model=model, cosine=word_cosine, score_pairs=pair_word_cosine)
     assert again["df"].token_ids.tolist() == first["df"].token_ids.tolist()
     assert again["table"].equals(first["table"])
     assert len(jsonl(run / "rows.jsonl")) == 24
 
 
-def test_token_identity_stores_top1_per_call_and_resumes(model, tmp_path, monkeypatch):
+def test_token_identity_stores_top1_per_row_and_resumes(model, tmp_path):
     from experiments import token_identity as ti
+    from superscopes_nn.store import load_run
 
     kw = dict(sentences=["The cat sat on the mat.", "Paris is the capital of France."], layers=[0, 2],
-              max_positions=3, rows_per_call=4)  # 12 patched rows -> 3 calls
+              max_positions=3, max_batch_size=4)  # 12 patched rows -> 3 chunks
     reference = ti.token_identity(model, **kw)
     full = ti.token_identity(model, run_dir=tmp_path, **kw)
     pd.testing.assert_frame_equal(full, reference)
     stored = jsonl(tmp_path / "rows.jsonl")
-    assert len(stored) == 12 and all(len(r["token_ids"]) == 1 for r in stored)
+    assert len(stored) == 12 and all(len(r["token_ids"]) <= 1 for r in stored)
 
-    _cut(tmp_path / "rows.jsonl", 5)  # the first call's 4 rows survive intact, the second's only partly
-    calls = []
-    real = ti.patched_logits
-    monkeypatch.setattr(ti, "patched_logits", lambda m, rows, **k: calls.append(len(rows)) or real(m, rows, **k))
+    _cut(tmp_path / "rows.jsonl", 5)  # the first chunk's 4 rows survive intact, the second's only partly
     resumed = ti.token_identity(model, run_dir=tmp_path, resume=True, **kw)
     pd.testing.assert_frame_equal(resumed, reference)
-    assert calls == [4, 4]  # only the two calls not fully on disk ran again
+    assert len(load_run(tmp_path)[0]) == 12
     with pytest.raises(FileExistsError, match="--resume"):
         ti.token_identity(model, run_dir=tmp_path, **kw)
 

@@ -12,6 +12,7 @@ from experiments import attribute_extraction as ae  # noqa: E402
 from experiments import controls  # noqa: E402
 from experiments import entity_resolution as er  # noqa: E402
 from experiments import token_identity as ti  # noqa: E402
+from superscopes_nn import baselines  # noqa: E402
 from superscopes_nn.testing import tiny_model  # noqa: E402
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -98,10 +99,10 @@ def test_entity_resolution_rows_and_baseline(model):
 def test_entity_resolution_main_scores(model, tmp_path):
     df = er.main(["--entities", str(ENTITIES), "--limit", "2", "--max-new-tokens", "4", "--out", str(tmp_path)],
                  model=model)
-    assert df.alias_match.isin([True, False]).all()
-    assert df.rouge_l.between(0, 1).all() and df.cosine.between(-1, 1.0001).all()
+    assert df.score_alias.isin([True, False]).all()
+    assert df.score_rouge_l.between(0, 1).all() and df.score_cosine.between(-1, 1.0001).all()
     s = pd.read_csv(tmp_path / "entity_resolution_summary.csv")
-    assert set(s.method) == {"patchscope", "input_only"} and s.alias_match.between(0, 1).all()
+    assert set(s.method) == {"patchscope", "input_only"} and s.score_alias.between(0, 1).all()
     assert (tmp_path / "entity_resolution.csv").exists() and (tmp_path / "entity_resolution.png").exists()
 
 
@@ -116,7 +117,8 @@ def test_entity_resolution_main_without_metrics(model, tmp_path):
 
 
 def test_attribute_extraction_pairs_and_summary(model, tmp_path):
-    df = ae.attribute_extraction(model, SAMPLES, layer_stride=2, max_new_tokens=4)
+    df = ae.attribute_extraction(model, SAMPLES, layer_stride=2, max_new_tokens=4, only_correct=False,
+                                 source="subject")
     ps = df[df.method == "patchscope"]
     assert len(ps) == 4 * 2 * 2 and len(df[df.method == "input_only"]) == 4
     assert set(zip(ps.source_layer, ps.target_layer)) == {(0, 0), (0, 2), (2, 0), (2, 2)}
@@ -132,8 +134,20 @@ def test_attribute_extraction_pairs_and_summary(model, tmp_path):
     assert (tmp_path / "a.png").stat().st_size > 0
 
 
+def test_attribute_extraction_official_source_and_only_correct(model):
+    assert ae.crop_context(" released in the United States on May 2", "United States") == "released in the United States"
+    assert ae.crop_context("", "Syria") == "Syria"
+    samples = SAMPLES.assign(source_context=[f"We went to {s} last year." for s in SAMPLES.subject])
+    df = ae.attribute_extraction(model, samples, layers=[1], target_layers=[1], max_new_tokens=3, only_correct=False)
+    ps = df[df.method == "patchscope"]
+    assert all(p == f"We went to {s}" for p, s in zip(ps.source_prompt, ps.subject))
+    base = df[df.method == "input_only"]
+    kept = ae.attribute_extraction(model, samples, layers=[1], target_layers=[1], max_new_tokens=3)
+    assert kept.attrs["n_kept"] == int(base.correct.sum())  # only the samples the model answers itself
+
+
 def test_attribute_extraction_correct_is_substring():
-    assert controls.contains(" Damascus, the capital", "damascus") and not controls.contains(None, "x")
+    assert baselines.contains(" Damascus, the capital", "damascus") and not baselines.contains(None, "x")
 
 
 def test_attribute_extraction_bad_inputs(model):
@@ -149,7 +163,7 @@ def test_attribute_extraction_bad_inputs(model):
 def test_attribute_extraction_main_on_lre(model, tmp_path, shared_data):
     df = ae.main(["--tasks", "country_capital_city", "--limit", "2", "--layer-stride", "3",
                   "--max-new-tokens", "3", "--lre-root", str(shared_data / "patchscopes_lre"),
-                  "--out", str(tmp_path)], model=model)
+                  "--out", str(tmp_path), "--all-samples"], model=model)
     assert set(df.task) == {"country_capital_city"} and df.subject.nunique() == 2
     assert (tmp_path / "attribute_extraction.csv").exists() and (tmp_path / "attribute_extraction.png").exists()
     with pytest.raises(ValueError, match="no_such_task"):
@@ -160,7 +174,7 @@ def test_attribute_extraction_main_on_lre(model, tmp_path, shared_data):
 
 
 def test_input_only_fills_the_placeholder(model):
-    df = controls.input_only(model, "The capital city of x", ["Syria", "France"], max_new_tokens=3)
+    df = baselines.input_only(model, "The capital city of x", ["Syria", "France"], max_new_tokens=3)
     assert df.prompt.tolist() == ["The capital city of Syria", "The capital city of France"]
     assert df.interpretation.map(lambda t: isinstance(t, str)).all()
     # same text as a plain HF greedy generate
@@ -173,9 +187,9 @@ def test_input_only_fills_the_placeholder(model):
     new = [t for t in ref[0, ids.shape[1]:].tolist() if t != tok.eos_token_id]
     assert df.interpretation[0] == tok.decode(new, skip_special_tokens=True)
     with pytest.raises(ValueError, match="exactly once, found 0"):
-        controls.fill_placeholder("The capital of France", "Syria")
+        baselines.fill_placeholder("The capital of France", "Syria")
     with pytest.raises(ValueError, match="2 target prompts for 1 subjects"):
-        controls.input_only(model, ["a x", "b x"], ["Syria"])
+        baselines.input_only(model, ["a x", "b x"], ["Syria"])
 
 
 def test_verbalizer_vs_source(model, verbalizer, tmp_path):
@@ -198,3 +212,11 @@ def test_verbalizer_vs_source(model, verbalizer, tmp_path):
     with pytest.raises(ValueError, match="'task'"):
         controls.verbalizer_vs_source(model, verbalizer, SAMPLES.drop(columns="task"), layer_pairs=pairs,
                                       fit_texts=texts)
+
+
+def test_li_accuracy_any_target_layer_then_mean_over_source_layers():
+    df = pd.DataFrame({"source_layer": [0, 0, 0, 0, 1, 1], "target_layer": [0, 1, 0, 1, 0, 0],
+                       "task": ["t"] * 6, "subject": ["a", "a", "b", "b", "a", "b"],
+                       "cross_correct": [False, True, False, False, True, True]})
+    t = controls.li_accuracy(df)
+    assert t.accuracy.tolist() == [0.5, 1.0, 0.75] and t.source_layer.iloc[-1] == "mean_over_source_layers"

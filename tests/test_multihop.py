@@ -68,7 +68,7 @@ def test_backpatch_batched_equals_one_at_a_time(model, queries):
 
 
 def test_backpatching_frame_and_summary(model, queries):
-    df = bp.backpatching(model, queries, max_new_tokens=4)
+    df = bp.backpatching(model, queries, max_new_tokens=4, population="all")
     assert list(df.columns) == bp.BACKPATCH_COLUMNS
     assert len(df) == 5 * 6 and set(df.id) == set(queries.id)
     assert df.correct.dtype == bool and set(df.category) <= set(bp.CATEGORIES)
@@ -80,6 +80,27 @@ def test_backpatching_frame_and_summary(model, queries):
     assert 0.0 <= s["fix_rate"] <= 1.0 or s["n_wrong"] == 0
     grid = bp.fix_rate_grid(df)
     assert grid.shape == (4, 4)
+
+
+def test_paper_population_and_shortcut_prompts(model, queries):
+    q = queries.iloc[0]
+    assert bp.entity_shortcut_prompt(q) == "The spouse of Imagine is"
+    assert bp.relation_shortcut_prompt(q) == "The spouse of the performer of"
+    df = bp.backpatching(model, queries, max_new_tokens=3, population="paper")
+    hops = df.attrs["hops"]
+    want = (hops.first_hop_correct & hops.second_hop_correct & ~hops.two_hop_correct
+            & ~hops.entity_shortcut_correct & ~hops.relation_shortcut_correct)
+    assert hops.paper_population.tolist() == want.tolist()
+    assert set(df.id) == set(hops.id[want])  # only the paper's population is back-patched
+
+
+def test_fix_chance_on_a_made_up_frame():
+    # query a is fixed by its own answer; b's output names a's answer: chance, not a fix
+    df = pd.DataFrame({"id": ["a", "b", "c"], "source_layer": [2] * 3, "target_layer": [1] * 3,
+                       "interpretation": ["Yoko Ono", "Yoko Ono", "nothing"], "correct": [True, False, False],
+                       "two_hop_correct": [False] * 3, "category": ["both_correct_composition_wrong"] * 3})
+    t = bp.fix_chance(df, {"a": ["Yoko Ono"], "b": ["Paris"], "c": ["Steventon"]}).iloc[0]
+    assert t.raw_count == 1 and t.null_count == pytest.approx(0.5) and t.n == 3
 
 
 def test_summary_counts_fixes_on_a_made_up_frame():
@@ -98,7 +119,8 @@ def test_summary_counts_fixes_on_a_made_up_frame():
 
 def test_backpatching_script_writes_csv_and_png(model, tmp_path):
     out = tmp_path / "bp"
-    bp.main(["--data", str(FIXTURE), "--limit", "3", "--out", str(out), "--max-new-tokens", "3"], model=model)
+    bp.main(["--data", str(FIXTURE), "--limit", "3", "--out", str(out), "--max-new-tokens", "3", "--population", "all"],
+            model=model)
     df = pd.read_csv(out / "backpatching.csv")
     assert list(df.columns) == bp.BACKPATCH_COLUMNS and len(df) == 3 * 6
     assert df.source_layer.between(1, 3).all() and df.target_layer.between(0, 2).all()
@@ -119,7 +141,8 @@ def test_second_hop_template(queries):
 
 
 def test_multihop_cot_columns_and_ranges(model, queries, tmp_path):
-    df = mc.multihop_cot(model, queries, layers=[0, 2, 3], max_new_tokens=3)
+    df = mc.multihop_cot(model, queries, layers=[0, 2, 3], max_new_tokens=3, direction="reversed",
+                         only_correct=False)
     assert list(df.columns) == mc.COT_COLUMNS
     assert len(df) == 5 * 9 + 5 + 5
     assert set(df.method) == set(mc.METHODS)
@@ -134,10 +157,27 @@ def test_multihop_cot_columns_and_ranges(model, queries, tmp_path):
 
 
 def test_multihop_cot_batched_equals_one_at_a_time(model, queries):
-    patches = mc.cot_patches(queries.head(3), [(1, 0), (3, 2)])
+    patches = mc.cot_patches(queries.head(3), [(1, 0), (3, 2)], direction="reversed")
     batched = patchscope(model, patches, max_new_tokens=4)
     single = patchscope(model, patches, max_new_tokens=4, max_batch_size=1)
     assert batched.token_ids.tolist() == single.token_ids.tolist()
+
+
+def test_official_direction_splits_the_query(model, queries):
+    q = queries.iloc[0]
+    assert mc.second_hop_prefix(q) == "The spouse of" and mc.first_hop_phrase(q) == "the performer of Imagine"
+    src, tgt, _ = mc.cot_patches(queries.head(1), [(2, 1)], direction="official")[0]
+    assert (src.prompt, src.position, tgt.prompt, tgt.position) == ("The spouse of", -1, "the performer of Imagine", -1)
+    two = queries.head(2)
+    df = mc.multihop_cot(model, two, layers=[1], max_new_tokens=1, only_correct=False, baselines=False)
+    ps = df[df.method == "patchscope"]
+    assert len(ps) == len(two) - len(df.attrs["skipped"]) and set(ps.prompt) <= {
+        mc.second_hop_prefix(q) for _, q in two.iterrows()}
+    assert mc.pair_chance(df) is not None
+    kept = mc.multihop_cot(model, two, layers=[1], max_new_tokens=1, baselines=False,
+                           baseline_max_new_tokens=3)  # only_correct: both hops known
+    hops = kept.attrs["hops"]
+    assert set(kept.id) == set(hops.id[hops.hop1_correct & hops.hop2_correct])
 
 
 def test_multihop_cot_bad_pair(model, queries):
@@ -147,7 +187,7 @@ def test_multihop_cot_bad_pair(model, queries):
 
 def test_multihop_cot_script(model, tmp_path):
     mc.main(["--data", str(FIXTURE), "--limit", "2", "--layers", "1,3", "--out", str(tmp_path),
-             "--max-new-tokens", "3"], model=model)
+             "--max-new-tokens", "3", "--direction", "reversed", "--all-queries"], model=model)
     df = pd.read_csv(tmp_path / "multihop_cot.csv")
     assert list(df.columns) == mc.COT_COLUMNS and len(df) == 2 * 4 + 4
     assert (tmp_path / "multihop_cot.png").exists()

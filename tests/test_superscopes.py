@@ -46,24 +46,33 @@ def llama():
 # ------------------------------------------------------------------ amplification = multiply, then hook-patch
 
 
-@pytest.mark.parametrize("arch, site, target_layer", [("gemma3_text", "mlp_out", None), ("llama", "mlp_out", 0),
-                                                       ("llama", "residual", None), ("gemma3_text", "residual", 0),
-                                                       ("llama", "mlp_in", None)])
-def test_amplification_equals_scaled_hook_patch(arch, site, target_layer):
-    """superscope(alpha) == read the site with a plain hook, multiply by alpha, hook-patch, generate."""
+@pytest.mark.parametrize("arch, site, target_layer, protocol", [
+    ("gemma3_text", "mlp_out", None, "official"), ("gemma3_text", "mlp_out", None, "same-site"),
+    ("llama", "mlp_out", 0, "same-site"),
+    ("llama", "residual", None, "same-site"), ("gemma3_text", "residual", 0, "official"),
+    ("llama", "mlp_in", None, "same-site")])
+def test_amplification_equals_scaled_hook_patch(arch, site, target_layer, protocol):
+    """superscope(alpha) == read the site with a plain hook, multiply by alpha, hook-patch, generate.
+
+    ``official``: the vector replaces the target's hidden state (layer output) at the last target
+    token; ``same-site``: it replaces the source's site at the placeholder."""
     model = tiny_model(arch)
     hf = model._module
     alphas = (1, 3, 9.5)
-    df = superscope(model, ["Alexander the Great"], site=site, layers=[1, 3], alphas=alphas,
+    df = superscope(model, ["Alexander the Great"], site=site, layers=[1, 3], alphas=alphas, protocol=protocol,
                     token=-1, target_layer=target_layer, max_new_tokens=4, progress=False)
     assert len(df) == 2 * len(alphas)
+    n_target = len(model.tokenizer(ENTITY_PROMPT)["input_ids"])
+    assert (df.target_site == ("residual" if protocol == "official" else site)).all()
+    if protocol == "official":
+        assert (df.target_position == n_target - 1).all()
     assert (df.target_layer == (df.source_layer if target_layer is None else target_layer)).all()
     ids = model.tokenizer("Alexander the Great")["input_ids"]
     tgt = model.tokenizer(ENTITY_PROMPT)["input_ids"]
     for r in df.itertuples(index=False):
         a = r.alpha
         want = hf_patch_generate(hf, hf, ids, r.source_position, r.source_layer, site, tgt,
-                                 r.target_position, r.target_layer, lambda v, a=a: v * a, 4)
+                                 r.target_position, r.target_layer, lambda v, a=a: v * a, 4, tgt_site=r.target_site)
         assert r.token_ids == want, (arch, site, r.source_layer, a, target_layer)
     if site != "mlp_in":  # amplification is not a no-op (Gemma's post-MLP norm does not undo it)
         assert df.groupby("source_layer").token_ids.apply(lambda s: len({tuple(t) for t in s})).max() > 1
@@ -185,7 +194,7 @@ def test_add_scores_with_real_scoring_module_fake_embedder():
 
 @pytest.mark.parametrize("mod, extra", [("superscopes_fig1", ["--layers", "0-3"]),
                                         ("superscopes_fig2", []),
-                                        ("superscopes_alexander", [])])
+                                        ("superscopes_alexander", []), ("superscopes_wales", ["--layers", "1", "--protocol", "same-site"])])
 def test_single_prompt_scripts(llama, tmp_path, mod, extra):
     import importlib
 
@@ -199,33 +208,50 @@ def test_single_prompt_scripts(llama, tmp_path, mod, extra):
     assert len(res["best"]) == len(res["layers"])
 
 
-def test_fig3_script(llama, tmp_path, capsys):
+def pair_word_cosine(texts, refs):
+    """``word_cosine`` of every text with every reference (the chance tables' pair scorer)."""
+    return np.array([word_cosine([t] * len(refs), list(refs)) for t in texts]).reshape(len(texts), len(refs))
+
+
+@pytest.mark.parametrize("protocol", ["official", "same-site"])
+def test_fig3_script(llama, tmp_path, capsys, protocol):
     from experiments import superscopes_fig3
 
     tsv = tmp_path / "p.tsv"
     tsv.write_text("# comment\nPink Floyd\tloyd\nStar Wars\tWars\nTitanic\tic\n")
+    control = "random" if protocol == "official" else "none"
     res = superscopes_fig3.main(["--out", str(tmp_path), "--prompts", str(tsv), "--limit", "2", "--layers", "all",
-                                 "--max-new-tokens", "3"], model=llama, cosine=word_cosine)
-    df = pd.read_csv(res["csv"])
+                                 "--max-new-tokens", "3", "--protocol", protocol, "--control", control, "--boot", "50"],
+                                model=llama, cosine=word_cosine, score_pairs=pair_word_cosine)
+    df = res["df"]
     assert len(df) == 2 * 4 * 6 and set(df.source_prompt) == {"Pink Floyd", "Star Wars"}
     assert (df.target_layer == df.source_layer).all() and set(df.site) == {"mlp_out"}
-    assert {"score_source_cosine", "paper_last_token"} <= set(df.columns)
-    assert res["png"].exists() and list(res["table"].source_layer) == [0, 1, 2, 3]
-    assert (res["table"].superscopes <= 2).all()
+    assert set(df.target_site) == ({"residual"} if protocol == "official" else {"mlp_out"})
+    if control == "random":
+        assert len(res["random_df"]) == len(df) and set(res["random_df"].mapping) == {"random+amplify"}
+    assert "score_source_cosine" in df and res["png"].exists() and list(res["table"].source_layer) == [0, 1, 2, 3]
+    ch = res["chance"]
+    assert {"patchscopes", "superscopes", "alpha=1", "alpha=15"} <= set(ch.arm)
+    assert {"raw", "null", "above", "raw_lo", "null_hi"} <= set(ch.columns)
+    assert ("random" in ch) == (control == "random")
     out = capsys.readouterr().out
-    assert "Patchscopes" in out and "superscopes" in out
-    # re-scoring the saved raw CSV (no model) gives the same table
-    again = superscopes_fig3.main(["--out", str(tmp_path / "re"), "--prompts", str(tsv), "--model", "tiny",
-                                   "--from-csv", str(next(tmp_path.glob("fig3_*_raw.csv")))], cosine=word_cosine)
+    assert "patchscopes" in out and "superscopes" in out
+    # re-scoring the saved raw CSVs (no model) gives the same tables
+    raw = tmp_path / f"fig3_tiny-llama_{protocol}_raw.csv.gz"
+    raw = raw if raw.exists() else next(tmp_path.glob(f"fig3_*_{protocol}_raw.csv.gz"))
+    extra = ["--random-csv", str(raw).replace("_raw", "_random_raw")] if control == "random" else []
+    again = superscopes_fig3.main(["--out", str(tmp_path / "re"), "--prompts", str(tsv), "--protocol", protocol,
+                                   "--from-csv", str(raw), *extra, "--boot", "50"],
+                                  cosine=word_cosine, score_pairs=pair_word_cosine)
     assert again["table"].equals(res["table"])
-    assert np.allclose(again["df"].score_source_cosine, res["df"].score_source_cosine)
+    assert np.allclose(again["chance"].raw, ch.raw) and np.allclose(again["chance"].null, ch.null)
 
 
 def test_fig3_real_prompt_file(shared_data):
     """The shared prompt file parses to 48 prompts (a CI run without the shared data fails here)."""
-    from experiments import superscopes_common
+    from superscopes_nn.datasets import load_fig3_prompts
 
-    assert len(superscopes_common.load_fig3_prompts()) == 48
+    assert len(load_fig3_prompts()) == 48
 
 
 def test_success_table_counts():
@@ -256,7 +282,7 @@ def test_token_not_found(llama):
 
 def test_missing_prompt_file(tmp_path, llama):
     from experiments import superscopes_fig3
-    from experiments.superscopes_common import load_fig3_prompts
+    from superscopes_nn.datasets import load_fig3_prompts
 
     missing = tmp_path / "nope.tsv"
     with pytest.raises(FileNotFoundError, match="nope.tsv"):
@@ -265,13 +291,14 @@ def test_missing_prompt_file(tmp_path, llama):
         superscopes_fig3.main(["--prompts", str(missing), "--out", str(tmp_path)], model=llama, cosine=word_cosine)
 
 
-def test_bad_layers_and_limit(llama, tmp_path):
+def test_bad_layers_and_limit(llama, tmp_path, capsys):
     from experiments import superscopes_fig3
-    from experiments.superscopes_common import parse_layers
+    from experiments.common import parse_layers
 
     with pytest.raises(ValueError, match=r"\[9\] out of range"):
         parse_layers("7-9", 9, [])
     with pytest.raises(ValueError, match="bad --layers 'a-b'"):
         parse_layers("a-b", 9, [])
-    with pytest.raises(ValueError, match="--limit must be >= 1, got 0"):
+    with pytest.raises(SystemExit):
         superscopes_fig3.main(["--limit", "0", "--out", str(tmp_path)], model=llama, cosine=word_cosine)
+    assert "--limit must be >= 1, got 0" in capsys.readouterr().err

@@ -1,0 +1,167 @@
+"""What every experiment script shares: the argument parser, model setup, run-store flags,
+CSV round trips and figure saving.
+
+Each script keeps the rows of its patched sweep in ``OUT/<name>_rows`` (``config.json`` +
+``rows.jsonl``, appended per finished chunk, see :mod:`superscopes_nn.store`), so a crash
+or Ctrl-C loses at most the chunk in flight; the same command with ``--resume`` skips the
+finished rows. Baseline generations (unpatched) are cheap and rerun.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+
+NOT_CONFIG = ("out", "resume", "progress", "from_csv", "max_batch_size", "batch_size")
+"""Arguments that do not change a row's result, so a resumed run may change them."""
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+# ------------------------------------------------------------------ arguments
+
+
+def parser(description: str, *, out: str, max_new_tokens: int = 10, layers_help: str | None = None,
+           two_hop: bool = False, limit_help: str = "only the first N items",
+           limit: int | None = None) -> argparse.ArgumentParser:
+    """The flags every script takes: ``--model --out --limit --max-new-tokens --max-batch-size
+    --remote --progress --resume`` (+ ``--layers`` with ``layers_help``; + ``--data --stratify``
+    for the two-hop scripts)."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--model", default=None, help="model name (default: the library default, Gemma 3 270M)")
+    p.add_argument("--out", default=out, help="output directory")
+    p.add_argument("--limit", type=int, default=limit, help=limit_help)
+    if two_hop:
+        p.add_argument("--data", default=None, help="two-hop JSONL (default: the package's data/two_hop.jsonl)")
+        p.add_argument("--stratify", action="store_true", help="with --limit: round robin over relation pairs")
+    if layers_help:
+        p.add_argument("--layers", default=None, help=layers_help)
+    p.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
+    p.add_argument("--max-batch-size", "--batch-size", dest="max_batch_size", type=int, default=64)
+    p.add_argument("--remote", action="store_true", help="run on NDIF")
+    p.add_argument("--progress", action="store_true", help="show a progress bar")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run kept in OUT/<name>_rows, skipping the patched rows already there")
+    return p
+
+
+def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
+    """Refuse a ``--limit`` / ``--layer-stride`` below 1 with the parser's own error."""
+    for name in ("limit", "layer_stride"):
+        v = getattr(args, name, None)
+        if v is not None and v < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1, got {v}")
+    return args
+
+
+def store_kwargs(args: argparse.Namespace, out, name: str) -> dict:
+    """``run_dir`` (``out/<name>_rows``) / ``resume`` / ``config`` (the script's arguments)."""
+    config = {k: v for k, v in vars(args).items() if k not in NOT_CONFIG}
+    return {"run_dir": Path(out) / f"{name}_rows", "resume": bool(getattr(args, "resume", False)), "config": config}
+
+
+def parse_layers(spec: str | None, n_layers: int, default: Sequence[int] | None = None) -> list[int]:
+    """``"1-7"``, ``"all"``, ``"0,2,4"`` or None (= ``default``, else all), checked against the depth."""
+    if spec is None:
+        layers = list(range(n_layers)) if default is None else list(default)
+    elif spec.strip().lower() == "all":
+        layers = list(range(n_layers))
+    else:
+        layers = []
+        for part in spec.split(","):
+            part = part.strip()
+            try:
+                if "-" in part:
+                    a, b = part.split("-", 1)
+                    layers.extend(range(int(a), int(b) + 1))
+                elif part:
+                    layers.append(int(part))
+            except ValueError:
+                raise ValueError(f"bad --layers {spec!r}: use e.g. '1-7', '0,2,4' or 'all'") from None
+    bad = [l for l in layers if not 0 <= l < n_layers]
+    if bad:
+        raise ValueError(f"layer(s) {bad} out of range for a model with {n_layers} layers (valid 0..{n_layers - 1})")
+    if not layers:
+        raise ValueError(f"empty layer list from --layers {spec!r}")
+    return sorted(set(layers))
+
+
+def int_list(spec: str | None) -> list[int] | None:
+    """``"2,5,8"`` -> ``[2, 5, 8]``; None or ``""`` -> None."""
+    return None if not spec else [int(x) for x in spec.split(",") if x.strip()]
+
+
+# ------------------------------------------------------------------ model
+
+
+def setup(args: argparse.Namespace, model=None):
+    """``(model, out)``: the given model or ``load_model(--model, remote=--remote)``, and the
+    created output folder."""
+    if model is None:
+        from superscopes_nn import load_model
+
+        t0 = time.perf_counter()
+        remote = bool(getattr(args, "remote", False))
+        model = load_model(args.model, remote=remote) if args.model else load_model(remote=remote)
+        log(f"loaded {args.model or 'the default model'} in {time.perf_counter() - t0:.1f} s")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    return model, out
+
+
+def n_layers_of(model) -> int:
+    from superscopes_nn.architectures import num_layers
+
+    return num_layers(model._module.config)
+
+
+# ------------------------------------------------------------------ files
+
+
+def save_csv(df: pd.DataFrame, path: Path) -> Path:
+    """Every row, token ids as JSON lists (``.csv.gz`` paths are gzipped)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    out = df.copy()
+    if "token_ids" in out:
+        out["token_ids"] = [json.dumps(list(map(int, t))) if isinstance(t, (list, tuple)) else t for t in out.token_ids]
+    out.to_csv(path, index=False)
+    return path
+
+
+def read_saved_csv(path) -> pd.DataFrame:
+    """A CSV written by :func:`save_csv`, back as a sweep DataFrame without score columns
+    (empty interpretations stay ``""``; error rows get ``interpretation`` None)."""
+    df = pd.read_csv(path, keep_default_na=False, na_values={"error": [""]})
+    df = df.drop(columns=[c for c in df.columns if c.startswith("score_")])
+    df["interpretation"] = [None if isinstance(e, str) and e else t for t, e in zip(df.interpretation, df.error)]
+    if "token_ids" in df:
+        df["token_ids"] = [json.loads(t) if isinstance(t, str) and t.startswith("[") else t for t in df.token_ids]
+    return df
+
+
+def pyplot():
+    """``matplotlib.pyplot`` on the Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path, dpi: int = 120) -> Path:
+    """Tight layout, save, close; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    pyplot().close(fig)
+    return path

@@ -1,0 +1,55 @@
+"""Persona facts in the layout of Li et al.'s PersonaQA (millicentli/verb_faithfulness, ``datasets/personaqa/``).
+
+A PersonaQA folder holds one JSON file per attribute (``country.json``, ``favorite_food.json``,
+...), each an object ``{"0": {"prompt": "My name is <name>.", "question": "<template with x>",
+"target": "<answer>"}, ...}``. :func:`load_personaqa` reads such a folder into one row per
+(attribute, persona), so a user with the real set (it carries no licence, so none is bundled)
+runs the verbalizer-vs-target control on it unchanged; the tests use a small invented fixture.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pandas as pd
+
+COLUMNS = ["attribute", "id", "name", "prompt", "question", "target"]
+_NAME = re.compile(r"^\s*My name is (.+?)\.?\s*$")
+
+
+def load_personaqa(folder: str | Path) -> pd.DataFrame:
+    """Rows (attribute = file stem, id, name, prompt, question, target), sorted by attribute then id.
+
+    ``name`` is the persona's name from ``"My name is <name>."`` (the whole prompt otherwise).
+    A missing folder, an empty one, or an entry without ``prompt``/``question``/``target`` is a
+    ValueError / FileNotFoundError naming the file and entry.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"PersonaQA folder not found: {folder}")
+    files = sorted(folder.glob("*.json"))
+    if not files:
+        raise ValueError(f"no *.json attribute files in {folder}")
+    rows = []
+    for path in files:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path} is not valid JSON: {err}") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{path} must hold an object of entries keyed by id, got {type(data).__name__}")
+        for key, entry in data.items():
+            missing = [k for k in ("prompt", "question", "target") if not isinstance(entry, dict) or k not in entry]
+            if missing:
+                raise ValueError(f"{path} entry {key!r} lacks {missing}")
+            if " x" not in f" {entry['question']} ".replace(",", " "):
+                raise ValueError(f"{path} entry {key!r}: question {entry['question']!r} has no placeholder 'x'")
+            m = _NAME.match(entry["prompt"])
+            rows.append({"attribute": path.stem, "id": int(key) if str(key).isdigit() else key,
+                         "name": m.group(1) if m else entry["prompt"], "prompt": entry["prompt"],
+                         "question": entry["question"], "target": entry["target"]})
+    df = pd.DataFrame(rows, columns=COLUMNS)
+    return df.sort_values(["attribute", "id"], key=lambda s: s.astype(str) if s.name == "attribute" else s,
+                          kind="stable").reset_index(drop=True)
