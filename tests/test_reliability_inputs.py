@@ -268,10 +268,11 @@ def test_demo_twice_in_one_folder(model_dir, tmp_path, monkeypatch, capsys):
     run = tmp_path / cli.demo_dir(model_dir)
     rows = (run / "rows.jsonl").read_bytes()
     first = capsys.readouterr().out
-    assert len(rows.splitlines()) == 54 and (run / "report.html").exists()
+    assert len(rows.splitlines()) == 42 and (run / "report.html").exists()  # layers 1-7 x 6 alphas
     assert main(["demo", "--model", model_dir]) == 0  # the second run: nothing recomputed
     assert main(["demo", "--model", model_dir, "--resume"]) == 0  # and --resume is accepted
     again = capsys.readouterr().out
     assert (run / "rows.jsonl").read_bytes() == rows
-    assert again.count("'Alexander the Great' [mlp_out]") == 2 and first.split("\nwrote")[0] in again
+    assert again.count("'Alexander the Great' [mlp_out]") == 2 and first.split("\nchosen")[0] in again
+    assert "chance line" in first and "report:" in first
     assert cli.demo_dir(None) == Path("runs/demo")
