@@ -18,7 +18,7 @@ from .architectures import arch_spec, get_path, num_layers
 from .api import _ship
 from .run import remote_caller, session_backend
 from .resolver import encode, model_name, resolve_position
-from .validate import check_layer, check_layers
+from .validate import check_layer
 
 
 def lens_logits(model, prompt: str, layers: Iterable[int], position: int | str = -1, *,

@@ -15,7 +15,7 @@ from typing import Any, Iterable, Sequence
 
 from .architectures import arch_spec, check_site, hidden_size, num_layers
 from .specs import Affine, Amplify, Compose, Identity, Row, Source, Target, as_mapping
-from .validate import as_list, check_alphas, check_layer, check_layers, check_strings, dedupe, is_int
+from .validate import check_alphas, check_layer, check_layers, check_strings, dedupe, is_int
 
 
 def model_name(model) -> str:

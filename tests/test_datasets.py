@@ -6,9 +6,10 @@ from pathlib import Path
 import datasets
 import pytest
 
+from superscopes_nn.external_data import load_hopping_too_late_csv, parse_popqa_rows
 from superscopes_nn.datasets import (
-    DATA_DIR, ENTITY_FIELDS, TWO_HOP_FIELDS, load_entities, load_fig3_prompts, load_hopping_too_late_csv, load_lre,
-    load_two_hop, parse_popqa_rows,
+    DATA_DIR, ENTITY_FIELDS, TWO_HOP_FIELDS, load_entities, load_fig3_prompts, load_lre,
+    load_two_hop,
 )
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
