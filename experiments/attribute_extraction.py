@@ -58,7 +58,7 @@ import pandas as pd
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experiments.common import check_args, parser, store_kwargs  # noqa: E402
+from experiments.common import check_args, parser, report_pair_chance, store_kwargs  # noqa: E402
 from superscopes_nn.architectures import num_layers  # noqa: E402
 from superscopes_nn.api import patchscope  # noqa: E402
 from superscopes_nn.resolver import model_name  # noqa: E402
@@ -315,12 +315,7 @@ def main(argv=None, model=None) -> pd.DataFrame:
     if not (df.method == "patchscope").any():
         print("no sample left to patch")
         return df
-    chance = pair_chance(df)
-    if chance is not None:
-        chance.to_csv(out / "attribute_extraction_chance.csv", index=False)
-        c = chance.iloc[0]
-        print(f"some pair answers {c.raw_count:.0f}/{c.n}; shuffled-object chance {c.null_count:.1f}/{c.n}; "
-              f"above chance {c.above:+.2f} [{c.above_lo:+.2f}, {c.above_hi:+.2f}]")
+    report_pair_chance(pair_chance(df), out / "attribute_extraction_chance.csv", "shuffled-object")
     summary = task_summary(df)
     ls, lt, acc = best_pair(df)
     summary.to_csv(out / "attribute_extraction_summary.csv", index=False)

@@ -165,3 +165,14 @@ def save_figure(fig, path, dpi: int = 120) -> Path:
     fig.savefig(path, dpi=dpi)
     pyplot().close(fig)
     return path
+
+
+def report_pair_chance(chance, path: Path, null: str) -> None:
+    """Save a "some (l, l*) pair answers" chance table (:func:`superscopes_nn.chance.chance_table`,
+    one row) to ``path`` and print it: raw count, the ``null`` chance count, above chance with its interval."""
+    if chance is None:
+        return
+    chance.to_csv(path, index=False)
+    c = chance.iloc[0]
+    print(f"some pair answers {c.raw_count:.0f}/{c.n}; {null} chance {c.null_count:.1f}/{c.n}; "
+          f"above chance {c.above:+.2f} [{c.above_lo:+.2f}, {c.above_hi:+.2f}]")

@@ -60,7 +60,7 @@ import pandas as pd
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experiments.common import int_list, parser, setup, store_kwargs  # noqa: E402
+from experiments.common import int_list, parser, report_pair_chance, setup, store_kwargs  # noqa: E402
 from superscopes_nn.architectures import num_layers  # noqa: E402
 from superscopes_nn.api import generate_plain, patchscope  # noqa: E402
 from superscopes_nn.resolver import model_name  # noqa: E402
@@ -300,12 +300,7 @@ def main(argv=None, model=None) -> pd.DataFrame:
                       direction=args.direction, only_correct=not args.all_queries,
                       **store_kwargs(args, out, "multihop_cot"))
     summary = summarize(df)
-    chance = pair_chance(df)
-    if chance is not None:
-        chance.to_csv(out / "multihop_cot_chance.csv", index=False)
-        c = chance.iloc[0]
-        print(f"some pair answers {c.raw_count:.0f}/{c.n}; shuffled-answer chance {c.null_count:.1f}/{c.n}; "
-              f"above chance {c.above:+.2f} [{c.above_lo:+.2f}, {c.above_hi:+.2f}]")
+    report_pair_chance(pair_chance(df), out / "multihop_cot_chance.csv", "shuffled-answer")
     df.to_csv(out / "multihop_cot.csv", index=False)
     summary.to_csv(out / "multihop_cot_summary.csv", index=False)
     if len(df):

@@ -35,6 +35,7 @@ import torch
 from .architectures import SITE_ORDER, num_layers
 from .engine import chunks
 from .resolver import check_sites, encode, model_name, resolve, sweep_rows
+from .remote import ship
 from .run import eos_ids, execute, gen_kwargs, remote_caller, run_rows, session_backend, trim_new_tokens
 from .sites import plain_spec, site_tensor
 from .specs import Row, Target
@@ -66,12 +67,10 @@ def sweep(model, prompts, *, layers, sites=("residual",), alphas=(1.0,), token=-
 def patched_logits(model, rows: list[Row], *, target_model=None, max_batch_size: int = 64, shared_prefix: bool = True,
                    exact: bool = False, remote=False, backend=None) -> torch.Tensor:
     """Next-token logits at each row's target position after patching: [N, vocab], input order."""
-    if exact:
-        max_batch_size, shared_prefix = 1, False
     rows = list(rows)
     out: list = [None] * len(rows)
     for idx, _, logits in execute(model, rows, target_model=target_model, logits=True, max_batch_size=max_batch_size,
-                                  shared_prefix=shared_prefix, remote=remote, backend=backend):
+                                  shared_prefix=shared_prefix, exact=exact, remote=remote, backend=backend):
         for b, i in enumerate(idx):
             out[i] = logits[b]
     return torch.stack(out)
@@ -87,7 +86,7 @@ def generate_plain(model, prompts: Sequence[str], max_new_tokens: int = 10, max_
     gen, eos = gen_kwargs(model, max_new_tokens), eos_ids(model)
     ids = [encode(model.tokenizer, p) for p in check_strings(list(prompts), "prompt")]
     call = remote_caller(remote, backend, model)
-    _ship(remote, backend)
+    ship(remote, backend)
     out: list = [None] * len(ids)
     for chunk in chunks([len(t) for t in ids], int(max_batch_size)):
         batch = torch.tensor([ids[i] for i in chunk])
@@ -104,13 +103,6 @@ def generate_plain(model, prompts: Sequence[str], max_new_tokens: int = 10, max_
     return out
 
 
-def _ship(remote, backend) -> None:
-    if remote or backend is not None:
-        from .remote import register
-
-        register()
-
-
 def collect(model, prompt: str, layers: Iterable[int], sites: Sequence[str] = ("residual",), *,
             remote=False, backend=None) -> dict:
     """Read whole sites on one prompt: ``{(layer, site): [seq, d] tensor}`` (no patching)."""
@@ -119,7 +111,7 @@ def collect(model, prompt: str, layers: Iterable[int], sites: Sequence[str] = ("
     ids = torch.tensor([encode(model.tokenizer, prompt)])
     reads = sorted({(check_layer(l, n, "source", name), s) for l in check_layers(layers) for s in check_sites(sites)},
                    key=lambda k: (k[0], SITE_ORDER[k[1]]))
-    _ship(remote, backend)
+    ship(remote, backend)
 
     def one():
         with model.trace(ids, remote=remote, backend=session_backend(model, remote, backend)):

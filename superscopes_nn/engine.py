@@ -42,6 +42,7 @@ import nnsight
 import torch
 
 from .architectures import SITE_ORDER
+from .remote import ship
 from .sites import lm_head_output, plain_spec, read_sources, write_patches
 from .specs import Row
 
@@ -75,14 +76,14 @@ def chunks(lengths: Sequence[int], max_batch_size: int):
 class Job:
     """One session's plan (client side; :func:`run_session` unpacks it into plain locals).
 
+    ``spec``: the session model's plain site spec (:func:`~superscopes_nn.sites.plain_spec`).
     ``source_groups``: groups of ``(ids [1, n], reads)`` with equal ``n``; ``reads`` are
     ``(key, layer, site, position)`` in forward order. ``target_ids``: [B, T] or None
     (a read-only job). ``writes``: ``(layer, site, rows, positions, row_indices)`` in
     forward order. ``maps``: per batch row ``(source_key, plain mapping)``.
     """
 
-    source_spec: tuple
-    target_spec: tuple | None = None
+    spec: tuple
     source_groups: list = field(default_factory=list)
     target_ids: torch.Tensor | None = None
     writes: list = field(default_factory=list)
@@ -153,7 +154,7 @@ def plan(model, rows: Sequence[Row], *, gen_kwargs: dict | None = None, logits: 
         k = n_tokens - int(positions.min())
         keep, positions = {"logits_to_keep": k}, positions - (n_tokens - k)
     return Job(
-        source_spec=spec, target_spec=spec, source_groups=source_groups(rows, known) if read_here else [],
+        spec=spec, source_groups=source_groups(rows, known) if read_here else [],
         target_ids=target_ids, writes=write_list, maps=[(r.source_key, r.mapping.plain()) for r in rows],
         gen_kwargs=dict(gen_kwargs or {}), logits=logits, prefix_len=prefix, dtype=model._module.dtype,
         keep=keep, logit_positions=positions, prefix_keep={"logits_to_keep": 1} if supports_keep else {},
@@ -162,7 +163,7 @@ def plan(model, rows: Sequence[Row], *, gen_kwargs: dict | None = None, logits: 
 
 def plan_reads(model, rows: Sequence[Row], known: Iterable = ()) -> Job:
     """A read-only job: the source vectors of ``rows`` on ``model`` (cross-model runs)."""
-    return Job(source_spec=plain_spec(model), source_groups=source_groups(rows, known))
+    return Job(spec=plain_spec(model), source_groups=source_groups(rows, known))
 
 
 def apply_map(m: tuple, v: torch.Tensor, moved: dict | None = None) -> torch.Tensor:
@@ -232,12 +233,9 @@ def run_session(model, jobs, *, remote=False, backend=None, vectors: dict | None
     """
     single = isinstance(jobs, Job)
     jobs = [jobs] if single else list(jobs)
-    if remote or backend is not None:
-        from .remote import register
-
-        register()
+    ship(remote, backend)
     # Plain locals only: this is all the session body (and NDIF) sees.
-    spec, tspec, dtype = jobs[0].source_spec, jobs[0].target_spec, jobs[0].dtype
+    spec, dtype = jobs[0].spec, jobs[0].dtype
     plain = [(j.source_groups, j.target_ids, j.writes, j.maps, j.prefix_len, dict(j.gen_kwargs), dict(j.keep),
               j.logit_positions, j.logits, dict(j.prefix_keep)) for j in jobs]
     vectors, outs = dict(vectors or {}), []
@@ -260,7 +258,7 @@ def run_session(model, jobs, *, remote=False, backend=None, vectors: dict | None
             if want_logits:
                 with model.trace(**keep) as tracer:
                     with tracer.invoke(ids[:, offset:], **kw):  # the cache goes with the invoke (nnsight's mask)
-                        write_patches(model, tspec, writes, patched, offset)
+                        write_patches(model, spec, writes, patched, offset)
                         full = model.output.logits  # index tensors built on its device
                         logits = full[torch.arange(len(lpos), device=full.device), lpos.to(full.device)]
                 logits[~mapped_ok.to(logits.device)] = float("nan")
@@ -269,8 +267,8 @@ def run_session(model, jobs, *, remote=False, backend=None, vectors: dict | None
                 gen_kwargs.update(kw)
                 with model.generate(**gen_kwargs) as tracer:
                     with tracer.invoke(ids):
-                        write_patches(model, tspec, writes, patched, offset)
-                        finite = torch.isfinite(lm_head_output(model, tspec)).flatten(1).all(1)
+                        write_patches(model, spec, writes, patched, offset)
+                        finite = torch.isfinite(lm_head_output(model, spec)).flatten(1).all(1)
                         result = tracer.result
                 outs.append((result, finite, mapped_ok))
         nnsight.save(outs)

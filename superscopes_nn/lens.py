@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 
 from .architectures import arch_spec, get_path, num_layers
-from .api import _ship
+from .remote import ship
 from .run import remote_caller, session_backend
 from .resolver import encode, model_name, resolve_position
 from .validate import check_layer
@@ -37,7 +37,7 @@ def lens_logits(model, prompt: str, layers: Iterable[int], position: int | str =
     pos = resolve_position(model.tokenizer, prompt, position, len(ids))
     cap = getattr(config, "final_logit_softcapping", None)
     layers_path, norm_path, head_path = spec.layers, spec.final_norm, spec.lm_head  # plain strings cross the wire
-    _ship(remote, backend)
+    ship(remote, backend)
 
     def one():
         with model.trace(torch.tensor([ids]), remote=remote, backend=session_backend(model, remote, backend)):

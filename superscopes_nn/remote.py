@@ -28,6 +28,12 @@ def register() -> None:
     nnsight.register(superscopes_nn)
 
 
+def ship(remote, backend) -> None:
+    """:func:`register` when a session leaves this process (``remote`` set, or a custom ``backend``)."""
+    if remote or backend is not None:
+        register()
+
+
 class RequestCaptured(Exception):
     """Raised by :class:`CaptureBackend` after writing the request; ``.path`` is the file."""
 

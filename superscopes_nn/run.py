@@ -31,7 +31,7 @@ from .engine import chunks, plan, plan_reads, result_bytes, run_session
 from .resolver import model_name
 from .specs import Row
 from .store import RunStore, frame, row_key
-from .validate import check_batch_size, check_max_new_tokens, check_remote
+from .validate import check_batch_size, check_int, check_max_new_tokens, check_remote
 
 
 def gen_kwargs(target_model, max_new_tokens: int) -> dict:
@@ -132,8 +132,8 @@ def requests(model, plans: list, chunks_per_request: int) -> list[list]:
 
 
 def execute(model, rows: list[Row], *, target_model=None, gen_kwargs: dict | None = None, logits: bool = False,
-            max_batch_size: int = 64, shared_prefix: bool = True, remote=False, backend=None, call=None,
-            chunks_per_request: int | None = None):
+            max_batch_size: int = 64, shared_prefix: bool = True, exact: bool = False, remote=False, backend=None,
+            call=None, chunks_per_request: int | None = None):
     """Yield ``(chunk_indices, job, out)`` for every chunk of ``rows`` (see :mod:`superscopes_nn.engine`).
 
     A source vector is read once per sweep: chunks reuse what earlier chunks read. In a
@@ -141,12 +141,15 @@ def execute(model, rows: list[Row], *, target_model=None, gen_kwargs: dict | Non
     every session (NDIF retries); default: :func:`remote_caller`. ``chunks_per_request``:
     chunks sent as one session (one NDIF request; results sized under NDIF's inline cap);
     default 8 for remote runs, 1 locally (so progress and the run store advance per chunk).
+    ``exact``: one row per chunk and no prefix reuse (bit-reproducible half precision).
     """
     target_model = model if target_model is None else target_model
     check_batch_size(max_batch_size)
+    if exact:
+        max_batch_size, shared_prefix = 1, False
     call = call or remote_caller(remote, backend, target_model)
-    per = chunks_per_request or (8 if remote else 1)
-    check_batch_size(per)
+    per = check_int(chunks_per_request, "chunks_per_request", minimum=1) if chunks_per_request is not None \
+        else (8 if remote else 1)
     two = target_model is not model
     known: dict = {}
     all_chunks = list(chunks([len(r.target_ids) for r in rows], int(max_batch_size)))
@@ -207,8 +210,6 @@ def run_rows(model, rows: list[Row], *, target_model=None, max_new_tokens: int =
     target_model = model if target_model is None else target_model
     gen = gen_kwargs(target_model, max_new_tokens)
     check_batch_size(max_batch_size)
-    if exact:
-        max_batch_size, shared_prefix = 1, False
     rows = list(rows)
     if not rows:
         raise ValueError("no rows to run")
@@ -234,7 +235,7 @@ def run_rows(model, rows: list[Row], *, target_model=None, max_new_tokens: int =
         if pending:
             for idx, job, (ids, finite, mapped_ok) in execute(
                     model, pending, target_model=target_model, gen_kwargs=gen, max_batch_size=max_batch_size,
-                    shared_prefix=shared_prefix, remote=remote, backend=backend, call=call,
+                    shared_prefix=shared_prefix, exact=exact, remote=remote, backend=backend, call=call,
                     chunks_per_request=chunks_per_request):
                 prompt_len = job.target_ids.shape[1]
                 done = []
