@@ -15,12 +15,17 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
+import numpy as np
 import pandas as pd
 
 from experiments.common import (
     log, n_layers_of, parse_layers, parser, pyplot, read_saved_csv, save_csv, save_figure, setup, store_kwargs,
 )
-from superscopes_nn.superscopes import PROTOCOLS, add_scores, detect_alpha, rule_agreement, superscope
+from superscopes_nn.chance import cosine_pairs
+from superscopes_nn.superscopes import (
+    PROTOCOLS, SUCCESS_THRESHOLD, add_scores, choice_chance, detect_alpha, other_entity_names, rule_agreement,
+    superscope, with_chance,
+)
 
 PAPER_LAYERS = 40  # Llama-2-13b-chat
 
@@ -40,7 +45,6 @@ def grid_figure(df: pd.DataFrame, path: Path, title: str, value: str = "score_so
                 text_width: int = 22) -> Path:
     """Layers (rows) x alpha (columns) heatmap of ``value`` with the interpretation in each cell."""
     plt = pyplot()
-    import numpy as np
 
     layers = sorted(df.source_layer.unique())
     alphas = sorted(df.alpha.unique())
@@ -72,10 +76,30 @@ def grid_figure(df: pd.DataFrame, path: Path, title: str, value: str = "score_so
 # ------------------------------------------------------------------ one-prompt grid
 
 
+def pair_scorer(cosine: Callable | None, embedder=None) -> Callable:
+    """``score(texts, refs)`` (every text against every reference) from a row-wise ``cosine(a, b)``
+    such as the one ``add_scores`` takes; MiniLM (:func:`~superscopes_nn.chance.cosine_pairs`) when None."""
+    if cosine is None:
+        return cosine_pairs(embedder)
+
+    def score(texts, refs):
+        texts, refs = list(texts), list(refs)
+        flat = cosine([t for t in texts for _ in refs], [r for _ in texts for r in refs])
+        return np.asarray(flat, dtype=float).reshape(len(texts), len(refs))
+
+    return score
+
+
 def run_single_prompt(name: str, prompt: str, token: str, site: str, alphas: Sequence[float] | dict,
                       default_layers: Callable[[int], list[int]], argv=None, model=None, cosine=None,
                       embedder=None, description: str = "", target_layer: int | None = None) -> dict:
     """Run one (prompt, token) over layers x alphas, score, write CSV + grid PNG, print a summary.
+
+    Chance (the grid is one prompt, so the null is other prompts' names,
+    :func:`~superscopes_nn.superscopes.other_entity_names`): per cell ``chance_rate``, the share
+    of other names its text passes (summed: the cells expected to pass by chance); per layer,
+    :func:`~superscopes_nn.superscopes.choice_chance`, the α-detection rule's chosen cosine
+    beside the best of the same texts against each other name (``{stem}_choice.csv``).
 
     ``alphas``: one list, or ``{name: list}`` (the first is the default; ``--alphas NAME`` picks).
 
@@ -115,8 +139,12 @@ def run_single_prompt(name: str, prompt: str, token: str, site: str, alphas: Seq
         save_csv(df, out / f"{stem}_raw.csv")  # unscored: re-score with --from-csv
     t0 = time.perf_counter()
     df = add_scores(df, embedder=embedder, cosine=cosine)
+    scorer, others = pair_scorer(cosine, embedder), other_entity_names([prompt])
+    df = with_chance(df, others, score_pairs=scorer)
+    choice = choice_chance(df, others, score_pairs=scorer)
     t_score = time.perf_counter() - t0
     csv = save_csv(df, out / f"{stem}.csv")
+    choice.to_csv(out / f"{stem}_choice.csv", index=False)
     png = grid_figure(df, out / f"{stem}.png",
                       f"{prompt!r} token {df.source_token.iat[0]!r}, {site}, protocol {args.protocol}, "
                       f"target layer {'= source' if tl is None else tl}, {tag} ({n} layers)")
@@ -124,11 +152,15 @@ def run_single_prompt(name: str, prompt: str, token: str, site: str, alphas: Seq
     agree = rule_agreement(df)
     log(f"{name}: {prompt!r} token {df.source_token.iat[0]!r} site {site} layers {layers} alphas "
         f"{[float(a) for a in alphas]}: {len(df)} rows, sweep {t_run:.1f} s, scoring {t_score:.1f} s")
-    for r in best.itertuples(index=False):
+    passed = int((df.score_source_cosine > SUCCESS_THRESHOLD).sum())
+    log(f"  {passed} of {len(df)} cells have cosine > {SUCCESS_THRESHOLD:g} to the prompt; chance line "
+        f"{df.chance_rate.sum():.1f} (the same texts against {len(others)} other entity names)")
+    for r, c in zip(best.itertuples(index=False), choice.itertuples(index=False)):
         base = df[(df.source_layer == r.source_layer) & (df.alpha == 1.0)]
         b = f"α=1 {base.score_source_cosine.iat[0]:.2f} {base.interpretation.iat[0]!r}; " if len(base) else ""
-        log(f"  layer {r.source_layer:2d}: {b}best α={r.alpha:g} cos {r.score:.2f} {r.interpretation!r}")
+        log(f"  layer {r.source_layer:2d}: {b}best α={r.alpha:g} cos {r.score:.2f} (best-of-{c.k} chance "
+            f"{c.null_mean:.2f}, q95 {c.null_q95:.2f}, p {c.p_other:.2f}) {r.interpretation!r}")
     log(f"  detection rules agree (source_cosine vs stability) on {agree['agree']}/{agree['groups']} layers")
     log(f"wrote {csv} and {png}")
-    return {"df": df, "best": best, "csv": csv, "png": png, "layers": layers, "sweep_s": t_run,
-            "score_s": t_score, "agreement": agree}
+    return {"df": df, "best": best, "choice": choice, "csv": csv, "png": png, "layers": layers, "sweep_s": t_run,
+            "score_s": t_score, "agreement": agree, "passed": passed, "chance_line": float(df.chance_rate.sum())}

@@ -320,3 +320,39 @@ def with_chance(df: pd.DataFrame, others: Sequence[str] | None = None, threshold
     out = df.copy()
     out["chance_rate"] = null_against(out, others, score_pairs or cosine_pairs(embedder), threshold=threshold)
     return out
+
+
+def choice_chance(df: pd.DataFrame, others: Sequence[str] | None = None, *, score_pairs=None, embedder=None,
+                  score: str = "score_source_cosine", by: Sequence[str] = DEFAULT_BY) -> pd.DataFrame:
+    """The α-detection rule's chosen score per group beside its chance level (a best-of-K null).
+
+    Per group ``by`` (one prompt-layer of a grid), :func:`detect_alpha` picks the α whose text is
+    closest to the source prompt, the best of K texts. Its null: the best of the same K texts
+    against each of ``others`` (other entity names; default :func:`other_entity_names`), i.e. how
+    close the closest of these texts comes to a prompt they were not made from.
+
+    Columns: the ``by`` columns, ``k`` (texts), ``alpha``, ``score`` (the chosen one), ``null_mean``
+    (mean over others of the best-of-K score), ``null_q95`` (its 95th percentile), ``p_other``
+    (share of others whose best-of-K is at least ``score``: an empirical p-value), ``n_others``.
+    """
+    df = df.reset_index(drop=True)
+    chosen = detect_alpha(df, score=score, by=by)
+    if others is None:
+        others = other_entity_names(df["source_prompt"].unique())
+    others = list(others)
+    if not others:
+        raise ValueError("choice_chance needs at least one other reference")
+    texts = [t if isinstance(t, str) else "" for t in df["interpretation"]]
+    m = np.asarray((score_pairs or cosine_pairs(embedder))(texts, others), dtype=float)
+    m[[t == "" for t in texts]] = -np.inf
+    records = []
+    groups = df.groupby(list(by), sort=True, dropna=False)
+    for (key, g), row in zip(groups, chosen.itertuples(index=False)):  # the same groups, the same order
+        key = key if isinstance(key, tuple) else (key,)
+        best = m[g.index.to_numpy()].max(axis=0)
+        s = float(row.score)
+        records.append({**dict(zip(by, key)), "k": len(g), "alpha": row.alpha, "score": s,
+                        "null_mean": float(best.mean()), "null_q95": float(np.quantile(best, 0.95)),
+                        "p_other": float((best >= s).mean()) if np.isfinite(s) else float("nan"),
+                        "n_others": len(others)})
+    return pd.DataFrame.from_records(records)

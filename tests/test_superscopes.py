@@ -206,6 +206,10 @@ def test_single_prompt_scripts(llama, tmp_path, mod, extra):
     assert res["png"].exists() and res["png"].stat().st_size > 1000
     assert len(df) == len(res["layers"]) * df.alpha.nunique()
     assert len(res["best"]) == len(res["layers"])
+    assert "chance_rate" in df and df.chance_rate.between(0, 1).all()
+    choice = res["choice"]
+    assert list(choice.source_layer) == sorted(res["layers"]) and (choice.k == df.alpha.nunique()).all()
+    assert np.allclose(choice.score.to_numpy(), res["best"].score.to_numpy())
 
 
 def pair_word_cosine(texts, refs):
@@ -302,3 +306,29 @@ def test_bad_layers_and_limit(llama, tmp_path, capsys):
     with pytest.raises(SystemExit):
         superscopes_fig3.main(["--limit", "0", "--out", str(tmp_path)], model=llama, cosine=word_cosine)
     assert "--limit must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_choice_chance_is_the_best_of_k_against_each_other_name():
+    """Independent computation: per layer, max over that layer's texts of a known score matrix."""
+    from superscopes_nn.superscopes import choice_chance
+
+    df = pd.DataFrame({"source_prompt": "P", "site": "mlp_out", "target_layer": 0,
+                       "source_layer": [1, 1, 1, 2, 2, 2], "alpha": [1, 3, 6] * 2,
+                       "interpretation": ["a", "b", "c", "d", "e", None],
+                       "score_source_cosine": [0.1, 0.5, 0.2, 0.3, 0.05, np.nan]})
+    table = {"a": [0.0, 0.6], "b": [0.4, 0.1], "c": [0.2, 0.2], "d": [0.9, 0.0], "e": [0.1, 0.1], "": [5.0, 5.0]}
+    seen = []
+
+    def pairs(texts, refs):
+        seen.append((list(texts), list(refs)))
+        return np.array([table[t] for t in texts])
+
+    out = choice_chance(df, ["X", "Y"], score_pairs=pairs)
+    assert seen[0][1] == ["X", "Y"]
+    l1, l2 = out.iloc[0], out.iloc[1]
+    assert (l1.alpha, l1.score, l1.k) == (3, 0.5, 3) and (l2.alpha, l2.score, l2.k) == (1, 0.3, 3)
+    # layer 1: best of a,b,c against X = 0.4, against Y = 0.6; layer 2: d,e (the error row never counts): 0.9, 0.1
+    assert np.isclose(l1.null_mean, 0.5) and np.isclose(l2.null_mean, 0.5)
+    assert np.isclose(l1.p_other, 0.5) and np.isclose(l2.p_other, 0.5)  # 0.6 >= 0.5; 0.9 >= 0.3
+    with pytest.raises(ValueError, match="other reference"):
+        choice_chance(df, [], score_pairs=pairs)
