@@ -39,7 +39,8 @@ chance                  none                                                    
 Writes, under ``--out``: ``fig3_<model>_<protocol>_raw.csv.gz`` (every row, unscored; the
 random-vector rows in ``..._random_raw.csv.gz``), ``..._scored.csv.gz``, ``..._chance.csv``
 (raw / null / above-null / random rates with bootstrap 95% intervals over prompts, per layer
-and in all, per arm and per α), ``..._summary.json`` and ``..._bars.png``.
+and in all, per arm and per α), ``..._detect.csv`` (the α rule's chosen cosine beside its
+best-of-5 null), ``..._summary.json`` and ``..._bars.png``.
 """
 
 from __future__ import annotations
@@ -83,6 +84,14 @@ def fig3_chance(df: pd.DataFrame, random_df: pd.DataFrame | None = None, thresho
     and one arm per α; per source layer and over all layers."""
     return chance_table(df, score_pairs or cosine_pairs(embedder), threshold=threshold, by=("source_layer",),
                         arms=ARMS, per_choice=True, random_df=random_df, n_boot=n_boot, n_derangements=n_derangements)
+
+
+def detection_chance(df: pd.DataFrame, embedder=None, score_pairs=None, n_boot: int = 2000) -> pd.DataFrame:
+    """Automatic α detection against chance: the mean cosine of the text the paper's rule picks
+    (best of α 3..15 against the source prompt) beside the best of the same texts against another
+    prompt (exact over derangements), per layer and in all, bootstrap intervals over prompts."""
+    return chance_table(df, score_pairs or cosine_pairs(embedder), threshold=None, by=("source_layer",),
+                        arms={"detect": ARMS["superscopes"]}, per_choice=False, n_boot=n_boot)
 
 
 def bars(table: pd.DataFrame, path: Path, title: str) -> Path:
@@ -157,10 +166,12 @@ def main(argv=None, model=None, cosine=None, embedder=None, score_pairs=None) ->
     t0 = time.perf_counter()
     df = add_scores(df, embedder=embedder, cosine=cosine)
     table = fig3_chance(df, random_df, args.threshold, embedder, score_pairs, n_boot=args.boot)
+    detect = detection_chance(df, embedder, score_pairs, n_boot=args.boot)
     t_score = time.perf_counter() - t0
     counts = success_table(df, threshold=args.threshold)
     save_csv(df, out / f"{stem}_scored.csv.gz")
     table.to_csv(out / f"{stem}_chance.csv", index=False)
+    detect.to_csv(out / f"{stem}_detect.csv", index=False)
     png = bars(table, out / f"{stem}_bars.png", f"Fig 3, {tag}, protocol {args.protocol}: cosine > {args.threshold:g}"
                                                 f" ({len(prompts)} prompts)")
     allrow = table[table.source_layer == "all"].set_index("arm")
@@ -169,6 +180,7 @@ def main(argv=None, model=None, cosine=None, embedder=None, score_pairs=None) ->
                "sweep_s": round(t_run, 1), "score_s": round(t_score, 1), "threshold": args.threshold,
                "per_layer": counts.to_dict(orient="records"),
                "all": allrow.reset_index().to_dict(orient="records"),
+               "detect": detect[detect.source_layer == "all"].to_dict(orient="records"),
                "error_rows": int(df["error"].notna().sum()) if "error" in df else 0}
     (out / f"{stem}_summary.json").write_text(json.dumps(summary, indent=1, default=str))
     log(f"fig3 {tag}, protocol {args.protocol}: {len(prompts)} prompts x {len(layers)} layers x {len(MLP_ALPHAS)} α "
@@ -177,7 +189,7 @@ def main(argv=None, model=None, cosine=None, embedder=None, score_pairs=None) ->
     cols = ["arm", "source_layer", "n", "raw", "null", "above"] + (["random", "above_random"] if random_df is not None else [])
     log(shown[cols].to_string(index=False))
     log(f"wrote {out / (stem + '_chance.csv')}, {png}")
-    return {"df": df, "table": counts, "chance": table, "png": png, "summary": summary, "random_df": random_df}
+    return {"df": df, "table": counts, "chance": table, "detect": detect, "png": png, "summary": summary, "random_df": random_df}
 
 
 if __name__ == "__main__":

@@ -237,6 +237,12 @@ def test_fig3_script(llama, tmp_path, capsys, protocol):
     ch = res["chance"]
     assert {"patchscopes", "superscopes", "alpha=1", "alpha=15"} <= set(ch.arm)
     assert {"raw", "null", "above", "raw_lo", "null_hi"} <= set(ch.columns)
+    det = res["detect"].set_index("source_layer")
+    assert set(det.arm) == {"detect"} and (det.k == 5).all() and "all" in det.index
+    from superscopes_nn.superscopes import detect_alpha
+
+    chosen = detect_alpha(df[df.alpha >= 3], by=("source_prompt", "source_layer"))
+    assert np.isclose(det.loc["all", "raw"], chosen.score.fillna(0).mean())  # the rule's own pick, independently
     assert ("random" in ch) == (control == "random")
     out = capsys.readouterr().out
     assert "patchscopes" in out and "superscopes" in out
