@@ -1,0 +1,33 @@
+"""The per-row CSVs committed under docs/runs/ give the counts committed beside them.
+
+Each rerun in docs/results*.md commits its rows; these tests recount the headline numbers
+from the rows alone (no model, no embedder), independently of the code that wrote the tables.
+"""
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+RUNS = Path(__file__).resolve().parents[1] / "docs" / "runs"
+
+
+@pytest.mark.parametrize("protocol", ["official", "same-site"])
+def test_fig3_rows_give_the_committed_counts(protocol):
+    scored = pd.read_csv(RUNS / f"fig3_gemma-3-270m_{protocol}_scored.csv.gz")
+    chance = pd.read_csv(RUNS / f"fig3_gemma-3-270m_{protocol}_chance.csv")
+    assert len(scored) == 48 * 7 * 6 and scored.source_prompt.nunique() == 48
+    assert sorted(scored.source_layer.unique()) == list(range(1, 8)) and scored["error"].isna().all()
+    want_site = {"official": "residual", "same-site": "mlp_out"}[protocol]
+    assert set(scored.target_site) == {want_site} and set(scored.site) == {"mlp_out"}
+    ok = scored.assign(ok=scored.score_source_cosine > 0.3)
+    unit = ["source_prompt", "source_layer"]
+    counts = {"patchscopes": ok[ok.alpha == 1].groupby(unit).ok.any().sum(),
+              "superscopes": ok[ok.alpha >= 3].groupby(unit).ok.any().sum()}
+    for a in sorted(scored.alpha.unique()):
+        counts[f"alpha={a:g}"] = ok[ok.alpha == a].ok.sum()
+    table = chance[chance.source_layer.astype(str) == "all"].set_index("arm")
+    for arm, n in counts.items():
+        assert table.loc[arm, "raw_count"] == pytest.approx(n), arm
+        assert table.loc[arm, "n"] == 336
+    assert (table.null_count > 0).all() and (table.raw_lo <= table.raw).all() and (table.raw <= table.raw_hi).all()
