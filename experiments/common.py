@@ -20,6 +20,11 @@ import pandas as pd
 NOT_CONFIG = ("out", "resume", "progress", "from_csv", "max_batch_size", "batch_size")
 """Arguments that do not change a row's result, so a resumed run may change them."""
 
+DECODINGS = ("greedy", "llama2-chat")
+"""``--decoding``: ``greedy`` (default; a named deviation from the Superscopes code) or
+``llama2-chat`` (:data:`~superscopes_nn.sampling.LLAMA2_CHAT`: temperature 0.6, top-p 0.9,
+the sampling the paper's Llama-2-13b-chat ran under), seeded per row by ``--seed``."""
+
 
 def log(msg: str) -> None:
     print(msg, flush=True)
@@ -61,9 +66,47 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> argparse
     return args
 
 
+def add_decoding(p: argparse.ArgumentParser) -> None:
+    """``--decoding greedy|llama2-chat`` and ``--seed`` (see :data:`DECODINGS`)."""
+    p.add_argument("--decoding", choices=DECODINGS, default="greedy",
+                   help="greedy (default, a named deviation) or llama2-chat: sample with temperature 0.6, top-p 0.9 "
+                        "as the paper's Llama-2-13b-chat did (per-row seeded, batch-independent; local runs only)")
+    p.add_argument("--seed", type=int, default=None, help="sampling seed (with --decoding llama2-chat; default 0)")
+
+
+def decoding_of(p: argparse.ArgumentParser, args: argparse.Namespace):
+    """The :class:`~superscopes_nn.sampling.Sampling` of ``--decoding`` / ``--seed`` (None: greedy)."""
+    from dataclasses import replace
+
+    from superscopes_nn.sampling import LLAMA2_CHAT
+
+    if getattr(args, "decoding", "greedy") == "greedy":
+        if getattr(args, "seed", None) is not None:
+            p.error("--seed needs --decoding llama2-chat (greedy decoding draws nothing)")
+        return None
+    if args.remote:
+        p.error(f"--decoding {args.decoding} runs locally only (no --remote): sampling is not sent to NDIF")
+    return replace(LLAMA2_CHAT, seed=0 if args.seed is None else args.seed)
+
+
+def decoding_tag(args: argparse.Namespace) -> str:
+    """The output stem's decoding part: ``""`` for greedy (names as before), else ``_llama2-chat-s<seed>``."""
+    if getattr(args, "decoding", "greedy") == "greedy":
+        return ""
+    return f"_{args.decoding}-s{0 if args.seed is None else args.seed}"
+
+
+def decoding_config(args: argparse.Namespace) -> dict:
+    """The run-store config's decoding keys: none for greedy (older run directories still resume)."""
+    if getattr(args, "decoding", "greedy") == "greedy":
+        return {}
+    return {"decoding": args.decoding, "sampling_seed": 0 if args.seed is None else args.seed}
+
+
 def store_kwargs(args: argparse.Namespace, out, name: str) -> dict:
     """``run_dir`` (``out/<name>_rows``) / ``resume`` / ``config`` (the script's arguments)."""
-    config = {k: v for k, v in vars(args).items() if k not in NOT_CONFIG}
+    config = {k: v for k, v in vars(args).items() if k not in NOT_CONFIG and k not in ("decoding", "seed")}
+    config.update(decoding_config(args))
     return {"run_dir": Path(out) / f"{name}_rows", "resume": bool(getattr(args, "resume", False)), "config": config}
 
 

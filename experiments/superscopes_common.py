@@ -19,7 +19,8 @@ import numpy as np
 import pandas as pd
 
 from experiments.common import (
-    log, n_layers_of, parse_layers, parser, pyplot, read_saved_csv, save_csv, save_figure, setup, store_kwargs,
+    add_decoding, decoding_of, decoding_tag, log, n_layers_of, parse_layers, parser, pyplot, read_saved_csv, save_csv,
+    save_figure, setup, store_kwargs,
 )
 from superscopes_nn.chance import cosine_pairs
 from superscopes_nn.superscopes import (
@@ -105,6 +106,11 @@ def run_single_prompt(name: str, prompt: str, token: str, site: str, alphas: Seq
 
     ``target_layer``: the official notebook's target layer for this example (None = the
     source layer); ``--target-layer`` overrides it (``-1`` = the source layer).
+
+    ``--decoding``: ``greedy`` (default; a named deviation: the notebooks' ``model.generate``
+    samples under Llama-2-chat's generation config) or ``llama2-chat``
+    (:data:`~superscopes_nn.sampling.LLAMA2_CHAT`, per-row seed ``--seed``); a sampled run's
+    files are ``<name>_<model>_<protocol>_llama2-chat-s<seed>...``, its run store separate.
     """
     p = parser(description or f"Superscopes {name}: {prompt!r}, token {token!r}, {site}", out="out/superscopes",
                layers_help="e.g. 0-7, 0,2,4 or all (default: the paper's, scaled)")
@@ -115,12 +121,14 @@ def run_single_prompt(name: str, prompt: str, token: str, site: str, alphas: Seq
     p.add_argument("--from-csv", default=None, help="re-score a saved CSV instead of running the sweep")
     lists = alphas if isinstance(alphas, dict) else {"default": alphas}
     p.add_argument("--alphas", choices=list(lists), default=next(iter(lists)), help="amplifier list")
+    add_decoding(p)
     args = p.parse_args(argv)
+    sampling = decoding_of(p, args)
     alphas = lists[args.alphas]
     tl = None if args.target_layer == -1 else args.target_layer
     out = Path(args.out)
     tag = Path(str(args.model or "gemma-3-270m")).name
-    stem = f"{name}_{tag}_{args.protocol}"
+    stem = f"{name}_{tag}_{args.protocol}{decoding_tag(args)}"
     if args.from_csv:
         df = read_saved_csv(args.from_csv)
         n = int(df.source_layer.max()) + 1
@@ -134,7 +142,7 @@ def run_single_prompt(name: str, prompt: str, token: str, site: str, alphas: Seq
         df = superscope(m, prompt, site=site, layers=layers, alphas=alphas, token=token, target_layer=tl,
                         protocol=args.protocol, max_new_tokens=args.max_new_tokens,
                         max_batch_size=args.max_batch_size, progress=args.progress, remote=args.remote,
-                        **store_kwargs(args, out, stem))
+                        sampling=sampling, **store_kwargs(args, out, stem))
         t_run = time.perf_counter() - t0
         save_csv(df, out / f"{stem}_raw.csv")  # unscored: re-score with --from-csv
     t0 = time.perf_counter()

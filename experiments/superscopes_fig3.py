@@ -3,6 +3,7 @@ each beside its chance level.
 
     python -m experiments.superscopes_fig3 [--protocol official|same-site] [--control random]
            [--model gemma-3-270m] [--limit N] [--layers 1-7|all] [--out DIR] [--resume]
+           [--decoding greedy|llama2-chat] [--seed S]
     python -m experiments.superscopes_fig3 --from-csv RAW.csv.gz [--random-csv RANDOM_RAW.csv.gz]
 
 Protocol (default ``official``) against the paper's code, GalNivs/Superscopes,
@@ -26,8 +27,12 @@ target site             ``set_hs_patch_hooks(..., module="hs")``: the vector    
                         REPLACES the layer output (hidden state)                    position=-1); ``same-site``: it replaces the
                                                                                     target's ``mlp_out`` at the placeholder
 target position/layer   ``target_idx = -1``; ``target_layer=layer``                 last token; target layer = source layer
-decoding                ``generate(max_length=seq_len + 10)`` with Llama-2-chat's   10 new tokens, greedy (named deviation:
-                        generation config (which samples)                           the paper's texts were likely sampled)
+decoding                ``generate(max_length=seq_len + 10)`` with Llama-2-chat's   10 new tokens; ``--decoding greedy``
+                        generation config (which samples: temperature 0.6,          (default, named deviation: the paper's
+                        top-p 0.9)                                                  texts were likely sampled) or
+                                                                                    ``llama2-chat``: those settings
+                                                                                    (:data:`~superscopes_nn.sampling.LLAMA2_CHAT`),
+                                                                                    per-row seeded (``--seed``), local only
 score / success         MiniLM mean-pooled cosine(source prompt, text) > 0.3;       :func:`~superscopes_nn.superscopes.add_scores`
                         per (prompt, layer): α = 1 (Patchscopes), any α in 3..15    ``score_source_cosine``; ``success_table``
 chance                  none                                                        shuffled-source null (exact over all
@@ -36,7 +41,8 @@ chance                  none                                                    
                                                                                     (:mod:`superscopes_nn.chance`)
 ======================  ==========================================================  ==========================================
 
-Writes, under ``--out``: ``fig3_<model>_<protocol>_raw.csv.gz`` (every row, unscored; the
+Writes, under ``--out``: ``fig3_<model>_<protocol>_raw.csv.gz`` (sampled:
+``fig3_<model>_<protocol>_llama2-chat-s<seed>_raw.csv.gz``, its own run store) (every row, unscored; the
 random-vector rows in ``..._random_raw.csv.gz``), ``..._scored.csv.gz``, ``..._chance.csv``
 (raw / null / above-null / random rates with bootstrap 95% intervals over prompts, per layer
 and in all, per arm and per α), ``..._detect.csv`` (the α rule's chosen cosine beside its
@@ -52,7 +58,8 @@ from pathlib import Path
 import pandas as pd
 
 from experiments.common import (
-    check_args, log, n_layers_of, parse_layers, parser, pyplot, read_saved_csv, save_csv, save_figure, setup,
+    add_decoding, check_args, decoding_config, decoding_of, decoding_tag, log, n_layers_of, parse_layers, parser,
+    pyplot, read_saved_csv, save_csv, save_figure, setup,
 )
 from experiments.fig3_sweep import FIG3_LAYERS, fig3_rows
 from superscopes_nn.chance import chance_table, cosine_pairs, format_chance
@@ -74,7 +81,7 @@ def load_rows(path) -> pd.DataFrame:
 def run_store(args, out: Path, stem: str, control: str, layers) -> dict:
     """Run directory ``OUT/<stem>_<control>_rows`` and the config that defines its rows."""
     config = {"experiment": "fig3", "protocol": args.protocol, "control": control, "token": args.token,
-              "layers": list(layers), "alphas": list(MLP_ALPHAS), "seed": 0}
+              "layers": list(layers), "alphas": list(MLP_ALPHAS), "seed": 0, **decoding_config(args)}
     return {"run_dir": out / f"{stem}_{control}_rows", "resume": bool(args.resume), "config": config}
 
 
@@ -132,11 +139,13 @@ def main(argv=None, model=None, cosine=None, embedder=None, score_pairs=None) ->
     p.add_argument("--from-csv", default=None, help="score a saved raw CSV (or run directory) instead of sweeping")
     p.add_argument("--random-csv", default=None, help="with --from-csv: the random-vector rows")
     p.add_argument("--boot", type=int, default=2000, help="bootstrap resamples")
+    add_decoding(p)
     args = check_args(p, p.parse_args(argv))
+    sampling = decoding_of(p, args)
     prompts = [x[0] for x in load_fig3_prompts(args.prompts)][: args.limit]
     out = Path(args.out)
     tag = Path(str(args.model or "gemma-3-270m")).name
-    stem = f"fig3_{tag}_{args.protocol}"
+    stem = f"fig3_{tag}_{args.protocol}{decoding_tag(args)}"
     random_df = None
     if args.from_csv:
         df = load_rows(args.from_csv)
@@ -148,10 +157,10 @@ def main(argv=None, model=None, cosine=None, embedder=None, score_pairs=None) ->
     else:
         m, out = setup(args, model)
         tag = Path(str(args.model)).name if args.model else Path(model_name(m)).name
-        stem = f"fig3_{tag}_{args.protocol}"
+        stem = f"fig3_{tag}_{args.protocol}{decoding_tag(args)}"
         layers = parse_layers(args.layers, n_layers_of(m), [l for l in FIG3_LAYERS if l < n_layers_of(m)])
         kw = dict(max_new_tokens=args.max_new_tokens, max_batch_size=args.max_batch_size, progress=args.progress,
-                  remote=args.remote)
+                  remote=args.remote, sampling=sampling)
         t0 = time.perf_counter()
         frames = {}
         for control in ("source", "random") if args.control == "random" else ("source",):
@@ -176,6 +185,7 @@ def main(argv=None, model=None, cosine=None, embedder=None, score_pairs=None) ->
                                                 f" ({len(prompts)} prompts)")
     allrow = table[table.source_layer == "all"].set_index("arm")
     summary = {"model": tag, "protocol": args.protocol, "token": getattr(args, "token", "official"),
+               "decoding": args.decoding, "sampling": None if sampling is None else sampling.key,
                "prompts": len(prompts), "layers": layers, "rows": len(df), "random_rows": 0 if random_df is None else len(random_df),
                "sweep_s": round(t_run, 1), "score_s": round(t_score, 1), "threshold": args.threshold,
                "per_layer": counts.to_dict(orient="records"),

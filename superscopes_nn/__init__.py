@@ -15,6 +15,7 @@ from .api import collect, generate_plain, patched_logits, patchscope, sweep  # n
 from .engine import logit_tolerance  # noqa: E402
 from .resolver import resolve, sweep_rows  # noqa: E402
 from .run import run_rows  # noqa: E402
+from .sampling import LLAMA2_CHAT, Sampling  # noqa: E402
 from .specs import (  # noqa: E402
     ENTITY_PROMPT, IDENTITY_PROMPT, RESULT_COLUMNS, Affine, Amplify, Compose, Fn, Identity, Row, Source, Target,
 )
@@ -22,5 +23,5 @@ from .specs import (  # noqa: E402
 __all__ = [
     "SITES", "arch_spec", "DEFAULT_MODEL", "load_model", "ENTITY_PROMPT", "IDENTITY_PROMPT", "RESULT_COLUMNS",
     "Affine", "Amplify", "Compose", "Fn", "Identity", "Row", "logit_tolerance", "Source", "Target", "collect", "generate_plain", "patched_logits",
-    "patchscope", "resolve", "run_rows", "sweep", "sweep_rows", "lens_logits", "logit_lens",
+    "patchscope", "resolve", "run_rows", "sweep", "sweep_rows", "lens_logits", "logit_lens", "Sampling", "LLAMA2_CHAT",
 ]

@@ -48,7 +48,7 @@ def patchscope(model, patches: Iterable, *, target_model=None, **run_kwargs) -> 
     Columns: :data:`~superscopes_nn.specs.RESULT_COLUMNS` (``interpretation`` is the
     decoded new text, ``token_ids`` the new ids up to the first end-of-sequence token).
     ``run_kwargs``: see :func:`~superscopes_nn.run.run_rows` (``max_new_tokens``,
-    ``max_batch_size``, ``exact``, ``remote``, ``run_dir``, ``resume``, ``config``, ...).
+    ``max_batch_size``, ``exact``, ``sampling``, ``remote``, ``run_dir``, ``resume``, ``config``, ...).
     """
     return run_rows(model, resolve(model, patches, target_model), target_model=target_model, **run_kwargs)
 

@@ -13,6 +13,9 @@ every session is one :func:`~superscopes_nn.ndif_errors.call_remote`: transient 
 failures are retried, others raise :class:`~superscopes_nn.ndif_errors.NDIFError`,
 with or without a run directory.
 
+``sampling=Sampling(...)`` (:mod:`superscopes_nn.sampling`) samples instead of greedy
+decoding, per row and independent of batching (local runs only).
+
 ``exact=True`` runs each row alone with no prefix reuse: in bf16/fp16 the results then
 equal a one-at-a-time run bit for bit (batched half precision is only within
 :func:`~superscopes_nn.engine.logit_tolerance`; float32 is exact either way).
@@ -29,13 +32,15 @@ import pandas as pd
 from .architectures import hidden_size
 from .engine import chunks, plan, plan_reads, result_bytes, run_session
 from .resolver import model_name
+from .sampling import Sampling, check_sampling, with_sampler
 from .specs import Row
 from .store import RunStore, frame, row_key
 from .validate import check_batch_size, check_int, check_max_new_tokens, check_remote
 
 
 def gen_kwargs(target_model, max_new_tokens: int) -> dict:
-    """Greedy decoding settings (sampling switched off explicitly)."""
+    """Greedy decoding settings (HF sampling switched off explicitly; a :class:`Sampling`
+    adds a per-chunk :class:`~superscopes_nn.sampling.RowSampler` on top, see :func:`execute`)."""
     check_max_new_tokens(max_new_tokens)
     return dict(max_new_tokens=int(max_new_tokens), do_sample=False, pad_token_id=target_model.tokenizer.pad_token_id,
                 top_p=None, top_k=None, temperature=None)
@@ -133,7 +138,7 @@ def requests(model, plans: list, chunks_per_request: int) -> list[list]:
 
 def execute(model, rows: list[Row], *, target_model=None, gen_kwargs: dict | None = None, logits: bool = False,
             max_batch_size: int = 64, shared_prefix: bool = True, exact: bool = False, remote=False, backend=None,
-            call=None, chunks_per_request: int | None = None):
+            call=None, chunks_per_request: int | None = None, sampling: Sampling | None = None):
     """Yield ``(chunk_indices, job, out)`` for every chunk of ``rows`` (see :mod:`superscopes_nn.engine`).
 
     A source vector is read once per sweep: chunks reuse what earlier chunks read. In a
@@ -142,6 +147,7 @@ def execute(model, rows: list[Row], *, target_model=None, gen_kwargs: dict | Non
     chunks sent as one session (one NDIF request; results sized under NDIF's inline cap);
     default 8 for remote runs, 1 locally (so progress and the run store advance per chunk).
     ``exact``: one row per chunk and no prefix reuse (bit-reproducible half precision).
+    ``sampling``: each chunk's generate gets a sampler for exactly its rows, in batch order.
     """
     target_model = model if target_model is None else target_model
     check_batch_size(max_batch_size)
@@ -156,8 +162,8 @@ def execute(model, rows: list[Row], *, target_model=None, gen_kwargs: dict | Non
     planned, seen = [], set()
     for idx in all_chunks:  # plan every chunk up front: a source is read by the first chunk that needs it
         chunk = [rows[i] for i in idx]
-        job = plan(target_model, chunk, gen_kwargs=gen_kwargs, logits=logits, known=seen,
-                   shared_prefix=shared_prefix, read_here=not two)
+        job = plan(target_model, chunk, gen_kwargs=with_sampler(gen_kwargs, sampling, chunk), logits=logits,
+                   known=seen, shared_prefix=shared_prefix, read_here=not two)
         seen |= {r.source_key for r in chunk}
         planned.append((idx, job))
     for request in requests(target_model, planned, int(per)):
@@ -185,17 +191,23 @@ def _row_error(mapped_ok: bool, finite: bool, dtype) -> str | None:
     return None
 
 
-def run_config(model, target_model, max_new_tokens: int, config: dict | None) -> dict:
-    """The one ``config.json`` schema: what produced the rows, then the caller's own settings."""
+def run_config(model, target_model, max_new_tokens: int, config: dict | None,
+               sampling: Sampling | None = None) -> dict:
+    """The one ``config.json`` schema: what produced the rows, then the caller's own settings.
+
+    A sampled run adds ``"sampling": Sampling.key``; no such key means greedy (so greedy
+    run directories from before sampling existed still resume, and greedy never mixes with sampled).
+    """
+    drawn = {} if sampling is None else {"sampling": sampling.key}
     return {"model": model_name(model), "target_model": model_name(target_model or model),
-            "max_new_tokens": int(max_new_tokens), **(config or {})}
+            "max_new_tokens": int(max_new_tokens), **drawn, **(config or {})}
 
 
 def run_rows(model, rows: list[Row], *, target_model=None, max_new_tokens: int = 10, max_batch_size: int = 64,
              shared_prefix: bool = True, exact: bool = False, remote=False, backend=None, progress: bool = False,
              on_chunk: Callable | None = None, run_dir=None, resume: bool = False, config: dict | None = None,
              retries: int = 3, backoff: float = 1.0, sleep: Callable | None = None,
-             chunks_per_request: int | None = None) -> pd.DataFrame:
+             chunks_per_request: int | None = None, sampling: Sampling | None = None) -> pd.DataFrame:
     """Run resolved rows in batched sessions; one result record per row, in input order.
 
     ``shared_prefix``: reuse the KV cache of the target tokens before the first patched
@@ -206,9 +218,11 @@ def run_rows(model, rows: list[Row], *, target_model=None, max_new_tokens: int =
     changed config is an error). ``on_chunk(records)`` runs after each chunk is stored;
     ``retries`` / ``backoff`` / ``sleep``: NDIF retries of remote sessions;
     ``chunks_per_request``: chunks per session (see :func:`execute`; default 8 remote, 1 local).
+    ``sampling``: None (greedy) or a :class:`~superscopes_nn.sampling.Sampling` (local runs only).
     """
     target_model = model if target_model is None else target_model
     gen = gen_kwargs(target_model, max_new_tokens)
+    sampling = check_sampling(sampling, check_remote(remote), backend)
     check_batch_size(max_batch_size)
     rows = list(rows)
     if not rows:
@@ -216,7 +230,7 @@ def run_rows(model, rows: list[Row], *, target_model=None, max_new_tokens: int =
     call = remote_caller(remote, backend, target_model, retries, backoff, sleep)  # bad remote: refused before disk
     store = None
     if run_dir is not None:
-        store = RunStore(run_dir, run_config(model, target_model, max_new_tokens, config), resume=resume)
+        store = RunStore(run_dir, run_config(model, target_model, max_new_tokens, config, sampling), resume=resume)
     keys = [row_key(r) for r in rows]
     results = store.records_by_key() if store is not None else {}
     pending, queued = [], set()
@@ -236,7 +250,7 @@ def run_rows(model, rows: list[Row], *, target_model=None, max_new_tokens: int =
             for idx, job, (ids, finite, mapped_ok) in execute(
                     model, pending, target_model=target_model, gen_kwargs=gen, max_batch_size=max_batch_size,
                     shared_prefix=shared_prefix, exact=exact, remote=remote, backend=backend, call=call,
-                    chunks_per_request=chunks_per_request):
+                    chunks_per_request=chunks_per_request, sampling=sampling):
                 prompt_len = job.target_ids.shape[1]
                 done = []
                 for b, i in enumerate(idx):

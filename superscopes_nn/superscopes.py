@@ -117,7 +117,7 @@ def superscope(model, prompts: Sequence[str] | str, *, site: str = "mlp_out", la
     - ``protocol``: ``"official"`` (default; the vector replaces the target's hidden state at
       the last target token, as the paper's code does) or ``"same-site"`` (it replaces the
       same site at the placeholder); see :func:`protocol_target`;
-    - ``run_kwargs``: ``max_new_tokens``, ``max_batch_size``, ``remote``, ``progress``, ...
+    - ``run_kwargs``: ``max_new_tokens``, ``max_batch_size``, ``remote``, ``progress``, ``sampling``, ...
     """
     alphas = check_alphas(alphas)
     target = protocol_target(protocol, target_prompt, target_layer, placeholder)

@@ -257,6 +257,49 @@ def test_fig3_script(llama, tmp_path, capsys, protocol):
     assert np.allclose(again["chance"].raw, ch.raw) and np.allclose(again["chance"].null, ch.null)
 
 
+def test_fig3_script_sampled(llama, tmp_path):
+    """``--decoding llama2-chat``: sampled rows under their own file stem and run store; same seed, same rows."""
+    import json
+
+    from experiments import superscopes_fig3
+    from superscopes_nn.sampling import LLAMA2_CHAT, Sampling
+
+    tsv = tmp_path / "p.tsv"
+    tsv.write_text("Pink Floyd\tloyd\nStar Wars\tWars\n")
+    argv = ["--prompts", str(tsv), "--layers", "1,2", "--max-new-tokens", "4", "--boot", "20"]
+    kw = dict(model=llama, cosine=word_cosine, score_pairs=pair_word_cosine)
+    greedy = superscopes_fig3.main(["--out", str(tmp_path / "g"), *argv], **kw)
+    res = superscopes_fig3.main(["--out", str(tmp_path), *argv, "--decoding", "llama2-chat", "--seed", "3"], **kw)
+    tag = res["summary"]["model"]
+    stem = f"fig3_{tag}_official_llama2-chat-s3"
+    assert (tmp_path / f"{stem}_raw.csv.gz").exists() and (tmp_path / f"{stem}_summary.json").exists()
+    key = Sampling(LLAMA2_CHAT.temperature, LLAMA2_CHAT.top_p, seed=3).key
+    config = json.loads((tmp_path / f"{stem}_source_rows" / "config.json").read_text())
+    assert (config["decoding"], config["sampling_seed"], config["sampling"]) == ("llama2-chat", 3, key)
+    assert res["summary"]["sampling"] == key and greedy["summary"]["decoding"] == "greedy"
+    assert "sampling" not in json.loads((tmp_path / "g" / f"fig3_{tag}_official_source_rows" / "config.json")
+                                        .read_text())
+    assert res["df"].token_ids.tolist() != greedy["df"].token_ids.tolist()
+    again = superscopes_fig3.main(["--out", str(tmp_path / "again"), *argv, "--decoding", "llama2-chat", "--seed", "3"],
+                                  **kw)
+    assert again["df"].token_ids.tolist() == res["df"].token_ids.tolist()
+    with pytest.raises(SystemExit):
+        superscopes_fig3.main(["--out", str(tmp_path / "x"), *argv, "--seed", "1"], **kw)  # a seed needs sampling
+    with pytest.raises(SystemExit):
+        superscopes_fig3.main(["--out", str(tmp_path / "x"), *argv, "--decoding", "llama2-chat", "--remote"], **kw)
+
+
+def test_single_prompt_script_sampled(llama, tmp_path):
+    from experiments import superscopes_fig1
+
+    argv = ["--out", str(tmp_path), "--max-new-tokens", "3", "--layers", "0-1"]
+    res = superscopes_fig1.main([*argv, "--decoding", "llama2-chat"], model=llama, cosine=word_cosine)
+    assert "_llama2-chat-s0" in res["csv"].name
+    greedy = superscopes_fig1.main(argv, model=llama, cosine=word_cosine)
+    assert "llama2-chat" not in greedy["csv"].name
+    assert res["df"].interpretation.tolist() != greedy["df"].interpretation.tolist()
+
+
 def test_fig3_real_prompt_file(shared_data):
     """The shared prompt file parses to 48 prompts (a CI run without the shared data fails here)."""
     from superscopes_nn.datasets import load_fig3_prompts
