@@ -40,8 +40,9 @@ source          ``prompt_source`` = the entity name, ``position_source     same 
                 = -1``
 target          the few-shot ``prompt_target`` ("Syria: Country in the     ``ENTITY_PROMPT`` (the same text),
                 Middle East, ..., x"), ``position_target = -1``            at ``x`` (its last token)
-layers          ``layer_target = layer_source``, ``range(10)`` (Pythia     same layer; every layer (a superset)
-                12B, 36 layers)
+layers          ``layer_target = layer_source``, ``range(10)`` (Pythia     same layer; the script: ``range(10)``
+                12B, 36 layers)                                            (``--all-layers``: every layer, the
+                                                                           earlier design); the function: all
 new tokens      ``max_gen_len = 50``, greedy                               50 (``--max-new-tokens``; 20 was the
                                                                            earlier design)
 scoring         none in the notebook (the paper: RougeL against            ``alias``, ``rouge_l``, ``cosine``
@@ -75,6 +76,8 @@ from superscopes_nn.baselines import input_only  # noqa: E402
 METRICS = ("alias", "rouge_l", "cosine")
 """Metric names (as in :data:`superscopes_nn.scoring.METRICS`); each adds a ``score_<name>`` column."""
 ENTITY_COLUMNS = ("name", "type", "description", "aliases")
+OFFICIAL_LAYERS = 10
+"""``entity_processing.ipynb`` loops ``for layer_source in range(10)``: the script's default layers."""
 
 
 def entity_table(entities=None, limit: int | None = None) -> pd.DataFrame:
@@ -267,6 +270,8 @@ def parse_args(argv):
                limit_help="number of entities (round robin over types)")
     p.add_argument("--entities", default=None, help="a JSON Lines file of entities (default: superscopes_nn/data/entities.jsonl)")
     p.add_argument("--layer-stride", type=int, default=1, help="every k-th layer")
+    p.add_argument("--all-layers", action="store_true",
+                   help=f"every layer (default: the official range({OFFICIAL_LAYERS}), layers 0..{OFFICIAL_LAYERS - 1})")
     p.add_argument("--metrics", default=",".join(METRICS),
                    help="comma-separated subset of " + ",".join(METRICS) + " ('' = generate only)")
     return check_args(p, p.parse_args(argv))
@@ -280,7 +285,8 @@ def main(argv=None, model=None) -> pd.DataFrame:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     model = model if model is not None else (load_model(args.model) if args.model else load_model())
-    layers = range(0, num_layers(model._module.config), args.layer_stride)
+    n = num_layers(model._module.config)
+    layers = range(0, n if args.all_layers else min(OFFICIAL_LAYERS, n), args.layer_stride)
     metrics = [m for m in args.metrics.split(",") if m]
     entities = pd.read_json(args.entities, lines=True) if args.entities else None
     df = entity_resolution(model, entities, limit=args.limit, layers=layers, metrics=metrics,
