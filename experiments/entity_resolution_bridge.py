@@ -17,6 +17,23 @@ Sec. 4; Patchscopes Sec. 4.4)::
 Run::
 
     .venv/bin/python experiments/entity_resolution_bridge.py --limit 20 --out runs/bridge_resolution
+
+"Decodable at some layer" is a best-of-layers score: :func:`bridge_chance` sets the shuffled-bridge
+chance level beside it. The nearest official code is edenbiran/HoppingTooLate
+``src/generate_entity_description.py`` (``generate_entity_description_with_patching``, source ``e1``);
+this experiment is **not** that protocol, and its defaults are the earlier design:
+
+==============  ==========================================================  ==================================
+step            official code (HoppingTooLate)                              here
+==============  ==========================================================  ==================================
+source          hidden state at the last token of ``r1_template.format(e1)``  the last token of ``e1`` in the
+                in the two-hop prompt                                       two-hop prompt (the same token)
+target          "Syria: Syria is a country in the Middle East, ... x"       ``ENTITY_PROMPT`` (the Patchscopes
+                                                                            few-shot prompt)
+layers          every (source, target) pair                                 source layer = target layer
+decoding        sampled (``--do-sample`` default on, seed 0), 10 tokens     greedy, 20 tokens
+scoring         none in the script                                          alias match (+ MiniLM cosine)
+==============  ==========================================================  ==================================
 """
 
 from __future__ import annotations

@@ -127,3 +127,22 @@ def test_entity_chance_unknown_entity():
     df = frame()
     with pytest.raises(ValueError, match="not in the entity table"):
         er.entity_chance(df, ENTS[ENTS.name != "Nile"], metrics=["alias"])
+
+
+def test_bridge_chance_on_a_made_up_frame():
+    from pathlib import Path
+
+    from experiments.entity_resolution_bridge import bridge_chance
+
+    fixture = Path(__file__).parent / "fixtures" / "two_hop_multihop_small.jsonl"
+    ids = ["spouse_of_performer_imagine", "capital_of_country_of_landmark_eiffel_tower",
+           "birthplace_of_author_pride_and_prejudice"]
+    texts = {ids[0]: [": English musician", ": Lennon, singer"],  # own bridge at layer 1
+             ids[1]: [": Jane Austen novel", ": a monument"],    # another query's bridge at layer 0
+             ids[2]: [": nothing", ": nothing"]}
+    df = pd.DataFrame([{"id": i, "source_layer": l, "interpretation": t} for i in ids for l, t in enumerate(texts[i])])
+    t = bridge_chance(df, fixture, n_boot=100)
+    best = t[t.scope == "best of layers"].iloc[0]
+    assert best.raw_count == pytest.approx(1) and best.null == pytest.approx((0 + 0.5 + 0) / 3)
+    l1 = t[t.source_layer == 1].iloc[0]
+    assert l1.raw == pytest.approx(1 / 3) and l1.null == 0
