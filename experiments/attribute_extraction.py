@@ -37,12 +37,13 @@ target          ``prompt_target`` ("The official currency of x"),             sa
 population      ``only_correct``: rows with ``is_correct_baseline`` (the      ``only_correct=True``: our model's own
                 model answers ``target_baseline`` itself, 20 tokens in        answer to ``target_baseline`` (20
                 ``generations_baseline``)                                     tokens) contains the object
-samples         every TSV row: a subject with each of its WikiText contexts  the first context of each subject
-                                                                              (named deviation: one row per subject)
+samples         every TSV row: a subject with each of its WikiText            the first context of each subject
+                contexts                                                      (named deviation: one row per subject)
 layers          ``run_experiment``: ``range(mt.num_layers-1)`` for source     the same (``--all-layers`` adds the
                 and target (the last layer left out)                          last; ``--layer-stride`` thins)
-new tokens      ``patchscopes_utils.py``: ``evaluate_attriburte_exraction_batch``  10 (``--max-new-tokens``)
-                (``max_gen_len=10``, ``is_icl=False``)
+new tokens      ``patchscopes_utils.py``:                                     10 (``--max-new-tokens``)
+                ``evaluate_attriburte_exraction_batch`` (``max_gen_len=10``,
+                ``is_icl=False``)
 correct         ``object.replace(" ", "")`` in the generation with spaces     ``--match patchscopes`` (default), the
                 removed, case-sensitive                                       same; ``substring`` (case-insensitive):
                                                                               the earlier design

@@ -22,10 +22,11 @@ Protocol against the official code (edenbiran/HoppingTooLate):
 step                   official code (file: function)                               here
 =====================  ===========================================================  ==================================
 hop checks             ``src/evaluate_dataset.py``: ``eval_first_hop``,             :func:`hop_answers`: the dataset's
-                       ``eval_second_hop``, ``eval_composition``; ``src/utils.py``:  first/second-hop and two-hop
-                       ``generate_and_test_answers`` (10 greedy tokens),           prompts, 10 tokens; ``--match
-                       ``check_answer_in_pred`` (case-insensitive substring of     substring`` (default); ``word``
-                       the label or an alias > 1 character)                        (whole words): the earlier design
+                       ``eval_second_hop``, ``eval_composition``;                   first/second-hop and two-hop
+                       ``src/utils.py``: ``generate_and_test_answers``              prompts, 10 tokens; ``--match
+                       (10 greedy tokens), ``check_answer_in_pred``                 substring`` (default); ``word``
+                       (case-insensitive substring of the label or an               (whole words): the earlier design
+                       alias > 1 character)
 shortcuts              ``eval_entity_shortcut`` (r2 applied to e1),                 ``entity_shortcut_prompt`` (the
                        ``eval_relation_shortcut`` (r2(r1('')) without e1)           second-hop prompt with e1 for the
                                                                                     bridge), ``relation_shortcut_prompt``

@@ -26,8 +26,8 @@ this experiment is **not** that protocol, and its defaults are the earlier desig
 ==============  ==========================================================  ==================================
 step            official code (HoppingTooLate)                              here
 ==============  ==========================================================  ==================================
-source          hidden state at the last token of ``r1_template.format(e1)``  the last token of ``e1`` in the
-                in the two-hop prompt                                       two-hop prompt (the same token)
+source          hidden state at the last token of                           the last token of ``e1`` in the
+                ``r1_template.format(e1)`` in the two-hop prompt            two-hop prompt (the same token)
 target          "Syria: Syria is a country in the Middle East, ... x"       ``ENTITY_PROMPT`` (the Patchscopes
                                                                             few-shot prompt)
 layers          every (source, target) pair                                 source layer = target layer
