@@ -2,8 +2,8 @@
 
 Patchscopes (Ghandeharioun et al. 2024, Sec. 4.2) take the LRE relations
 (Hernandez et al. 2024: country -> currency, company -> CEO, fruit -> colour, ...).
-The source is the subject's last token (here the subject written alone, a neutral
-context) at layer ``l``; the target is the task's attribute prompt with ``x`` in
+The source is the subject's last token in a WikiText sentence (``--source subject``: the
+subject alone, the earlier design) at layer ``l``; the target is the task's attribute prompt with ``x`` in
 place of the subject (``"The official currency of x"``), patched at layer ``l*``.
 An answer is correct when the object occurs in the generation::
 
@@ -35,11 +35,20 @@ source          ``prompt_source`` (a WikiText sentence with the subject),     ``
 target          ``prompt_target`` ("The official currency of x"),             same, at ``x``
                 ``position_target = -1``
 population      ``only_correct``: rows with ``is_correct_baseline`` (the      ``only_correct=True``: our model's own
-                model answers ``target_baseline`` itself)                     input-only answer contains the object
-layers          every (source, target) pair                                   every pair (``--layer-stride`` thins)
-new tokens      ``patchscopes_utils.py``: ``evaluate_attriburte_exraction_batch``  10 (``--max-new-tokens``)
-                (``max_gen_len=10``)
-correct         object in the generation                                      case-insensitive substring
+                model answers ``target_baseline`` itself, 20 tokens in        answer to ``target_baseline`` (20
+                ``generations_baseline``)                                     tokens) contains the object
+samples         every TSV row: a subject with each of its WikiText            the first context of each subject
+                contexts                                                      (named deviation: one row per subject)
+layers          ``run_experiment``: ``range(mt.num_layers-1)`` for source     the same (``--all-layers`` adds the
+                and target (the last layer left out)                          last; ``--layer-stride`` thins)
+new tokens      ``patchscopes_utils.py``:                                     10 (``--max-new-tokens``)
+                ``evaluate_attriburte_exraction_batch`` (``max_gen_len=10``,
+                ``is_icl=False``)
+correct         ``object.replace(" ", "")`` in the generation with spaces     ``--match patchscopes`` (default), the
+                removed, case-sensitive                                       same; ``substring`` (case-insensitive):
+                                                                              the earlier design
+input only      --                                                            Li et al.: ``target_baseline``, 10
+                                                                              tokens (as the patched rows)
 best pair       --                                                            beside its shuffled-object chance
                                                                               level (:func:`pair_chance`)
 ==============  ============================================================  ==================================
@@ -52,7 +61,6 @@ import time
 from pathlib import Path
 from typing import Iterable, Sequence
 
-import numpy as np
 import pandas as pd
 
 if __package__ in (None, ""):
@@ -65,8 +73,9 @@ from superscopes_nn.resolver import model_name  # noqa: E402
 from superscopes_nn.specs import Source, Target  # noqa: E402
 from superscopes_nn.validate import check_layer  # noqa: E402
 
-from superscopes_nn.baselines import contains, input_only  # noqa: E402
-from superscopes_nn.chance import chance_table  # noqa: E402
+from superscopes_nn.baselines import input_only  # noqa: E402
+from superscopes_nn.chance import alias_pairs, chance_table  # noqa: E402
+from superscopes_nn.scoring import MATCH_RULES, answer_match  # noqa: E402
 
 LRE_SUBDIR = "patchscopes_lre"
 """The LRE TSVs live in ``shared_data_dir() / LRE_SUBDIR`` (``$SUPERSCOPES_SHARED_DATA``, else ``../shared/data``)."""
@@ -146,7 +155,8 @@ def _check_samples(samples: pd.DataFrame) -> pd.DataFrame:
 def attribute_extraction(model, samples: pd.DataFrame, *, layers: Iterable[int] | None = None,
                          target_layers: Iterable[int] | None = None, layer_stride: int = 1,
                          baseline: bool = True, max_new_tokens: int = 10, max_batch_size: int = 64,
-                         source: str = "wikitext", only_correct: bool = True,
+                         source: str = "wikitext", only_correct: bool = True, match: str = "patchscopes",
+                         all_layers: bool = False, baseline_max_new_tokens: int = 20,
                          remote: bool | str = False, progress: bool = False,
                          run_dir=None, resume: bool = False, config: dict | None = None) -> pd.DataFrame:
     """Patchscope attribute extraction over (source layer, target layer) pairs, plus the input-only baseline.
@@ -154,13 +164,15 @@ def attribute_extraction(model, samples: pd.DataFrame, *, layers: Iterable[int] 
     Steps:
 
     0. input-only answers (subject text in place of ``x``); ``only_correct`` keeps the
-       samples answered correctly (the official ``is_correct_baseline`` filter);
+       samples answered correctly in ``baseline_max_new_tokens`` tokens (the official
+       ``is_correct_baseline`` filter);
     1. source = ``source="wikitext"``: the sample's WikiText context cropped after the subject
        (:func:`crop_context`), ``"subject"``: the subject alone; last token, layer ``l`` (residual);
     2. target = the task's prompt at ``x``, layer ``l*``; every pair of ``layers`` x
-       ``target_layers`` (default every ``layer_stride``-th layer); greedy generation;
-    3. if ``baseline``: the input-only rows are kept in the frame;
-    4. ``correct`` = the object is a substring of the generation (case-insensitive).
+       ``target_layers`` (default every ``layer_stride``-th layer but the last, as the official
+       ``range(num_layers - 1)``; ``all_layers`` keeps the last); greedy generation;
+    3. if ``baseline``: the input-only rows (``max_new_tokens``, as the patched rows) are kept;
+    4. ``correct`` = the object is in the generation under ``match`` (:data:`MATCH_RULES`).
 
     Columns: method (``patchscope`` / ``input_only``), task, subject, object, target_prompt,
     source_layer, target_layer (-1 for the baseline), interpretation, correct, model.
@@ -170,15 +182,23 @@ def attribute_extraction(model, samples: pd.DataFrame, *, layers: Iterable[int] 
         raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
     if isinstance(layer_stride, bool) or not isinstance(layer_stride, int) or layer_stride < 1:
         raise ValueError(f"layer_stride must be an int >= 1, got {layer_stride!r}")
+    if match not in MATCH_RULES:
+        raise ValueError(f"match must be one of {MATCH_RULES}, got {match!r}")
     n = num_layers(model._module.config)
     name = model_name(model)
-    src = list(range(0, n, layer_stride)) if layers is None else [check_layer(l, n, "source", name) for l in layers]
+    src = list(range(0, n if all_layers else n - 1, layer_stride)) if layers is None else [check_layer(l, n, "source", name) for l in layers]
     tgt = list(src) if target_layers is None else [check_layer(l, n, "target", name) for l in target_layers]
     if not src or not tgt:
         raise ValueError(f"empty layer list (source {src}, target {tgt})")
+    def ok(t, o):
+        return answer_match(t, [o], match)
+
     base = input_only(model, samples.target_prompt.tolist(), samples.subject.tolist(),
                       max_new_tokens=max_new_tokens, max_batch_size=max_batch_size, remote=remote)
-    base_ok = [contains(t, o) for t, o in zip(base.interpretation, samples.object)]
+    filt = base if baseline_max_new_tokens == max_new_tokens else input_only(
+        model, samples.target_prompt.tolist(), samples.subject.tolist(), max_new_tokens=baseline_max_new_tokens,
+        max_batch_size=max_batch_size, remote=remote)
+    base_ok = [ok(t, o) for t, o in zip(filt.interpretation, samples.object)]
     base_frame = pd.DataFrame({"method": "input_only", **{c: samples[c] for c in SAMPLE_COLUMNS},
                                "source_layer": -1, "target_layer": -1, "interpretation": base.interpretation})
     kept = samples[base_ok].reset_index(drop=True) if only_correct else samples
@@ -200,15 +220,18 @@ def attribute_extraction(model, samples: pd.DataFrame, *, layers: Iterable[int] 
     if not frames:
         frames = [base_frame.iloc[:0]]
     out = pd.concat(frames, ignore_index=True)
-    out["correct"] = [contains(t, o) for t, o in zip(out.interpretation, out.object)]
+    out["correct"] = [ok(t, o) for t, o in zip(out.interpretation, out.object)]
     out["model"] = name
-    out.attrs.update(source=source, only_correct=only_correct, n_samples=len(samples), n_kept=len(kept))
+    out.attrs.update(source=source, only_correct=only_correct, n_samples=len(samples), n_kept=len(kept), match=match,
+                     filter=pd.DataFrame({"task": samples.task, "subject": samples.subject, "object": samples.object,
+                                          "baseline_output": filt.interpretation, "kept": base_ok}))
     return out
 
 
-def pair_chance(df: pd.DataFrame, n_boot: int = 2000):
+def pair_chance(df: pd.DataFrame, n_boot: int = 2000, match: str | None = None):
     """"Some (l, l*) pair answers" per sample beside its chance level: each sample's patched outputs
-    matched (substring) against another sample's object, exact over derangements. None with < 2."""
+    matched (``match``, default ``df.attrs["match"]``, else ``patchscopes``) against another sample's
+    object, exact over derangements. None with < 2."""
     ps = df[df.method == "patchscope"].copy()
     if ps.empty:
         return None
@@ -217,11 +240,8 @@ def pair_chance(df: pd.DataFrame, n_boot: int = 2000):
         return None
     ps["pair"] = [f"{a}->{b}" for a, b in zip(ps.source_layer, ps.target_layer)]
     objects = dict(zip(ps.item, ps.object))
-
-    def contains_pairs(texts, refs):
-        return np.array([[float(contains(t, r)) for r in refs] for t in texts])
-
-    return chance_table(ps, contains_pairs, threshold=0.5, item="item", reference=objects, by=(), choice="pair",
+    rule = match or df.attrs.get("match") or "patchscopes"
+    return chance_table(ps, alias_pairs(rule), threshold=0.5, item="item", reference=objects, by=(), choice="pair",
                         arms={"some pair": None}, per_choice=False, n_boot=n_boot)
 
 
@@ -291,6 +311,9 @@ def parse_args(argv):
     p.add_argument("--source", choices=SOURCES, default="wikitext",
                    help="wikitext: the subject in its WikiText context (official); subject: the subject alone")
     p.add_argument("--all-samples", action="store_true", help="drop the official only_correct filter")
+    p.add_argument("--all-layers", action="store_true", help="also the last layer (official: range(num_layers - 1))")
+    p.add_argument("--match", choices=MATCH_RULES, default="patchscopes",
+                   help="answer test: patchscopes (official: case-sensitive, spaces removed); substring: any case")
     p.add_argument("--tasks", default="all", help="comma-separated LRE task names, or 'all'")
     p.add_argument("--layer-stride", type=int, default=1, help="every k-th layer, for source and target")
     p.add_argument("--lre-root", default=None, help="folder of the LRE TSVs (default $SUPERSCOPES_SHARED_DATA/patchscopes_lre, "
@@ -309,8 +332,10 @@ def main(argv=None, model=None) -> pd.DataFrame:
     model = model if model is not None else (load_model(args.model) if args.model else load_model())
     df = attribute_extraction(model, samples, layer_stride=args.layer_stride, max_new_tokens=args.max_new_tokens,
                               remote=args.remote, progress=True, source=args.source,
-                              only_correct=not args.all_samples, **store_kwargs(args, out, "attribute_extraction"))
+                              only_correct=not args.all_samples, match=args.match, all_layers=args.all_layers,
+                              **store_kwargs(args, out, "attribute_extraction"))
     df.to_csv(out / "attribute_extraction.csv", index=False)
+    df.attrs["filter"].to_csv(out / "attribute_extraction_filter.csv", index=False)
     print(f"{df.attrs['n_kept']} of {df.attrs['n_samples']} samples kept (only_correct={not args.all_samples})")
     if not (df.method == "patchscope").any():
         print("no sample left to patch")

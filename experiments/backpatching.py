@@ -22,8 +22,11 @@ Protocol against the official code (edenbiran/HoppingTooLate):
 step                   official code (file: function)                               here
 =====================  ===========================================================  ==================================
 hop checks             ``src/evaluate_dataset.py``: ``eval_first_hop``,             :func:`hop_answers`: the dataset's
-                       ``eval_second_hop``, ``eval_composition`` (generate, test    first/second-hop and two-hop
-                       answers)                                                     prompts, whole-word alias match
+                       ``eval_second_hop``, ``eval_composition``;                   first/second-hop and two-hop
+                       ``src/utils.py``: ``generate_and_test_answers``              prompts, 10 tokens; ``--match
+                       (10 greedy tokens), ``check_answer_in_pred``                 substring`` (default); ``word``
+                       (case-insensitive substring of the label or an               (whole words): the earlier design
+                       alias > 1 character)
 shortcuts              ``eval_entity_shortcut`` (r2 applied to e1),                 ``entity_shortcut_prompt`` (the
                        ``eval_relation_shortcut`` (r2(r1('')) without e1)           second-hop prompt with e1 for the
                                                                                     bridge), ``relation_shortcut_prompt``
@@ -59,14 +62,16 @@ if __package__ in (None, ""):  # run as a script: make `experiments` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from experiments.common import int_list, parser, setup, store_kwargs  # noqa: E402
+from experiments.two_hop import (  # noqa: E402,F401  (re-exported)
+    MATCH_RULES, QUERY_FIELDS, alias_match, answer_aliases, bridge_aliases, load_queries,
+)
 from superscopes_nn.architectures import num_layers  # noqa: E402
 from superscopes_nn.api import generate_plain, patchscope  # noqa: E402
 from superscopes_nn.resolver import model_name  # noqa: E402
 from superscopes_nn.specs import Source, Target  # noqa: E402
 from superscopes_nn.chance import alias_pairs, chance_table  # noqa: E402
 
-QUERY_FIELDS = ("id", "two_hop_prompt", "first_hop_prompt", "e1", "r1", "bridge", "bridge_aliases", "r2",
-                "second_hop_prompt", "answer", "answer_aliases")
+__all__ = ["QUERY_FIELDS", "load_queries", "hop_answers", "backpatching", "fix_chance", "summarize"]
 CATEGORIES = ("both_correct_composition_correct", "both_correct_composition_wrong",
               "first_hop_wrong", "second_hop_wrong")
 """Query classes of the paper: both hops answered correctly alone and the composition
@@ -83,57 +88,6 @@ BACKPATCH_COLUMNS = ["id", "source_layer", "target_layer", "interpretation", "co
 
 
 # ------------------------------------------------------------------ queries and scoring
-
-
-def load_queries(queries=None, limit: int | None = None, stratify: bool = False) -> pd.DataFrame:
-    """Two-hop queries as a DataFrame with :data:`QUERY_FIELDS` (default ``load_two_hop()``).
-
-    ``queries``: None, a path to a JSONL file, a ``datasets.Dataset``, a DataFrame or a
-    list of dicts. ``limit`` keeps the first ``limit`` queries; with ``stratify`` it takes
-    them round robin over the (r1, r2) relation pairs, so a small subset covers every
-    relation pair. Duplicate ids keep the first.
-    """
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise ValueError(f"limit must be an int >= 1, got {limit!r}")
-    if queries is None or isinstance(queries, (str, Path)):
-        from superscopes_nn.datasets import load_two_hop
-
-        queries = load_two_hop(queries)
-    if hasattr(queries, "to_pandas"):
-        queries = queries.to_pandas()
-    df = queries.copy() if isinstance(queries, pd.DataFrame) else pd.DataFrame([dict(q) for q in queries])
-    missing = [f for f in QUERY_FIELDS if f not in df.columns]
-    if missing:
-        raise ValueError(f"two-hop queries lack fields {missing}; have {list(df.columns)}")
-    for col in ("bridge_aliases", "answer_aliases"):
-        df[col] = [list(a) if a is not None and not isinstance(a, float) else [] for a in df[col]]
-    df = df[list(QUERY_FIELDS)].drop_duplicates("id").reset_index(drop=True)
-    if limit is not None:
-        if stratify:
-            rank = df.groupby(["r1", "r2"], sort=False).cumcount()
-            df = df.iloc[rank.sort_values(kind="stable").index]
-        df = df.head(limit).reset_index(drop=True)
-    if df.empty:
-        raise ValueError("no two-hop queries given")
-    return df
-
-
-def alias_match(text, aliases: Iterable[str]) -> bool:
-    """``superscopes_nn.scoring.alias_match`` (case-insensitive whole-word match, aliases of length <= 1
-    ignored); a missing text (an errored row) never matches."""
-    if not isinstance(text, str):
-        return False
-    from superscopes_nn.scoring import alias_match as match
-
-    return bool(match(text, list(aliases)))
-
-
-def answer_aliases(q) -> list[str]:
-    return [q["answer"], *list(q["answer_aliases"])]
-
-
-def bridge_aliases(q) -> list[str]:
-    return [q["bridge"], *list(q["bridge_aliases"])]
 
 
 def classify(first_ok: bool, second_ok: bool, two_hop_ok: bool) -> str:
@@ -159,12 +113,12 @@ def relation_shortcut_prompt(q) -> str:
 
 
 def hop_answers(model, queries: pd.DataFrame, *, max_new_tokens: int = 10, max_batch_size: int = 64,
-                remote: bool | str = False) -> pd.DataFrame:
+                remote: bool | str = False, match: str = "substring") -> pd.DataFrame:
     """Greedy answers to the two-hop, first-hop, second-hop and the two shortcut prompts of every query.
 
     Steps: one batched :func:`generate_plain` over all 5 x N prompts; the two-hop,
     second-hop and shortcut outputs are correct when they contain the answer or an alias,
-    the first-hop output when it contains the bridge or an alias; :func:`classify`;
+    the first-hop output when it contains the bridge or an alias (``match``, :data:`MATCH_RULES`); :func:`classify`;
     ``paper_population`` = composition wrong, both hops right, neither shortcut right.
 
     Columns: :data:`HOP_COLUMNS`, one row per query, in query order.
@@ -178,9 +132,10 @@ def hop_answers(model, queries: pd.DataFrame, *, max_new_tokens: int = 10, max_b
     rows = []
     for i, (_, q) in enumerate(queries.iterrows()):
         two, first, second, ent, rel = (texts[k * n + i] for k in range(5))
-        ok2, ok1, okb = (alias_match(two, answer_aliases(q)), alias_match(first, bridge_aliases(q)),
-                         alias_match(second, answer_aliases(q)))
-        oke, okr = alias_match(ent, answer_aliases(q)), alias_match(rel, answer_aliases(q))
+        ans = answer_aliases(q)
+        ok2, ok1, okb = (alias_match(two, ans, match), alias_match(first, bridge_aliases(q), match),
+                         alias_match(second, ans, match))
+        oke, okr = alias_match(ent, ans, match), alias_match(rel, ans, match)
         rows.append(dict(id=q["id"], two_hop_output=two, two_hop_correct=ok2, first_hop_output=first,
                          first_hop_correct=ok1, second_hop_output=second, second_hop_correct=okb,
                          entity_shortcut_output=ent, entity_shortcut_correct=oke,
@@ -219,7 +174,7 @@ def backpatching(model, queries=None, *, limit: int | None = None, stratify: boo
                  layers: Iterable[int] | None = None,
                  pairs: Sequence[tuple[int, int]] | None = None, max_new_tokens: int = 10,
                  max_batch_size: int = 64, remote: bool | str = False, progress: bool = False,
-                 hops: pd.DataFrame | None = None, population: str = "paper",
+                 hops: pd.DataFrame | None = None, population: str = "paper", match: str = "substring",
                  run_dir=None, resume: bool = False, config: dict | None = None) -> pd.DataFrame:
     """Back-patch every two-hop query for every layer pair ``(s, t)``, ``s > t``.
 
@@ -230,8 +185,8 @@ def backpatching(model, queries=None, *, limit: int | None = None, stratify: boo
     2. source = the two-hop prompt's last token, residual stream after layer ``s``;
        target = the same prompt and position, layer ``t``; greedy-generate
        ``max_new_tokens`` tokens (prompt pass patched only), all rows batched;
-    3. a row is correct when its output contains the answer or an alias (length > 1,
-       case-insensitive).
+    3. a row is correct when its output contains the answer or an alias (``match``:
+       ``substring`` = case-insensitive substring, the official test; ``word`` = whole words).
 
     ``pairs`` overrides ``layers`` (default: all layers, L(L-1)/2 pairs); ``limit`` and
     ``stratify``: see :func:`load_queries`; ``population``: which queries are back-patched
@@ -253,13 +208,14 @@ def backpatching(model, queries=None, *, limit: int | None = None, stratify: boo
     if population not in POPULATIONS:
         raise ValueError(f"population must be one of {POPULATIONS}, got {population!r}")
     if hops is None:
-        hops = hop_answers(model, qs, max_new_tokens=max_new_tokens, max_batch_size=max_batch_size, remote=remote)
+        hops = hop_answers(model, qs, max_new_tokens=max_new_tokens, max_batch_size=max_batch_size, remote=remote,
+                           match=match)
     keep = {"paper": hops.paper_population.astype(bool) if "paper_population" in hops else hops.id.isna(),
             "wrong": ~hops.two_hop_correct.astype(bool), "all": hops.id.notna()}[population]
     qs = qs[qs.id.isin(set(hops.id[keep.to_numpy()]))].reset_index(drop=True)
     if qs.empty:
         df = pd.DataFrame(columns=BACKPATCH_COLUMNS)
-        df.attrs.update(hops=hops, model=model_name(model), population=population, answers={})
+        df.attrs.update(hops=hops, model=model_name(model), population=population, answers={}, match=match)
         return df
     res = patchscope(model, backpatch_patches(qs, pairs), max_new_tokens=max_new_tokens,
                      max_batch_size=max_batch_size, remote=remote, progress=progress,
@@ -270,22 +226,25 @@ def backpatching(model, queries=None, *, limit: int | None = None, stratify: boo
         "id": ids, "source_layer": res.source_layer.astype(int), "target_layer": res.target_layer.astype(int),
         "interpretation": res.interpretation, "error": res.error,
     })
-    df["correct"] = [alias_match(t, aliases[i]) for t, i in zip(df.interpretation, df.id)]
+    df["correct"] = [alias_match(t, aliases[i], match) for t, i in zip(df.interpretation, df.id)]
     df = df.merge(hops[["id", "two_hop_correct", "category"]], on="id", how="left")[BACKPATCH_COLUMNS]
-    df.attrs.update(hops=hops, model=model_name(model), population=population, answers=aliases)
+    df.attrs.update(hops=hops, model=model_name(model), population=population, answers=aliases, match=match)
     return df
 
 
-def fix_chance(df: pd.DataFrame, answers: dict | None = None, n_boot: int = 2000) -> pd.DataFrame | None:
+def fix_chance(df: pd.DataFrame, answers: dict | None = None, n_boot: int = 2000,
+               match: str | None = None) -> pd.DataFrame | None:
     """"Some pair fixes" beside its chance level: each wrong query's back-patched outputs (every
     (s, t) pair) matched against another query's answer aliases, averaged over all derangements
-    (:func:`superscopes_nn.chance.chance_table`). None with fewer than 2 wrong queries."""
+    (:func:`superscopes_nn.chance.chance_table`), under ``match`` (default ``df.attrs["match"]``, else
+    ``substring``). None with fewer than 2 wrong queries."""
     answers = df.attrs.get("answers") if answers is None else answers
     wrong = df[~df.two_hop_correct.astype(bool)].copy()
     if answers is None or wrong.id.nunique() < 2:
         return None
     wrong["pair"] = [f"{s}->{t}" for s, t in zip(wrong.source_layer, wrong.target_layer)]
-    return chance_table(wrong, alias_pairs(), threshold=0.5, item="id", reference=answers, by=(), choice="pair",
+    rule = match or df.attrs.get("match") or "substring"
+    return chance_table(wrong, alias_pairs(rule), threshold=0.5, item="id", reference=answers, by=(), choice="pair",
                         arms={"some pair": None}, per_choice=False, n_boot=n_boot)
 
 
@@ -368,6 +327,8 @@ def parse_args(argv):
     p.add_argument("--population", choices=POPULATIONS, default="paper",
                    help="paper: the official population (both hops known, composition wrong, no shortcut); "
                         "wrong: every wrong two-hop query; all: every query")
+    p.add_argument("--match", choices=MATCH_RULES, default="substring",
+                   help="answer test: substring (official, case-insensitive); word: whole words (earlier design)")
     return p.parse_args(argv)
 
 
@@ -379,7 +340,7 @@ def main(argv=None, model=None) -> pd.DataFrame:
     df = backpatching(model, args.data, limit=args.limit, stratify=args.stratify, layers=layers,
                       max_new_tokens=args.max_new_tokens,
                       max_batch_size=args.max_batch_size, remote=args.remote, progress=True,
-                      population=args.population, **store_kwargs(args, out, "backpatching"))
+                      population=args.population, match=args.match, **store_kwargs(args, out, "backpatching"))
     hops = df.attrs["hops"]
     summary = summarize(df)
     chance = fix_chance(df)

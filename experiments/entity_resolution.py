@@ -18,9 +18,38 @@ description. The Li et al. (2025) input-only baseline (the name written in
 place of ``x``, plain generation; ``method == "input_only"``) is scored the same
 way and drawn beside the per-layer curves.
 
+Chance levels (:func:`entity_chance`, on :func:`superscopes_nn.chance.layer_chance`): each
+entity's generations scored against *another* entity's aliases / description (exact average
+over derangements of the entities), per layer and for the best-of-layers score, with bootstrap
+95% intervals over entities.
+
 Run::
 
     .venv/bin/python experiments/entity_resolution.py --limit 20 --out runs/entity_resolution
+
+Protocol against the official code (PAIR-code/interpretability, ``patchscopes/code/entity_processing.ipynb``,
+the cell calling ``inspect`` of ``patchscopes_utils.py``):
+
+==============  =========================================================  ====================================
+step            official code                                              here
+==============  =========================================================  ====================================
+entities        PopQA (``popQA.tsv``): the 200 least and 200 most popular  ``superscopes_nn/data/entities.jsonl``
+                subjects (``s_pop``), no reference descriptions            (curated one-line descriptions;
+                                                                           named deviation: no PopQA offline)
+source          ``prompt_source`` = the entity name, ``position_source     same (the name alone, last token)
+                = -1``
+target          the few-shot ``prompt_target`` ("Syria: Country in the     ``ENTITY_PROMPT`` (the same text),
+                Middle East, ..., x"), ``position_target = -1``            at ``x`` (its last token)
+layers          ``layer_target = layer_source``, ``range(10)`` (Pythia     same layer; the script: ``range(10)``
+                12B, 36 layers)                                            (``--all-layers``: every layer, the
+                                                                           earlier design); the function: all
+new tokens      ``max_gen_len = 50``, greedy                               50 (``--max-new-tokens``; 20 was the
+                                                                           earlier design)
+scoring         none in the notebook (the paper: RougeL against            ``alias``, ``rouge_l``, ``cosine``
+                Wikipedia descriptions)                                    against the curated description
+baseline        --                                                         Li et al. input-only (name for ``x``)
+chance          --                                                         :func:`entity_chance`
+==============  =========================================================  ====================================
 """
 
 from __future__ import annotations
@@ -47,6 +76,8 @@ from superscopes_nn.baselines import input_only  # noqa: E402
 METRICS = ("alias", "rouge_l", "cosine")
 """Metric names (as in :data:`superscopes_nn.scoring.METRICS`); each adds a ``score_<name>`` column."""
 ENTITY_COLUMNS = ("name", "type", "description", "aliases")
+OFFICIAL_LAYERS = 10
+"""``entity_processing.ipynb`` loops ``for layer_source in range(10)``: the script's default layers."""
 
 
 def entity_table(entities=None, limit: int | None = None) -> pd.DataFrame:
@@ -116,7 +147,7 @@ def score(df: pd.DataFrame, ents: pd.DataFrame, metrics: Sequence[str] = METRICS
 
 def entity_resolution(model, entities=None, *, limit: int | None = None, layers: Iterable[int] | None = None,
                       target_prompt: str = ENTITY_PROMPT, metrics: Sequence[str] = METRICS,
-                      baseline: bool = True, max_new_tokens: int = 20, max_batch_size: int = 64,
+                      baseline: bool = True, max_new_tokens: int = 50, max_batch_size: int = 64,
                       target_model=None, mapping=None, remote: bool | str = False,
                       progress: bool = False,
                       run_dir=None, resume: bool = False, config: dict | None = None) -> pd.DataFrame:
@@ -173,6 +204,42 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index()
 
 
+def entity_chance(df: pd.DataFrame, ents: pd.DataFrame | None = None, metrics: Sequence[str] = METRICS,
+                  n_boot: int = 2000, n_derangements: int | None = None) -> pd.DataFrame:
+    """Every metric per layer and best over layers, beside its shuffled-entity chance level.
+
+    Per ``method`` (``patchscope``; ``input_only`` as one "layer" -1): entity i's texts scored
+    against entity j's references, j != i (the exact derangement average, or ``n_derangements``
+    sampled ones): ``alias`` = the whole continuation names j's name or an alias (a rate);
+    ``rouge_l`` / ``cosine`` = its description part (``answer``) against j's description (mean
+    scores; an empty answer scores 0). ``ents``: the entity table (:func:`entity_table`, default
+    all entities) for the aliases. Columns: ``metric``, ``method``, then those of
+    :func:`superscopes_nn.chance.layer_chance` (``scope`` "layer" or "best of layers").
+    """
+    from superscopes_nn.chance import alias_pairs, cosine_pairs, layer_chance, rouge_pairs
+
+    ents = entity_table(ents)
+    by_name = ents.drop_duplicates("name").set_index("name")
+    names = sorted(df.entity.unique(), key=str)
+    missing = sorted(set(names) - set(by_name.index))
+    if missing:
+        raise ValueError(f"entities not in the entity table: {missing[:5]}")
+    specs = {"alias": (alias_pairs(), 0.5, "interpretation", {n: [n, *list(by_name.aliases[n])] for n in names}),
+             "rouge_l": (rouge_pairs(), None, "answer", {n: by_name.description[n] for n in names}),
+             "cosine": (cosine_pairs(), None, "answer", {n: by_name.description[n] for n in names})}
+    frames = []
+    for m in metrics:
+        pairs, thr, text, refs = specs[m]
+        for method, part in df.groupby("method", sort=True):
+            t = layer_chance(part, pairs, threshold=thr, reference=refs, item="entity", text=text, n_boot=n_boot,
+                             n_derangements=n_derangements)
+            if method != "patchscope":
+                t = t[t.scope == "layer"]
+            frames.append(t.assign(metric=m, method=method))
+    out = pd.concat(frames, ignore_index=True)
+    return out[["metric", "method"] + [c for c in out.columns if c not in ("metric", "method")]]
+
+
 def plot(summary: pd.DataFrame, path: Path, title: str) -> None:
     import matplotlib
 
@@ -199,10 +266,12 @@ def plot(summary: pd.DataFrame, path: Path, title: str) -> None:
 
 
 def parse_args(argv):
-    p = parser("Entity resolution across layers (Patchscopes Sec. 4.4).", out="runs/entity_resolution", max_new_tokens=20,
+    p = parser("Entity resolution across layers (Patchscopes Sec. 4.4).", out="runs/entity_resolution", max_new_tokens=50,
                limit_help="number of entities (round robin over types)")
     p.add_argument("--entities", default=None, help="a JSON Lines file of entities (default: superscopes_nn/data/entities.jsonl)")
     p.add_argument("--layer-stride", type=int, default=1, help="every k-th layer")
+    p.add_argument("--all-layers", action="store_true",
+                   help=f"every layer (default: the official range({OFFICIAL_LAYERS}), layers 0..{OFFICIAL_LAYERS - 1})")
     p.add_argument("--metrics", default=",".join(METRICS),
                    help="comma-separated subset of " + ",".join(METRICS) + " ('' = generate only)")
     return check_args(p, p.parse_args(argv))
@@ -216,7 +285,8 @@ def main(argv=None, model=None) -> pd.DataFrame:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     model = model if model is not None else (load_model(args.model) if args.model else load_model())
-    layers = range(0, num_layers(model._module.config), args.layer_stride)
+    n = num_layers(model._module.config)
+    layers = range(0, n if args.all_layers else min(OFFICIAL_LAYERS, n), args.layer_stride)
     metrics = [m for m in args.metrics.split(",") if m]
     entities = pd.read_json(args.entities, lines=True) if args.entities else None
     df = entity_resolution(model, entities, limit=args.limit, layers=layers, metrics=metrics,
@@ -225,6 +295,13 @@ def main(argv=None, model=None) -> pd.DataFrame:
     summary = summarize(df)
     df.to_csv(out / "entity_resolution.csv", index=False)
     summary.to_csv(out / "entity_resolution_summary.csv", index=False)
+    if metrics and df.entity.nunique() > 1:
+        chance = entity_chance(df, entities, metrics)
+        chance.to_csv(out / "entity_resolution_chance.csv", index=False)
+        best = chance[chance.scope == "best of layers"]
+        for r in best.itertuples():
+            print(f"{r.metric}, best of layers: {r.raw:.3f} [{r.raw_lo:.3f}, {r.raw_hi:.3f}]; shuffled-entity "
+                  f"chance {r.null:.3f}; above {r.above:+.3f} [{r.above_lo:+.3f}, {r.above_hi:+.3f}] (n={r.n})")
     n_ent = df.entity.nunique()
     plot(summary, out / "entity_resolution.png", f"{model_name(model)}: entity descriptions by layer ({n_ent} entities)")
     print(summary.round(3).to_string(index=False))

@@ -17,6 +17,23 @@ Sec. 4; Patchscopes Sec. 4.4)::
 Run::
 
     .venv/bin/python experiments/entity_resolution_bridge.py --limit 20 --out runs/bridge_resolution
+
+"Decodable at some layer" is a best-of-layers score: :func:`bridge_chance` sets the shuffled-bridge
+chance level beside it. The nearest official code is edenbiran/HoppingTooLate
+``src/generate_entity_description.py`` (``generate_entity_description_with_patching``, source ``e1``);
+this experiment is **not** that protocol, and its defaults are the earlier design:
+
+==============  ==========================================================  ==================================
+step            official code (HoppingTooLate)                              here
+==============  ==========================================================  ==================================
+source          hidden state at the last token of                           the last token of ``e1`` in the
+                ``r1_template.format(e1)`` in the two-hop prompt            two-hop prompt (the same token)
+target          "Syria: Syria is a country in the Middle East, ... x"       ``ENTITY_PROMPT`` (the Patchscopes
+                                                                            few-shot prompt)
+layers          every (source, target) pair                                 source layer = target layer
+decoding        sampled (``--do-sample`` default on, seed 0), 10 tokens     greedy, 20 tokens
+scoring         none in the script                                          alias match (+ MiniLM cosine)
+==============  ==========================================================  ==================================
 """
 
 from __future__ import annotations
@@ -39,9 +56,7 @@ from superscopes_nn.resolver import find_token, model_name  # noqa: E402
 from superscopes_nn.specs import ENTITY_PROMPT, Source, Target  # noqa: E402
 from superscopes_nn.validate import check_layer  # noqa: E402
 
-from experiments.backpatching import (  # noqa: E402
-    alias_match, bridge_aliases, load_queries,
-)
+from experiments.two_hop import alias_match, bridge_aliases, load_queries  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +148,17 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
               .reset_index())
 
 
+def bridge_chance(df: pd.DataFrame, queries=None, n_boot: int = 2000) -> pd.DataFrame:
+    """"Decodable" per layer and at some layer (a best-of-layers score) beside the shuffled-bridge
+    chance level: each query's descriptions matched against another query's bridge aliases, exact
+    over derangements (:func:`superscopes_nn.chance.layer_chance`), intervals over queries."""
+    from superscopes_nn.chance import alias_pairs, layer_chance
+
+    qs = load_queries(queries)
+    aliases = {q["id"]: bridge_aliases(q) for _, q in qs.iterrows() if q["id"] in set(df.id)}
+    return layer_chance(df, alias_pairs(), threshold=0.5, reference=aliases, item="id", n_boot=n_boot)
+
+
 def first_layers(df: pd.DataFrame) -> pd.Series:
     """Per query id, the first layer where the bridge is decodable (NaN if never)."""
     hit = df[df.decodable]
@@ -177,6 +203,12 @@ def main(argv=None, model=None) -> pd.DataFrame:
     summary = summarize(df)
     df.to_csv(out / "bridge_resolution.csv", index=False)
     summary.to_csv(out / "bridge_resolution_summary.csv", index=False)
+    if df.id.nunique() > 1:
+        chance = bridge_chance(df, args.data)
+        chance.to_csv(out / "bridge_resolution_chance.csv", index=False)
+        b = chance[chance.scope == "best of layers"].iloc[0]
+        print(f"decodable at some layer {b.raw_count:.0f}/{b.n} [{b.raw_lo:.2f}, {b.raw_hi:.2f}]; shuffled-bridge "
+              f"chance {b.null_count:.1f}/{b.n}; above {b.above:+.2f} [{b.above_lo:+.2f}, {b.above_hi:+.2f}]")
     plot(summary, out / "bridge_resolution.png",
          f"Bridge entity decodable at e1's last token, {df.attrs['model']} ({df.id.nunique()} queries, "
          f"{len(df.attrs['skipped'])} skipped)")

@@ -37,8 +37,12 @@ population         ``only_correct``: ``is_correct_baseline_hop2`` and          `
                                                                                the second-hop prompt to the answer
 patched tokens     ``max_gen_len=10``                                          10
 vanilla baseline   ``baseline_multihop3`` (the whole query), 20 tokens         ``vanilla``, 20 tokens
-correct            ``object in generation`` (also without spaces)              whole-word alias match (named
-                                                                               deviation: aliases of our data set)
+correct            ``object in generation`` (also without spaces),             ``--match patchscopes`` (default):
+                   case-sensitive                                              the same test on the answer or any
+                                                                               alias of our data set; ``word``
+                                                                               (whole words): the earlier design
+data               45 (product, company, CEO) triples (``multihop_samples``)   ``two_hop.jsonl`` (182 queries;
+                                                                               named deviation, ``--data``)
 CoT baseline       none                                                        ``cot`` ("Let's think step by step.")
                                                                                kept as an extra
 =================  ==========================================================  ===============================
@@ -67,9 +71,7 @@ from superscopes_nn.resolver import model_name  # noqa: E402
 from superscopes_nn.specs import Source, Target  # noqa: E402
 from superscopes_nn.chance import alias_pairs, chance_table  # noqa: E402
 
-from experiments.backpatching import (  # noqa: E402
-    alias_match, answer_aliases, bridge_aliases, load_queries,
-)
+from experiments.two_hop import MATCH_RULES, alias_match, answer_aliases, bridge_aliases, load_queries  # noqa: E402
 
 COT_PREFIX = "Let's think step by step."
 METHODS = ("patchscope", "vanilla", "cot")
@@ -140,6 +142,7 @@ def multihop_cot(model, queries=None, *, limit: int | None = None, stratify: boo
                  pairs: Sequence[tuple[int, int]] | None = None, max_new_tokens: int = 10,
                  cot_max_new_tokens: int | None = None, baselines: bool = True, max_batch_size: int = 64,
                  direction: str = "official", only_correct: bool = True, baseline_max_new_tokens: int = 20,
+                 match: str = "patchscopes",
                  remote: bool | str = False, progress: bool = False,
                  run_dir=None, resume: bool = False, config: dict | None = None) -> pd.DataFrame:
     """Multi-hop Patchscope over layer pairs plus the vanilla and CoT baselines.
@@ -156,7 +159,8 @@ def multihop_cot(model, queries=None, *, limit: int | None = None, stratify: boo
     3. if ``baselines``: plain generation on the two-hop prompt (``vanilla``,
        ``baseline_max_new_tokens``) and on ``"Let's think step by step. " + two-hop prompt``
        (``cot``, ``cot_max_new_tokens`` tokens, default 2 x ``max_new_tokens``);
-    4. correct = the output contains the answer or an alias (length > 1, case-insensitive).
+    4. correct = the output contains the answer or an alias under ``match`` (:data:`MATCH_RULES`;
+       ``patchscopes``: case-sensitive substring, also with spaces removed, as the notebook).
 
     ``pairs`` (``(l, l*)``) overrides ``layers`` (default: every layer x every layer).
 
@@ -185,13 +189,14 @@ def multihop_cot(model, queries=None, *, limit: int | None = None, stratify: boo
                                max_batch_size, remote)
         n_q = len(qs)
         hops = pd.DataFrame({"id": qs.id, "hop1_output": texts[:n_q], "hop2_output": texts[n_q:]})
-        hops["hop1_correct"] = [alias_match(t, bridge_aliases(q)) for t, (_, q) in zip(texts[:n_q], qs.iterrows())]
-        hops["hop2_correct"] = [alias_match(t, answer_aliases(q)) for t, (_, q) in zip(texts[n_q:], qs.iterrows())]
+        rows = [q for _, q in qs.iterrows()]
+        hops["hop1_correct"] = [alias_match(t, bridge_aliases(q), match) for t, q in zip(texts[:n_q], rows)]
+        hops["hop2_correct"] = [alias_match(t, answer_aliases(q), match) for t, q in zip(texts[n_q:], rows)]
         keep = (hops.hop1_correct & hops.hop2_correct).tolist()
         qs = qs[keep].reset_index(drop=True)
     if qs.empty:
         out = pd.DataFrame(columns=COT_COLUMNS)
-        out.attrs.update(model=model_name(model), skipped=skipped, hops=hops, direction=direction)
+        out.attrs.update(model=model_name(model), skipped=skipped, hops=hops, direction=direction, match=match)
         return out
     res = patchscope(model, cot_patches(qs, pairs, direction=direction), max_new_tokens=max_new_tokens, max_batch_size=max_batch_size,
                      remote=remote, progress=progress, run_dir=run_dir, resume=resume, config=config)
@@ -211,21 +216,24 @@ def multihop_cot(model, queries=None, *, limit: int | None = None, stratify: boo
                                         "prompt": prompts, "target_prompt": "", "interpretation": texts,
                                         "error": None}))
     out = pd.concat(frames, ignore_index=True)
-    out["correct"] = [alias_match(t, aliases[i]) for t, i in zip(out.interpretation, out.id)]
+    out["correct"] = [alias_match(t, aliases[i], match) for t, i in zip(out.interpretation, out.id)]
     out = out[COT_COLUMNS]
-    out.attrs.update(model=model_name(model), skipped=skipped, hops=hops, direction=direction, answers=aliases)
+    out.attrs.update(model=model_name(model), skipped=skipped, hops=hops, direction=direction, answers=aliases,
+                     match=match)
     return out
 
 
-def pair_chance(df: pd.DataFrame, answers: dict | None = None, n_boot: int = 2000):
+def pair_chance(df: pd.DataFrame, answers: dict | None = None, n_boot: int = 2000, match: str | None = None):
     """"Some (l, l*) pair answers" beside its chance level: each query's patched outputs matched
-    against another query's answer aliases, exact over derangements. None with < 2 queries."""
+    (``match``, default ``df.attrs["match"]``, else ``patchscopes``) against another query's answer
+    aliases, exact over derangements. None with < 2 queries."""
     answers = df.attrs.get("answers") if answers is None else answers
     ps = df[df.method == "patchscope"].copy()
     if answers is None or ps.id.nunique() < 2:
         return None
     ps["pair"] = [f"{a}->{b}" for a, b in zip(ps.source_layer, ps.target_layer)]
-    return chance_table(ps, alias_pairs(), threshold=0.5, item="id", reference=answers, by=(), choice="pair",
+    rule = match or df.attrs.get("match") or "patchscopes"
+    return chance_table(ps, alias_pairs(rule), threshold=0.5, item="id", reference=answers, by=(), choice="pair",
                         arms={"some pair": None}, per_choice=False, n_boot=n_boot)
 
 
@@ -286,6 +294,8 @@ def parse_args(argv):
     p.add_argument("--direction", choices=DIRECTIONS, default="official",
                    help="official: second-hop prefix -> first-hop phrase; reversed: first hop -> 'The r2 of x is'")
     p.add_argument("--all-queries", action="store_true", help="drop the official only_correct filter")
+    p.add_argument("--match", choices=MATCH_RULES, default="patchscopes",
+                   help="answer test: patchscopes (official: case-sensitive, spaces removed); word: whole words")
     return p.parse_args(argv)
 
 
@@ -297,11 +307,13 @@ def main(argv=None, model=None) -> pd.DataFrame:
     df = multihop_cot(model, args.data, limit=args.limit, stratify=args.stratify, layers=layers,
                       max_new_tokens=args.max_new_tokens,
                       max_batch_size=args.max_batch_size, remote=args.remote, progress=True,
-                      direction=args.direction, only_correct=not args.all_queries,
+                      direction=args.direction, only_correct=not args.all_queries, match=args.match,
                       **store_kwargs(args, out, "multihop_cot"))
     summary = summarize(df)
     report_pair_chance(pair_chance(df), out / "multihop_cot_chance.csv", "shuffled-answer")
     df.to_csv(out / "multihop_cot.csv", index=False)
+    if df.attrs.get("hops") is not None:
+        df.attrs["hops"].to_csv(out / "multihop_cot_hops.csv", index=False)
     summary.to_csv(out / "multihop_cot_summary.csv", index=False)
     if len(df):
         plot(df, summary, out / "multihop_cot.png",

@@ -24,6 +24,24 @@ first token a greedy generation would produce.
 Run::
 
     .venv/bin/python experiments/token_identity.py --limit 10 --layer-stride 2 --out runs/token_identity
+
+Protocol against the official code (PAIR-code/interpretability, ``patchscopes/code/next_token_prediction.ipynb``,
+cells "Prompt-id mappings" and "Evaluate the ID prompt ...", ``evaluate_patch_next_token_prediction``):
+
+==============  ==========================================================  ==================================
+step            official code                                               here
+==============  ==========================================================  ==================================
+sentences       The Pile (deduplicated), < 250 words, shuffled (seed 42);   ``next_token_sample.txt`` (30 plain
+                2000 validation texts                                       sentences; named deviation: no hub)
+positions       one random position per text (``random.randint``)           every position (``--max-positions``
+                                                                            keeps the first k)
+target          ``"cat -> cat\n1135 -> 1135\nhello -> hello\n?"``,          same, at ``?``, same layer
+                ``position_target = -1``, ``layer_target = layer_source``
+score           precision@1 against the model's own next token              same (one greedy token)
+lens            "identity" (the state patched into the last layer of the    the logit lens (final norm +
+                same prompt)                                                unembedding: the same quantity)
+mappings        affine mappings (least squares on 10000 texts)              not run (``superscopes_nn.mapping``)
+==============  ==========================================================  ==================================
 """
 
 from __future__ import annotations

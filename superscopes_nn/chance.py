@@ -28,8 +28,9 @@ interval over items (the items, e.g. prompts, are resampled with their layers).
 
 Scores against other references come from a *pair scorer*
 ``score_pairs(texts, refs) -> [len(texts), len(refs)] array``:
-:func:`cosine_pairs` (MiniLM, the Superscopes rule) or :func:`alias_pairs`
-(whole-word alias match, entity names).
+:func:`cosine_pairs` (MiniLM, the Superscopes rule), :func:`alias_pairs` (answer or
+entity-name match) or :func:`rouge_pairs`. :func:`layer_chance` gives the per-layer and
+best-of-layers table of a layer sweep (entity resolution).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ import torch
 
 from .architectures import hidden_size
 from .resolver import resolve
-from .scoring import alias_match, embedding_matrix
+from .scoring import MATCH_RULES, answer_match, embedding_matrix, rouge_l
 from .specs import Compose, Fn, Source, Target
 
 PairScorer = Callable[[list, list], np.ndarray]
@@ -60,16 +61,30 @@ def cosine_pairs(embedder=None) -> PairScorer:
     return score
 
 
-def alias_pairs() -> PairScorer:
-    """``score(texts, alias_lists)``: 1.0 where text i names any alias of reference j, else 0.0."""
+def alias_pairs(rule: str = "word") -> PairScorer:
+    """``score(texts, alias_lists)``: 1.0 where text i names any alias of reference j, else 0.0
+    (:func:`superscopes_nn.scoring.answer_match` under ``rule``: ``word``, ``substring``, ``patchscopes``)."""
+    if rule not in MATCH_RULES:
+        raise ValueError(f"rule must be one of {MATCH_RULES}, got {rule!r}")
 
     def score(texts: list, refs: list) -> np.ndarray:
         out = np.zeros((len(texts), len(refs)))
         for j, r in enumerate(refs):
             aliases = [r] if isinstance(r, str) else list(r)
             for i, t in enumerate(texts):
-                out[i, j] = float(alias_match(_str(t), aliases))
+                out[i, j] = float(answer_match(_str(t), aliases, rule))
         return out
+
+    return score
+
+
+def rouge_pairs() -> PairScorer:
+    """``score(texts, refs)``: ROUGE-L F of every text with every reference."""
+
+    def score(texts: list, refs: list) -> np.ndarray:
+        texts = list(map(_str, texts))
+        flat = rouge_l([t for t in texts for _ in refs], [r for _ in texts for r in refs])
+        return np.asarray(flat, dtype=float).reshape(len(texts), len(refs))
 
     return score
 
@@ -347,3 +362,29 @@ def null_against(df: pd.DataFrame, others: Sequence, score_pairs: PairScorer, *,
     m = np.asarray(score_pairs(texts, others), dtype=float)
     m[[t == "" for t in texts]] = 0.0
     return (m > threshold).mean(axis=1)
+
+
+def layer_chance(df: pd.DataFrame, score_pairs: PairScorer, *, threshold: float | None, reference,
+                 item: str, text: str = "interpretation", layer: str = "source_layer", n_boot: int = 2000,
+                 n_derangements: int | None = None, seed: int = 0) -> pd.DataFrame:
+    """Per-layer rates and the best-of-layers score of a one-text-per-(item, layer) sweep, each beside
+    its shuffled-item chance level (item i's texts scored against item j's ``reference``, j a
+    derangement of the items; exact average over derangements unless ``n_derangements``).
+
+    Rows: ``scope == "layer"``: one per ``layer`` value (``raw``: mean over items of the score, or of
+    ``score > threshold``); ``scope == "best of layers"``: one row, the best over all layers per item
+    (a best-of-K score, K = number of layers). Columns as :func:`chance_table` (``raw``, ``null``,
+    ``above`` with ``_lo`` / ``_hi`` bootstrap bounds over items).
+    """
+    one = df.assign(_one="_")
+    per = chance_table(one, score_pairs, threshold=threshold, reference=reference, item=item, text=text,
+                       by=(layer,), choice="_one", arms={"layer": None}, per_choice=False, n_boot=n_boot,
+                       n_derangements=n_derangements, seed=seed)
+    per = per[per[layer] != "all"].assign(scope="layer")
+    best = chance_table(df, score_pairs, threshold=threshold, reference=reference, item=item, text=text, by=(),
+                        choice=layer, arms={"best of layers": None}, per_choice=False, n_boot=n_boot,
+                        n_derangements=n_derangements, seed=seed).assign(scope="best of layers")
+    best[layer] = "best"
+    out = pd.concat([per, best], ignore_index=True)
+    return out[["scope", layer] + [c for c in out.columns if c not in ("scope", layer, "arm")]]
+

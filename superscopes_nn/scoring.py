@@ -52,6 +52,8 @@ __all__ = [
     "METRICS",
     "Judge",
     "alias_match",
+    "MATCH_RULES",
+    "answer_match",
     "rouge_l",
     "load_embedder",
     "embedding_cosine",
@@ -100,6 +102,34 @@ def alias_match(text: str, aliases: Iterable[str]) -> bool:
 
 _UNSPACED_SCRIPTS = ("CJK", "HIRAGANA", "KATAKANA", "THAI", "LAO", "KHMER", "MYANMAR")
 """Scripts written without spaces between words: an alias edge in one of them needs no boundary."""
+
+
+MATCH_RULES = ("word", "substring", "patchscopes")
+"""How an answer is found in a generation (:func:`answer_match`)."""
+
+
+def answer_match(text, aliases: Iterable[str], rule: str = "word") -> bool:
+    """Whether ``text`` names any of ``aliases`` under ``rule``; a missing text never matches.
+
+    - ``"word"``: :func:`alias_match` (whole words, case-insensitive, aliases > 1 character);
+    - ``"substring"``: case-insensitive substring, aliases > 1 character (Hopping Too Late,
+      edenbiran/HoppingTooLate ``src/utils.py``: ``check_answer_in_pred`` and ``get_answers``);
+    - ``"patchscopes"``: case-sensitive substring, also with all spaces removed (PAIR-code/interpretability
+      ``patchscopes/code/patchscopes_utils.py``: ``evaluate_attriburte_exraction_batch``; ``multihop-CoT.ipynb``).
+    """
+    if rule not in MATCH_RULES:
+        raise ValueError(f"rule must be one of {MATCH_RULES}, got {rule!r}")
+    if not isinstance(text, str):
+        return False
+    if isinstance(aliases, str):
+        raise TypeError(f"aliases must be a list of strings, not the single string {aliases!r}")
+    if rule == "word":
+        return bool(alias_match(text, aliases))
+    if rule == "substring":
+        low = text.lower()
+        return any(len(a.strip()) > 1 and a.strip().lower() in low for a in aliases)
+    flat = text.replace(" ", "")
+    return any(a and (a in text or a.replace(" ", "") in flat) for a in aliases)
 
 
 def _fold(s: str) -> str:

@@ -116,6 +116,19 @@ def test_entity_resolution_main_without_metrics(model, tmp_path):
 # ----------------------------------------------------------------- attribute extraction
 
 
+def test_attribute_extraction_official_layers_and_match(model):
+    # official run_experiment: range(num_layers - 1) for source and target; the tiny model has 4 layers
+    df = ae.attribute_extraction(model, SAMPLES.head(1), max_new_tokens=2, only_correct=False, source="subject")
+    ps = df[df.method == "patchscope"]
+    assert set(ps.source_layer) == set(ps.target_layer) == {0, 1, 2} and df.attrs["match"] == "patchscopes"
+    full = ae.attribute_extraction(model, SAMPLES.head(1), max_new_tokens=2, only_correct=False, source="subject",
+                                   all_layers=True, layers=None)
+    assert set(full[full.method == "patchscope"].source_layer) == {0, 1, 2, 3}
+    assert list(df.attrs["filter"].columns) == ["task", "subject", "object", "baseline_output", "kept"]
+    with pytest.raises(ValueError, match="match must be one of"):
+        ae.attribute_extraction(model, SAMPLES.head(1), match="regex")
+
+
 def test_attribute_extraction_pairs_and_summary(model, tmp_path):
     df = ae.attribute_extraction(model, SAMPLES, layer_stride=2, max_new_tokens=4, only_correct=False,
                                  source="subject")

@@ -103,6 +103,20 @@ def test_fix_chance_on_a_made_up_frame():
     assert t.raw_count == 1 and t.null_count == pytest.approx(0.5) and t.n == 3
 
 
+def test_fix_chance_follows_the_match_rule():
+    # "Parisian" names Paris under the official substring test, not under whole words
+    df = pd.DataFrame({"id": ["a", "b"], "source_layer": [2] * 2, "target_layer": [1] * 2,
+                       "interpretation": ["a Parisian cafe", "Parisian"], "correct": [True, False],
+                       "two_hop_correct": [False] * 2, "category": ["both_correct_composition_wrong"] * 2})
+    answers = {"a": ["Paris"], "b": ["Rome"]}
+    sub = bp.fix_chance(df, answers).iloc[0]  # default: substring (HoppingTooLate check_answer_in_pred)
+    word = bp.fix_chance(df, answers, match="word").iloc[0]
+    assert (sub.raw_count, sub.null_count) == (1, pytest.approx(1.0)) and sub.n == 2  # b names a's answer
+    assert (word.raw_count, word.null_count) == (0, 0)
+    df.attrs["match"] = "word"
+    assert bp.fix_chance(df, answers).iloc[0].raw_count == 0
+
+
 def test_summary_counts_fixes_on_a_made_up_frame():
     hops = pd.DataFrame({"id": ["a", "b", "c"], "two_hop_correct": [False, False, True],
                          "category": ["both_correct_composition_wrong", "first_hop_wrong",
