@@ -12,10 +12,10 @@ import pytest
 RUNS = Path(__file__).resolve().parents[1] / "docs" / "runs"
 
 
-@pytest.mark.parametrize("protocol", ["official", "same-site"])
-def test_fig3_rows_give_the_committed_counts(protocol):
-    scored = pd.read_csv(RUNS / f"fig3_gemma-3-270m_{protocol}_scored.csv.gz")
-    chance = pd.read_csv(RUNS / f"fig3_gemma-3-270m_{protocol}_chance.csv")
+@pytest.mark.parametrize("protocol, decoding", [("official", ""), ("same-site", ""), ("official", "_llama2-chat-s0")])
+def test_fig3_rows_give_the_committed_counts(protocol, decoding):
+    scored = pd.read_csv(RUNS / f"fig3_gemma-3-270m_{protocol}{decoding}_scored.csv.gz")
+    chance = pd.read_csv(RUNS / f"fig3_gemma-3-270m_{protocol}{decoding}_chance.csv")
     assert len(scored) == 48 * 7 * 6 and scored.source_prompt.nunique() == 48
     assert sorted(scored.source_layer.unique()) == list(range(1, 8)) and scored["error"].isna().all()
     want_site = {"official": "residual", "same-site": "mlp_out"}[protocol]
