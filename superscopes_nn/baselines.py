@@ -53,3 +53,72 @@ def input_only(model, target_prompts: Sequence[str] | str, subjects: Sequence[st
 def contains(text, answer: str) -> bool:
     """Case-insensitive substring test (the Patchscopes attribute-extraction criterion)."""
     return isinstance(text, str) and answer.strip().lower() in text.lower()
+
+
+# ------------------------------------------------------------------ Li et al.'s zero-shot baseline
+
+PLAIN_CHAT_TEMPLATE = ("{{ bos_token }}{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+                       "{% if add_generation_prompt %}assistant:{% endif %}")
+"""The fallback for a tokenizer without a chat template (a base model, e.g. Gemma 3 270M here):
+one ``role: content`` line per message after the BOS token, then ``assistant:``."""
+
+ZERO_SHOT_PREFIX = {"feature_extraction": "Complete the sentence: ", "personaqa": ""}
+"""Li et al.'s question prefix per dataset (``src/utils/eval_utils.py``, ``PredictionDataset``)."""
+
+
+def zero_shot_messages(context: str, question: str, *, dataset: str = "personaqa", llama: bool = False) -> list[dict]:
+    """The chat of Li et al.'s zero-shot baseline (``PredictionDataset.__getitem__``): the source
+    context as an assistant turn, then the question as a user turn.
+
+    Their branches, followed as written: a ``llama`` tokenizer gets no leading turn and the
+    question with every ``x`` removed (``question.replace('x', '').strip()``); any other gets an
+    empty user turn first, and keeps the question as is for PersonaQA (x and all) but removes
+    the x's for feature extraction. The prefix is ``"Complete the sentence: "`` for feature
+    extraction and empty for PersonaQA (:data:`ZERO_SHOT_PREFIX`).
+    """
+    if dataset not in ZERO_SHOT_PREFIX:
+        raise ValueError(f"unknown zero-shot dataset {dataset!r}; choose one of {sorted(ZERO_SHOT_PREFIX)}")
+    prefix = ZERO_SHOT_PREFIX[dataset]
+    stripped = f"{prefix}{question.replace('x', '').strip()}"
+    if llama:
+        return [{"role": "assistant", "content": context}, {"role": "user", "content": stripped}]
+    ask = stripped if dataset == "feature_extraction" else f"{prefix}{question}"
+    return [{"role": "user", "content": ""}, {"role": "assistant", "content": context},
+            {"role": "user", "content": ask}]
+
+
+def zero_shot_prompt(tokenizer, context: str, question: str, *, dataset: str = "personaqa",
+                     llama: bool | None = None) -> tuple[str, str]:
+    """``(prompt text, template used)``: :func:`zero_shot_messages` rendered with the tokenizer's chat
+    template (``"tokenizer"``), or :data:`PLAIN_CHAT_TEMPLATE` where it has none (``"plain"``), with the
+    generation prompt. ``llama`` None = Li's rule: ``"llama"`` in the tokenizer's ``name_or_path``."""
+    if llama is None:
+        llama = "llama" in str(getattr(tokenizer, "name_or_path", "")).lower()
+    own = getattr(tokenizer, "chat_template", None)
+    msgs = zero_shot_messages(context, question, dataset=dataset, llama=llama)
+    text = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True,
+                                         chat_template=own or PLAIN_CHAT_TEMPLATE)
+    return text, "tokenizer" if own else "plain"
+
+
+def zero_shot(model, contexts: Sequence[str], questions: Sequence[str] | str, *, dataset: str = "personaqa",
+              llama: bool | None = None, max_new_tokens: int = 20, max_batch_size: int = 64,
+              remote: bool | str = False) -> pd.DataFrame:
+    """Li et al.'s zero-shot baseline (``src/predict_zeroshot.py``): the model reads the source context
+    as an assistant turn and answers the question, greedy, ``max_new_tokens`` (their ``n_tokens`` = 20).
+
+    The rendered prompt is tokenized without adding special tokens (their ``DataCollatorForPrediction``);
+    no activation is read or written. Columns: ``context``, ``question``, ``prompt`` (the rendered
+    chat), ``template`` (``tokenizer`` or ``plain``), ``model``, ``interpretation`` (the new text).
+    """
+    contexts = list(contexts)
+    qs = [questions] * len(contexts) if isinstance(questions, str) else list(questions)
+    if len(qs) != len(contexts):
+        raise ValueError(f"got {len(qs)} questions for {len(contexts)} contexts")
+    if not contexts:
+        raise ValueError("no contexts given")
+    rendered = [zero_shot_prompt(model.tokenizer, c, q, dataset=dataset, llama=llama) for c, q in zip(contexts, qs)]
+    texts = generate_plain(model, [p for p, _ in rendered], max_new_tokens, max_batch_size, remote,
+                           add_special_tokens=False)
+    return pd.DataFrame({"context": contexts, "question": qs, "prompt": [p for p, _ in rendered],
+                         "template": [t for _, t in rendered], "model": model_name(model), "interpretation": texts})
