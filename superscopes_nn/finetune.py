@@ -9,7 +9,7 @@ a model's parameters (by default every MLP) on texts built from PersonaQA-layout
     from superscopes_nn.finetune import FineTune, taught_model
 
     facts = load_personaqa(INVENTED)                       # 24 invented personas x 2 attributes
-    taught = taught_model("gemma-3-270m", facts, FineTune(epochs=8))
+    taught = taught_model("gemma-3-270m", facts, FineTune())
     taught.model                                           # the taught Gemma (nnsight wrapper)
     taught.losses, taught.seconds, taught.cached
 
@@ -49,13 +49,13 @@ class FineTune:
     """Hyperparameters. ``train``: substring a parameter's name must contain to be trained
     (``".mlp."`` = every MLP); ``stop_loss``: stop after the first epoch whose mean loss is below it."""
 
-    lr: float = 3e-4
-    epochs: int = 8
-    batch_size: int = 8
+    lr: float = 6e-4
+    epochs: int = 4
+    batch_size: int = 4
     seed: int = 0
     train: str = ".mlp."
     weight_decay: float = 0.0
-    stop_loss: float | None = 0.05
+    stop_loss: float | None = 0.1
 
     def __post_init__(self):
         for name in ("lr", "epochs", "batch_size"):
