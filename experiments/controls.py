@@ -35,14 +35,19 @@ Patchscopes acc.    an item is correct if ANY target layer answers it, per    :f
                                                                               target layer per source layer
                                                                               (named deviation), so "any" is
                                                                               over that one layer
-zero-shot baseline  the source context as an assistant turn, then             NOT followed: the input-only
-                    "Complete the sentence: ...", 20 tokens                   baseline (subject text at x,
-                                                                              plain generation); Gemma 3 270M
-                                                                              here is a base model
-data                PersonaQA (personas the target was taught)                LRE attribute samples: both
+zero-shot baseline  the source context as an assistant turn, then             followed in
+                    "Complete the sentence: ...", 20 tokens                   :func:`superscopes_nn.baselines.zero_shot`
+                    (``eval_utils.PredictionDataset``)                        (both dataset layouts), reported by
+                                                                              ``experiments/persona_control.py``;
+                                                                              this LRE control reports the
+                                                                              input-only baseline (subject text
+                                                                              at x, plain generation)
+data                PersonaQA (personas the target was taught)                here LRE attribute samples: both
                                                                               models may know the fact, so
                                                                               ``follows`` has few items that
-                                                                              tell verbalizer from target
+                                                                              tell verbalizer from target; the
+                                                                              PersonaQA control is
+                                                                              ``experiments/persona_control.py``
 ==================  ========================================================  ===============================
 """
 
