@@ -208,3 +208,19 @@ def test_bad_input_names_the_value(tmp_path):
         FineTune(lr=0)
     with pytest.raises(ValueError, match="no parameter name contains '.nope.'"):
         fine_tune(m._module, m.tokenizer, fact_examples(FEW), FineTune(train=".nope."))
+
+
+def test_main_end_to_end_on_tiny_models(tmp_path, monkeypatch):
+    from experiments import persona_control as pc
+
+    monkeypatch.setenv("SUPERSCOPES_CACHE", str(tmp_path / "cache"))
+    csv = tmp_path / "rows.csv.gz"
+    args = ["--limit", "1", "--source-layers", "1", "--target-layers", "1", "--max-new-tokens", "3", "--epochs", "1",
+            "--fit-texts", "12", "--out", str(tmp_path / "out"), "--csv", str(csv)]
+    rows = pc.main(args, base=lambda: tiny_model("llama", seed=0), verbalizer=tiny_model("qwen2", seed=1, hidden=48))
+    assert len(rows) == 3 * 2 and len(list((tmp_path / "cache" / "finetuned").iterdir())) == 1
+    back = pd.read_csv(csv)
+    assert sorted(back.method.unique()) == ["input_only", "patchscope", "zero_shot"]
+    assert (back[back.method == "zero_shot"].verbalizer.unique() == ["taught", "unchanged"]).all()
+    with pytest.raises(ValueError, match="unknown verbalizer 'oracle'"):
+        pc.main(args + ["--verbalizers", "self,oracle"], base=lambda: tiny_model("llama", seed=0))
