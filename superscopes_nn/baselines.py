@@ -28,6 +28,17 @@ def fill_placeholder(prompt: str, text: str, placeholder: str = "x") -> str:
     return re.sub(pattern, lambda _: text, prompt)
 
 
+def _paired(items, per_item, items_name: str, per_name: str) -> tuple[list, list]:
+    """``items`` and ``per_item`` as equal-length lists (a single string is repeated); none is an error."""
+    items = list(items)
+    per = [per_item] * len(items) if isinstance(per_item, str) else list(per_item)
+    if len(per) != len(items):
+        raise ValueError(f"got {len(per)} {per_name} for {len(items)} {items_name}")
+    if not items:
+        raise ValueError(f"no {items_name} given")
+    return items, per
+
+
 def input_only(model, target_prompts: Sequence[str] | str, subjects: Sequence[str], *, placeholder: str = "x",
                max_new_tokens: int = 10, max_batch_size: int = 64, remote: bool | str = False) -> pd.DataFrame:
     """The input-only baseline: answer each target prompt with the subject's *text* in place of the placeholder.
@@ -38,12 +49,7 @@ def input_only(model, target_prompts: Sequence[str] | str, subjects: Sequence[st
     Columns: ``subject``, ``target_prompt``, ``prompt`` (the filled prompt), ``model``,
     ``interpretation`` (the generated text, comparable with a Patchscope's).
     """
-    subjects = list(subjects)
-    prompts = [target_prompts] * len(subjects) if isinstance(target_prompts, str) else list(target_prompts)
-    if len(prompts) != len(subjects):
-        raise ValueError(f"got {len(prompts)} target prompts for {len(subjects)} subjects")
-    if not subjects:
-        raise ValueError("no subjects given")
+    subjects, prompts = _paired(subjects, target_prompts, "subjects", "target prompts")
     filled = [fill_placeholder(p, s, placeholder) for p, s in zip(prompts, subjects)]
     texts = generate_plain(model, filled, max_new_tokens, max_batch_size, remote)
     return pd.DataFrame({"subject": subjects, "target_prompt": prompts, "prompt": filled,
@@ -111,12 +117,7 @@ def zero_shot(model, contexts: Sequence[str], questions: Sequence[str] | str, *,
     no activation is read or written. Columns: ``context``, ``question``, ``prompt`` (the rendered
     chat), ``template`` (``tokenizer`` or ``plain``), ``model``, ``interpretation`` (the new text).
     """
-    contexts = list(contexts)
-    qs = [questions] * len(contexts) if isinstance(questions, str) else list(questions)
-    if len(qs) != len(contexts):
-        raise ValueError(f"got {len(qs)} questions for {len(contexts)} contexts")
-    if not contexts:
-        raise ValueError("no contexts given")
+    contexts, qs = _paired(contexts, questions, "contexts", "questions")
     rendered = [zero_shot_prompt(model.tokenizer, c, q, dataset=dataset, llama=llama) for c, q in zip(contexts, qs)]
     texts = generate_plain(model, [p for p, _ in rendered], max_new_tokens, max_batch_size, remote,
                            add_special_tokens=False)
