@@ -318,9 +318,14 @@ def parse_args(argv):
     p.add_argument("--target-layers", default="1,4,8",
                    help="target layers of a same-depth verbalizer; the cross one gets the same relative depths")
     p.add_argument("--fit-texts", type=int, default=0, help="number of shared texts for the map (0 = all)")
-    p.add_argument("--ridge", type=float, default=1.0)
+    p.add_argument("--ridge", type=float, default=300.0, help="ridge of the cross map (300: the usable map of "
+                   "docs/results_patchscopes.md section 4)")
     p.add_argument("--lr", type=float, default=FineTune.lr, help="fine-tune learning rate")
     p.add_argument("--epochs", type=int, default=FineTune.epochs, help="fine-tune epochs (at most)")
+    p.add_argument("--cue", default=" is",
+                   help="text appended to every question (target prompt, input-only, zero-shot); the fine-tune "
+                        "teaches '<question> is <answer>.', and without the cue the taught Gemma answers '.'; "
+                        "'' = Li et al.'s bare question")
     p.add_argument("--csv", default=None, help="also write every row here (.csv.gz gzips)")
     return p.parse_args(argv)
 
@@ -343,6 +348,7 @@ def main(argv=None, base=None, verbalizer=None) -> pd.DataFrame:
     taught = taught_model(load(), facts, FineTune(lr=args.lr, epochs=args.epochs), log=log)
     log(f"taught model {model_name(taught.model)}: {'cached' if taught.cached else 'trained'}, "
         f"{len(taught.losses)} steps in {taught.seconds:.0f} s, loss {taught.losses[0]:.3f} -> {taught.losses[-1]:.3f}")
+    facts = facts.assign(question=facts.question + args.cue)  # after the fine-tune: its cache key is the bare facts
     unchanged = load()
     models = {"self": taught.model, "unchanged": unchanged}
     if "cross" in kinds:
