@@ -39,13 +39,16 @@ source            ``prompt`` ("My name is <name>."), last token, output of    sa
                   layer ``src_layer`` (``patchscopes_utils.patchscopes``)
 source layers     1..15 of 32 (``exp3.sh``)                                   ``--source-layers`` (a handful in
                                                                               the first half)
-target            ``question`` ("The country of origin for x"), last token    same (the ``x``)
-                  (= x), every target layer 1..31, ``n_tokens`` 20
+target            ``question`` ("The country of origin for x"), last token    the question + ``--cue`` (" is",
+                  (= x), every target layer 1..31, ``n_tokens`` 20            the form the fine-tune taught),
+                                                                              written at the ``x`` (so not the
+                                                                              last token); ``--max-new-tokens``
+                                                                              (20; the reported run 8)
 target layers     "any correct across target layers" per source layer,       same rule over ``--target-layers``
                   averaged over source layers                                 (a few; SmolLM2 at the same
                   (``notebooks/view_personaqa_results.ipynb``)               relative depth)
 correct           ``answer.lower() in completion.lower()``                    same (:func:`contains`)
-zero-shot         ``src/predict_zeroshot.py`` + ``eval_utils.PredictionDataset``  :func:`zero_shot`: same chat;
+zero-shot         ``predict_zeroshot.py``, ``eval_utils.PredictionDataset``:  :func:`zero_shot`: same chat;
                   [user "", assistant prompt, user question], chat template,  Gemma 3 270M has no chat template:
                   greedy, 20 tokens, run on the decoder (untuned) model       a plain ``role: text`` fallback
                                                                               (``template`` column); run on the
@@ -57,6 +60,7 @@ prior / chance    --                                                          th
 
 from __future__ import annotations
 
+import csv
 import sys
 import time
 from pathlib import Path
@@ -367,13 +371,14 @@ def main(argv=None, base=None, verbalizer=None) -> pd.DataFrame:
                            target_layers=targets, fit_texts=default_fit_texts(args.fit_texts or None),
                            ridge=args.ridge, priors=priors, **gen, **store_kwargs(args, out, "persona_control"))
     patch, base_rates = summarize(rows, base_rows)
-    save_csv(rows, out / "persona_control.csv")
-    save_csv(base_rows, out / "persona_control_baselines.csv")
+    quoted = {"quoting": csv.QUOTE_NONNUMERIC}  # generated texts may hold a bare \r
+    save_csv(rows, out / "persona_control.csv", **quoted)
+    save_csv(base_rows, out / "persona_control_baselines.csv", **quoted)
     patch.to_csv(out / "persona_control_rates.csv", index=False)
     base_rates.to_csv(out / "persona_control_baseline_rates.csv", index=False)
     if args.csv:
         save_csv(pd.concat([rows.assign(method="patchscope"), base_rows.rename(columns={"label": "verbalizer"})],
-                           ignore_index=True), Path(args.csv))
+                           ignore_index=True), Path(args.csv), **quoted)
     with pd.option_context("display.width", 220, "display.max_columns", 20):
         print(format_rates(patch).to_string(index=False))
         print(format_rates(base_rates).to_string(index=False))
