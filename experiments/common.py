@@ -168,14 +168,15 @@ def n_layers_of(model) -> int:
 # ------------------------------------------------------------------ files
 
 
-def save_csv(df: pd.DataFrame, path: Path) -> Path:
-    """Every row, token ids as JSON lists (``.csv.gz`` paths are gzipped)."""
+def save_csv(df: pd.DataFrame, path: Path, **to_csv) -> Path:
+    """Every row, token ids as JSON lists (``.csv.gz`` paths are gzipped); ``to_csv``: passed on
+    (e.g. ``quoting=csv.QUOTE_NONNUMERIC`` for texts that may hold a bare carriage return)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     out = df.copy()
     if "token_ids" in out:
         out["token_ids"] = [json.dumps(list(map(int, t))) if isinstance(t, (list, tuple)) else t for t in out.token_ids]
-    out.to_csv(path, index=False)
+    out.to_csv(path, index=False, **to_csv)
     return path
 
 

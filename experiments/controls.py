@@ -35,14 +35,19 @@ Patchscopes acc.    an item is correct if ANY target layer answers it, per    :f
                                                                               target layer per source layer
                                                                               (named deviation), so "any" is
                                                                               over that one layer
-zero-shot baseline  the source context as an assistant turn, then             NOT followed: the input-only
-                    "Complete the sentence: ...", 20 tokens                   baseline (subject text at x,
-                                                                              plain generation); Gemma 3 270M
-                                                                              here is a base model
-data                PersonaQA (personas the target was taught)                LRE attribute samples: both
+zero-shot baseline  the source context as an assistant turn, then             followed in
+                    "Complete the sentence: ...", 20 tokens                   :func:`superscopes_nn.baselines.zero_shot`
+                    (``eval_utils.PredictionDataset``)                        (both dataset layouts), reported by
+                                                                              ``experiments/persona_control.py``;
+                                                                              this LRE control reports the
+                                                                              input-only baseline (subject text
+                                                                              at x, plain generation)
+data                PersonaQA (personas the target was taught)                here LRE attribute samples: both
                                                                               models may know the fact, so
                                                                               ``follows`` has few items that
-                                                                              tell verbalizer from target
+                                                                              tell verbalizer from target; the
+                                                                              PersonaQA control is
+                                                                              ``experiments/persona_control.py``
 ==================  ========================================================  ===============================
 """
 
@@ -98,6 +103,28 @@ def proportional_layers(source_model, target_model, source_layers: Iterable[int]
     return [(l % n_s, round((l % n_s) * (n_t - 1) / max(n_s - 1, 1))) for l in source_layers]
 
 
+def fit_maps(source_model, verbalizer, fit_texts: Sequence[str], layer_pairs: Iterable[tuple[int, int]], *,
+             ridge: float = 1.0, align: str = "span", holdout: float = 0.2, remote: bool | str = False):
+    """``(maps, r2, n_pairs)``, each keyed by ``(source_layer, target_layer)``: a ridge affine map
+    source -> verbalizer fitted on the first ``1 - holdout`` of ``fit_texts`` (token states paired by
+    ``align``), its R^2 on the held-out rest (NaN with fewer than 2 held-out texts), and the number
+    of fitted state pairs."""
+    from superscopes_nn.mapping import fit_affine_arrays, paired_states, r2_score
+
+    pairs = list(layer_pairs)
+    fit_texts = list(fit_texts)
+    n_hold = int(len(fit_texts) * holdout)
+    train, test = fit_texts[: len(fit_texts) - n_hold], fit_texts[len(fit_texts) - n_hold:]
+    data = paired_states(source_model, verbalizer, train, pairs, align=align, remote=remote)
+    held = paired_states(source_model, verbalizer, test, pairs, align=align, remote=remote) if len(test) >= 2 else {}
+    maps, r2, n_pairs = {}, {}, {}
+    for pair, (X, Y) in data.items():
+        maps[pair] = fit_affine_arrays(X, Y, ridge)
+        r2[pair] = r2_score(maps[pair], *held[pair]) if pair in held else float("nan")
+        n_pairs[pair] = len(X)
+    return maps, r2, n_pairs
+
+
 def verbalizer_vs_source(source_model, verbalizer, samples: pd.DataFrame, *, layer_pairs: Iterable[tuple[int, int]],
                          fit_texts: Sequence[str], ridge: float = 1.0, align: str = "span",
                          holdout: float = 0.2, max_new_tokens: int = 10, max_batch_size: int = 64,
@@ -124,24 +151,13 @@ def verbalizer_vs_source(source_model, verbalizer, samples: pd.DataFrame, *, lay
     n_fit_pairs, cross_answer, cross_correct, source_answer, source_correct,
     verbalizer_answer, verbalizer_correct, follows, model, target_model.
     """
-    from superscopes_nn.mapping import fit_affine_arrays, paired_states, r2_score
-
     need = {"task", "subject", "object", "target_prompt"}
     if missing := need - set(samples.columns):
         raise ValueError(f"samples lack columns {sorted(missing)}; have {list(samples.columns)}")
     if samples.empty:
         raise ValueError("no samples given")
-    pairs = list(layer_pairs)
-    fit_texts = list(fit_texts)
-    n_hold = int(len(fit_texts) * holdout)
-    train, test = fit_texts[: len(fit_texts) - n_hold], fit_texts[len(fit_texts) - n_hold:]
-    data = paired_states(source_model, verbalizer, train, pairs, align=align, remote=remote)
-    held = paired_states(source_model, verbalizer, test, pairs, align=align, remote=remote) if len(test) >= 2 else {}
-    maps, r2, n_pairs = {}, {}, {}
-    for pair, (X, Y) in data.items():
-        maps[pair] = fit_affine_arrays(X, Y, ridge)
-        r2[pair] = r2_score(maps[pair], *held[pair]) if pair in held else float("nan")
-        n_pairs[pair] = len(X)
+    maps, r2, n_pairs = fit_maps(source_model, verbalizer, fit_texts, layer_pairs, ridge=ridge, align=align,
+                                 holdout=holdout, remote=remote)
 
     own_s = input_only(source_model, samples.target_prompt.tolist(), samples.subject.tolist(),
                        max_new_tokens=max_new_tokens, max_batch_size=max_batch_size, remote=remote)

@@ -77,14 +77,15 @@ def patched_logits(model, rows: list[Row], *, target_model=None, max_batch_size:
 
 
 def generate_plain(model, prompts: Sequence[str], max_new_tokens: int = 10, max_batch_size: int = 64,
-                   remote=False, backend=None) -> list[str]:
+                   remote=False, backend=None, add_special_tokens: bool = True) -> list[str]:
     """Greedy continuations of ``prompts`` with no patch (baselines: input-only, composed question).
 
     One ``generate`` per group of equal token length (no padding); decoded new text per prompt, input order.
+    ``add_special_tokens=False`` for prompts that carry their own (a rendered chat template).
     """
     check_batch_size(max_batch_size)
     gen, eos = gen_kwargs(model, max_new_tokens), eos_ids(model)
-    ids = [encode(model.tokenizer, p) for p in check_strings(list(prompts), "prompt")]
+    ids = [encode(model.tokenizer, p, add_special_tokens) for p in check_strings(list(prompts), "prompt")]
     call = remote_caller(remote, backend, model)
     ship(remote, backend)
     out: list = [None] * len(ids)

@@ -5,15 +5,23 @@ A PersonaQA folder holds one JSON file per attribute (``country.json``, ``favori
 "target": "<answer>"}, ...}``. :func:`load_personaqa` reads such a folder into one row per
 (attribute, persona), so a user with the real set (it carries no licence, so none is bundled)
 runs the verbalizer-vs-target control on it unchanged; the tests use a small invented fixture.
+
+:data:`INVENTED` is this project's own set in that layout (package data): 24 invented personas x
+2 attributes (``country``, ``favorite_sport``), each answer drawn from 8 options both small models
+know, assigned by a seeded shuffle (3 personas per option), so no model can know them beforehand.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from importlib import resources
 from pathlib import Path
 
 import pandas as pd
+
+INVENTED = Path(str(resources.files("superscopes_nn").joinpath("data", "personaqa_invented")))
+"""Invented persona facts in the PersonaQA layout (``superscopes_nn/data/personaqa_invented/``)."""
 
 COLUMNS = ["attribute", "id", "name", "prompt", "question", "target"]
 _NAME = re.compile(r"^\s*My name is (.+?)\.?\s*$")

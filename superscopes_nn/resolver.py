@@ -33,10 +33,10 @@ def context_length(model) -> int | None:
     return None
 
 
-def encode(tokenizer, prompt: str) -> list[int]:
+def encode(tokenizer, prompt: str, add_special_tokens: bool = True) -> list[int]:
     if not isinstance(prompt, str) or not prompt.strip():
         raise ValueError(f"prompt must be a non-empty string, got {prompt!r}")
-    return list(tokenizer(prompt)["input_ids"])
+    return list(tokenizer(prompt, add_special_tokens=add_special_tokens)["input_ids"])
 
 
 def find_token(tokenizer, prompt: str, token: str, whole_word: bool = False) -> int:

@@ -29,6 +29,8 @@ assert not bad, ("repo on sys.path", bad)
 assert ds.DATA_DIR.is_relative_to(site), ds.DATA_DIR
 assert len(ds.load_entities()) == 285 and len(ds.load_two_hop()) == 182
 assert (ds.DATA_DIR / "next_token_sample.txt").is_file()
+from superscopes_nn.personaqa import INVENTED, load_personaqa
+assert INVENTED.is_relative_to(site) and len(load_personaqa(INVENTED)) == 48, INVENTED
 
 shared = os.environ.pop("SUPERSCOPES_SHARED_DATA")
 try:
