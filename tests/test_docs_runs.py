@@ -31,3 +31,15 @@ def test_fig3_rows_give_the_committed_counts(protocol, decoding):
         assert table.loc[arm, "raw_count"] == pytest.approx(n), arm
         assert table.loc[arm, "n"] == 336
     assert (table.null_count > 0).all() and (table.raw_lo <= table.raw).all() and (table.raw <= table.raw_hi).all()
+
+
+def test_token_identity_rows_give_the_committed_precisions():
+    rows = pd.read_csv(RUNS / "token_identity_gemma-3-270m_8positions.csv.gz")
+    summary = pd.read_csv(RUNS / "token_identity_gemma-3-270m_8positions_summary.csv").set_index("layer")
+    assert len(rows) == 2 * 236 * 18 and rows.sentence_id.nunique() == 30
+    for (method, layer), g in rows.groupby(["method", "layer"]):
+        assert len(g) == 236
+        assert g.correct.mean() == pytest.approx(summary.loc[layer, method])
+        assert summary.loc[layer, f"{method}_lo"] <= g.correct.mean() <= summary.loc[layer, f"{method}_hi"]
+    last = rows[rows.layer == rows.layer.max()]
+    assert last.correct.all()  # the last layer's readout is the model's own prediction, by construction
