@@ -43,3 +43,26 @@ def test_token_identity_rows_give_the_committed_precisions():
         assert summary.loc[layer, f"{method}_lo"] <= g.correct.mean() <= summary.loc[layer, f"{method}_hi"]
     last = rows[rows.layer == rows.layer.max()]
     assert last.correct.all()  # the last layer's readout is the model's own prediction, by construction
+
+
+def test_bridge_rows_give_the_committed_rates():
+    rows = pd.read_csv(RUNS / "bridge_resolution_gemma-3-270m_60stratified.csv.gz")
+    summary = pd.read_csv(RUNS / "bridge_resolution_gemma-3-270m_60stratified_summary.csv").set_index("source_layer")
+    chance = pd.read_csv(RUNS / "bridge_resolution_gemma-3-270m_60stratified_chance.csv")
+    assert rows.id.nunique() == 59 and len(rows) == 59 * 18
+    per_layer = rows.groupby("source_layer").decodable.mean()
+    assert per_layer.to_numpy() == pytest.approx(summary.decodable.to_numpy())
+    some = rows.groupby("id").decodable.any().sum()
+    best = chance[chance.scope != "layer"].iloc[0]
+    assert some == 11 and best.raw_count == pytest.approx(some) and best.null_count < some
+
+
+def test_verbalizer_rows_give_the_committed_tally():
+    rows = pd.read_csv(RUNS / "verbalizer_vs_source_gemma-3-270m_smollm2_4tasks-8subjects.csv.gz")
+    summary = pd.read_csv(RUNS / "verbalizer_vs_source_gemma-3-270m_smollm2_4tasks-8subjects_summary.csv")
+    for r in summary.itertuples():
+        g = rows[rows.source_layer == r.source_layer]
+        assert len(g) == 32 and g.cross_correct.mean() == pytest.approx(r.cross_acc)
+        dis = g[g.source_correct != g.verbalizer_correct]
+        assert len(dis) == r.n_disagree
+        assert (dis.cross_correct == dis.verbalizer_correct).mean() == pytest.approx(r.follows_verbalizer)
