@@ -66,7 +66,7 @@ import pandas as pd
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experiments.common import check_args, parser, report_pair_chance, store_kwargs  # noqa: E402
+from experiments.common import check_args, parser, report_pair_chance, some_pair_chance, store_kwargs  # noqa: E402
 from superscopes_nn.architectures import num_layers  # noqa: E402
 from superscopes_nn.api import patchscope  # noqa: E402
 from superscopes_nn.resolver import model_name  # noqa: E402
@@ -74,7 +74,6 @@ from superscopes_nn.specs import Source, Target  # noqa: E402
 from superscopes_nn.validate import check_layer  # noqa: E402
 
 from superscopes_nn.baselines import input_only  # noqa: E402
-from superscopes_nn.chance import alias_pairs, chance_table  # noqa: E402
 from superscopes_nn.scoring import MATCH_RULES, answer_match  # noqa: E402
 
 LRE_SUBDIR = "patchscopes_lre"
@@ -232,17 +231,10 @@ def pair_chance(df: pd.DataFrame, n_boot: int = 2000, match: str | None = None):
     """"Some (l, l*) pair answers" per sample beside its chance level: each sample's patched outputs
     matched (``match``, default ``df.attrs["match"]``, else ``patchscopes``) against another sample's
     object, exact over derangements. None with < 2."""
-    ps = df[df.method == "patchscope"].copy()
-    if ps.empty:
-        return None
-    ps["item"] = ps.task + "|" + ps.subject
-    if ps.item.nunique() < 2:
-        return None
-    ps["pair"] = [f"{a}->{b}" for a, b in zip(ps.source_layer, ps.target_layer)]
-    objects = dict(zip(ps.item, ps.object))
-    rule = match or df.attrs.get("match") or "patchscopes"
-    return chance_table(ps, alias_pairs(rule), threshold=0.5, item="item", reference=objects, by=(), choice="pair",
-                        arms={"some pair": None}, per_choice=False, n_boot=n_boot)
+    ps = df[df.method == "patchscope"]
+    ps = ps.assign(item=ps.task + "|" + ps.subject)
+    return some_pair_chance(ps, dict(zip(ps.item, ps.object)), item="item",
+                            rule=match or df.attrs.get("match") or "patchscopes", n_boot=n_boot)
 
 
 def pair_accuracy(df: pd.DataFrame) -> pd.DataFrame:

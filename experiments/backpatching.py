@@ -61,7 +61,7 @@ import pandas as pd
 if __package__ in (None, ""):  # run as a script: make `experiments` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experiments.common import int_list, parser, setup, store_kwargs  # noqa: E402
+from experiments.common import int_list, parser, setup, some_pair_chance, store_kwargs  # noqa: E402
 from experiments.two_hop import (  # noqa: E402,F401  (re-exported)
     MATCH_RULES, QUERY_FIELDS, alias_match, answer_aliases, bridge_aliases, load_queries,
 )
@@ -69,7 +69,6 @@ from superscopes_nn.architectures import num_layers  # noqa: E402
 from superscopes_nn.api import generate_plain, patchscope  # noqa: E402
 from superscopes_nn.resolver import model_name  # noqa: E402
 from superscopes_nn.specs import Source, Target  # noqa: E402
-from superscopes_nn.chance import alias_pairs, chance_table  # noqa: E402
 
 __all__ = ["QUERY_FIELDS", "load_queries", "hop_answers", "backpatching", "fix_chance", "summarize"]
 CATEGORIES = ("both_correct_composition_correct", "both_correct_composition_wrong",
@@ -239,13 +238,10 @@ def fix_chance(df: pd.DataFrame, answers: dict | None = None, n_boot: int = 2000
     (:func:`superscopes_nn.chance.chance_table`), under ``match`` (default ``df.attrs["match"]``, else
     ``substring``). None with fewer than 2 wrong queries."""
     answers = df.attrs.get("answers") if answers is None else answers
-    wrong = df[~df.two_hop_correct.astype(bool)].copy()
-    if answers is None or wrong.id.nunique() < 2:
+    if answers is None:
         return None
-    wrong["pair"] = [f"{s}->{t}" for s, t in zip(wrong.source_layer, wrong.target_layer)]
-    rule = match or df.attrs.get("match") or "substring"
-    return chance_table(wrong, alias_pairs(rule), threshold=0.5, item="id", reference=answers, by=(), choice="pair",
-                        arms={"some pair": None}, per_choice=False, n_boot=n_boot)
+    return some_pair_chance(df[~df.two_hop_correct.astype(bool)], answers, item="id",
+                            rule=match or df.attrs.get("match") or "substring", n_boot=n_boot)
 
 
 def summarize(df: pd.DataFrame, hops: pd.DataFrame | None = None) -> dict:

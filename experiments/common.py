@@ -211,6 +211,20 @@ def save_figure(fig, path, dpi: int = 120) -> Path:
     return path
 
 
+def some_pair_chance(rows: pd.DataFrame, references, *, item: str, rule: str, n_boot: int = 2000):
+    """"Some (source, target) layer pair answers" per item beside its chance level: each item's
+    patched outputs (every pair of ``rows``) matched under ``rule`` (:data:`~superscopes_nn.scoring.MATCH_RULES`)
+    against another item's ``references`` (item -> aliases or answer), exact over derangements
+    (:func:`superscopes_nn.chance.chance_table`, one arm "some pair"). None with fewer than 2 items."""
+    from superscopes_nn.chance import alias_pairs, chance_table
+
+    if rows.empty or rows[item].nunique() < 2:
+        return None
+    rows = rows.assign(pair=[f"{s}->{t}" for s, t in zip(rows.source_layer, rows.target_layer)])
+    return chance_table(rows, alias_pairs(rule), threshold=0.5, item=item, reference=references, by=(), choice="pair",
+                        arms={"some pair": None}, per_choice=False, n_boot=n_boot)
+
+
 def report_pair_chance(chance, path: Path, null: str) -> None:
     """Save a "some (l, l*) pair answers" chance table (:func:`superscopes_nn.chance.chance_table`,
     one row) to ``path`` and print it: raw count, the ``null`` chance count, above chance with its interval."""

@@ -64,12 +64,11 @@ import pandas as pd
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experiments.common import int_list, parser, report_pair_chance, setup, store_kwargs  # noqa: E402
+from experiments.common import int_list, parser, report_pair_chance, setup, some_pair_chance, store_kwargs  # noqa: E402
 from superscopes_nn.architectures import num_layers  # noqa: E402
 from superscopes_nn.api import generate_plain, patchscope  # noqa: E402
 from superscopes_nn.resolver import model_name  # noqa: E402
 from superscopes_nn.specs import Source, Target  # noqa: E402
-from superscopes_nn.chance import alias_pairs, chance_table  # noqa: E402
 
 from experiments.two_hop import MATCH_RULES, alias_match, answer_aliases, bridge_aliases, load_queries  # noqa: E402
 
@@ -228,13 +227,10 @@ def pair_chance(df: pd.DataFrame, answers: dict | None = None, n_boot: int = 200
     (``match``, default ``df.attrs["match"]``, else ``patchscopes``) against another query's answer
     aliases, exact over derangements. None with < 2 queries."""
     answers = df.attrs.get("answers") if answers is None else answers
-    ps = df[df.method == "patchscope"].copy()
-    if answers is None or ps.id.nunique() < 2:
+    if answers is None:
         return None
-    ps["pair"] = [f"{a}->{b}" for a, b in zip(ps.source_layer, ps.target_layer)]
-    rule = match or df.attrs.get("match") or "patchscopes"
-    return chance_table(ps, alias_pairs(rule), threshold=0.5, item="id", reference=answers, by=(), choice="pair",
-                        arms={"some pair": None}, per_choice=False, n_boot=n_boot)
+    return some_pair_chance(df[df.method == "patchscope"], answers, item="id",
+                            rule=match or df.attrs.get("match") or "patchscopes", n_boot=n_boot)
 
 
 def summarize(df: pd.DataFrame) -> pd.DataFrame:
