@@ -118,6 +118,15 @@ def tiny_hf_model(arch: str = "llama", seed: int = 0, n_layers: int = 4, hidden:
     return model, tok
 
 
+def save_tiny_checkpoint(path, arch: str = "llama", seed: int = 0):
+    """Save :func:`tiny_hf_model` (weights and tokenizer) to ``path`` as a local checkpoint that
+    ``load_model(str(path))`` reads; returns ``(hf_model, tokenizer)``."""
+    hf, tok = tiny_hf_model(arch, seed=seed)
+    hf.save_pretrained(path)
+    tok.save_pretrained(path)
+    return hf, tok
+
+
 def tiny_model(arch: str = "llama", seed: int = 0, n_layers: int = 4, hidden: int = 64):
     """A tiny random model of family ``arch`` wrapped as an nnsight ``TransformersModel``."""
     return wrap(*tiny_hf_model(arch, seed=seed, n_layers=n_layers, hidden=hidden))

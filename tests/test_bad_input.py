@@ -25,12 +25,10 @@ def model():
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    from superscopes_nn.testing import tiny_hf_model
+    from superscopes_nn.testing import save_tiny_checkpoint
 
     d = tmp_path_factory.mktemp("tiny")
-    hf, tok = tiny_hf_model("llama")
-    hf.save_pretrained(d)
-    tok.save_pretrained(d)
+    save_tiny_checkpoint(d, "llama")
     return str(d)
 
 

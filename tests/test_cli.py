@@ -6,15 +6,13 @@ import pandas as pd
 import pytest
 
 from superscopes_nn.cli import main, parse_layers
-from superscopes_nn.testing import tiny_hf_model
+from superscopes_nn.testing import save_tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("tiny_cli")
-    hf, tok = tiny_hf_model("gemma3_text", seed=5)
-    hf.save_pretrained(d)
-    tok.save_pretrained(d)
+    save_tiny_checkpoint(d, "gemma3_text", seed=5)
     return str(d)
 
 

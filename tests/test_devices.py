@@ -36,7 +36,7 @@ from superscopes_nn.engine import apply_map, map_vectors
 from superscopes_nn.lens import lens_logits
 from superscopes_nn.resolver import resolve, sweep_rows
 from superscopes_nn.specs import ENTITY_PROMPT, IDENTITY_PROMPT, Source, Target
-from superscopes_nn.testing import tiny_hf_model, wrap
+from superscopes_nn.testing import save_tiny_checkpoint, tiny_hf_model, wrap
 
 ROOT = Path(__file__).resolve().parents[1]
 MOVES = (torch.Tensor.to, torch.Tensor.cuda, torch.Tensor.cpu)
@@ -139,9 +139,7 @@ def test_writes_move_value_and_indices_to_the_target_once():
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     d = tmp_path_factory.mktemp("tiny-llama")
-    hf, tok = tiny_hf_model("llama", seed=3)
-    hf.save_pretrained(d)
-    tok.save_pretrained(d)
+    hf, tok = save_tiny_checkpoint(d, "llama", seed=3)
     return d, wrap(hf, tok)
 
 

@@ -26,7 +26,7 @@ from superscopes_nn import (Affine, Amplify, Source, Target, collect, generate_p
                             patched_logits, patchscope, sweep)
 from superscopes_nn import resolve
 from superscopes_nn.superscopes import superscope
-from superscopes_nn.testing import tiny_hf_model
+from superscopes_nn.testing import save_tiny_checkpoint
 
 pytestmark = pytest.mark.ndif_server
 
@@ -44,9 +44,7 @@ def models(tmp_path_factory):
     out = {}
     for arch in ("llama", "gemma3_text"):
         d = tmp_path_factory.mktemp("ckpt") / arch
-        hf, tok = tiny_hf_model(arch, seed=3)
-        hf.save_pretrained(d)
-        tok.save_pretrained(d)
+        save_tiny_checkpoint(d, arch, seed=3)
         ndif_server.seed_id_cache(d)
         out[arch] = load_model(str(d))
     return out

@@ -28,7 +28,7 @@ from superscopes_nn.cli import main
 from superscopes_nn.run import run_sweep
 from superscopes_nn.dirlock import RunDirBusy
 from superscopes_nn.store import RunStore, record_key, row_key
-from superscopes_nn.testing import tiny_hf_model
+from superscopes_nn.testing import save_tiny_checkpoint
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -53,9 +53,7 @@ def reference(sweep, tmp_path_factory):
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("tiny_llama")
-    hf, tok = tiny_hf_model("llama", seed=3)
-    hf.save_pretrained(d)
-    tok.save_pretrained(d)
+    save_tiny_checkpoint(d, "llama", seed=3)
     return str(d)
 
 
@@ -273,9 +271,7 @@ def test_resume_with_another_model_names_the_model_first(model_dir, tmp_path, ca
             "--out", str(out)]
     assert main(argv + ["--model", model_dir]) == 0
     other = tmp_path / "other_model"
-    hf, tok = tiny_hf_model("llama", seed=4)
-    hf.save_pretrained(other)
-    tok.save_pretrained(other)
+    save_tiny_checkpoint(other, "llama", seed=4)
     capsys.readouterr()
     assert main(argv + ["--model", str(other), "--resume"]) == 2
     line = one_error_line(capsys.readouterr().err)
