@@ -79,14 +79,21 @@ def grid_figure(df: pd.DataFrame, path: Path, title: str, value: str = "score_so
 
 def pair_scorer(cosine: Callable | None, embedder=None) -> Callable:
     """``score(texts, refs)`` (every text against every reference) from a row-wise ``cosine(a, b)``
-    such as the one ``add_scores`` takes; MiniLM (:func:`~superscopes_nn.chance.cosine_pairs`) when None."""
+    such as the one ``add_scores`` takes; MiniLM (:func:`~superscopes_nn.chance.cosine_pairs`) when None.
+    Memoised: the chance line and the α-choice null score the same texts against the same names."""
     if cosine is None:
-        return cosine_pairs(embedder)
+        base = cosine_pairs(embedder)
+    else:
+        def base(texts, refs):
+            flat = cosine([t for t in texts for _ in refs], [r for _ in texts for r in refs])
+            return np.asarray(flat, dtype=float).reshape(len(texts), len(refs))
+    seen: dict = {}
 
     def score(texts, refs):
-        texts, refs = list(texts), list(refs)
-        flat = cosine([t for t in texts for _ in refs], [r for _ in texts for r in refs])
-        return np.asarray(flat, dtype=float).reshape(len(texts), len(refs))
+        key = (tuple(texts), tuple(refs))
+        if key not in seen:
+            seen[key] = np.asarray(base(list(texts), list(refs)), dtype=float)
+        return seen[key].copy()
 
     return score
 

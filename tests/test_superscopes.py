@@ -199,7 +199,9 @@ def test_single_prompt_scripts(llama, tmp_path, mod, extra):
     import importlib
 
     m = importlib.import_module(f"experiments.{mod}")
-    res = m.main(["--out", str(tmp_path), "--max-new-tokens", "3", *extra], model=llama, cosine=word_cosine)
+    spy = Spy()
+    res = m.main(["--out", str(tmp_path), "--max-new-tokens", "3", *extra], model=llama, cosine=spy)
+    assert len(spy.calls) == 2, "one call for the scores, one for the chance matrix (chance line and α-choice null)"
     df = pd.read_csv(res["csv"])
     assert set(df.columns) >= {"source_prompt", "source_token", "source_layer", "site", "alpha", "interpretation",
                                "score_source_cosine", "score_stability", "target_layer"}
