@@ -211,18 +211,25 @@ def save_figure(fig, path, dpi: int = 120) -> Path:
     return path
 
 
-def some_pair_chance(rows: pd.DataFrame, references, *, item: str, rule: str, n_boot: int = 2000):
+def some_pair_chance(rows: pd.DataFrame, references, *, item: str, rule: str, n_boot: int = 2000,
+                     random_rows: pd.DataFrame | None = None):
     """"Some (source, target) layer pair answers" per item beside its chance level: each item's
     patched outputs (every pair of ``rows``) matched under ``rule`` (:data:`~superscopes_nn.scoring.MATCH_RULES`)
     against another item's ``references`` (item -> aliases or answer), exact over derangements
-    (:func:`superscopes_nn.chance.chance_table`, one arm "some pair"). None with fewer than 2 items."""
+    (:func:`superscopes_nn.chance.chance_table`, one arm "some pair"). ``random_rows``: the same
+    pairs run with norm-matched random vectors (:func:`superscopes_nn.random_control.random_rows`;
+    rows of other items are dropped), adds ``random`` / ``above_random``. None with fewer than 2 items."""
     from superscopes_nn.chance import alias_pairs, chance_table
 
     if rows.empty or rows[item].nunique() < 2:
         return None
-    rows = rows.assign(pair=[f"{s}->{t}" for s, t in zip(rows.source_layer, rows.target_layer)])
-    return chance_table(rows, alias_pairs(rule), threshold=0.5, item=item, reference=references, by=(), choice="pair",
-                        arms={"some pair": None}, per_choice=False, n_boot=n_boot)
+
+    def paired(df):
+        return df.assign(pair=[f"{s}->{t}" for s, t in zip(df.source_layer, df.target_layer)])
+
+    rnd = None if random_rows is None else paired(random_rows[random_rows[item].isin(set(rows[item]))])
+    return chance_table(paired(rows), alias_pairs(rule), threshold=0.5, item=item, reference=references, by=(),
+                        choice="pair", arms={"some pair": None}, per_choice=False, n_boot=n_boot, random_df=rnd)
 
 
 def report_pair_chance(chance, path: Path, null: str) -> None:
@@ -232,5 +239,7 @@ def report_pair_chance(chance, path: Path, null: str) -> None:
         return
     chance.to_csv(path, index=False)
     c = chance.iloc[0]
+    rnd = (f"; random vector {c.random_count:.0f}/{c.n}, above it {c.above_random:+.2f} "
+           f"[{c.above_random_lo:+.2f}, {c.above_random_hi:+.2f}]") if "random" in chance else ""
     print(f"some pair answers {c.raw_count:.0f}/{c.n}; {null} chance {c.null_count:.1f}/{c.n}; "
-          f"above chance {c.above:+.2f} [{c.above_lo:+.2f}, {c.above_hi:+.2f}]")
+          f"above chance {c.above:+.2f} [{c.above_lo:+.2f}, {c.above_hi:+.2f}]{rnd}")

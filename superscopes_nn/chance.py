@@ -16,11 +16,12 @@ mean over j != i of ``best_of_K(score(text_i, ref_j)) > threshold``; this is
 computed exactly from the full text x reference score matrix (``n_derangements=None``),
 or by sampling derangements (:func:`derangement`).
 
-**Norm-matched random vector** (:func:`random_vector_rows`, needs generation): the
-source vector is replaced by a random direction with the same norm, then amplified
-by the same α and patched into the same target. Run those rows like any others and
-pass the scored frame as ``random_df``: the same best-of-K rule on them is the
-"nothing but norm" rate.
+**Norm-matched random vector** (:mod:`superscopes_nn.random_control`, needs generation):
+the source vector is replaced by a random direction with the norm of what would have been
+written, then amplified by the same α and patched into the same target.
+:func:`random_rows` turns any resolved rows (a sweep, back-patching, CoT pairs) into their
+random counterparts. Run those rows like any others and pass the scored frame as
+``random_df``: the same best-of-K rule on them is the "nothing but norm" rate.
 
 Each row of a chance table gives the raw rate, the shuffled null, raw minus null
 ("above null"), and optionally the random-vector rate, each with a bootstrap 95%
@@ -39,12 +40,12 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-import torch
 
-from .architectures import hidden_size
-from .resolver import resolve
+from .random_control import norm_matched_random, random_rows, random_vector_rows
 from .scoring import MATCH_RULES, answer_match, embedding_matrix, rouge_l
-from .specs import Compose, Fn, Source, Target
+
+__all__ = ["PairScorer", "alias_pairs", "chance_table", "cosine_pairs", "derangement", "format_chance", "item_table",
+           "layer_chance", "norm_matched_random", "null_against", "random_rows", "random_vector_rows", "rouge_pairs"]
 
 PairScorer = Callable[[list, list], np.ndarray]
 
@@ -104,44 +105,6 @@ def derangement(n: int, rng: np.random.Generator) -> np.ndarray:
         p = rng.permutation(n)
         if not np.any(p == np.arange(n)):
             return p
-
-
-# ------------------------------------------------------------------ random-vector control
-
-
-def norm_matched_random(d: int, seed: int) -> Fn:
-    """``Fn`` mapping v -> ||v|| u, u a fixed random unit vector of size ``d`` (seeded).
-
-    Wrap it in ``Compose(m, alpha)`` to get a random vector with the norm of ``alpha * v``.
-    """
-    g = torch.Generator().manual_seed(int(seed))
-    u = torch.randn(int(d), generator=g, dtype=torch.float32)
-    u = u / u.norm()
-
-    def random_direction(v, u=u):
-        return u.to(v.device, v.dtype) * v.norm()
-
-    return Fn(random_direction, name="random", key_=f"random:d{int(d)}:seed{int(seed)}")
-
-
-def random_vector_rows(model, prompts: Sequence[str], *, layers: Sequence[int], alphas: Sequence[float],
-                       site: str, target: Target, tokens: Sequence | int | str = -1, seed: int = 0):
-    """Rows of the norm-matched random control for a grid prompts x layers x alphas.
-
-    One random direction per (prompt, layer) item, shared across α (as the real vector is);
-    the written vector is ``alpha * ||v|| * u``. ``target.layer`` None = the source layer.
-    Returns resolved rows for :func:`superscopes_nn.run.run_rows`; their ``mapping`` is
-    ``random+amplify``.
-    """
-    d = hidden_size(model._module.config)
-    toks = list(tokens) if isinstance(tokens, (list, tuple)) else [tokens] * len(prompts)
-    patches = []
-    for pi, (prompt, tok) in enumerate(zip(prompts, toks)):
-        for layer in layers:
-            base = norm_matched_random(d, seed * 1_000_003 + pi * 1009 + int(layer))
-            for a in alphas:
-                patches.append((Source(prompt, int(layer), tok, site), target, Compose(base, float(a))))
-    return resolve(model, patches)
 
 
 # ------------------------------------------------------------------ the table
@@ -366,7 +329,8 @@ def null_against(df: pd.DataFrame, others: Sequence, score_pairs: PairScorer, *,
 
 def layer_chance(df: pd.DataFrame, score_pairs: PairScorer, *, threshold: float | None, reference,
                  item: str, text: str = "interpretation", layer: str = "source_layer", n_boot: int = 2000,
-                 n_derangements: int | None = None, seed: int = 0) -> pd.DataFrame:
+                 n_derangements: int | None = None, seed: int = 0,
+                 random_df: pd.DataFrame | None = None) -> pd.DataFrame:
     """Per-layer rates and the best-of-layers score of a one-text-per-(item, layer) sweep, each beside
     its shuffled-item chance level (item i's texts scored against item j's ``reference``, j a
     derangement of the items; exact average over derangements unless ``n_derangements``).
@@ -374,16 +338,18 @@ def layer_chance(df: pd.DataFrame, score_pairs: PairScorer, *, threshold: float 
     Rows: ``scope == "layer"``: one per ``layer`` value (``raw``: mean over items of the score, or of
     ``score > threshold``); ``scope == "best of layers"``: one row, the best over all layers per item
     (a best-of-K score, K = number of layers). Columns as :func:`chance_table` (``raw``, ``null``,
-    ``above`` with ``_lo`` / ``_hi`` bootstrap bounds over items).
+    ``above`` with ``_lo`` / ``_hi`` bootstrap bounds over items). ``random_df``: the same sweep
+    run with norm-matched random vectors (:func:`random_rows`), adds ``random`` / ``above_random``.
     """
     one = df.assign(_one="_")
+    rone = None if random_df is None else random_df.assign(_one="_")
     per = chance_table(one, score_pairs, threshold=threshold, reference=reference, item=item, text=text,
                        by=(layer,), choice="_one", arms={"layer": None}, per_choice=False, n_boot=n_boot,
-                       n_derangements=n_derangements, seed=seed)
+                       n_derangements=n_derangements, seed=seed, random_df=rone)
     per = per[per[layer] != "all"].assign(scope="layer")
     best = chance_table(df, score_pairs, threshold=threshold, reference=reference, item=item, text=text, by=(),
                         choice=layer, arms={"best of layers": None}, per_choice=False, n_boot=n_boot,
-                        n_derangements=n_derangements, seed=seed).assign(scope="best of layers")
+                        n_derangements=n_derangements, seed=seed, random_df=random_df).assign(scope="best of layers")
     best[layer] = "best"
     out = pd.concat([per, best], ignore_index=True)
     return out[["scope", layer] + [c for c in out.columns if c not in ("scope", layer, "arm")]]
