@@ -17,7 +17,7 @@ from typing import Sequence
 
 import pandas as pd
 
-NOT_CONFIG = ("out", "resume", "progress", "from_csv", "max_batch_size", "batch_size")
+NOT_CONFIG = ("out", "resume", "progress", "from_csv", "max_batch_size", "batch_size", "control")
 """Arguments that do not change a row's result, so a resumed run may change them."""
 
 DECODINGS = ("greedy", "llama2-chat")
@@ -108,6 +108,25 @@ def store_kwargs(args: argparse.Namespace, out, name: str) -> dict:
     config = {k: v for k, v in vars(args).items() if k not in NOT_CONFIG and k not in ("decoding", "seed")}
     config.update(decoding_config(args))
     return {"run_dir": Path(out) / f"{name}_rows", "resume": bool(getattr(args, "resume", False)), "config": config}
+
+
+def add_control(p: argparse.ArgumentParser) -> None:
+    """``--control none|random`` and ``--control-seed``: the norm-matched random-vector arm."""
+    p.add_argument("--control", choices=("none", "random"), default="none",
+                   help="random: also run every patched row with a norm-matched random vector "
+                        "(superscopes_nn.random_control; doubles the patched generation)")
+    p.add_argument("--control-seed", type=int, default=0, help="seed of the random directions")
+
+
+def random_arm(model, rows, *, target_model=None, seed: int = 0, **run_kwargs) -> pd.DataFrame:
+    """The rows' norm-matched random-vector counterparts (same sources, targets, α), run like them.
+
+    ``rows``: resolved rows (:func:`superscopes_nn.resolver.resolve`) of the real arm; ``run_kwargs``
+    go to :func:`superscopes_nn.run.run_rows` (give the random arm its own ``run_dir``)."""
+    from superscopes_nn.random_control import random_rows
+    from superscopes_nn.run import run_rows
+
+    return run_rows(model, random_rows(rows, target_model or model, seed), target_model=target_model, **run_kwargs)
 
 
 def parse_layers(spec: str | None, n_layers: int, default: Sequence[int] | None = None) -> list[int]:

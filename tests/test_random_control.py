@@ -110,3 +110,15 @@ def test_some_pair_chance_random_rows():
     c = some_pair_chance(rows, refs, item="id", rule="substring", n_boot=50,
                          random_rows=pd.concat([rnd, extra])).iloc[0]
     assert c.raw_count == 2 and c.random_count == 1 and c.above_random == pytest.approx(1 / 3)
+
+
+def test_random_arm_runs_the_same_cells(model):
+    from experiments.common import random_arm
+
+    rows = grid(model)
+    df = random_arm(model, rows, max_new_tokens=2, seed=3)
+    assert len(df) == len(rows) and df.error.isna().all()
+    assert df.mapping.unique().tolist() == ["random+amplify"]
+    assert df.alpha.tolist() == [r.mapping.alpha for r in rows]
+    assert df.source_layer.tolist() == [r.source_layer for r in rows]
+    assert all(k.startswith("random:") for k in df.mapping_key)
