@@ -46,7 +46,8 @@ Writes, under ``--out``: ``fig3_<model>_<protocol>_raw.csv.gz`` (sampled:
 random-vector rows in ``..._random_raw.csv.gz``), ``..._scored.csv.gz``, ``..._chance.csv``
 (raw / null / above-null / random rates with bootstrap 95% intervals over prompts, per layer
 and in all, per arm and per α), ``..._detect.csv`` (the α rule's chosen cosine beside its
-best-of-5 null), ``..._summary.json`` and ``..._bars.png``.
+best-of-5 null and, with ``--control random``, the rule's pick among the random-vector texts),
+``..._summary.json`` and ``..._bars.png``.
 """
 
 from __future__ import annotations
@@ -93,12 +94,15 @@ def fig3_chance(df: pd.DataFrame, random_df: pd.DataFrame | None = None, thresho
                         arms=ARMS, per_choice=True, random_df=random_df, n_boot=n_boot, n_derangements=n_derangements)
 
 
-def detection_chance(df: pd.DataFrame, embedder=None, score_pairs=None, n_boot: int = 2000) -> pd.DataFrame:
+def detection_chance(df: pd.DataFrame, embedder=None, score_pairs=None, n_boot: int = 2000,
+                     random_df: pd.DataFrame | None = None) -> pd.DataFrame:
     """Automatic α detection against chance: the mean cosine of the text the paper's rule picks
     (best of α 3..15 against the source prompt) beside the best of the same texts against another
-    prompt (exact over derangements), per layer and in all, bootstrap intervals over prompts."""
+    prompt (exact over derangements) and, with ``random_df``, the rule's pick among the
+    norm-matched random-vector texts against the source prompt; per layer and in all,
+    bootstrap intervals over prompts."""
     return chance_table(df, score_pairs or cosine_pairs(embedder), threshold=None, by=("source_layer",),
-                        arms={"detect": ARMS["superscopes"]}, per_choice=False, n_boot=n_boot)
+                        arms={"detect": ARMS["superscopes"]}, per_choice=False, n_boot=n_boot, random_df=random_df)
 
 
 def bars(table: pd.DataFrame, path: Path, title: str) -> Path:
@@ -175,10 +179,12 @@ def main(argv=None, model=None, cosine=None, embedder=None, score_pairs=None) ->
     t0 = time.perf_counter()
     df = add_scores(df, embedder=embedder, cosine=cosine)
     table = fig3_chance(df, random_df, args.threshold, embedder, score_pairs, n_boot=args.boot)
-    detect = detection_chance(df, embedder, score_pairs, n_boot=args.boot)
+    detect = detection_chance(df, embedder, score_pairs, n_boot=args.boot, random_df=random_df)
     t_score = time.perf_counter() - t0
     counts = success_table(df, threshold=args.threshold)
     save_csv(df, out / f"{stem}_scored.csv.gz")
+    if random_df is not None:  # the random-vector texts' cosines, so the random columns recount without MiniLM
+        save_csv(add_scores(random_df, embedder=embedder, cosine=cosine), out / f"{stem}_random_scored.csv.gz")
     table.to_csv(out / f"{stem}_chance.csv", index=False)
     detect.to_csv(out / f"{stem}_detect.csv", index=False)
     png = bars(table, out / f"{stem}_bars.png", f"Fig 3, {tag}, protocol {args.protocol}: cosine > {args.threshold:g}"

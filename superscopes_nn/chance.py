@@ -94,6 +94,11 @@ def _str(t) -> str:
     return t if isinstance(t, str) else ""
 
 
+def blank(t) -> bool:
+    """Nothing said: a missing, empty or whitespace-only text (scores 0, as in ``add_scores``)."""
+    return not isinstance(t, str) or t.strip() == ""
+
+
 # ------------------------------------------------------------------ derangements
 
 
@@ -151,7 +156,7 @@ def _score_cells(cells: dict, refs: list, score_pairs: PairScorer) -> dict:
     n = len(refs)
     if mat.shape != (len(flat), n):
         raise ValueError(f"score_pairs returned shape {mat.shape}, expected {(len(flat), n)}")
-    empty = np.array([t == "" for t in flat])
+    empty = np.array([blank(t) for t in flat], dtype=bool)
     mat[empty] = 0.0  # nothing said scores 0, as in add_scores
     return {k: mat[i * n:(i + 1) * n] for i, k in enumerate(keys)}
 
@@ -190,7 +195,7 @@ def chance_table(df: pd.DataFrame, score_pairs: PairScorer, *, threshold: float 
     ``threshold`` (``None``: the best score itself is averaged instead of a 0/1 success).
 
     - ``score_pairs(texts, refs)``: [len(texts), len(refs)] scores (:func:`cosine_pairs`,
-      :func:`alias_pairs`); empty or missing texts score 0.
+      :func:`alias_pairs`); missing, empty or whitespace-only texts score 0 (:func:`blank`).
     - ``reference``: a column of ``df`` (one value per item), a dict item -> reference or a
       callable; the default scores against the source prompt (the Superscopes rule).
     - ``arms``: ``{name: choice values or None (all)}``; default one arm of all choices.
@@ -323,7 +328,7 @@ def null_against(df: pd.DataFrame, others: Sequence, score_pairs: PairScorer, *,
         raise ValueError("null_against needs at least one other reference")
     texts = [t if isinstance(t, str) else "" for t in df[text]]
     m = np.asarray(score_pairs(texts, others), dtype=float)
-    m[[t == "" for t in texts]] = 0.0
+    m[[blank(t) for t in texts]] = 0.0
     return (m > threshold).mean(axis=1)
 
 

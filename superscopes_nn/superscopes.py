@@ -50,7 +50,7 @@ import numpy as np
 import pandas as pd
 
 from .api import sweep
-from .chance import cosine_pairs, null_against
+from .chance import blank, cosine_pairs, null_against
 from .specs import ENTITY_PROMPT, Target
 from .validate import check_alphas
 
@@ -344,7 +344,7 @@ def choice_chance(df: pd.DataFrame, others: Sequence[str] | None = None, *, scor
         raise ValueError("choice_chance needs at least one other reference")
     texts = [t if isinstance(t, str) else "" for t in df["interpretation"]]
     m = np.asarray((score_pairs or cosine_pairs(embedder))(texts, others), dtype=float)
-    m[[t == "" for t in texts]] = -np.inf
+    m[[blank(t) for t in texts]] = -np.inf
     records = []
     groups = df.groupby(list(by), sort=True, dropna=False)
     for (key, g), row in zip(groups, chosen.itertuples(index=False)):  # the same groups, the same order

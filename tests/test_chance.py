@@ -151,3 +151,14 @@ def test_with_chance_on_one_prompt_grid():
     df = pd.DataFrame({"source_prompt": ["Q"] * 3, "interpretation": ["A", "nothing", ""]})
     out = with_chance(df, others=["A", "B"], threshold=0.5, score_pairs=exact_pairs)
     assert out.chance_rate.tolist() == [0.5, 0.0, 0.0]
+
+
+def test_whitespace_only_text_scores_zero_like_add_scores():
+    # a scorer that would give a blank text a high score: the table must not let it count
+    def generous(texts, refs):
+        return np.array([[1.0 if (t.strip() == "" or t == r) else 0.0 for r in refs] for t in texts])
+
+    df = grid({1: ["A", " \n", "x", "x"]})
+    t = chance_table(df, generous, threshold=0.5, per_choice=False)
+    a = row(t, "any")
+    assert a.raw == 0.25 and a.null == 0.0

@@ -245,7 +245,12 @@ def test_fig3_script(llama, tmp_path, capsys, protocol):
 
     chosen = detect_alpha(df[df.alpha >= 3], by=("source_prompt", "source_layer"))
     assert np.isclose(det.loc["all", "raw"], chosen.score.fillna(0).mean())  # the rule's own pick, independently
-    assert ("random" in ch) == (control == "random")
+    assert ("random" in ch) == (control == "random") == ("random" in det)
+    if control == "random":  # the rule's pick among the random-vector texts, from the saved scored rows
+        rnd = pd.read_csv(next(tmp_path.glob(f"fig3_*_{protocol}_random_scored.csv.gz")))
+        picked = detect_alpha(rnd[rnd.alpha >= 3], by=("source_prompt", "source_layer"))
+        assert np.isclose(det.loc["all", "random"], picked.score.fillna(0).mean())
+        assert np.isclose(det.loc["all", "above_random"], det.loc["all", "raw"] - det.loc["all", "random"])
     out = capsys.readouterr().out
     assert "patchscopes" in out and "superscopes" in out
     # re-scoring the saved raw CSVs (no model) gives the same tables
