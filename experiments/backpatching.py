@@ -9,12 +9,21 @@ same prompt at an *earlier* layer ``t < s``, giving the second hop more layers::
 
     from superscopes_nn import load_model
     from experiments.backpatching import backpatching, summarize
-    df = backpatching(load_model(), limit=20)
+    df = backpatching(load_model(), limit=20, control="random")
     summarize(df)       # fixed share of wrong queries, overall and "both hops known"
+    fix_chance(df)      # "some pair fixes" beside the shuffled-answer null and the random-vector arm
 
 Run::
 
-    .venv/bin/python experiments/backpatching.py --limit 20 --out runs/backpatching [--population paper|wrong|all]
+    .venv/bin/python experiments/backpatching.py --limit 20 --out runs/backpatching [--population paper|wrong|all] \
+        [--control random [--control-seed 0]]
+
+Files in ``--out``: ``backpatching.csv`` (:data:`BACKPATCH_COLUMNS`, one row per query and
+(s, t)), ``backpatching_hops.csv`` (:data:`HOP_COLUMNS`), with ``--control random``
+``backpatching_random.csv`` (:data:`RANDOM_COLUMNS`, one row per back-patched row, same order),
+``backpatching_summary.json`` (:func:`summarize`; ``chance`` = the :func:`fix_chance` table:
+``raw`` / ``null`` / ``above`` and, with the random arm, ``random`` / ``above_random``, each
+with ``_lo`` / ``_hi`` bootstrap bounds and ``*_count``), ``backpatching.png`` (fix-rate heatmap).
 
 Protocol against the official code (edenbiran/HoppingTooLate):
 
@@ -45,6 +54,14 @@ pairs counted          ``src/analyze_results.py``: ``load_backpatching`` masks  
 success                ``calc_backpatching_oracle_success``: some pair answers      "some pair fixes", beside the
                                                                                     shuffled-answer chance level
                                                                                     (:func:`fix_chance`)
+chance                 none in the official code                                    our addition: shuffled answers (a
+                                                                                    derangement of queries, exact) and,
+                                                                                    with ``control="random"``, every
+                                                                                    back-patched row rerun with the
+                                                                                    state at s replaced by a random
+                                                                                    direction of the same norm, written
+                                                                                    at t; same substring rule
+                                                                                    (``random``, ``above_random``)
 =====================  ===========================================================  ==================================
 """
 
@@ -61,87 +78,36 @@ import pandas as pd
 if __package__ in (None, ""):  # run as a script: make `experiments` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experiments.common import int_list, parser, setup, some_pair_chance, store_kwargs  # noqa: E402
+from experiments.common import (  # noqa: E402
+    add_control, int_list, parser, random_arm, setup, some_pair_chance, store_kwargs,
+)
+from experiments.hop_checks import (  # noqa: E402,F401  (re-exported)
+    CATEGORIES, HOP_COLUMNS, classify, entity_shortcut_prompt, hop_answers, relation_shortcut_prompt,
+)
 from experiments.two_hop import (  # noqa: E402,F401  (re-exported)
-    MATCH_RULES, QUERY_FIELDS, alias_match, answer_aliases, bridge_aliases, load_queries,
+    MATCH_RULES, QUERY_FIELDS, alias_match, answer_aliases, load_queries,
 )
 from superscopes_nn.architectures import num_layers  # noqa: E402
-from superscopes_nn.api import generate_plain, patchscope  # noqa: E402
-from superscopes_nn.resolver import model_name  # noqa: E402
+from superscopes_nn.resolver import model_name, resolve  # noqa: E402
+from superscopes_nn.run import run_rows  # noqa: E402
 from superscopes_nn.specs import Source, Target  # noqa: E402
 
-__all__ = ["QUERY_FIELDS", "load_queries", "hop_answers", "backpatching", "fix_chance", "summarize"]
-CATEGORIES = ("both_correct_composition_correct", "both_correct_composition_wrong",
-              "first_hop_wrong", "second_hop_wrong")
-"""Query classes of the paper: both hops answered correctly alone and the composition
-right / wrong; the first hop (e1 -> bridge) wrong; the first right but the second wrong."""
-
-HOP_COLUMNS = ["id", "two_hop_output", "two_hop_correct", "first_hop_output", "first_hop_correct",
-               "second_hop_output", "second_hop_correct", "entity_shortcut_output", "entity_shortcut_correct",
-               "relation_shortcut_output", "relation_shortcut_correct", "category", "paper_population"]
+__all__ = ["QUERY_FIELDS", "CATEGORIES", "HOP_COLUMNS", "classify", "entity_shortcut_prompt",
+           "relation_shortcut_prompt", "load_queries", "hop_answers", "backpatching", "fix_chance", "summarize"]
+CONTROLS = ("none", "random")
+"""``control``: ``random`` = also run every back-patched row with a norm-matched random vector
+(:func:`superscopes_nn.random_control.random_rows`), kept in ``df.attrs["random"]``."""
 POPULATIONS = ("paper", "wrong", "all")
 """Queries back-patched: ``paper`` = the official population (composition wrong, both hops
 right, neither shortcut right); ``wrong`` = every wrong two-hop query; ``all`` = every query."""
 BACKPATCH_COLUMNS = ["id", "source_layer", "target_layer", "interpretation", "correct", "error",
                      "two_hop_correct", "category"]
+RANDOM_COLUMNS = BACKPATCH_COLUMNS + ["mapping", "mapping_key"]
+"""The random arm's rows: :data:`BACKPATCH_COLUMNS` plus the mapping's name (``random``) and key
+(``random:d<width>:seed<seed>:...``), one-to-one with the back-patched rows."""
 
 
 # ------------------------------------------------------------------ queries and scoring
-
-
-def classify(first_ok: bool, second_ok: bool, two_hop_ok: bool) -> str:
-    """The paper's query class (see :data:`CATEGORIES`); a wrong first hop takes precedence."""
-    if not first_ok:
-        return "first_hop_wrong"
-    if not second_ok:
-        return "second_hop_wrong"
-    return "both_correct_composition_correct" if two_hop_ok else "both_correct_composition_wrong"
-
-
-def entity_shortcut_prompt(q) -> str:
-    """The second hop asked of e1 directly (``eval_entity_shortcut``): the second-hop prompt with e1
-    in place of the bridge."""
-    return q["second_hop_prompt"].replace(q["bridge"], q["e1"], 1)
-
-
-def relation_shortcut_prompt(q) -> str:
-    """The composed relation without its subject (``eval_relation_shortcut``): the two-hop prompt
-    without e1 and without a final " is"."""
-    p = q["two_hop_prompt"].replace(" " + q["e1"], "", 1)
-    return p[:-3] if p.endswith(" is") else p
-
-
-def hop_answers(model, queries: pd.DataFrame, *, max_new_tokens: int = 10, max_batch_size: int = 64,
-                remote: bool | str = False, match: str = "substring") -> pd.DataFrame:
-    """Greedy answers to the two-hop, first-hop, second-hop and the two shortcut prompts of every query.
-
-    Steps: one batched :func:`generate_plain` over all 5 x N prompts; the two-hop,
-    second-hop and shortcut outputs are correct when they contain the answer or an alias,
-    the first-hop output when it contains the bridge or an alias (``match``, :data:`MATCH_RULES`); :func:`classify`;
-    ``paper_population`` = composition wrong, both hops right, neither shortcut right.
-
-    Columns: :data:`HOP_COLUMNS`, one row per query, in query order.
-    """
-    n = len(queries)
-    prompts = (queries.two_hop_prompt.tolist() + queries.first_hop_prompt.tolist()
-               + queries.second_hop_prompt.tolist()
-               + [entity_shortcut_prompt(q) for _, q in queries.iterrows()]
-               + [relation_shortcut_prompt(q) for _, q in queries.iterrows()])
-    texts = generate_plain(model, prompts, max_new_tokens, max_batch_size, remote)
-    rows = []
-    for i, (_, q) in enumerate(queries.iterrows()):
-        two, first, second, ent, rel = (texts[k * n + i] for k in range(5))
-        ans = answer_aliases(q)
-        ok2, ok1, okb = (alias_match(two, ans, match), alias_match(first, bridge_aliases(q), match),
-                         alias_match(second, ans, match))
-        oke, okr = alias_match(ent, ans, match), alias_match(rel, ans, match)
-        rows.append(dict(id=q["id"], two_hop_output=two, two_hop_correct=ok2, first_hop_output=first,
-                         first_hop_correct=ok1, second_hop_output=second, second_hop_correct=okb,
-                         entity_shortcut_output=ent, entity_shortcut_correct=oke,
-                         relation_shortcut_output=rel, relation_shortcut_correct=okr,
-                         category=classify(ok1, okb, ok2),
-                         paper_population=bool(ok1 and okb and not ok2 and not oke and not okr)))
-    return pd.DataFrame(rows, columns=HOP_COLUMNS)
 
 
 def layer_pairs(n_layers: int, layers: Iterable[int] | None = None) -> list[tuple[int, int]]:
@@ -174,6 +140,7 @@ def backpatching(model, queries=None, *, limit: int | None = None, stratify: boo
                  pairs: Sequence[tuple[int, int]] | None = None, max_new_tokens: int = 10,
                  max_batch_size: int = 64, remote: bool | str = False, progress: bool = False,
                  hops: pd.DataFrame | None = None, population: str = "paper", match: str = "substring",
+                 control: str = "none", control_seed: int = 0, random_run_dir=None,
                  run_dir=None, resume: bool = False, config: dict | None = None) -> pd.DataFrame:
     """Back-patch every two-hop query for every layer pair ``(s, t)``, ``s > t``.
 
@@ -185,7 +152,10 @@ def backpatching(model, queries=None, *, limit: int | None = None, stratify: boo
        target = the same prompt and position, layer ``t``; greedy-generate
        ``max_new_tokens`` tokens (prompt pass patched only), all rows batched;
     3. a row is correct when its output contains the answer or an alias (``match``:
-       ``substring`` = case-insensitive substring, the official test; ``word`` = whole words).
+       ``substring`` = case-insensitive substring, the official test; ``word`` = whole words);
+    4. ``control="random"``: the same resolved rows with each source vector replaced by a
+       norm-matched random direction (:func:`superscopes_nn.random_control.random_rows`, seed
+       ``control_seed``), run and scored as in 2-3 (``random_run_dir``: its own run store).
 
     ``pairs`` overrides ``layers`` (default: all layers, L(L-1)/2 pairs); ``limit`` and
     ``stratify``: see :func:`load_queries`; ``population``: which queries are back-patched
@@ -194,8 +164,11 @@ def backpatching(model, queries=None, *, limit: int | None = None, stratify: boo
     Columns: :data:`BACKPATCH_COLUMNS` -- ``id``, ``source_layer`` (s), ``target_layer``
     (t), ``interpretation``, ``correct`` (bool), ``error`` (None unless the patch gave
     non-finite values), and the query's ``two_hop_correct`` and ``category``; one row
-    per (query, s, t). The per-query hop answers are in ``df.attrs["hops"]``.
+    per (query, s, t). The per-query hop answers are in ``df.attrs["hops"]``; with
+    ``control="random"`` the random arm (:data:`RANDOM_COLUMNS`, row for row) in ``df.attrs["random"]``.
     """
+    if control not in CONTROLS:
+        raise ValueError(f"control must be one of {CONTROLS}, got {control!r}")
     qs = load_queries(queries, limit, stratify)
     n = num_layers(model._module.config)
     pairs = layer_pairs(n, layers) if pairs is None else [tuple(p) for p in pairs]
@@ -212,36 +185,51 @@ def backpatching(model, queries=None, *, limit: int | None = None, stratify: boo
     keep = {"paper": hops.paper_population.astype(bool) if "paper_population" in hops else hops.id.isna(),
             "wrong": ~hops.two_hop_correct.astype(bool), "all": hops.id.notna()}[population]
     qs = qs[qs.id.isin(set(hops.id[keep.to_numpy()]))].reset_index(drop=True)
+    attrs = dict(hops=hops, model=model_name(model), population=population, match=match, control=control)
     if qs.empty:
         df = pd.DataFrame(columns=BACKPATCH_COLUMNS)
-        df.attrs.update(hops=hops, model=model_name(model), population=population, answers={}, match=match)
+        df.attrs.update(attrs, answers={})
+        if control == "random":
+            df.attrs["random"] = pd.DataFrame(columns=RANDOM_COLUMNS)
         return df
-    res = patchscope(model, backpatch_patches(qs, pairs), max_new_tokens=max_new_tokens,
-                     max_batch_size=max_batch_size, remote=remote, progress=progress,
-                     run_dir=run_dir, resume=resume, config=config)
+    rows = resolve(model, backpatch_patches(qs, pairs))
+    run = dict(max_new_tokens=max_new_tokens, max_batch_size=max_batch_size, remote=remote, progress=progress)
     ids = [q for q in qs.id for _ in pairs]
     aliases = {q["id"]: answer_aliases(q) for _, q in qs.iterrows()}
-    df = pd.DataFrame({
-        "id": ids, "source_layer": res.source_layer.astype(int), "target_layer": res.target_layer.astype(int),
-        "interpretation": res.interpretation, "error": res.error,
-    })
-    df["correct"] = [alias_match(t, aliases[i], match) for t, i in zip(df.interpretation, df.id)]
-    df = df.merge(hops[["id", "two_hop_correct", "category"]], on="id", how="left")[BACKPATCH_COLUMNS]
-    df.attrs.update(hops=hops, model=model_name(model), population=population, answers=aliases, match=match)
+
+    def frame(res, columns):
+        df = pd.DataFrame({
+            "id": ids, "source_layer": res.source_layer.astype(int), "target_layer": res.target_layer.astype(int),
+            "interpretation": res.interpretation, "error": res.error,
+            "mapping": res.mapping, "mapping_key": res.mapping_key,
+        })
+        df["correct"] = [alias_match(t, aliases[i], match) for t, i in zip(df.interpretation, df.id)]
+        return df.merge(hops[["id", "two_hop_correct", "category"]], on="id", how="left")[columns]
+
+    df = frame(run_rows(model, rows, run_dir=run_dir, resume=resume, config=config, **run), BACKPATCH_COLUMNS)
+    df.attrs.update(attrs, answers=aliases)
+    if control == "random":
+        rnd = random_arm(model, rows, seed=control_seed, run_dir=random_run_dir, resume=resume,
+                         config=None if config is None else {**config, "control_seed": control_seed}, **run)
+        df.attrs["random"] = frame(rnd, RANDOM_COLUMNS)
     return df
 
 
 def fix_chance(df: pd.DataFrame, answers: dict | None = None, n_boot: int = 2000,
-               match: str | None = None) -> pd.DataFrame | None:
-    """"Some pair fixes" beside its chance level: each wrong query's back-patched outputs (every
+               match: str | None = None, random_df: pd.DataFrame | None = None) -> pd.DataFrame | None:
+    """"Some pair fixes" beside its chance levels: each wrong query's back-patched outputs (every
     (s, t) pair) matched against another query's answer aliases, averaged over all derangements
     (:func:`superscopes_nn.chance.chance_table`), under ``match`` (default ``df.attrs["match"]``, else
-    ``substring``). None with fewer than 2 wrong queries."""
+    ``substring``). ``random_df`` (default ``df.attrs["random"]``, if any): the random arm, scored
+    by the same rule against each query's own aliases: adds ``random`` / ``above_random``.
+    None with fewer than 2 wrong queries."""
     answers = df.attrs.get("answers") if answers is None else answers
     if answers is None:
         return None
+    random_df = df.attrs.get("random") if random_df is None else random_df
     return some_pair_chance(df[~df.two_hop_correct.astype(bool)], answers, item="id",
-                            rule=match or df.attrs.get("match") or "substring", n_boot=n_boot)
+                            rule=match or df.attrs.get("match") or "substring", n_boot=n_boot,
+                            random_rows=random_df)
 
 
 def summarize(df: pd.DataFrame, hops: pd.DataFrame | None = None) -> dict:
@@ -281,7 +269,18 @@ def summarize(df: pd.DataFrame, hops: pd.DataFrame | None = None) -> dict:
         "n_paper_population": int(hops.paper_population.sum()) if "paper_population" in hops else None,
         "best_pair": None if best is None else [int(best[0]), int(best[1])],
         "best_pair_fix_rate": None if best is None else float(grid.loc[best[0], best[1]]),
+        **random_summary(df, wrong),
     }
+
+
+def random_summary(df: pd.DataFrame, wrong: pd.DataFrame) -> dict:
+    """With a random arm (``df.attrs["random"]``): ``control`` and ``n_fixed_random`` (the counted
+    wrong queries that some norm-matched random-vector pair "fixes"); else nothing."""
+    rnd = df.attrs.get("random")
+    if rnd is None:
+        return {}
+    fixed = rnd.groupby("id").correct.any().reindex(wrong.id).fillna(False).astype(bool)
+    return {"control": "random", "n_rows_random": int(len(rnd)), "n_fixed_random": int(fixed.sum())}
 
 
 def fix_rate_grid(df: pd.DataFrame) -> pd.DataFrame:
@@ -317,6 +316,18 @@ def plot_heatmap(grid: pd.DataFrame, path: Path, title: str) -> None:
 # ------------------------------------------------------------------ script
 
 
+def chance_line(c) -> str:
+    """The printed chance line: raw, shuffled-answer null, random-vector rate (when run), both "above"."""
+    line = (f"some pair fixes {c.raw_count:.0f}/{c.n} [{c.raw_lo:.2f}, {c.raw_hi:.2f}]; shuffled-answer null "
+            f"{c.null_count:.1f}/{c.n} [{c.null_lo:.2f}, {c.null_hi:.2f}]")
+    if "random" in c and pd.notna(c.random):
+        line += f"; random vector {c.random_count:.0f}/{c.n} [{c.random_lo:.2f}, {c.random_hi:.2f}]"
+    line += f"; above null {c.above:+.2f} [{c.above_lo:+.2f}, {c.above_hi:+.2f}]"
+    if "random" in c and pd.notna(c.random):
+        line += f"; above random {c.above_random:+.2f} [{c.above_random_lo:+.2f}, {c.above_random_hi:+.2f}]"
+    return line + f" (n={c.n})"
+
+
 def parse_args(argv):
     p = parser("Back-patching (Biran et al. 2024) on two-hop queries.", out="runs/backpatching", two_hop=True, limit_help="first N queries",
                        layers_help="comma-separated layers to pair (default: all)")
@@ -325,6 +336,7 @@ def parse_args(argv):
                         "wrong: every wrong two-hop query; all: every query")
     p.add_argument("--match", choices=MATCH_RULES, default="substring",
                    help="answer test: substring (official, case-insensitive); word: whole words (earlier design)")
+    add_control(p)
     return p.parse_args(argv)
 
 
@@ -333,10 +345,13 @@ def main(argv=None, model=None) -> pd.DataFrame:
     model, out = setup(args, model)
     layers = int_list(getattr(args, "layers", None))
     t0 = time.perf_counter()
+    store = store_kwargs(args, out, "backpatching")
+    store["config"].pop("control_seed", None)  # the real arm's rows do not depend on it: older run dirs resume
     df = backpatching(model, args.data, limit=args.limit, stratify=args.stratify, layers=layers,
                       max_new_tokens=args.max_new_tokens,
                       max_batch_size=args.max_batch_size, remote=args.remote, progress=True,
-                      population=args.population, match=args.match, **store_kwargs(args, out, "backpatching"))
+                      population=args.population, match=args.match, control=args.control,
+                      control_seed=args.control_seed, random_run_dir=out / "backpatching_random_rows", **store)
     hops = df.attrs["hops"]
     summary = summarize(df)
     chance = fix_chance(df)
@@ -344,6 +359,8 @@ def main(argv=None, model=None) -> pd.DataFrame:
     summary["seconds"] = round(time.perf_counter() - t0, 1)
     df.to_csv(out / "backpatching.csv", index=False)
     hops.to_csv(out / "backpatching_hops.csv", index=False)
+    if "random" in df.attrs:
+        df.attrs["random"].to_csv(out / "backpatching_random.csv", index=False)
     (out / "backpatching_summary.json").write_text(json.dumps(summary, indent=2, default=float))
     if len(df):
         plot_heatmap(fix_rate_grid(df), out / "backpatching.png",
@@ -355,9 +372,7 @@ def main(argv=None, model=None) -> pd.DataFrame:
           f"{summary['n_fixed_both_known']}/{summary['n_wrong_both_known']} ({summary['fix_rate_both_known']:.1%})")
     print(f"population {args.population}: {summary['n_paper_population']} queries in the paper's population")
     if chance is not None:
-        c = chance.iloc[0]
-        print(f"some pair fixes {c.raw_count:.0f}/{c.n} [{c.raw_lo:.2f}, {c.raw_hi:.2f}]; shuffled-answer chance "
-              f"{c.null_count:.1f}/{c.n}; above chance {c.above:+.2f} [{c.above_lo:+.2f}, {c.above_hi:+.2f}]")
+        print(chance_line(chance.iloc[0]))
     print(f"{len(df)} rows in {summary['seconds']:.0f}s -> {out}")
     return df
 
