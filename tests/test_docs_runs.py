@@ -33,6 +33,26 @@ def test_fig3_rows_give_the_committed_counts(protocol, decoding):
     assert (table.null_count > 0).all() and (table.raw_lo <= table.raw).all() and (table.raw <= table.raw_hi).all()
 
 
+@pytest.mark.parametrize("protocol", ["official", "same-site"])
+def test_fig3_random_vector_rows_give_the_committed_random_columns(protocol):
+    """The norm-matched random-vector arm: success counts (chance CSV) and the α rule's pick (detect CSV)."""
+    rnd = pd.read_csv(RUNS / f"fig3_gemma-3-270m_{protocol}_random_scored.csv.gz", keep_default_na=False)
+    chance = pd.read_csv(RUNS / f"fig3_gemma-3-270m_{protocol}_chance.csv")
+    detect = pd.read_csv(RUNS / f"fig3_gemma-3-270m_{protocol}_detect.csv").set_index("source_layer")
+    assert len(rnd) == 2016 and set(rnd.mapping) == {"random+amplify"}
+    cos = pd.to_numeric(rnd.score_source_cosine).where(rnd.interpretation != "", 0.0)
+    rnd = rnd.assign(cos=cos, ok=cos > 0.3)
+    unit = ["source_prompt", "source_layer"]
+    table = chance[chance.source_layer.astype(str) == "all"].set_index("arm")
+    assert table.loc["superscopes", "random_count"] == rnd[rnd.alpha >= 3].groupby(unit).ok.any().sum()
+    assert table.loc["patchscopes", "random_count"] == rnd[rnd.alpha == 1].ok.sum()
+    picked = rnd[rnd.alpha >= 3].groupby(unit).cos.max()
+    assert detect.loc["all", "random"] == pytest.approx(picked.mean(), abs=1e-6)
+    for layer, g in picked.groupby(level="source_layer"):
+        assert detect.loc[str(layer), "random"] == pytest.approx(g.mean(), abs=1e-6)
+    assert detect.loc["all", "above_random"] == pytest.approx(detect.loc["all", "raw"] - detect.loc["all", "random"])
+
+
 def test_token_identity_rows_give_the_committed_precisions():
     rows = pd.read_csv(RUNS / "token_identity_gemma-3-270m_8positions.csv.gz")
     summary = pd.read_csv(RUNS / "token_identity_gemma-3-270m_8positions_summary.csv").set_index("layer")
