@@ -8,9 +8,11 @@ model write a description. Scoring it against a curated description per layer
 shows where the entity gets resolved::
 
     from superscopes_nn import load_model
-    from experiments.entity_resolution import entity_resolution, summarize
+    from experiments.entity_resolution import entity_chance, entity_resolution, summarize
     df = entity_resolution(load_model(), limit=20)
     summarize(df)      # method, source_layer, score_alias, score_rouge_l, score_cosine, n
+    df = entity_resolution(load_model(), limit=20, control="random")   # + method == "random" rows
+    entity_chance(df)  # raw, null, above; random, above_random for the patchscope rows
 
 Metrics (``superscopes_nn.scoring``), columns ``score_<metric>``: ``alias`` (the name or an alias occurs
 in the text), ``rouge_l`` and ``cosine`` (MiniLM embeddings) against the curated
@@ -21,11 +23,21 @@ way and drawn beside the per-layer curves.
 Chance levels (:func:`entity_chance`, on :func:`superscopes_nn.chance.layer_chance`): each
 entity's generations scored against *another* entity's aliases / description (exact average
 over derangements of the entities), per layer and for the best-of-layers score, with bootstrap
-95% intervals over entities.
+95% intervals over entities. With ``control="random"`` (``--control random``) every patchscope
+row is run a second time with the patched vector replaced by a norm-matched random direction
+(:func:`superscopes_nn.random_control.random_rows`: same entity, layer, target and position,
+``||v||`` kept, one seeded direction per source vector; ``method == "random"``), scored by the
+same rule against the same references; the chance table's ``patchscope`` rows gain ``random``,
+``above_random`` (= raw - random, with ``_lo`` / ``_hi``) and ``random_count``. The input-only
+baseline patches nothing and has no random arm. The script writes the random rows to
+``OUT/entity_resolution_random.csv`` (the real rows stay in ``entity_resolution.csv``), keeps
+them in ``OUT/entity_resolution_random_rows`` (resumable) and adds ``method == "random"`` rows
+to the summary and dotted curves to the figure.
 
 Run::
 
     .venv/bin/python experiments/entity_resolution.py --limit 20 --out runs/entity_resolution
+    .venv/bin/python experiments/entity_resolution.py --limit 60 --control random --out runs/entity
 
 Protocol against the official code (PAIR-code/interpretability, ``patchscopes/code/entity_processing.ipynb``,
 the cell calling ``inspect`` of ``patchscopes_utils.py``):
@@ -48,7 +60,10 @@ new tokens      ``max_gen_len = 50``, greedy                               50 (`
 scoring         none in the notebook (the paper: RougeL against            ``alias``, ``rouge_l``, ``cosine``
                 Wikipedia descriptions)                                    against the curated description
 baseline        --                                                         Li et al. input-only (name for ``x``)
-chance          --                                                         :func:`entity_chance`
+chance          --                                                         :func:`entity_chance`: shuffled-entity
+                                                                           null; ``--control random`` adds the
+                                                                           norm-matched random-vector arm (our
+                                                                           addition, not in the official code)
 ==============  =========================================================  ====================================
 """
 
@@ -64,10 +79,10 @@ import pandas as pd
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experiments.common import check_args, parser, store_kwargs  # noqa: E402
+from experiments.common import add_control, check_args, parser, random_arm, store_kwargs  # noqa: E402
 from superscopes_nn.architectures import num_layers  # noqa: E402
-from superscopes_nn.api import sweep  # noqa: E402
-from superscopes_nn.resolver import model_name  # noqa: E402
+from superscopes_nn.resolver import model_name, sweep_rows  # noqa: E402
+from superscopes_nn.run import run_rows  # noqa: E402
 from superscopes_nn.specs import ENTITY_PROMPT, Target  # noqa: E402
 from superscopes_nn.validate import check_layer  # noqa: E402
 
@@ -78,6 +93,8 @@ METRICS = ("alias", "rouge_l", "cosine")
 ENTITY_COLUMNS = ("name", "type", "description", "aliases")
 OFFICIAL_LAYERS = 10
 """``entity_processing.ipynb`` loops ``for layer_source in range(10)``: the script's default layers."""
+CONTROLS = ("none", "random")
+"""``control``: ``random`` adds the norm-matched random-vector arm (rows with ``method == "random"``)."""
 
 
 def entity_table(entities=None, limit: int | None = None) -> pd.DataFrame:
@@ -149,23 +166,30 @@ def entity_resolution(model, entities=None, *, limit: int | None = None, layers:
                       target_prompt: str = ENTITY_PROMPT, metrics: Sequence[str] = METRICS,
                       baseline: bool = True, max_new_tokens: int = 50, max_batch_size: int = 64,
                       target_model=None, mapping=None, remote: bool | str = False,
-                      progress: bool = False,
-                      run_dir=None, resume: bool = False, config: dict | None = None) -> pd.DataFrame:
+                      progress: bool = False, control: str = "none", control_seed: int = 0,
+                      run_dir=None, resume: bool = False, config: dict | None = None,
+                      random_run_dir=None) -> pd.DataFrame:
     """Entity descriptions decoded from each layer, scored, plus the input-only baseline.
 
     Steps:
 
     1. source = each entity name alone, its last token, every layer ``l`` (residual);
     2. target = ``target_prompt`` at ``x``, target layer = ``l``; greedy-generate
-       ``max_new_tokens`` tokens (one batched :func:`~superscopes_nn.api.sweep`);
-    3. if ``baseline``: the input-only control (name in place of ``x``, no patching);
-    4. score every row with ``metrics`` (empty = no scoring).
+       ``max_new_tokens`` tokens (the rows of :func:`~superscopes_nn.resolver.sweep_rows`, run batched);
+    3. if ``control == "random"``: the same resolved rows with each patched vector replaced by a
+       norm-matched random direction (:func:`superscopes_nn.random_control.random_rows`, seeded by
+       ``control_seed``; ``method == "random"``, ``mapping_key`` starting ``"random:"``; kept in
+       ``random_run_dir`` if given);
+    4. if ``baseline``: the input-only control (name in place of ``x``, no patching; no random arm);
+    5. score every row with ``metrics`` (empty = no scoring), the random rows by the same rule.
 
     Columns: the sweep's result columns (``source_layer`` is -1 for the baseline) plus
-    ``method`` (``patchscope`` / ``input_only``), ``entity``, ``type``, ``description``,
+    ``method`` (``patchscope`` / ``random`` / ``input_only``), ``entity``, ``type``, ``description``,
     ``answer`` (the description part of the continuation) and one column per metric
     (``score_alias`` bool, ``score_rouge_l`` and ``score_cosine`` floats).
     """
+    if control not in CONTROLS:
+        raise ValueError(f"control must be one of {CONTROLS}, got {control!r}")
     unknown = set(metrics) - set(METRICS)
     if unknown:
         raise ValueError(f"unknown metrics {sorted(unknown)}; choose from {', '.join(METRICS)}")
@@ -175,12 +199,20 @@ def entity_resolution(model, entities=None, *, limit: int | None = None, layers:
     layers = list(range(min(n, n_src))) if layers is None else [check_layer(l, n_src, "source", model_name(model))
                                                                  for l in layers]
     names = ents.name.tolist()
-    df = sweep(model, names, layers=layers, token=-1, target=Target(target_prompt), target_model=target_model,
-               mapping=mapping, max_new_tokens=max_new_tokens, max_batch_size=max_batch_size, remote=remote,
-               progress=progress, run_dir=run_dir, resume=resume, config=config)
+    rows = sweep_rows(model, names, layers=layers, token=-1, target=Target(target_prompt), target_model=target_model,
+                      mapping=mapping)
+    run = dict(target_model=target_model, max_new_tokens=max_new_tokens, max_batch_size=max_batch_size,
+               remote=remote, progress=progress, resume=resume, config=config)
+    df = run_rows(model, rows, run_dir=run_dir, **run)
     df.insert(0, "method", "patchscope")
-    df["entity"] = df.source_prompt
     frames = [df]
+    if control == "random":
+        rnd = random_arm(model, rows, seed=control_seed, run_dir=random_run_dir,
+                         **{**run, "config": {**(config or {}), "control_seed": int(control_seed)}})
+        rnd.insert(0, "method", "random")
+        frames.append(rnd)
+    for f in frames:
+        f["entity"] = f.source_prompt
     if baseline:
         base = input_only(target_model or model, target_prompt, names, max_new_tokens=max_new_tokens,
                           max_batch_size=max_batch_size, remote=remote)
@@ -205,7 +237,8 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def entity_chance(df: pd.DataFrame, ents: pd.DataFrame | None = None, metrics: Sequence[str] = METRICS,
-                  n_boot: int = 2000, n_derangements: int | None = None) -> pd.DataFrame:
+                  n_boot: int = 2000, n_derangements: int | None = None,
+                  random_df: pd.DataFrame | None = None) -> pd.DataFrame:
     """Every metric per layer and best over layers, beside its shuffled-entity chance level.
 
     Per ``method`` (``patchscope``; ``input_only`` as one "layer" -1): entity i's texts scored
@@ -215,9 +248,19 @@ def entity_chance(df: pd.DataFrame, ents: pd.DataFrame | None = None, metrics: S
     scores; an empty answer scores 0). ``ents``: the entity table (:func:`entity_table`, default
     all entities) for the aliases. Columns: ``metric``, ``method``, then those of
     :func:`superscopes_nn.chance.layer_chance` (``scope`` "layer" or "best of layers").
+
+    Random-vector arm: ``random_df`` (default: the rows of ``df`` with ``method == "random"``),
+    the patchscope rows run with norm-matched random vectors and scored by the same rule against
+    the same references; adds ``random`` / ``above_random`` (with ``_lo`` / ``_hi``) and
+    ``random_count`` to the ``patchscope`` rows (NaN for ``input_only``, which patches nothing).
     """
     from superscopes_nn.chance import alias_pairs, cosine_pairs, layer_chance, rouge_pairs
 
+    if random_df is None and "method" in df and (df.method == "random").any():
+        random_df = df[df.method == "random"]
+    df = df[df.method != "random"]
+    if random_df is not None and random_df.empty:
+        random_df = None
     ents = entity_table(ents)
     by_name = ents.drop_duplicates("name").set_index("name")
     names = sorted(df.entity.unique(), key=str)
@@ -231,8 +274,9 @@ def entity_chance(df: pd.DataFrame, ents: pd.DataFrame | None = None, metrics: S
     for m in metrics:
         pairs, thr, text, refs = specs[m]
         for method, part in df.groupby("method", sort=True):
+            rnd = random_df if method == "patchscope" else None
             t = layer_chance(part, pairs, threshold=thr, reference=refs, item="entity", text=text, n_boot=n_boot,
-                             n_derangements=n_derangements)
+                             n_derangements=n_derangements, random_df=rnd)
             if method != "patchscope":
                 t = t[t.scope == "layer"]
             frames.append(t.assign(metric=m, method=method))
@@ -254,6 +298,9 @@ def plot(summary: pd.DataFrame, path: Path, title: str) -> None:
         ax.plot(ps.source_layer, ps[m], "o-", color=f"C{k}", label=f"{m} (Patchscope)")
         if len(base):
             ax.axhline(float(base[m].iloc[0]), color=f"C{k}", ls="--", alpha=0.8, label=f"{m} (input only)")
+        rnd = summary[summary.method == "random"]
+        if len(rnd):
+            ax.plot(rnd.source_layer, rnd[m], ":", color=f"C{k}", alpha=0.8, label=f"{m} (random vector)")
     ax.set_xlabel("source layer = target layer")
     ax.set_ylabel("score")
     ax.set_ylim(-0.02, 1.02)
@@ -274,7 +321,20 @@ def parse_args(argv):
                    help=f"every layer (default: the official range({OFFICIAL_LAYERS}), layers 0..{OFFICIAL_LAYERS - 1})")
     p.add_argument("--metrics", default=",".join(METRICS),
                    help="comma-separated subset of " + ",".join(METRICS) + " ('' = generate only)")
+    add_control(p)
     return check_args(p, p.parse_args(argv))
+
+
+def chance_line(r) -> str:
+    """One ``best of layers`` / layer row of :func:`entity_chance`: raw, shuffled-entity null, random-vector
+    rate (when the table has the random arm) and both margins, each with its 95% interval, and n."""
+    def iv(key, sign=""):
+        return f"{getattr(r, key):{sign}.3f} [{getattr(r, key + '_lo'):{sign}.3f}, {getattr(r, key + '_hi'):{sign}.3f}]"
+
+    rnd = (f"; random vector {iv('random')}; above random {iv('above_random', '+')}"
+           if pd.notna(getattr(r, "random", float("nan"))) else "")
+    return (f"{r.metric}, {r.method}, {r.scope}: raw {iv('raw')}; shuffled-entity null {iv('null')}; "
+            f"above null {iv('above', '+')}{rnd} (n={r.n})")
 
 
 def main(argv=None, model=None) -> pd.DataFrame:
@@ -289,19 +349,23 @@ def main(argv=None, model=None) -> pd.DataFrame:
     layers = range(0, n if args.all_layers else min(OFFICIAL_LAYERS, n), args.layer_stride)
     metrics = [m for m in args.metrics.split(",") if m]
     entities = pd.read_json(args.entities, lines=True) if args.entities else None
+    store = store_kwargs(args, out, "entity_resolution")
+    store["config"] = {k: v for k, v in store["config"].items() if k != "control_seed"}  # the real arm draws nothing
+    random_run_dir = store_kwargs(args, out, "entity_resolution_random")["run_dir"]
     df = entity_resolution(model, entities, limit=args.limit, layers=layers, metrics=metrics,
                            max_new_tokens=args.max_new_tokens, remote=args.remote, progress=True,
-                           **store_kwargs(args, out, "entity_resolution"))
+                           control=args.control, control_seed=args.control_seed, random_run_dir=random_run_dir,
+                           **store)
     summary = summarize(df)
-    df.to_csv(out / "entity_resolution.csv", index=False)
+    df[df.method != "random"].to_csv(out / "entity_resolution.csv", index=False)
+    if args.control == "random":
+        df[df.method == "random"].to_csv(out / "entity_resolution_random.csv", index=False)
     summary.to_csv(out / "entity_resolution_summary.csv", index=False)
     if metrics and df.entity.nunique() > 1:
         chance = entity_chance(df, entities, metrics)
         chance.to_csv(out / "entity_resolution_chance.csv", index=False)
-        best = chance[chance.scope == "best of layers"]
-        for r in best.itertuples():
-            print(f"{r.metric}, best of layers: {r.raw:.3f} [{r.raw_lo:.3f}, {r.raw_hi:.3f}]; shuffled-entity "
-                  f"chance {r.null:.3f}; above {r.above:+.3f} [{r.above_lo:+.3f}, {r.above_hi:+.3f}] (n={r.n})")
+        for r in chance[chance.scope == "best of layers"].itertuples():
+            print(chance_line(r))
     n_ent = df.entity.nunique()
     plot(summary, out / "entity_resolution.png", f"{model_name(model)}: entity descriptions by layer ({n_ent} entities)")
     print(summary.round(3).to_string(index=False))
