@@ -49,9 +49,27 @@ correct         ``object.replace(" ", "")`` in the generation with spaces     ``
                                                                               the earlier design
 input only      --                                                            Li et al.: ``target_baseline``, 10
                                                                               tokens (as the patched rows)
-best pair       --                                                            beside its shuffled-object chance
-                                                                              level (:func:`pair_chance`)
+some pair       --                                                            "some (l, l*) pair answers" per kept
+                                                                              sample (:func:`pair_chance`) beside
+                                                                              two nulls (ours): shuffled objects
+                                                                              (exact over derangements) and, with
+                                                                              ``--control random``, the same rows
+                                                                              with norm-matched random vectors
 ==============  ============================================================  ==================================
+
+The random-vector arm (``--control random``, ``control="random"``) is our addition, not in the
+official code: every patched row of the kept samples is run again with its source vector
+replaced by ``||v|| u`` (``u`` a random unit direction seeded per source vector by
+``--control-seed``; :mod:`superscopes_nn.random_control`), same target prompt, position and layer,
+scored by the same ``--match`` rule against the same object. The input-only rows get no random arm.
+
+Outputs (``--out``): ``attribute_extraction.csv`` (patched + input-only rows: method, task, subject,
+object, target_prompt, source_context, source_prompt, source_layer, target_layer, interpretation,
+correct, model), ``_random.csv.gz`` (the random arm, one row per patched row: ``method == "random"``,
+the same columns plus source_position, target_position, mapping, mapping_key ``random:...``),
+``_filter.csv`` (the only_correct filter), ``_chance.csv`` (one row: n, raw, null, above =
+raw - null [, random, above_random = raw - random], each with ``_lo`` / ``_hi`` bootstrap 95%
+bounds over samples, and ``*_count``), ``_summary.csv`` (:func:`task_summary`) and a figure.
 """
 
 from __future__ import annotations
@@ -59,105 +77,40 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable
 
 import pandas as pd
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experiments.common import check_args, parser, report_pair_chance, some_pair_chance, store_kwargs  # noqa: E402
+from experiments.common import (add_control, check_args, parser, random_arm, report_pair_chance,  # noqa: E402
+                                save_csv, some_pair_chance, store_kwargs)
 from superscopes_nn.architectures import num_layers  # noqa: E402
-from superscopes_nn.api import patchscope  # noqa: E402
-from superscopes_nn.resolver import model_name  # noqa: E402
+from superscopes_nn.chance import format_chance  # noqa: E402
+from superscopes_nn.resolver import model_name, resolve  # noqa: E402
+from superscopes_nn.run import run_rows  # noqa: E402
 from superscopes_nn.specs import Source, Target  # noqa: E402
 from superscopes_nn.validate import check_layer  # noqa: E402
 
 from superscopes_nn.baselines import input_only  # noqa: E402
 from superscopes_nn.scoring import MATCH_RULES, answer_match  # noqa: E402
+from experiments.lre import SAMPLE_COLUMNS, _check_samples, crop_context, lre_samples  # noqa: E402
 
-LRE_SUBDIR = "patchscopes_lre"
-"""The LRE TSVs live in ``shared_data_dir() / LRE_SUBDIR`` (``$SUPERSCOPES_SHARED_DATA``, else ``../shared/data``)."""
-SAMPLE_COLUMNS = ["task", "subject", "object", "target_prompt", "source_context"]
 SOURCES = ("wikitext", "subject")
-
-
-def crop_context(context: str, subject: str) -> str:
-    """``context`` cut after the first occurrence of ``subject`` (the official source prompt ends at
-    the subject's last token); the subject alone when it does not occur."""
-    if not isinstance(context, str) or subject not in context:
-        return subject
-    return context[: context.index(subject) + len(subject)].strip()
-
-
-def _first(df: pd.DataFrame, *names: str) -> str:
-    for n in names:
-        if n in df.columns:
-            return n
-    raise ValueError(f"LRE table has none of the columns {names}; have {list(df.columns)}")
-
-
-def lre_samples(root: str | Path | None = None, *, tasks: str | Sequence[str] | None = None,
-                limit: int | None = None) -> pd.DataFrame:
-    """One row per (task, subject): columns task, subject, object, target_prompt.
-
-    ``tasks``: names (list or comma-separated; ``None``/``"all"`` = every task);
-    ``limit``: first ``limit`` distinct subjects per task. Reads with
-    :func:`superscopes_nn.datasets.load_lre`.
-    """
-    from superscopes_nn.datasets import load_lre, shared_data_dir
-
-    root = Path(root) if root else shared_data_dir() / LRE_SUBDIR
-    if not root.exists():
-        raise FileNotFoundError(f"LRE data not found at {root}")
-    raw = load_lre(root)
-    if hasattr(raw, "to_pandas"):  # a datasets.Dataset
-        raw = raw.to_pandas()
-    if not isinstance(raw, pd.DataFrame):
-        raw = pd.DataFrame(raw)
-    df = pd.DataFrame({
-        "task": raw[_first(raw, "task", "relation", "task_name")],
-        "subject": raw[_first(raw, "subject")].astype(str),
-        "object": raw[_first(raw, "object")].astype(str),
-        "target_prompt": raw[_first(raw, "prompt_target", "target_prompt")].astype(str),
-        "source_context": raw["prompt_source"].astype(str) if "prompt_source" in raw else "",
-    })
-    df = df.drop_duplicates(["task", "subject"]).reset_index(drop=True)
-    if isinstance(tasks, str):
-        tasks = None if tasks.strip() in ("", "all") else [t.strip() for t in tasks.split(",") if t.strip()]
-    if tasks is not None:
-        unknown = sorted(set(tasks) - set(df.task))
-        if unknown:
-            raise ValueError(f"unknown LRE tasks {unknown}; available: {', '.join(sorted(df.task.unique()))}")
-        df = df[df.task.isin(tasks)]
-    if limit is not None:
-        if limit < 1:
-            raise ValueError(f"limit must be >= 1, got {limit!r}")
-        df = df.groupby("task", sort=False).head(limit)
-    return df.reset_index(drop=True)
-
-
-def _check_samples(samples: pd.DataFrame) -> pd.DataFrame:
-    if "source_context" not in samples:
-        samples = samples.assign(source_context="")
-    missing = set(SAMPLE_COLUMNS) - set(samples.columns)
-    if missing:
-        raise ValueError(f"samples lack columns {sorted(missing)}; have {list(samples.columns)}")
-    if samples.empty:
-        raise ValueError("no samples given")
-    bad = [p for p in samples.target_prompt.unique() if " x" not in f" {p} ".replace(",", " ")]
-    if bad:
-        raise ValueError(f"target prompt {bad[0]!r} has no placeholder 'x'")
-    return samples.reset_index(drop=True)
-
+CONTROLS = ("none", "random")
+RANDOM_COLUMNS = ["source_position", "target_position", "mapping", "mapping_key"]
+"""Columns the random-arm rows keep beside the real rows' (which source / target position, and the
+``random:`` mapping key that names the seeded direction)."""
 
 def attribute_extraction(model, samples: pd.DataFrame, *, layers: Iterable[int] | None = None,
                          target_layers: Iterable[int] | None = None, layer_stride: int = 1,
                          baseline: bool = True, max_new_tokens: int = 10, max_batch_size: int = 64,
                          source: str = "wikitext", only_correct: bool = True, match: str = "patchscopes",
                          all_layers: bool = False, baseline_max_new_tokens: int = 20,
-                         remote: bool | str = False, progress: bool = False,
-                         run_dir=None, resume: bool = False, config: dict | None = None) -> pd.DataFrame:
+                         remote: bool | str = False, progress: bool = False, control: str = "none",
+                         control_seed: int = 0, run_dir=None, random_run_dir=None, resume: bool = False,
+                         config: dict | None = None) -> pd.DataFrame:
     """Patchscope attribute extraction over (source layer, target layer) pairs, plus the input-only baseline.
 
     Steps:
@@ -171,7 +124,12 @@ def attribute_extraction(model, samples: pd.DataFrame, *, layers: Iterable[int] 
        ``target_layers`` (default every ``layer_stride``-th layer but the last, as the official
        ``range(num_layers - 1)``; ``all_layers`` keeps the last); greedy generation;
     3. if ``baseline``: the input-only rows (``max_new_tokens``, as the patched rows) are kept;
-    4. ``correct`` = the object is in the generation under ``match`` (:data:`MATCH_RULES`).
+    4. ``correct`` = the object is in the generation under ``match`` (:data:`MATCH_RULES`);
+    5. ``control="random"``: every patched row again with its source vector replaced by a
+       norm-matched random direction (:func:`superscopes_nn.random_control.random_rows`, seeded
+       by ``control_seed``; same rows, same target, same ``correct`` rule), kept in
+       ``df.attrs["random"]`` (``method == "random"``, plus :data:`RANDOM_COLUMNS`; its run store
+       is ``random_run_dir``). The input-only rows have no vector and get no random arm.
 
     Columns: method (``patchscope`` / ``input_only``), task, subject, object, target_prompt,
     source_layer, target_layer (-1 for the baseline), interpretation, correct, model.
@@ -183,6 +141,8 @@ def attribute_extraction(model, samples: pd.DataFrame, *, layers: Iterable[int] 
         raise ValueError(f"layer_stride must be an int >= 1, got {layer_stride!r}")
     if match not in MATCH_RULES:
         raise ValueError(f"match must be one of {MATCH_RULES}, got {match!r}")
+    if control not in CONTROLS:
+        raise ValueError(f"control must be one of {CONTROLS}, got {control!r}")
     n = num_layers(model._module.config)
     name = model_name(model)
     src = list(range(0, n if all_layers else n - 1, layer_stride)) if layers is None else [check_layer(l, n, "source", name) for l in layers]
@@ -209,32 +169,52 @@ def attribute_extraction(model, samples: pd.DataFrame, *, layers: Iterable[int] 
                 patches.append((Source(prompt, ls, -1), Target(smp.target_prompt, layer=lt), None))
                 meta.append(k)
     frames = [base_frame] if baseline else []
+    random_frame = None
     if patches:
-        res = patchscope(model, patches, max_new_tokens=max_new_tokens, max_batch_size=max_batch_size,
-                         remote=remote, progress=progress, run_dir=run_dir, resume=resume, config=config)
-        rows = kept.iloc[meta].reset_index(drop=True)
-        frames.insert(0, pd.DataFrame({"method": "patchscope", **{c: rows[c] for c in SAMPLE_COLUMNS},
-                                       "source_prompt": res.source_prompt, "source_layer": res.source_layer,
-                                       "target_layer": res.target_layer, "interpretation": res.interpretation}))
+        resolved = resolve(model, patches)  # one set of rows for both arms
+        run = dict(max_new_tokens=max_new_tokens, max_batch_size=max_batch_size, remote=remote, progress=progress,
+                   resume=resume, config=config)
+        res = run_rows(model, resolved, run_dir=run_dir, **run)
+        smp = kept.iloc[meta].reset_index(drop=True)
+
+        def frame(method, r, extra=()):
+            return pd.DataFrame({"method": method, **{c: smp[c] for c in SAMPLE_COLUMNS},
+                                 "source_prompt": r.source_prompt, "source_layer": r.source_layer,
+                                 "target_layer": r.target_layer, **{c: r[c] for c in extra},
+                                 "interpretation": r.interpretation})
+
+        frames.insert(0, frame("patchscope", res))
+        if control == "random":
+            rnd = random_arm(model, resolved, seed=control_seed, run_dir=random_run_dir, **run)
+            random_frame = frame("random", rnd, RANDOM_COLUMNS)
+            random_frame["correct"] = [ok(t, o) for t, o in zip(random_frame.interpretation, random_frame.object)]
+            random_frame["model"] = name
     if not frames:
         frames = [base_frame.iloc[:0]]
     out = pd.concat(frames, ignore_index=True)
     out["correct"] = [ok(t, o) for t, o in zip(out.interpretation, out.object)]
     out["model"] = name
+    if random_frame is not None:
+        out.attrs["random"] = random_frame
     out.attrs.update(source=source, only_correct=only_correct, n_samples=len(samples), n_kept=len(kept), match=match,
                      filter=pd.DataFrame({"task": samples.task, "subject": samples.subject, "object": samples.object,
                                           "baseline_output": filt.interpretation, "kept": base_ok}))
     return out
 
 
-def pair_chance(df: pd.DataFrame, n_boot: int = 2000, match: str | None = None):
+def pair_chance(df: pd.DataFrame, n_boot: int = 2000, match: str | None = None, random: pd.DataFrame | None = None):
     """"Some (l, l*) pair answers" per sample beside its chance level: each sample's patched outputs
     matched (``match``, default ``df.attrs["match"]``, else ``patchscopes``) against another sample's
-    object, exact over derangements. None with < 2."""
-    ps = df[df.method == "patchscope"]
-    ps = ps.assign(item=ps.task + "|" + ps.subject)
+    object, exact over derangements. ``random``: the random-arm rows (default ``df.attrs["random"]``
+    when there): the same rule on them adds ``random`` / ``above_random``. None with < 2."""
+    def items(d):
+        return d.assign(item=d.task + "|" + d.subject)
+
+    ps = items(df[df.method == "patchscope"])
+    random = df.attrs.get("random") if random is None else random
     return some_pair_chance(ps, dict(zip(ps.item, ps.object)), item="item",
-                            rule=match or df.attrs.get("match") or "patchscopes", n_boot=n_boot)
+                            rule=match or df.attrs.get("match") or "patchscopes", n_boot=n_boot,
+                            random_rows=None if random is None else items(random))
 
 
 def pair_accuracy(df: pd.DataFrame) -> pd.DataFrame:
@@ -310,6 +290,7 @@ def parse_args(argv):
     p.add_argument("--layer-stride", type=int, default=1, help="every k-th layer, for source and target")
     p.add_argument("--lre-root", default=None, help="folder of the LRE TSVs (default $SUPERSCOPES_SHARED_DATA/patchscopes_lre, "
                    "else ../shared/data/patchscopes_lre)")
+    add_control(p)
     return check_args(p, p.parse_args(argv))
 
 
@@ -325,6 +306,8 @@ def main(argv=None, model=None) -> pd.DataFrame:
     df = attribute_extraction(model, samples, layer_stride=args.layer_stride, max_new_tokens=args.max_new_tokens,
                               remote=args.remote, progress=True, source=args.source,
                               only_correct=not args.all_samples, match=args.match, all_layers=args.all_layers,
+                              control=args.control, control_seed=args.control_seed,
+                              random_run_dir=store_kwargs(args, out, "attribute_extraction_random")["run_dir"],
                               **store_kwargs(args, out, "attribute_extraction"))
     df.to_csv(out / "attribute_extraction.csv", index=False)
     df.attrs["filter"].to_csv(out / "attribute_extraction_filter.csv", index=False)
@@ -332,7 +315,12 @@ def main(argv=None, model=None) -> pd.DataFrame:
     if not (df.method == "patchscope").any():
         print("no sample left to patch")
         return df
-    report_pair_chance(pair_chance(df), out / "attribute_extraction_chance.csv", "shuffled-object")
+    if "random" in df.attrs:
+        save_csv(df.attrs["random"], out / "attribute_extraction_random.csv.gz")
+    chance = pair_chance(df)
+    report_pair_chance(chance, out / "attribute_extraction_chance.csv", "shuffled-object")
+    if chance is not None:  # counts of n [95% bootstrap interval]
+        print(format_chance(chance).drop(columns=["choices"]).to_string(index=False))
     summary = task_summary(df)
     ls, lt, acc = best_pair(df)
     summary.to_csv(out / "attribute_extraction_summary.csv", index=False)
