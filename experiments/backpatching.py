@@ -209,8 +209,7 @@ def backpatching(model, queries=None, *, limit: int | None = None, stratify: boo
     df = frame(run_rows(model, rows, run_dir=run_dir, resume=resume, config=config, **run), BACKPATCH_COLUMNS)
     df.attrs.update(attrs, answers=aliases)
     if control == "random":
-        rnd = random_arm(model, rows, seed=control_seed, run_dir=random_run_dir, resume=resume,
-                         config=None if config is None else {**config, "control_seed": control_seed}, **run)
+        rnd = random_arm(model, rows, seed=control_seed, run_dir=random_run_dir, resume=resume, config=config, **run)
         df.attrs["random"] = frame(rnd, RANDOM_COLUMNS)
     return df
 
@@ -346,7 +345,6 @@ def main(argv=None, model=None) -> pd.DataFrame:
     layers = int_list(getattr(args, "layers", None))
     t0 = time.perf_counter()
     store = store_kwargs(args, out, "backpatching")
-    store["config"].pop("control_seed", None)  # the real arm's rows do not depend on it: older run dirs resume
     df = backpatching(model, args.data, limit=args.limit, stratify=args.stratify, layers=layers,
                       max_new_tokens=args.max_new_tokens,
                       max_batch_size=args.max_batch_size, remote=args.remote, progress=True,

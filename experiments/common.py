@@ -17,7 +17,7 @@ from typing import Sequence
 
 import pandas as pd
 
-NOT_CONFIG = ("out", "resume", "progress", "from_csv", "max_batch_size", "batch_size", "control")
+NOT_CONFIG = ("out", "resume", "progress", "from_csv", "max_batch_size", "batch_size", "control", "control_seed")
 """Arguments that do not change a row's result, so a resumed run may change them."""
 
 DECODINGS = ("greedy", "llama2-chat")
@@ -126,6 +126,8 @@ def random_arm(model, rows, *, target_model=None, seed: int = 0, **run_kwargs) -
     from superscopes_nn.random_control import random_rows
     from superscopes_nn.run import run_rows
 
+    if run_kwargs.get("config") is not None:  # the seed is part of the random arm's run, not of the real one
+        run_kwargs["config"] = {**run_kwargs["config"], "control_seed": int(seed)}
     return run_rows(model, random_rows(rows, target_model or model, seed), target_model=target_model, **run_kwargs)
 
 

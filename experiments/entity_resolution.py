@@ -207,8 +207,7 @@ def entity_resolution(model, entities=None, *, limit: int | None = None, layers:
     df.insert(0, "method", "patchscope")
     frames = [df]
     if control == "random":
-        rnd = random_arm(model, rows, seed=control_seed, run_dir=random_run_dir,
-                         **{**run, "config": {**(config or {}), "control_seed": int(control_seed)}})
+        rnd = random_arm(model, rows, seed=control_seed, run_dir=random_run_dir, **run)
         rnd.insert(0, "method", "random")
         frames.append(rnd)
     for f in frames:
@@ -350,7 +349,6 @@ def main(argv=None, model=None) -> pd.DataFrame:
     metrics = [m for m in args.metrics.split(",") if m]
     entities = pd.read_json(args.entities, lines=True) if args.entities else None
     store = store_kwargs(args, out, "entity_resolution")
-    store["config"] = {k: v for k, v in store["config"].items() if k != "control_seed"}  # the real arm draws nothing
     random_run_dir = store_kwargs(args, out, "entity_resolution_random")["run_dir"]
     df = entity_resolution(model, entities, limit=args.limit, layers=layers, metrics=metrics,
                            max_new_tokens=args.max_new_tokens, remote=args.remote, progress=True,

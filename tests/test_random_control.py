@@ -122,3 +122,14 @@ def test_random_arm_runs_the_same_cells(model):
     assert df.alpha.tolist() == [r.mapping.alpha for r in rows]
     assert df.source_layer.tolist() == [r.source_layer for r in rows]
     assert all(k.startswith("random:") for k in df.mapping_key)
+
+
+def test_random_arm_run_store_records_the_seed(model, tmp_path):
+    from experiments.common import random_arm
+
+    rows = grid(model)[:2]
+    first = random_arm(model, rows, max_new_tokens=2, seed=0, run_dir=tmp_path / "r", config={"x": 1})
+    again = random_arm(model, rows, max_new_tokens=2, seed=0, run_dir=tmp_path / "r", config={"x": 1}, resume=True)
+    assert again.mapping_key.tolist() == first.mapping_key.tolist()
+    with pytest.raises(ValueError, match="control_seed"):  # another seed's rows must not be resumed as this seed's
+        random_arm(model, rows, max_new_tokens=2, seed=1, run_dir=tmp_path / "r", config={"x": 1}, resume=True)
