@@ -45,11 +45,28 @@ data               45 (product, company, CEO) triples (``multihop_samples``)   `
                                                                                named deviation, ``--data``)
 CoT baseline       none                                                        ``cot`` ("Let's think step by step.")
                                                                                kept as an extra
+chance             none                                                        our addition: shuffled answers
+                                                                               (:func:`pair_chance`, exact over
+                                                                               derangements) and, with
+                                                                               ``--control random``, every patched
+                                                                               row rerun with a norm-matched random
+                                                                               vector (same rows, same match rule)
 =================  ==========================================================  ===============================
 
 ``--direction reversed`` is the earlier design (the first-hop prompt's last token written at the
 ``x`` of "The spouse of x is"), and ``--all-queries`` drops ``only_correct``. The best-pair
-accuracy is reported beside its shuffled-answer chance level (:func:`pair_chance`).
+accuracy is reported beside its shuffled-answer chance level (:func:`pair_chance`) and, with
+``--control random`` (``control="random"``; not in the official code), beside the same "some pair"
+rule on the random arm: each patched row's source vector replaced by a random direction of its
+norm (:func:`superscopes_nn.random_control.random_rows`, one direction per source vector, seed
+``--control-seed``), written at the same target and layer. The vanilla and CoT baselines patch
+nothing and get no random arm.
+
+Outputs (``--out``): ``multihop_cot.csv`` (:data:`COT_COLUMNS`), ``multihop_cot_random.csv``
+(:data:`RANDOM_COLUMNS`, the random arm, one row per patched row), ``multihop_cot_hops.csv`` (the
+``only_correct`` filter), ``multihop_cot_chance.csv`` (``raw`` / ``null`` / ``above`` and with the
+random arm ``random`` / ``above_random``, each with ``_lo`` / ``_hi`` bootstrap 95% bounds over
+queries, ``raw_count`` / ``null_count`` / ``random_count``), ``multihop_cot_summary.csv``.
 """
 
 from __future__ import annotations
