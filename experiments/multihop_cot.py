@@ -45,11 +45,28 @@ data               45 (product, company, CEO) triples (``multihop_samples``)   `
                                                                                named deviation, ``--data``)
 CoT baseline       none                                                        ``cot`` ("Let's think step by step.")
                                                                                kept as an extra
+chance             none                                                        our addition: shuffled answers
+                                                                               (:func:`pair_chance`, exact over
+                                                                               derangements) and, with
+                                                                               ``--control random``, every patched
+                                                                               row rerun with a norm-matched random
+                                                                               vector (same rows, same match rule)
 =================  ==========================================================  ===============================
 
 ``--direction reversed`` is the earlier design (the first-hop prompt's last token written at the
 ``x`` of "The spouse of x is"), and ``--all-queries`` drops ``only_correct``. The best-pair
-accuracy is reported beside its shuffled-answer chance level (:func:`pair_chance`).
+accuracy is reported beside its shuffled-answer chance level (:func:`pair_chance`) and, with
+``--control random`` (``control="random"``; not in the official code), beside the same "some pair"
+rule on the random arm: each patched row's source vector replaced by a random direction of its
+norm (:func:`superscopes_nn.random_control.random_rows`, one direction per source vector, seed
+``--control-seed``), written at the same target and layer. The vanilla and CoT baselines patch
+nothing and get no random arm.
+
+Outputs (``--out``): ``multihop_cot.csv`` (:data:`COT_COLUMNS`), ``multihop_cot_random.csv``
+(:data:`RANDOM_COLUMNS`, the random arm, one row per patched row), ``multihop_cot_hops.csv`` (the
+``only_correct`` filter), ``multihop_cot_chance.csv`` (``raw`` / ``null`` / ``above`` and with the
+random arm ``random`` / ``above_random``, each with ``_lo`` / ``_hi`` bootstrap 95% bounds over
+queries, ``raw_count`` / ``null_count`` / ``random_count``), ``multihop_cot_summary.csv``.
 """
 
 from __future__ import annotations
@@ -64,10 +81,12 @@ import pandas as pd
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experiments.common import int_list, parser, report_pair_chance, setup, some_pair_chance, store_kwargs  # noqa: E402
+from experiments.common import (add_control, int_list, parser, random_arm, report_pair_chance, setup,  # noqa: E402
+                                some_pair_chance, store_kwargs)
 from superscopes_nn.architectures import num_layers  # noqa: E402
-from superscopes_nn.api import generate_plain, patchscope  # noqa: E402
-from superscopes_nn.resolver import model_name  # noqa: E402
+from superscopes_nn.api import generate_plain  # noqa: E402
+from superscopes_nn.resolver import model_name, resolve  # noqa: E402
+from superscopes_nn.run import run_rows  # noqa: E402
 from superscopes_nn.specs import Source, Target  # noqa: E402
 
 from experiments.two_hop import MATCH_RULES, alias_match, answer_aliases, bridge_aliases, load_queries  # noqa: E402
@@ -76,6 +95,10 @@ COT_PREFIX = "Let's think step by step."
 METHODS = ("patchscope", "vanilla", "cot")
 COT_COLUMNS = ["id", "method", "source_layer", "target_layer", "prompt", "target_prompt", "interpretation",
                "correct", "error"]
+RANDOM_COLUMNS = COT_COLUMNS + ["mapping", "mapping_key"]
+"""The random arm's rows (``df.attrs["random"]``, ``method == "random"``): :data:`COT_COLUMNS` plus
+the mapping name (``random``) and key (``random:d<width>:seed<s>:...``, the direction's seed)."""
+CONTROLS = ("none", "random")
 
 
 def second_hop_template(q, placeholder: str = "x") -> str:
@@ -141,9 +164,10 @@ def multihop_cot(model, queries=None, *, limit: int | None = None, stratify: boo
                  pairs: Sequence[tuple[int, int]] | None = None, max_new_tokens: int = 10,
                  cot_max_new_tokens: int | None = None, baselines: bool = True, max_batch_size: int = 64,
                  direction: str = "official", only_correct: bool = True, baseline_max_new_tokens: int = 20,
-                 match: str = "patchscopes",
+                 match: str = "patchscopes", control: str = "none", control_seed: int = 0,
                  remote: bool | str = False, progress: bool = False,
-                 run_dir=None, resume: bool = False, config: dict | None = None) -> pd.DataFrame:
+                 run_dir=None, resume: bool = False, config: dict | None = None,
+                 random_run_dir=None) -> pd.DataFrame:
     """Multi-hop Patchscope over layer pairs plus the vanilla and CoT baselines.
 
     Steps:
@@ -159,7 +183,12 @@ def multihop_cot(model, queries=None, *, limit: int | None = None, stratify: boo
        ``baseline_max_new_tokens``) and on ``"Let's think step by step. " + two-hop prompt``
        (``cot``, ``cot_max_new_tokens`` tokens, default 2 x ``max_new_tokens``);
     4. correct = the output contains the answer or an alias under ``match`` (:data:`MATCH_RULES`;
-       ``patchscopes``: case-sensitive substring, also with spaces removed, as the notebook).
+       ``patchscopes``: case-sensitive substring, also with spaces removed, as the notebook);
+    5. ``control="random"`` (our addition): every patched row again with its source vector replaced
+       by a norm-matched random direction (:func:`superscopes_nn.random_control.random_rows`, seeded by
+       ``control_seed``; same resolved rows, same target, α 1), scored by the same ``match`` rule
+       against the same answers: ``df.attrs["random"]`` (:data:`RANDOM_COLUMNS`, one row per patched
+       row, same order; run store ``random_run_dir``). The baselines have no vector, so no random arm.
 
     ``pairs`` (``(l, l*)``) overrides ``layers`` (default: every layer x every layer).
 
@@ -170,6 +199,8 @@ def multihop_cot(model, queries=None, *, limit: int | None = None, stratify: boo
     """
     if direction not in DIRECTIONS:
         raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+    if control not in CONTROLS:
+        raise ValueError(f"control must be one of {CONTROLS}, got {control!r}")
     n = num_layers(model._module.config)
     if pairs is None:
         ls = list(range(n)) if layers is None else list(layers)
@@ -197,15 +228,17 @@ def multihop_cot(model, queries=None, *, limit: int | None = None, stratify: boo
         out = pd.DataFrame(columns=COT_COLUMNS)
         out.attrs.update(model=model_name(model), skipped=skipped, hops=hops, direction=direction, match=match)
         return out
-    res = patchscope(model, cot_patches(qs, pairs, direction=direction), max_new_tokens=max_new_tokens, max_batch_size=max_batch_size,
-                     remote=remote, progress=progress, run_dir=run_dir, resume=resume, config=config)
+    rows = resolve(model, cot_patches(qs, pairs, direction=direction))
+    run = dict(max_new_tokens=max_new_tokens, max_batch_size=max_batch_size, remote=remote, progress=progress,
+               resume=resume, config=config)
     aliases = {q["id"]: answer_aliases(q) for _, q in qs.iterrows()}
     ids = [i for i in qs.id for _ in pairs]
-    df = pd.DataFrame({"id": ids, "method": "patchscope", "source_layer": res.source_layer.astype(int),
-                       "target_layer": res.target_layer.astype(int), "prompt": res.source_prompt,
-                       "target_prompt": res.target_prompt, "interpretation": res.interpretation,
-                       "error": res.error})
-    frames = [df]
+    frames = [patched_frame(run_rows(model, rows, run_dir=run_dir, **run), ids, "patchscope")]
+    rnd = None
+    if control == "random":
+        rnd = patched_frame(random_arm(model, rows, seed=control_seed, run_dir=random_run_dir, **run), ids, "random")
+        rnd["correct"] = [alias_match(t, aliases[i], match) for t, i in zip(rnd.interpretation, rnd.id)]
+        rnd = rnd[RANDOM_COLUMNS]
     if baselines:
         cot_tokens = 2 * max_new_tokens if cot_max_new_tokens is None else cot_max_new_tokens
         for method, prompts, k in (("vanilla", qs.two_hop_prompt.tolist(), baseline_max_new_tokens),
@@ -218,40 +251,70 @@ def multihop_cot(model, queries=None, *, limit: int | None = None, stratify: boo
     out["correct"] = [alias_match(t, aliases[i], match) for t, i in zip(out.interpretation, out.id)]
     out = out[COT_COLUMNS]
     out.attrs.update(model=model_name(model), skipped=skipped, hops=hops, direction=direction, answers=aliases,
-                     match=match)
+                     match=match, random=rnd)
     return out
 
 
-def pair_chance(df: pd.DataFrame, answers: dict | None = None, n_boot: int = 2000, match: str | None = None):
+def patched_frame(res: pd.DataFrame, ids: list, method: str) -> pd.DataFrame:
+    """Run results (:func:`superscopes_nn.run.run_rows`, one per patch, query-major) as rows of ``method``."""
+    return pd.DataFrame({"id": ids, "method": method, "source_layer": res.source_layer.astype(int),
+                         "target_layer": res.target_layer.astype(int), "prompt": res.source_prompt,
+                         "target_prompt": res.target_prompt, "interpretation": res.interpretation,
+                         "error": res.error, "mapping": res.mapping, "mapping_key": res.mapping_key})
+
+
+def pair_chance(df: pd.DataFrame, answers: dict | None = None, n_boot: int = 2000, match: str | None = None,
+                random_df: pd.DataFrame | None = None):
     """"Some (l, l*) pair answers" beside its chance level: each query's patched outputs matched
     (``match``, default ``df.attrs["match"]``, else ``patchscopes``) against another query's answer
-    aliases, exact over derangements. None with < 2 queries."""
+    aliases, exact over derangements. ``random_df`` (default ``df.attrs["random"]``): the random arm's
+    rows, scored by the same rule, add ``random`` / ``above_random``. None with < 2 queries."""
     answers = df.attrs.get("answers") if answers is None else answers
     if answers is None:
         return None
+    random_df = df.attrs.get("random") if random_df is None else random_df
     return some_pair_chance(df[df.method == "patchscope"], answers, item="id",
-                            rule=match or df.attrs.get("match") or "patchscopes", n_boot=n_boot)
+                            rule=match or df.attrs.get("match") or "patchscopes", n_boot=n_boot,
+                            random_rows=random_df)
 
 
-def summarize(df: pd.DataFrame) -> pd.DataFrame:
+def chance_line(chance: pd.DataFrame) -> str:
+    """The chance table's one row as rates with their 95% intervals and n (raw, shuffled null,
+    above it, and the random-vector rate and raw minus it when present)."""
+    c = chance.iloc[0]
+    keys = ("raw", "null", "above") + (("random", "above_random") if "random" in chance else ())
+    return ", ".join(f"{k} {c[k]:+.2f} [{c[k + '_lo']:+.2f}, {c[k + '_hi']:+.2f}]" if k.startswith("above")
+                     else f"{k} {c[k]:.2f} [{c[k + '_lo']:.2f}, {c[k + '_hi']:.2f}]" for k in keys) + f" (n = {c.n})"
+
+
+def summarize(df: pd.DataFrame, random_df: pd.DataFrame | None = None) -> pd.DataFrame:
     """Accuracy per method over queries. ``patchscope_best_pairs``: a query is solved when any
     (l, l*) is correct (the paper's measure); ``patchscope_best_single_pair``: the single
-    (l, l*) with the highest accuracy. Columns: ``method``, ``accuracy``, ``n_queries``, ``pair``."""
+    (l, l*) with the highest accuracy; with a random arm (``random_df``, default
+    ``df.attrs["random"]``) the same two for it last (``random_best_pairs``,
+    ``random_best_single_pair``). Columns: ``method``, ``accuracy``, ``n_queries``, ``pair``."""
     n_q = df.id.nunique()
-    rows = []
-    ps = df[df.method == "patchscope"]
-    if not ps.empty:
-        rows.append(dict(method="patchscope_best_pairs", accuracy=float(ps.groupby("id").correct.any().mean()),
-                         n_queries=n_q, pair=""))
-        by_pair = ps.groupby(["source_layer", "target_layer"]).correct.mean()
-        best = by_pair.idxmax()
-        rows.append(dict(method="patchscope_best_single_pair", accuracy=float(by_pair.max()), n_queries=n_q,
-                         pair=f"{best[0]},{best[1]}"))
+    rows = best_rows(df[df.method == "patchscope"], "patchscope", n_q)
     for m in ("vanilla", "cot"):
         part = df[df.method == m]
         if not part.empty:
             rows.append(dict(method=m, accuracy=float(part.correct.mean()), n_queries=n_q, pair=""))
+    random_df = df.attrs.get("random") if random_df is None else random_df
+    if random_df is not None:
+        rows += best_rows(random_df, "random", n_q)
     return pd.DataFrame(rows, columns=["method", "accuracy", "n_queries", "pair"])
+
+
+def best_rows(ps: pd.DataFrame, name: str, n_q: int) -> list[dict]:
+    """``<name>_best_pairs`` (share of the ``n_q`` queries some pair answers) and ``<name>_best_single_pair``."""
+    if ps.empty:
+        return []
+    solved = ps.groupby("id").correct.any().sum()
+    by_pair = ps.groupby(["source_layer", "target_layer"]).correct.mean()
+    best = by_pair.idxmax()
+    return [dict(method=f"{name}_best_pairs", accuracy=float(solved / n_q), n_queries=n_q, pair=""),
+            dict(method=f"{name}_best_single_pair", accuracy=float(by_pair.max()), n_queries=n_q,
+                 pair=f"{best[0]},{best[1]}")]
 
 
 def accuracy_grid(df: pd.DataFrame) -> pd.DataFrame:
@@ -292,6 +355,7 @@ def parse_args(argv):
     p.add_argument("--all-queries", action="store_true", help="drop the official only_correct filter")
     p.add_argument("--match", choices=MATCH_RULES, default="patchscopes",
                    help="answer test: patchscopes (official: case-sensitive, spaces removed); word: whole words")
+    add_control(p)
     return p.parse_args(argv)
 
 
@@ -304,10 +368,17 @@ def main(argv=None, model=None) -> pd.DataFrame:
                       max_new_tokens=args.max_new_tokens,
                       max_batch_size=args.max_batch_size, remote=args.remote, progress=True,
                       direction=args.direction, only_correct=not args.all_queries, match=args.match,
+                      control=args.control, control_seed=args.control_seed,
+                      random_run_dir=store_kwargs(args, out, "multihop_cot_random")["run_dir"],
                       **store_kwargs(args, out, "multihop_cot"))
     summary = summarize(df)
-    report_pair_chance(pair_chance(df), out / "multihop_cot_chance.csv", "shuffled-answer")
+    chance = pair_chance(df)
+    report_pair_chance(chance, out / "multihop_cot_chance.csv", "shuffled-answer")
+    if chance is not None:
+        print(chance_line(chance))
     df.to_csv(out / "multihop_cot.csv", index=False)
+    if df.attrs.get("random") is not None:
+        df.attrs["random"].to_csv(out / "multihop_cot_random.csv", index=False)
     if df.attrs.get("hops") is not None:
         df.attrs["hops"].to_csv(out / "multihop_cot_hops.csv", index=False)
     summary.to_csv(out / "multihop_cot_summary.csv", index=False)
