@@ -14,7 +14,11 @@ Averaged over all derangements: a uniformly random derangement sends item i to e
 other item with probability 1/(n-1), so each item's expected null success is the
 mean over j != i of ``best_of_K(score(text_i, ref_j)) > threshold``; this is
 computed exactly from the full text x reference score matrix (``n_derangements=None``),
-or by sampling derangements (:func:`derangement`).
+or by sampling derangements (:func:`derangement`). Items that share a reference (two
+queries whose answer is "United States", three personas from Egypt) stay in each other's
+null: if the texts carry nothing of their item, this average is exactly the expected raw
+rate; leaving same-reference pairs out would bias it (texts that always say the common
+answer would score above chance).
 
 **Norm-matched random vector** (:mod:`superscopes_nn.random_control`, needs generation):
 the source vector is replaced by a random direction with the norm of what would have been
