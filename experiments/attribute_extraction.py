@@ -37,8 +37,11 @@ target          ``prompt_target`` ("The official currency of x"),             sa
 population      ``only_correct``: rows with ``is_correct_baseline`` (the      ``only_correct=True``: our model's own
                 model answers ``target_baseline`` itself, 20 tokens in        answer to ``target_baseline`` (20
                 ``generations_baseline``)                                     tokens) contains the object
-samples         every TSV row: a subject with each of its WikiText            the first context of each subject
-                contexts                                                      (named deviation: one row per subject)
+samples         every TSV row: a subject with each of its WikiText            ``--contexts all`` (default): every
+                contexts                                                      row, in file order, each read at its
+                                                                              own context; ``--contexts first``:
+                                                                              the first context of each subject
+                                                                              (the earlier design)
 layers          ``run_experiment``: ``range(mt.num_layers-1)`` for source     the same (``--all-layers`` adds the
                 and target (the last layer left out)                          last; ``--layer-stride`` thins)
 new tokens      ``patchscopes_utils.py``:                                     10 (``--max-new-tokens``)
@@ -57,6 +60,13 @@ some pair       --                                                            "s
                                                                               with norm-matched random vectors
 ==============  ============================================================  ==================================
 
+A sample is one TSV row, keyed by (task, subject, ``sample_id``; :func:`experiments.lre.sample_items`);
+``--limit`` counts subjects per task, each with all its rows. The ``only_correct`` filter depends on
+the subject alone, so it keeps or drops all contexts of a subject together. In the shuffled-object
+null the samples of one subject share an object, and the plain derangement average over samples is
+still exactly the expected raw rate when the text carries nothing of the item, so same-object pairs
+are not excluded.
+
 The random-vector arm (``--control random``, ``control="random"``) is our addition, not in the
 official code: every patched row of the kept samples is run again with its source vector
 replaced by ``||v|| u`` (``u`` a random unit direction seeded per source vector by
@@ -64,7 +74,7 @@ replaced by ``||v|| u`` (``u`` a random unit direction seeded per source vector 
 scored by the same ``--match`` rule against the same object. The input-only rows get no random arm.
 
 Outputs (``--out``): ``attribute_extraction.csv`` (patched + input-only rows: method, task, subject,
-object, target_prompt, source_context, source_prompt, source_layer, target_layer, interpretation,
+sample_id, object, target_prompt, source_context, source_prompt, source_layer, target_layer, interpretation,
 correct, model), ``_random.csv.gz`` (the random arm, one row per patched row: ``method == "random"``,
 the same columns plus source_position, target_position, mapping, mapping_key ``random:...``),
 ``_filter.csv`` (the only_correct filter), ``_chance.csv`` (one row: n, raw, null, above =
@@ -95,7 +105,7 @@ from superscopes_nn.validate import check_layer  # noqa: E402
 
 from superscopes_nn.baselines import input_only  # noqa: E402
 from superscopes_nn.scoring import MATCH_RULES, answer_match  # noqa: E402
-from experiments.lre import SAMPLE_COLUMNS, _check_samples, crop_context, lre_samples  # noqa: E402
+from experiments.lre import CONTEXTS, SAMPLE_COLUMNS, _check_samples, crop_context, lre_samples, sample_items  # noqa: E402
 
 SOURCES = ("wikitext", "subject")
 CONTROLS = ("none", "random")
@@ -131,7 +141,7 @@ def attribute_extraction(model, samples: pd.DataFrame, *, layers: Iterable[int] 
        ``df.attrs["random"]`` (``method == "random"``, plus :data:`RANDOM_COLUMNS`; its run store
        is ``random_run_dir``). The input-only rows have no vector and get no random arm.
 
-    Columns: method (``patchscope`` / ``input_only``), task, subject, object, target_prompt,
+    Columns: method (``patchscope`` / ``input_only``), task, subject, sample_id, object, target_prompt,
     source_layer, target_layer (-1 for the baseline), interpretation, correct, model.
     """
     samples = _check_samples(samples)
@@ -152,11 +162,18 @@ def attribute_extraction(model, samples: pd.DataFrame, *, layers: Iterable[int] 
     def ok(t, o):
         return answer_match(t, [o], match)
 
-    base = input_only(model, samples.target_prompt.tolist(), samples.subject.tolist(),
-                      max_new_tokens=max_new_tokens, max_batch_size=max_batch_size, remote=remote)
-    filt = base if baseline_max_new_tokens == max_new_tokens else input_only(
-        model, samples.target_prompt.tolist(), samples.subject.tolist(), max_new_tokens=baseline_max_new_tokens,
-        max_batch_size=max_batch_size, remote=remote)
+    # the input-only prompt depends on (task prompt, subject) alone: run it once per subject, then per sample
+    subj = ["task", "subject", "target_prompt"]
+    uniq = samples.drop_duplicates(subj).reset_index(drop=True)
+    at = pd.MultiIndex.from_frame(uniq[subj]).get_indexer(pd.MultiIndex.from_frame(samples[subj]))
+
+    def answers(tokens):
+        got = input_only(model, uniq.target_prompt.tolist(), uniq.subject.tolist(), max_new_tokens=tokens,
+                         max_batch_size=max_batch_size, remote=remote)
+        return got.iloc[at].reset_index(drop=True)
+
+    base = answers(max_new_tokens)
+    filt = base if baseline_max_new_tokens == max_new_tokens else answers(baseline_max_new_tokens)
     base_ok = [ok(t, o) for t, o in zip(filt.interpretation, samples.object)]
     base_frame = pd.DataFrame({"method": "input_only", **{c: samples[c] for c in SAMPLE_COLUMNS},
                                "source_layer": -1, "target_layer": -1, "interpretation": base.interpretation})
@@ -197,7 +214,8 @@ def attribute_extraction(model, samples: pd.DataFrame, *, layers: Iterable[int] 
     if random_frame is not None:
         out.attrs["random"] = random_frame
     out.attrs.update(source=source, only_correct=only_correct, n_samples=len(samples), n_kept=len(kept), match=match,
-                     filter=pd.DataFrame({"task": samples.task, "subject": samples.subject, "object": samples.object,
+                     filter=pd.DataFrame({"task": samples.task, "subject": samples.subject,
+                                          "sample_id": samples.sample_id, "object": samples.object,
                                           "baseline_output": filt.interpretation, "kept": base_ok}))
     return out
 
@@ -205,10 +223,12 @@ def attribute_extraction(model, samples: pd.DataFrame, *, layers: Iterable[int] 
 def pair_chance(df: pd.DataFrame, n_boot: int = 2000, match: str | None = None, random: pd.DataFrame | None = None):
     """"Some (l, l*) pair answers" per sample beside its chance level: each sample's patched outputs
     matched (``match``, default ``df.attrs["match"]``, else ``patchscopes``) against another sample's
-    object, exact over derangements. ``random``: the random-arm rows (default ``df.attrs["random"]``
-    when there): the same rule on them adds ``random`` / ``above_random``. None with < 2."""
+    object, exact over derangements. A sample is ``task|subject|sample_id``
+    (:func:`experiments.lre.sample_items`; ``task|subject`` for rows without ``sample_id``).
+    ``random``: the random-arm rows (default ``df.attrs["random"]`` when there): the same rule on
+    them adds ``random`` / ``above_random``. None with < 2."""
     def items(d):
-        return d.assign(item=d.task + "|" + d.subject)
+        return d.assign(item=sample_items(d))
 
     ps = items(df[df.method == "patchscope"])
     random = df.attrs.get("random") if random is None else random
@@ -282,6 +302,9 @@ def parse_args(argv):
                max_new_tokens=10, limit_help="subjects per task")
     p.add_argument("--source", choices=SOURCES, default="wikitext",
                    help="wikitext: the subject in its WikiText context (official); subject: the subject alone")
+    p.add_argument("--contexts", choices=CONTEXTS, default="all",
+                   help="all: every TSV row, each subject in each of its contexts (official); first: the first "
+                   "context of each subject (the earlier design)")
     p.add_argument("--all-samples", action="store_true", help="drop the official only_correct filter")
     p.add_argument("--all-layers", action="store_true", help="also the last layer (official: range(num_layers - 1))")
     p.add_argument("--match", choices=MATCH_RULES, default="patchscopes",
@@ -301,7 +324,7 @@ def main(argv=None, model=None) -> pd.DataFrame:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    samples = lre_samples(args.lre_root, tasks=args.tasks, limit=args.limit)
+    samples = lre_samples(args.lre_root, tasks=args.tasks, limit=args.limit, contexts=args.contexts)
     model = model if model is not None else (load_model(args.model) if args.model else load_model())
     df = attribute_extraction(model, samples, layer_stride=args.layer_stride, max_new_tokens=args.max_new_tokens,
                               remote=args.remote, progress=True, source=args.source,
@@ -311,7 +334,8 @@ def main(argv=None, model=None) -> pd.DataFrame:
                               **store_kwargs(args, out, "attribute_extraction"))
     df.to_csv(out / "attribute_extraction.csv", index=False)
     df.attrs["filter"].to_csv(out / "attribute_extraction_filter.csv", index=False)
-    print(f"{df.attrs['n_kept']} of {df.attrs['n_samples']} samples kept (only_correct={not args.all_samples})")
+    print(f"{df.attrs['n_kept']} of {df.attrs['n_samples']} samples kept (only_correct={not args.all_samples}, "
+          f"contexts={args.contexts}, {samples.groupby(['task', 'subject']).ngroups} subjects)")
     if not (df.method == "patchscope").any():
         print("no sample left to patch")
         return df

@@ -255,7 +255,8 @@ def main(argv=None, model=None, verbalizer=None) -> pd.DataFrame:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    samples = lre_samples(args.lre_root, tasks=args.tasks, limit=args.limit)  # bad data fails before loading
+    # the source prompt is the subject alone (no context), so one sample per subject (the earlier design)
+    samples = lre_samples(args.lre_root, tasks=args.tasks, limit=args.limit, contexts="first")  # bad data fails before loading
     layers = [int(x) for x in args.source_layers.split(",") if x.strip()]
     model = model if model is not None else (load_model(args.model) if args.model else load_model())
     verbalizer = verbalizer if verbalizer is not None else load_model(args.verbalizer)

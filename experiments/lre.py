@@ -1,4 +1,4 @@
-"""The LRE samples of the attribute-extraction experiment: one row per (task, subject).
+"""The LRE samples of the attribute-extraction experiment: one row per TSV row (task, subject, context).
 
 The preprocessed LRE TSVs of the official Patchscopes code
 (``patchscopes/code/preprocessed_data/*/*.tsv``, Hernandez et al. 2024 relations) are read
@@ -16,7 +16,9 @@ import pandas as pd
 
 LRE_SUBDIR = "patchscopes_lre"
 """The LRE TSVs live in ``shared_data_dir() / LRE_SUBDIR`` (``$SUPERSCOPES_SHARED_DATA``, else ``../shared/data``)."""
-SAMPLE_COLUMNS = ["task", "subject", "object", "target_prompt", "source_context"]
+SAMPLE_COLUMNS = ["task", "subject", "sample_id", "object", "target_prompt", "source_context"]
+CONTEXTS = ("all", "first")
+"""``lre_samples(contexts=...)``: ``all`` every TSV row (official), ``first`` the first context of each subject."""
 
 
 def crop_context(context: str, subject: str) -> str:
@@ -35,14 +37,22 @@ def _first(df: pd.DataFrame, *names: str) -> str:
 
 
 def lre_samples(root: str | Path | None = None, *, tasks: str | Sequence[str] | None = None,
-                limit: int | None = None) -> pd.DataFrame:
-    """One row per (task, subject): columns task, subject, object, target_prompt.
+                limit: int | None = None, contexts: str = "all") -> pd.DataFrame:
+    """The LRE samples: columns task, subject, sample_id, object, target_prompt, source_context.
 
+    ``contexts="all"`` (default, the official ``run_experiment``): every TSV row is a sample (a
+    subject in one of its WikiText contexts), in file order; ``"first"``: the first context of
+    each subject only (the earlier design). ``sample_id``: the row's index within its task's TSV
+    (the TSV's unnamed first column; the TSV's own ``sample_id`` column numbers subjects, not
+    rows, so it is not a sample key); (task, subject, sample_id) is unique.
     ``tasks``: names (list or comma-separated; ``None``/``"all"`` = every task);
-    ``limit``: first ``limit`` distinct subjects per task. Reads with
+    ``limit``: first ``limit`` distinct subjects per task, each with all its kept rows. Reads with
     :func:`superscopes_nn.datasets.load_lre`.
     """
     from superscopes_nn.datasets import load_lre, shared_data_dir
+
+    if contexts not in CONTEXTS:
+        raise ValueError(f"contexts must be one of {CONTEXTS}, got {contexts!r}")
 
     root = Path(root) if root else shared_data_dir() / LRE_SUBDIR
     if not root.exists():
@@ -52,14 +62,18 @@ def lre_samples(root: str | Path | None = None, *, tasks: str | Sequence[str] | 
         raw = raw.to_pandas()
     if not isinstance(raw, pd.DataFrame):
         raw = pd.DataFrame(raw)
+    task = raw[_first(raw, "task", "relation", "task_name")]
     df = pd.DataFrame({
-        "task": raw[_first(raw, "task", "relation", "task_name")],
+        "task": task,
         "subject": raw[_first(raw, "subject")].astype(str),
+        "sample_id": task.groupby(task, sort=False).cumcount().astype(int),
         "object": raw[_first(raw, "object")].astype(str),
         "target_prompt": raw[_first(raw, "prompt_target", "target_prompt")].astype(str),
         "source_context": raw["prompt_source"].astype(str) if "prompt_source" in raw else "",
     })
-    df = df.drop_duplicates(["task", "subject"]).reset_index(drop=True)
+    if contexts == "first":
+        df = df.drop_duplicates(["task", "subject"])
+    df = df.reset_index(drop=True)
     if isinstance(tasks, str):
         tasks = None if tasks.strip() in ("", "all") else [t.strip() for t in tasks.split(",") if t.strip()]
     if tasks is not None:
@@ -70,13 +84,24 @@ def lre_samples(root: str | Path | None = None, *, tasks: str | Sequence[str] | 
     if limit is not None:
         if limit < 1:
             raise ValueError(f"limit must be >= 1, got {limit!r}")
-        df = df.groupby("task", sort=False).head(limit)
+        first = df.drop_duplicates(["task", "subject"]).groupby("task", sort=False).head(limit)
+        df = df[pd.MultiIndex.from_frame(df[["task", "subject"]]).isin(
+            pd.MultiIndex.from_frame(first[["task", "subject"]]))]
     return df.reset_index(drop=True)
+
+
+def sample_items(df: pd.DataFrame) -> pd.Series:
+    """The per-sample key ``task|subject|sample_id`` (``task|subject`` for rows without ``sample_id``,
+    as the runs made before the column existed)."""
+    key = df.task.astype(str) + "|" + df.subject.astype(str)
+    return key + "|" + df.sample_id.astype(str) if "sample_id" in df else key
 
 
 def _check_samples(samples: pd.DataFrame) -> pd.DataFrame:
     if "source_context" not in samples:
         samples = samples.assign(source_context="")
+    if "sample_id" not in samples:  # the row index within its task
+        samples = samples.assign(sample_id=samples.groupby("task", sort=False).cumcount().astype(int).values)
     missing = set(SAMPLE_COLUMNS) - set(samples.columns)
     if missing:
         raise ValueError(f"samples lack columns {sorted(missing)}; have {list(samples.columns)}")
@@ -85,4 +110,8 @@ def _check_samples(samples: pd.DataFrame) -> pd.DataFrame:
     bad = [p for p in samples.target_prompt.unique() if " x" not in f" {p} ".replace(",", " ")]
     if bad:
         raise ValueError(f"target prompt {bad[0]!r} has no placeholder 'x'")
+    dup = samples.duplicated(["task", "subject", "sample_id"])
+    if dup.any():
+        r = samples[dup].iloc[0]
+        raise ValueError(f"(task, subject, sample_id) must be unique: {r.task!r}, {r.subject!r}, {r.sample_id!r} repeats")
     return samples.reset_index(drop=True)

@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from experiments import attribute_extraction as ae  # noqa: E402
 
 RUNS = Path(__file__).resolve().parents[1] / "docs" / "runs"
-V = "attribute_extraction_gemma-3-270m_official_8tasks-8subjects-layers-{}"
+V = "attribute_extraction_gemma-3-270m_first-context_8tasks-8subjects-layers-{}"
 VARIANTS = {"even": 81, "all": 289}  # (l, l*) pairs: range(0, 17, 2) or range(17) squared
 KEYS = ["task", "subject", "object", "target_prompt", "source_prompt", "source_layer", "target_layer"]
 

@@ -31,7 +31,7 @@ def test_entity_resolution_rows():
 
 
 def test_attribute_extraction_rows():
-    v = f"attribute_extraction_{M}_official_8tasks-8subjects-layers-even"
+    v = f"attribute_extraction_{M}_first-context_8tasks-8subjects-layers-even"
     df = pd.read_csv(RUNS / f"{v}.csv.gz", keep_default_na=False)
     filt = pd.read_csv(RUNS / f"{v}_filter.csv")
     ps = df[df.method == "patchscope"]

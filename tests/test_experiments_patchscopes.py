@@ -124,7 +124,7 @@ def test_attribute_extraction_official_layers_and_match(model):
     full = ae.attribute_extraction(model, SAMPLES.head(1), max_new_tokens=2, only_correct=False, source="subject",
                                    all_layers=True, layers=None)
     assert set(full[full.method == "patchscope"].source_layer) == {0, 1, 2, 3}
-    assert list(df.attrs["filter"].columns) == ["task", "subject", "object", "baseline_output", "kept"]
+    assert list(df.attrs["filter"].columns) == ["task", "subject", "sample_id", "object", "baseline_output", "kept"]
     with pytest.raises(ValueError, match="match must be one of"):
         ae.attribute_extraction(model, SAMPLES.head(1), match="regex")
 
