@@ -56,8 +56,10 @@ from .validate import check_alphas
 
 #: The paper's amplifiers for MLP outputs (alpha = 1 is plain Patchscopes).
 MLP_ALPHAS = (1, 3, 6, 9, 12, 15)
-#: The paper's three amplifier lists for hidden states (residual stream): fine, mid, wide.
-HIDDEN_ALPHAS_FINE = (1.3, 1.4, 1.5, 1.6, 1.7, 1.8, 1.9)
+#: The paper's three amplifier lists for hidden states (residual stream), as in GalNivs/Superscopes
+#: ``code/hidden_states_amplification.ipynb``: fine ``[1.3, 1.5, 1.7, 1.9]`` ("Red Hot Chili Peppers"),
+#: mid ``range(2, 7, 1)`` ("Alexander the Great"), wide ``range(3, 24, 3)`` ("Florence and the Machine").
+HIDDEN_ALPHAS_FINE = (1.3, 1.5, 1.7, 1.9)
 HIDDEN_ALPHAS_MID = (2, 3, 4, 5, 6)
 HIDDEN_ALPHAS_WIDE = (3, 6, 9, 12, 15, 18, 21)
 #: Union of the hidden-state lists with the alpha = 1 baseline, sorted.

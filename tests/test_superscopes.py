@@ -81,6 +81,12 @@ def test_amplification_equals_scaled_hook_patch(arch, site, target_layer, protoc
 def test_paper_alpha_constants():
     assert MLP_ALPHAS == (1, 3, 6, 9, 12, 15)
     assert 1.0 in HIDDEN_ALPHAS and 1.3 in HIDDEN_ALPHAS and 21.0 in HIDDEN_ALPHAS
+    from superscopes_nn.superscopes import HIDDEN_ALPHAS_FINE, HIDDEN_ALPHAS_MID, HIDDEN_ALPHAS_WIDE
+
+    # the notebook's cells: `for amp in [1.3, 1.5, 1.7, 1.9]`, `range(2, 7, 1)`, `range(3, 24, 3)`
+    assert (list(HIDDEN_ALPHAS_FINE), list(HIDDEN_ALPHAS_MID), list(HIDDEN_ALPHAS_WIDE)) == (
+        [1.3, 1.5, 1.7, 1.9], list(range(2, 7, 1)), list(range(3, 24, 3)))
+    assert len(HIDDEN_ALPHAS) == 15
     assert list(HIDDEN_ALPHAS) == sorted(set(HIDDEN_ALPHAS))
 
 
