@@ -231,6 +231,33 @@ def test_bridge_resolution_script(model, tmp_path):
     assert (tmp_path / "bridge_resolution.png").exists()
 
 
+def test_bridge_resolution_random_arm(model, queries, tmp_path):
+    df = erb.bridge_resolution(model, queries, max_new_tokens=3, control="random", control_seed=2)
+    rnd = df.attrs["random"]
+    assert list(rnd.columns) == erb.RANDOM_COLUMNS and len(rnd) == len(df)
+    keys = ["id", "source_layer", "source_position", "source_token"]
+    pd.testing.assert_frame_equal(rnd[keys], df[keys])  # the same cells, row for row
+    assert set(rnd.mapping) == {"random"} and rnd.mapping_key.str.startswith("random:").all()
+    assert (rnd.groupby(["id", "source_layer"]).mapping_key.nunique() == 1).all()
+    assert rnd.mapping_key.nunique() == len(rnd)  # one direction per source vector (query, layer)
+    assert rnd.interpretation.tolist() != df.interpretation.tolist()  # not the real vectors again
+    # the real arm is unchanged by the control; the random arm is scored by the same alias rule
+    real = erb.bridge_resolution(model, queries, max_new_tokens=3)
+    pd.testing.assert_frame_equal(real, df[erb.BRIDGE_COLUMNS])
+    aliases = {q["id"]: erb.bridge_aliases(q) for _, q in queries.iterrows()}
+    assert rnd.decodable.tolist() == [erb.alias_match(t, aliases[i]) for t, i in zip(rnd.interpretation, rnd.id)]
+    t = erb.bridge_chance(df, FIXTURE, n_boot=50)
+    best = t[t.scope == "best of layers"].iloc[0]
+    assert best.random_count == rnd.groupby("id").decodable.any().sum()
+    assert best.above_random == pytest.approx(best.raw - best.random)
+    assert "random" not in erb.bridge_chance(real, FIXTURE, n_boot=50)
+    with pytest.raises(ValueError, match="control"):
+        erb.bridge_resolution(model, queries, control="shuffled")
+    erb.main(["--data", str(FIXTURE), "--limit", "2", "--out", str(tmp_path), "--max-new-tokens", "3",
+              "--control", "random"], model=model)
+    assert len(pd.read_csv(tmp_path / "bridge_resolution_random.csv")) == 2 * 4
+
+
 def test_load_queries_stratified_limit():
     qs = bp.load_queries(FIXTURE, limit=3, stratify=True)
     assert len(qs) == 3 and qs.groupby(["r1", "r2"]).size().max() == 1  # one per relation pair first
