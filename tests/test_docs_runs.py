@@ -75,6 +75,15 @@ def test_bridge_rows_give_the_committed_rates():
     some = rows.groupby("id").decodable.any().sum()
     best = chance[chance.scope != "layer"].iloc[0]
     assert some == 11 and best.raw_count == pytest.approx(some) and best.null_count < some
+    rnd = pd.read_csv(RUNS / "bridge_resolution_gemma-3-270m_60stratified_random.csv.gz")
+    keys = ["id", "source_layer", "source_position"]
+    pd.testing.assert_frame_equal(rnd[keys], rows[keys])
+    assert set(rnd.mapping) == {"random"} and rnd.mapping_key.nunique() == len(rnd)
+    assert rnd.groupby("id").decodable.any().sum() == best.random_count == 0
+    assert best.above_random == pytest.approx(some / 59)
+    for layer, g in rnd.groupby("source_layer"):
+        row = chance[(chance.scope == "layer") & (chance.source_layer == str(layer))].iloc[0]
+        assert row.random == pytest.approx(g.decodable.mean())
 
 
 def test_verbalizer_rows_give_the_committed_tally():
