@@ -95,7 +95,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from experiments.common import (add_control, check_args, parser, random_arm, report_pair_chance,  # noqa: E402
-                                save_csv, some_pair_chance, store_kwargs)
+                                check_control, save_csv, some_pair_chance, store_kwargs)
 from superscopes_nn.architectures import num_layers  # noqa: E402
 from superscopes_nn.chance import format_chance  # noqa: E402
 from superscopes_nn.resolver import model_name, resolve  # noqa: E402
@@ -108,7 +108,6 @@ from superscopes_nn.scoring import MATCH_RULES, answer_match  # noqa: E402
 from experiments.lre import CONTEXTS, SAMPLE_COLUMNS, _check_samples, crop_context, lre_samples, sample_items  # noqa: E402
 
 SOURCES = ("wikitext", "subject")
-CONTROLS = ("none", "random")
 RANDOM_COLUMNS = ["source_position", "target_position", "mapping", "mapping_key"]
 """Columns the random-arm rows keep beside the real rows' (which source / target position, and the
 ``random:`` mapping key that names the seeded direction)."""
@@ -151,8 +150,7 @@ def attribute_extraction(model, samples: pd.DataFrame, *, layers: Iterable[int] 
         raise ValueError(f"layer_stride must be an int >= 1, got {layer_stride!r}")
     if match not in MATCH_RULES:
         raise ValueError(f"match must be one of {MATCH_RULES}, got {match!r}")
-    if control not in CONTROLS:
-        raise ValueError(f"control must be one of {CONTROLS}, got {control!r}")
+    check_control(control)
     n = num_layers(model._module.config)
     name = model_name(model)
     src = list(range(0, n if all_layers else n - 1, layer_stride)) if layers is None else [check_layer(l, n, "source", name) for l in layers]

@@ -79,7 +79,7 @@ if __package__ in (None, ""):  # run as a script: make `experiments` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from experiments.common import (  # noqa: E402
-    add_control, int_list, parser, random_arm, setup, some_pair_chance, store_kwargs,
+    add_control, check_control, int_list, parser, random_arm, setup, some_pair_chance, store_kwargs,
 )
 from experiments.hop_checks import (  # noqa: E402,F401  (re-exported)
     CATEGORIES, HOP_COLUMNS, classify, entity_shortcut_prompt, hop_answers, relation_shortcut_prompt,
@@ -94,9 +94,6 @@ from superscopes_nn.specs import Source, Target  # noqa: E402
 
 __all__ = ["QUERY_FIELDS", "CATEGORIES", "HOP_COLUMNS", "classify", "entity_shortcut_prompt",
            "relation_shortcut_prompt", "load_queries", "hop_answers", "backpatching", "fix_chance", "summarize"]
-CONTROLS = ("none", "random")
-"""``control``: ``random`` = also run every back-patched row with a norm-matched random vector
-(:func:`superscopes_nn.random_control.random_rows`), kept in ``df.attrs["random"]``."""
 POPULATIONS = ("paper", "wrong", "all")
 """Queries back-patched: ``paper`` = the official population (composition wrong, both hops
 right, neither shortcut right); ``wrong`` = every wrong two-hop query; ``all`` = every query."""
@@ -167,8 +164,7 @@ def backpatching(model, queries=None, *, limit: int | None = None, stratify: boo
     per (query, s, t). The per-query hop answers are in ``df.attrs["hops"]``; with
     ``control="random"`` the random arm (:data:`RANDOM_COLUMNS`, row for row) in ``df.attrs["random"]``.
     """
-    if control not in CONTROLS:
-        raise ValueError(f"control must be one of {CONTROLS}, got {control!r}")
+    check_control(control)
     qs = load_queries(queries, limit, stratify)
     n = num_layers(model._module.config)
     pairs = layer_pairs(n, layers) if pairs is None else [tuple(p) for p in pairs]

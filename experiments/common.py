@@ -110,9 +110,20 @@ def store_kwargs(args: argparse.Namespace, out, name: str) -> dict:
     return {"run_dir": Path(out) / f"{name}_rows", "resume": bool(getattr(args, "resume", False)), "config": config}
 
 
+CONTROLS = ("none", "random")
+"""``control`` of the experiments: ``random`` adds the norm-matched random-vector arm (:func:`random_arm`)."""
+
+
+def check_control(control: str) -> str:
+    """``control`` if it is one of :data:`CONTROLS`; else a one-line ``ValueError`` naming it."""
+    if control not in CONTROLS:
+        raise ValueError(f"control must be one of {CONTROLS}, got {control!r}")
+    return control
+
+
 def add_control(p: argparse.ArgumentParser) -> None:
     """``--control none|random`` and ``--control-seed``: the norm-matched random-vector arm."""
-    p.add_argument("--control", choices=("none", "random"), default="none",
+    p.add_argument("--control", choices=CONTROLS, default="none",
                    help="random: also run every patched row with a norm-matched random vector "
                         "(superscopes_nn.random_control; doubles the patched generation)")
     p.add_argument("--control-seed", type=int, default=0, help="seed of the random directions")

@@ -79,7 +79,7 @@ import pandas as pd
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experiments.common import add_control, check_args, parser, random_arm, store_kwargs  # noqa: E402
+from experiments.common import add_control, check_args, check_control, parser, random_arm, store_kwargs  # noqa: E402
 from superscopes_nn.architectures import num_layers  # noqa: E402
 from superscopes_nn.resolver import model_name, sweep_rows  # noqa: E402
 from superscopes_nn.run import run_rows  # noqa: E402
@@ -93,8 +93,6 @@ METRICS = ("alias", "rouge_l", "cosine")
 ENTITY_COLUMNS = ("name", "type", "description", "aliases")
 OFFICIAL_LAYERS = 10
 """``entity_processing.ipynb`` loops ``for layer_source in range(10)``: the script's default layers."""
-CONTROLS = ("none", "random")
-"""``control``: ``random`` adds the norm-matched random-vector arm (rows with ``method == "random"``)."""
 
 
 def entity_table(entities=None, limit: int | None = None) -> pd.DataFrame:
@@ -188,8 +186,7 @@ def entity_resolution(model, entities=None, *, limit: int | None = None, layers:
     ``answer`` (the description part of the continuation) and one column per metric
     (``score_alias`` bool, ``score_rouge_l`` and ``score_cosine`` floats).
     """
-    if control not in CONTROLS:
-        raise ValueError(f"control must be one of {CONTROLS}, got {control!r}")
+    check_control(control)
     unknown = set(metrics) - set(METRICS)
     if unknown:
         raise ValueError(f"unknown metrics {sorted(unknown)}; choose from {', '.join(METRICS)}")

@@ -52,7 +52,7 @@ import pandas as pd
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experiments.common import add_control, parser, random_arm, setup, store_kwargs  # noqa: E402
+from experiments.common import add_control, check_control, parser, random_arm, setup, store_kwargs  # noqa: E402
 from superscopes_nn.architectures import num_layers  # noqa: E402
 from superscopes_nn.resolver import find_token, model_name, resolve  # noqa: E402
 from superscopes_nn.run import run_rows  # noqa: E402
@@ -67,7 +67,6 @@ BRIDGE_COLUMNS = ["id", "source_layer", "e1_token", "source_position", "source_t
                   "decodable", "cosine", "error"]
 RANDOM_COLUMNS = BRIDGE_COLUMNS + ["mapping", "mapping_key"]
 """The random arm's rows: :data:`BRIDGE_COLUMNS` plus the mapping's name and key, row for row."""
-CONTROLS = ("none", "random")
 
 
 def e1_position(tokenizer, q) -> tuple[str | None, str]:
@@ -111,8 +110,7 @@ def bridge_resolution(model, queries=None, *, limit: int | None = None, stratify
     ``interpretation``, ``decodable`` (bool), ``cosine`` (float, NaN when not computed),
     ``error``; one row per (query, layer).
     """
-    if control not in CONTROLS:
-        raise ValueError(f"control must be one of {CONTROLS}, got {control!r}")
+    check_control(control)
     qs = load_queries(queries, limit, stratify)
     n = num_layers(model._module.config)
     ls = list(range(n)) if layers is None else [check_layer(l, n, "source", model_name(model)) for l in layers]

@@ -82,7 +82,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from experiments.common import (add_control, int_list, parser, random_arm, report_pair_chance, setup,  # noqa: E402
-                                some_pair_chance, store_kwargs)
+                                check_control, some_pair_chance, store_kwargs)
 from superscopes_nn.architectures import num_layers  # noqa: E402
 from superscopes_nn.api import generate_plain  # noqa: E402
 from superscopes_nn.resolver import model_name, resolve  # noqa: E402
@@ -98,7 +98,6 @@ COT_COLUMNS = ["id", "method", "source_layer", "target_layer", "prompt", "target
 RANDOM_COLUMNS = COT_COLUMNS + ["mapping", "mapping_key"]
 """The random arm's rows (``df.attrs["random"]``, ``method == "random"``): :data:`COT_COLUMNS` plus
 the mapping name (``random``) and key (``random:d<width>:seed<s>:...``, the direction's seed)."""
-CONTROLS = ("none", "random")
 
 
 def second_hop_template(q, placeholder: str = "x") -> str:
@@ -199,8 +198,7 @@ def multihop_cot(model, queries=None, *, limit: int | None = None, stratify: boo
     """
     if direction not in DIRECTIONS:
         raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
-    if control not in CONTROLS:
-        raise ValueError(f"control must be one of {CONTROLS}, got {control!r}")
+    check_control(control)
     n = num_layers(model._module.config)
     if pairs is None:
         ls = list(range(n)) if layers is None else list(layers)
