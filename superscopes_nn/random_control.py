@@ -43,17 +43,24 @@ def _unit(d: int, seed: int) -> torch.Tensor:
     return u / u.norm()
 
 
+def _direction_fn(u: torch.Tensor, base=None):
+    """``v -> ||v|| u`` (``base`` None), else ``v -> ||base(v)|| u``: the norm that would have been
+    written, on the fixed direction ``u``."""
+    if base is None:
+        def random_direction(v, u=u):
+            return u.to(v.device, v.dtype) * v.norm()
+    else:
+        def random_direction(v, u=u, f=base):
+            return u.to(v.device, v.dtype) * f(v).norm()
+    return random_direction
+
+
 def norm_matched_random(d: int, seed: int) -> Fn:
     """``Fn`` mapping v -> ||v|| u, u a fixed random unit vector of size ``d`` (seeded).
 
     Wrap it in ``Compose(m, alpha)`` to get a random vector with the norm of ``alpha * v``.
     """
-    u = _unit(d, seed)
-
-    def random_direction(v, u=u):
-        return u.to(v.device, v.dtype) * v.norm()
-
-    return Fn(random_direction, name="random", key_=f"random:d{int(d)}:seed{int(seed)}")
+    return Fn(_direction_fn(_unit(d, seed)), name="random", key_=f"random:d{int(d)}:seed{int(seed)}")
 
 
 def random_vector_rows(model, prompts: Sequence[str], *, layers: Sequence[int], alphas: Sequence[float],
@@ -91,13 +98,8 @@ def random_mapping(mapping, u: torch.Tensor, key: str):
     """
     m = as_mapping(mapping)
     base = m.base if isinstance(m, Compose) else (Identity() if isinstance(m, (Identity, Amplify)) else m)
-    if isinstance(base, Identity):
-        def random_direction(v, u=u):
-            return u.to(v.device, v.dtype) * v.norm()
-    else:
-        def random_direction(v, u=u, f=base):
-            return u.to(v.device, v.dtype) * f(v).norm()
-    rnd = Fn(random_direction, name="random", alpha=1.0, key_=f"random:{key}:{base.key}")
+    rnd = Fn(_direction_fn(u, None if isinstance(base, Identity) else base), name="random", alpha=1.0,
+             key_=f"random:{key}:{base.key}")
     return Compose(rnd, m.alpha) if isinstance(m, (Amplify, Compose)) else rnd
 
 
