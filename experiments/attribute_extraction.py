@@ -97,7 +97,6 @@ if __package__ in (None, ""):
 from experiments.common import (add_control, check_args, parser, random_arm, report_pair_chance,  # noqa: E402
                                 check_control, save_csv, some_pair_chance, store_kwargs)
 from superscopes_nn.architectures import num_layers  # noqa: E402
-from superscopes_nn.chance import format_chance  # noqa: E402
 from superscopes_nn.resolver import model_name, resolve  # noqa: E402
 from superscopes_nn.run import run_rows  # noqa: E402
 from superscopes_nn.specs import Source, Target  # noqa: E402
@@ -341,8 +340,6 @@ def main(argv=None, model=None) -> pd.DataFrame:
         save_csv(df.attrs["random"], out / "attribute_extraction_random.csv.gz")
     chance = pair_chance(df)
     report_pair_chance(chance, out / "attribute_extraction_chance.csv", "shuffled-object")
-    if chance is not None:  # counts of n [95% bootstrap interval]
-        print(format_chance(chance).drop(columns=["choices"]).to_string(index=False))
     summary = task_summary(df)
     ls, lt, acc = best_pair(df)
     summary.to_csv(out / "attribute_extraction_summary.csv", index=False)

@@ -264,14 +264,24 @@ def some_pair_chance(rows: pd.DataFrame, references, *, item: str, rule: str, n_
                         choice="pair", arms={"some pair": None}, per_choice=False, n_boot=n_boot, random_df=rnd)
 
 
+def chance_line(chance: pd.DataFrame) -> str:
+    """A one-row chance table (:func:`superscopes_nn.chance.chance_table`) as rates with their 95%
+    intervals and n: raw, shuffled null, raw minus it, and the random-vector rate and raw minus it
+    when the table has the random arm."""
+    c = chance.iloc[0]
+    keys = ("raw", "null", "above") + (("random", "above_random") if "random" in chance else ())
+    return ", ".join(f"{k} {c[k]:+.2f} [{c[k + '_lo']:+.2f}, {c[k + '_hi']:+.2f}]" if k.startswith("above")
+                     else f"{k} {c[k]:.2f} [{c[k + '_lo']:.2f}, {c[k + '_hi']:.2f}]" for k in keys) + f" (n = {c.n})"
+
+
 def report_pair_chance(chance, path: Path, null: str) -> None:
     """Save a "some (l, l*) pair answers" chance table (:func:`superscopes_nn.chance.chance_table`,
-    one row) to ``path`` and print it: raw count, the ``null`` chance count, above chance with its interval."""
+    one row) to ``path`` and print it: raw count, the ``null`` chance count (and the random-vector
+    count), then every rate with its interval (:func:`chance_line`)."""
     if chance is None:
         return
     chance.to_csv(path, index=False)
     c = chance.iloc[0]
-    rnd = (f"; random vector {c.random_count:.0f}/{c.n}, above it {c.above_random:+.2f} "
-           f"[{c.above_random_lo:+.2f}, {c.above_random_hi:+.2f}]") if "random" in chance else ""
-    print(f"some pair answers {c.raw_count:.0f}/{c.n}; {null} chance {c.null_count:.1f}/{c.n}; "
-          f"above chance {c.above:+.2f} [{c.above_lo:+.2f}, {c.above_hi:+.2f}]{rnd}")
+    rnd = f"; random vector {c.random_count:.0f}/{c.n}" if "random" in chance else ""
+    print(f"some pair answers {c.raw_count:.0f}/{c.n}; {null} chance {c.null_count:.1f}/{c.n}{rnd}: "
+          f"{chance_line(chance)}")

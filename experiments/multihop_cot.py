@@ -81,8 +81,8 @@ import pandas as pd
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experiments.common import (add_control, int_list, parser, random_arm, report_pair_chance, setup,  # noqa: E402
-                                check_control, some_pair_chance, store_kwargs)
+from experiments.common import (add_control, check_control, int_list, parser, random_arm,  # noqa: E402
+                                report_pair_chance, setup, some_pair_chance, store_kwargs)
 from superscopes_nn.architectures import num_layers  # noqa: E402
 from superscopes_nn.api import generate_plain  # noqa: E402
 from superscopes_nn.resolver import model_name, resolve  # noqa: E402
@@ -276,15 +276,6 @@ def pair_chance(df: pd.DataFrame, answers: dict | None = None, n_boot: int = 200
                             random_rows=random_df)
 
 
-def chance_line(chance: pd.DataFrame) -> str:
-    """The chance table's one row as rates with their 95% intervals and n (raw, shuffled null,
-    above it, and the random-vector rate and raw minus it when present)."""
-    c = chance.iloc[0]
-    keys = ("raw", "null", "above") + (("random", "above_random") if "random" in chance else ())
-    return ", ".join(f"{k} {c[k]:+.2f} [{c[k + '_lo']:+.2f}, {c[k + '_hi']:+.2f}]" if k.startswith("above")
-                     else f"{k} {c[k]:.2f} [{c[k + '_lo']:.2f}, {c[k + '_hi']:.2f}]" for k in keys) + f" (n = {c.n})"
-
-
 def summarize(df: pd.DataFrame, random_df: pd.DataFrame | None = None) -> pd.DataFrame:
     """Accuracy per method over queries. ``patchscope_best_pairs``: a query is solved when any
     (l, l*) is correct (the paper's measure); ``patchscope_best_single_pair``: the single
@@ -372,8 +363,6 @@ def main(argv=None, model=None) -> pd.DataFrame:
     summary = summarize(df)
     chance = pair_chance(df)
     report_pair_chance(chance, out / "multihop_cot_chance.csv", "shuffled-answer")
-    if chance is not None:
-        print(chance_line(chance))
     df.to_csv(out / "multihop_cot.csv", index=False)
     if df.attrs.get("random") is not None:
         df.attrs["random"].to_csv(out / "multihop_cot_random.csv", index=False)

@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 
 from experiments import multihop_cot as mc
+from experiments.common import chance_line
 from experiments.two_hop import alias_match, answer_aliases, load_queries
 from superscopes_nn.random_control import random_rows
 from superscopes_nn.resolver import resolve
@@ -123,7 +124,7 @@ def test_pair_chance_random_on_a_made_up_frame():
     answers = {"a": ["Yoko Ono"], "b": ["Paris"], "c": ["Steventon"]}
     c = mc.pair_chance(df, answers, n_boot=50, match="word", random_df=rnd).iloc[0]
     assert (c.raw_count, c.random_count, c.n) == (1, 1, 3) and c.above_random == pytest.approx(0.0)
-    assert "random 0.33 [" in mc.chance_line(mc.pair_chance(df, answers, n_boot=50, match="word", random_df=rnd))
+    assert "random 0.33 [" in chance_line(mc.pair_chance(df, answers, n_boot=50, match="word", random_df=rnd))
 
 
 def test_bad_control(model, queries):
