@@ -32,10 +32,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from timing import Way, add_args, interleave, report, round_slices, say, setup  # noqa: E402
 
 from superscopes_nn import load_model  # noqa: E402
-from superscopes_nn.architectures import num_layers  # noqa: E402
-from superscopes_nn.api import patchscope  # noqa: E402
+from superscopes_nn.structure.architectures import num_layers  # noqa: E402
+from superscopes_nn.engine.api import patchscope  # noqa: E402
 
-from experiments.backpatching import backpatch_patches, layer_pairs, load_queries  # noqa: E402
+from experiments.hopping_too_late.backpatching import backpatch_patches, layer_pairs, load_queries  # noqa: E402
 
 
 def main(argv=None) -> dict:

@@ -7,7 +7,7 @@ source layer, ``ENTITY_PROMPT``, greedy ``--max-new-tokens``), generation only
 (scoring is the same for both and timed apart when ``--score`` is given), one warm-up round
 then ``--repeats`` interleaved rounds (``benchmarks/timing.py``):
 
-- batched: ``experiments.entity_resolution.entity_resolution`` (one sweep, chunks of 64 rows,
+- batched: ``experiments.patchscopes.entity_resolution.entity_resolution`` (one sweep, chunks of 64 rows,
   shared target-prefix KV cache), baseline off;
 - loop:    ``patchscope(model, [one row])`` per row on ``--loop-rows`` rows (a different
   ``1/repeats`` of them each round), scaled to all rows, whose token ids must equal the batched ones.
@@ -29,9 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from timing import Way, add_args, interleave, report, round_slices, say, setup  # noqa: E402
 
-from experiments.entity_resolution import entity_resolution, entity_table  # noqa: E402
+from experiments.patchscopes.entity_resolution import entity_resolution, entity_table  # noqa: E402
 from superscopes_nn import ENTITY_PROMPT, Source, Target, load_model, patchscope  # noqa: E402
-from superscopes_nn.architectures import num_layers  # noqa: E402
+from superscopes_nn.structure.architectures import num_layers  # noqa: E402
 
 
 def main(argv=None, model=None, entities=None) -> dict:
@@ -40,7 +40,7 @@ def main(argv=None, model=None, entities=None) -> dict:
     p.add_argument("--entities", type=int, default=40)
     p.add_argument("--loop-rows", type=int, default=30, help="rows timed in the per-row loop (scaled to all)")
     p.add_argument("--max-new-tokens", type=int, default=20)
-    p.add_argument("--score", action="store_true", help="also time scoring (needs superscopes_nn.scoring)")
+    p.add_argument("--score", action="store_true", help="also time scoring (needs superscopes_nn.science.scoring)")
     add_args(p, repeats=3, warmup=1)
     args = p.parse_args(argv)
     setup(args)
@@ -80,10 +80,10 @@ def main(argv=None, model=None, entities=None) -> dict:
         "loop_rows_per_round": per_round, "loop_s_scaled": md["loop"], "speedup": rep["ratios"]["speedup"], **rep,
     }
     if args.score:
-        from experiments.entity_resolution import score
+        from experiments.patchscopes.entity_resolution import score
 
         t0 = time.perf_counter()
-        import experiments.entity_resolution as er
+        import experiments.patchscopes.entity_resolution as er
 
         df["answer"] = [er.description_of(t) for t in df.interpretation]
         df["entity"] = df.source_prompt

@@ -33,9 +33,9 @@ sys.path.insert(0, str(ROOT.parent))
 
 from timing import Way, add_args, interleave, report, say, setup  # noqa: E402
 
-from superscopes_nn.datasets import load_fig3_prompts  # noqa: E402
+from superscopes_nn.data.datasets import load_fig3_prompts  # noqa: E402
 from superscopes_nn import ENTITY_PROMPT, load_model  # noqa: E402
-from superscopes_nn.superscopes import MLP_ALPHAS, superscope  # noqa: E402
+from superscopes_nn.science.superscopes import MLP_ALPHAS, superscope  # noqa: E402
 
 BATCHES = (64, 48, 32, 16, 8, 1)
 

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/patched_logits.py [--model gemma-3-270m] [--rows 256] [--repeats 3]
 
 Token-identity rows (residual of a sentence's positions, every layer, patched into
-``IDENTITY_PROMPT`` at ``?``), as ``experiments/token_identity.py`` runs them.
+``IDENTITY_PROMPT`` at ``?``), as ``experiments/patchscopes/token_identity.py`` runs them.
 ``full``: every row runs the whole target prompt and the model computes vocabulary
 logits at every position (``shared_prefix=False``, no logits window); ``default``: the
 target prefix's KV cache is computed once per call and reused, and vocabulary logits
@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from timing import Way, add_args, interleave, report, say, setup  # noqa: E402
 
-import superscopes_nn.engine as E  # noqa: E402
-import superscopes_nn.resolver as P  # noqa: E402
+import superscopes_nn.engine.session as E  # noqa: E402
+import superscopes_nn.engine.resolver as P  # noqa: E402
 from superscopes_nn import IDENTITY_PROMPT, Source, Target, load_model, patched_logits, resolve  # noqa: E402
 
 

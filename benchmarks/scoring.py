@@ -1,4 +1,4 @@
-"""Scoring throughput (rows/s) of each metric in ``superscopes_nn.scoring`` on synthetic sweep rows.
+"""Scoring throughput (rows/s) of each metric in ``superscopes_nn.science.scoring`` on synthetic sweep rows.
 
     .venv/bin/python benchmarks/scoring.py [--rows 10000] [--keys 200] [--unique-texts 3000] [--repeats 3]
 
@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from timing import Way, add_args, interleave, report, say, setup  # noqa: E402
 
-from superscopes_nn.scoring import alias_match, embedding_cosine, load_embedder, rouge_l  # noqa: E402
+from superscopes_nn.science.scoring import alias_match, embedding_cosine, load_embedder, rouge_l  # noqa: E402
 
 WORDS = (
     "band rock English London album king ancient Macedon empire film director actor American city river "

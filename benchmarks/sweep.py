@@ -46,11 +46,11 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from superscopes_nn.reference import hf_patch_generate  # noqa: E402
+from superscopes_nn.structure.reference import hf_patch_generate  # noqa: E402
 from timing import RssSampler, Way, add_args, interleave, report, run_child, say, setup  # noqa: E402
 
 from superscopes_nn import ENTITY_PROMPT, Target, load_model, run_rows, sweep_rows  # noqa: E402
-from superscopes_nn.engine import chunks, shared_prefix_len  # noqa: E402
+from superscopes_nn.engine.session import chunks, shared_prefix_len  # noqa: E402
 
 ALPHAS = [1, 3, 6, 9, 12, 15]
 MEMORY_PROMPTS = ["Alexander the Great", "Pink Floyd", "Back to the Future", "Star Wars"]

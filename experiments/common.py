@@ -1,8 +1,9 @@
 """What every experiment script shares: the argument parser, model setup, run-store flags,
-CSV round trips and figure saving.
+CSV round trips and figure saving, and the two-hop queries (loading, aliases, the answer test) that
+the back-patching, multi-hop CoT and bridge-resolution experiments share.
 
 Each script keeps the rows of its patched sweep in ``OUT/<name>_rows`` (``config.json`` +
-``rows.jsonl``, appended per finished chunk, see :mod:`superscopes_nn.store`), so a crash
+``rows.jsonl``, appended per finished chunk, see :mod:`superscopes_nn.core.store`), so a crash
 or Ctrl-C loses at most the chunk in flight; the same command with ``--resume`` skips the
 finished rows. Baseline generations (unpatched) are cheap and rerun.
 """
@@ -13,16 +14,19 @@ import argparse
 import json
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import pandas as pd
+
+from superscopes_nn.science.scoring import MATCH_RULES, answer_match
+from superscopes_nn.structure.info import model_info  # noqa: E402
 
 NOT_CONFIG = ("out", "resume", "progress", "from_csv", "max_batch_size", "batch_size", "control", "control_seed")
 """Arguments that do not change a row's result, so a resumed run may change them."""
 
 DECODINGS = ("greedy", "llama2-chat")
 """``--decoding``: ``greedy`` (default; a named deviation from the Superscopes code) or
-``llama2-chat`` (:data:`~superscopes_nn.sampling.LLAMA2_CHAT`: temperature 0.6, top-p 0.9,
+``llama2-chat`` (:data:`~superscopes_nn.core.sampling.LLAMA2_CHAT`: temperature 0.6, top-p 0.9,
 the sampling the paper's Llama-2-13b-chat ran under), seeded per row by ``--seed``."""
 
 
@@ -75,10 +79,10 @@ def add_decoding(p: argparse.ArgumentParser) -> None:
 
 
 def decoding_of(p: argparse.ArgumentParser, args: argparse.Namespace):
-    """The :class:`~superscopes_nn.sampling.Sampling` of ``--decoding`` / ``--seed`` (None: greedy)."""
+    """The :class:`~superscopes_nn.core.sampling.Sampling` of ``--decoding`` / ``--seed`` (None: greedy)."""
     from dataclasses import replace
 
-    from superscopes_nn.sampling import LLAMA2_CHAT
+    from superscopes_nn.core.sampling import LLAMA2_CHAT
 
     if getattr(args, "decoding", "greedy") == "greedy":
         if getattr(args, "seed", None) is not None:
@@ -125,17 +129,17 @@ def add_control(p: argparse.ArgumentParser) -> None:
     """``--control none|random`` and ``--control-seed``: the norm-matched random-vector arm."""
     p.add_argument("--control", choices=CONTROLS, default="none",
                    help="random: also run every patched row with a norm-matched random vector "
-                        "(superscopes_nn.random_control; doubles the patched generation)")
+                        "(superscopes_nn.science.random_control; doubles the patched generation)")
     p.add_argument("--control-seed", type=int, default=0, help="seed of the random directions")
 
 
 def random_arm(model, rows, *, target_model=None, seed: int = 0, **run_kwargs) -> pd.DataFrame:
     """The rows' norm-matched random-vector counterparts (same sources, targets, α), run like them.
 
-    ``rows``: resolved rows (:func:`superscopes_nn.resolver.resolve`) of the real arm; ``run_kwargs``
-    go to :func:`superscopes_nn.run.run_rows` (give the random arm its own ``run_dir``)."""
-    from superscopes_nn.random_control import random_rows
-    from superscopes_nn.run import run_rows
+    ``rows``: resolved rows (:func:`superscopes_nn.engine.resolver.resolve`) of the real arm; ``run_kwargs``
+    go to :func:`superscopes_nn.engine.run.run_rows` (give the random arm its own ``run_dir``)."""
+    from superscopes_nn.science.random_control import random_rows
+    from superscopes_nn.engine.run import run_rows
 
     if run_kwargs.get("config") is not None:  # the seed is part of the random arm's run, not of the real one
         run_kwargs["config"] = {**run_kwargs["config"], "control_seed": int(seed)}
@@ -192,9 +196,9 @@ def setup(args: argparse.Namespace, model=None):
 
 
 def n_layers_of(model) -> int:
-    from superscopes_nn.architectures import num_layers
 
-    return num_layers(model._module.config)
+
+    return model_info(model).n_layers
 
 
 # ------------------------------------------------------------------ files
@@ -246,12 +250,12 @@ def save_figure(fig, path, dpi: int = 120) -> Path:
 def some_pair_chance(rows: pd.DataFrame, references, *, item: str, rule: str, n_boot: int = 2000,
                      random_rows: pd.DataFrame | None = None):
     """"Some (source, target) layer pair answers" per item beside its chance level: each item's
-    patched outputs (every pair of ``rows``) matched under ``rule`` (:data:`~superscopes_nn.scoring.MATCH_RULES`)
+    patched outputs (every pair of ``rows``) matched under ``rule`` (:data:`~superscopes_nn.science.scoring.MATCH_RULES`)
     against another item's ``references`` (item -> aliases or answer), exact over derangements
-    (:func:`superscopes_nn.chance.chance_table`, one arm "some pair"). ``random_rows``: the same
-    pairs run with norm-matched random vectors (:func:`superscopes_nn.random_control.random_rows`;
+    (:func:`superscopes_nn.science.chance.chance_table`, one arm "some pair"). ``random_rows``: the same
+    pairs run with norm-matched random vectors (:func:`superscopes_nn.science.random_control.random_rows`;
     rows of other items are dropped), adds ``random`` / ``above_random``. None with fewer than 2 items."""
-    from superscopes_nn.chance import alias_pairs, chance_table
+    from superscopes_nn.science.chance import alias_pairs, chance_table
 
     if rows.empty or rows[item].nunique() < 2:
         return None
@@ -265,7 +269,7 @@ def some_pair_chance(rows: pd.DataFrame, references, *, item: str, rule: str, n_
 
 
 def chance_line(chance: pd.DataFrame) -> str:
-    """A one-row chance table (:func:`superscopes_nn.chance.chance_table`) as rates with their 95%
+    """A one-row chance table (:func:`superscopes_nn.science.chance.chance_table`) as rates with their 95%
     intervals and n: raw, shuffled null, raw minus it, and the random-vector rate and raw minus it
     when the table has the random arm."""
     c = chance.iloc[0]
@@ -275,7 +279,7 @@ def chance_line(chance: pd.DataFrame) -> str:
 
 
 def report_pair_chance(chance, path: Path, null: str) -> None:
-    """Save a "some (l, l*) pair answers" chance table (:func:`superscopes_nn.chance.chance_table`,
+    """Save a "some (l, l*) pair answers" chance table (:func:`superscopes_nn.science.chance.chance_table`,
     one row) to ``path`` and print it: raw count, the ``null`` chance count (and the random-vector
     count), then every rate with its interval (:func:`chance_line`)."""
     if chance is None:
@@ -285,3 +289,57 @@ def report_pair_chance(chance, path: Path, null: str) -> None:
     rnd = f"; random vector {c.random_count:.0f}/{c.n}" if "random" in chance else ""
     print(f"some pair answers {c.raw_count:.0f}/{c.n}; {null} chance {c.null_count:.1f}/{c.n}{rnd}: "
           f"{chance_line(chance)}")
+
+
+# ------------------------------------------------------------------ two-hop queries
+
+QUERY_FIELDS = ("id", "two_hop_prompt", "first_hop_prompt", "e1", "r1", "bridge", "bridge_aliases", "r2",
+                "second_hop_prompt", "answer", "answer_aliases")
+
+
+def load_queries(queries=None, limit: int | None = None, stratify: bool = False) -> pd.DataFrame:
+    """Two-hop queries as a DataFrame with :data:`QUERY_FIELDS` (default ``load_two_hop()``).
+
+    ``queries``: None, a path to a JSONL file, a ``datasets.Dataset``, a DataFrame or a
+    list of dicts. ``limit`` keeps the first ``limit`` queries; with ``stratify`` it takes
+    them round robin over the (r1, r2) relation pairs, so a small subset covers every
+    relation pair. Duplicate ids keep the first.
+    """
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"limit must be an int >= 1, got {limit!r}")
+    if queries is None or isinstance(queries, (str, Path)):
+        from superscopes_nn.data.datasets import load_two_hop
+
+        queries = load_two_hop(queries)
+    if hasattr(queries, "to_pandas"):
+        queries = queries.to_pandas()
+    df = queries.copy() if isinstance(queries, pd.DataFrame) else pd.DataFrame([dict(q) for q in queries])
+    missing = [f for f in QUERY_FIELDS if f not in df.columns]
+    if missing:
+        raise ValueError(f"two-hop queries lack fields {missing}; have {list(df.columns)}")
+    for col in ("bridge_aliases", "answer_aliases"):
+        df[col] = [list(a) if a is not None and not isinstance(a, float) else [] for a in df[col]]
+    df = df[list(QUERY_FIELDS)].drop_duplicates("id").reset_index(drop=True)
+    if limit is not None:
+        if stratify:
+            rank = df.groupby(["r1", "r2"], sort=False).cumcount()
+            df = df.iloc[rank.sort_values(kind="stable").index]
+        df = df.head(limit).reset_index(drop=True)
+    if df.empty:
+        raise ValueError("no two-hop queries given")
+    return df
+
+
+def alias_match(text, aliases: Iterable[str], rule: str = "word") -> bool:
+    """:func:`superscopes_nn.science.scoring.answer_match` under ``rule`` (:data:`MATCH_RULES`; ``word`` =
+    case-insensitive whole words, aliases of length <= 1 ignored); a missing text (an errored row)
+    never matches."""
+    return answer_match(text, list(aliases), rule)
+
+
+def answer_aliases(q) -> list[str]:
+    return [q["answer"], *list(q["answer_aliases"])]
+
+
+def bridge_aliases(q) -> list[str]:
+    return [q["bridge"], *list(q["bridge_aliases"])]

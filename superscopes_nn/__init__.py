@@ -6,17 +6,18 @@
 ...            layers=range(9), alphas=[1, 3, 6, 9, 12, 15])
 """
 
-__version__ = "0.1.0"
+from ._version import __version__  # noqa: E402,F401
 
-from .architectures import SITES, arch_spec  # noqa: E402
-from .lens import lens_logits, logit_lens  # noqa: E402
-from .models import DEFAULT_MODEL, load_model  # noqa: E402
-from .api import collect, generate_plain, patched_logits, patchscope, sweep  # noqa: E402
-from .engine import logit_tolerance  # noqa: E402
-from .resolver import resolve, sweep_rows  # noqa: E402
-from .run import run_rows  # noqa: E402
-from .sampling import LLAMA2_CHAT, Sampling  # noqa: E402
-from .specs import (  # noqa: E402
+from .structure.architectures import SITES
+from .structure.spec import arch_spec  # noqa: E402
+from .engine.lens import lens_logits, logit_lens  # noqa: E402
+from .structure.models import DEFAULT_MODEL, load_model  # noqa: E402
+from .engine.api import collect, generate_plain, patched_logits, patchscope, sweep  # noqa: E402
+from .engine.session import logit_tolerance  # noqa: E402
+from .engine.resolver import resolve, sweep_rows  # noqa: E402
+from .engine.run import run_rows  # noqa: E402
+from .core.sampling import LLAMA2_CHAT, Sampling  # noqa: E402
+from .core.specs import (  # noqa: E402
     ENTITY_PROMPT, IDENTITY_PROMPT, RESULT_COLUMNS, Affine, Amplify, Compose, Fn, Identity, Row, Source, Target,
 )
 

@@ -81,9 +81,9 @@ def pytest_runtest_makereport(item, call):
 
 @pytest.fixture(scope="session")
 def shared_data():
-    """The shared data folder (``superscopes_nn.datasets.shared_data_dir``); skips when absent
+    """The shared data folder (``superscopes_nn.data.datasets.shared_data_dir``); skips when absent
     (and with CI=true that skip fails the run)."""
-    from superscopes_nn.datasets import shared_data_dir
+    from superscopes_nn.data.datasets import shared_data_dir
 
     try:
         return shared_data_dir()

@@ -116,7 +116,7 @@ def route(monkeypatch, server: Server) -> None:
 
     from nnsight.schema.request import RequestModel
 
-    from superscopes_nn.ndif_backend import NDIFBackend
+    from superscopes_nn.remote.backend import NDIFBackend
 
     def ndif_call(self, tracer=None):  # the library's NDIFBackend: same envelope, same server
         result = self.request(RequestModel(model_key=self.model_key, compress=self.compress, env=self.env), tracer)

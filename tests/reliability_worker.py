@@ -39,7 +39,7 @@ def arm(point: str) -> None:
     """Patch the run store so this process kills itself at ``point``."""
     import pandas as pd
 
-    from superscopes_nn import store
+    from superscopes_nn.core import store
 
     calls = {"append": 0}
     real_append, real_fsync, real_replace = store.RunStore.append, os.fsync, os.replace
@@ -77,7 +77,7 @@ def arm(point: str) -> None:
 
 def main(argv: list[str]) -> int:
     import sweep_worker
-    from superscopes_nn.run import run_sweep
+    from superscopes_nn.engine.run import run_sweep
 
     run_dir, point = argv[0], argv[1]
     assert point in POINTS, point

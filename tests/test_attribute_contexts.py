@@ -9,9 +9,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experiments import attribute_extraction as ae  # noqa: E402
-from experiments.lre import lre_samples, sample_items  # noqa: E402
-from superscopes_nn.testing import tiny_model  # noqa: E402
+from experiments.patchscopes import attribute_extraction as ae  # noqa: E402
+from superscopes_nn.data.lre import lre_samples, sample_items  # noqa: E402
+from superscopes_nn.structure.testing import tiny_model  # noqa: E402
 
 # (subject, object, WikiText context): France in three contexts, Syria in two, Japan in one;
 # the TSV's own sample_id numbers subjects (as in the official TSVs), not rows

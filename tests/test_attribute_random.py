@@ -8,12 +8,12 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experiments import attribute_extraction as ae  # noqa: E402
-from superscopes_nn.resolver import resolve  # noqa: E402
-from superscopes_nn.run import run_rows  # noqa: E402
-from superscopes_nn.scoring import answer_match  # noqa: E402
-from superscopes_nn.specs import Source, Target  # noqa: E402
-from superscopes_nn.testing import tiny_model  # noqa: E402
+from experiments.patchscopes import attribute_extraction as ae  # noqa: E402
+from superscopes_nn.engine.resolver import resolve  # noqa: E402
+from superscopes_nn.engine.run import run_rows  # noqa: E402
+from superscopes_nn.science.scoring import answer_match  # noqa: E402
+from superscopes_nn.core.specs import Source, Target  # noqa: E402
+from superscopes_nn.structure.testing import tiny_model  # noqa: E402
 
 SAMPLES = pd.DataFrame({
     "task": ["country_capital_city", "country_capital_city", "country_currency", "country_currency"],

@@ -8,12 +8,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from experiments import backpatching as bp
-from experiments.two_hop import alias_match
-from superscopes_nn.random_control import random_rows
-from superscopes_nn.resolver import resolve
-from superscopes_nn.run import run_rows
-from superscopes_nn.testing import tiny_model
+from experiments.hopping_too_late import backpatching as bp
+from experiments.common import alias_match
+from superscopes_nn.science.random_control import random_rows
+from superscopes_nn.engine.resolver import resolve
+from superscopes_nn.engine.run import run_rows
+from superscopes_nn.structure.testing import tiny_model
 
 FIXTURE = Path(__file__).parent / "fixtures" / "two_hop_multihop_small.jsonl"
 pytestmark = pytest.mark.filterwarnings("ignore")

@@ -10,10 +10,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from superscopes_nn import Affine, Amplify, Source, Target, load_model, patchscope, sweep
-from superscopes_nn.cli import main
-from superscopes_nn.run import run_rows
-from superscopes_nn.specs import ENTITY_PROMPT
-from superscopes_nn.testing import tiny_model
+from superscopes_nn.output.cli import main
+from superscopes_nn.engine.run import run_rows
+from superscopes_nn.core.specs import ENTITY_PROMPT
+from superscopes_nn.structure.testing import tiny_model
 
 import torch
 
@@ -25,7 +25,7 @@ def model():
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    from superscopes_nn.testing import save_tiny_checkpoint
+    from superscopes_nn.structure.testing import save_tiny_checkpoint
 
     d = tmp_path_factory.mktemp("tiny")
     save_tiny_checkpoint(d, "llama")
@@ -75,7 +75,7 @@ def test_api_bad_input(model, name, call, exc, needle):
 
 
 def test_dataset_loader_bad_input(tmp_path):
-    datasets = pytest.importorskip("superscopes_nn.datasets")
+    datasets = pytest.importorskip("superscopes_nn.data.datasets")
     missing = tmp_path / "nope.jsonl"
     with pytest.raises(FileNotFoundError, match="nope.jsonl"):
         datasets.load_entities(missing)
@@ -109,7 +109,7 @@ def test_cli_bad_input(model_dir, tmp_path, capsys, argv, needle):
 
 
 def test_cli_unknown_model_no_traceback(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "superscopes_nn.cli", "explain", "Pink Floyd", "--model",
+    proc = subprocess.run([sys.executable, "-m", "superscopes_nn.output.cli", "explain", "Pink Floyd", "--model",
                            "no-such-model-xyz", "--out", str(tmp_path / "r")], capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 2
@@ -122,7 +122,7 @@ def test_cli_unknown_model_no_traceback(tmp_path):
 def test_random_grids_batched_equal_one_at_a_time(model, grid):
     patches = [(Source("Back to the Future", layer, pos, "mlp_out"), Target(ENTITY_PROMPT, layer=tl), Amplify(a))
                for layer, pos, tl, a in grid]
-    from superscopes_nn.resolver import resolve
+    from superscopes_nn.engine.resolver import resolve
 
     rows = resolve(model, patches)
     batched = run_rows(model, rows, max_new_tokens=3)

@@ -5,10 +5,10 @@ import pandas as pd
 import pytest
 import torch
 
-from superscopes_nn.chance import (
+from superscopes_nn.science.chance import (
     alias_pairs, chance_table, derangement, format_chance, norm_matched_random, random_vector_rows,
 )
-from superscopes_nn.specs import Compose, Target
+from superscopes_nn.core.specs import Compose, Target
 
 
 def exact_pairs(texts, refs):
@@ -121,7 +121,7 @@ def test_norm_matched_random_keeps_norm_and_key():
 
 def test_random_vector_rows_on_tiny_model():
     from superscopes_nn import run_rows
-    from superscopes_nn.testing import tiny_model
+    from superscopes_nn.structure.testing import tiny_model
 
     model = tiny_model("llama")
     rows = random_vector_rows(model, ["Pink Floyd", "Star Wars"], layers=[1], alphas=[1, 3], site="mlp_out",
@@ -133,7 +133,7 @@ def test_random_vector_rows_on_tiny_model():
 
 
 def test_item_table_ranks_by_margin_over_chance():
-    from superscopes_nn.chance import item_table
+    from superscopes_nn.science.chance import item_table
 
     # A names itself at both alphas; D's texts are "A" (passes only against A: chance, not signal)
     df = grid({1: ["A", "x", "x", "A"], 3: ["A", "B", "x", "A"]})
@@ -144,7 +144,7 @@ def test_item_table_ranks_by_margin_over_chance():
 
 
 def test_with_chance_on_one_prompt_grid():
-    from superscopes_nn.superscopes import other_entity_names, with_chance
+    from superscopes_nn.science.superscopes import other_entity_names, with_chance
 
     names = other_entity_names(exclude=["Pink Floyd"])
     assert "Pink Floyd" not in names and "Alexander the Great" in names and len(names) > 100

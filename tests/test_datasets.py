@@ -1,4 +1,4 @@
-"""superscopes_nn.datasets on small fixtures, on the real project/shared data when present, and every error path."""
+"""superscopes_nn.data.datasets on small fixtures, on the real project/shared data when present, and every error path."""
 
 import json
 from pathlib import Path
@@ -6,8 +6,8 @@ from pathlib import Path
 import datasets
 import pytest
 
-from superscopes_nn.external_data import load_hopping_too_late_csv, parse_popqa_rows
-from superscopes_nn.datasets import (
+from superscopes_nn.data.external_data import load_hopping_too_late_csv, parse_popqa_rows
+from superscopes_nn.data.datasets import (
     DATA_DIR, ENTITY_FIELDS, TWO_HOP_FIELDS, load_entities, load_fig3_prompts, load_lre,
     load_two_hop,
 )
@@ -223,7 +223,7 @@ def test_load_fig3_errors(tmp_path):
 
 
 def test_shared_data_dir_env_var(tmp_path, monkeypatch):
-    from superscopes_nn.datasets import SHARED_DATA_ENV, shared_data_dir
+    from superscopes_nn.data.datasets import SHARED_DATA_ENV, shared_data_dir
 
     (tmp_path / "mine").mkdir()
     monkeypatch.setenv(SHARED_DATA_ENV, str(tmp_path / "mine"))
@@ -235,7 +235,7 @@ def test_shared_data_dir_env_var(tmp_path, monkeypatch):
 
 
 def test_shared_data_dir_beside_cwd_and_one_line_error(tmp_path, monkeypatch):
-    from superscopes_nn import datasets as ds
+    from superscopes_nn.data import datasets as ds
 
     monkeypatch.delenv(ds.SHARED_DATA_ENV, raising=False)
     repo = tmp_path / "repo" / "sub"

@@ -29,14 +29,14 @@ import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
-from superscopes_nn.reference import hf_patch_generate
+from superscopes_nn.structure.reference import hf_patch_generate
 from superscopes_nn import Affine, Compose, Fn, load_model
-from superscopes_nn.api import collect, patched_logits, patchscope, sweep
-from superscopes_nn.engine import apply_map, map_vectors
-from superscopes_nn.lens import lens_logits
-from superscopes_nn.resolver import resolve, sweep_rows
-from superscopes_nn.specs import ENTITY_PROMPT, IDENTITY_PROMPT, Source, Target
-from superscopes_nn.testing import save_tiny_checkpoint, tiny_hf_model, wrap
+from superscopes_nn.engine.api import collect, patched_logits, patchscope, sweep
+from superscopes_nn.engine.session import apply_map, map_vectors
+from superscopes_nn.engine.lens import lens_logits
+from superscopes_nn.engine.resolver import resolve, sweep_rows
+from superscopes_nn.core.specs import ENTITY_PROMPT, IDENTITY_PROMPT, Source, Target
+from superscopes_nn.structure.testing import save_tiny_checkpoint, tiny_hf_model, wrap
 
 ROOT = Path(__file__).resolve().parents[1]
 MOVES = (torch.Tensor.to, torch.Tensor.cuda, torch.Tensor.cpu)
@@ -112,7 +112,7 @@ def _stub(residual, mlp_in):
 
 
 def test_writes_move_value_and_indices_to_the_target_once():
-    from superscopes_nn.sites import write_patches
+    from superscopes_nn.structure.sites import write_patches
 
     model, spec = _stub(torch.zeros(3, 5, 4, dtype=torch.float16, device="meta"),
                         torch.zeros(3, 5, 4, dtype=torch.float16, device="meta"))
@@ -205,7 +205,7 @@ def test_cpu_vectors_and_affine_into_a_model_on_device(device, monkeypatch):
     """A cross-model request as NDIF gets it: the source session's vectors come back as CPU
     tensors, the Affine weight is a CPU tensor, the target model sits on ``device``. On CPU
     nothing can cross (no other placement exists without a GPU); on CUDA every write crosses."""
-    import superscopes_nn.run as R
+    import superscopes_nn.engine.run as R
 
     src = wrap(*tiny_hf_model("llama", seed=1))  # CPU: its vectors are CPU tensors
     hf, tok = tiny_hf_model("gpt2", seed=2, hidden=32)

@@ -9,7 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experiments import attribute_extraction as ae  # noqa: E402
+from experiments.patchscopes import attribute_extraction as ae  # noqa: E402
 
 RUNS = Path(__file__).resolve().parents[1] / "docs" / "runs"
 M = "attribute_extraction_gemma-3-270m"

@@ -8,8 +8,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from experiments import backpatching as bp
-from experiments.two_hop import alias_match, answer_aliases
+from experiments.hopping_too_late import backpatching as bp
+from experiments.common import alias_match, answer_aliases
 
 RUNS = Path(__file__).resolve().parents[1] / "docs" / "runs"
 V = "backpatching_gemma-3-270m_paper_population"

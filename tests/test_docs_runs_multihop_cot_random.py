@@ -6,7 +6,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from experiments.two_hop import alias_match, answer_aliases, load_queries
+from experiments.common import alias_match, answer_aliases, load_queries
 
 RUNS = Path(__file__).resolve().parents[1] / "docs" / "runs"
 M = "gemma-3-270m"

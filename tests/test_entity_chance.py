@@ -4,9 +4,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from experiments import entity_resolution as er
-from superscopes_nn.chance import alias_pairs, layer_chance, rouge_pairs
-from superscopes_nn.scoring import alias_match, answer_match, rouge_l
+from experiments.patchscopes import entity_resolution as er
+from superscopes_nn.science.chance import alias_pairs, layer_chance, rouge_pairs
+from superscopes_nn.science.scoring import alias_match, answer_match, rouge_l
 
 ENTS = pd.DataFrame({
     "name": ["Paris", "Google", "Mozart", "Nile"],
@@ -132,7 +132,7 @@ def test_entity_chance_unknown_entity():
 def test_bridge_chance_on_a_made_up_frame():
     from pathlib import Path
 
-    from experiments.entity_resolution_bridge import bridge_chance
+    from experiments.hopping_too_late.bridge_resolution import bridge_chance
 
     fixture = Path(__file__).parent / "fixtures" / "two_hop_multihop_small.jsonl"
     ids = ["spouse_of_performer_imagine", "capital_of_country_of_landmark_eiffel_tower",

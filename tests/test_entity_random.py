@@ -12,9 +12,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experiments import entity_resolution as er  # noqa: E402
-from superscopes_nn.scoring import alias_match, rouge_l  # noqa: E402
-from superscopes_nn.testing import tiny_model  # noqa: E402
+from experiments.patchscopes import entity_resolution as er  # noqa: E402
+from superscopes_nn.science.scoring import alias_match, rouge_l  # noqa: E402
+from superscopes_nn.structure.testing import tiny_model  # noqa: E402
 
 ENTITIES = Path(__file__).resolve().parent / "fixtures" / "pscope_entities.jsonl"
 KEY = ["entity", "source_layer", "source_position", "source_token", "site", "target_prompt", "target_position",
@@ -29,7 +29,7 @@ def model():
 @pytest.fixture(scope="module")
 def captured(model):
     """The rows handed to ``run_rows`` by the real arm and by the random arm, and the result frame."""
-    import superscopes_nn.run as run
+    import superscopes_nn.engine.run as run
 
     seen = {}
     real_run, lib_run = er.run_rows, run.run_rows
@@ -89,7 +89,7 @@ def test_random_rows_match_the_patched_rows(captured):
 
 
 def test_a_real_vector_arm_is_caught(model, monkeypatch):
-    import superscopes_nn.random_control as rc
+    import superscopes_nn.science.random_control as rc
 
     monkeypatch.setattr(rc, "random_rows", lambda rows, target_model, seed=0: list(rows))  # the bug: real vectors
     df = er.entity_resolution(model, pd.read_json(ENTITIES, lines=True), limit=2, layers=[1, 2], metrics=(),

@@ -16,10 +16,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-import superscopes_nn.resolver as R
-import superscopes_nn.run as P
+import superscopes_nn.engine.resolver as R
+import superscopes_nn.engine.run as P
 from superscopes_nn import ENTITY_PROMPT, Target, run_rows, sweep, sweep_rows
-from superscopes_nn.testing import tiny_model
+from superscopes_nn.structure.testing import tiny_model
 
 FIXTURE = Path(__file__).parent / "fixtures" / "two_hop_multihop_small.jsonl"
 KW = dict(max_new_tokens=3, max_batch_size=4)
@@ -90,7 +90,7 @@ def _cut(rows_file: Path, keep: int) -> None:
 
 
 def test_backpatching_script_resumes_after_a_crash(model, tmp_path):
-    from experiments import backpatching as bp
+    from experiments.hopping_too_late import backpatching as bp
 
     args = ["--data", str(FIXTURE), "--limit", "3", "--max-new-tokens", "3", "--max-batch-size", "4",
             "--population", "all"]
@@ -116,7 +116,7 @@ def test_backpatching_script_resumes_after_a_crash(model, tmp_path):
 
 
 def test_fig3_script_resumes_after_a_crash(model, tmp_path):
-    from experiments import superscopes_fig3
+    from experiments.superscopes import fig3 as superscopes_fig3
 
     from test_superscopes import pair_word_cosine, word_cosine
 
@@ -135,8 +135,8 @@ def test_fig3_script_resumes_after_a_crash(model, tmp_path):
 
 
 def test_token_identity_stores_top1_per_row_and_resumes(model, tmp_path):
-    from experiments import token_identity as ti
-    from superscopes_nn.store import load_run
+    from experiments.patchscopes import token_identity as ti
+    from superscopes_nn.core.store import load_run
 
     kw = dict(sentences=["The cat sat on the mat.", "Paris is the capital of France."], layers=[0, 2],
               max_positions=3, max_batch_size=4)  # 12 patched rows -> 3 chunks

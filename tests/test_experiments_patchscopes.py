@@ -8,12 +8,12 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experiments import attribute_extraction as ae  # noqa: E402
-from experiments import controls  # noqa: E402
-from experiments import entity_resolution as er  # noqa: E402
-from experiments import token_identity as ti  # noqa: E402
-from superscopes_nn import baselines  # noqa: E402
-from superscopes_nn.testing import tiny_model  # noqa: E402
+from experiments.patchscopes import attribute_extraction as ae  # noqa: E402
+from experiments.li2025 import controls  # noqa: E402
+from experiments.patchscopes import entity_resolution as er  # noqa: E402
+from experiments.patchscopes import token_identity as ti  # noqa: E402
+from superscopes_nn.science import baselines  # noqa: E402
+from superscopes_nn.structure.testing import tiny_model  # noqa: E402
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 ENTITIES = FIXTURES / "pscope_entities.jsonl"
@@ -59,7 +59,7 @@ def test_token_identity_last_layer_is_exact(model):
 
 
 def test_token_identity_lens_matches_library_lens(model):
-    from superscopes_nn.lens import lens_logits
+    from superscopes_nn.engine.lens import lens_logits
 
     lens, _ = ti.lens_predictions(model, "The cat sat on the mat.", [0, 2, 3])
     for p in (1, 4):
@@ -95,7 +95,7 @@ def test_entity_resolution_rows_and_baseline(model):
         er.entity_resolution(model, ents, layers=[7], metrics=())
 
 
-@pytest.mark.skipif(not _has("superscopes_nn.scoring"), reason="superscopes_nn.scoring not available yet")
+@pytest.mark.skipif(not _has("superscopes_nn.science.scoring"), reason="superscopes_nn.science.scoring not available yet")
 def test_entity_resolution_main_scores(model, tmp_path):
     df = er.main(["--entities", str(ENTITIES), "--limit", "2", "--max-new-tokens", "4", "--out", str(tmp_path)],
                  model=model)
@@ -172,7 +172,7 @@ def test_attribute_extraction_bad_inputs(model):
         ae.attribute_extraction(model, SAMPLES, layer_stride=0)
 
 
-@pytest.mark.skipif(not _has("superscopes_nn.datasets"), reason="superscopes_nn.datasets not available yet")
+@pytest.mark.skipif(not _has("superscopes_nn.data.datasets"), reason="superscopes_nn.data.datasets not available yet")
 def test_attribute_extraction_main_on_lre(model, tmp_path, shared_data):
     df = ae.main(["--tasks", "country_capital_city", "--limit", "2", "--layer-stride", "3",
                   "--max-new-tokens", "3", "--lre-root", str(shared_data / "patchscopes_lre"),

@@ -10,14 +10,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from superscopes_nn.reference import hf_patch_generate
-from superscopes_nn.architectures import ARCHITECTURES, SITES, arch_spec, families_markdown
-from superscopes_nn.models import wrap
-from superscopes_nn.resolver import sweep_rows
-from superscopes_nn.run import run_rows
-from superscopes_nn.specs import ENTITY_PROMPT, Target
-from superscopes_nn.sites_resolver import SiteError, resolve_sites, verify_sites
-from superscopes_nn.testing import TINY_ARCHS, tiny_hf_model, tiny_model, tiny_tokenizer
+from superscopes_nn.structure.reference import hf_patch_generate
+from superscopes_nn.structure.architectures import ARCHITECTURES, SITES, families_markdown
+from superscopes_nn.structure.spec import arch_spec
+from superscopes_nn.structure.models import wrap
+from superscopes_nn.engine.resolver import sweep_rows
+from superscopes_nn.engine.run import run_rows
+from superscopes_nn.core.specs import ENTITY_PROMPT, Target
+from superscopes_nn.structure.sites_resolver import SiteError, resolve_sites
+from superscopes_nn.structure.spec import verify_sites
+from superscopes_nn.structure.testing import TINY_ARCHS, tiny_hf_model, tiny_model, tiny_tokenizer
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -95,7 +97,7 @@ def test_load_check_catches_a_broken_spec(arch, how):
 
 def test_wrap_runs_the_check(monkeypatch):
     """wrap() resolves and checks on one pass; re-wrapping (another dtype) checks again."""
-    import superscopes_nn.sites_resolver as R
+    import superscopes_nn.structure.sites_resolver as R
 
     calls, passes = [], []
     orig_verify, orig_run = R.verify_sites, R.run_watched
@@ -185,8 +187,8 @@ def test_readme_table_is_generated():
     text = README.read_text()
     m = re.search(r"<!-- families:begin.*?-->\n(.*?)<!-- families:end -->", text, re.S)
     assert m, "README lacks the generated families table"
-    assert m.group(1) == families_markdown(), "regenerate: python -m superscopes_nn.architectures --markdown"
-    out = subprocess.run([sys.executable, "-m", "superscopes_nn.architectures", "--markdown"], capture_output=True,
+    assert m.group(1) == families_markdown(), "regenerate: python -m superscopes_nn.structure.architectures --markdown"
+    out = subprocess.run([sys.executable, "-m", "superscopes_nn.structure.architectures", "--markdown"], capture_output=True,
                          text=True, check=True, cwd=README.parent).stdout
     assert out == families_markdown()
 

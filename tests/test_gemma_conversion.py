@@ -71,7 +71,7 @@ def gguf_tensors():
     from gguf import GGUFReader
     from gguf.quants import dequantize
 
-    from superscopes_nn.models import EMBEDDED
+    from superscopes_nn.structure.models import EMBEDDED
 
     reader = GGUFReader(str(EMBEDDED["gemma-3-270m"].gguf()))
     meta = {}
@@ -88,7 +88,7 @@ def gguf_tensors():
 def converted():
     from safetensors import safe_open
 
-    from superscopes_nn.models import embedded_path
+    from superscopes_nn.structure.models import embedded_path
 
     path = embedded_path("gemma-3-270m")
     with safe_open(str(path / "model.safetensors"), framework="pt") as f:

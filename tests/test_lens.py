@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from superscopes_nn.lens import lens_logits, logit_lens
-from superscopes_nn.api import patched_logits
-from superscopes_nn.resolver import resolve
-from superscopes_nn.specs import Source, Target
-from superscopes_nn.testing import tiny_model
+from superscopes_nn.engine.lens import lens_logits, logit_lens
+from superscopes_nn.engine.api import patched_logits
+from superscopes_nn.engine.resolver import resolve
+from superscopes_nn.core.specs import Source, Target
+from superscopes_nn.structure.testing import tiny_model
 
 
 @pytest.mark.parametrize("arch", ["llama", "gemma2", "gpt2", "gpt_neox"])

@@ -7,11 +7,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from experiments import backpatching as bp
-from experiments import entity_resolution_bridge as erb
-from experiments import multihop_cot as mc
-from superscopes_nn.api import generate_plain, patchscope
-from superscopes_nn.testing import tiny_model
+from experiments.hopping_too_late import backpatching as bp
+from experiments.hopping_too_late import bridge_resolution as erb
+from experiments.patchscopes import multihop_cot as mc
+from superscopes_nn.engine.api import generate_plain, patchscope
+from superscopes_nn.structure.testing import tiny_model
 
 FIXTURE = Path(__file__).parent / "fixtures" / "two_hop_multihop_small.jsonl"
 pytestmark = pytest.mark.filterwarnings("ignore")

@@ -5,13 +5,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from experiments import multihop_cot as mc
+from experiments.patchscopes import multihop_cot as mc
 from experiments.common import chance_line
-from experiments.two_hop import alias_match, answer_aliases, load_queries
-from superscopes_nn.random_control import random_rows
-from superscopes_nn.resolver import resolve
-from superscopes_nn.run import run_rows
-from superscopes_nn.testing import tiny_model
+from experiments.common import alias_match, answer_aliases, load_queries
+from superscopes_nn.science.random_control import random_rows
+from superscopes_nn.engine.resolver import resolve
+from superscopes_nn.engine.run import run_rows
+from superscopes_nn.structure.testing import tiny_model
 
 FIXTURE = Path(__file__).parent / "fixtures" / "two_hop_multihop_small.jsonl"
 PAIRS = [(1, 0), (1, 3), (3, 3)]

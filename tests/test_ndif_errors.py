@@ -16,11 +16,11 @@ import pytest
 from nnsight.intervention.backends.remote import RemoteError
 
 from fake_ndif import TIMEOUT, FakeNDIF
-from superscopes_nn.ndif_errors import NDIFError, call_remote, classify
-from superscopes_nn.resolver import sweep_rows
-from superscopes_nn.run import run_rows
-from superscopes_nn.specs import ENTITY_PROMPT, Target
-from superscopes_nn.testing import tiny_model
+from superscopes_nn.remote.errors import NDIFError, call_remote, classify
+from superscopes_nn.engine.resolver import sweep_rows
+from superscopes_nn.engine.run import run_rows
+from superscopes_nn.core.specs import ENTITY_PROMPT, Target
+from superscopes_nn.structure.testing import tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,7 @@ def remote_run(tiny, monkeypatch):
     model, rows = tiny
     monkeypatch.setitem(hf._ID_CACHE, model.repo_id, "superscopes/tiny-llama")  # no hub lookup
     monkeypatch.setattr(websocket._socket, "_default_timeout", TIMEOUT)
-    import superscopes_nn.ndif_backend as nb
+    import superscopes_nn.remote.backend as nb
 
     monkeypatch.setattr(nb, "POLL_INTERVAL", 0.01)  # NDIFBackend polls the fake quickly, and gives up on
     monkeypatch.setattr(nb, "LOST_AFTER", 1.0)      # a job with no recorded status after a second
@@ -249,7 +249,7 @@ def test_ndif_backend_waits_on_the_same_job_through_poll_failures(tiny, monkeypa
     import torch
 
     from superscopes_nn import generate_plain
-    from superscopes_nn.ndif_errors import remote_backend
+    from superscopes_nn.remote.backend import remote_backend
 
     model, _ = tiny
     monkeypatch.setitem(hf._ID_CACHE, model.repo_id, "superscopes/tiny-llama")
@@ -271,7 +271,7 @@ def test_ndif_backend_expired_result_url_is_a_download_failure(tiny, monkeypatch
     import nnsight.modeling.huggingface as hf
 
     from superscopes_nn import generate_plain
-    from superscopes_nn.ndif_errors import remote_backend
+    from superscopes_nn.remote.backend import remote_backend
 
     model, _ = tiny
     monkeypatch.setitem(hf._ID_CACHE, model.repo_id, "superscopes/tiny-llama")

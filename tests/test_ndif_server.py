@@ -25,8 +25,8 @@ import ndif_server
 from superscopes_nn import (Affine, Amplify, Source, Target, collect, generate_plain, load_model, logit_lens,
                             patched_logits, patchscope, sweep)
 from superscopes_nn import resolve
-from superscopes_nn.superscopes import superscope
-from superscopes_nn.testing import save_tiny_checkpoint
+from superscopes_nn.science.superscopes import superscope
+from superscopes_nn.structure.testing import save_tiny_checkpoint
 
 pytestmark = pytest.mark.ndif_server
 

@@ -9,13 +9,17 @@ import pandas as pd
 import pytest
 import torch
 
-from superscopes_nn import report, store, superscopes
-from superscopes_nn.datasets import load_fig3_prompts
-from superscopes_nn.resolver import resolve
-from superscopes_nn.run import run_rows
-from superscopes_nn.specs import RESULT_COLUMNS, Affine, Compose, Fn, Source, Target
-from superscopes_nn.store import record_key, row_key
-from superscopes_nn.testing import tiny_model
+from superscopes_nn.output import report
+
+from superscopes_nn.core import store
+
+from superscopes_nn.science import superscopes
+from superscopes_nn.data.datasets import load_fig3_prompts
+from superscopes_nn.engine.resolver import resolve
+from superscopes_nn.engine.run import run_rows
+from superscopes_nn.core.specs import RESULT_COLUMNS, Affine, Compose, Fn, Source, Target
+from superscopes_nn.core.store import record_key, row_key
+from superscopes_nn.structure.testing import tiny_model
 
 
 @pytest.fixture(scope="module")

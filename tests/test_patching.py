@@ -4,12 +4,12 @@
 import pytest
 import torch
 
-from superscopes_nn.reference import hf_patch_generate, hf_patch_logits, hf_read
-from superscopes_nn.api import collect, patched_logits, patchscope, sweep
-from superscopes_nn.resolver import resolve, sweep_rows
-from superscopes_nn.run import run_rows
-from superscopes_nn.specs import ENTITY_PROMPT, IDENTITY_PROMPT, Affine, Amplify, Source, Target
-from superscopes_nn.testing import CORE_ARCHS, tiny_hf_model, wrap
+from superscopes_nn.structure.reference import hf_patch_generate, hf_patch_logits, hf_read
+from superscopes_nn.engine.api import collect, patched_logits, patchscope, sweep
+from superscopes_nn.engine.resolver import resolve, sweep_rows
+from superscopes_nn.engine.run import run_rows
+from superscopes_nn.core.specs import ENTITY_PROMPT, IDENTITY_PROMPT, Affine, Amplify, Source, Target
+from superscopes_nn.structure.testing import CORE_ARCHS, tiny_hf_model, wrap
 
 SITES = ("residual", "attn_out", "mlp_in", "mlp_out")
 
@@ -137,7 +137,7 @@ def test_patched_logits_with_shared_prefix_equal_full_pass(model):
 
 def test_sources_read_once_per_sweep(monkeypatch, device):
     """Chunks reuse source vectors read by earlier chunks."""
-    import superscopes_nn.engine as P
+    import superscopes_nn.engine.session as P
 
     model = tiny_model("llama", device=device)
     calls = []
@@ -179,7 +179,7 @@ def test_half_precision_patches_in_model_dtype(dtype, device):
 
 def test_several_chunks_per_request_equal_one_per_session(monkeypatch, device):
     """Remote runs send several chunks as one session (one NDIF request); same ids, fewer sessions."""
-    import superscopes_nn.run as R
+    import superscopes_nn.engine.run as R
 
     model = tiny_model("llama", device=device)
     kw = dict(layers=[0, 1, 2, 3], sites=["residual", "mlp_out"], alphas=[1, 3], max_batch_size=4, max_new_tokens=3,

@@ -8,15 +8,15 @@ import pandas as pd
 import pytest
 import torch
 
-from experiments.persona_control import (KINDS, classify, option_sets, persona_control, prior_option, rate_table,
+from experiments.li2025.persona_control import (KINDS, classify, option_sets, persona_control, prior_option, rate_table,
                                          summarize, baselines)
-from experiments.controls import fit_maps
-from superscopes_nn.api import patchscope
-from superscopes_nn.baselines import PLAIN_CHAT_TEMPLATE, zero_shot, zero_shot_messages, zero_shot_prompt
-from superscopes_nn.finetune import FineTune, fact_examples, fine_tune, taught_model
-from superscopes_nn.personaqa import INVENTED, load_personaqa
-from superscopes_nn.specs import Source, Target
-from superscopes_nn.testing import tiny_model
+from experiments.li2025.controls import fit_maps
+from superscopes_nn.engine.api import patchscope
+from superscopes_nn.science.baselines import PLAIN_CHAT_TEMPLATE, zero_shot, zero_shot_messages, zero_shot_prompt
+from superscopes_nn.science.finetune import FineTune, fact_examples, fine_tune, taught_model
+from superscopes_nn.data.personaqa import INVENTED, load_personaqa
+from superscopes_nn.core.specs import Source, Target
+from superscopes_nn.structure.testing import tiny_model
 
 FACTS = load_personaqa(INVENTED)
 FEW = FACTS[FACTS.id < 2].reset_index(drop=True)  # 2 personas x 2 attributes
@@ -32,7 +32,7 @@ def test_invented_set_shape():
 
 
 def _loss(model, examples):
-    from superscopes_nn.finetune import _batch
+    from superscopes_nn.science.finetune import _batch
 
     ids, mask, pos, labels, keep = _batch(model.tokenizer, examples)
     with torch.no_grad():
@@ -211,7 +211,7 @@ def test_bad_input_names_the_value(tmp_path):
 
 
 def test_main_end_to_end_on_tiny_models(tmp_path, monkeypatch):
-    from experiments import persona_control as pc
+    from experiments.li2025 import persona_control as pc
 
     monkeypatch.setenv("SUPERSCOPES_CACHE", str(tmp_path / "cache"))
     csv = tmp_path / "rows.csv.gz"

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from superscopes_nn.personaqa import COLUMNS, load_personaqa
+from superscopes_nn.data.personaqa import COLUMNS, load_personaqa
 
 FIXTURE = Path(__file__).parent / "fixtures" / "personaqa_small"
 

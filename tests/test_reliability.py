@@ -23,12 +23,12 @@ import pandas as pd
 import pytest
 
 import sweep_worker
-from superscopes_nn import store as store_mod
-from superscopes_nn.cli import main
-from superscopes_nn.run import run_sweep
-from superscopes_nn.dirlock import RunDirBusy
-from superscopes_nn.store import RunStore, record_key, row_key
-from superscopes_nn.testing import save_tiny_checkpoint
+from superscopes_nn.core import store as store_mod
+from superscopes_nn.output.cli import main
+from superscopes_nn.engine.run import run_sweep
+from superscopes_nn.core.dirlock import RunDirBusy
+from superscopes_nn.core.store import RunStore, record_key, row_key
+from superscopes_nn.structure.testing import save_tiny_checkpoint
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -105,7 +105,7 @@ EXPLAIN = ["explain", "Alexander the Great", "--token", "Great", "--layers", "0-
 
 def test_two_cli_explains_on_one_dir_started_together(model_dir, tmp_path):
     out = tmp_path / "D"
-    cmd = [sys.executable, "-m", "superscopes_nn.cli", *EXPLAIN, "--model", model_dir, "--out", str(out)]
+    cmd = [sys.executable, "-m", "superscopes_nn.output.cli", *EXPLAIN, "--model", model_dir, "--out", str(out)]
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=tmp_path)
              for _ in range(2)]
     results = [(p.wait(timeout=300), *p.communicate()) for p in procs]
@@ -123,7 +123,7 @@ def test_cli_refused_while_another_process_holds_the_dir(model_dir, tmp_path):
     out = tmp_path / "D"
     holder = RunStore(out, {"model": "m"})  # this test process holds the lock
     try:
-        proc = subprocess.run([sys.executable, "-m", "superscopes_nn.cli", *EXPLAIN, "--model", model_dir,
+        proc = subprocess.run([sys.executable, "-m", "superscopes_nn.output.cli", *EXPLAIN, "--model", model_dir,
                                "--out", str(out), "--resume"], capture_output=True, text=True, env=ENV, timeout=300)
     finally:
         holder.close()
@@ -143,7 +143,7 @@ def test_second_writer_refused_while_the_first_appends(sweep, reference, tmp_pat
                                 capture_output=True, text=True, timeout=300)
         assert second.returncode != 0
         last = second.stderr.strip().splitlines()[-1]
-        assert last == (f"superscopes_nn.dirlock.RunDirBusy: run directory {run_dir} is in use by pid {first.pid}; "
+        assert last == (f"superscopes_nn.core.dirlock.RunDirBusy: run directory {run_dir} is in use by pid {first.pid}; "
                         "wait for it to finish or choose another directory")
         assert len(lines(run_dir / "rows.jsonl")) == 4  # the refused writer wrote nothing
     finally:

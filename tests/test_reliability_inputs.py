@@ -18,9 +18,11 @@ import pytest
 import torch
 
 from superscopes_nn import Source, Target, load_model, patchscope, sweep
-from superscopes_nn import cli, dirlock, models
-from superscopes_nn.cli import main
-from superscopes_nn.testing import tiny_hf_model, tiny_model
+from superscopes_nn.output import cli
+from superscopes_nn.core import dirlock
+from superscopes_nn.structure import models
+from superscopes_nn.output.cli import main
+from superscopes_nn.structure.testing import tiny_hf_model, tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
@@ -231,7 +233,7 @@ def test_cli_remote_host_with_a_local_model_names_the_host(model_dir, tmp_path, 
 
 def test_cli_remote_true_offline_is_one_line(model_dir, tmp_path):
     out = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-m", "superscopes_nn.cli", *_explain(model_dir, out, "--remote", "true")],
+    proc = subprocess.run([sys.executable, "-m", "superscopes_nn.output.cli", *_explain(model_dir, out, "--remote", "true")],
                           capture_output=True, text=True, env=ENV, timeout=300, cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
     line = one_line(proc.stderr)

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from superscopes_nn import ENTITY_PROMPT, Target, run_rows, sweep_rows
-from superscopes_nn.engine import plan, run_session
-from superscopes_nn.run import gen_kwargs
-from superscopes_nn.remote import CaptureBackend, RequestCaptured
-from superscopes_nn.testing import tiny_hf_model, wrap
+from superscopes_nn.engine.session import plan, run_session
+from superscopes_nn.engine.run import gen_kwargs
+from superscopes_nn.remote.capture import CaptureBackend, RequestCaptured
+from superscopes_nn.structure.testing import tiny_hf_model, wrap
 
 HERE = Path(__file__).resolve().parent
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from superscopes_nn.testing import tiny_hf_model
+from superscopes_nn.structure.testing import tiny_hf_model
 
 ROOT = Path(__file__).resolve().parents[1]
 HUB_ID = "superscopes/tiny-gemma3"
@@ -25,7 +25,7 @@ import json, sys
 import torch
 from nnsight.modeling import huggingface
 from superscopes_nn import load_model
-from superscopes_nn.architectures import arch_spec
+from superscopes_nn.structure.spec import arch_spec
 
 hub_id, full = sys.argv[1], sys.argv[2]
 meta = load_model(hub_id, remote=True)

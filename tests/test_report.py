@@ -1,4 +1,4 @@
-"""The HTML explorer (superscopes_nn.report): pure-Python checks + one real headless-browser test.
+"""The HTML explorer (superscopes_nn.output.report): pure-Python checks + one real headless-browser test.
 
 The browser test needs Debian's chromium at /usr/bin/chromium and the `playwright` Python
 package (scripts/install_browser.sh installs both; playwright's own browser download is never
@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from superscopes_nn.report import choose_cells, main, write_report, write_report_from_run
+from superscopes_nn.output.report import choose_cells, main, write_report, write_report_from_run
 
 PROMPTS = ["Alexander the Great", "Marie Curie"]
 SITES = ["mlp_out", "residual"]

@@ -1,4 +1,4 @@
-"""Sampled decoding (:mod:`superscopes_nn.sampling`): per row, batch-independent, resumable,
+"""Sampled decoding (:mod:`superscopes_nn.core.sampling`): per row, batch-independent, resumable,
 against an independent numpy/plain-HF reference; fp32 tiny models."""
 
 import hashlib
@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from superscopes_nn.api import patchscope, sweep
-from superscopes_nn.reference import _patch_hook, hf_read
-from superscopes_nn.resolver import sweep_rows
-from superscopes_nn.run import run_rows
-from superscopes_nn.sampling import LLAMA2_CHAT, Sampling
-from superscopes_nn.specs import ENTITY_PROMPT, Amplify, Source, Target
-from superscopes_nn.store import row_key
-from superscopes_nn.testing import tiny_model
+from superscopes_nn.engine.api import patchscope, sweep
+from superscopes_nn.structure.reference import _patch_hook, hf_read
+from superscopes_nn.engine.resolver import sweep_rows
+from superscopes_nn.engine.run import run_rows
+from superscopes_nn.core.sampling import LLAMA2_CHAT, Sampling
+from superscopes_nn.core.specs import ENTITY_PROMPT, Amplify, Source, Target
+from superscopes_nn.core.store import row_key
+from superscopes_nn.structure.testing import tiny_model
 
 HOT = Sampling(temperature=1.5, seed=1)
 

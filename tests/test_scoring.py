@@ -1,10 +1,10 @@
-"""Hand-made cases with known answers for superscopes_nn.scoring (offline; the embedder loads once)."""
+"""Hand-made cases with known answers for superscopes_nn.science.scoring (offline; the embedder loads once)."""
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from superscopes_nn.scoring import (
+from superscopes_nn.science.scoring import (
     METRICS, alias_match, embedding_cosine, load_embedder, rouge_l, score_frame, source_cosine,
 )
 

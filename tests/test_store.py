@@ -15,12 +15,12 @@ import pytest
 from nnsight.intervention.backends.remote import RemoteError
 
 import sweep_worker
-from superscopes_nn import run as patching
-from superscopes_nn.specs import Row
-from superscopes_nn.ndif_errors import NDIFError
-from superscopes_nn.specs import RESULT_COLUMNS, Fn
-from superscopes_nn.run import run_sweep
-from superscopes_nn.store import RunStore, record_key, row_key
+from superscopes_nn.engine import run as patching
+from superscopes_nn.core.specs import Row
+from superscopes_nn.remote.errors import NDIFError
+from superscopes_nn.core.specs import RESULT_COLUMNS, Fn
+from superscopes_nn.engine.run import run_sweep
+from superscopes_nn.core.store import RunStore, record_key, row_key
 
 HERE = Path(__file__).resolve().parent
 

@@ -12,12 +12,12 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # the experiments package lives at the repo root
     sys.path.insert(0, str(ROOT))
 
-from superscopes_nn.reference import hf_patch_generate  # noqa: E402
-from superscopes_nn.specs import ENTITY_PROMPT  # noqa: E402
-from superscopes_nn.superscopes import (  # noqa: E402
+from superscopes_nn.structure.reference import hf_patch_generate  # noqa: E402
+from superscopes_nn.core.specs import ENTITY_PROMPT  # noqa: E402
+from superscopes_nn.science.superscopes import (  # noqa: E402
     HIDDEN_ALPHAS, MLP_ALPHAS, add_scores, check_alphas, detect_alpha, rule_agreement, success_table, superscope,
 )
-from superscopes_nn.testing import tiny_model  # noqa: E402
+from superscopes_nn.structure.testing import tiny_model  # noqa: E402
 
 
 def word_cosine(a, b, embedder=None):
@@ -81,7 +81,7 @@ def test_amplification_equals_scaled_hook_patch(arch, site, target_layer, protoc
 def test_paper_alpha_constants():
     assert MLP_ALPHAS == (1, 3, 6, 9, 12, 15)
     assert 1.0 in HIDDEN_ALPHAS and 1.3 in HIDDEN_ALPHAS and 21.0 in HIDDEN_ALPHAS
-    from superscopes_nn.superscopes import HIDDEN_ALPHAS_FINE, HIDDEN_ALPHAS_MID, HIDDEN_ALPHAS_WIDE
+    from superscopes_nn.science.superscopes import HIDDEN_ALPHAS_FINE, HIDDEN_ALPHAS_MID, HIDDEN_ALPHAS_WIDE
 
     # the notebook's cells: `for amp in [1.3, 1.5, 1.7, 1.9]`, `range(2, 7, 1)`, `range(3, 24, 3)`
     assert (list(HIDDEN_ALPHAS_FINE), list(HIDDEN_ALPHAS_MID), list(HIDDEN_ALPHAS_WIDE)) == (
@@ -173,7 +173,7 @@ def test_add_scores_one_embedding_call_per_sweep(llama):
 
 
 def test_add_scores_with_real_scoring_module_fake_embedder():
-    pytest.importorskip("superscopes_nn.scoring")
+    pytest.importorskip("superscopes_nn.science.scoring")
     calls = []
 
     class FakeEmbedder:  # SentenceTransformer-like: encode(list[str]) -> [n, d]
@@ -227,7 +227,7 @@ def pair_word_cosine(texts, refs):
 
 @pytest.mark.parametrize("protocol", ["official", "same-site"])
 def test_fig3_script(llama, tmp_path, capsys, protocol):
-    from experiments import superscopes_fig3
+    from experiments.superscopes import fig3 as superscopes_fig3
 
     tsv = tmp_path / "p.tsv"
     tsv.write_text("# comment\nPink Floyd\tloyd\nStar Wars\tWars\nTitanic\tic\n")
@@ -247,7 +247,7 @@ def test_fig3_script(llama, tmp_path, capsys, protocol):
     assert {"raw", "null", "above", "raw_lo", "null_hi"} <= set(ch.columns)
     det = res["detect"].set_index("source_layer")
     assert set(det.arm) == {"detect"} and (det.k == 5).all() and "all" in det.index
-    from superscopes_nn.superscopes import detect_alpha
+    from superscopes_nn.science.superscopes import detect_alpha
 
     chosen = detect_alpha(df[df.alpha >= 3], by=("source_prompt", "source_layer"))
     assert np.isclose(det.loc["all", "raw"], chosen.score.fillna(0).mean())  # the rule's own pick, independently
@@ -274,8 +274,8 @@ def test_fig3_script_sampled(llama, tmp_path):
     """``--decoding llama2-chat``: sampled rows under their own file stem and run store; same seed, same rows."""
     import json
 
-    from experiments import superscopes_fig3
-    from superscopes_nn.sampling import LLAMA2_CHAT, Sampling
+    from experiments.superscopes import fig3 as superscopes_fig3
+    from superscopes_nn.core.sampling import LLAMA2_CHAT, Sampling
 
     tsv = tmp_path / "p.tsv"
     tsv.write_text("Pink Floyd\tloyd\nStar Wars\tWars\n")
@@ -303,7 +303,7 @@ def test_fig3_script_sampled(llama, tmp_path):
 
 
 def test_single_prompt_script_sampled(llama, tmp_path):
-    from experiments import superscopes_fig1
+    from experiments.superscopes import fig1 as superscopes_fig1
 
     argv = ["--out", str(tmp_path), "--max-new-tokens", "3", "--layers", "0-1"]
     res = superscopes_fig1.main([*argv, "--decoding", "llama2-chat"], model=llama, cosine=word_cosine)
@@ -315,7 +315,7 @@ def test_single_prompt_script_sampled(llama, tmp_path):
 
 def test_fig3_real_prompt_file(shared_data):
     """The shared prompt file parses to 48 prompts (a CI run without the shared data fails here)."""
-    from superscopes_nn.datasets import load_fig3_prompts
+    from superscopes_nn.data.datasets import load_fig3_prompts
 
     assert len(load_fig3_prompts()) == 48
 
@@ -347,8 +347,8 @@ def test_token_not_found(llama):
 
 
 def test_missing_prompt_file(tmp_path, llama):
-    from experiments import superscopes_fig3
-    from superscopes_nn.datasets import load_fig3_prompts
+    from experiments.superscopes import fig3 as superscopes_fig3
+    from superscopes_nn.data.datasets import load_fig3_prompts
 
     missing = tmp_path / "nope.tsv"
     with pytest.raises(FileNotFoundError, match="nope.tsv"):
@@ -358,7 +358,7 @@ def test_missing_prompt_file(tmp_path, llama):
 
 
 def test_bad_layers_and_limit(llama, tmp_path, capsys):
-    from experiments import superscopes_fig3
+    from experiments.superscopes import fig3 as superscopes_fig3
     from experiments.common import parse_layers
 
     with pytest.raises(ValueError, match=r"\[9\] out of range"):
@@ -372,7 +372,7 @@ def test_bad_layers_and_limit(llama, tmp_path, capsys):
 
 def test_choice_chance_is_the_best_of_k_against_each_other_name():
     """Independent computation: per layer, max over that layer's texts of a known score matrix."""
-    from superscopes_nn.superscopes import choice_chance
+    from superscopes_nn.science.superscopes import choice_chance
 
     df = pd.DataFrame({"source_prompt": "P", "site": "mlp_out", "target_layer": 0,
                        "source_layer": [1, 1, 1, 2, 2, 2], "alpha": [1, 3, 6] * 2,

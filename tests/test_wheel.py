@@ -19,7 +19,7 @@ repo, site, script, tiny, out = (Path(a) for a in sys.argv[1:6])
 sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in type(f).__name__.lower()
                     and "editable" not in getattr(f, "__name__", "").lower()]   # no editable install of the repo
 import superscopes_nn
-from superscopes_nn import datasets as ds
+from superscopes_nn.data import datasets as ds
 
 assert Path(superscopes_nn.__file__).is_relative_to(site), superscopes_nn.__file__
 venv = Path(sys.prefix).resolve()  # the interpreter's own site-packages may live inside the repo (.venv)
@@ -29,7 +29,7 @@ assert not bad, ("repo on sys.path", bad)
 assert ds.DATA_DIR.is_relative_to(site), ds.DATA_DIR
 assert len(ds.load_entities()) == 285 and len(ds.load_two_hop()) == 182
 assert (ds.DATA_DIR / "next_token_sample.txt").is_file()
-from superscopes_nn.personaqa import INVENTED, load_personaqa
+from superscopes_nn.data.personaqa import INVENTED, load_personaqa
 assert INVENTED.is_relative_to(site) and len(load_personaqa(INVENTED)) == 48, INVENTED
 
 shared = os.environ.pop("SUPERSCOPES_SHARED_DATA")
@@ -76,7 +76,7 @@ def test_wheel_install_finds_data_and_runs_an_experiment(tmp_path, shared_data):
     subprocess.run([*pip, "install", "--no-deps", "--no-index", "--target", str(site), str(wheel)],
                    check=True, capture_output=True, timeout=300)
 
-    from superscopes_nn.testing import tiny_hf_model
+    from superscopes_nn.structure.testing import tiny_hf_model
 
     model, tok = tiny_hf_model("llama")
     model.save_pretrained(tmp_path / "tiny")

@@ -1,0 +1,126 @@
+"""The public patching API: thin wrappers over :func:`superscopes_nn.engine.run.run_rows` and the engine.
+
+A Patchscope (Ghandeharioun et al. 2024) reads the representation at
+(source prompt S, position i, model M, layer l), maps it with f, writes it into
+(target prompt T, position i*, model M*, layer l*) on the prompt pass only, and
+lets M* generate::
+
+    from superscopes_nn import load_model, Source, Target, Amplify, patchscope, sweep
+
+    model = load_model("gemma-3-270m")
+    patchscope(model, [(Source("Alexander the Great", layer=4, position="Great"), Target(), Amplify(6))])
+    sweep(model, "Alexander the Great", token="Great", sites="mlp_out", layers=range(9), alphas=[1, 6])
+
+=================  ===========================================================
+function           what it returns
+=================  ===========================================================
+``patchscope``     one row per ``(Source, Target, mapping)`` triple (DataFrame)
+``sweep``          the grid prompts x sites x layers (x target layers) x alphas
+``patched_logits`` [N, vocab] next-token logits at each row's target position
+``generate_plain`` greedy continuations with no patch (baselines)
+``collect``        whole sites on one prompt, ``{(layer, site): [seq, d]}``
+=================  ===========================================================
+
+All take ``remote=False | "local" | True | "https://host"`` (or an nnsight
+``backend=``); remote sessions get NDIF retries and :class:`~superscopes_nn.remote.errors.NDIFError`.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import pandas as pd
+import torch
+
+from ..structure.architectures import SITE_ORDER
+from .session import chunks
+from .resolver import check_sites, encode, resolve, sweep_rows
+from ..remote.capture import ship
+from .run import execute, gen_kwargs, remote_caller, run_rows, session_backend, trim_new_tokens
+from ..structure.sites import site_tensor
+from ..core.specs import Row, Target
+from ..core.validate import check_batch_size, check_layer, check_layers, check_strings
+from ..structure.info import model_info, model_name, eos_ids, plain_spec
+
+
+def patchscope(model, patches: Iterable, *, target_model=None, **run_kwargs) -> pd.DataFrame:
+    """Run ``(Source, Target, mapping)`` triples; a tidy DataFrame, one row per patch.
+
+    Columns: :data:`~superscopes_nn.core.specs.RESULT_COLUMNS` (``interpretation`` is the
+    decoded new text, ``token_ids`` the new ids up to the first end-of-sequence token).
+    ``run_kwargs``: see :func:`~superscopes_nn.engine.run.run_rows` (``max_new_tokens``,
+    ``max_batch_size``, ``exact``, ``sampling``, ``remote``, ``run_dir``, ``resume``, ``config``, ...).
+    """
+    return run_rows(model, resolve(model, patches, target_model), target_model=target_model, **run_kwargs)
+
+
+def sweep(model, prompts, *, layers, sites=("residual",), alphas=(1.0,), token=-1, target: Target = Target(),
+          target_layers=None, target_model=None, mapping=None, progress: bool = True, **run_kwargs) -> pd.DataFrame:
+    """The grid prompts x sites x layers (x target layers) x alphas, batched; one row per cell.
+
+    ``layers``/``alphas``/``sites`` take an int/float/str, a list, a range or a numpy array.
+    """
+    rows = sweep_rows(model, prompts, layers=layers, sites=sites, alphas=alphas, token=token, target=target,
+                      target_layers=target_layers, target_model=target_model, mapping=mapping)
+    return run_rows(model, rows, target_model=target_model, progress=progress, **run_kwargs)
+
+
+def patched_logits(model, rows: list[Row], *, target_model=None, max_batch_size: int = 64, shared_prefix: bool = True,
+                   exact: bool = False, remote=False, backend=None) -> torch.Tensor:
+    """Next-token logits at each row's target position after patching: [N, vocab], input order."""
+    rows = list(rows)
+    out: list = [None] * len(rows)
+    for idx, _, logits in execute(model, rows, target_model=target_model, logits=True, max_batch_size=max_batch_size,
+                                  shared_prefix=shared_prefix, exact=exact, remote=remote, backend=backend):
+        for b, i in enumerate(idx):
+            out[i] = logits[b]
+    return torch.stack(out)
+
+
+def generate_plain(model, prompts: Sequence[str], max_new_tokens: int = 10, max_batch_size: int = 64,
+                   remote=False, backend=None, add_special_tokens: bool = True) -> list[str]:
+    """Greedy continuations of ``prompts`` with no patch (baselines: input-only, composed question).
+
+    One ``generate`` per group of equal token length (no padding); decoded new text per prompt, input order.
+    ``add_special_tokens=False`` for prompts that carry their own (a rendered chat template).
+    """
+    check_batch_size(max_batch_size)
+    gen, eos = gen_kwargs(model, max_new_tokens), eos_ids(model)
+    ids = [encode(model.tokenizer, p, add_special_tokens) for p in check_strings(list(prompts), "prompt")]
+    call = remote_caller(remote, backend, model)
+    ship(remote, backend)
+    out: list = [None] * len(ids)
+    for chunk in chunks([len(t) for t in ids], int(max_batch_size)):
+        batch = torch.tensor([ids[i] for i in chunk])
+
+        def one(batch=batch):
+            with model.generate(batch, remote=remote, backend=session_backend(model, remote, backend), **gen) as tracer:
+                result = tracer.result.save()
+            return result
+
+        result = call(one)
+        for b, i in enumerate(chunk):
+            new = trim_new_tokens(result[b, len(ids[i]):].tolist(), eos)
+            out[i] = model.tokenizer.decode(new, skip_special_tokens=True)
+    return out
+
+
+def collect(model, prompt: str, layers: Iterable[int], sites: Sequence[str] = ("residual",), *,
+            remote=False, backend=None) -> dict:
+    """Read whole sites on one prompt: ``{(layer, site): [seq, d] tensor}`` (no patching)."""
+    spec = plain_spec(model)
+    n, name = model_info(model).n_layers, model_name(model)
+    ids = torch.tensor([encode(model.tokenizer, prompt)])
+    reads = sorted({(check_layer(l, n, "source", name), s) for l in check_layers(layers) for s in check_sites(sites)},
+                   key=lambda k: (k[0], SITE_ORDER[k[1]]))
+    ship(remote, backend)
+
+    def one():
+        with model.trace(ids, remote=remote, backend=session_backend(model, remote, backend)):
+            values = {}
+            for layer, site in reads:
+                values[(layer, site)] = site_tensor(model, spec, layer, site)[0].detach().clone()
+            values.save()
+        return values
+
+    return remote_caller(remote, backend, model)(one)

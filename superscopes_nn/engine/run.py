@@ -1,0 +1,281 @@
+"""The one orchestrator: engine sessions + result records + run store + NDIF retries + progress.
+
+Every entry point that patches goes through :func:`run_rows`::
+
+    rows = sweep_rows(model, "Pink Floyd", layers=range(9), alphas=[1, 6])
+    df = run_rows(model, rows, max_new_tokens=10)                 # in memory
+    df = run_rows(model, rows, run_dir="runs/pf")                 # every finished chunk on disk
+    df = run_rows(model, rows, run_dir="runs/pf", resume=True)    # skip what is there
+
+and :mod:`superscopes_nn.engine.api` wraps it (``patchscope``, ``sweep``, ``patched_logits``,
+``generate_plain``, ``collect``). With a remote target (``remote=True`` or a host)
+every session is one :func:`~superscopes_nn.remote.errors.call_remote`: transient NDIF
+failures are retried, others raise :class:`~superscopes_nn.remote.errors.NDIFError`,
+with or without a run directory.
+
+``sampling=Sampling(...)`` (:mod:`superscopes_nn.core.sampling`) samples instead of greedy
+decoding, per row and independent of batching (local runs only).
+
+``exact=True`` runs each row alone with no prefix reuse: in bf16/fp16 the results then
+equal a one-at-a-time run bit for bit (batched half precision is only within
+:func:`~superscopes_nn.engine.session.logit_tolerance`; float32 is exact either way).
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from typing import Callable, Sequence
+
+import pandas as pd
+
+from .session import chunks, plan, plan_reads, result_bytes, run_session
+
+from ..core.sampling import Sampling, check_sampling, with_sampler
+from ..core.specs import Row
+from ..core.store import RunStore, frame, row_key
+from ..core.validate import check_batch_size, check_int, check_max_new_tokens, check_remote
+from ..structure.info import eos_ids, model_info, model_name
+
+
+def gen_kwargs(target_model, max_new_tokens: int) -> dict:
+    """Greedy decoding settings (HF sampling switched off explicitly; a :class:`Sampling`
+    adds a per-chunk :class:`~superscopes_nn.core.sampling.RowSampler` on top, see :func:`execute`)."""
+    check_max_new_tokens(max_new_tokens)
+    return dict(max_new_tokens=int(max_new_tokens), do_sample=False, pad_token_id=target_model.tokenizer.pad_token_id,
+                top_p=None, top_k=None, temperature=None)
+
+
+def trim_new_tokens(ids: Sequence[int], eos: set) -> list[int]:
+    """New token ids up to (not including) the first end-of-sequence token."""
+    out = []
+    for t in ids:
+        if int(t) in eos:
+            break
+        out.append(int(t))
+    return out
+
+
+def row_record(r: Row, new_ids: list[int], tokenizer, src_name: str, tgt_name: str, error: str | None = None) -> dict:
+    """The result record of one row (:data:`~superscopes_nn.core.specs.RESULT_COLUMNS` plus the row's extras)."""
+    return {
+        "source_prompt": r.source_prompt, "source_position": r.source_position, "source_token": r.source_token,
+        "source_layer": r.source_layer, "site": r.site, "target_prompt": r.target_prompt,
+        "target_position": r.target_position, "target_layer": r.target_layer, "target_site": r.target_site,
+        "mapping": r.mapping.name, "mapping_key": r.mapping.key, "alpha": float(r.mapping.alpha),
+        "model": src_name, "target_model": tgt_name,
+        "interpretation": None if error else tokenizer.decode(new_ids, skip_special_tokens=True),
+        "token_ids": [] if error else new_ids, "error": error, **r.extra,
+    }
+
+
+def remote_caller(remote, backend, model, retries: int = 3, backoff: float = 1.0, sleep=None) -> Callable:
+    """``call(fn)``: ``fn()`` directly for local runs, through NDIF retries for remote ones."""
+    from ..remote.errors import call_remote, remote_host
+
+    host = remote_host(check_remote(remote))
+    if host is None and backend is not None and getattr(backend, "host", None):
+        host = backend.host
+    if host is None:
+        return lambda fn: fn()
+    kw = {} if sleep is None else {"sleep": sleep}
+    retrying = functools.partial(call_remote, retries=retries, backoff=backoff, host=host, model=model_name(model), **kw)
+    return functools.partial(_named_model_key, retrying, model_name(model), host)
+
+
+def _named_model_key(call: Callable, name: str, host: str, fn: Callable):
+    """``call(fn)``; a model with no hub id (a local path, an in-memory model) is one line naming the host."""
+    from huggingface_hub.errors import HFValidationError
+
+    try:
+        return call(fn)
+    except HFValidationError as err:
+        raise ValueError(f"cannot run {name!r} on {host}: a remote run sends the model's hub id, and {name!r} has "
+                         f"none NDIF can look up (a local path or an in-memory model): {str(err).splitlines()[0]}"
+                         ) from None
+
+
+def session_backend(model, remote, backend):
+    """The backend one session of ``model`` uses: the caller's; else, for NDIF (``remote=True`` or a
+    host), a fresh :class:`~superscopes_nn.remote.backend.NDIFBackend` (submit once, then wait on the
+    same job id, so a dropped connection never runs the job twice); else None (local, "local")."""
+    if backend is not None or not remote or remote == "local":
+        return backend
+    from ..remote.backend import remote_backend
+
+    return remote_backend(model, remote)
+
+
+#: NDIF returns a result inline up to 8 MiB; a request is sized to stay well under it.
+REQUEST_RESULT_BYTES = 6 * 2 ** 20
+
+
+def requests(model, plans: list, chunks_per_request: int) -> list[list]:
+    """Group consecutive chunk plans into requests of at most ``chunks_per_request`` chunks
+    whose estimated result stays under :data:`REQUEST_RESULT_BYTES`."""
+    config = model._module.config
+    vocab = getattr(config, "vocab_size", None) or getattr(getattr(config, "text_config", None), "vocab_size", 0)
+    d = model_info(model).hidden
+    out, size = [], 0
+    for item in plans:
+        n = result_bytes(item[1], vocab, d)
+        if out and len(out[-1]) < chunks_per_request and size + n <= REQUEST_RESULT_BYTES:
+            out[-1].append(item)
+            size += n
+        else:
+            out.append([item])
+            size = n
+    return out
+
+
+def execute(model, rows: list[Row], *, target_model=None, gen_kwargs: dict | None = None, logits: bool = False,
+            max_batch_size: int = 64, shared_prefix: bool = True, exact: bool = False, remote=False, backend=None,
+            call=None, chunks_per_request: int | None = None, sampling: Sampling | None = None):
+    """Yield ``(chunk_indices, job, out)`` for every chunk of ``rows`` (see :mod:`superscopes_nn.engine.session`).
+
+    A source vector is read once per sweep: chunks reuse what earlier chunks read. In a
+    cross-model run the source model reads in its own session first. ``call(fn)`` wraps
+    every session (NDIF retries); default: :func:`remote_caller`. ``chunks_per_request``:
+    chunks sent as one session (one NDIF request; results sized under NDIF's inline cap);
+    default 8 for remote runs, 1 locally (so progress and the run store advance per chunk).
+    ``exact``: one row per chunk and no prefix reuse (bit-reproducible half precision).
+    ``sampling``: each chunk's generate gets a sampler for exactly its rows, in batch order.
+    """
+    target_model = model if target_model is None else target_model
+    check_batch_size(max_batch_size)
+    if exact:
+        max_batch_size, shared_prefix = 1, False
+    call = call or remote_caller(remote, backend, target_model)
+    per = check_int(chunks_per_request, "chunks_per_request", minimum=1) if chunks_per_request is not None \
+        else (8 if remote else 1)
+    two = target_model is not model
+    known: dict = {}
+    all_chunks = list(chunks([len(r.target_ids) for r in rows], int(max_batch_size)))
+    planned, seen = [], set()
+    for idx in all_chunks:  # plan every chunk up front: a source is read by the first chunk that needs it
+        chunk = [rows[i] for i in idx]
+        job = plan(target_model, chunk, gen_kwargs=with_sampler(gen_kwargs, sampling, chunk), logits=logits,
+                   known=seen, shared_prefix=shared_prefix, read_here=not two)
+        seen |= {r.source_key for r in chunk}
+        planned.append((idx, job))
+    for request in requests(target_model, planned, int(per)):
+        req_rows = [rows[i] for idx, _ in request for i in idx]
+        if two:
+            reads = plan_reads(model, req_rows, known)
+            if reads.source_groups:
+                _, got = call(lambda: run_session(model, reads, remote=remote,
+                                                  backend=session_backend(model, remote, backend)))
+                known.update(got)
+        jobs = [job for _, job in request]
+        given = {k: known[k] for k in {r.source_key for r in req_rows} if k in known}
+        outs, used = call(lambda: run_session(target_model, jobs, remote=remote, vectors=given,
+                                              backend=session_backend(target_model, remote, backend)))
+        known.update(used)
+        for (idx, job), out in zip(request, outs):
+            yield idx, job, out
+
+
+def _row_error(mapped_ok: bool, finite: bool, dtype) -> str | None:
+    if not mapped_ok:
+        return f"non-finite values after amplification (in {dtype})"
+    if not finite:
+        return "non-finite logits after patching"
+    return None
+
+
+def run_config(model, target_model, max_new_tokens: int, config: dict | None,
+               sampling: Sampling | None = None) -> dict:
+    """The one ``config.json`` schema: what produced the rows, then the caller's own settings.
+
+    A sampled run adds ``"sampling": Sampling.key``; no such key means greedy (so greedy
+    run directories from before sampling existed still resume, and greedy never mixes with sampled).
+    """
+    drawn = {} if sampling is None else {"sampling": sampling.key}
+    return {"model": model_name(model), "target_model": model_name(target_model or model),
+            "max_new_tokens": int(max_new_tokens), **drawn, **(config or {})}
+
+
+def run_rows(model, rows: list[Row], *, target_model=None, max_new_tokens: int = 10, max_batch_size: int = 64,
+             shared_prefix: bool = True, exact: bool = False, remote=False, backend=None, progress: bool = False,
+             on_chunk: Callable | None = None, run_dir=None, resume: bool = False, config: dict | None = None,
+             retries: int = 3, backoff: float = 1.0, sleep: Callable | None = None,
+             chunks_per_request: int | None = None, sampling: Sampling | None = None) -> pd.DataFrame:
+    """Run resolved rows in batched sessions; one result record per row, in input order.
+
+    ``shared_prefix``: reuse the KV cache of the target tokens before the first patched
+    position (same token ids in float32, less compute). ``exact``: one row per session,
+    no prefix reuse (bit-reproducible half precision). ``run_dir``: keep every finished
+    chunk on disk (:mod:`superscopes_nn.core.store`) and write ``results.csv`` /
+    ``results.parquet`` at the end; ``resume=True`` skips the rows already there (a
+    changed config is an error). ``on_chunk(records)`` runs after each chunk is stored;
+    ``retries`` / ``backoff`` / ``sleep``: NDIF retries of remote sessions;
+    ``chunks_per_request``: chunks per session (see :func:`execute`; default 8 remote, 1 local).
+    ``sampling``: None (greedy) or a :class:`~superscopes_nn.core.sampling.Sampling` (local runs only).
+    """
+    target_model = model if target_model is None else target_model
+    gen = gen_kwargs(target_model, max_new_tokens)
+    sampling = check_sampling(sampling, check_remote(remote), backend)
+    check_batch_size(max_batch_size)
+    rows = list(rows)
+    if not rows:
+        raise ValueError("no rows to run")
+    call = remote_caller(remote, backend, target_model, retries, backoff, sleep)  # bad remote: refused before disk
+    store = None
+    if run_dir is not None:
+        store = RunStore(run_dir, run_config(model, target_model, max_new_tokens, config, sampling), resume=resume)
+    keys = [row_key(r) for r in rows]
+    results = store.records_by_key() if store is not None else {}
+    pending, queued = [], set()
+    for r, k in zip(rows, keys):
+        if k not in results and k not in queued:
+            queued.add(k)
+            pending.append(r)
+    eos, tok = eos_ids(target_model), target_model.tokenizer
+    src_name, tgt_name = model_name(model), model_name(target_model)
+    bar = None
+    if progress and pending:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(rows), initial=len(rows) - len(pending), desc="patching", unit="row")
+    try:
+        if pending:
+            for idx, job, (ids, finite, mapped_ok) in execute(
+                    model, pending, target_model=target_model, gen_kwargs=gen, max_batch_size=max_batch_size,
+                    shared_prefix=shared_prefix, exact=exact, remote=remote, backend=backend, call=call,
+                    chunks_per_request=chunks_per_request, sampling=sampling):
+                prompt_len = job.target_ids.shape[1]
+                done = []
+                for b, i in enumerate(idx):
+                    err = _row_error(bool(mapped_ok[b]), bool(finite[b]), job.dtype)
+                    rec = row_record(pending[i], trim_new_tokens(ids[b, prompt_len:].tolist(), eos), tok,
+                                     src_name, tgt_name, err)
+                    if err:  # report the row, never its garbage text
+                        warnings.warn(f"{err}: {rec['source_prompt']!r} layer {rec['source_layer']} site "
+                                      f"{rec['site']} alpha {rec['alpha']:g}; row marked in column 'error'")
+                    done.append(rec)
+                if store is not None:
+                    store.append(done)
+                for rec, i in zip(done, idx):
+                    results[row_key(pending[i])] = rec
+                if on_chunk is not None:
+                    on_chunk(done)
+                if bar is not None:
+                    bar.update(len(idx))
+        df = frame([results[k] for k in keys])
+        if store is not None:
+            store.write_tables(df)
+    except BaseException:
+        if store is not None:
+            store.abandon()  # a failed start leaves no config.json behind
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+        if store is not None:
+            store.close()
+    return df
+
+
+def run_sweep(model, rows: Sequence[Row], run_dir, config: dict, resume: bool = False, **run_kwargs) -> pd.DataFrame:
+    """:func:`run_rows` into ``run_dir`` with ``config`` (the experiments' call)."""
+    return run_rows(model, rows, run_dir=run_dir, config=config, resume=resume, **run_kwargs)

@@ -1,0 +1,260 @@
+"""The ``superscopes`` command line.
+
+    superscopes explain "Alexander the Great" --token Great --site mlp_out --layers 0-8 --amps 1,3,6,9,12,15
+    superscopes demo                      # the README's main job on the embedded default model
+    superscopes report runs/RUN_DIR       # a self-contained HTML explorer of a finished sweep
+
+Bad input prints one line ``error: ...`` naming the value and exits 2 (no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import warnings
+from datetime import datetime
+from pathlib import Path
+
+from ..core.dirlock import RunDirBusy, check_run_dir
+from ..core.validate import check_alphas, check_batch_size, check_int, check_max_new_tokens, check_remote
+from ..structure.info import model_info
+
+ERRORS = (ValueError, KeyError, FloatingPointError, OSError, RunDirBusy)
+"""Errors printed as one line ``error: ...`` with exit status 2 (``OSError`` covers FileNotFound/FileExists)."""
+
+
+def parse_layers(spec: str) -> list[int]:
+    """``"0-8"`` -> 0..8, ``"1,3,5"``, ``"2"``, ``"all"`` -> None (every layer)."""
+    spec = spec.strip()
+    if spec == "all":
+        return None
+    out = []
+    try:
+        for part in spec.split(","):
+            part = part.strip()
+            if "-" in part[1:]:
+                a, b = part.split("-", 1) if not part.startswith("-") else (part, "")
+                a, b = int(a), int(b)
+                if b < a:
+                    raise ValueError
+                out.extend(range(a, b + 1))
+            else:
+                out.append(int(part))
+    except ValueError:
+        raise ValueError(f"bad --layers {spec!r}: use e.g. 0-8, 1,3,5 or all") from None
+    return out
+
+
+def parse_floats(spec: str, what: str) -> list[float]:
+    """``"1,3,6"`` -> ``[1.0, 3.0, 6.0]``: amplification factors, checked by :func:`~superscopes_nn.core.validate.check_alphas`."""
+    try:
+        vals = [float(x) for x in spec.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"bad {what} {spec!r}: use comma-separated numbers, e.g. 1,3,6") from None
+    if not vals:
+        raise ValueError(f"bad {what} {spec!r}: empty list")
+    try:
+        return check_alphas(vals)
+    except ValueError as err:
+        raise ValueError(f"bad {what} {spec!r}: {err}") from None
+
+
+def parse_position(spec: str | None):
+    if spec is None:
+        return -1
+    try:
+        return int(spec)
+    except ValueError:
+        return spec
+
+
+def _table(df, value: str = "interpretation", width: int = 28) -> str:
+    import pandas as pd
+
+    def clip(s):
+        s = " ".join(str(s).split())
+        return s if len(s) <= width else s[: width - 1] + "…"
+
+    blocks = []
+    for (prompt, site), g in df.groupby(["source_prompt", "site"], sort=False):
+        t = g.pivot_table(index="source_layer", columns="alpha", values=value, aggfunc="first")
+        t = t.map(clip) if hasattr(t, "map") else t.applymap(clip)
+        t.columns = [f"α={a:g}" for a in t.columns]
+        with pd.option_context("display.max_colwidth", width + 2, "display.width", 250):
+            blocks.append(f"{prompt!r} [{site}] token {g.source_token.iloc[0]!r}\n{t.to_string()}")
+    return "\n\n".join(blocks)
+
+
+def add_explain_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("prompt", help="source prompt, e.g. 'Alexander the Great'")
+    p.add_argument("--token", default=None, help="token string or int position in the prompt (default: last token)")
+    p.add_argument("--site", default="mlp_out", help="residual | mlp_out | attn_out | mlp_in (comma list ok)")
+    p.add_argument("--layers", default="0-8", help="source layers: 0-8, 1,3,5 or all")
+    p.add_argument("--amps", default="1,3,6,9,12,15", help="amplification factors alpha")
+    p.add_argument("--model", default=None, help="embedded name (gemma-3-270m, smollm2-135m), HF id or path")
+    p.add_argument("--target-prompt", default=None, help="target prompt with the placeholder (default: entity description)")
+    p.add_argument("--placeholder", default="x", help="placeholder word in the target prompt")
+    p.add_argument("--target-layer", default=None, type=int, help="fixed target layer (default: same as source)")
+    p.add_argument("--max-new-tokens", default=10, type=int)
+    p.add_argument("--batch-size", default=64, type=int, help="rows per batched generate (and per remote request)")
+    p.add_argument("--remote", default="false", help="false | local | true (NDIF) | https://host")
+    p.add_argument("--out", default=None, help="run directory (default runs/<timestamp>)")
+    p.add_argument("--resume", action="store_true", help="continue a run directory, skipping finished rows")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def parse_remote(s: str):
+    low = s.strip().lower()
+    if low in ("false", "0", "no", ""):
+        return False
+    if low in ("true", "1", "yes", "ndif"):
+        return True
+    try:
+        return check_remote(s)
+    except ValueError:
+        raise ValueError(f"bad --remote {s!r}: use false, local, true or an https:// host") from None
+
+
+def explain(args) -> int:
+
+    from ..structure.models import DEFAULT_MODEL, load_model
+    from ..engine.resolver import check_sites, sweep_rows
+    from ..engine.run import run_rows
+    from ..core.specs import ENTITY_PROMPT, Target
+
+    # every check that needs no model comes first: a bad value or output directory costs no model load
+    sites = check_sites([s.strip() for s in args.site.split(",") if s.strip()] or [args.site])
+    layers = parse_layers(args.layers)
+    alphas = parse_floats(args.amps, "--amps")
+    remote = parse_remote(args.remote)
+    max_new_tokens = check_max_new_tokens(args.max_new_tokens)
+    batch_size = check_batch_size(args.batch_size)
+    target_layer = None if args.target_layer is None else check_int(args.target_layer, "--target-layer")
+    out = Path(args.out) if args.out else Path("runs") / datetime.now().strftime("explain-%Y%m%d-%H%M%S")
+    check_run_dir(out)
+    name = args.model or DEFAULT_MODEL
+    model = load_model(name, remote=remote is True)
+    if layers is None:
+        layers = list(range(model_info(model).n_layers))
+    target = Target(args.target_prompt or ENTITY_PROMPT, layer=target_layer, placeholder=args.placeholder)
+    rows = sweep_rows(model, [args.prompt], layers=layers, sites=sites, alphas=alphas,
+                      token=parse_position(args.token), target=target)
+    layers, alphas = list(dict.fromkeys(layers)), list(dict.fromkeys(alphas))  # as sweep_rows ran them
+    config = {
+        "command": "explain", "prompts": [args.prompt], "token": args.token, "sites": sites,
+        "layers": layers, "alphas": alphas, "target_prompt": target.prompt, "placeholder": target.placeholder,
+        "target_layer": target_layer, "max_new_tokens": max_new_tokens, "max_batch_size": batch_size,
+    }
+    df = run_rows(model, rows, run_dir=out, config=config, resume=args.resume, max_new_tokens=max_new_tokens,
+                  max_batch_size=batch_size, remote=remote, progress=not args.no_progress)
+    print(_table(df))
+    print(f"\nwrote {out / 'results.csv'} and {out / 'results.parquet'} ({len(df)} rows)")
+    return 0
+
+
+def demo_dir(model: str | None) -> Path:
+    """The demo's own run directory: ``runs/demo`` (default model) or ``runs/demo-<model>``."""
+    if model is None:
+        return Path("runs") / "demo"
+    return Path("runs") / ("demo-" + (re.sub(r"[^A-Za-z0-9._-]+", "_", Path(model).name or model).strip("._") or "model"))
+
+
+DEMO_PROMPT = "Alexander the Great"
+"""Chosen by measurement (docs/results_superscopes.md, "The demo prompt"): of the 48 Figure 3 prompts
+under the official protocol on Gemma 3 270M, the one with the most cells above its shuffled-prompt
+chance level (4 of 42 cells pass, 0.45 expected by chance)."""
+
+
+def demo(args) -> int:
+    """The README's main job: the official Superscopes protocol (α x MLP output written into the
+    target's hidden state at its last token) on :data:`DEMO_PROMPT`, layers 1-7, every cell scored,
+    the report coloured by score with the chosen α marked and the chance line in its title.
+    Rerunning it in the same folder resumes (and so reuses) its own directory."""
+
+    from ..structure.models import DEFAULT_MODEL, load_model
+    from .report import write_report
+    from ..science.superscopes import MLP_ALPHAS, SUCCESS_THRESHOLD, add_scores, detect_alpha, superscope, with_chance
+
+    out = Path(args.out) if args.out else demo_dir(args.model)
+    check_run_dir(out)  # before the model loads
+    name = args.model or DEFAULT_MODEL
+    model = load_model(name)
+    layers = [l for l in range(1, 8) if l < model_info(model).n_layers]
+    config = {"command": "demo", "prompt": DEMO_PROMPT, "site": "mlp_out", "protocol": "official",
+              "layers": layers, "alphas": [float(a) for a in MLP_ALPHAS]}
+    df = superscope(model, DEMO_PROMPT, site="mlp_out", layers=layers, alphas=MLP_ALPHAS, protocol="official",
+                    run_dir=out, config=config, resume=True, progress=True)
+    df = with_chance(add_scores(df))
+    passed = int((df.score_source_cosine > SUCCESS_THRESHOLD).sum())
+    chance = float(df.chance_rate.sum())
+    line = (f"{passed} of {len(df)} cells have cosine > {SUCCESS_THRESHOLD:g} to the prompt; "
+            f"chance line {chance:.1f} (the same texts scored against other entity names)")
+    print(_table(df))
+    print("\nchosen α per layer (highest score_source_cosine):")
+    for r in detect_alpha(df).itertuples(index=False):
+        print(f"  layer {r.source_layer}: α={r.alpha:g} cos {r.score:.2f} {r.interpretation!r}")
+    print(line)
+    path = write_report(df, out / "report.html", config={**config, "chance_line": line},
+                        score_column="score_source_cosine", title=f"Superscopes demo: {DEMO_PROMPT} ({name}). {line}")
+    print(f"report: {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="superscopes", description="Let a language model describe its own hidden states.")
+    sub = p.add_subparsers(dest="command", required=True)
+    e = sub.add_parser("explain", help="sweep layers x amplification for one prompt and print the interpretations")
+    add_explain_args(e)
+    d = sub.add_parser("demo", help="the README demo: the official Superscopes protocol on one prompt, scored, with its chance line")
+    d.add_argument("--model", default=None)
+    d.add_argument("--out", default=None, help="run directory (default runs/demo; a rerun resumes it)")
+    d.add_argument("--resume", action="store_true", help="accepted for symmetry: the demo always resumes its own directory")
+    r = sub.add_parser("report", help="write the HTML explorer of a run directory")
+    r.add_argument("rest", nargs=argparse.REMAINDER)
+    return p
+
+
+def one_line(err: BaseException) -> str:
+    """The message of ``err`` on one line (an ``OSError`` as ``strerror: filename``)."""
+    if isinstance(err, KeyError) and err.args:
+        msg = str(err.args[0])
+    elif isinstance(err, OSError) and err.strerror:
+        msg = err.strerror + (f": {err.filename}" if err.filename else "")
+    else:
+        msg = str(err) or type(err).__name__
+    return " ".join(msg.split())
+
+
+def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"warning: {' '.join(str(message).split())}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "report":
+        from .report import main as report_main
+
+        return report_main(argv[1:])
+    args = build_parser().parse_args(argv)
+    shown = warnings.showwarning
+    warnings.showwarning = _warning_line  # a library warning is one line too
+    try:
+        return {"explain": explain, "demo": demo}[args.command](args)
+    except ERRORS as err:
+        print(f"error: {one_line(err)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished rows are on disk; rerun with --resume to continue", file=sys.stderr)
+        return 130
+    except Exception as err:  # remote errors and friends: one line, no traceback
+        if type(err).__name__ in ("NDIFError", "RemoteError"):
+            print(f"error: {one_line(err)}", file=sys.stderr)
+            return 2
+        raise
+    finally:
+        warnings.showwarning = shown
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""What every call needs to know about a model, resolved once and carried by the model.
+
+>>> from superscopes_nn.structure.info import model_info
+>>> info = model_info(model)          # attached by load_model / wrap; built once otherwise
+>>> info.n_layers, info.name, info.spec.layers, info.plain
+
+:func:`~superscopes_nn.structure.models.wrap` (and the meta build for ``remote=True``) resolve
+the model's :class:`~superscopes_nn.structure.architectures.ArchSpec` once and attach a
+:class:`ModelInfo` to the nnsight wrapper; the engine, the lens and the science read it from
+there and never resolve again. The spec stays the one source of truth for module paths:
+:attr:`ModelInfo.plain` is derived from it (the wire-ready copy that travels to NDIF).
+
+A wrapper built by hand (``TransformersModel(hf, tokenizer=tok)``) gets its info on first use.
+:func:`rename` changes the name results carry (a fine-tuned copy); nothing else changes after
+the attach.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from .architectures import SITES, ArchSpec, hidden_size, num_layers
+from .spec import arch_spec
+
+__all__ = ["ModelInfo", "model_info", "attach", "rename", "model_name", "eos_ids", "plain_spec", "context_length"]
+
+_ATTR = "_superscopes_info"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A model's structure spec and what calls read from its config and tokenizer, once."""
+
+    spec: ArchSpec
+    plain: tuple
+    """``(layers_path, lm_head_path, {site: (module_path, is_input)})``: plain strings, wire-ready."""
+    name: str
+    n_layers: int
+    hidden: int
+    eos_ids: frozenset
+    context: int | None
+
+
+def _plain(spec: ArchSpec) -> tuple:
+    return (spec.layers, spec.lm_head,
+            {s: (spec.site_module(s), spec.site_is_input(s)) for s in SITES if spec.has_site(s)})
+
+
+def _name(model) -> str:
+    config = model._module.config
+    return getattr(config, "_superscopes_name", None) or getattr(config, "_name_or_path", "") or type(model._module).__name__
+
+
+def _eos(model) -> frozenset:
+    eos = getattr(getattr(model._module, "generation_config", None), "eos_token_id", None)
+    eos = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
+    tok = getattr(model, "tokenizer", None)
+    if tok is not None and tok.eos_token_id is not None:
+        eos.append(tok.eos_token_id)
+    return frozenset(int(e) for e in eos)
+
+
+def _context(config) -> int | None:
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        v = getattr(config, name, None) or getattr(getattr(config, "text_config", None), name, None)
+        if isinstance(v, int) and v > 0:
+            return v
+    return None
+
+
+def attach(model, spec: ArchSpec | None = None) -> ModelInfo:
+    """Resolve ``model`` once (``spec``: already resolved) and attach its :class:`ModelInfo`."""
+    config = model._module.config
+    spec = spec if spec is not None else arch_spec(model._module)
+    info = ModelInfo(spec=spec, plain=_plain(spec), name=_name(model), n_layers=num_layers(config),
+                     hidden=hidden_size(config), eos_ids=_eos(model), context=_context(config))
+    model.__dict__[_ATTR] = info  # the wrapper's own dict: nnsight's attribute routing is not involved
+    return info
+
+
+def model_info(model) -> ModelInfo:
+    """The :class:`ModelInfo` the model carries (attached on first use if it carries none)."""
+    info = getattr(model, "__dict__", {}).get(_ATTR)
+    return info if info is not None else attach(model)
+
+
+def rename(model, name: str) -> ModelInfo:
+    """Give results of ``model`` another name (e.g. ``base+taught-KEY``); the spec is kept."""
+    model._module.config._superscopes_name = name
+    info = dataclasses.replace(model_info(model), name=name)
+    model.__dict__[_ATTR] = info
+    return info
+
+
+def model_name(model) -> str:
+    """The name results carry: the embedded short name, the hub id or path, else the class."""
+    return model_info(model).name
+
+
+def eos_ids(model) -> set:
+    """The token ids that end a generation (generation config and tokenizer)."""
+    return set(model_info(model).eos_ids)
+
+
+def plain_spec(model) -> tuple:
+    """``(layers_path, lm_head_path, {site: (module_path, is_input)})`` of an nnsight model."""
+    return model_info(model).plain
+
+
+def context_length(model) -> int | None:
+    return model_info(model).context

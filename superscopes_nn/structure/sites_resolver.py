@@ -1,0 +1,295 @@
+"""Find where the sites of a decoder live by watching one forward pass, not by module names.
+
+:func:`resolve_sites` hooks the model, runs one short prompt and reads the layout off
+the data flow, so any decoder family transformers ships resolves the same way:
+
+* the decoder-layer list is the top-level ``ModuleList`` whose layers run one after
+  another (layer ``i``'s output is layer ``i + 1``'s input); a vision tower that does
+  not run on text, or an expert list, is never taken for it;
+* ``attn_out`` / ``mlp_out`` are the two sub-modules of a layer whose outputs sum to
+  what the layer adds to its residual stream (``layer_out - layer_in``); where several
+  modules output the same value (a dropout after the MLP), the one nearest the add;
+* following a site module's input back through the sub-modules that produced it gives
+  its branch: the heaviest module on it is the attention / the MLP, the ones before it
+  pre-norms, the ones after it post-norms (Gemma's sandwich, OLMo 2's post-norms);
+* the MLP branch reading the layer input itself (not input + attention) is a parallel
+  layer (GPT-J, NeoX, Falcon, Cohere); a sparse MoE block is the MLP like any other.
+
+A layer whose update is a *scaled* sum of two module outputs (Granite's
+``residual_multiplier``) has no module holding ``attn_out`` / ``mlp_out``: those two
+sites are marked missing with the reason, never served from a wrong module.
+:func:`verify_sites` re-checks a spec (resolved or written by hand) on one prompt;
+:func:`superscopes_nn.structure.models.wrap` runs both on every model it wraps.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections import defaultdict
+
+import torch
+
+from .architectures import ArchSpec, get_path
+
+
+class SiteError(ValueError):
+    """The model's layout has no module for a site (the message names what was not found)."""
+
+
+def _tensor_in(args, kwargs):
+    for a in args:
+        if torch.is_tensor(a):
+            return a
+    if torch.is_tensor(kwargs.get("hidden_states")):
+        return kwargs["hidden_states"]
+    return next((v for v in kwargs.values() if torch.is_tensor(v)), None)
+
+
+def _tensor_out(out):
+    if isinstance(out, (tuple, list)) and out:
+        out = out[0]
+    return out if torch.is_tensor(out) else None
+
+
+class _Recorder:
+    """Input, output and call order of every watched module, cloned at hook time
+    (Falcon adds the attention into the MLP's output in place)."""
+
+    def __init__(self):
+        self.calls = defaultdict(list)  # name -> [{"start", "done", "inp", "out"}]
+        self.tick = 0
+        self.handles = []
+        self.modules = {}
+
+    def watch(self, name, module):
+        stack = []
+        self.modules[name] = module
+
+        def pre(mod, args, kwargs):
+            t = _tensor_in(args, kwargs)
+            self.tick += 1
+            stack.append({"start": self.tick, "inp": None if t is None else t.detach().clone()})
+
+        def post(mod, args, kwargs, out):
+            call = stack.pop()
+            t = _tensor_out(out)
+            self.tick += 1
+            call.update(done=self.tick, out=None if t is None else t.detach().clone())
+            self.calls[name].append(call)
+
+        self.handles += [module.register_forward_pre_hook(pre, with_kwargs=True),
+                         module.register_forward_hook(post, with_kwargs=True)]
+
+    def once(self, name):
+        calls = self.calls.get(name, [])
+        return calls[0] if len(calls) == 1 else None
+
+    def remove(self):
+        for h in self.handles:
+            h.remove()
+
+
+def check_ids(hf_model) -> torch.Tensor:
+    """A fixed short prompt (BOS + 7 mid-vocabulary ids) on the model's device."""
+    vocab = hf_model.get_input_embeddings().num_embeddings
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(vocab // 8, max(vocab // 2, vocab // 8 + 1), (7,), generator=g).tolist()
+    bos = getattr(hf_model.config.get_text_config(), "bos_token_id", None)
+    ids = ([bos] if isinstance(bos, int) else []) + ids
+    return torch.tensor([ids], device=_device(hf_model))
+
+
+def _device(hf_model):
+    return next(hf_model.parameters()).device
+
+
+def run_watched(hf_model, watch: dict, input_ids=None) -> _Recorder:
+    """One no-grad, eval-mode forward with every module in ``watch`` (name -> module) recorded."""
+    rec = _Recorder()
+    for name, mod in watch.items():
+        rec.watch(name, mod)
+    was_training = hf_model.training
+    hf_model.eval()
+    try:
+        with torch.no_grad():
+            ids = input_ids if input_ids is not None else check_ids(hf_model)
+            kw = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(hf_model.forward).parameters else {}
+            hf_model(ids, attention_mask=torch.ones_like(ids), use_cache=False, **kw)  # the head on 1 position
+    finally:
+        rec.remove()
+        hf_model.train(was_training)
+    return rec
+
+
+def tolerance(dtype) -> float:
+    """Relative tolerance of a sum of residual-stream tensors computed in ``dtype``."""
+    return max(1e-5, 16 * torch.finfo(dtype).eps) if dtype.is_floating_point else 1e-5
+
+
+def _n(t):
+    return t.double().norm().item()
+
+
+def _top_lists(hf_model):
+    """``ModuleList``s not inside another one."""
+    lists = [(n, m) for n, m in hf_model.named_modules() if isinstance(m, torch.nn.ModuleList) and len(m)]
+    return [(n, m) for n, m in lists if not any(n != o and n.startswith(o + ".") for o, _ in lists)]
+
+
+def _parent(hf_model, path):
+    return get_path(hf_model, path.rpartition(".")[0]) if "." in path else hf_model
+
+
+def _params(module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def _is_moe(module) -> bool:
+    """A sparse block: experts as a ModuleList or as one stacked (3-d) weight."""
+    return any(isinstance(m, torch.nn.ModuleList) for m in module.modules()) or any(
+        p.dim() >= 3 for p in module.parameters())
+
+
+def _module_name(hf_model, module):
+    return next((n for n, m in hf_model.named_modules() if m is module), None)
+
+
+def resolve_sites(hf_model, input_ids=None, _keep: list | None = None) -> ArchSpec:
+    """The :class:`ArchSpec` of a built HF causal LM, read off one forward pass
+    (its recording is appended to ``_keep`` for :func:`verify_sites` to reuse)."""
+    family = hf_model.config.model_type
+    head = hf_model.get_output_embeddings()
+    lm_head = _module_name(hf_model, head) if head is not None else None
+    if not lm_head:
+        raise SiteError(f"{family}: no LM head found (get_output_embeddings() is None)")
+    watch = {"@head": head}
+    for path, lst in _top_lists(hf_model):
+        for i, layer in enumerate(lst):
+            watch[f"{path}.{i}"] = layer
+            watch.update({f"{path}.{i}.{c}": m for c, m in layer.named_children()})
+        watch.update({f"{path.rpartition('.')[0]}.{c}".lstrip("."): m
+                      for c, m in _parent(hf_model, path).named_children() if m is not lst})
+    rec = run_watched(hf_model, watch, input_ids)
+    if _keep is not None:
+        _keep.append(rec)
+    tol = tolerance(next(hf_model.parameters()).dtype)
+    path, lst = _decoder_list(hf_model, rec, family)
+    per_layer = [_layer_sites(rec, f"{path}.{i}", family, tol) for i in range(len(lst))]
+    moe = any([found.pop("moe") for found in per_layer])  # MoE models may keep some layers dense
+    first = per_layer[0]
+    for i, found in enumerate(per_layer[1:], 1):
+        if found != first:  # e.g. a hybrid model's attention and state-space layers
+            diff = ", ".join(f"{k} {first[k] or '-'!r} vs {found[k] or '-'!r}" for k in ("attn_out", "mlp_out", "mlp_in")
+                             if first[k] != found[k]) or "layout"
+            why = f"layers 0 and {i} differ ({diff}); one path per site cannot serve both"
+            first = dict(first, layout="mixed", missing=tuple((s, why) for s in ("attn_out", "mlp_in", "mlp_out")))
+            break
+    return ArchSpec(family=family, layers=path, final_norm=_final_norm(rec, path, len(lst), family), lm_head=lm_head,
+                    moe=moe, **first)
+
+
+def _decoder_list(hf_model, rec, family):
+    best = None
+    for path, lst in _top_lists(hf_model):
+        calls = [rec.once(f"{path}.{i}") for i in range(len(lst))]
+        if any(c is None or c["inp"] is None or c["out"] is None for c in calls):
+            continue
+        if all(a["done"] < b["start"] and a["out"].shape == b["inp"].shape and torch.equal(a["out"], b["inp"])
+               for a, b in zip(calls, calls[1:])) and (best is None or len(lst) > len(best[1])):
+            best = (path, lst)
+    if best is None:
+        raise SiteError(f"{family}: no decoder-layer list found (no ModuleList whose layers run one after another, "
+                        "each taking the previous one's output)")
+    return best
+
+
+def _final_norm(rec, path, n, family):
+    last, head = rec.once(f"{path}.{n - 1}"), rec.once("@head")
+    parent = path.rpartition(".")[0]
+    for name, calls in rec.calls.items():
+        if name.startswith(path + ".") or name == "@head" or (parent and not name.startswith(parent + ".")):
+            continue
+        c = calls[0] if len(calls) == 1 else None
+        if (c is not None and c["inp"] is not None and c["out"] is not None and head is not None
+                and c["inp"].shape == last["out"].shape and torch.equal(c["inp"], last["out"])
+                and c["out"].dim() == head["inp"].dim() == 3 and c["out"].shape[-1] == head["inp"].shape[-1]
+                and torch.equal(c["out"][:, -head["inp"].shape[1]:], head["inp"])):
+            return name
+    raise SiteError(f"{family}: no final norm found between the last decoder layer and the LM head")
+
+
+def _branch(kids, end):
+    """The chain of sub-modules feeding ``end``: each one's input is the previous one's output."""
+    chain = [end]
+    while True:
+        cur = kids[chain[0]]
+        preds = [k for k, c in kids.items() if c["done"] < cur["start"] and c["out"] is not None and cur["inp"] is not None
+                 and c["out"].shape == cur["inp"].shape and torch.equal(c["out"], cur["inp"])]
+        if not preds:
+            return chain
+        chain.insert(0, max(preds, key=lambda k: kids[k]["done"]))
+
+
+def _layer_sites(rec, prefix, family, tol) -> dict:
+    layer = rec.once(prefix)
+    x, y = layer["inp"], layer["out"]
+    kids = {n[len(prefix) + 1:]: rec.once(n) for n in rec.calls if n.startswith(prefix + ".")}
+    kids = {k: dict(c, params=_params(rec.modules[f"{prefix}.{k}"]), moe=_is_moe(rec.modules[f"{prefix}.{k}"]))
+            for k, c in kids.items() if c is not None}
+    adds = sorted((k for k, c in kids.items() if c["out"] is not None and c["out"].shape == x.shape),
+                  key=lambda k: kids[k]["done"])
+    # modules outputting the same value (an eval-mode dropout after a block): keep the one nearest the add
+    adds = [k for i, k in enumerate(adds) if not any(torch.equal(kids[k]["out"], kids[later]["out"])
+                                                     for later in adds[i + 1:])]
+    target = (y - x).double().flatten()
+    scale = tol * (_n(x) + _n(y))
+    best = None
+    for j, a in enumerate(adds):
+        for m in adds[j + 1:]:
+            cols = torch.stack([kids[a]["out"].double().flatten(), kids[m]["out"].double().flatten()], 1)
+            s = torch.linalg.lstsq(cols, target.unsqueeze(1)).solution.squeeze(1)
+            res = (target - cols @ s).norm().item()
+            if res <= scale and s.min() > 1e-3:  # a block adds a positive multiple of its output
+                if best is None or res < best[0]:
+                    best = (res, a, m, s.tolist())
+    if best is None:
+        why = (f"no two sub-modules of a layer ({', '.join(kids) or 'none'}) output what it adds to its residual "
+               "stream: attn_out / mlp_out (and so mlp_in) not found")
+        return dict(attn_out="", mlp_out="", mlp_in="", parallel=False, attn="", mlp="", mlp_norm="",
+                    layout="unknown", moe=False, missing=tuple((s, why) for s in ("attn_out", "mlp_in", "mlp_out")))
+    _, a, m, (sa, sm) = best
+    d = x.shape[-1]
+    heavy = lambda k: kids[k]["params"] > 2 * d  # noqa: E731  (a norm has at most 2 d parameters)
+    changes = lambda k: not (kids[k]["inp"] is not None and kids[k]["out"] is not None  # noqa: E731
+                             and kids[k]["inp"].shape == kids[k]["out"].shape
+                             and torch.equal(kids[k]["inp"], kids[k]["out"]))  # an eval dropout does not
+
+    def split(chain):
+        """(norms before, the block's first and last heavy module, norms after) of a branch."""
+        big = [i for i, k in enumerate(chain) if heavy(k)] or [max(range(len(chain)),
+                                                                     key=lambda i: kids[chain[i]]["params"])]
+        norms = lambda part: [k for k in part if changes(k) and not heavy(k)]  # noqa: E731
+        return norms(chain[:big[0]]), chain[big[0]], chain[big[-1]], norms(chain[big[-1] + 1:])
+
+    attn_chain, mlp_chain = _branch(kids, a), _branch(kids, m)
+    attn_pre, attn, _, attn_post = split(attn_chain)
+    mlp_pre, mlp, _, mlp_post = split(mlp_chain)
+    missing = []
+    if max(abs(sa - 1), abs(sm - 1)) > max(1e-3, 64 * tol):
+        why = (f"the layer adds {sa:.3g} x {a} + {sm:.3g} x {m} (a residual scale); no module outputs what a "
+               "block adds")
+        missing += [("attn_out", why), ("mlp_out", why)]
+    start = kids[mlp_chain[0]]["inp"]
+    parallel = start is not None and start.shape == x.shape and torch.equal(start, x)
+    mlp_inp = kids[mlp]["inp"]
+    if not parallel and not (start is not None and start.shape == x.shape
+                             and _n(start - x - sa * kids[a]["out"]) <= scale):
+        missing.append(("mlp_in", f"the MLP branch ({' -> '.join(mlp_chain)}) reads neither the layer input nor "
+                                  "the input plus the attention output"))
+    elif mlp_inp is None or mlp_inp.shape != x.shape:
+        missing.append(("mlp_in", f"the MLP module {mlp!r} does not take the [batch, seq, d] residual as input"))
+    post, has_pre = bool(attn_post or mlp_post), bool(attn_pre or mlp_pre)
+    layout = "parallel" if parallel else {(True, True): "sandwich", (False, True): "post-norm"}.get((has_pre, post),
+                                                                                                 "pre-norm")
+    return dict(attn_out=a, mlp_out=m, mlp_in=mlp, parallel=parallel, attn=attn, mlp=mlp,
+                mlp_norm=".".join(mlp_pre[-1:]), layout=layout, moe=kids[mlp]["moe"], missing=tuple(missing))

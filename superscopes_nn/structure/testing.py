@@ -1,0 +1,132 @@
+"""Tiny random-weight models of every supported architecture, built offline in code.
+
+>>> from superscopes_nn.structure.testing import tiny_model
+>>> model = tiny_model("gemma3_text")     # nnsight TransformersModel, 4 layers, d=64
+
+The tokenizer is a byte-level BPE trained in code on a fixed corpus (the
+project's target prompts and a few entity names), so multi-token words exist and
+every string can be encoded. Everything is deterministic for a given seed.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from .models import wrap
+
+#: The families the tests parametrize over (``config.model_type`` values; ``gemma3`` is the
+#: multimodal Gemma 3, whose language model lives under ``model.language_model``).
+#: The seven families the engine-mechanics tests (batching, shared prefixes, remote="local")
+#: run on; every family in TINY_ARCHS gets the site tests (tests/test_sites.py, test_families.py).
+CORE_ARCHS = ("llama", "gemma3_text", "gemma2", "qwen2", "gpt2", "gpt_neox", "gptj")
+TINY_ARCHS = (
+    "llama", "mistral", "mixtral", "qwen2", "qwen3", "qwen3_moe", "phi3", "olmo2", "gemma", "gemma2",
+    "gemma3_text", "gemma3", "gpt2", "gpt_neox", "gptj", "falcon", "cohere", "starcoder2", "granite", "gpt_oss",
+)
+
+_CORPUS = [
+    "Syria: Country in the Middle East, Leonardo DiCaprio: American actor, Samsung: South Korean "
+    "multinational major appliance and consumer electronics corporation, x",
+    "cat -> cat\n1135 -> 1135\nhello -> hello\n?",
+    "The official currency of x. The capital city of x. The spouse of the performer of Imagine is",
+    "Alexander the Great was a king of Macedon. Saturday Night Live is a comedy show.",
+    "Back to the Future is a film. Pink Floyd is an English rock band. Star Wars, Titanic.",
+    "George Washington, Will Smith, Led Zeppelin, Daft Punk, Iron Maiden, Green Day.",
+    "the of and a to in is was he for it with as his on be at by I this had not are but from",
+    "0 1 2 3 4 5 6 7 8 9 ! ? . , : ; - > ' \" ( )",
+]
+EOS = "<|endoftext|>"
+
+
+@functools.lru_cache(maxsize=None)
+def tiny_tokenizer(vocab_size: int = 384):
+    """A byte-level BPE ``PreTrainedTokenizerFast`` trained in code (no files, no hub)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=[EOS], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_CORPUS * 4, trainer=trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=EOS, bos_token=EOS)
+    fast.padding_side = "left"
+    return fast
+
+
+# Per-family settings on top of the llama-style defaults of :func:`tiny_config`.
+_FAMILY = {
+    "mixtral": dict(num_local_experts=4, num_experts_per_tok=2),
+    # layer 1 dense, the others sparse: one path ("mlp") must serve both kinds of layer
+    "qwen3_moe": dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, mlp_only_layers=[1]),
+    "gpt_oss": dict(num_local_experts=4, num_experts_per_tok=2,
+                    rope_parameters=dict(rope_type="default", rope_theta=10000.0)),
+    "gemma2": dict(sliding_window=8), "gemma3_text": dict(sliding_window=8),
+    # Granite 3 scales what each block adds (residual_multiplier 0.22): no module outputs
+    # attn_out / mlp_out there (tests/test_families.py checks that it is refused); 1.0 here
+    "granite": dict(residual_multiplier=1.0),
+    "gpt_neox": dict(use_parallel_residual=True),
+    "falcon": dict(parallel_attn=True, new_decoder_architecture=False, alibi=False),
+}
+_GPT_STYLE = ("gpt2", "gptj")
+
+
+def tiny_config(arch: str, vocab_size: int, n_layers: int = 4, hidden: int = 64):
+    """A small config of family ``arch`` (a ``config.model_type``), built with ``AutoConfig.for_model``."""
+    from transformers import AutoConfig
+
+    if arch not in TINY_ARCHS:
+        raise ValueError(f"no tiny config for {arch!r}; choose one of {', '.join(TINY_ARCHS)}")
+    common = dict(vocab_size=vocab_size, bos_token_id=0, eos_token_id=0, pad_token_id=0)
+    if arch in _GPT_STYLE:
+        extra = dict(rotary_dim=8) if arch == "gptj" else {}
+        return AutoConfig.for_model(arch, n_embd=hidden, n_layer=n_layers, n_head=4, n_positions=512,
+                                    **extra, **common)
+    kw = dict(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=n_layers, num_attention_heads=4,
+              num_key_value_heads=2, head_dim=hidden // 4, max_position_embeddings=512, tie_word_embeddings=False,
+              **common)
+    if arch == "gemma3":  # multimodal: a tiny SigLIP tower next to the language model
+        kw.pop("tie_word_embeddings")
+        vision = dict(model_type="siglip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=2, image_size=28, patch_size=14)
+        return AutoConfig.for_model("gemma3", text_config=dict(sliding_window=8, **kw), vision_config=vision,
+                                    mm_tokens_per_image=4, pad_token_id=0, eos_token_id=0, bos_token_id=0)
+    if arch in ("gpt_neox", "falcon"):
+        kw.pop("num_key_value_heads")
+        kw.pop("head_dim")
+    return AutoConfig.for_model(arch, **{**kw, **_FAMILY.get(arch, {})})
+
+
+def tiny_hf_model(arch: str = "llama", seed: int = 0, n_layers: int = 4, hidden: int = 64):
+    """``(hf_model, tokenizer)``: a random-weight causal LM of family ``arch``, float32, eval mode."""
+    from transformers import AutoModelForCausalLM
+
+    tok = tiny_tokenizer()
+    config = tiny_config(arch, len(tok), n_layers=n_layers, hidden=hidden)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    with torch.no_grad():  # larger weights than the default init: sharper, less tied logits
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.normal_(0.0, 0.25)
+    model.eval()
+    return model, tok
+
+
+def save_tiny_checkpoint(path, arch: str = "llama", seed: int = 0):
+    """Save :func:`tiny_hf_model` (weights and tokenizer) to ``path`` as a local checkpoint that
+    ``load_model(str(path))`` reads; returns ``(hf_model, tokenizer)``."""
+    hf, tok = tiny_hf_model(arch, seed=seed)
+    hf.save_pretrained(path)
+    tok.save_pretrained(path)
+    return hf, tok
+
+
+def tiny_model(arch: str = "llama", seed: int = 0, n_layers: int = 4, hidden: int = 64):
+    """A tiny random model of family ``arch`` wrapped as an nnsight ``TransformersModel``."""
+    return wrap(*tiny_hf_model(arch, seed=seed, n_layers=n_layers, hidden=hidden))

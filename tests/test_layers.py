@@ -1,0 +1,176 @@
+"""The package's layers: imports flow one way, no module imports itself back (issue 26).
+
+Every import is read from the source with ``ast`` (top-level and function-level alike, since a
+function-level import is still a dependency), resolved to a module of ``superscopes_nn``, and
+checked against :data:`RANK`: a module may import its own sub-package and any sub-package of a
+lower rank, never a higher one nor a sibling of the same rank. The module graph must have no
+cycle. The paper scripts follow the same rule one level up: a paper's package imports the
+library, ``experiments.common`` and itself, never another paper.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+LIB = ROOT / "superscopes_nn"
+
+RANK = {"_version": -1, "core": 0, "data": 1, "structure": 1, "remote": 2, "engine": 3, "science": 4, "output": 5,
+        "": 6}
+"""Sub-package -> layer. ``""`` is the package's ``__init__`` (the public API), above everything."""
+
+
+def module_name(path: Path, root: Path = ROOT) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def imports_of(path: Path, root: Path = ROOT) -> set[str]:
+    """Absolute names of every module ``path`` imports (``from pkg import mod`` counts as ``pkg.mod``)."""
+    name = module_name(path, root)
+    is_pkg = path.name == "__init__.py"
+    base = name.split(".") if is_pkg else name.split(".")[:-1]
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                pkg = base[: len(base) - node.level + 1]
+                mod = ".".join(pkg + ([node.module] if node.module else []))
+            else:
+                mod = node.module
+            out.add(mod)
+            out.update(f"{mod}.{a.name}" for a in node.names)
+    return out
+
+
+def library_graph() -> dict[str, set[str]]:
+    modules = {module_name(p): p for p in LIB.rglob("*.py")}
+    return {m: {i for i in imports_of(p) if i in modules and i != m} for m, p in modules.items()}
+
+
+def layer(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan)."""
+    index, low, stack, on, out, n = {}, {}, [], set(), [], [0]
+
+    def visit(v):
+        index[v] = low[v] = n[0]
+        n[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def upward(graph: dict[str, set[str]]) -> list[str]:
+    bad = []
+    for mod, deps in graph.items():
+        for dep in deps:
+            a, b = layer(mod), layer(dep)
+            if dep == "superscopes_nn" or (a != b and (RANK[b] > RANK[a] or (RANK[b] == RANK[a] and a != ""))):
+                bad.append(f"{mod} -> {dep}")
+    return sorted(bad)
+
+
+def test_every_sub_package_has_a_rank():
+    assert {layer(m) for m in library_graph()} == set(RANK)
+
+
+def test_no_import_circle():
+    assert cycles(library_graph()) == []
+
+
+def test_no_upward_or_sideways_import():
+    assert upward(library_graph()) == []
+
+
+def test_imports_inside_the_library_are_relative():
+    """One way to import: the library's own modules import each other relatively, never by absolute name."""
+    bad = [f"{module_name(p)}: {i}" for p in LIB.rglob("*.py")
+           for node in ast.walk(ast.parse(p.read_text())) if isinstance(node, (ast.Import, ast.ImportFrom))
+           for i in ([a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""])
+           if not getattr(node, "level", 0) and (i == "superscopes_nn" or i.startswith("superscopes_nn."))]
+    assert bad == []
+
+
+def test_no_module_over_400_lines():
+    long = {module_name(p): n for p in list(LIB.rglob("*.py")) + list((ROOT / "experiments").rglob("*.py"))
+            if (n := len(p.read_text().splitlines())) > 400}
+    assert long == {}
+
+
+def test_papers_import_only_the_library_common_and_themselves():
+    exp = ROOT / "experiments"
+    bad = []
+    for p in exp.rglob("*.py"):
+        mod = module_name(p)
+        parts = mod.split(".")
+        if len(parts) < 3:
+            continue
+        for i in imports_of(p):
+            ip = i.split(".")
+            if ip[0] == "experiments" and len(ip) > 1 and ip[1] not in ("common", parts[1]):
+                bad.append(f"{mod} -> {i}")
+    assert bad == []
+
+
+# ------------------------------------------------------------------ the checks themselves can fail
+
+
+def _write(tmp, files: dict[str, str]) -> dict[str, set[str]]:
+    for rel, text in files.items():
+        f = tmp / rel
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text(text)
+    mods = {module_name(p, tmp): p for p in tmp.rglob("*.py")}
+    return {m: {i for i in imports_of(p, tmp) if i in mods and i != m} for m, p in mods.items()}
+
+
+def test_a_function_level_circle_is_found(tmp_path):
+    g = _write(tmp_path, {"superscopes_nn/__init__.py": "", "superscopes_nn/core/__init__.py": "",
+                          "superscopes_nn/core/a.py": "from .b import x\n",
+                          "superscopes_nn/core/b.py": "def f():\n    from . import a\n"})
+    assert cycles(g) == [["superscopes_nn.core.a", "superscopes_nn.core.b"]]
+
+
+@pytest.mark.parametrize("src, dep, text, bad", [
+    ("core/a.py", "engine/b.py", "from ..engine.b import x\n", True),      # up
+    ("structure/a.py", "data/b.py", "from ..data import b\n", True),       # sideways, same rank
+    ("engine/a.py", "core/b.py", "from ..core.b import x\n", False),        # down
+    ("core/a.py", "core/b.py", "import superscopes_nn\n", True),            # the whole package
+])
+def test_an_upward_import_is_found(tmp_path, src, dep, text, bad):
+    files = {"superscopes_nn/__init__.py": "", f"superscopes_nn/{src}": text, f"superscopes_nn/{dep}": ""}
+    for d in {src.split("/")[0], dep.split("/")[0]}:
+        files[f"superscopes_nn/{d}/__init__.py"] = ""
+    assert bool(upward(_write(tmp_path, files))) is bad
