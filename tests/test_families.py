@@ -98,11 +98,13 @@ def test_load_check_catches_a_broken_spec(arch, how):
 def test_wrap_runs_the_check(monkeypatch):
     """wrap() resolves and checks on one pass; re-wrapping (another dtype) checks again."""
     import superscopes_nn.structure.sites_resolver as R
+    import superscopes_nn.structure.spec as S
 
     calls, passes = [], []
-    orig_verify, orig_run = R.verify_sites, R.run_watched
-    monkeypatch.setattr(R, "verify_sites", lambda m, s=None, ids=None: calls.append(s) or orig_verify(m, s, ids))
-    monkeypatch.setattr(R, "run_watched", lambda *a: passes.append(1) or orig_run(*a))
+    orig_verify, orig_run = S.verify_sites, R.run_watched
+    monkeypatch.setattr(S, "verify_sites", lambda m, s=None, ids=None: calls.append(s) or orig_verify(m, s, ids))
+    for mod in (R, S):  # resolve_sites (R) and verify_sites (S) each run the watched pass
+        monkeypatch.setattr(mod, "run_watched", lambda *a: passes.append(1) or orig_run(*a))
     hf, tok = tiny_hf_model("mistral")
     model = wrap(hf, tok)
     assert calls == [None] and len(passes) == 1

@@ -23,8 +23,11 @@ def model():
 
 
 def test_wrap_attaches_the_info(model):
-    info = model.__dict__["_superscopes_info"]
-    assert isinstance(info, ModelInfo) and model_info(model) is info
+    from superscopes_nn.structure.info import _INFO
+
+    ref, info = _INFO[id(model)]
+    assert ref() is model and isinstance(info, ModelInfo) and model_info(model) is info
+    assert all(not isinstance(v, ModelInfo) for v in model.__dict__.values())  # nnsight pickles __dict__ remotely
     hf = model._module
     assert info.n_layers == num_layers(hf.config) == len(hf.model.layers)
     assert info.hidden == hf.config.hidden_size

@@ -204,7 +204,9 @@ def test_add_scores_with_real_scoring_module_fake_embedder():
 def test_single_prompt_scripts(llama, tmp_path, mod, extra):
     import importlib
 
-    m = importlib.import_module(f"experiments.{mod}")
+    from experiments import EXPERIMENTS
+
+    m = importlib.import_module(EXPERIMENTS[mod])
     spy = Spy()
     res = m.main(["--out", str(tmp_path), "--max-new-tokens", "3", *extra], model=llama, cosine=spy)
     assert len(spy.calls) == 2, "one call for the scores, one for the chance matrix (chance line and α-choice null)"

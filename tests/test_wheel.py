@@ -87,6 +87,6 @@ def test_wheel_install_finds_data_and_runs_an_experiment(tmp_path, shared_data):
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "SUPERSCOPES_SHARED_DATA")}
     env |= {"PYTHONPATH": str(site), "SUPERSCOPES_SHARED_DATA": str(shared_data), "MPLBACKEND": "Agg"}
     r = subprocess.run([sys.executable, "-P", str(tmp_path / "driver.py"), str(ROOT), str(site),
-                        str(user / "experiments" / "backpatching.py"), str(tmp_path / "tiny"), str(user / "out")],
+                        str(user / "experiments" / "hopping_too_late" / "backpatching.py"), str(tmp_path / "tiny"), str(user / "out")],
                        cwd=user, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and "WHEEL-OK" in r.stdout, (r.stdout[-3000:], r.stderr[-3000:])

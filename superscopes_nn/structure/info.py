@@ -18,6 +18,7 @@ the attach.
 from __future__ import annotations
 
 import dataclasses
+import weakref
 from dataclasses import dataclass
 
 from .architectures import SITES, ArchSpec, hidden_size, num_layers
@@ -25,7 +26,9 @@ from .spec import arch_spec
 
 __all__ = ["ModelInfo", "model_info", "attach", "rename", "model_name", "eos_ids", "plain_spec", "context_length"]
 
-_ATTR = "_superscopes_info"
+_INFO: dict[int, tuple] = {}
+"""id(model) -> (weakref to the model, its ModelInfo). Not in the wrapper's ``__dict__``: nnsight pickles
+that dict into every remote request, and the info must not travel (its spec travels as ``plain``)."""
 
 
 @dataclass(frozen=True)
@@ -75,21 +78,31 @@ def attach(model, spec: ArchSpec | None = None) -> ModelInfo:
     spec = spec if spec is not None else arch_spec(model._module)
     info = ModelInfo(spec=spec, plain=_plain(spec), name=_name(model), n_layers=num_layers(config),
                      hidden=hidden_size(config), eos_ids=_eos(model), context=_context(config))
-    model.__dict__[_ATTR] = info  # the wrapper's own dict: nnsight's attribute routing is not involved
+    _store(model, info)
     return info
+
+
+def _store(model, info: ModelInfo) -> None:
+    key = id(model)
+
+    def forget(ref):
+        if _INFO.get(key, (None,))[0] is ref:
+            del _INFO[key]
+
+    _INFO[key] = (weakref.ref(model, forget), info)
 
 
 def model_info(model) -> ModelInfo:
     """The :class:`ModelInfo` the model carries (attached on first use if it carries none)."""
-    info = getattr(model, "__dict__", {}).get(_ATTR)
-    return info if info is not None else attach(model)
+    ref, info = _INFO.get(id(model), (None, None))
+    return info if ref is not None and ref() is model else attach(model)
 
 
 def rename(model, name: str) -> ModelInfo:
     """Give results of ``model`` another name (e.g. ``base+taught-KEY``); the spec is kept."""
     model._module.config._superscopes_name = name
     info = dataclasses.replace(model_info(model), name=name)
-    model.__dict__[_ATTR] = info
+    _store(model, info)
     return info
 
 
