@@ -16,6 +16,7 @@ from .engine.api import collect, generate_plain, patched_logits, patchscope, swe
 from .engine.session import logit_tolerance  # noqa: E402
 from .engine.resolver import resolve, sweep_rows  # noqa: E402
 from .engine.run import run_rows  # noqa: E402
+from .science.superscopes import superscope  # noqa: E402
 from .core.sampling import LLAMA2_CHAT, Sampling  # noqa: E402
 from .core.specs import (  # noqa: E402
     ENTITY_PROMPT, IDENTITY_PROMPT, RESULT_COLUMNS, Affine, Amplify, Compose, Fn, Identity, Row, Source, Target,
@@ -24,5 +25,5 @@ from .core.specs import (  # noqa: E402
 __all__ = [
     "SITES", "arch_spec", "DEFAULT_MODEL", "load_model", "ENTITY_PROMPT", "IDENTITY_PROMPT", "RESULT_COLUMNS",
     "Affine", "Amplify", "Compose", "Fn", "Identity", "Row", "logit_tolerance", "Source", "Target", "collect", "generate_plain", "patched_logits",
-    "patchscope", "resolve", "run_rows", "sweep", "sweep_rows", "lens_logits", "logit_lens", "Sampling", "LLAMA2_CHAT",
+    "patchscope", "resolve", "run_rows", "superscope", "sweep", "sweep_rows", "lens_logits", "logit_lens", "Sampling", "LLAMA2_CHAT",
 ]

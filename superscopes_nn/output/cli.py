@@ -1,6 +1,7 @@
 """The ``superscopes`` command line.
 
     superscopes explain "Alexander the Great" --token Great --site mlp_out --layers 0-8 --amps 1,3,6,9,12,15
+    superscopes explain "Alexander the Great" --token Great --site mlp_out --target-site same   # same-site write
     superscopes demo                      # the README's main job on the embedded default model
     superscopes report runs/RUN_DIR       # a self-contained HTML explorer of a finished sweep
 
@@ -96,6 +97,10 @@ def add_explain_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target-prompt", default=None, help="target prompt with the placeholder (default: entity description)")
     p.add_argument("--placeholder", default="x", help="placeholder word in the target prompt")
     p.add_argument("--target-layer", default=None, type=int, help="fixed target layer (default: same as source)")
+    p.add_argument("--target-site", default="residual",
+                   help="where the amplified vector is written in the target: residual (default; the hidden state, "
+                        "the official Superscopes protocol), same (the source's own site: Patchscopes' module='mlp') "
+                        "or a site name")
     p.add_argument("--max-new-tokens", default=10, type=int)
     p.add_argument("--batch-size", default=64, type=int, help="rows per batched generate (and per remote request)")
     p.add_argument("--remote", default="false", help="false | local | true (NDIF) | https://host")
@@ -116,6 +121,36 @@ def parse_remote(s: str):
         raise ValueError(f"bad --remote {s!r}: use false, local, true or an https:// host") from None
 
 
+def parse_target_site(spec: str) -> str | None:
+    """``--target-site`` -> ``Target.site``. ``residual`` (default) = the target's hidden state (layer
+    output), where the official code writes every source (GalNivs/Superscopes
+    ``superscopes_application/superscopes_utils.py`` ``patchscope_interpret``: ``set_hs_patch_hooks(...,
+    module="hs")``); ``same`` -> None = the source's own site (Patchscopes' ``module="mlp"``); or a site name."""
+    from ..engine.resolver import check_sites
+
+    spec = spec.strip()
+    if spec == "same":
+        return None
+    try:
+        return check_sites([spec])[0]
+    except ValueError:
+        raise ValueError(f"bad --target-site {spec!r}: use residual (hidden state), same or a site name") from None
+
+
+def protocol_line(sites: list[str], target_site: str | None, placeholder: str, at_last: bool) -> str:
+    """The header line of ``explain``: which protocol ran (``at_last``: every row writes the target
+    prompt's last token, as the official code does), and how to run the other one."""
+    src, where = "/".join(sites), f"at {placeholder!r}" + ("" if at_last else " (not the target's last token)")
+    if target_site == "residual":
+        name = "official Superscopes" if at_last else "hidden-state write"
+        return (f"protocol: {name}: α × {src} replaces the target's hidden state (residual, the layer output) "
+                f"{where}; --target-site same writes the source's own site instead")
+    if target_site is None:
+        return (f"protocol: same-site (Patchscopes' module='mlp'): α × {src} replaces the target's {src} {where}; "
+                f"the official Superscopes protocol writes the hidden state (--target-site residual)")
+    return f"protocol: α × {src} replaces the target's {target_site} {where} (--target-site {target_site})"
+
+
 def explain(args) -> int:
 
     from ..structure.models import DEFAULT_MODEL, load_model
@@ -131,24 +166,31 @@ def explain(args) -> int:
     max_new_tokens = check_max_new_tokens(args.max_new_tokens)
     batch_size = check_batch_size(args.batch_size)
     target_layer = None if args.target_layer is None else check_int(args.target_layer, "--target-layer")
+    target_site = parse_target_site(args.target_site)
     out = Path(args.out) if args.out else Path("runs") / datetime.now().strftime("explain-%Y%m%d-%H%M%S")
     check_run_dir(out)
     name = args.model or DEFAULT_MODEL
     model = load_model(name, remote=remote is True)
     if layers is None:
         layers = list(range(model_info(model).n_layers))
-    target = Target(args.target_prompt or ENTITY_PROMPT, layer=target_layer, placeholder=args.placeholder)
+    target = Target(args.target_prompt or ENTITY_PROMPT, layer=target_layer, placeholder=args.placeholder,
+                    site=target_site)
     rows = sweep_rows(model, [args.prompt], layers=layers, sites=sites, alphas=alphas,
                       token=parse_position(args.token), target=target)
     layers, alphas = list(dict.fromkeys(layers)), list(dict.fromkeys(alphas))  # as sweep_rows ran them
     config = {
         "command": "explain", "prompts": [args.prompt], "token": args.token, "sites": sites,
         "layers": layers, "alphas": alphas, "target_prompt": target.prompt, "placeholder": target.placeholder,
-        "target_layer": target_layer, "max_new_tokens": max_new_tokens, "max_batch_size": batch_size,
+        "target_layer": target_layer, "target_site": args.target_site.strip(), "max_new_tokens": max_new_tokens,
+        "max_batch_size": batch_size,
     }
+    at_last = all(r.target_position == len(r.target_ids) - 1 for r in rows)
+    print(protocol_line(sites, target_site, target.placeholder, at_last), flush=True)  # the header: which protocol
     df = run_rows(model, rows, run_dir=out, config=config, resume=args.resume, max_new_tokens=max_new_tokens,
                   max_batch_size=batch_size, remote=remote, progress=not args.no_progress)
+    _, line = scored_with_chance(df)
     print(_table(df))
+    print(line)
     print(f"\nwrote {out / 'results.csv'} and {out / 'results.parquet'} ({len(df)} rows)")
     return 0
 
@@ -166,6 +208,18 @@ under the official protocol on Gemma 3 270M, the one with the most cells above i
 chance level (4 of 42 cells pass, 0.45 expected by chance)."""
 
 
+def scored_with_chance(df):
+    """``df`` scored (:func:`~superscopes_nn.science.superscopes.add_scores`) with its chance level
+    (:func:`~superscopes_nn.science.superscopes.with_chance`), and the chance line printed beside the table."""
+    from ..science.superscopes import SUCCESS_THRESHOLD, add_scores, with_chance
+
+    df = with_chance(add_scores(df))
+    passed = int((df.score_source_cosine > SUCCESS_THRESHOLD).sum())
+    line = (f"{passed} of {len(df)} cells have cosine > {SUCCESS_THRESHOLD:g} to the prompt; "
+            f"chance line {float(df.chance_rate.sum()):.1f} (the same texts scored against other entity names)")
+    return df, line
+
+
 def demo(args) -> int:
     """The README's main job: the official Superscopes protocol (α x MLP output written into the
     target's hidden state at its last token) on :data:`DEMO_PROMPT`, layers 1-7, every cell scored,
@@ -174,7 +228,7 @@ def demo(args) -> int:
 
     from ..structure.models import DEFAULT_MODEL, load_model
     from .report import write_report
-    from ..science.superscopes import MLP_ALPHAS, SUCCESS_THRESHOLD, add_scores, detect_alpha, superscope, with_chance
+    from ..science.superscopes import MLP_ALPHAS, detect_alpha, superscope
 
     out = Path(args.out) if args.out else demo_dir(args.model)
     check_run_dir(out)  # before the model loads
@@ -185,11 +239,7 @@ def demo(args) -> int:
               "layers": layers, "alphas": [float(a) for a in MLP_ALPHAS]}
     df = superscope(model, DEMO_PROMPT, site="mlp_out", layers=layers, alphas=MLP_ALPHAS, protocol="official",
                     run_dir=out, config=config, resume=True, progress=True)
-    df = with_chance(add_scores(df))
-    passed = int((df.score_source_cosine > SUCCESS_THRESHOLD).sum())
-    chance = float(df.chance_rate.sum())
-    line = (f"{passed} of {len(df)} cells have cosine > {SUCCESS_THRESHOLD:g} to the prompt; "
-            f"chance line {chance:.1f} (the same texts scored against other entity names)")
+    df, line = scored_with_chance(df)
     print(_table(df))
     print("\nchosen α per layer (highest score_source_cosine):")
     for r in detect_alpha(df).itertuples(index=False):
@@ -204,7 +254,8 @@ def demo(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="superscopes", description="Let a language model describe its own hidden states.")
     sub = p.add_subparsers(dest="command", required=True)
-    e = sub.add_parser("explain", help="sweep layers x amplification for one prompt and print the interpretations")
+    e = sub.add_parser("explain", help="sweep layers x amplification for one prompt (official protocol by default) "
+                                       "and print the interpretations with their chance line")
     add_explain_args(e)
     d = sub.add_parser("demo", help="the README demo: the official Superscopes protocol on one prompt, scored, with its chance line")
     d.add_argument("--model", default=None)
