@@ -93,3 +93,19 @@ def test_offline_and_not_cached_is_one_line_naming_what_to_fetch(load, names, tm
         load(tmp_path / "empty_cache")
     msg = str(err.value)
     assert "\n" not in msg and "HF_DATASETS_OFFLINE" in msg and names in msg and "not in the datasets cache" in msg, msg
+
+
+def test_entity_resolution_takes_dataset_popqa(popqa_hub, tmp_path, monkeypatch):
+    from experiments.patchscopes import entity_resolution as er
+    from superscopes_nn.structure.testing import tiny_model
+
+    monkeypatch.setattr(er, "POPQA_PER_END", 2)   # the official 200 + 200 need the real PopQA
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    df = er.main(["--dataset", "popqa", "--popqa-source", str(popqa_hub), "--max-new-tokens", "3",
+                  "--out", str(tmp_path / "out")], model=tiny_model("llama", seed=1, hidden=48))
+    assert set(df.entity) == {"Tiny Town", "John Mayne", "George Rankin", "Paris"}
+    assert {c for c in df.columns if c.startswith("score_")} == {"score_alias"}
+    assert (tmp_path / "out" / "entity_resolution_summary.csv").is_file()
+    with pytest.raises(SystemExit):
+        er.parse_args(["--dataset", "popqa", "--metrics", "alias,rouge_l"])
+    assert er.parse_args([]).metrics == ",".join(er.METRICS) and er.parse_args([]).dataset == "curated"
