@@ -170,7 +170,8 @@ def popqa_rows():
 
 def test_parse_popqa_rows_fixture():
     ds = parse_popqa_rows(popqa_rows())
-    assert ds.column_names == ["id", "subject", "relation", "object", "question", "possible_answers", "s_pop"]
+    assert ds.column_names == ["id", "subject", "relation", "object", "question", "possible_answers", "s_pop",
+                               "subject_aliases"]
     assert ds[0]["subject"] == "George Rankin" and ds[0]["relation"] == "occupation"
     assert ds[0]["possible_answers"] == ["politician", "political leader"] and ds[0]["s_pop"] == 142
     assert ds[1]["id"] == "6054" and ds[1]["question"] == "In what country is Paris?"
