@@ -18,7 +18,7 @@ from typing import Iterable, Sequence
 
 import pandas as pd
 
-from superscopes_nn.science.scoring import MATCH_RULES, answer_match
+from superscopes_nn.science.scoring import answer_match
 from superscopes_nn.structure.info import model_info  # noqa: E402
 
 NOT_CONFIG = ("out", "resume", "progress", "from_csv", "max_batch_size", "batch_size", "control", "control_seed")

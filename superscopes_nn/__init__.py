@@ -23,7 +23,7 @@ from .core.specs import (  # noqa: E402
 )
 
 __all__ = [
-    "SITES", "arch_spec", "DEFAULT_MODEL", "load_model", "ENTITY_PROMPT", "IDENTITY_PROMPT", "RESULT_COLUMNS",
+    "__version__", "SITES", "arch_spec", "DEFAULT_MODEL", "load_model", "ENTITY_PROMPT", "IDENTITY_PROMPT", "RESULT_COLUMNS",
     "Affine", "Amplify", "Compose", "Fn", "Identity", "Row", "logit_tolerance", "Source", "Target", "collect", "generate_plain", "patched_logits",
     "patchscope", "resolve", "run_rows", "superscope", "sweep", "sweep_rows", "lens_logits", "logit_lens", "Sampling", "LLAMA2_CHAT",
 ]

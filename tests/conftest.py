@@ -6,7 +6,6 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 CI_REQUIRED = {
-    "shared_data": "the shared data (../shared/data or $SUPERSCOPES_SHARED_DATA) must be present in CI",
     "browser": "the headless browser (scripts/install_browser.sh) must be installed in CI",
 }
 """Markers whose skips fail the run when CI=true: in CI these tests must run, never skip quietly."""
@@ -43,7 +42,6 @@ def pytest_configure(config):
 
     torch.set_num_threads(int(os.environ.get("SUPERSCOPES_TEST_THREADS", "1")))
     config.addinivalue_line("markers", "browser: needs a headless Chromium (a skip fails the run with CI=true)")
-    config.addinivalue_line("markers", "shared_data: needs the shared data folder (a skip fails the run with CI=true)")
     config.addinivalue_line("markers", "cpu_only: a CPU-specific test, deselected (and counted so) when "
                                        "SUPERSCOPES_TEST_DEVICES excludes cpu")
 
@@ -53,9 +51,6 @@ def in_ci() -> bool:
 
 
 def pytest_collection_modifyitems(config, items):
-    for item in items:
-        if "shared_data" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.shared_data)
     if "cpu" not in DEVICES:
         dropped = [item for item in items if item.get_closest_marker("cpu_only") is not None]
         if dropped:
@@ -77,18 +72,6 @@ def pytest_runtest_makereport(item, call):
     why = "; ".join(CI_REQUIRED[m] for m in required)
     report.outcome = "failed"
     report.longrepr = f"CI=true: {item.nodeid} skipped ({reason}); {why}"
-
-
-@pytest.fixture(scope="session")
-def shared_data():
-    """The shared data folder (``superscopes_nn.data.datasets.shared_data_dir``); skips when absent
-    (and with CI=true that skip fails the run)."""
-    from superscopes_nn.data.datasets import shared_data_dir
-
-    try:
-        return shared_data_dir()
-    except FileNotFoundError as err:
-        pytest.skip(str(err))
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""With CI=true a skipped shared-data or browser test fails the run (and says why); other skips stay skips."""
+"""With CI=true a skipped browser test fails the run (and says why); other skips stay skips."""
 
 import os
 import shutil
@@ -17,10 +17,6 @@ def test_browser_missing():
     pytest.skip("chromium not found")
 
 
-def test_needs_shared(shared_data):
-    assert shared_data.is_dir()
-
-
 def test_ordinary_skip():
     pytest.skip("not relevant here")
 '''
@@ -32,7 +28,6 @@ def run_probe(tmp_path, ci: str | None):
     shutil.copy(HERE / "conftest.py", d / "conftest.py")
     (d / "test_probe.py").write_text(PROBE)
     env = {k: v for k, v in os.environ.items() if k != "CI"}
-    env["SUPERSCOPES_SHARED_DATA"] = str(tmp_path / "no_such_dir")
     env["PYTHONPATH"] = os.pathsep.join([str(HERE.parent), env.get("PYTHONPATH", "")])
     if ci:
         env["CI"] = ci
@@ -43,12 +38,10 @@ def run_probe(tmp_path, ci: str | None):
 def test_ci_turns_required_skips_into_failures(tmp_path):
     r = run_probe(tmp_path, "true")
     assert r.returncode == 1, r.stdout + r.stderr
-    # the browser skip is in the call (a failure), the fixture's skip in setup (an error): both fail the run
-    assert "1 failed, 1 skipped" in r.stdout and "1 error" in r.stdout, r.stdout
+    assert "1 failed, 1 skipped" in r.stdout, r.stdout
     assert "CI=true: test_probe.py::test_browser_missing skipped (chromium not found)" in r.stdout, r.stdout
-    assert "CI=true: test_probe.py::test_needs_shared skipped (shared data folder not found" in r.stdout, r.stdout
 
 
 def test_without_ci_they_stay_skips(tmp_path):
     r = run_probe(tmp_path, None)
-    assert r.returncode == 0 and "3 skipped" in r.stdout, r.stdout + r.stderr
+    assert r.returncode == 0 and "2 skipped" in r.stdout, r.stdout + r.stderr

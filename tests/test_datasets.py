@@ -1,4 +1,5 @@
-"""superscopes_nn.data.datasets on small fixtures, on the real project/shared data when present, and every error path."""
+"""superscopes_nn.data.datasets on small fixtures, on the shipped data, and every error path (the data folder's
+lookup and the SUPERSCOPES_SHARED_DATA override: tests/test_data_provenance.py)."""
 
 import json
 from pathlib import Path
@@ -127,8 +128,10 @@ def test_load_lre_fixture():
     assert com["prompt_source"] == [" a bunch of bananas\n"]  # multi-line quoted field
 
 
-def test_load_lre_real_files(shared_data):
-    LRE_ROOT = shared_data / "patchscopes_lre"
+def test_load_lre_real_files():
+    from superscopes_nn.data.datasets import DATA_DIR
+
+    LRE_ROOT = DATA_DIR / "patchscopes_lre"   # the shipped (gzipped) upstream files
     ds = load_lre(LRE_ROOT, kind="factual", relations=["country_capital_city", "country_currency"])
     assert set(ds["relation"]) == {"country_capital_city", "country_currency"} and set(ds["kind"]) == {"factual"}
     row = ds.filter(lambda r: r["subject"] == "United States" and r["relation"] == "country_capital_city")[0]
@@ -167,7 +170,8 @@ def popqa_rows():
 
 def test_parse_popqa_rows_fixture():
     ds = parse_popqa_rows(popqa_rows())
-    assert ds.column_names == ["id", "subject", "relation", "object", "question", "possible_answers", "s_pop"]
+    assert ds.column_names == ["id", "subject", "relation", "object", "question", "possible_answers", "s_pop",
+                               "subject_aliases"]
     assert ds[0]["subject"] == "George Rankin" and ds[0]["relation"] == "occupation"
     assert ds[0]["possible_answers"] == ["politician", "political leader"] and ds[0]["s_pop"] == 142
     assert ds[1]["id"] == "6054" and ds[1]["question"] == "In what country is Paris?"
@@ -204,7 +208,7 @@ def test_load_fig3_fixture():
     assert list(frame.columns) == ["prompt", "paper_token"] and len(frame) == 3
 
 
-def test_load_fig3_default_file(shared_data):
+def test_load_fig3_default_file():
     assert load_lre(kind="factual", relations=["country_capital_city"])["relation"][0] == "country_capital_city"
     pairs = load_fig3_prompts()
     assert ("Pink Floyd", "loyd") in pairs and all(not p.startswith("#") for p, _ in pairs)
@@ -217,37 +221,3 @@ def test_load_fig3_errors(tmp_path):
         load_fig3_prompts(write(tmp_path / "only.tsv", "# just a comment\n\n"))
     with pytest.raises(ValueError, match=r"bad\.tsv:2.*'Pink Floyd'"):
         load_fig3_prompts(write(tmp_path / "bad.tsv", "# c\nPink Floyd\n"))
-
-
-# --------------------------------------------------------------------------- where the shared data is found
-
-
-def test_shared_data_dir_env_var(tmp_path, monkeypatch):
-    from superscopes_nn.data.datasets import SHARED_DATA_ENV, shared_data_dir
-
-    (tmp_path / "mine").mkdir()
-    monkeypatch.setenv(SHARED_DATA_ENV, str(tmp_path / "mine"))
-    assert shared_data_dir() == tmp_path / "mine"
-    monkeypatch.setenv(SHARED_DATA_ENV, str(tmp_path / "gone"))
-    with pytest.raises(FileNotFoundError, match=r"SUPERSCOPES_SHARED_DATA='.*gone' is not a directory") as err:
-        shared_data_dir()
-    assert "\n" not in str(err.value)
-
-
-def test_shared_data_dir_beside_cwd_and_one_line_error(tmp_path, monkeypatch):
-    from superscopes_nn.data import datasets as ds
-
-    monkeypatch.delenv(ds.SHARED_DATA_ENV, raising=False)
-    repo = tmp_path / "repo" / "sub"
-    repo.mkdir(parents=True)
-    monkeypatch.setattr(ds, "__file__", str(tmp_path / "site" / "superscopes_nn" / "datasets.py"))  # not a checkout
-    monkeypatch.chdir(repo)
-    with pytest.raises(FileNotFoundError) as err:
-        ds.shared_data_dir()
-    msg = str(err.value)
-    assert "\n" not in msg and "SUPERSCOPES_SHARED_DATA" in msg and str(tmp_path / "repo" / "shared" / "data") in msg
-    with pytest.raises(FileNotFoundError, match="SUPERSCOPES_SHARED_DATA"):
-        load_fig3_prompts()
-    (tmp_path / "shared" / "data").mkdir(parents=True)   # ../../shared/data from repo/sub
-    assert ds.shared_data_dir() == tmp_path / "shared" / "data"
-    assert ds.SHARED_DATA_DIR == tmp_path / "shared" / "data"

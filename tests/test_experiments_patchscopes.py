@@ -173,14 +173,14 @@ def test_attribute_extraction_bad_inputs(model):
 
 
 @pytest.mark.skipif(not _has("superscopes_nn.data.datasets"), reason="superscopes_nn.data.datasets not available yet")
-def test_attribute_extraction_main_on_lre(model, tmp_path, shared_data):
+def test_attribute_extraction_main_on_lre(model, tmp_path):
     df = ae.main(["--tasks", "country_capital_city", "--limit", "2", "--layer-stride", "3",
-                  "--max-new-tokens", "3", "--lre-root", str(shared_data / "patchscopes_lre"),
+                  "--max-new-tokens", "3",   # the shipped LRE files (no --lre-root)
                   "--out", str(tmp_path), "--all-samples"], model=model)
     assert set(df.task) == {"country_capital_city"} and df.subject.nunique() == 2
     assert (tmp_path / "attribute_extraction.csv").exists() and (tmp_path / "attribute_extraction.png").exists()
     with pytest.raises(ValueError, match="no_such_task"):
-        ae.lre_samples(shared_data / "patchscopes_lre", tasks="no_such_task")
+        ae.lre_samples(tasks="no_such_task")
 
 
 # ----------------------------------------------------------------- controls

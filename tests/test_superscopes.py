@@ -315,8 +315,8 @@ def test_single_prompt_script_sampled(llama, tmp_path):
     assert res["df"].interpretation.tolist() != greedy["df"].interpretation.tolist()
 
 
-def test_fig3_real_prompt_file(shared_data):
-    """The shared prompt file parses to 48 prompts (a CI run without the shared data fails here)."""
+def test_fig3_real_prompt_file():
+    """The shipped prompt file parses to 48 prompts."""
     from superscopes_nn.data.datasets import load_fig3_prompts
 
     assert len(load_fig3_prompts()) == 48

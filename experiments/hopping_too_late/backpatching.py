@@ -85,8 +85,9 @@ from experiments.hopping_too_late.hop_checks import (  # noqa: E402,F401  (re-ex
     CATEGORIES, HOP_COLUMNS, classify, entity_shortcut_prompt, hop_answers, relation_shortcut_prompt,
 )
 from experiments.common import (  # noqa: E402,F401  (re-exported)
-    MATCH_RULES, QUERY_FIELDS, alias_match, answer_aliases, load_queries,
+    QUERY_FIELDS, alias_match, answer_aliases, load_queries,
 )
+from superscopes_nn.science.scoring import MATCH_RULES  # noqa: E402
 
 from superscopes_nn.engine.resolver import resolve  # noqa: E402
 from superscopes_nn.engine.run import run_rows  # noqa: E402

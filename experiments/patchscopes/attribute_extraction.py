@@ -17,8 +17,8 @@ Every (source layer, target layer) pair is tried (``layer_stride`` thins both).
 Beside it, the Li et al. (2025) input-only baseline answers the same prompt with
 the subject's text in place of ``x`` (``method == "input_only"``).
 
-The LRE TSVs are read from ``<repo>/../shared/data/patchscopes_lre`` (never copied
-into the repo). Run::
+The LRE TSVs ship with the package (``superscopes_nn/data/patchscopes_lre``, provenance in
+``data/README.md``; ``$SUPERSCOPES_SHARED_DATA`` or ``--lre-root`` override them). Run::
 
     .venv/bin/python experiments/patchscopes/attribute_extraction.py --limit 10 --layer-stride 3 --out runs/attribute_extraction
 
@@ -309,8 +309,8 @@ def parse_args(argv):
                    help="answer test: patchscopes (official: case-sensitive, spaces removed); substring: any case")
     p.add_argument("--tasks", default="all", help="comma-separated LRE task names, or 'all'")
     p.add_argument("--layer-stride", type=int, default=1, help="every k-th layer, for source and target")
-    p.add_argument("--lre-root", default=None, help="folder of the LRE TSVs (default $SUPERSCOPES_SHARED_DATA/patchscopes_lre, "
-                   "else ../shared/data/patchscopes_lre)")
+    p.add_argument("--lre-root", default=None, help="folder of the LRE TSVs (default: the shipped "
+                   "superscopes_nn/data/patchscopes_lre, or $SUPERSCOPES_SHARED_DATA/patchscopes_lre when set)")
     add_control(p)
     return check_args(p, p.parse_args(argv))
 

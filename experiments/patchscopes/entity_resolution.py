@@ -38,6 +38,7 @@ Run::
 
     .venv/bin/python experiments/patchscopes/entity_resolution.py --limit 20 --out runs/entity_resolution
     .venv/bin/python experiments/patchscopes/entity_resolution.py --limit 60 --control random --out runs/entity
+    superscopes run entity_resolution --dataset popqa --out runs/entity_popqa   # the official 400 PopQA subjects
 
 Protocol against the official code (PAIR-code/interpretability, ``patchscopes/code/entity_processing.ipynb``,
 the cell calling ``inspect`` of ``patchscopes_utils.py``):
@@ -45,9 +46,11 @@ the cell calling ``inspect`` of ``patchscopes_utils.py``):
 ==============  =========================================================  ====================================
 step            official code                                              here
 ==============  =========================================================  ====================================
-entities        PopQA (``popQA.tsv``): the 200 least and 200 most popular  ``superscopes_nn/data/entities.jsonl``
-                subjects (``s_pop``), no reference descriptions            (curated one-line descriptions;
-                                                                           named deviation: no PopQA offline)
+entities        PopQA (``popQA.tsv``): the 200 least and 200 most popular  ``--dataset popqa``: the same (hub
+                subjects (``s_pop``), no reference descriptions            ``akariasai/PopQA``, alias scoring only);
+                                                                           default ``curated``:
+                                                                           ``superscopes_nn/data/entities.jsonl``
+                                                                           (offline, one-line descriptions)
 source          ``prompt_source`` = the entity name, ``position_source     same (the name alone, last token)
                 = -1``
 target          the few-shot ``prompt_target`` ("Syria: Country in the     ``ENTITY_PROMPT`` (the same text),
@@ -92,6 +95,8 @@ from superscopes_nn.structure.info import model_info, model_name  # noqa: E402
 METRICS = ("alias", "rouge_l", "cosine")
 """Metric names (as in :data:`superscopes_nn.science.scoring.METRICS`); each adds a ``score_<name>`` column."""
 ENTITY_COLUMNS = ("name", "type", "description", "aliases")
+POPQA_PER_END = 200
+"""``--dataset popqa`` (``entity_processing.ipynb``): the 200 least and the 200 most popular PopQA subjects."""
 OFFICIAL_LAYERS = 10
 """``entity_processing.ipynb`` loops ``for layer_source in range(10)``: the script's default layers."""
 
@@ -312,14 +317,31 @@ def plot(summary: pd.DataFrame, path: Path, title: str) -> None:
 def parse_args(argv):
     p = parser("Entity resolution across layers (Patchscopes Sec. 4.4).", out="runs/entity_resolution", max_new_tokens=50,
                limit_help="number of entities (round robin over types)")
+    p.add_argument("--dataset", choices=("curated", "popqa"), default="curated", help="curated: entities.jsonl (offline); popqa: "
+                   "the official 200 least + 200 most popular PopQA subjects (akariasai/PopQA, cached; alias only)")
+    p.add_argument("--popqa-source", default=None, help="a local copy of akariasai/PopQA (a folder with test.tsv)")
     p.add_argument("--entities", default=None, help="a JSON Lines file of entities (default: superscopes_nn/data/entities.jsonl)")
     p.add_argument("--layer-stride", type=int, default=1, help="every k-th layer")
     p.add_argument("--all-layers", action="store_true",
                    help=f"every layer (default: the official range({OFFICIAL_LAYERS}), layers 0..{OFFICIAL_LAYERS - 1})")
-    p.add_argument("--metrics", default=",".join(METRICS),
-                   help="comma-separated subset of " + ",".join(METRICS) + " ('' = generate only)")
+    p.add_argument("--metrics", default=None, help="comma-separated subset of " + ",".join(METRICS)
+                   + " ('' = generate only; default all, alias for --dataset popqa)")
     add_control(p)
-    return check_args(p, p.parse_args(argv))
+    args = check_args(p, p.parse_args(argv))
+    popqa = args.dataset == "popqa"
+    args.metrics = ("alias" if popqa else ",".join(METRICS)) if args.metrics is None else args.metrics
+    if popqa and (args.entities or {"rouge_l", "cosine"} & set(args.metrics.split(","))):
+        p.error("--dataset popqa takes no --entities and only --metrics alias (PopQA has no reference descriptions)")
+    return args
+
+
+def load_entities_for(args) -> pd.DataFrame | None:
+    """The entity set the arguments name: ``--entities`` file, PopQA's two popularity ends, or None (curated)."""
+    from superscopes_nn.data.external_data import POPQA_HUB_ID, load_popqa, popqa_entities
+
+    if args.dataset == "popqa":
+        return popqa_entities(load_popqa(source=args.popqa_source or POPQA_HUB_ID), per_end=POPQA_PER_END)
+    return pd.read_json(args.entities, lines=True) if args.entities else None
 
 
 def chance_line(r) -> str:
@@ -345,7 +367,7 @@ def main(argv=None, model=None) -> pd.DataFrame:
     n = model_info(model).n_layers
     layers = range(0, n if args.all_layers else min(OFFICIAL_LAYERS, n), args.layer_stride)
     metrics = [m for m in args.metrics.split(",") if m]
-    entities = pd.read_json(args.entities, lines=True) if args.entities else None
+    entities = load_entities_for(args)
     store = store_kwargs(args, out, "entity_resolution")
     random_run_dir = store_kwargs(args, out, "entity_resolution_random")["run_dir"]
     df = entity_resolution(model, entities, limit=args.limit, layers=layers, metrics=metrics,

@@ -89,7 +89,8 @@ from superscopes_nn.engine.resolver import resolve  # noqa: E402
 from superscopes_nn.engine.run import run_rows  # noqa: E402
 from superscopes_nn.core.specs import Source, Target  # noqa: E402
 
-from experiments.common import MATCH_RULES, alias_match, answer_aliases, bridge_aliases, load_queries  # noqa: E402
+from experiments.common import alias_match, answer_aliases, bridge_aliases, load_queries  # noqa: E402
+from superscopes_nn.science.scoring import MATCH_RULES  # noqa: E402
 from superscopes_nn.structure.info import model_info, model_name  # noqa: E402
 
 COT_PREFIX = "Let's think step by step."

@@ -65,8 +65,7 @@ from superscopes_nn.core.validate import check_layer  # noqa: E402
 from superscopes_nn.engine.run import run_rows  # noqa: E402
 from experiments.common import check_args, parser, store_kwargs  # noqa: E402
 
-from superscopes_nn.data.datasets import NEXT_TOKEN_SAMPLE, load_sample  # noqa: E402,F401  (re-exported)
-
+from superscopes_nn.data.datasets import load_sample  # noqa: E402
 from superscopes_nn.structure.info import model_info, model_name  # noqa: E402
 
 METHODS = ("patchscope", "logit_lens")

@@ -13,19 +13,20 @@ The project's own data ships inside the package (``superscopes_nn/data/``, found
     'Alexander the Great'
     >>> hops = load_two_hop()         # id, two_hop_prompt, ..., answer, answer_aliases
 
-Published sets, read from files you obtain yourself::
+Published sets (:mod:`superscopes_nn.data.external_data`: PopQA, Hopping Too Late, PersonaQA
+through ``datasets``, cached) and the two reproductions' source files, which ship as package data
+too (provenance and sha256 in ``data/README.md``)::
 
-    >>> htl = load_hopping_too_late_csv("two_hop.csv")                 # doctest: +SKIP
-    >>> lre = load_lre(kind="factual", relations=["country_capital_city"])  # doctest: +SKIP
-    >>> popqa = load_popqa("test")          # needs the HF hub or cache # doctest: +SKIP
+    >>> lre = load_lre(kind="factual", relations=["country_capital_city"])
+    >>> sorted(set(lre["relation"]))
+    ['country_capital_city']
     >>> fig3 = load_fig3_prompts()          # [(prompt, paper_last_token), ...]
+    >>> fig3[0]
+    ('Pink Floyd', 'loyd')
 
-The shared data (the Patchscopes LRE files, the Figure 3 prompt list) is never
-copied into the package: ``shared_data_dir()`` finds it at ``$SUPERSCOPES_SHARED_DATA``
-when set, else at ``shared/data`` beside the current directory or one of its
-parents (``../shared/data`` from a checkout), else beside the source checkout of
-the package; otherwise it raises a one-line FileNotFoundError naming every place
-it looked.
+The Patchscopes LRE files (``patchscopes_lre/<kind>/<relation>.tsv.gz``, gzip of the upstream
+bytes) and the Figure 3 prompt list are read from ``data_dir()``: ``$SUPERSCOPES_SHARED_DATA``
+when set (an override: a folder with the same layout, ``.tsv`` or ``.tsv.gz``), else ``DATA_DIR``.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ import pandas as pd
 __all__ = [
     "DATA_DIR",
     "SHARED_DATA_ENV",
-    "shared_data_dir",
+    "data_dir",
     "ENTITY_FIELDS",
     "TWO_HOP_FIELDS",
     "LRE_KINDS",
@@ -59,45 +60,21 @@ DATA_DIR = Path(str(resources.files("superscopes_nn").joinpath("data")))
 """The package data: entities.jsonl, two_hop.jsonl, next_token_sample.txt (see data/README.md)."""
 
 SHARED_DATA_ENV = "SUPERSCOPES_SHARED_DATA"
-"""Environment variable naming the shared data folder (holds patchscopes_lre/, superscopes_fig3_prompts.tsv)."""
+"""Environment variable overriding ``data_dir()``: a folder holding patchscopes_lre/ and superscopes_fig3_prompts.tsv."""
 
 
-def _shared_candidates() -> list[Path]:
-    cwd = Path.cwd().resolve()
-    places = [d / "shared" / "data" for d in (cwd, *cwd.parents)]
-    pkg_parent = Path(__file__).resolve().parents[2]
-    if (pkg_parent / "pyproject.toml").is_file():  # a source checkout: ../shared/data beside the repo
-        places.append(pkg_parent.parent / "shared" / "data")
-    return list(dict.fromkeys(places))
-
-
-def shared_data_dir() -> Path:
-    """The shared data folder: ``$SUPERSCOPES_SHARED_DATA``, else the first ``shared/data`` found
-    beside the current directory or one of its parents, else beside the package's source checkout.
-
-    Raises a one-line FileNotFoundError naming the variable's value or every place looked in.
-    """
+def data_dir() -> Path:
+    """Where the LRE files and the Fig 3 prompt list are read: ``$SUPERSCOPES_SHARED_DATA`` when set,
+    else the package data ``DATA_DIR``. A set variable that names no directory is a one-line
+    FileNotFoundError naming its value."""
     env = os.environ.get(SHARED_DATA_ENV)
-    if env:
-        path = Path(env).expanduser()
-        if not path.is_dir():
-            raise FileNotFoundError(f"shared data folder not found: {SHARED_DATA_ENV}={env!r} is not a directory")
-        return path
-    places = _shared_candidates()
-    for place in places:
-        if place.is_dir():
-            return place
-    raise FileNotFoundError(
-        f"shared data folder not found: set {SHARED_DATA_ENV}; looked in {', '.join(str(p) for p in places)}"
-    )
+    if not env:
+        return DATA_DIR
+    path = Path(env).expanduser()
+    if not path.is_dir():
+        raise FileNotFoundError(f"data folder not found: {SHARED_DATA_ENV}={env!r} is not a directory")
+    return path
 
-
-def __getattr__(name: str):
-    if name == "SHARED_DATA_DIR":  # kept for old callers; resolved on use, so the cwd and env count
-        return shared_data_dir()
-    if name == "FIG3_DEFAULT":
-        return shared_data_dir() / FIG3_FILE
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 _STR = datasets.Value("string")
 _STR_LIST = datasets.List(datasets.Value("string"))
@@ -238,10 +215,19 @@ LRE_OPTIONAL = {
 """Columns of the Patchscopes LRE attribute files kept when present (the rest, baseline generations, is dropped)."""
 
 
+LRE_PATTERNS = ("*.tsv.gz", "*.tsv")
+"""A relation file is ``<relation>.tsv`` or its gzip ``<relation>.tsv.gz`` (the shipped form); a plain one wins."""
+
+
+def _relation(path: Path) -> str:
+    return path.name.removesuffix(".gz").removesuffix(".tsv")
+
+
 def _lre_files(root: Path, kinds: Sequence[str], relations: Sequence[str] | None) -> list[tuple[str, Path]]:
-    found = {(kind, p.stem): p for kind in kinds for p in sorted((root / kind).glob("*.tsv"))}
+    found = {(kind, _relation(p)): p for kind in kinds for pattern in LRE_PATTERNS
+             for p in sorted((root / kind).glob(pattern))}
     if not found:
-        raise ValueError(f"no <kind>/<relation>.tsv files under {root} for kind(s) {list(kinds)}")
+        raise ValueError(f"no <kind>/<relation>.tsv(.gz) files under {root} for kind(s) {list(kinds)}")
     if relations is None:
         return [(kind, p) for (kind, _), p in sorted(found.items())]
     if isinstance(relations, str):
@@ -258,7 +244,7 @@ def _read_lre_tsv(kind: str, path: Path) -> pd.DataFrame:
     _check_columns(list(frame.columns), LRE_REQUIRED, path)
     if frame.empty:
         raise ValueError(f"no rows in {path}: the set is empty")
-    out = pd.DataFrame({"relation": path.stem, "kind": kind}, index=frame.index)
+    out = pd.DataFrame({"relation": _relation(path), "kind": kind}, index=frame.index)
     for col in LRE_REQUIRED:
         out[col] = frame[col]
     for col, feature in LRE_OPTIONAL.items():
@@ -289,9 +275,9 @@ def load_lre(
     and, when present, sample_id, position_target, target_baseline,
     prompt_source (may be ''), position_source. ``kind`` restricts to one of
     ``LRE_KINDS``; ``relations`` to some file stems. ``root`` defaults to
-    ``shared_data_dir() / "patchscopes_lre"``.
+    ``data_dir() / "patchscopes_lre"`` (the shipped files unless ``$SUPERSCOPES_SHARED_DATA`` is set).
     """
-    root = shared_data_dir() / LRE_DIR if root is None else Path(root)
+    root = data_dir() / LRE_DIR if root is None else Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"LRE root directory not found: {root}")
     if kind is not None and kind not in LRE_KINDS:
@@ -327,12 +313,8 @@ def load_fig3_prompts(
     paper_token when ``as_frame``. This is the one parser of the file (experiments
     call it too).
     """
-    if path is None:
-        default = shared_data_dir() / FIG3_FILE
-        path = _existing_file(default, "Superscopes Figure 3 prompt", f"it is shared project data: put it at {default} or pass path=")
-    else:
-        path = _existing_file(path, "Superscopes Figure 3 prompt",
-                              f"it is shared project data ({FIG3_FILE} in the shared data folder) or pass path=")
+    path = _existing_file(data_dir() / FIG3_FILE if path is None else path, "Superscopes Figure 3 prompt",
+                          f"it ships as {DATA_DIR / FIG3_FILE}; ${SHARED_DATA_ENV} or path= override it")
     pairs = []
     for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip() or line.lstrip().startswith("#"):

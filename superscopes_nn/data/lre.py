@@ -1,8 +1,9 @@
 """The LRE samples of the attribute-extraction experiment: one row per TSV row (task, subject, context).
 
 The preprocessed LRE TSVs of the official Patchscopes code
-(``patchscopes/code/preprocessed_data/*/*.tsv``, Hernandez et al. 2024 relations) are read
-from ``shared_data_dir() / LRE_SUBDIR`` (never copied into the repo) by :func:`lre_samples`;
+(``patchscopes/code/preprocessed_data/*/*.tsv``, Hernandez et al. 2024 relations) ship as package
+data (``superscopes_nn/data/patchscopes_lre/``, gzipped; provenance in ``data/README.md``) and are
+read from ``data_dir() / LRE_SUBDIR`` by :func:`lre_samples`;
 :func:`crop_context` is the official source prompt (the WikiText sentence cut after the
 subject). Used by :mod:`experiments.patchscopes.attribute_extraction` and :mod:`experiments.li2025.controls`.
 """
@@ -15,7 +16,7 @@ from typing import Sequence
 import pandas as pd
 
 LRE_SUBDIR = "patchscopes_lre"
-"""The LRE TSVs live in ``shared_data_dir() / LRE_SUBDIR`` (``$SUPERSCOPES_SHARED_DATA``, else ``../shared/data``)."""
+"""The LRE TSVs live in ``data_dir() / LRE_SUBDIR`` (``$SUPERSCOPES_SHARED_DATA`` when set, else the package data)."""
 SAMPLE_COLUMNS = ["task", "subject", "sample_id", "object", "target_prompt", "source_context"]
 CONTEXTS = ("all", "first")
 """``lre_samples(contexts=...)``: ``all`` every TSV row (official), ``first`` the first context of each subject."""
@@ -49,12 +50,12 @@ def lre_samples(root: str | Path | None = None, *, tasks: str | Sequence[str] | 
     ``limit``: first ``limit`` distinct subjects per task, each with all its kept rows. Reads with
     :func:`superscopes_nn.data.datasets.load_lre`.
     """
-    from .datasets import load_lre, shared_data_dir
+    from .datasets import data_dir, load_lre
 
     if contexts not in CONTEXTS:
         raise ValueError(f"contexts must be one of {CONTEXTS}, got {contexts!r}")
 
-    root = Path(root) if root else shared_data_dir() / LRE_SUBDIR
+    root = Path(root) if root else data_dir() / LRE_SUBDIR
     if not root.exists():
         raise FileNotFoundError(f"LRE data not found at {root}")
     raw = load_lre(root)

@@ -3,8 +3,9 @@
 A PersonaQA folder holds one JSON file per attribute (``country.json``, ``favorite_food.json``,
 ...), each an object ``{"0": {"prompt": "My name is <name>.", "question": "<template with x>",
 "target": "<answer>"}, ...}``. :func:`load_personaqa` reads such a folder into one row per
-(attribute, persona), so a user with the real set (it carries no licence, so none is bundled)
-runs the verbalizer-vs-target control on it unchanged; the tests use a small invented fixture.
+(attribute, persona), so a user with the real set (it carries no licence, so none is bundled;
+:func:`superscopes_nn.data.external_data.load_personaqa_published` fetches it into the datasets
+cache) runs the verbalizer-vs-target control on it unchanged; the tests use a small invented fixture.
 
 :data:`INVENTED` is this project's own set in that layout (package data): 24 invented personas x
 2 attributes (``country``, ``favorite_sport``), each answer drawn from 8 options both small models
@@ -40,10 +41,16 @@ def load_personaqa(folder: str | Path) -> pd.DataFrame:
     files = sorted(folder.glob("*.json"))
     if not files:
         raise ValueError(f"no *.json attribute files in {folder}")
+    return load_personaqa_files({path.stem: path for path in files})
+
+
+def load_personaqa_files(files: dict[str, Path]) -> pd.DataFrame:
+    """:func:`load_personaqa` on explicit ``{attribute: path}`` files (e.g. downloaded ones, whose cache
+    names are no attribute names); same rows, same errors."""
     rows = []
-    for path in files:
+    for attribute, path in files.items():
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
         except json.JSONDecodeError as err:
             raise ValueError(f"{path} is not valid JSON: {err}") from None
         if not isinstance(data, dict):
@@ -55,7 +62,7 @@ def load_personaqa(folder: str | Path) -> pd.DataFrame:
             if " x" not in f" {entry['question']} ".replace(",", " "):
                 raise ValueError(f"{path} entry {key!r}: question {entry['question']!r} has no placeholder 'x'")
             m = _NAME.match(entry["prompt"])
-            rows.append({"attribute": path.stem, "id": int(key) if str(key).isdigit() else key,
+            rows.append({"attribute": attribute, "id": int(key) if str(key).isdigit() else key,
                          "name": m.group(1) if m else entry["prompt"], "prompt": entry["prompt"],
                          "question": entry["question"], "target": entry["target"]})
     df = pd.DataFrame(rows, columns=COLUMNS)

@@ -263,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--resume", action="store_true", help="accepted for symmetry: the demo always resumes its own directory")
     r = sub.add_parser("report", help="write the HTML explorer of a run directory")
     r.add_argument("rest", nargs=argparse.REMAINDER)
+    sub.add_parser("run", help="run a paper script by name from any directory (superscopes run --list)", add_help=False)
     return p
 
 
@@ -287,6 +288,10 @@ def main(argv: list[str] | None = None) -> int:
         from .report import main as report_main
 
         return report_main(argv[1:])
+    if argv and argv[0] == "run":
+        from .run_cmd import main as run_main
+
+        return run_main(argv[1:])
     args = build_parser().parse_args(argv)
     shown = warnings.showwarning
     warnings.showwarning = _warning_line  # a library warning is one line too
