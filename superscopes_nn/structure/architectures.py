@@ -39,6 +39,10 @@ SITES = ("residual", "attn_out", "mlp_in", "mlp_out")
 SITE_ORDER = {"attn_out": 0, "mlp_in": 1, "mlp_out": 2, "residual": 3}
 
 
+#: Fields that may hold one value per layer (a tuple) where layers differ (hybrid models).
+PER_LAYER = ("attn_out", "mlp_out", "mlp_in", "attn", "mlp", "mlp_norm", "parallel")
+
+
 @dataclass(frozen=True)
 class ArchSpec:
     """Module paths of one architecture family.
@@ -47,40 +51,70 @@ class ArchSpec:
     ``final_norm``, ``lm_head``) or from one decoder layer (the site modules and
     the informational ``attn``, ``mlp``, ``mlp_norm``: the attention, the MLP and
     the pre-MLP norm, ``""`` when there is none). ``missing``: ``(site, reason)``
-    pairs of sites the layout has no module for (asking for one raises).
+    pairs of sites the layout has no module for on any layer (asking for one raises).
+
+    Where layers differ (a hybrid model's attention and state-space layers), a field of
+    :data:`PER_LAYER` is a tuple with one entry per layer, ``""`` on a layer that lacks
+    the site; ``gaps`` holds ``(site, layer, reason)`` for each such layer. ``no_reuse``:
+    why a cached prompt prefix cannot be reused on this model (``""``: it can).
     """
 
     family: str
     layers: str
     final_norm: str
     lm_head: str
-    attn_out: str  # module whose output is added to the residual by attention
-    mlp_out: str  # module whose output is added to the residual by the MLP
-    mlp_in: str  # module whose *input* is the MLP input
+    attn_out: str | tuple  # module whose output is added to the residual by attention
+    mlp_out: str | tuple  # module whose output is added to the residual by the MLP
+    mlp_in: str | tuple  # module whose *input* is the MLP input
     residual: str = ""  # "" = the decoder layer itself
-    parallel: bool = False  # attention and MLP read the same residual (GPT-J, NeoX)
-    attn: str = ""
-    mlp: str = ""
-    mlp_norm: str = ""
-    layout: str = "pre-norm"  # pre-norm | sandwich | post-norm | parallel
+    parallel: bool | tuple = False  # attention and MLP read the same residual (GPT-J, NeoX)
+    attn: str | tuple = ""
+    mlp: str | tuple = ""
+    mlp_norm: str | tuple = ""
+    layout: str = "pre-norm"  # pre-norm | sandwich | post-norm | parallel | hybrid (...)
     moe: bool = False
     missing: tuple = ()
+    gaps: tuple = ()
+    no_reuse: str = ""
 
-    def site_module(self, site: str) -> str:
-        """The path, relative to a decoder layer, of the module holding ``site``."""
+    def at(self, name: str, layer: int):
+        """Field ``name`` (one of :data:`PER_LAYER`) on layer ``layer``."""
+        v = getattr(self, name)
+        return v[layer] if isinstance(v, tuple) else v
+
+    def site_module(self, site: str, layer: int | None = None) -> str | tuple:
+        """The path, relative to a decoder layer, of the module holding ``site``: on ``layer``,
+        or (``layer=None``) on every layer (a tuple of per-layer paths where they differ)."""
         check_site(site)
         why = dict(self.missing).get(site)
         if why:
             raise ValueError(f"site {site!r} is not available on {self.family}: {why}")
-        return getattr(self, site)
+        if site == "residual" or layer is None:
+            return getattr(self, site)
+        gap = next((r for s, i, r in self.gaps if s == site and i == layer), None)
+        if gap:
+            raise ValueError(f"site {site!r} is not available on layer {layer} of {self.family}: {gap}")
+        return self.at(site, layer)
 
     def has_site(self, site: str) -> bool:
+        """True when ``site`` has a module on at least one layer."""
         return check_site(site) not in dict(self.missing)
+
+    def site_layers(self, site: str, n_layers: int) -> list[int]:
+        """The layers (of ``n_layers``) on which ``site`` has a module."""
+        if not self.has_site(site):
+            return []
+        return [i for i in range(n_layers) if not any(s == site and j == i for s, j, _ in self.gaps)]
 
     @staticmethod
     def site_is_input(site: str) -> bool:
         """True when the site is a module *input* (``mlp_in``), else an output."""
         return site == "mlp_in"
+
+    @property
+    def per_layer(self) -> bool:
+        """True when some site lives at different paths on different layers (or lacks some)."""
+        return bool(self.gaps) or any(isinstance(getattr(self, f), tuple) for f in PER_LAYER)
 
 
 def _spec(family, layers, final_norm, lm_head, attn_out, mlp_out, mlp, layout="pre-norm", attn="self_attn",
@@ -187,17 +221,27 @@ def families_markdown(specs: dict[str, ArchSpec] | None = None) -> str:
     """The table of families and where each site lives (docs/families.md embeds it)."""
     specs = ARCHITECTURES if specs is None else specs
     rows = ["| family | layers `[l]` | layout | `residual` | `attn_out` | `mlp_in` | `mlp_out` | pre-MLP norm | MoE "
-            "| final norm | LM head |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+            "| final norm | LM head | prefix reuse |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+
+    def grouped(value, fmt, none):
+        if not isinstance(value, tuple):
+            return fmt(value) if value else none
+        by: dict = {}
+        for i, v in enumerate(value):
+            by.setdefault(v, []).append(str(i))
+        return "; ".join(f"{fmt(v) if v else none} (layers {', '.join(ls)})" for v, ls in by.items())
 
     def where(spec, site, io):
-        return f"`{spec.site_module(site)}` {io}" if spec.has_site(site) else "not available"
+        if not spec.has_site(site):
+            return "not available"
+        return grouped(spec.site_module(site), lambda p: f"`{p}` {io}", "none")
 
     for name in sorted(specs):
         s = specs[name]
         rows.append(f"| {name} | `{s.layers}` | {s.layout} | layer output | {where(s, 'attn_out', 'output')} | "
-                    f"{where(s, 'mlp_in', 'input')} | {where(s, 'mlp_out', 'output')} | {f'`{s.mlp_norm}`' if s.mlp_norm else 'none'} | "
-                    f"{'yes' if s.moe else ''} | "
-                    f"`{s.final_norm}` | `{s.lm_head}` |")
+                    f"{where(s, 'mlp_in', 'input')} | {where(s, 'mlp_out', 'output')} | "
+                    f"{grouped(s.mlp_norm, lambda p: f'`{p}`', 'none')} | {'yes' if s.moe else ''} | "
+                    f"`{s.final_norm}` | `{s.lm_head}` | {'no' if s.no_reuse else 'yes'} |")
     return "\n".join(rows) + "\n"
 
 
