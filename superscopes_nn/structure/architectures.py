@@ -151,6 +151,51 @@ ARCHITECTURES: dict[str, ArchSpec] = {
 }
 ARCHITECTURES["cohere"] = replace(ARCHITECTURES["cohere"], parallel=True, layout="parallel", mlp_norm="input_layernorm")
 
+# Beyond plain transformers (testing.HYBRID_ARCHS): per-layer paths as resolved on the tiny model's
+# 4 layers (a config alone never serves a per-layer spec: its layer pattern is its own).
+_ONE = "each layer adds one block's output (mixer); it has no separate attention and MLP blocks"
+_RESTART = ("continuing from a cached prefix does not give the logits of one uncut pass (its state-space / "
+            "linear-attention layers restart their state on a multi-token chunk)")
+_NO_LENGTH = ("its cache does not report how many prompt tokens it holds (state layers only), which generation "
+              "needs to continue from it")
+_SSM = dict(layers="backbone.layers", final_norm="backbone.norm_f", lm_head="lm_head", attn_out="", mlp_out="",
+            mlp_in="", layout="single-block", missing=tuple((s, _ONE) for s in ("attn_out", "mlp_in", "mlp_out")))
+_ALT = lambda a, b: (a, b, a, b)  # noqa: E731  (layers 0, 2 of one kind, 1, 3 of the other)
+_HY = dict(layers="model.layers", final_norm="model.norm", lm_head="lm_head")
+_JAMBA = dict(_HY, final_norm="model.final_layernorm", attn_out=_ALT("mamba", "self_attn"), mlp_out="feed_forward",
+              mlp_in="feed_forward", attn=_ALT("mamba", "self_attn"), mlp="feed_forward", mlp_norm="pre_ff_layernorm",
+              no_reuse=_RESTART)
+_TWO = "its {} part adds two modules' outputs ({} + {}); no one module outputs what it adds"
+ARCHITECTURES.update({
+    "mamba": ArchSpec("mamba", **_SSM, no_reuse=_NO_LENGTH),
+    "falcon_mamba": ArchSpec("falcon_mamba", **_SSM, no_reuse=_NO_LENGTH),
+    "mamba2": ArchSpec("mamba2", **_SSM, no_reuse=_NO_LENGTH),
+    "jamba": ArchSpec("jamba", **_JAMBA, moe=True),
+    "bamba": ArchSpec("bamba", **_JAMBA),
+    "falcon_h1": ArchSpec("falcon_h1", **dict(_HY, final_norm="model.final_layernorm"), attn_out="",
+                          mlp_out="feed_forward", mlp_in="feed_forward", mlp="feed_forward", mlp_norm="pre_ff_layernorm",
+                          missing=(("attn_out", _TWO.format("attention", "mamba", "self_attn")),)),
+    "granitemoehybrid": ArchSpec("granitemoehybrid", **_HY, attn_out=_ALT("mamba", "self_attn"), mlp_out="", mlp_in="",
+                                 attn=_ALT("mamba", "self_attn"), mlp="block_sparse_moe", mlp_norm="post_attention_layernorm",
+                                 moe=True, missing=tuple((s, _TWO.format("MLP", "block_sparse_moe", "shared_mlp") + " or reads")
+                                                         for s in ("mlp_in", "mlp_out"))),
+    "nemotron_h": ArchSpec("nemotron_h", **dict(_SSM, layers="model.layers", final_norm="model.norm_f")),
+    "lfm2": ArchSpec("lfm2", **dict(_HY, final_norm="model.embedding_norm"), attn_out=_ALT("conv", "self_attn"),
+                     mlp_out="feed_forward", mlp_in="feed_forward", attn=_ALT("conv", "self_attn"), mlp="feed_forward",
+                     mlp_norm="ffn_norm"),
+    "qwen3_next": ArchSpec("qwen3_next", **_HY, attn_out=_ALT("linear_attn", "self_attn"), mlp_out="mlp", mlp_in="mlp",
+                           attn=_ALT("linear_attn", "self_attn"), mlp="mlp", mlp_norm="post_attention_layernorm", moe=True),
+    "olmo_hybrid": ArchSpec("olmo_hybrid", **_HY, attn_out=_ALT("linear_attn", "post_attention_layernorm"),
+                            mlp_out=_ALT("mlp", "post_feedforward_layernorm"), mlp_in="mlp",
+                            attn=_ALT("linear_attn", "self_attn"), mlp="mlp", mlp_norm=_ALT("post_attention_layernorm", ""),
+                            layout="hybrid (pre-norm, post-norm)"),
+    "flex_olmo": _spec("flex_olmo", *_M, "post_attention_layernorm", "post_feedforward_layernorm", "mlp",
+                       layout="post-norm", mlp_norm="", moe=True),
+    "recurrent_gemma": ArchSpec("recurrent_gemma", **dict(_HY, final_norm="model.final_norm"), attn_out="temporal_block",
+                                mlp_out="mlp_block", mlp_in="mlp_block", attn="temporal_block", mlp="mlp_block",
+                                mlp_norm="channel_pre_norm", no_reuse="the model returns no cache from a forward pass"),
+})
+
 #: Config switches that change a family's layout: a config alone is looked up only in the
 #: layout its ARCHITECTURES entry was resolved in (any built model resolves by itself).
 _CONFIG_LAYOUT = {

@@ -10,7 +10,8 @@ both decided once, when the model loads (:func:`reuse_check`, recorded as
    recurrent states of state-space / linear-attention layers; nothing for a layer that
    caches nothing), inside a plain ``DynamicCache``. A cache of another class (a model's
    own cache, a quantized or static cache, a subclass with state of its own) is not copied;
-2. **the model continues a multi-token chunk from a cached state** as it would have
+2. **the cache reports how many tokens it holds** (generation reads it; a cache of state-space
+   layers only cannot tell), and **the model continues a multi-token chunk from a cached state** as it would have
    computed it in one pass. Attention does by construction; a state-space mixer may
    restart its scan on a chunk longer than one token (Mamba's full-sequence path does). A
    cache with any state layer is therefore checked on the load-time prompt: its first half
@@ -87,6 +88,16 @@ def expand_rows(cache, batch: int):
     return cache
 
 
+def _length_reason(cache, k: int) -> str:
+    """Generation continues from a cache only if the cache says how many tokens it holds."""
+    try:
+        n = cache.get_seq_length()
+    except Exception:  # noqa: BLE001  (a cache of state-space layers only cannot tell)
+        n = None
+    return "" if n == k else ("its cache does not report how many prompt tokens it holds (state layers only), "
+                              "which generation needs to continue from it")
+
+
 def _cache_of(out):
     for name in ("cache", "past_key_values"):
         try:
@@ -114,7 +125,7 @@ def reuse_check(hf_model, ids: torch.Tensor) -> str:
                 cache = _cache_of(hf_model(ids[:, :k], use_cache=True))
             except Exception as err:  # noqa: BLE001  (a model whose own cache path fails)
                 return f"a forward pass with a cache fails ({type(err).__name__}: {str(err).splitlines()[0][:120]})"
-            why = row_copy_reason(cache)
+            why = row_copy_reason(cache) or _length_reason(cache, k)
             if why or not any(isinstance(layer, STATEFUL) for layer in cache.layers):
                 return why
             full = hf_model(ids, use_cache=False).logits[0, -1].double()
