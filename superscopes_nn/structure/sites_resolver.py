@@ -17,7 +17,12 @@ the data flow, so any decoder family transformers ships resolves the same way:
 
 A layer whose update is a *scaled* sum of two module outputs (Granite's
 ``residual_multiplier``) has no module holding ``attn_out`` / ``mlp_out``: those two
-sites are marked missing with the reason, never served from a wrong module.
+sites are marked missing with the reason, never served from a wrong module. So are a
+block made of two modules (Falcon-H1's Mamba + attention, a MoE beside a shared MLP) and a
+layer that adds one block only (Mamba, Nemotron-H). Each layer is resolved on its own: where
+layers differ (hybrid models) a site's path is kept per layer, and a layer lacking a site has
+its own reason (``ArchSpec.gaps``). Layers passing a stack of residual streams are refused.
+The same pass decides whether a prefix cache can be reused (:mod:`.caches`).
 :func:`verify_sites` re-checks a spec (resolved or written by hand) on one prompt;
 :func:`superscopes_nn.structure.models.wrap` runs both on every model it wraps.
 """
