@@ -19,7 +19,7 @@ from superscopes_nn.engine.run import run_rows
 from superscopes_nn.core.specs import ENTITY_PROMPT, Target
 from superscopes_nn.structure.sites_resolver import SiteError, resolve_sites
 from superscopes_nn.structure.spec import verify_sites
-from superscopes_nn.structure.testing import TINY_ARCHS, tiny_hf_model, tiny_model, tiny_tokenizer
+from superscopes_nn.structure.testing import HYBRID_ARCHS, TINY_ARCHS, tiny_hf_model, tiny_model, tiny_tokenizer
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -60,7 +60,7 @@ def test_patched_mlp_in_where_the_mlp_reads_the_residual_itself():
 
 
 def test_every_table_entry_is_tested():
-    assert set(ARCHITECTURES) == set(TINY_ARCHS)
+    assert set(ARCHITECTURES) == set(TINY_ARCHS) | set(HYBRID_ARCHS)  # the latter: tests/test_hybrid_families.py
 
 
 def test_multimodal_gemma3_uses_the_language_model():
@@ -154,15 +154,22 @@ def test_unsupported_layout_refuses_the_sites_it_cannot_find():
     _matches_reference(model, ["residual"])
 
 
-def test_layers_that_differ_keep_only_the_residual():
-    """One path per site must serve every layer (a hybrid model's layers may differ)."""
+def test_layers_that_differ_resolve_per_layer():
+    """A layer unlike the others lacks its sites there only; every call refuses them there with the reason."""
     hf, tok = tiny_hf_model("qwen2")
     hf.model.layers[2] = _Shifted(hf.model.layers[2], 64)
-    with pytest.warns(UserWarning, match="layers 0 and 2 differ"):
-        model = wrap(hf, tok)
+    model = wrap(hf, tok)
     spec = arch_spec(hf.config)
-    assert spec.layout == "mixed" and [s for s, _ in spec.missing] == ["attn_out", "mlp_in", "mlp_out"]
-    _matches_reference(model, ["residual"])
+    assert spec.missing == () and [(s, i) for s, i, _ in spec.gaps] == [("attn_out", 2), ("mlp_in", 2), ("mlp_out", 2)]
+    assert spec.site_module("mlp_out") == ("mlp", "mlp", "", "mlp") and spec.site_layers("mlp_out", 4) == [0, 1, 3]
+    _matches_reference(model, SITES)  # layers 0 and 3
+    from superscopes_nn import collect
+
+    for call in (lambda: collect(model, "Pink Floyd", layers=[2], sites=["mlp_out"]),
+                 lambda: run_rows(model, sweep_rows(model, "Pink Floyd", layers=[2], sites=["mlp_out"],
+                                                    target=Target(ENTITY_PROMPT)))):
+        with pytest.raises(ValueError, match="'mlp_out' is not available on layer 2 of qwen2: no two sub-modules"):
+            call()
 
 
 def test_no_decoder_list_is_a_clear_error():

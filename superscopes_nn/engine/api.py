@@ -113,10 +113,12 @@ def collect(model, prompt: str, layers: Iterable[int], sites: Sequence[str] = ("
     ids = torch.tensor([encode(model.tokenizer, prompt)])
     reads = sorted({(check_layer(l, n, "source", name), s) for l in check_layers(layers) for s in check_sites(sites)},
                    key=lambda k: (k[0], SITE_ORDER[k[1]]))
+    for layer, site in reads:  # a site the layer has no module for: its reason, as patchscope gives it
+        model_info(model).spec.site_module(site, layer)
     ship(remote, backend)
 
-    def one():
-        with model.trace(ids, remote=remote, backend=session_backend(model, remote, backend)):
+    def one():  # no cache: nothing generates here
+        with model.trace(ids, use_cache=False, remote=remote, backend=session_backend(model, remote, backend)):
             values = {}
             for layer, site in reads:
                 values[(layer, site)] = site_tensor(model, spec, layer, site)[0].detach().clone()

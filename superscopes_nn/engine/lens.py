@@ -41,7 +41,8 @@ def lens_logits(model, prompt: str, layers: Iterable[int], position: int | str =
     ship(remote, backend)
 
     def one():
-        with model.trace(torch.tensor([ids]), remote=remote, backend=session_backend(model, remote, backend)):
+        with model.trace(torch.tensor([ids]), use_cache=False, remote=remote,
+                         backend=session_backend(model, remote, backend)):
             hidden = []
             for layer in layers:
                 out = get_path(model, layers_path)[layer].output

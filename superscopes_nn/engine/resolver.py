@@ -108,13 +108,14 @@ def resolve(model, patches: Iterable, target_model=None) -> list[Row]:
         raise ValueError(f"patches must be a list of (Source, Target[, mapping]) tuples, got {patches!r}")
     for item in patches:
         src, tgt, f = _unpack(item)
-        specs[0].site_module(check_site(src.site))  # a site the layout has no module for: its reason
+        check_site(src.site)
         tsite = check_site(tgt.site or src.site)
-        specs[1].site_module(tsite)
         sids = ids_of(model, tok, src.prompt)
         spos = resolve_position(tok, src.prompt, src.position, len(sids))
         slayer = check_layer(src.layer, n_src, "source", src_name)
         tlayer = check_layer(src.layer if tgt.layer is None else tgt.layer, n_tgt, "target", tgt_name)
+        specs[0].site_module(src.site, slayer)  # a site the layer has no module for: its reason
+        specs[1].site_module(tsite, tlayer)
         tids = ids_of(target_model, ttok, tgt.prompt)
         if tgt.position is None:
             if not tgt.placeholder or not isinstance(tgt.placeholder, str):

@@ -24,6 +24,7 @@ equal a one-at-a-time run bit for bit (batched half precision is only within
 from __future__ import annotations
 
 import functools
+import sys
 import warnings
 from typing import Callable, Sequence
 
@@ -145,6 +146,10 @@ def execute(model, rows: list[Row], *, target_model=None, gen_kwargs: dict | Non
     check_batch_size(max_batch_size)
     if exact:
         max_batch_size, shared_prefix = 1, False
+    why = model_info(target_model).no_reuse
+    if shared_prefix and why:  # decided when the model loaded; one notice per run
+        print(f"[superscopes] {model_name(target_model)}: running without prefix reuse: {why}", file=sys.stderr)
+        shared_prefix = False
     call = call or remote_caller(remote, backend, target_model)
     per = check_int(chunks_per_request, "chunks_per_request", minimum=1) if chunks_per_request is not None \
         else (8 if remote else 1)

@@ -45,6 +45,7 @@ from ..structure.architectures import SITE_ORDER
 from ..remote.capture import ship
 from ..structure.sites import lm_head_output, read_sources, write_patches
 from ..core.specs import Row
+from ..structure.caches import expand_rows
 from ..structure.info import plain_spec
 
 #: Half-precision tolerance on logits, in units of the dtype's machine epsilon times
@@ -215,9 +216,9 @@ def map_vectors(vectors: dict, maps: list, dtype: torch.dtype) -> tuple:
 
 
 def expand_cache(cache, batch: int):
-    """Repeat a batch-1 KV cache ``batch`` times along the batch dimension (in place)."""
-    cache.batch_repeat_interleave(batch)
-    return cache
+    """Copy a batch-1 prefix cache to ``batch`` rows, in place (each cache layer by its own tensors:
+    :func:`~superscopes_nn.structure.caches.expand_rows`; only models whose ``ModelInfo.no_reuse`` is empty)."""
+    return expand_rows(cache, batch)
 
 
 def run_session(model, jobs, *, remote=False, backend=None, vectors: dict | None = None):

@@ -39,6 +39,10 @@ SITES = ("residual", "attn_out", "mlp_in", "mlp_out")
 SITE_ORDER = {"attn_out": 0, "mlp_in": 1, "mlp_out": 2, "residual": 3}
 
 
+#: Fields that may hold one value per layer (a tuple) where layers differ (hybrid models).
+PER_LAYER = ("attn_out", "mlp_out", "mlp_in", "attn", "mlp", "mlp_norm", "parallel")
+
+
 @dataclass(frozen=True)
 class ArchSpec:
     """Module paths of one architecture family.
@@ -47,40 +51,70 @@ class ArchSpec:
     ``final_norm``, ``lm_head``) or from one decoder layer (the site modules and
     the informational ``attn``, ``mlp``, ``mlp_norm``: the attention, the MLP and
     the pre-MLP norm, ``""`` when there is none). ``missing``: ``(site, reason)``
-    pairs of sites the layout has no module for (asking for one raises).
+    pairs of sites the layout has no module for on any layer (asking for one raises).
+
+    Where layers differ (a hybrid model's attention and state-space layers), a field of
+    :data:`PER_LAYER` is a tuple with one entry per layer, ``""`` on a layer that lacks
+    the site; ``gaps`` holds ``(site, layer, reason)`` for each such layer. ``no_reuse``:
+    why a cached prompt prefix cannot be reused on this model (``""``: it can).
     """
 
     family: str
     layers: str
     final_norm: str
     lm_head: str
-    attn_out: str  # module whose output is added to the residual by attention
-    mlp_out: str  # module whose output is added to the residual by the MLP
-    mlp_in: str  # module whose *input* is the MLP input
+    attn_out: str | tuple  # module whose output is added to the residual by attention
+    mlp_out: str | tuple  # module whose output is added to the residual by the MLP
+    mlp_in: str | tuple  # module whose *input* is the MLP input
     residual: str = ""  # "" = the decoder layer itself
-    parallel: bool = False  # attention and MLP read the same residual (GPT-J, NeoX)
-    attn: str = ""
-    mlp: str = ""
-    mlp_norm: str = ""
-    layout: str = "pre-norm"  # pre-norm | sandwich | post-norm | parallel
+    parallel: bool | tuple = False  # attention and MLP read the same residual (GPT-J, NeoX)
+    attn: str | tuple = ""
+    mlp: str | tuple = ""
+    mlp_norm: str | tuple = ""
+    layout: str = "pre-norm"  # pre-norm | sandwich | post-norm | parallel | hybrid (...)
     moe: bool = False
     missing: tuple = ()
+    gaps: tuple = ()
+    no_reuse: str = ""
 
-    def site_module(self, site: str) -> str:
-        """The path, relative to a decoder layer, of the module holding ``site``."""
+    def at(self, name: str, layer: int):
+        """Field ``name`` (one of :data:`PER_LAYER`) on layer ``layer``."""
+        v = getattr(self, name)
+        return v[layer] if isinstance(v, tuple) else v
+
+    def site_module(self, site: str, layer: int | None = None) -> str | tuple:
+        """The path, relative to a decoder layer, of the module holding ``site``: on ``layer``,
+        or (``layer=None``) on every layer (a tuple of per-layer paths where they differ)."""
         check_site(site)
         why = dict(self.missing).get(site)
         if why:
             raise ValueError(f"site {site!r} is not available on {self.family}: {why}")
-        return getattr(self, site)
+        if site == "residual" or layer is None:
+            return getattr(self, site)
+        gap = next((r for s, i, r in self.gaps if s == site and i == layer), None)
+        if gap:
+            raise ValueError(f"site {site!r} is not available on layer {layer} of {self.family}: {gap}")
+        return self.at(site, layer)
 
     def has_site(self, site: str) -> bool:
+        """True when ``site`` has a module on at least one layer."""
         return check_site(site) not in dict(self.missing)
+
+    def site_layers(self, site: str, n_layers: int) -> list[int]:
+        """The layers (of ``n_layers``) on which ``site`` has a module."""
+        if not self.has_site(site):
+            return []
+        return [i for i in range(n_layers) if not any(s == site and j == i for s, j, _ in self.gaps)]
 
     @staticmethod
     def site_is_input(site: str) -> bool:
         """True when the site is a module *input* (``mlp_in``), else an output."""
         return site == "mlp_in"
+
+    @property
+    def per_layer(self) -> bool:
+        """True when some site lives at different paths on different layers (or lacks some)."""
+        return bool(self.gaps) or any(isinstance(getattr(self, f), tuple) for f in PER_LAYER)
 
 
 def _spec(family, layers, final_norm, lm_head, attn_out, mlp_out, mlp, layout="pre-norm", attn="self_attn",
@@ -116,6 +150,51 @@ ARCHITECTURES: dict[str, ArchSpec] = {
                     layout="parallel", attn="self_attention", mlp_norm="input_layernorm"),
 }
 ARCHITECTURES["cohere"] = replace(ARCHITECTURES["cohere"], parallel=True, layout="parallel", mlp_norm="input_layernorm")
+
+# Beyond plain transformers (testing.HYBRID_ARCHS): per-layer paths as resolved on the tiny model's
+# 4 layers (a config alone never serves a per-layer spec: its layer pattern is its own).
+_ONE = "each layer adds one block's output (mixer); it has no separate attention and MLP blocks"
+_RESTART = ("continuing from a cached prefix does not give the logits of one uncut pass (its state-space / "
+            "linear-attention layers restart their state on a multi-token chunk)")
+_NO_LENGTH = ("its cache does not report how many prompt tokens it holds (state layers only), which generation "
+              "needs to continue from it")
+_SSM = dict(layers="backbone.layers", final_norm="backbone.norm_f", lm_head="lm_head", attn_out="", mlp_out="",
+            mlp_in="", layout="single-block", missing=tuple((s, _ONE) for s in ("attn_out", "mlp_in", "mlp_out")))
+_ALT = lambda a, b: (a, b, a, b)  # noqa: E731  (layers 0, 2 of one kind, 1, 3 of the other)
+_HY = dict(layers="model.layers", final_norm="model.norm", lm_head="lm_head")
+_JAMBA = dict(_HY, final_norm="model.final_layernorm", attn_out=_ALT("mamba", "self_attn"), mlp_out="feed_forward",
+              mlp_in="feed_forward", attn=_ALT("mamba", "self_attn"), mlp="feed_forward", mlp_norm="pre_ff_layernorm",
+              no_reuse=_RESTART)
+_TWO = "its {} part adds two modules' outputs ({} + {}); no one module outputs what it adds"
+ARCHITECTURES.update({
+    "mamba": ArchSpec("mamba", **_SSM, no_reuse=_NO_LENGTH),
+    "falcon_mamba": ArchSpec("falcon_mamba", **_SSM, no_reuse=_NO_LENGTH),
+    "mamba2": ArchSpec("mamba2", **_SSM, no_reuse=_NO_LENGTH),
+    "jamba": ArchSpec("jamba", **_JAMBA, moe=True),
+    "bamba": ArchSpec("bamba", **_JAMBA),
+    "falcon_h1": ArchSpec("falcon_h1", **dict(_HY, final_norm="model.final_layernorm"), attn_out="",
+                          mlp_out="feed_forward", mlp_in="feed_forward", mlp="feed_forward", mlp_norm="pre_ff_layernorm",
+                          missing=(("attn_out", _TWO.format("attention", "mamba", "self_attn")),)),
+    "granitemoehybrid": ArchSpec("granitemoehybrid", **_HY, attn_out=_ALT("mamba", "self_attn"), mlp_out="", mlp_in="",
+                                 attn=_ALT("mamba", "self_attn"), mlp="block_sparse_moe", mlp_norm="post_attention_layernorm",
+                                 moe=True, missing=tuple((s, _TWO.format("MLP", "block_sparse_moe", "shared_mlp") + " or reads")
+                                                         for s in ("mlp_in", "mlp_out"))),
+    "nemotron_h": ArchSpec("nemotron_h", **dict(_SSM, layers="model.layers", final_norm="model.norm_f")),
+    "lfm2": ArchSpec("lfm2", **dict(_HY, final_norm="model.embedding_norm"), attn_out=_ALT("conv", "self_attn"),
+                     mlp_out="feed_forward", mlp_in="feed_forward", attn=_ALT("conv", "self_attn"), mlp="feed_forward",
+                     mlp_norm="ffn_norm"),
+    "qwen3_next": ArchSpec("qwen3_next", **_HY, attn_out=_ALT("linear_attn", "self_attn"), mlp_out="mlp", mlp_in="mlp",
+                           attn=_ALT("linear_attn", "self_attn"), mlp="mlp", mlp_norm="post_attention_layernorm", moe=True),
+    "olmo_hybrid": ArchSpec("olmo_hybrid", **_HY, attn_out=_ALT("linear_attn", "post_attention_layernorm"),
+                            mlp_out=_ALT("mlp", "post_feedforward_layernorm"), mlp_in="mlp",
+                            attn=_ALT("linear_attn", "self_attn"), mlp="mlp", mlp_norm=_ALT("post_attention_layernorm", ""),
+                            layout="hybrid (pre-norm, post-norm)"),
+    "flex_olmo": _spec("flex_olmo", *_M, "post_attention_layernorm", "post_feedforward_layernorm", "mlp",
+                       layout="post-norm", mlp_norm="", moe=True),
+    "recurrent_gemma": ArchSpec("recurrent_gemma", **dict(_HY, final_norm="model.final_norm"), attn_out="temporal_block",
+                                mlp_out="mlp_block", mlp_in="mlp_block", attn="temporal_block", mlp="mlp_block",
+                                mlp_norm="channel_pre_norm", no_reuse="the model returns no cache from a forward pass"),
+})
 
 #: Config switches that change a family's layout: a config alone is looked up only in the
 #: layout its ARCHITECTURES entry was resolved in (any built model resolves by itself).
@@ -187,17 +266,27 @@ def families_markdown(specs: dict[str, ArchSpec] | None = None) -> str:
     """The table of families and where each site lives (docs/families.md embeds it)."""
     specs = ARCHITECTURES if specs is None else specs
     rows = ["| family | layers `[l]` | layout | `residual` | `attn_out` | `mlp_in` | `mlp_out` | pre-MLP norm | MoE "
-            "| final norm | LM head |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+            "| final norm | LM head | prefix reuse |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+
+    def grouped(value, fmt, none):
+        if not isinstance(value, tuple):
+            return fmt(value) if value else none
+        by: dict = {}
+        for i, v in enumerate(value):
+            by.setdefault(v, []).append(str(i))
+        return "; ".join(f"{fmt(v) if v else none} (layers {', '.join(ls)})" for v, ls in by.items())
 
     def where(spec, site, io):
-        return f"`{spec.site_module(site)}` {io}" if spec.has_site(site) else "not available"
+        if not spec.has_site(site):
+            return "not available"
+        return grouped(spec.site_module(site), lambda p: f"`{p}` {io}", "none")
 
     for name in sorted(specs):
         s = specs[name]
         rows.append(f"| {name} | `{s.layers}` | {s.layout} | layer output | {where(s, 'attn_out', 'output')} | "
-                    f"{where(s, 'mlp_in', 'input')} | {where(s, 'mlp_out', 'output')} | {f'`{s.mlp_norm}`' if s.mlp_norm else 'none'} | "
-                    f"{'yes' if s.moe else ''} | "
-                    f"`{s.final_norm}` | `{s.lm_head}` |")
+                    f"{where(s, 'mlp_in', 'input')} | {where(s, 'mlp_out', 'output')} | "
+                    f"{grouped(s.mlp_norm, lambda p: f'`{p}`', 'none')} | {'yes' if s.moe else ''} | "
+                    f"`{s.final_norm}` | `{s.lm_head}` | {'no' if s.no_reuse else 'yes'} |")
     return "\n".join(rows) + "\n"
 
 

@@ -37,12 +37,15 @@ class ModelInfo:
 
     spec: ArchSpec
     plain: tuple
-    """``(layers_path, lm_head_path, {site: (module_path, is_input)})``: plain strings, wire-ready."""
+    """``(layers_path, lm_head_path, {site: (module_path, is_input)})``: plain strings, wire-ready; where
+    layers differ, ``module_path`` is a tuple of per-layer paths (``""`` on a layer without the site)."""
     name: str
     n_layers: int
     hidden: int
     eos_ids: frozenset
     context: int | None
+    no_reuse: str = ""
+    """Why a cached prompt prefix is not reused on this model (``""``: it is); see :mod:`.caches`."""
 
 
 def _plain(spec: ArchSpec) -> tuple:
@@ -77,7 +80,8 @@ def attach(model, spec: ArchSpec | None = None) -> ModelInfo:
     config = model._module.config
     spec = spec if spec is not None else arch_spec(model._module)
     info = ModelInfo(spec=spec, plain=_plain(spec), name=_name(model), n_layers=num_layers(config),
-                     hidden=hidden_size(config), eos_ids=_eos(model), context=_context(config))
+                     hidden=hidden_size(config), eos_ids=_eos(model), context=_context(config),
+                     no_reuse=spec.no_reuse)
     _store(model, info)
     return info
 

@@ -23,7 +23,7 @@ def _ids(hf_model, ids: list[int]) -> torch.Tensor:
 def _module(hf_model, layer: int, site: str):
     spec = arch_spec(hf_model.config)
     block = get_path(hf_model, spec.layers)[layer]
-    return get_path(block, spec.site_module(site))
+    return get_path(block, spec.site_module(site, layer))
 
 
 def hf_read(hf_model, ids: list[int], layer: int, site: str) -> torch.Tensor:

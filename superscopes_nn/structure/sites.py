@@ -15,11 +15,17 @@ import torch
 from .architectures import get_path
 
 
+def site_path(pspec: tuple, layer: int, site: str) -> tuple:
+    """``(module path on that layer, is_input)`` of ``site`` (a per-layer path picked for ``layer``)."""
+    path, is_input = pspec[2][site]
+    return (path if isinstance(path, str) else path[layer]), is_input
+
+
 def site_tensor(model, pspec: tuple, layer: int, site: str) -> torch.Tensor:
     """The live tensor of ``site`` at ``layer`` inside a trace: [batch, seq, d]."""
-    layers_path, _, site_paths = pspec
+    layers_path = pspec[0]
     block = get_path(model, layers_path)[layer]
-    path, is_input = site_paths[site]
+    path, is_input = site_path(pspec, layer, site)
     env = get_path(block, path)
     value = env.input if is_input else env.output
     return value[0] if isinstance(value, tuple) else value
@@ -37,9 +43,9 @@ def write_patches(model, pspec: tuple, writes: list, patched: list, offset: int 
     ``writes``: ``(layer, site, batch_rows [n], positions [n], row_indices)`` in forward
     order; ``offset``: tokens served from a reused KV cache (absent from the pass's tensors).
     """
-    layers_path, _, site_paths = pspec
+    layers_path = pspec[0]
     for layer, site, b_rows, positions, b_idx in writes:
-        path, is_input = site_paths[site]
+        path, is_input = site_path(pspec, layer, site)
         env = get_path(get_path(model, layers_path)[layer], path)
         t = env.input if is_input else site_tensor(model, pspec, layer, site)
         value = torch.stack([patched[i].to(t.device) for i in b_idx]).to(t.dtype)

@@ -17,7 +17,12 @@ the data flow, so any decoder family transformers ships resolves the same way:
 
 A layer whose update is a *scaled* sum of two module outputs (Granite's
 ``residual_multiplier``) has no module holding ``attn_out`` / ``mlp_out``: those two
-sites are marked missing with the reason, never served from a wrong module.
+sites are marked missing with the reason, never served from a wrong module. So are a
+block made of two modules (Falcon-H1's Mamba + attention, a MoE beside a shared MLP) and a
+layer that adds one block only (Mamba, Nemotron-H). Each layer is resolved on its own: where
+layers differ (hybrid models) a site's path is kept per layer, and a layer lacking a site has
+its own reason (``ArchSpec.gaps``). Layers passing a stack of residual streams are refused.
+The same pass decides whether a prefix cache can be reused (:mod:`.caches`).
 :func:`verify_sites` re-checks a spec (resolved or written by hand) on one prompt;
 :func:`superscopes_nn.structure.models.wrap` runs both on every model it wraps.
 """
@@ -29,7 +34,7 @@ from collections import defaultdict
 
 import torch
 
-from .architectures import ArchSpec, get_path
+from .architectures import PER_LAYER, ArchSpec, get_path
 
 
 class SiteError(ValueError):
@@ -90,12 +95,12 @@ class _Recorder:
 
 
 def check_ids(hf_model) -> torch.Tensor:
-    """A fixed short prompt (BOS + 7 mid-vocabulary ids) on the model's device."""
+    """A fixed short prompt (BOS, when it is in the vocabulary, + 7 mid-vocabulary ids) on the model's device."""
     vocab = hf_model.get_input_embeddings().num_embeddings
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(vocab // 8, max(vocab // 2, vocab // 8 + 1), (7,), generator=g).tolist()
     bos = getattr(hf_model.config.get_text_config(), "bos_token_id", None)
-    ids = ([bos] if isinstance(bos, int) else []) + ids
+    ids = ([bos] if isinstance(bos, int) and 0 <= bos < vocab else []) + ids  # a config's BOS may be past the vocabulary
     return torch.tensor([ids], device=_device(hf_model))
 
 
@@ -176,16 +181,32 @@ def resolve_sites(hf_model, input_ids=None, _keep: list | None = None) -> ArchSp
     path, lst = _decoder_list(hf_model, rec, family)
     per_layer = [_layer_sites(rec, f"{path}.{i}", family, tol) for i in range(len(lst))]
     moe = any([found.pop("moe") for found in per_layer])  # MoE models may keep some layers dense
-    first = per_layer[0]
-    for i, found in enumerate(per_layer[1:], 1):
-        if found != first:  # e.g. a hybrid model's attention and state-space layers
-            diff = ", ".join(f"{k} {first[k] or '-'!r} vs {found[k] or '-'!r}" for k in ("attn_out", "mlp_out", "mlp_in")
-                             if first[k] != found[k]) or "layout"
-            why = f"layers 0 and {i} differ ({diff}); one path per site cannot serve both"
-            first = dict(first, layout="mixed", missing=tuple((s, why) for s in ("attn_out", "mlp_in", "mlp_out")))
-            break
+    from .caches import reuse_check
+
     return ArchSpec(family=family, layers=path, final_norm=_final_norm(rec, path, len(lst), family), lm_head=lm_head,
-                    moe=moe, **first)
+                    moe=moe, no_reuse=reuse_check(hf_model, input_ids if input_ids is not None else check_ids(hf_model)),
+                    **_merge(per_layer))
+
+
+def _merge(per_layer: list) -> dict:
+    """One spec from each layer's sites: a field equal on every layer stays one value, else one per layer;
+    a site no layer has is ``missing``, one some layers lack has ``gaps`` there (with each layer's reason)."""
+    out, missing, gaps = {}, [], []
+    for site in ("attn_out", "mlp_in", "mlp_out"):
+        why = [dict(found["missing"]).get(site) for found in per_layer]
+        if all(why):
+            by: dict = {}
+            for i, w in enumerate(why):
+                by.setdefault(w, []).append(i)
+            missing.append((site, next(iter(by)) if len(by) == 1 else "; ".join(
+                f"layer{'s' if len(ls) > 1 else ''} {', '.join(map(str, ls))}: {w}" for w, ls in by.items())))
+        gaps += [(site, i, w) for i, w in enumerate(why) if w and not all(why)]
+    for name in PER_LAYER:
+        values = tuple("" if name in dict(found["missing"]) else found[name] for found in per_layer)
+        out[name] = values[0] if len(set(values)) == 1 else values
+    layouts = list(dict.fromkeys(found["layout"] for found in per_layer))
+    layout = layouts[0] if len(layouts) == 1 else f"hybrid ({', '.join(layouts)})"
+    return dict(out, layout=layout, missing=tuple(missing), gaps=tuple(gaps))
 
 
 def _decoder_list(hf_model, rec, family):
@@ -205,6 +226,10 @@ def _decoder_list(hf_model, rec, family):
 
 def _final_norm(rec, path, n, family):
     last, head = rec.once(f"{path}.{n - 1}"), rec.once("@head")
+    if head is not None and head["inp"] is not None and last["out"].dim() > head["inp"].dim():
+        raise SiteError(f"{family}: its decoder layers pass a stack of residual streams {list(last['out'].shape)} "
+                        f"(several streams per position, mixed between layers) rather than one [batch, seq, d] "
+                        f"residual stream; no site reads or writes one hidden state per position")
     parent = path.rpartition(".")[0]
     for name, calls in rec.calls.items():
         if name.startswith(path + ".") or name == "@head" or (parent and not name.startswith(parent + ".")):
@@ -243,21 +268,62 @@ def _layer_sites(rec, prefix, family, tol) -> dict:
                                                      for later in adds[i + 1:])]
     target = (y - x).double().flatten()
     scale = tol * (_n(x) + _n(y))
-    best = None
-    for j, a in enumerate(adds):
-        for m in adds[j + 1:]:
-            cols = torch.stack([kids[a]["out"].double().flatten(), kids[m]["out"].double().flatten()], 1)
-            s = torch.linalg.lstsq(cols, target.unsqueeze(1)).solution.squeeze(1)
-            res = (target - cols @ s).norm().item()
-            if res <= scale and s.min() > 1e-3:  # a block adds a positive multiple of its output
-                if best is None or res < best[0]:
-                    best = (res, a, m, s.tolist())
-    if best is None:
+    fits = {n: _fit(kids, adds, target, scale, n) for n in (2, 3, 1)}
+    none = dict(attn_out="", mlp_out="", mlp_in="", parallel=False, attn="", mlp="", mlp_norm="", moe=False)
+    every = ("attn_out", "mlp_in", "mlp_out")
+    if fits[2] is None and fits[3] is not None:
+        p, q, r = fits[3][1]
+        sp, sq, sr = fits[3][2]
+        after = lambda k, v: _reads(kids, k, v, scale)  # noqa: E731  (k's branch reads the residual v)
+        if after(r, x + sp * kids[p]["out"] + sq * kids[q]["out"]):
+            why = (f"its attention part adds two modules' outputs ({p} + {q}); no one module outputs what it adds")
+            return _describe(kids, x, y, None, r, sp * kids[p]["out"] + sq * kids[q]["out"], 1.0, sr, tol, scale,
+                             [("attn_out", why)])
+        if after(q, x + sp * kids[p]["out"]) and after(r, x + sp * kids[p]["out"]):
+            why = f"its MLP part adds two modules' outputs ({q} + {r}); no one module outputs what it adds or reads"
+            out = _describe(kids, x, y, p, q, kids[p]["out"], sp, sq, tol, scale, [("mlp_out", why), ("mlp_in", why)])
+            return dict(out, mlp_out="", mlp_in="")
+    if fits[2] is None:
+        if fits[1] is not None:
+            why = (f"each layer adds one block's output ({fits[1][1][0]}); it has no separate attention and MLP "
+                   "blocks")
+            return dict(none, layout="single-block", missing=tuple((s, why) for s in every))
         why = (f"no two sub-modules of a layer ({', '.join(kids) or 'none'}) output what it adds to its residual "
                "stream: attn_out / mlp_out (and so mlp_in) not found")
-        return dict(attn_out="", mlp_out="", mlp_in="", parallel=False, attn="", mlp="", mlp_norm="",
-                    layout="unknown", moe=False, missing=tuple((s, why) for s in ("attn_out", "mlp_in", "mlp_out")))
-    _, a, m, (sa, sm) = best
+        kept = dict(kids, **{"@x": {"out": x}})  # y = c x + blocks: the layer rescales its residual stream
+        scaled = next((f for n in (3, 2) if (f := _fit(kept, ["@x", *adds], y.double().flatten(), scale, n))), None)
+        if scaled is not None and scaled[1][0] == "@x" and abs(scaled[2][0] - 1) > 1e-3:
+            why = (f"the layer rescales its residual stream ({scaled[2][0]:.3g} x input + "
+                   f"{' + '.join(f'{c:.3g} x {k}' for k, c in zip(scaled[1][1:], scaled[2][1:]))}); no module outputs "
+                   "what a block adds to an unscaled residual")
+        return dict(none, layout="unknown", missing=tuple((s, why) for s in every))
+    _, (a, m), (sa, sm) = fits[2]
+    return _describe(kids, x, y, a, m, kids[a]["out"], sa, sm, tol, scale, [])
+
+
+def _fit(kids, adds, target, scale, size):
+    """The ``size`` modules (in call order) whose outputs, each times a positive scale, sum to ``target``."""
+    from itertools import combinations
+
+    best = None
+    for combo in combinations(adds, size):
+        cols = torch.stack([kids[k]["out"].double().flatten() for k in combo], 1)
+        s = torch.linalg.lstsq(cols, target.unsqueeze(1)).solution.squeeze(1)
+        res = (target - cols @ s).norm().item()
+        if res <= scale and s.min() > 1e-3 and (best is None or res < best[0]):  # a block adds a positive multiple
+            best = (res, combo, s.tolist())
+    return best
+
+
+def _reads(kids, k, value, scale) -> bool:
+    """True when the branch computing ``k`` starts from ``value``."""
+    start = kids[_branch(kids, k)[0]]["inp"]
+    return start is not None and start.shape == value.shape and _n(start - value) <= scale
+
+
+def _describe(kids, x, y, a, m, a_value, sa, sm, tol, scale, missing) -> dict:
+    """The sites of a layer adding ``sa * a_value`` (module ``a``'s output, or several modules' when
+    ``a`` is None) and ``sm`` x module ``m``'s output to its residual."""
     d = x.shape[-1]
     heavy = lambda k: kids[k]["params"] > 2 * d  # noqa: E731  (a norm has at most 2 d parameters)
     changes = lambda k: not (kids[k]["inp"] is not None and kids[k]["out"] is not None  # noqa: E731
@@ -271,19 +337,18 @@ def _layer_sites(rec, prefix, family, tol) -> dict:
         norms = lambda part: [k for k in part if changes(k) and not heavy(k)]  # noqa: E731
         return norms(chain[:big[0]]), chain[big[0]], chain[big[-1]], norms(chain[big[-1] + 1:])
 
-    attn_chain, mlp_chain = _branch(kids, a), _branch(kids, m)
-    attn_pre, attn, _, attn_post = split(attn_chain)
+    attn_pre, attn, _, attn_post = split(_branch(kids, a)) if a is not None else ([], "", "", [])
+    mlp_chain = _branch(kids, m)
     mlp_pre, mlp, _, mlp_post = split(mlp_chain)
-    missing = []
+    missing = list(missing)
     if max(abs(sa - 1), abs(sm - 1)) > max(1e-3, 64 * tol):
-        why = (f"the layer adds {sa:.3g} x {a} + {sm:.3g} x {m} (a residual scale); no module outputs what a "
-               "block adds")
-        missing += [("attn_out", why), ("mlp_out", why)]
+        why = (f"the layer adds {sa:.3g} x {a or 'its attention'} + {sm:.3g} x {m} (a residual scale); no module "
+               "outputs what a block adds")
+        missing = [(s, w) for s, w in missing if s != "attn_out"] + [("attn_out", why), ("mlp_out", why)]
     start = kids[mlp_chain[0]]["inp"]
     parallel = start is not None and start.shape == x.shape and torch.equal(start, x)
     mlp_inp = kids[mlp]["inp"]
-    if not parallel and not (start is not None and start.shape == x.shape
-                             and _n(start - x - sa * kids[a]["out"]) <= scale):
+    if not parallel and not (start is not None and start.shape == x.shape and _n(start - x - sa * a_value) <= scale):
         missing.append(("mlp_in", f"the MLP branch ({' -> '.join(mlp_chain)}) reads neither the layer input nor "
                                   "the input plus the attention output"))
     elif mlp_inp is None or mlp_inp.shape != x.shape:
@@ -291,5 +356,13 @@ def _layer_sites(rec, prefix, family, tol) -> dict:
     post, has_pre = bool(attn_post or mlp_post), bool(attn_pre or mlp_pre)
     layout = "parallel" if parallel else {(True, True): "sandwich", (False, True): "post-norm"}.get((has_pre, post),
                                                                                                  "pre-norm")
-    return dict(attn_out=a, mlp_out=m, mlp_in=mlp, parallel=parallel, attn=attn, mlp=mlp,
-                mlp_norm=".".join(mlp_pre[-1:]), layout=layout, moe=kids[mlp]["moe"], missing=tuple(missing))
+    return dict(attn_out=a or "", mlp_out=m, mlp_in=mlp, parallel=parallel, attn=attn, mlp=mlp,
+                mlp_norm=".".join(mlp_pre[-1:]), layout=layout, moe=kids[mlp]["moe"], missing=_first(missing))
+
+
+def _first(pairs) -> tuple:
+    """``(site, reason)`` pairs, the first reason of each site kept."""
+    seen: dict = {}
+    for site, why in pairs:
+        seen.setdefault(site, why)
+    return tuple(seen.items())

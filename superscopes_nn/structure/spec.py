@@ -50,6 +50,9 @@ def arch_spec(model_or_config) -> ArchSpec:
     if model_type in _CONFIG_LAYOUT and not _CONFIG_LAYOUT[model_type](config):
         raise ValueError(f"{model_type} with this config's layout switches resolves from the built model only "
                          "(load_model / wrap, or arch_spec(hf_model))")
+    if spec.per_layer:  # which layer is which kind comes from the config's own layer pattern
+        raise ValueError(f"{model_type} has layers that differ ({spec.layout}); its sites resolve from the built "
+                         "model only (load_model / wrap, or arch_spec(hf_model))")
     return spec
 
 
@@ -75,26 +78,28 @@ def verify_sites(model, spec: ArchSpec | None = None, input_ids=None) -> ArchSpe
     spec = spec or arch_spec(hf)
     if meta:
         return spec
-    sites = [s for s in ("attn_out", "mlp_out", "mlp_in") if spec.has_site(s)]
     pre = spec.layers
     try:
         get_path(hf, spec.final_norm), get_path(hf, spec.lm_head)
         blocks = list(get_path(hf, spec.layers))
+        on = [{s: spec.site_module(s, i) for s in ("attn_out", "mlp_out", "mlp_in") if i in spec.site_layers(s, len(blocks))}
+              for i in range(len(blocks))]  # the site paths of each layer
         watch = {}
         for i, block in enumerate(blocks):
             watch[f"{pre}.{i}"] = block
             watch.update({f"{pre}.{i}.{c}": m for c, m in block.named_children()})
-            watch.update({f"{pre}.{i}.{spec.site_module(s)}": get_path(block, spec.site_module(s)) for s in sites})
-        norms = [get_path(b, spec.mlp_norm) if spec.mlp_norm and "mlp_in" in sites else (lambda t: t)
-                 for b in blocks]
+            watch.update({f"{pre}.{i}.{p}": get_path(block, p) for p in on[i].values()})
+        norms = [get_path(b, spec.at("mlp_norm", i)) if spec.at("mlp_norm", i) and "mlp_in" in on[i] else (lambda t: t)
+                 for i, b in enumerate(blocks)]
     except (AttributeError, IndexError, TypeError) as err:
         raise SiteError(f"{spec.family}: a module of the site spec was not found ({err})") from None
     if rec is None:
         rec = run_watched(hf, watch, input_ids)
     tol = tolerance(next(hf.parameters()).dtype)
     for i in range(len(blocks)):
+        paths, parallel, mlp = on[i], spec.at("parallel", i), spec.at("mlp", i)
         layer = rec.once(f"{pre}.{i}")
-        got = {s: rec.once(f"{pre}.{i}.{spec.site_module(s)}") for s in sites}
+        got = {s: rec.once(f"{pre}.{i}.{p}") for s, p in paths.items()}
         if layer is None or any(c is None for c in got.values()):
             raise SiteError(f"{spec.family}: layer {i} or one of its site modules did not run exactly once")
         x, y = layer["inp"], layer["out"]
@@ -102,28 +107,28 @@ def verify_sites(model, spec: ArchSpec | None = None, input_ids=None) -> ArchSpe
         bad = [s for s, t in v.items() if t is None or t.shape != x.shape]
         if bad:
             raise SiteError(f"{spec.family}: layer {i}: {', '.join(bad)} is not a [batch, seq, d] residual-stream "
-                            f"tensor (read at {', '.join(getattr(spec, s) for s in bad)})")
+                            f"tensor (read at {', '.join(paths[s] for s in bad)})")
         if "attn_out" in v and "mlp_out" in v:
             if got["attn_out"]["done"] > got["mlp_out"]["done"]:
-                raise SiteError(f"{spec.family}: layer {i}: attn_out ({spec.attn_out!r}) is computed after mlp_out "
-                                f"({spec.mlp_out!r})")
+                raise SiteError(f"{spec.family}: layer {i}: attn_out ({paths['attn_out']!r}) is computed after mlp_out "
+                                f"({paths['mlp_out']!r})")
             err = _n(y - x - v["attn_out"] - v["mlp_out"]) / (_n(x) + _n(y))
             if not err <= tol:
                 raise SiteError(f"{spec.family}: layer {i}: residual_out - residual_in != attn_out + mlp_out "
-                                f"(relative error {err:.2g}; attn_out read at {spec.attn_out!r}, "
-                                f"mlp_out at {spec.mlp_out!r})")
-        end = spec.mlp_out if "mlp_out" in v else spec.mlp
+                                f"(relative error {err:.2g}; attn_out read at {paths['attn_out']!r}, "
+                                f"mlp_out at {paths['mlp_out']!r})")
+        end = paths.get("mlp_out", mlp)
         kids = {c: rec.once(f"{pre}.{i}.{c}") for c, _ in blocks[i].named_children()}
         kids = {c: call for c, call in kids.items() if call is not None}
-        if "mlp_in" in v and end in kids and spec.mlp_in in kids and spec.mlp_in not in _branch(kids, end):
-            raise SiteError(f"{spec.family}: layer {i}: mlp_in ({spec.mlp_in!r}) is not on the branch that computes "
+        if "mlp_in" in v and end in kids and paths["mlp_in"] in kids and paths["mlp_in"] not in _branch(kids, end):
+            raise SiteError(f"{spec.family}: layer {i}: mlp_in ({paths['mlp_in']!r}) is not on the branch that computes "
                             f"the MLP's contribution ({' -> '.join(_branch(kids, end))})")
-        if "mlp_in" in v and (spec.parallel or "attn_out" in v):
+        if "mlp_in" in v and (parallel or "attn_out" in v):
             with torch.no_grad():
-                want = norms[i](x if spec.parallel else x + v["attn_out"])
+                want = norms[i](x if parallel else x + v["attn_out"])
             err = _n(v["mlp_in"] - want) / (_n(want) + _n(v["mlp_in"]) + 1e-30)
             if not err <= tol:
-                raise SiteError(f"{spec.family}: layer {i}: mlp_in (input of {spec.mlp_in!r}) is not the pre-MLP norm "
-                                f"{spec.mlp_norm or '(none)'!r} of the {'layer input' if spec.parallel else 'layer input + attn_out'}"
-                                f" (relative error {err:.2g})")
+                raise SiteError(f"{spec.family}: layer {i}: mlp_in (input of {paths['mlp_in']!r}) is not the pre-MLP norm "
+                                f"{spec.at('mlp_norm', i) or '(none)'!r} of the "
+                                f"{'layer input' if parallel else 'layer input + attn_out'} (relative error {err:.2g})")
     return spec

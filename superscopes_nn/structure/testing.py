@@ -26,6 +26,37 @@ TINY_ARCHS = (
     "gemma3_text", "gemma3", "gpt2", "gpt_neox", "gptj", "falcon", "cohere", "starcoder2", "granite", "gpt_oss",
 )
 
+#: Families beyond plain transformers (tests/test_hybrid_families.py): state-space (mamba, mamba2,
+#: falcon_mamba), hybrid attention / state-space / convolution / linear-attention layers (jamba,
+#: bamba, falcon_h1, granitemoehybrid, nemotron_h, lfm2, qwen3_next, olmo_hybrid), a post-norm MoE
+#: (flex_olmo) and a model with its own recurrent cache (recurrent_gemma). Each is
+#: ``transformers.CONFIG_MAPPING[family]()`` shrunk by :data:`_HYBRID` (4 layers, d=64).
+HYBRID_ARCHS = ("mamba", "mamba2", "falcon_mamba", "jamba", "bamba", "falcon_h1", "granitemoehybrid", "nemotron_h",
+                "lfm2", "qwen3_next", "olmo_hybrid", "flex_olmo", "recurrent_gemma")
+_MIX = ["linear_attention", "full_attention"] * 2
+_LINEAR = dict(layer_types=_MIX, linear_key_head_dim=16, linear_value_head_dim=16, linear_num_key_heads=2,
+               linear_num_value_heads=4)
+_MAMBA2 = dict(mamba_n_heads=8, mamba_d_head=16, mamba_d_state=8, mamba_chunk_size=8)
+_HYBRID = {
+    "mamba": dict(state_size=8, time_step_rank=8), "falcon_mamba": dict(state_size=8, time_step_rank=8),
+    "mamba2": dict(num_heads=8, head_dim=16, state_size=8, n_groups=1, chunk_size=8),
+    "jamba": dict(attn_layer_period=2, attn_layer_offset=1, expert_layer_period=2, expert_layer_offset=1,
+                  mamba_d_state=8, mamba_dt_rank=8, num_experts=4, num_experts_per_tok=2),
+    "bamba": dict(attn_layer_indices=[1, 3], **_MAMBA2),
+    "falcon_h1": dict(mamba_d_ssm=64, mamba_n_heads=8, mamba_d_head=8, mamba_d_state=8, mamba_chunk_size=8),
+    "granitemoehybrid": dict(layer_types=["mamba", "attention"] * 2, shared_intermediate_size=32,
+                             num_local_experts=4, num_experts_per_tok=2, **_MAMBA2),
+    "nemotron_h": dict(layers_block_type=["linear_attention", "moe", "full_attention", "mlp"], ssm_state_size=8,
+                       mamba_num_heads=8, mamba_head_dim=16, n_groups=1, chunk_size=8, n_routed_experts=4,
+                       num_experts_per_tok=2, moe_intermediate_size=32, moe_shared_expert_intermediate_size=32),
+    "lfm2": dict(layer_types=["conv", "full_attention"] * 2, block_auto_adjust_ff_dim=False),
+    "qwen3_next": dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+                       shared_expert_intermediate_size=32, **_LINEAR),
+    "olmo_hybrid": _LINEAR,
+    "flex_olmo": dict(num_experts=4, num_experts_per_tok=2),
+    "recurrent_gemma": dict(block_types=["recurrent", "attention"], lru_width=64, num_key_value_heads=1),
+}
+
 _CORPUS = [
     "Syria: Country in the Middle East, Leonardo DiCaprio: American actor, Samsung: South Korean "
     "multinational major appliance and consumer electronics corporation, x",
@@ -80,9 +111,15 @@ def tiny_config(arch: str, vocab_size: int, n_layers: int = 4, hidden: int = 64)
     """A small config of family ``arch`` (a ``config.model_type``), built with ``AutoConfig.for_model``."""
     from transformers import AutoConfig
 
-    if arch not in TINY_ARCHS:
-        raise ValueError(f"no tiny config for {arch!r}; choose one of {', '.join(TINY_ARCHS)}")
     common = dict(vocab_size=vocab_size, bos_token_id=0, eos_token_id=0, pad_token_id=0)
+    if arch in HYBRID_ARCHS:
+        from transformers import CONFIG_MAPPING
+
+        kw = dict(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=n_layers, num_attention_heads=4,
+                  num_key_value_heads=2, head_dim=hidden // 4, max_position_embeddings=512, tie_word_embeddings=False)
+        return CONFIG_MAPPING[arch](**{**kw, **common, **_HYBRID[arch]})
+    if arch not in TINY_ARCHS:
+        raise ValueError(f"no tiny config for {arch!r}; choose one of {', '.join(TINY_ARCHS + HYBRID_ARCHS)}")
     if arch in _GPT_STYLE:
         extra = dict(rotary_dim=8) if arch == "gptj" else {}
         return AutoConfig.for_model(arch, n_embd=hidden, n_layer=n_layers, n_head=4, n_positions=512,

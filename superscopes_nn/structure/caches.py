@@ -1,0 +1,146 @@
+"""Reusing a prompt prefix's cache: which caches can be copied row by row, and the copy.
+
+A sweep runs the target tokens before the first patched position once and gives every row
+of the batch a copy of that batch-1 cache (:func:`expand_rows`). That needs two things,
+both decided once, when the model loads (:func:`reuse_check`, recorded as
+``ArchSpec.no_reuse`` and so in the model's :class:`~superscopes_nn.structure.info.ModelInfo`):
+
+1. **the cache can be copied per row**: every cache layer is of a class in :data:`ROW_COPY`,
+   whose tensors are known (key/value tensors of attention layers; convolution and
+   recurrent states of state-space / linear-attention layers; nothing for a layer that
+   caches nothing), inside a plain ``DynamicCache``. A cache of another class (a model's
+   own cache, a quantized or static cache, a subclass with state of its own) is not copied;
+2. **the cache reports how many tokens it holds** (generation reads it; a cache of state-space
+   layers only cannot tell), and **the model continues a multi-token chunk from a cached state** as it would have
+   computed it in one pass. Attention does by construction; a state-space mixer may
+   restart its scan on a chunk longer than one token (Mamba's full-sequence path does). A
+   cache with any state layer is therefore checked on the load-time prompt: its first half
+   cached and copied to two rows, the second half run on the copy, the last logits compared
+   with one uncut pass.
+
+Where either fails, the engine runs without prefix reuse (one printed notice per run);
+results are the same, only slower.
+
+>>> from superscopes_nn.structure.caches import reuse_check
+>>> reuse_check(hf_model, ids)      # "" when a prefix cache can be reused, else the reason
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+
+
+def _kv(layer, n: int) -> None:
+    if getattr(layer, "keys", None) is not None and layer.keys.numel():
+        layer.keys = layer.keys.repeat_interleave(n, dim=0)
+        layer.values = layer.values.repeat_interleave(n, dim=0)
+
+
+def _states(layer, n: int) -> None:
+    for i in range(layer.number_of_states):
+        if layer.is_conv_states_initialized[i]:
+            layer.conv_states[i] = layer.conv_states[i].repeat_interleave(n, dim=0)
+        if layer.is_recurrent_states_initialized[i]:
+            layer.recurrent_states[i] = layer.recurrent_states[i].repeat_interleave(n, dim=0)
+
+
+def _row_copy() -> dict:
+    from transformers import cache_utils as c
+
+    kinds = {"DynamicLayer": (_kv,), "DynamicSlidingWindowLayer": (_kv,), "DummyLayer": (),
+             "LinearAttentionLayer": (_states,), "LinearAttentionAndFullAttentionLayer": (_kv, _states),
+             "LinearAttentionAndSlidingWindowAttentionLayer": (_kv, _states)}
+    return {getattr(c, name): fns for name, fns in kinds.items() if hasattr(c, name)}
+
+
+#: Cache layer class -> the functions copying its tensors to ``n`` rows (exact classes only:
+#: a subclass may keep state of its own that a copy would leave behind).
+ROW_COPY: dict = _row_copy()
+#: Cache layer classes that hold a state besides attention keys/values (checked on load).
+STATEFUL = tuple(k for k, fns in ROW_COPY.items() if _states in fns)
+
+
+def _containers() -> tuple:
+    from transformers.cache_utils import DynamicCache
+
+    return (DynamicCache,)
+
+
+def row_copy_reason(cache) -> str:
+    """``""`` when :func:`expand_rows` can copy ``cache`` per row, else why not."""
+    if cache is None:
+        return "the model returns no cache from a forward pass"
+    if type(cache) not in _containers():
+        return f"its cache class {type(cache).__name__} is not one whose tensors are copied per row"
+    odd = sorted({type(layer).__name__ for layer in cache.layers if type(layer) not in ROW_COPY})
+    if odd:
+        return f"its cache layers ({', '.join(odd)}) are not ones whose tensors are copied per row"
+    return ""
+
+
+def expand_rows(cache, batch: int):
+    """Copy a batch-1 cache to ``batch`` rows, in place (each layer by its class's copy)."""
+    for layer in cache.layers:
+        for fn in ROW_COPY[type(layer)]:
+            fn(layer, batch)
+    return cache
+
+
+def _length_reason(cache, k: int) -> str:
+    """Generation continues from a cache only if the cache says how many tokens it holds."""
+    try:
+        n = cache.get_seq_length()
+    except Exception:  # noqa: BLE001  (a cache of state-space layers only cannot tell)
+        n = None
+    return "" if n == k else ("its cache does not report how many prompt tokens it holds (state layers only), "
+                              "which generation needs to continue from it")
+
+
+def _cache_of(out):
+    for name in ("cache", "past_key_values"):
+        try:
+            value = getattr(out, name, None)
+        except AttributeError:
+            value = None
+        if value is not None:
+            return value
+    return None
+
+
+def _cache_kw(hf_model) -> str:
+    params = inspect.signature(hf_model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def reuse_check(hf_model, ids: torch.Tensor) -> str:
+    """Why a prefix cache of ``hf_model`` cannot be reused (``""``: it can), tried on ``ids`` [1, n]."""
+    k = ids.shape[1] // 2
+    was_training = hf_model.training
+    hf_model.eval()
+    try:
+        with torch.no_grad():
+            try:
+                cache = _cache_of(hf_model(ids[:, :k], use_cache=True))
+            except Exception as err:  # noqa: BLE001  (a model whose own cache path fails)
+                return f"a forward pass with a cache fails ({type(err).__name__}: {str(err).splitlines()[0][:120]})"
+            why = row_copy_reason(cache) or _length_reason(cache, k)
+            if why or not any(isinstance(layer, STATEFUL) for layer in cache.layers):
+                return why
+            full = hf_model(ids, use_cache=False).logits[0, -1].double()
+            expand_rows(cache, 2)
+            try:
+                rest = hf_model(ids[:, k:].repeat(2, 1), use_cache=True, **{_cache_kw(hf_model): cache})
+            except Exception as err:  # noqa: BLE001
+                return (f"continuing from a copied cache fails ({type(err).__name__}: "
+                        f"{str(err).splitlines()[0][:120]})")
+            got = rest.logits[:, -1].double()
+    finally:
+        hf_model.train(was_training)
+    err = float(((got - full).norm(dim=-1) / full.norm()).max())
+    dtype = next(hf_model.parameters()).dtype
+    if not err <= max(1e-3, 8 * torch.finfo(dtype).eps if dtype.is_floating_point else 1e-3):
+        return ("continuing from a cached prefix does not give the logits of one uncut pass (its state-space / "
+                "linear-attention layers restart their state on a multi-token chunk)")
+    return ""
