@@ -46,20 +46,22 @@ def _states(layer, n: int) -> None:
             layer.recurrent_states[i] = layer.recurrent_states[i].repeat_interleave(n, dim=0)
 
 
-def _row_copy() -> dict:
-    from transformers import cache_utils as c
-
-    kinds = {"DynamicLayer": (_kv,), "DynamicSlidingWindowLayer": (_kv,), "DummyLayer": (),
-             "LinearAttentionLayer": (_states,), "LinearAttentionAndFullAttentionLayer": (_kv, _states),
-             "LinearAttentionAndSlidingWindowAttentionLayer": (_kv, _states)}
-    return {getattr(c, name): fns for name, fns in kinds.items() if hasattr(c, name)}
-
-
-#: Cache layer class -> the functions copying its tensors to ``n`` rows (exact classes only:
-#: a subclass may keep state of its own that a copy would leave behind).
-ROW_COPY: dict = _row_copy()
-#: Cache layer classes that hold a state besides attention keys/values (checked on load).
+#: Cache layer class name (of ``transformers.cache_utils``) -> the functions copying its tensors to ``n``
+#: rows (exact classes only: a subclass may keep state of its own that a copy would leave behind). Keyed
+#: by name, not by class: :func:`expand_rows` travels to NDIF inside every request with prefix reuse,
+#: and a class object in its globals would be pickled as a reference NDIF's allowlist refuses.
+ROW_COPY: dict = {"DynamicLayer": (_kv,), "DynamicSlidingWindowLayer": (_kv,), "DummyLayer": (),
+                  "LinearAttentionLayer": (_states,), "LinearAttentionAndFullAttentionLayer": (_kv, _states),
+                  "LinearAttentionAndSlidingWindowAttentionLayer": (_kv, _states)}
+#: Cache layer class names that hold a state besides attention keys/values (checked on load).
 STATEFUL = tuple(k for k, fns in ROW_COPY.items() if _states in fns)
+_MODULE = "transformers.cache_utils"
+
+
+def _kind(layer) -> str | None:
+    """The :data:`ROW_COPY` key of ``layer``'s exact class (None for any other class)."""
+    cls = type(layer)
+    return cls.__name__ if cls.__module__ == _MODULE and cls.__name__ in ROW_COPY else None
 
 
 def _containers() -> tuple:
@@ -74,7 +76,7 @@ def row_copy_reason(cache) -> str:
         return "the model returns no cache from a forward pass"
     if type(cache) not in _containers():
         return f"its cache class {type(cache).__name__} is not one whose tensors are copied per row"
-    odd = sorted({type(layer).__name__ for layer in cache.layers if type(layer) not in ROW_COPY})
+    odd = sorted({type(layer).__name__ for layer in cache.layers if _kind(layer) is None})
     if odd:
         return f"its cache layers ({', '.join(odd)}) are not ones whose tensors are copied per row"
     return ""
@@ -83,7 +85,7 @@ def row_copy_reason(cache) -> str:
 def expand_rows(cache, batch: int):
     """Copy a batch-1 cache to ``batch`` rows, in place (each layer by its class's copy)."""
     for layer in cache.layers:
-        for fn in ROW_COPY[type(layer)]:
+        for fn in ROW_COPY[_kind(layer)]:
             fn(layer, batch)
     return cache
 
@@ -126,7 +128,7 @@ def reuse_check(hf_model, ids: torch.Tensor) -> str:
             except Exception as err:  # noqa: BLE001  (a model whose own cache path fails)
                 return f"a forward pass with a cache fails ({type(err).__name__}: {str(err).splitlines()[0][:120]})"
             why = row_copy_reason(cache) or _length_reason(cache, k)
-            if why or not any(isinstance(layer, STATEFUL) for layer in cache.layers):
+            if why or not any(_kind(layer) in STATEFUL for layer in cache.layers):
                 return why
             full = hf_model(ids, use_cache=False).logits[0, -1].double()
             expand_rows(cache, 2)
