@@ -19,7 +19,7 @@ from superscopes_nn.engine.run import run_rows
 from superscopes_nn.core.specs import ENTITY_PROMPT, Target
 from superscopes_nn.structure.sites_resolver import SiteError, resolve_sites
 from superscopes_nn.structure.spec import verify_sites
-from superscopes_nn.structure.testing import HYBRID_ARCHS, TINY_ARCHS, tiny_hf_model, tiny_model, tiny_tokenizer
+from superscopes_nn.structure.testing import FLAT_ARCHS, HYBRID_ARCHS, TINY_ARCHS, tiny_hf_model, tiny_model, tiny_tokenizer
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -60,7 +60,8 @@ def test_patched_mlp_in_where_the_mlp_reads_the_residual_itself():
 
 
 def test_every_table_entry_is_tested():
-    assert set(ARCHITECTURES) == set(TINY_ARCHS) | set(HYBRID_ARCHS)  # the latter: tests/test_hybrid_families.py
+    # HYBRID_ARCHS: tests/test_hybrid_families.py; FLAT_ARCHS: tests/test_flat_families.py
+    assert set(ARCHITECTURES) == set(TINY_ARCHS) | set(HYBRID_ARCHS) | set(FLAT_ARCHS)
 
 
 def test_multimodal_gemma3_uses_the_language_model():

@@ -142,7 +142,7 @@ def test_sources_read_once_per_sweep(monkeypatch, device):
     model = tiny_model("llama", device=device)
     calls = []
     orig = P.read_sources
-    monkeypatch.setattr(P, "read_sources", lambda m, spec, reads, vectors: (calls.append(len(reads)), orig(m, spec, reads, vectors)))
+    monkeypatch.setattr(P, "read_sources", lambda m, spec, reads, vectors, *a: (calls.append(len(reads)), orig(m, spec, reads, vectors, *a)))
     df = sweep(model, "Pink Floyd", layers=[0, 1, 2, 3], sites=["residual"], alphas=[1, 2, 3, 4], max_batch_size=4,
                max_new_tokens=2, progress=False)
     assert len(df) == 16 and sum(calls) == 4

@@ -121,7 +121,7 @@ def collect(model, prompt: str, layers: Iterable[int], sites: Sequence[str] = ("
         with model.trace(ids, use_cache=False, remote=remote, backend=session_backend(model, remote, backend)):
             values = {}
             for layer, site in reads:
-                values[(layer, site)] = site_tensor(model, spec, layer, site)[0].detach().clone()
+                values[(layer, site)] = site_tensor(model, spec, layer, site, (0, 1, ids.shape[1]))[0].detach().clone()
             values.save()
         return values
 

@@ -245,9 +245,11 @@ def run_session(model, jobs, *, remote=False, backend=None, vectors: dict | None
         for groups, ids, writes, maps, offset, gen_kwargs, keep, lpos, want_logits, prefix_keep in plain:
             for group in groups:
                 with model.trace() as tracer:
+                    row0 = 0  # each invoke's first row in the combined batch (a flattened site needs it)
                     for src_ids, reads in group:
                         with tracer.invoke(src_ids):
-                            read_sources(model, spec, reads, vectors)
+                            read_sources(model, spec, reads, vectors, (row0, len(src_ids), src_ids.shape[1]))
+                        row0 += len(src_ids)
             if ids is None:
                 outs.append(None)
                 continue
@@ -260,7 +262,7 @@ def run_session(model, jobs, *, remote=False, backend=None, vectors: dict | None
             if want_logits:
                 with model.trace(**keep) as tracer:
                     with tracer.invoke(ids[:, offset:], **kw):  # the cache goes with the invoke (nnsight's mask)
-                        write_patches(model, spec, writes, patched, offset)
+                        write_patches(model, spec, writes, patched, offset, (len(ids), ids.shape[1] - offset))
                         full = model.output.logits  # index tensors built on its device
                         logits = full[torch.arange(len(lpos), device=full.device), lpos.to(full.device)]
                 logits[~mapped_ok.to(logits.device)] = float("nan")
@@ -269,7 +271,7 @@ def run_session(model, jobs, *, remote=False, backend=None, vectors: dict | None
                 gen_kwargs.update(kw)
                 with model.generate(**gen_kwargs) as tracer:
                     with tracer.invoke(ids):
-                        write_patches(model, spec, writes, patched, offset)
+                        write_patches(model, spec, writes, patched, offset, (len(ids), ids.shape[1] - offset))
                         finite = torch.isfinite(lm_head_output(model, spec)).flatten(1).all(1)
                         result = tracer.result
                 outs.append((result, finite, mapped_ok))

@@ -56,7 +56,10 @@ class ArchSpec:
     Where layers differ (a hybrid model's attention and state-space layers), a field of
     :data:`PER_LAYER` is a tuple with one entry per layer, ``""`` on a layer that lacks
     the site; ``gaps`` holds ``(site, layer, reason)`` for each such layer. ``no_reuse``:
-    why a cached prompt prefix cannot be reused on this model (``""``: it can).
+    why a cached prompt prefix cannot be reused on this model (``""``: it can). ``flat``:
+    ``(site, layer)`` pairs whose module tensor is the ``[batch, seq, d]`` residual flattened to
+    ``[batch * seq, d]`` (row-major: Llama 4's MoE block, OPT's MLP); sites read and write it
+    reshaped.
     """
 
     family: str
@@ -76,6 +79,11 @@ class ArchSpec:
     missing: tuple = ()
     gaps: tuple = ()
     no_reuse: str = ""
+    flat: tuple = ()
+
+    def is_flat(self, site: str, layer: int) -> bool:
+        """True when ``site``'s module tensor on ``layer`` is flattened to ``[batch * seq, d]``."""
+        return (site, layer) in self.flat
 
     def at(self, name: str, layer: int):
         """Field ``name`` (one of :data:`PER_LAYER`) on layer ``layer``."""
@@ -196,6 +204,30 @@ ARCHITECTURES.update({
                                 mlp_norm="channel_pre_norm", no_reuse="the model returns no cache from a forward pass"),
 })
 
+# Flattened block outputs, attention fused with its norms, transformer blocks feeding a Mamba block, a
+# re-normalized stream (testing.FLAT_ARCHS, tests/test_flat_families.py), as resolved on the tiny models.
+_MAMBA_ONLY = ("layers 0, 2: each layer adds one block's output (mamba); it has no separate attention and MLP blocks; "
+               "layers 1, 3: each layer adds one block's output (mamba_decoder.mamba); it has no separate attention and "
+               "MLP blocks ({}, linear feed only that block's input, not the residual stream)")
+_RENORM = ("the layer re-normalizes its residual stream: its output is post_attention_layernorm's output + mlp, not its "
+           "input plus what the blocks add; no module outputs what a block adds to the stream it reads")
+_NONE = dict(attn_out="", mlp_out="", mlp_in="")
+ARCHITECTURES.update({
+    "llama4_text": ArchSpec("llama4_text", *_M, "self_attn", "feed_forward", "feed_forward", attn="self_attn",
+                            mlp="feed_forward", mlp_norm="post_attention_layernorm", moe=True,
+                            flat=(("mlp_out", 1), ("mlp_out", 3))),
+    "opt": ArchSpec("opt", "model.decoder.layers", "model.decoder.final_layer_norm", "lm_head", "self_attn", "fc2", "fc1",
+                    attn="self_attn", mlp="fc1", mlp_norm="final_layer_norm",
+                    flat=tuple((s, i) for i in range(4) for s in ("mlp_out", "mlp_in"))),
+    "dbrx": ArchSpec("dbrx", "transformer.blocks", "transformer.norm_f", "lm_head", "norm_attn_norm.attn", "ffn", "ffn",
+                     attn="norm_attn_norm.attn", mlp="ffn", mlp_norm="norm_attn_norm.norm_2"),
+    **{f: ArchSpec(f, "model.layers", "model.final_layernorm", "lm_head", **_NONE, layout="single-block", no_reuse=r,
+                   missing=tuple((s, _MAMBA_ONLY.format(b)) for s in ("attn_out", "mlp_in", "mlp_out")))
+       for f, b, r in (("zamba", "shared_transf", _RESTART), ("zamba2", "shared_transformer", ""))},
+    "minimax": ArchSpec("minimax", *_M, **_NONE, layout="unknown", missing=tuple((s, _RENORM) for s in (
+        "attn_out", "mlp_in", "mlp_out")), no_reuse="its cache class MiniMaxCache is not one whose tensors are copied per row"),
+})
+
 #: Config switches that change a family's layout: a config alone is looked up only in the
 #: layout its ARCHITECTURES entry was resolved in (any built model resolves by itself).
 _CONFIG_LAYOUT = {
@@ -279,7 +311,9 @@ def families_markdown(specs: dict[str, ArchSpec] | None = None) -> str:
     def where(spec, site, io):
         if not spec.has_site(site):
             return "not available"
-        return grouped(spec.site_module(site), lambda p: f"`{p}` {io}", "none")
+        flat = sorted({i for s, i in spec.flat if s == site})
+        note = f" (flattened to [B*S, d] on layer{'s' if len(flat) > 1 else ''} {', '.join(map(str, flat))})" if flat else ""
+        return grouped(spec.site_module(site), lambda p: f"`{p}` {io}", "none") + note
 
     for name in sorted(specs):
         s = specs[name]

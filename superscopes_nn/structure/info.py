@@ -38,7 +38,9 @@ class ModelInfo:
     spec: ArchSpec
     plain: tuple
     """``(layers_path, lm_head_path, {site: (module_path, is_input)})``: plain strings, wire-ready; where
-    layers differ, ``module_path`` is a tuple of per-layer paths (``""`` on a layer without the site)."""
+    layers differ, ``module_path`` is a tuple of per-layer paths (``""`` on a layer without the site). A site
+    flattened to ``[batch * seq, d]`` on some layers carries a third item: those layers' indices
+    (:attr:`ArchSpec.flat`)."""
     name: str
     n_layers: int
     hidden: int
@@ -49,8 +51,11 @@ class ModelInfo:
 
 
 def _plain(spec: ArchSpec) -> tuple:
-    return (spec.layers, spec.lm_head,
-            {s: (spec.site_module(s), spec.site_is_input(s)) for s in SITES if spec.has_site(s)})
+    sites = {}
+    for s in (s for s in SITES if spec.has_site(s)):
+        flat = tuple(sorted(i for site, i in spec.flat if site == s))
+        sites[s] = (spec.site_module(s), spec.site_is_input(s)) + ((flat,) if flat else ())
+    return (spec.layers, spec.lm_head, sites)
 
 
 def _name(model) -> str:

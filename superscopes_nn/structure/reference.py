@@ -5,7 +5,8 @@ the official papers' per-row protocol. The tests hold the nnsight engine to it t
 token, and ``benchmarks/`` time it as the naive loop. It shares only the site locations
 (:mod:`superscopes_nn.structure.architectures`) with the engine. Inputs are built on the model's
 device and patched vectors moved to the hooked tensor's device and dtype, so the reference
-runs wherever the model sits (CPU or CUDA).
+runs wherever the model sits (CPU or CUDA). A site whose module tensor is flattened to
+``[seq, d]`` (one row; ``ArchSpec.flat``) is read and written through a ``[1, seq, d]`` view.
 """
 
 from __future__ import annotations
@@ -26,15 +27,21 @@ def _module(hf_model, layer: int, site: str):
     return get_path(block, spec.site_module(site, layer))
 
 
+def _rows(hf_model, layer: int, site: str, t: torch.Tensor) -> torch.Tensor:
+    """``t`` as [1, seq, d]: a flattened site's [seq, d] tensor viewed with its one row."""
+    return t.view(1, -1, t.shape[-1]) if arch_spec(hf_model.config).is_flat(site, layer) else t
+
+
 def hf_read(hf_model, ids: list[int], layer: int, site: str) -> torch.Tensor:
     """[seq, d] value of a site on one prompt, captured by a hook."""
     store = {}
     mod = _module(hf_model, layer, site)
     if site == "mlp_in":
-        h = mod.register_forward_pre_hook(lambda m, args: store.__setitem__("v", args[0].detach().clone()))
+        h = mod.register_forward_pre_hook(lambda m, args: store.__setitem__("v", _rows(hf_model, layer, site, args[0])
+                                                                          .detach().clone()))
     else:
         def hook(m, args, out):
-            store["v"] = (out[0] if isinstance(out, tuple) else out).detach().clone()
+            store["v"] = _rows(hf_model, layer, site, out[0] if isinstance(out, tuple) else out).detach().clone()
 
         h = mod.register_forward_hook(hook)
     try:
@@ -51,9 +58,9 @@ def _patch_hook(hf_model, layer, site, pos, vec):
     if site == "mlp_in":
         def pre(m, args):
             x = args[0]
-            if x.shape[1] > 1:
+            if _rows(hf_model, layer, site, x).shape[1] > 1:
                 x = x.clone()
-                x[:, pos] = vec.to(x.device, x.dtype)
+                _rows(hf_model, layer, site, x)[:, pos] = vec.to(x.device, x.dtype)
                 return (x,) + tuple(args[1:])
             return None
 
@@ -61,9 +68,9 @@ def _patch_hook(hf_model, layer, site, pos, vec):
 
     def post(m, args, out):
         t = out[0] if isinstance(out, tuple) else out
-        if t.shape[1] > 1:
+        if _rows(hf_model, layer, site, t).shape[1] > 1:
             t = t.clone()
-            t[:, pos] = vec.to(t.device, t.dtype)
+            _rows(hf_model, layer, site, t)[:, pos] = vec.to(t.device, t.dtype)
             return (t,) + tuple(out[1:]) if isinstance(out, tuple) else t
         return None
 

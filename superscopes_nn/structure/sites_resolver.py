@@ -22,6 +22,9 @@ block made of two modules (Falcon-H1's Mamba + attention, a MoE beside a shared 
 layer that adds one block only (Mamba, Nemotron-H). Each layer is resolved on its own: where
 layers differ (hybrid models) a site's path is kept per layer, and a layer lacking a site has
 its own reason (``ArchSpec.gaps``). Layers passing a stack of residual streams are refused.
+A block returning a flattened ``[batch * seq, d]`` residual, attention fused with its norms into
+one module, blocks shared between layers and layers re-normalizing their stream are handled by
+:mod:`.odd_layers` (resolved, or refused with that reason).
 The same pass decides whether a prefix cache can be reused (:mod:`.caches`).
 :func:`verify_sites` re-checks a spec (resolved or written by hand) on one prompt;
 :func:`superscopes_nn.structure.models.wrap` runs both on every model it wraps.
@@ -35,6 +38,7 @@ from collections import defaultdict
 import torch
 
 from .architectures import PER_LAYER, ArchSpec, get_path
+from .odd_layers import layer_calls, renorm_reason, shared_children, shared_reason
 
 
 class SiteError(ValueError):
@@ -171,7 +175,8 @@ def resolve_sites(hf_model, input_ids=None, _keep: list | None = None) -> ArchSp
     for path, lst in _top_lists(hf_model):
         for i, layer in enumerate(lst):
             watch[f"{path}.{i}"] = layer
-            watch.update({f"{path}.{i}.{c}": m for c, m in layer.named_children()})
+            for c, m in layer.named_children():  # and their children (a block fused with its norms)
+                watch.update({f"{path}.{i}.{c}": m, **{f"{path}.{i}.{c}.{g}": mm for g, mm in m.named_children()}})
         watch.update({f"{path.rpartition('.')[0]}.{c}".lstrip("."): m
                       for c, m in _parent(hf_model, path).named_children() if m is not lst})
     rec = run_watched(hf_model, watch, input_ids)
@@ -179,7 +184,8 @@ def resolve_sites(hf_model, input_ids=None, _keep: list | None = None) -> ArchSp
         _keep.append(rec)
     tol = tolerance(next(hf_model.parameters()).dtype)
     path, lst = _decoder_list(hf_model, rec, family)
-    per_layer = [_layer_sites(rec, f"{path}.{i}", family, tol) for i in range(len(lst))]
+    shared = shared_children(lst)
+    per_layer = [_layer_sites(rec, f"{path}.{i}", family, tol, shared.get(i, {})) for i in range(len(lst))]
     moe = any([found.pop("moe") for found in per_layer])  # MoE models may keep some layers dense
     from .caches import reuse_check
 
@@ -201,12 +207,14 @@ def _merge(per_layer: list) -> dict:
             missing.append((site, next(iter(by)) if len(by) == 1 else "; ".join(
                 f"layer{'s' if len(ls) > 1 else ''} {', '.join(map(str, ls))}: {w}" for w, ls in by.items())))
         gaps += [(site, i, w) for i, w in enumerate(why) if w and not all(why)]
+    flat = tuple((site, i) for i, found in enumerate(per_layer) for site in found.get("flat", ())
+                 if not dict(found["missing"]).get(site))
     for name in PER_LAYER:
         values = tuple("" if name in dict(found["missing"]) else found[name] for found in per_layer)
         out[name] = values[0] if len(set(values)) == 1 else values
     layouts = list(dict.fromkeys(found["layout"] for found in per_layer))
     layout = layouts[0] if len(layouts) == 1 else f"hybrid ({', '.join(layouts)})"
-    return dict(out, layout=layout, missing=tuple(missing), gaps=tuple(gaps))
+    return dict(out, layout=layout, missing=tuple(missing), gaps=tuple(gaps), flat=flat)
 
 
 def _decoder_list(hf_model, rec, family):
@@ -255,20 +263,30 @@ def _branch(kids, end):
         chain.insert(0, max(preds, key=lambda k: kids[k]["done"]))
 
 
-def _layer_sites(rec, prefix, family, tol) -> dict:
-    layer = rec.once(prefix)
-    x, y = layer["inp"], layer["out"]
-    kids = {n[len(prefix) + 1:]: rec.once(n) for n in rec.calls if n.startswith(prefix + ".")}
-    kids = {k: dict(c, params=_params(rec.modules[f"{prefix}.{k}"]), moe=_is_moe(rec.modules[f"{prefix}.{k}"]))
-            for k, c in kids.items() if c is not None}
+def _adds(kids, x):
+    """The sub-modules whose output could be added to the residual, in call order, one per value."""
     adds = sorted((k for k, c in kids.items() if c["out"] is not None and c["out"].shape == x.shape),
                   key=lambda k: kids[k]["done"])
     # modules outputting the same value (an eval-mode dropout after a block): keep the one nearest the add
-    adds = [k for i, k in enumerate(adds) if not any(torch.equal(kids[k]["out"], kids[later]["out"])
+    return [k for i, k in enumerate(adds) if not any(torch.equal(kids[k]["out"], kids[later]["out"])
                                                      for later in adds[i + 1:])]
+
+
+def _layer_sites(rec, prefix, family, tol, shared) -> dict:
+    layer = rec.once(prefix)
+    x, y = layer["inp"], layer["out"]
+    kids = layer_calls(rec, prefix, x, _params, _is_moe)
+    adds = _adds(kids, x)
     target = (y - x).double().flatten()
     scale = tol * (_n(x) + _n(y))
     fits = {n: _fit(kids, adds, target, scale, n) for n in (2, 3, 1)}
+    if not any(fits.values()):  # a block fused with its norms (and the residual add): look inside it
+        deep = layer_calls(rec, prefix, x, _params, _is_moe, depth=2)
+        if len(deep) > len(kids):
+            fit = _fit(deep, _adds(deep, x), target, scale, 2)
+            if fit is not None and not shared:
+                return _describe(deep, x, y, fit[1][0], fit[1][1], deep[fit[1][0]]["out"], *fit[2], tol, scale, [])
+            fits[1] = fits[1] or _fit(deep, _adds(deep, x), target, scale, 1)
     none = dict(attn_out="", mlp_out="", mlp_in="", parallel=False, attn="", mlp="", mlp_norm="", moe=False)
     every = ("attn_out", "mlp_in", "mlp_out")
     if fits[2] is None and fits[3] is not None:
@@ -285,14 +303,20 @@ def _layer_sites(rec, prefix, family, tol) -> dict:
             return dict(out, mlp_out="", mlp_in="")
     if fits[2] is None:
         if fits[1] is not None:
-            why = (f"each layer adds one block's output ({fits[1][1][0]}); it has no separate attention and MLP "
-                   "blocks")
+            block = fits[1][1][0]
+            feed = [k for k in kids if "." not in k and k != block and not block.startswith(k + ".")
+                    and kids[k]["params"] > 2 * x.shape[-1]]
+            why = (f"each layer adds one block's output ({block}); it has no separate attention and MLP blocks" +
+                   (f" ({', '.join(feed)} {'feeds' if len(feed) == 1 else 'feed'} only that block's input, not the "
+                    "residual stream"
+                    f"{'; ' + shared_reason(shared, None, short=True) if shared else ''})" if feed else ""))
             return dict(none, layout="single-block", missing=tuple((s, why) for s in every))
-        why = (f"no two sub-modules of a layer ({', '.join(kids) or 'none'}) output what it adds to its residual "
-               "stream: attn_out / mlp_out (and so mlp_in) not found")
+        why = (shared_reason(shared, fits[2]) if shared else renorm_reason(kids, x, y, _fit, scale)) or (
+            f"no two sub-modules of a layer ({', '.join(kids) or 'none'}) output what it adds to its residual "
+            "stream: attn_out / mlp_out (and so mlp_in) not found")
         kept = dict(kids, **{"@x": {"out": x}})  # y = c x + blocks: the layer rescales its residual stream
         scaled = next((f for n in (3, 2) if (f := _fit(kept, ["@x", *adds], y.double().flatten(), scale, n))), None)
-        if scaled is not None and scaled[1][0] == "@x" and abs(scaled[2][0] - 1) > 1e-3:
+        if scaled is not None and scaled[1][0] == "@x" and abs(scaled[2][0] - 1) > 1e-3 and not shared:
             why = (f"the layer rescales its residual stream ({scaled[2][0]:.3g} x input + "
                    f"{' + '.join(f'{c:.3g} x {k}' for k, c in zip(scaled[1][1:], scaled[2][1:]))}); no module outputs "
                    "what a block adds to an unscaled residual")
@@ -356,8 +380,11 @@ def _describe(kids, x, y, a, m, a_value, sa, sm, tol, scale, missing) -> dict:
     post, has_pre = bool(attn_post or mlp_post), bool(attn_pre or mlp_pre)
     layout = "parallel" if parallel else {(True, True): "sandwich", (False, True): "post-norm"}.get((has_pre, post),
                                                                                                  "pre-norm")
+    flat = [s for s, k, io in (("attn_out", a, "out"), ("mlp_out", m, "out"), ("mlp_in", mlp, "in"))
+            if k and kids[k][f"flat_{io}"]]
     return dict(attn_out=a or "", mlp_out=m, mlp_in=mlp, parallel=parallel, attn=attn, mlp=mlp,
-                mlp_norm=".".join(mlp_pre[-1:]), layout=layout, moe=kids[mlp]["moe"], missing=_first(missing))
+                mlp_norm=".".join(mlp_pre[-1:]), layout=layout, moe=kids[mlp]["moe"], missing=_first(missing),
+                flat=flat)
 
 
 def _first(pairs) -> tuple:

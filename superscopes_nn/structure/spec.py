@@ -104,6 +104,8 @@ def verify_sites(model, spec: ArchSpec | None = None, input_ids=None) -> ArchSpe
             raise SiteError(f"{spec.family}: layer {i} or one of its site modules did not run exactly once")
         x, y = layer["inp"], layer["out"]
         v = {s: c["inp"] if spec.site_is_input(s) else c["out"] for s, c in got.items()}
+        v = {s: t.reshape(x.shape) if spec.is_flat(s, i) and t is not None and t.numel() == x.numel() else t
+             for s, t in v.items()}  # a block returning the residual flattened to [batch * seq, d]
         bad = [s for s, t in v.items() if t is None or t.shape != x.shape]
         if bad:
             raise SiteError(f"{spec.family}: layer {i}: {', '.join(bad)} is not a [batch, seq, d] residual-stream "

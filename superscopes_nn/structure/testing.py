@@ -57,6 +57,26 @@ _HYBRID = {
     "recurrent_gemma": dict(block_types=["recurrent", "attention"], lru_width=64, num_key_value_heads=1),
 }
 
+#: Families whose blocks return a flattened [batch * seq, d] residual (llama4_text's MoE layers, opt's MLP),
+#: fuse attention with its norms (dbrx), feed a transformer block into a Mamba block's input (zamba, zamba2)
+#: or re-normalize their residual stream (minimax): tests/test_flat_families.py. Explicit tiny configs (4
+#: layers, d=64; dbrx with its attn_config / ffn_config sub-configs).
+FLAT_ARCHS = ("llama4_text", "opt", "dbrx", "zamba", "zamba2", "minimax")
+_ZAMBA = dict(layers_block_type=["mamba", "hybrid"] * 2, num_key_value_heads=4, mamba_d_state=8)
+_FLAT = {
+    "llama4_text": dict(intermediate_size=32, intermediate_size_mlp=128, num_local_experts=4, num_experts_per_tok=1,
+                        interleave_moe_layer_step=2),  # layers 1, 3 MoE (flattened output), 0, 2 dense
+    "opt": dict(ffn_dim=128, word_embed_proj_dim=64),
+    "dbrx": dict(d_model=64, n_heads=4, n_layers=4, max_seq_len=512, attn_config=dict(kv_n_heads=2, rope_theta=1e4,
+                 clip_qkv=8.0), ffn_config=dict(ffn_hidden_size=64, moe_num_experts=4, moe_top_k=2)),
+    "zamba": dict(_ZAMBA, mamba_dt_rank=8, n_mamba_heads=2, attention_head_dim=16, mamba_headdim=16),
+    "zamba2": dict(_ZAMBA, mamba_ngroups=1, n_mamba_heads=8, chunk_size=8, num_mem_blocks=1, attention_head_dim=32),
+    "minimax": dict(num_local_experts=4, num_experts_per_tok=2, layer_types=["linear_attention", "full_attention"] * 2),
+}
+_NO_KW = {"opt": ("intermediate_size", "num_key_value_heads", "head_dim"), "zamba2": ("intermediate_size", "head_dim"),
+          "dbrx": ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+                   "head_dim", "max_position_embeddings")}
+
 _CORPUS = [
     "Syria: Country in the Middle East, Leonardo DiCaprio: American actor, Samsung: South Korean "
     "multinational major appliance and consumer electronics corporation, x",
@@ -112,6 +132,13 @@ def tiny_config(arch: str, vocab_size: int, n_layers: int = 4, hidden: int = 64)
     from transformers import AutoConfig
 
     common = dict(vocab_size=vocab_size, bos_token_id=0, eos_token_id=0, pad_token_id=0)
+    if arch in FLAT_ARCHS:
+        from transformers import CONFIG_MAPPING
+
+        kw = dict(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=n_layers, num_attention_heads=4,
+                  num_key_value_heads=2, head_dim=hidden // 4, max_position_embeddings=512, tie_word_embeddings=False)
+        kw = {k: v for k, v in kw.items() if k not in _NO_KW.get(arch, ())}
+        return CONFIG_MAPPING[arch](**{**kw, **common, **_FLAT[arch]})
     if arch in HYBRID_ARCHS:
         from transformers import CONFIG_MAPPING
 
@@ -119,7 +146,7 @@ def tiny_config(arch: str, vocab_size: int, n_layers: int = 4, hidden: int = 64)
                   num_key_value_heads=2, head_dim=hidden // 4, max_position_embeddings=512, tie_word_embeddings=False)
         return CONFIG_MAPPING[arch](**{**kw, **common, **_HYBRID[arch]})
     if arch not in TINY_ARCHS:
-        raise ValueError(f"no tiny config for {arch!r}; choose one of {', '.join(TINY_ARCHS + HYBRID_ARCHS)}")
+        raise ValueError(f"no tiny config for {arch!r}; choose one of {', '.join(TINY_ARCHS + HYBRID_ARCHS + FLAT_ARCHS)}")
     if arch in _GPT_STYLE:
         extra = dict(rotary_dim=8) if arch == "gptj" else {}
         return AutoConfig.for_model(arch, n_embd=hidden, n_layer=n_layers, n_head=4, n_positions=512,

@@ -1,0 +1,119 @@
+"""Layers the two-block fit of :mod:`.sites_resolver` does not read at first sight.
+
+The resolver looks for two sub-modules of a decoder layer whose outputs add up to what the
+layer adds to its residual stream. Four layouts need more than its first look:
+
+* a block returning the residual **flattened** to ``[batch * seq, d]`` (Llama 4's MoE block,
+  OPT's MLP, whose layer reshapes the stream before its norm): :func:`layer_calls` views such
+  a tensor as ``[batch, seq, d]`` and marks it, so the site is resolved, recorded in
+  ``ArchSpec.flat`` and read / written reshaped (:mod:`.sites`);
+* attention **fused with its norms** into one module that returns the residual itself
+  (DBRX's ``norm_attn_norm``: ``(x + attn(norm_1 x), norm_2(x + attn))``): :func:`layer_calls`
+  with ``depth=2`` replaces such a module by its own sub-modules, where the attention is;
+* a block **shared** between layers (Zamba's ``shared_transf``, Zamba 2's
+  ``shared_transformer``, the same weights in every hybrid layer): :func:`shared_children`;
+* a layer that **re-normalizes its residual stream** (MiniMax: ``h = norm_1(x)``,
+  ``h = norm_2(h + attn(h))``, ``out = h + mlp(h)``): no block adds to the layer input;
+  :func:`renorm_reason` says so.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["layer_calls", "fused_children", "shared_children", "renorm_reason"]
+
+
+def _flat(t, x) -> bool:
+    """True when ``t`` is ``x`` ([batch, seq, d]) flattened to [batch * seq, d]."""
+    return t is not None and t.dim() == 2 and tuple(t.shape) == (x.shape[0] * x.shape[1], x.shape[-1])
+
+
+def layer_calls(rec, prefix: str, x, params, is_moe, depth: int = 1) -> dict:
+    """The recorded calls of a layer's sub-modules (name relative to the layer -> call): those
+    called once, with ``params`` / ``moe`` of the module; a flattened input or output viewed as
+    ``[batch, seq, d]`` and marked ``flat_in`` / ``flat_out``. ``depth=2``: a sub-module returning
+    the residual itself (:func:`fused_children`) is replaced by its own sub-modules."""
+    fused = set(fused_children(rec, prefix, x)) if depth == 2 else set()
+    kids = {}
+    for name in rec.calls:
+        if not name.startswith(prefix + "."):
+            continue
+        rel = name[len(prefix) + 1:]
+        top, _, sub = rel.partition(".")
+        if (sub and top not in fused) or (not sub and top in fused) or sub.count("."):
+            continue
+        call = rec.once(name)
+        if call is None:
+            continue
+        call = dict(call, params=params(rec.modules[name]), moe=is_moe(rec.modules[name]), flat_in=False, flat_out=False)
+        for key in ("inp", "out"):
+            if _flat(call[key], x):
+                call[key], call["flat_in" if key == "inp" else "flat_out"] = call[key].view(x.shape), True
+        kids[rel] = call
+    return kids
+
+
+def fused_children(rec, prefix: str, x) -> list:
+    """Sub-modules of a layer whose output is the layer input plus one of their own sub-modules'
+    outputs: a block fused with the residual add (and its norms) into one module."""
+    out = []
+    for name in rec.calls:
+        rel = name[len(prefix) + 1:] if name.startswith(prefix + ".") else None
+        call = rec.once(name) if rel and "." not in rel else None
+        if call is None or call["out"] is None or call["out"].shape != x.shape:
+            continue
+        delta = call["out"] - x
+        for sub in rec.calls:
+            inner = rec.once(sub) if sub.startswith(name + ".") and "." not in sub[len(name) + 1:] else None
+            if inner is not None and inner["out"] is not None and inner["out"].shape == x.shape and torch.allclose(
+                    inner["out"], delta, rtol=1e-4, atol=1e-5 * float(x.abs().max())):
+                out.append(rel)
+                break
+    return out
+
+
+def shared_children(hf_layers) -> dict:
+    """``{layer index: {child name: [the other layers with the same weights]}}`` for children of
+    decoder layers that share their parameters with a child of another layer."""
+    owner: dict = {}
+    for i, layer in enumerate(hf_layers):
+        for c, m in layer.named_children():
+            for p in m.parameters():
+                owner.setdefault(id(p), set()).add(i)
+    shared: dict = {}
+    for i, layer in enumerate(hf_layers):
+        for c, m in layer.named_children():
+            others = sorted(set().union(*(owner[id(p)] for p in m.parameters())) - {i}) if any(
+                True for _ in m.parameters()) else []
+            if others:
+                shared.setdefault(i, {})[c] = others
+    return shared
+
+
+def shared_reason(shared: dict, fit, short: bool = False) -> str:
+    """Why a layer running a block shared with other layers has no attn_out / mlp_out module."""
+    name, others = next(iter(shared.items()))
+    if short:
+        return f"{name} is one block shared with layer{'s' if len(others) > 1 else ''} {', '.join(map(str, others))}"
+    adds = f" (what it adds is {' + '.join(fit[1])})" if fit is not None else ""
+    return (f"its {name} is one block shared with layer{'s' if len(others) > 1 else ''} "
+            f"{', '.join(map(str, others))} (the same weights){adds}; the shared block's attention and MLP do not "
+            "add to this layer's residual stream, and no module of its own outputs what an attention or an MLP "
+            "block adds")
+
+
+def renorm_reason(kids, x, y, fit, scale) -> str:
+    """A reason when the layer output is a norm's output plus a block's (the layer re-normalizes its
+    residual stream rather than adding to its input), else ``""``. ``fit(kids, adds, target, scale, n)``
+    is the resolver's least-squares fit."""
+    d = x.shape[-1]
+    adds = [k for k, c in kids.items() if c["out"] is not None and c["out"].shape == x.shape]
+    for n in (1, 2):
+        f = fit(kids, adds, y.double().flatten(), scale, n)
+        if f is not None and kids[f[1][0]]["params"] <= 2 * d and not torch.equal(kids[f[1][0]]["out"], x):
+            norm = f[1][0]
+            return (f"the layer re-normalizes its residual stream: its output is {norm}'s output"
+                    f"{' + ' + f[1][1] if n == 2 else ''}, not its input plus what the blocks add; no module outputs "
+                    "what a block adds to the stream it reads")
+    return ""
