@@ -219,9 +219,10 @@ def read_saved_csv(path) -> pd.DataFrame:
     df = read_csv(path)
     df = df.drop(columns=[c for c in df.columns if c.startswith("score_")])
     if "error" in df:
-        df["error"] = [e if isinstance(e, str) and e else None for e in df.error]
-        df["interpretation"] = [None if e else ("" if t is None or t != t else t)
-                                for t, e in zip(df.interpretation, df.error)]
+        errors = [e if isinstance(e, str) and e else None for e in df.error]
+        df["interpretation"] = pd.Series([None if e else ("" if not isinstance(t, str) else t)
+                                          for t, e in zip(df.interpretation, errors)], index=df.index, dtype=object)
+        df["error"] = pd.Series(errors, index=df.index, dtype=object)
     return df
 
 
