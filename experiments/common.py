@@ -11,13 +11,13 @@ finished rows. Baseline generations (unpatched) are cheap and rerun.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import pandas as pd
 
+from superscopes_nn.core.tables import read_csv, write_csv
 from superscopes_nn.science.scoring import answer_match
 from superscopes_nn.structure.info import model_info  # noqa: E402
 
@@ -204,26 +204,25 @@ def n_layers_of(model) -> int:
 # ------------------------------------------------------------------ files
 
 
-def save_csv(df: pd.DataFrame, path: Path, **to_csv) -> Path:
-    """Every row, token ids as JSON lists (``.csv.gz`` paths are gzipped); ``to_csv``: passed on
-    (e.g. ``quoting=csv.QUOTE_NONNUMERIC`` for texts that may hold a bare carriage return)."""
+def save_csv(df: pd.DataFrame, path: Path) -> Path:
+    """Every row, every text quoted so that any text reads back (:func:`superscopes_nn.core.tables.write_csv`:
+    bare ``\\r``, NUL, quotes, commas), token ids as JSON lists; ``.csv.gz`` paths are gzipped."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    out = df.copy()
-    if "token_ids" in out:
-        out["token_ids"] = [json.dumps(list(map(int, t))) if isinstance(t, (list, tuple)) else t for t in out.token_ids]
-    out.to_csv(path, index=False, **to_csv)
-    return path
+    return write_csv(df, path)
 
 
 def read_saved_csv(path) -> pd.DataFrame:
     """A CSV written by :func:`save_csv`, back as a sweep DataFrame without score columns
-    (empty interpretations stay ``""``; error rows get ``interpretation`` None)."""
-    df = pd.read_csv(path, keep_default_na=False, na_values={"error": [""]})
+    (empty interpretations stay ``""``; error rows get ``interpretation`` None). Reads the
+    older minimally quoted files too."""
+    df = read_csv(path)
     df = df.drop(columns=[c for c in df.columns if c.startswith("score_")])
-    df["interpretation"] = [None if isinstance(e, str) and e else t for t, e in zip(df.interpretation, df.error)]
-    if "token_ids" in df:
-        df["token_ids"] = [json.loads(t) if isinstance(t, str) and t.startswith("[") else t for t in df.token_ids]
+    if "error" in df:
+        errors = [e if isinstance(e, str) and e else None for e in df.error]
+        df["interpretation"] = pd.Series([None if e else ("" if not isinstance(t, str) else t)
+                                          for t, e in zip(df.interpretation, errors)], index=df.index, dtype=object)
+        df["error"] = pd.Series(errors, index=df.index, dtype=object)
     return df
 
 

@@ -128,3 +128,113 @@ def test_random_grids_batched_equal_one_at_a_time(model, grid):
     batched = run_rows(model, rows, max_new_tokens=3)
     single = run_rows(model, rows, max_new_tokens=3, max_batch_size=1)
     assert batched.token_ids.tolist() == single.token_ids.tolist()
+
+
+# ------------------------------------------------------------------ issue 31: the last unclean inputs
+
+
+def test_max_new_tokens_beyond_the_context_is_refused_naming_both(model, tmp_path):
+    """Issue 31.4: a value past the context left after the prompt is refused before anything runs."""
+    from superscopes_nn.engine.api import generate_plain
+    from superscopes_nn.structure.info import model_info
+
+    ctx = model_info(model).context
+    n = len(model.tokenizer(ENTITY_PROMPT)["input_ids"])
+    with pytest.raises(ValueError) as info:
+        sweep(model, "Pink Floyd", layers=[1], max_new_tokens=10**9, run_dir=tmp_path / "run")
+    assert str(info.value) == (f"max_new_tokens 1000000000 exceeds the context left after the prompt: "
+                               f"{model_info(model).name} has a context of {ctx} tokens and the longest prompt takes "
+                               f"{n}, so at most {ctx - n} new tokens fit")
+    assert not (tmp_path / "run" / "config.json").exists()
+    with pytest.raises(ValueError, match=f"max_new_tokens {ctx - n + 1} exceeds .* so at most {ctx - n} new"):
+        sweep(model, "Pink Floyd", layers=[1], max_new_tokens=ctx - n + 1)
+    assert len(sweep(model, "Pink Floyd", layers=[1], max_new_tokens=2)) == 1  # in range: runs
+    m = len(model.tokenizer("Pink Floyd")["input_ids"])
+    with pytest.raises(ValueError, match=f"context of {ctx} tokens and the longest prompt takes {m}, so at most "
+                                         f"{ctx - m} new tokens fit"):
+        generate_plain(model, ["Pink Floyd"], max_new_tokens=ctx - m + 1)
+
+
+def test_cli_max_new_tokens_beyond_the_context_is_one_line(model_dir, tmp_path, capsys):
+    code = main(["explain", "Pink Floyd", "--layers", "1", "--amps", "1", "--max-new-tokens", "1000000000",
+                 "--model", model_dir, "--out", str(tmp_path / "run"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("error: max_new_tokens 1000000000 exceeds the context left after "
+                                                   "the prompt:")
+
+
+def test_config_json_that_is_not_an_object_is_one_line(model_dir, tmp_path, capsys):
+    """Issue 31.5: a run directory's or a checkpoint's config.json holding valid JSON that is not an object."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.json").write_text("[1, 2]")
+    argv = ["explain", "Pink Floyd", "--layers", "1", "--amps", "1", "--max-new-tokens", "2", "--no-progress",
+            "--out", str(out), "--resume"]
+    assert main(argv + ["--model", model_dir]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == (
+        f"error: cannot resume {out}: config.json must hold a JSON object, got list [1, 2]")
+    import shutil
+
+    bad = tmp_path / "ckpt"
+    shutil.copytree(model_dir, bad)
+    (bad / "config.json").write_text('"llama"')
+    with pytest.raises(ValueError) as info:
+        load_model(str(bad))
+    assert str(info.value) == f"cannot load model {str(bad)!r}: {bad / 'config.json'} must hold a JSON object, got str"
+
+
+def test_prompt_that_is_not_valid_text_is_one_line(model, model_dir, tmp_path):
+    """Issue 31.5: a lone surrogate in an API prompt, a Latin-1 byte in a CLI prompt (Python reads it as one)."""
+    with pytest.raises(ValueError) as info:
+        patchscope(model, [(_src(prompt="Caf\ud800 au lait"), Target(), None)])
+    assert str(info.value) == ("prompt 'Caf\\ud800 au lait' is not valid text: character 3 is the lone surrogate "
+                               "'\\ud800' (a byte that is not UTF-8, e.g. Latin-1 in a command-line argument?); "
+                               "pass UTF-8 text")
+    with pytest.raises(ValueError, match="prompt 'x: \\\\udcff' is not valid text"):
+        patchscope(model, [(_src(), Target("x: \udcff"), None)])
+    proc = subprocess.run([sys.executable.encode(), b"-m", b"superscopes_nn.output.cli", b"explain", b"Caf\xe9",
+                           b"--layers", b"1", b"--amps", b"1", b"--model", model_dir.encode(),
+                           b"--out", str(tmp_path / "run").encode(), b"--no-progress"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: source prompt 'Caf\\udce9' is not valid text: character 3 is the lone surrogate '\\udce9' (a byte "
+        "that is not UTF-8, e.g. Latin-1 in a command-line argument?); pass UTF-8 text")
+
+
+def test_fn_mapping_of_the_wrong_shape_is_refused_before_any_row_runs(model, tmp_path):
+    """Issue 31.5: the mapping is tried on one source-sized vector first; no chunk runs, nothing is stored."""
+    from superscopes_nn import Fn
+    from superscopes_nn.structure.info import model_name
+
+    half = Fn(lambda v: v[: v.shape[0] // 2], name="half")
+    with pytest.raises(ValueError) as info:
+        sweep(model, ["Pink Floyd", "Star Wars"], layers=[0, 1, 2], mapping=half, max_batch_size=1,
+              run_dir=tmp_path / "run")
+    assert str(info.value) == ("mapping 'half' returns shape [32] for a [64] source vector; the target model "
+                               f"{model_name(model)} needs a [64] tensor (its hidden size)")
+    assert not (tmp_path / "run").exists()
+
+    def broken(v):
+        raise KeyError("w")
+
+    with pytest.raises(ValueError, match=r"^mapping 'broken' fails on a \[64\] float32 vector on cpu \(the source "
+                                         r"vector it gets per row\): KeyError: 'w'$"):
+        patchscope(model, [(_src(), Target(), Fn(broken, name="broken"))])
+    good = Fn(lambda v: 2 * v, name="double")
+    assert len(patchscope(model, [(_src(), Target(), good)], max_new_tokens=2)) == 1
+
+
+@pytest.mark.parametrize("spec,want", [("-3--1", [-3, -2, -1]), ("-2,-1", [-2, -1]), ("-1", [-1])])
+def test_cli_negative_layer_lists_and_ranges(model_dir, tmp_path, spec, want):
+    """Issue 31.5: ``--layers -3--1`` / ``--layers -2,-1`` (argparse read them as options)."""
+    from superscopes_nn.core.store import load_run
+    from superscopes_nn.structure.info import model_info
+
+    out = tmp_path / "run"
+    assert main(["explain", "Pink Floyd", "--layers", spec, "--amps", "1", "--max-new-tokens", "1", "--model",
+                 model_dir, "--out", str(out), "--no-progress"]) == 0
+    n = model_info(load_model(model_dir)).n_layers
+    assert load_run(out)[0].source_layer.tolist() == [n + k for k in want]

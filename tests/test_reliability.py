@@ -159,10 +159,119 @@ def test_stale_lock_of_a_killed_writer_is_taken_over(sweep, reference, tmp_path)
     wait_for_rows(proc, run_dir / "rows.jsonl", 4)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
-    assert (run_dir / ".lock").exists() and (run_dir / ".lock.owner").read_text().strip() == f"pid {proc.pid}"
-    run_sweep(model, rows, run_dir, config, resume=True, **sweep_worker.RUN_KWARGS)
-    assert (run_dir / ".lock.owner").read_text().strip() == f"pid {os.getpid()}"
+    assert (run_dir / ".lock.owner").read_text().strip() == f"pid {proc.pid}"  # stale: names a dead pid
+    seen = []
+    run_sweep(model, rows, run_dir, config, resume=True, on_chunk=lambda r: seen.append(
+        (run_dir / ".lock.owner").read_text().strip()), **sweep_worker.RUN_KWARGS)
+    assert set(seen) == {f"pid {os.getpid()}"}  # taken over
+    assert not (run_dir / ".lock.owner").exists()  # a finished directory keeps no lock file
     assert_complete(run_dir, sweep, reference)
+
+
+def test_deleting_the_lock_files_does_not_let_a_second_writer_in(sweep, reference, tmp_path):
+    """Issue 31.2: the lock is a kernel lock on the directory; removing ``.lock`` / ``.lock.owner``
+    while the first writer runs does not defeat it."""
+    run_dir, gate = tmp_path / "run", tmp_path / "go"
+    first = worker(run_dir, "none", "--gate", str(gate))
+    try:
+        wait_for_rows(first, run_dir / "rows.jsonl", 4)
+        for name in (".lock", ".lock.owner"):
+            (run_dir / name).unlink(missing_ok=True)
+        second = subprocess.run([sys.executable, str(WORKER), str(run_dir), "none", "--resume"], env=ENV,
+                                capture_output=True, text=True, timeout=300)
+        assert second.returncode != 0, second.stderr[-2000:]
+        last = second.stderr.strip().splitlines()[-1]
+        assert last == (f"superscopes_nn.core.dirlock.RunDirBusy: run directory {run_dir} is in use by another "
+                        "process; wait for it to finish or choose another directory")
+        assert len(lines(run_dir / "rows.jsonl")) == 4  # the refused writer wrote nothing
+    finally:
+        gate.touch()
+        assert first.wait(timeout=300) == 0, first.stderr.read()[-2000:]
+    assert_complete(run_dir, sweep, reference)  # 48 lines for 48 rows
+
+
+def test_repeated_row_keys_are_read_once_with_one_warning(sweep, reference, tmp_path):
+    """Issue 31.2: rows.jsonl that two writers once filled (every row twice) reads as one row per key,
+    through resume and load_run alike, with one warning line; an append never repeats a stored row."""
+    model, rows, config = sweep
+    d = tmp_path / "run"
+    run_sweep(model, rows, d, config, **sweep_worker.RUN_KWARGS)
+    data = (d / "rows.jsonl").read_bytes()
+    (d / "rows.jsonl").write_bytes(data + data)
+    with pytest.warns(UserWarning, match=r"rows\.jsonl: 48 line\(s\) repeat an earlier row's key \(first at line 49;"):
+        df, _ = store_mod.load_run(d)
+    assert len(df) == 48
+    with pytest.warns(UserWarning, match="48 line"):
+        again = run_sweep(model, rows, d, config, resume=True, **sweep_worker.RUN_KWARGS)  # nothing reruns
+    pd.testing.assert_frame_equal(again, reference[0])
+    assert (d / "rows.jsonl").read_bytes() == data + data
+    with RunStore(d, json.loads((d / "config.json").read_text()), resume=True) as store:
+        with pytest.warns(UserWarning, match="48 line"):
+            done = store.records_by_key()
+        store.append(list(done.values())[:5])  # already stored: not written again
+    assert (d / "rows.jsonl").read_bytes() == data + data
+
+
+TEXTS = ["bare\rreturn", "cr\r\nlf", "new\nline", 'say "hi", then \'bye\'', "nul\x00byte", "a,b,,c",
+         "héllo 日本語 🙂 \u200b", "\r", "ends with\r", "  padded  ", "[1, 2]", "1.5", "True"]
+ODD = ["", "NA", "nan", "None", None]
+
+
+def _text_records():
+    return [dict(source_prompt=f"p{i}", source_layer=i, alpha=1.5, interpretation=t,
+                 token_ids=[] if t is None else [1, i], error="generation failed" if t is None else None,
+                 note=t) for i, t in enumerate(TEXTS + ODD)]
+
+
+def test_results_csv_round_trips_every_text(tmp_path):
+    """Issue 31.1: results.csv quotes every text; plain pandas.read_csv gives each text back, one row per
+    record; superscopes_nn.core.tables.read_csv gives the frame back exactly (also "", "NA", None)."""
+    from superscopes_nn.core.tables import read_csv
+
+    df = store_mod.frame(_text_records())
+    store_mod.write_tables(df, tmp_path)
+    plain = pd.read_csv(tmp_path / "results.csv")
+    assert len(plain) == len(df)
+    assert list(plain.interpretation[:len(TEXTS)]) == TEXTS and list(plain.note[:len(TEXTS)]) == TEXTS
+    assert list(plain.source_layer) == list(range(len(df))) and (plain.alpha == 1.5).all()
+    back = read_csv(tmp_path / "results.csv")
+    pd.testing.assert_frame_equal(back, pd.read_parquet(tmp_path / "results.parquet"))
+    assert back.interpretation.tolist()[:-1] == (TEXTS + ODD)[:-1] and pd.isna(back.interpretation.iloc[-1])
+    assert back.token_ids.tolist() == df.token_ids.tolist()
+
+
+def test_experiment_csvs_round_trip_every_text(tmp_path):
+    """Issue 31.1, the experiments' writer (save_csv / read_saved_csv, .csv and .csv.gz)."""
+    from experiments.common import read_saved_csv, save_csv
+
+    df = store_mod.frame(_text_records())
+    for name in ("rows.csv", "rows.csv.gz"):
+        path = save_csv(df, tmp_path / name)
+        if name == "rows.csv":
+            assert list(pd.read_csv(path).interpretation[:len(TEXTS)]) == TEXTS
+        back = read_saved_csv(path)
+        assert back.interpretation.tolist() == TEXTS + ODD[:-1] + [None]
+        assert back.note.tolist()[:-1] == (TEXTS + ODD)[:-1] and back.token_ids.tolist() == df.token_ids.tolist()
+
+
+def test_report_refuses_a_row_without_a_key_field_exactly_as_resume(model_dir, tmp_path, capsys):
+    """Issue 31.6: one reader (store.unique_records) for resume and report, one refusal."""
+    out = tmp_path / "D"
+    argv = ["explain", "Pink Floyd", "--layers", "0-1", "--amps", "1,3", "--max-new-tokens", "2", "--no-progress",
+            "--model", model_dir, "--out", str(out)]
+    assert main(argv) == 0
+    rows = [json.loads(l) for l in lines(out / "rows.jsonl")]
+    del rows[1]["alpha"]
+    (out / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    capsys.readouterr()
+    assert main(["report", str(out)]) == 2
+    report_line = one_error_line(capsys.readouterr().err)
+    assert main(argv + ["--resume"]) == 2
+    resume_line = one_error_line(capsys.readouterr().err)
+    assert report_line == resume_line == (
+        f"error: {out / 'rows.jsonl'}: line 2 lacks the key field(s) alpha, so the row it belongs to is unknown; "
+        "restore the field(s) or delete the line (--resume then reruns that row)")
+    assert not (out / "report.html").exists()
 
 
 # ------------------------------------------------------------------ SIGKILL at chosen points

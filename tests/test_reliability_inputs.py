@@ -243,6 +243,92 @@ def test_cli_remote_true_offline_is_one_line(model_dir, tmp_path):
     assert not (out / "config.json").exists()
 
 
+def test_cli_remote_host_builds_meta_weights(model_dir, tmp_path, capsys, monkeypatch):
+    """Issue 31.3: ``--remote https://HOST`` loads the model on meta weights, as ``--remote true`` does."""
+    built = []
+    real = models.load_model
+
+    def spy(name, **kw):
+        built.append(real(name, **kw))
+        return built[-1]
+
+    monkeypatch.setattr(models, "load_model", spy)
+    assert main(_explain(model_dir, tmp_path / "run", "--remote", "https://127.0.0.1:9")) == 2
+    one_line(capsys.readouterr().err)  # no hub id for a local directory: refused before anything is sent
+    assert len(built) == 1 and {str(p.device) for p in built[0]._module.parameters()} == {"meta"}
+
+
+HUB_CHECK = r"""
+import json, sys, time, warnings
+from superscopes_nn import load_model
+from superscopes_nn.engine.resolver import sweep_rows
+from superscopes_nn.engine.run import run_rows
+from superscopes_nn.structure.testing import tiny_model
+
+ndif, out = sys.argv[1], {}
+t0 = time.monotonic()
+try:
+    load_model("nobody/nothing", remote=True)
+except ValueError as err:
+    out["load"] = [str(err), time.monotonic() - t0]
+model = tiny_model("llama")
+model.repo_id = "superscopes/tiny-llama"
+rows = sweep_rows(model, ["Pink Floyd"], layers=[1])
+sleeps, t0 = [], time.monotonic()
+try:
+    run_rows(model, rows, max_new_tokens=2, remote=ndif, sleep=sleeps.append)
+except Exception as err:
+    out["run"] = [type(err).__name__, str(err), time.monotonic() - t0, sleeps]
+print(json.dumps(out))
+"""
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_remote_with_no_hub_names_the_hub_at_once(tmp_path):
+    """Issue 31.3: with no network (the hub a closed local port, HF_HUB_OFFLINE unset) the meta build
+    and the model-id lookup fail in seconds, naming the hub, never NDIF, and nothing is retried."""
+    hub, ndif = f"http://127.0.0.1:{_closed_port()}", f"http://127.0.0.1:{_closed_port()}"
+    env = {k: v for k, v in ENV.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    env.update(HF_ENDPOINT=hub, HF_HOME=str(tmp_path / "hf"))
+    proc = subprocess.run([sys.executable, "-c", HUB_CHECK, ndif], capture_output=True, text=True, env=env,
+                          timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    msg, took = got["load"]
+    assert msg.startswith(f"cannot load model 'nobody/nothing' for remote use: its config is not in the local "
+                          f"cache, and could not reach the Hugging Face hub at {hub} to look up the model id "
+                          "'nobody/nothing' (ConnectError:"), msg
+    assert msg.endswith("NDIF was not contacted: check the network, or set HF_HUB_OFFLINE=1 to send the id as given")
+    assert took < 15, took  # one try with a short timeout, not huggingface_hub's retries (~35 s per file)
+    kind, msg, took, sleeps = got["run"]
+    assert kind == "HubUnreachable" and msg.startswith(
+        f"could not reach the Hugging Face hub at {hub} to look up the model id 'superscopes/tiny-llama' "
+        "(ConnectError:"), msg
+    assert f"NDIF at {ndif} was not contacted" in msg and took < 15 and sleeps == []  # no NDIF retries
+
+
+def test_a_hub_failure_inside_a_remote_call_is_not_blamed_on_ndif():
+    """Issue 31.3: an httpx error on the hub's URL (nnsight's model-key lookup) names the hub."""
+    import httpx
+    from huggingface_hub import constants
+
+    from superscopes_nn.remote.errors import classify
+
+    url = f"{constants.ENDPOINT}/api/models/meta-llama/Llama-3.1-8B"
+    err = httpx.ConnectError("[Errno -2] Name or service not known", request=httpx.Request("GET", url))
+    failure = classify(err, host="https://api.ndif.us")
+    assert failure.kind == "fix" and failure.message == (
+        f"could not reach the Hugging Face hub ({url}: ConnectError: [Errno -2] Name or service not known) to look "
+        "up the model id; NDIF at https://api.ndif.us was not contacted: check the network, or set HF_HUB_OFFLINE=1")
+
+
 def test_cli_duplicates_are_one_row_and_one_warning_line_each(model_dir, tmp_path, capsys):
     out = tmp_path / "run"
     argv = _explain(model_dir, out)

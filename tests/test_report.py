@@ -49,6 +49,7 @@ def df():
             source_prompt=prompt, source_token=prompt.split()[-1], source_position=3,
             source_layer=layer, site=site, target_layer=layer, alpha=a,
             target_prompt="Syria: Country in the Middle East, x", interpretation=text,
+            target_position=8, target_site=site, mapping="amplify", mapping_key=f"amplify:{a!r}",  # a row's key
             score_source_cosine=_score(pi, si, layer, a), token_ids=[1, 2, 3],
         ))
     return pd.DataFrame(rows)

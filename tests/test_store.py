@@ -223,6 +223,9 @@ def test_remote_chunk_failure_keeps_finished_chunks_and_resume_completes(sweep, 
         return real_run_job(model, job, remote=False, backend=None, vectors=vectors)  # "remote" work done here
 
     monkeypatch.setattr(patching, "run_session", flaky_run_job)
+    import nnsight.modeling.huggingface as nnsight_hf
+
+    monkeypatch.setitem(nnsight_hf._ID_CACHE, model.repo_id, "superscopes/tiny-llama")  # the hub id, looked up first
     monkeypatch.setattr(patching, "session_backend", lambda model, remote, backend: None)  # no model key needed
     url = "http://127.0.0.1:9"
     with pytest.raises(NDIFError, match=r"could not reach NDIF at http://127.0.0.1:9 \(connection refused\) after 3 tries"):

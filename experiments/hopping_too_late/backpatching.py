@@ -78,6 +78,7 @@ import pandas as pd
 if __package__ in (None, ""):  # run as a script: make `experiments` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from experiments.common import save_csv  # noqa: E402
 from experiments.common import (  # noqa: E402
     add_control, check_control, int_list, parser, random_arm, setup, some_pair_chance, store_kwargs,
 )
@@ -353,10 +354,10 @@ def main(argv=None, model=None) -> pd.DataFrame:
     chance = fix_chance(df)
     summary["chance"] = None if chance is None else chance.to_dict(orient="records")
     summary["seconds"] = round(time.perf_counter() - t0, 1)
-    df.to_csv(out / "backpatching.csv", index=False)
-    hops.to_csv(out / "backpatching_hops.csv", index=False)
+    save_csv(df, out / "backpatching.csv")
+    save_csv(hops, out / "backpatching_hops.csv")
     if "random" in df.attrs:
-        df.attrs["random"].to_csv(out / "backpatching_random.csv", index=False)
+        save_csv(df.attrs["random"], out / "backpatching_random.csv")
     (out / "backpatching_summary.json").write_text(json.dumps(summary, indent=2, default=float))
     if len(df):
         plot_heatmap(fix_rate_grid(df), out / "backpatching.png",

@@ -52,6 +52,7 @@ import pandas as pd
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from experiments.common import save_csv  # noqa: E402
 from experiments.common import add_control, check_control, parser, random_arm, setup, store_kwargs  # noqa: E402
 
 from superscopes_nn.engine.resolver import find_token, resolve  # noqa: E402
@@ -229,9 +230,9 @@ def main(argv=None, model=None) -> pd.DataFrame:
                            random_run_dir=out / "bridge_resolution_random_rows",
                            **store_kwargs(args, out, "bridge_resolution"))
     summary = summarize(df)
-    df.to_csv(out / "bridge_resolution.csv", index=False)
+    save_csv(df, out / "bridge_resolution.csv")
     if "random" in df.attrs:
-        df.attrs["random"].to_csv(out / "bridge_resolution_random.csv", index=False)
+        save_csv(df.attrs["random"], out / "bridge_resolution_random.csv")
     summary.to_csv(out / "bridge_resolution_summary.csv", index=False)
     if df.id.nunique() > 1:
         chance = bridge_chance(df, args.data)

@@ -63,6 +63,7 @@ import pandas as pd
 if __package__ in (None, ""):  # run as a script: make `experiments` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from experiments.common import save_csv  # noqa: E402
 from experiments.common import parser, store_kwargs  # noqa: E402
 
 from superscopes_nn.engine.api import patchscope  # noqa: E402
@@ -265,7 +266,7 @@ def main(argv=None, model=None, verbalizer=None) -> pd.DataFrame:
                               max_new_tokens=args.max_new_tokens, remote=args.remote,
                               **store_kwargs(args, out, "controls"))
     summary = summarize_verbalizer(df)
-    df.to_csv(out / "verbalizer_vs_source.csv", index=False)
+    save_csv(df, out / "verbalizer_vs_source.csv")
     summary.to_csv(out / "verbalizer_vs_source_summary.csv", index=False)
     plot_verbalizer(summary, out / "verbalizer_vs_source.png",
                     f"{model_name(model)} states decoded by {model_name(verbalizer)} ({len(samples)} LRE samples)")

@@ -60,7 +60,6 @@ prior / chance    --                                                          th
 
 from __future__ import annotations
 
-import csv
 import sys
 import time
 from pathlib import Path
@@ -372,14 +371,13 @@ def main(argv=None, base=None, verbalizer=None) -> pd.DataFrame:
                            target_layers=targets, fit_texts=default_fit_texts(args.fit_texts or None),
                            ridge=args.ridge, priors=priors, **gen, **store_kwargs(args, out, "persona_control"))
     patch, base_rates = summarize(rows, base_rows)
-    quoted = {"quoting": csv.QUOTE_NONNUMERIC}  # generated texts may hold a bare \r
-    save_csv(rows, out / "persona_control.csv", **quoted)
-    save_csv(base_rows, out / "persona_control_baselines.csv", **quoted)
+    save_csv(rows, out / "persona_control.csv")
+    save_csv(base_rows, out / "persona_control_baselines.csv")
     patch.to_csv(out / "persona_control_rates.csv", index=False)
     base_rates.to_csv(out / "persona_control_baseline_rates.csv", index=False)
     if args.csv:
         save_csv(pd.concat([rows.assign(method="patchscope"), base_rows.rename(columns={"label": "verbalizer"})],
-                           ignore_index=True), Path(args.csv), **quoted)
+                           ignore_index=True), Path(args.csv))
     with pd.option_context("display.width", 220, "display.max_columns", 20):
         print(format_rates(patch).to_string(index=False))
         print(format_rates(base_rates).to_string(index=False))

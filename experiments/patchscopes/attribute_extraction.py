@@ -330,8 +330,8 @@ def main(argv=None, model=None) -> pd.DataFrame:
                               control=args.control, control_seed=args.control_seed,
                               random_run_dir=store_kwargs(args, out, "attribute_extraction_random")["run_dir"],
                               **store_kwargs(args, out, "attribute_extraction"))
-    df.to_csv(out / "attribute_extraction.csv", index=False)
-    df.attrs["filter"].to_csv(out / "attribute_extraction_filter.csv", index=False)
+    save_csv(df, out / "attribute_extraction.csv")
+    save_csv(df.attrs["filter"], out / "attribute_extraction_filter.csv")
     print(f"{df.attrs['n_kept']} of {df.attrs['n_samples']} samples kept (only_correct={not args.all_samples}, "
           f"contexts={args.contexts}, {samples.groupby(['task', 'subject']).ngroups} subjects)")
     if not (df.method == "patchscope").any():

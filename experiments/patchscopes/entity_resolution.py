@@ -82,6 +82,7 @@ import pandas as pd
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from experiments.common import save_csv  # noqa: E402
 from experiments.common import add_control, check_args, check_control, parser, random_arm, store_kwargs  # noqa: E402
 
 from superscopes_nn.engine.resolver import sweep_rows  # noqa: E402
@@ -375,9 +376,9 @@ def main(argv=None, model=None) -> pd.DataFrame:
                            control=args.control, control_seed=args.control_seed, random_run_dir=random_run_dir,
                            **store)
     summary = summarize(df)
-    df[df.method != "random"].to_csv(out / "entity_resolution.csv", index=False)
+    save_csv(df[df.method != "random"], out / "entity_resolution.csv")
     if args.control == "random":
-        df[df.method == "random"].to_csv(out / "entity_resolution_random.csv", index=False)
+        save_csv(df[df.method == "random"], out / "entity_resolution_random.csv")
     summary.to_csv(out / "entity_resolution_summary.csv", index=False)
     if metrics and df.entity.nunique() > 1:
         chance = entity_chance(df, entities, metrics)

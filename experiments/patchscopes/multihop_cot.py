@@ -81,6 +81,7 @@ import pandas as pd
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from experiments.common import save_csv  # noqa: E402
 from experiments.common import (add_control, check_control, int_list, parser, random_arm,  # noqa: E402
                                 report_pair_chance, setup, some_pair_chance, store_kwargs)
 
@@ -365,11 +366,11 @@ def main(argv=None, model=None) -> pd.DataFrame:
     summary = summarize(df)
     chance = pair_chance(df)
     report_pair_chance(chance, out / "multihop_cot_chance.csv", "shuffled-answer")
-    df.to_csv(out / "multihop_cot.csv", index=False)
+    save_csv(df, out / "multihop_cot.csv")
     if df.attrs.get("random") is not None:
-        df.attrs["random"].to_csv(out / "multihop_cot_random.csv", index=False)
+        save_csv(df.attrs["random"], out / "multihop_cot_random.csv")
     if df.attrs.get("hops") is not None:
-        df.attrs["hops"].to_csv(out / "multihop_cot_hops.csv", index=False)
+        save_csv(df.attrs["hops"], out / "multihop_cot_hops.csv")
     summary.to_csv(out / "multihop_cot_summary.csv", index=False)
     if len(df):
         plot(df, summary, out / "multihop_cot.png",

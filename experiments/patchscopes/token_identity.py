@@ -63,6 +63,7 @@ from superscopes_nn.engine.resolver import encode, resolve  # noqa: E402
 from superscopes_nn.core.specs import IDENTITY_PROMPT, Source, Target  # noqa: E402
 from superscopes_nn.core.validate import check_layer  # noqa: E402
 from superscopes_nn.engine.run import run_rows  # noqa: E402
+from experiments.common import save_csv  # noqa: E402
 from experiments.common import check_args, parser, store_kwargs  # noqa: E402
 
 from superscopes_nn.data.datasets import load_sample  # noqa: E402
@@ -209,7 +210,7 @@ def main(argv=None, model=None) -> pd.DataFrame:
     df = token_identity(model, limit=args.limit, layers=layers, max_positions=args.max_positions,
                         remote=args.remote, **store_kwargs(args, out, "token_identity"))
     summary = summarize(df)
-    df.to_csv(out / "token_identity.csv", index=False)
+    save_csv(df, out / "token_identity.csv")
     summary.to_csv(out / "token_identity_summary.csv", index=False)
     n_pos = df[["sentence_id", "position"]].drop_duplicates().shape[0]
     plot(summary, out / "token_identity.png", f"{model_name(model)}: next-token precision@1 ({n_pos} positions)")

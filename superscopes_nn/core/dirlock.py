@@ -5,10 +5,11 @@
     ...
     lock.release()
 
-The lock is ``filelock`` on ``.lock`` (an OS lock: it dies with its process, so the lock
-of a SIGKILLed writer is simply taken over); ``.lock.owner`` holds ``pid N`` of the
-holder, written atomically, for the refusal message. :class:`~superscopes_nn.core.store.RunStore`
-holds one while it is open.
+The lock is a kernel lock (``flock``) on the run directory itself, so deleting ``.lock``,
+``.lock.owner`` or any other file does not defeat it; it dies with its process, so the lock
+of a SIGKILLed writer is simply taken over. ``.lock.owner`` holds ``pid N`` of the holder,
+written atomically, for the refusal message (removed on release; a stale one names a dead
+pid and is ignored). :class:`~superscopes_nn.core.store.RunStore` holds one while it is open.
 """
 
 from __future__ import annotations
@@ -66,24 +67,50 @@ def _alive(pid: int) -> bool:
 
 
 class DirLock:
-    """The exclusive lock of ``run_dir`` (which must exist), taken at once or refused."""
+    """The exclusive lock of ``run_dir`` (which must exist), taken at once or refused.
+
+    A kernel lock (``flock``) on the directory itself: no file a user can delete defeats it,
+    and it dies with its process. ``.lock.owner`` (``pid N``) only names the holder in the
+    refusal and is removed on release. Without ``fcntl`` (Windows), ``filelock`` on ``.lock``.
+    """
 
     def __init__(self, run_dir: str | os.PathLike):
-        import filelock
-
         self.run_dir = Path(run_dir)
-        lock = filelock.FileLock(str(self.run_dir / LOCK_FILE), timeout=0, thread_local=False)
+        self._fd = self._lock = None
         try:
-            lock.acquire()
-        except filelock.Timeout:
+            self._take()
+        except _Busy:
             raise RunDirBusy(f"run directory {self.run_dir} is in use by {self.holder()}; wait for it to finish "
                              "or choose another directory") from None
         except OSError as err:
             raise OSError(f"cannot lock run directory {self.run_dir}: {err.strerror or err}") from None
-        self._lock = lock
         owner, tmp = self.run_dir / OWNER_FILE, self.run_dir / (OWNER_FILE + ".tmp")
         tmp.write_text(f"pid {os.getpid()}\n", encoding="utf-8")
         os.replace(tmp, owner)
+
+    def _take(self) -> None:
+        try:
+            import fcntl
+        except ImportError:  # Windows
+            import filelock
+
+            lock = filelock.FileLock(str(self.run_dir / LOCK_FILE), timeout=0, thread_local=False)
+            try:
+                lock.acquire()
+            except filelock.Timeout:
+                raise _Busy() from None
+            self._lock = lock
+            return
+        fd = os.open(self.run_dir, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise _Busy() from None
+        except OSError:
+            os.close(fd)
+            raise
+        self._fd = fd
 
     def holder(self, wait: float = 2.0) -> str:
         """``"pid N"`` of the lock's live holder (it may be a moment from writing ``.lock.owner``)."""
@@ -99,6 +126,21 @@ class DirLock:
             time.sleep(0.02)
 
     def release(self) -> None:
+        if self._fd is None and self._lock is None:
+            return
+        try:
+            owner = self.run_dir / OWNER_FILE
+            if owner.read_text(encoding="utf-8").strip() == f"pid {os.getpid()}":
+                owner.unlink()
+        except OSError:
+            pass
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor releases the flock
+            self._fd = None
         if self._lock is not None:
             self._lock.release()
             self._lock = None
+
+
+class _Busy(Exception):
+    pass

@@ -11,8 +11,8 @@ A run directory holds:
   chunk, flushed and fsynced. A kill loses at most the chunk in flight;
 - ``results.csv`` / ``results.parquet``: the finished table, written to a temporary
   file and renamed;
-- ``.lock``: held (``filelock``, an OS lock released when the process dies) while a
-  writer has the directory open; a second writer gets
+- a kernel lock on the directory itself, held while a writer has it open (deleting any
+  file does not defeat it); a second writer gets
   :class:`~superscopes_nn.core.dirlock.RunDirBusy` naming the directory and the holder's
   pid (``.lock.owner``); a dead holder's lock is taken over (:mod:`~superscopes_nn.core.dirlock`).
 
@@ -35,7 +35,7 @@ Resuming with a different configuration is refused (``ValueError`` naming the mo
 meaningful differing key: the model first, then the grid); so is reusing a
 directory that already has rows without ``resume`` (``FileExistsError``), and rows
 on disk without a ``config.json``. :func:`load_run` is the one reader for everyone
-(the report included), with the same torn-line handling.
+(the report included), with resume's torn-line handling and refusals (:func:`unique_records`).
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ import pandas as pd
 from .._version import __version__
 from .dirlock import DirLock
 from .specs import RESULT_COLUMNS
+from .tables import frame, write_tables  # noqa: F401  (the table writer and frame, re-exported)
 
 CONFIG_FILE = "config.json"
 ROWS_FILE = "rows.jsonl"
@@ -142,6 +143,11 @@ def first_difference(old: Any, new: Any, path: str = "") -> tuple[str, Any, Any]
     return None if old == new else (path or "<config>", old, new)
 
 
+def _clip(value, width: int = 60) -> str:
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
@@ -161,6 +167,7 @@ class _Scan:
     records: list
     valid_bytes: int
     needs_newline: bool
+    lines: tuple = ()  # the line number of each record
 
 
 def _scan(path: Path) -> _Scan:
@@ -169,7 +176,7 @@ def _scan(path: Path) -> _Scan:
     if not path.exists():
         return _Scan([], 0, False)
     data = path.read_bytes()
-    records, pos, lineno = [], 0, 0
+    records, numbers, pos, lineno = [], [], 0, 0
     while pos < len(data):
         end = data.find(b"\n", pos)
         last = end == -1
@@ -183,13 +190,43 @@ def _scan(path: Path) -> _Scan:
                     raise ValueError(f"not a JSON object: {type(rec).__name__}")
             except ValueError as err:
                 if nxt >= len(data):  # the torn tail of a killed append
-                    return _Scan(records, pos, False)
+                    return _Scan(records, pos, False, tuple(numbers))
                 raise ValueError(f"{path}: line {lineno} is not a valid row ({err}): {line[:200]!r}") from None
             records.append(rec)
+            numbers.append(lineno)
             if last:  # complete JSON but the newline never made it
-                return _Scan(records, len(data), True)
+                return _Scan(records, len(data), True, tuple(numbers))
         pos = nxt
-    return _Scan(records, len(data), False)
+    return _Scan(records, len(data), False, tuple(numbers))
+
+
+def unique_records(path: Path, scan: _Scan | None = None) -> dict:
+    """The first stored record of every row of ``path`` (rows.jsonl), by :func:`record_key`.
+
+    The one keyed reader (resume and :func:`load_run`, so the report too): a record without
+    a key field is refused (``ValueError`` naming the line and the fields); a repeated key
+    (two writers once shared the directory) keeps the first record, with one warning line.
+    """
+    scan = _scan(path) if scan is None else scan
+    out: dict = {}
+    repeated = []
+    for rec, lineno in zip(scan.records, scan.lines):
+        try:
+            key = record_key(rec)
+        except KeyError:
+            missing = [k for k in KEY_FIELDS if k not in rec and not (k == "mapping_key" and "mapping" in rec)]
+            raise ValueError(f"{path}: line {lineno} lacks the key field(s) {', '.join(missing)}, so the row it "
+                             "belongs to is unknown; restore the field(s) or delete the line (--resume then "
+                             "reruns that row)") from None
+        if key in out:
+            repeated.append(lineno)
+        else:
+            out[key] = rec
+    if repeated:
+        warnings.warn(f"{path}: {len(repeated)} line(s) repeat an earlier row's key (first at line {repeated[0]}; "
+                      "two writers once shared the directory?); the first record of each row is used",
+                      stacklevel=3)
+    return out
 
 
 class RunStore:
@@ -253,6 +290,9 @@ class RunStore:
                 stored = json.loads(self.config_path.read_text(encoding="utf-8"))
             except ValueError as err:
                 raise ValueError(f"cannot resume {self.run_dir}: {CONFIG_FILE} is not valid JSON ({err})") from None
+            if not isinstance(stored, dict):
+                raise ValueError(f"cannot resume {self.run_dir}: {CONFIG_FILE} must hold a JSON object, got "
+                                 f"{type(stored).__name__} {_clip(stored)}")
             diff = first_difference({k: v for k, v in stored.items() if k != "versions"},
                                     {k: v for k, v in self.config.items() if k != "versions"})
             if diff is not None:
@@ -289,19 +329,23 @@ class RunStore:
 
     def done_keys(self) -> set[str]:
         """Keys (:func:`record_key`) of every finished row."""
-        return {record_key(r) for r in self.records()}
+        return set(unique_records(self.rows_path))
 
     def append(self, records: Sequence[dict]) -> None:
         """Append ``records`` (one line each) in one write, then flush and fsync.
 
-        A torn last line left by a kill is truncated away first.
+        A torn last line left by a kill is truncated away first; a record whose row is
+        already stored is not written again (one record per row key on disk).
         """
         if not records:
             return
-        for r in records:
-            record_key(r)  # fail fast on a record without the key fields
-        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8")
+        keys = [record_key(r) for r in records]  # fail fast on a record without the key fields
         scan = _scan(self.rows_path)
+        stored = {record_key(r) for r in scan.records if all(k in r for k in KEY_FIELDS)}
+        records = [r for r, k in zip(records, keys) if k not in stored]
+        if not records:
+            return
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8")
         if self.rows_path.exists() and self.rows_path.stat().st_size != scan.valid_bytes:
             with open(self.rows_path, "r+b") as f:
                 f.truncate(scan.valid_bytes)
@@ -316,11 +360,8 @@ class RunStore:
             raise OSError(err.errno, f"cannot append rows to {self.rows_path}: {err.strerror or err}") from None
 
     def records_by_key(self) -> dict:
-        """The first stored record of every finished row, by :func:`record_key`."""
-        out: dict = {}
-        for r in self.records():
-            out.setdefault(record_key(r), r)
-        return out
+        """The first stored record of every finished row, by :func:`record_key` (:func:`unique_records`)."""
+        return unique_records(self.rows_path)
 
     def load(self) -> pd.DataFrame:
         """All finished rows, one per key (the first stored), in file order."""
@@ -331,31 +372,9 @@ class RunStore:
         write_tables(df, self.run_dir)
 
 
-def write_tables(df: pd.DataFrame, run_dir: str | os.PathLike) -> None:
-    """The one results-table writer: ``results.csv`` and ``results.parquet`` in ``run_dir``, atomically."""
-    run_dir = Path(run_dir)
-    for name, write in (("results.csv", lambda p: df.to_csv(p, index=False)),
-                        ("results.parquet", lambda p: df.to_parquet(p, index=False))):
-        tmp = run_dir / f".{name}.tmp"
-        try:
-            write(tmp)
-            os.replace(tmp, run_dir / name)
-        except OSError as err:
-            tmp.unlink(missing_ok=True)
-            raise OSError(err.errno, f"cannot write {run_dir / name}: {err.strerror or err}") from None
-
-
-def frame(records: list[dict]) -> pd.DataFrame:
-    """A results DataFrame: :data:`RESULT_COLUMNS` first, then the rows' extra fields."""
-    df = pd.DataFrame.from_records(records)
-    if df.empty:
-        return pd.DataFrame(columns=RESULT_COLUMNS)
-    cols = [c for c in RESULT_COLUMNS if c in df.columns] + [c for c in df.columns if c not in RESULT_COLUMNS]
-    return df[cols]
-
-
 def load_run(run_dir: str | os.PathLike) -> tuple[pd.DataFrame, dict]:
-    """``(rows, config)`` of a run directory: the one reader (torn last line dropped, duplicates merged)."""
+    """``(rows, config)`` of a run directory: the one reader, resume's (torn last line dropped, a row
+    without a key field refused, repeated keys merged: :func:`unique_records`)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run directory not found: {run_dir}")
@@ -368,14 +387,8 @@ def load_run(run_dir: str | os.PathLike) -> tuple[pd.DataFrame, dict]:
     except json.JSONDecodeError as err:
         raise ValueError(f"{config_path} is not valid JSON: {err}") from None
     if not isinstance(config, dict):
-        raise ValueError(f"{config_path} must hold a JSON object, got {type(config).__name__}")
-    records = _scan(rows_path).records
-    if not records:
+        raise ValueError(f"{config_path} must hold a JSON object, got {type(config).__name__} {_clip(config)}")
+    scan = _scan(rows_path)
+    if not scan.records:
         raise ValueError(f"{rows_path} has no rows (is the run finished?)")
-    seen: dict = {}
-    for r in records:
-        try:
-            seen.setdefault(record_key(r), r)
-        except KeyError:  # rows of another writer (a hand-made table): keep them all
-            seen[len(seen)] = r
-    return frame(list(seen.values())), config
+    return frame(list(unique_records(rows_path, scan).values())), config

@@ -86,18 +86,39 @@ def check_batch_size(value: Any) -> int:
     return check_int(value, "max_batch_size", minimum=1)
 
 
-def check_max_new_tokens(value: Any) -> int:
-    return check_int(value, "max_new_tokens", minimum=1)
+def check_max_new_tokens(value: Any, prompt_tokens: int | None = None, context: int | None = None,
+                         name: str = "the model") -> int:
+    """An int >= 1; with ``prompt_tokens`` and ``context``, at most the context left after the prompt."""
+    value = check_int(value, "max_new_tokens", minimum=1)
+    if prompt_tokens is not None and context is not None and prompt_tokens + value > context:
+        raise ValueError(f"max_new_tokens {value} exceeds the context left after the prompt: {name} has a context "
+                         f"of {context} tokens and the longest prompt takes {prompt_tokens}, so at most "
+                         f"{max(context - prompt_tokens, 0)} new tokens fit")
+    return value
+
+
+def check_text(value: str, what: str) -> str:
+    """``value`` if it is encodable text: a lone surrogate (a non-UTF-8 byte of a command-line
+    argument, ``"\\udce9"`` for Latin-1 ``é``) is refused naming its place."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:
+        shown = value if len(value) <= 60 else value[:57] + "..."
+        raise ValueError(f"{what} {shown!r} is not valid text: character {err.start} is the lone surrogate "
+                         f"{value[err.start]!r} (a byte that is not UTF-8, e.g. Latin-1 in a command-line "
+                         "argument?); pass UTF-8 text") from None
+    return value
 
 
 def check_strings(values: Any, what: str) -> list[str]:
-    """A non-empty list of non-empty strings (a single string becomes a one-item list)."""
+    """A non-empty list of non-empty strings of valid text (a single string becomes a one-item list)."""
     out = as_list(values, what)
     if not out:
         raise ValueError(f"no {what} given")
     for v in out:
         if not isinstance(v, str) or not v.strip():
             raise ValueError(f"{what} must be a non-empty string, got {v!r}")
+        check_text(v, what)
     return out
 
 

@@ -39,7 +39,7 @@ from ..remote.capture import ship
 from .run import execute, gen_kwargs, remote_caller, run_rows, session_backend, trim_new_tokens
 from ..structure.sites import site_tensor
 from ..core.specs import Row, Target
-from ..core.validate import check_batch_size, check_layer, check_layers, check_strings
+from ..core.validate import check_batch_size, check_layer, check_layers, check_max_new_tokens, check_strings
 from ..structure.info import model_info, model_name, eos_ids, plain_spec
 
 
@@ -87,6 +87,7 @@ def generate_plain(model, prompts: Sequence[str], max_new_tokens: int = 10, max_
     check_batch_size(max_batch_size)
     gen, eos = gen_kwargs(model, max_new_tokens), eos_ids(model)
     ids = [encode(model.tokenizer, p, add_special_tokens) for p in check_strings(list(prompts), "prompt")]
+    check_max_new_tokens(max_new_tokens, max(len(t) for t in ids), model_info(model).context, model_name(model))
     call = remote_caller(remote, backend, model)
     ship(remote, backend)
     out: list = [None] * len(ids)

@@ -15,14 +15,15 @@ from typing import Any, Iterable, Sequence
 
 from ..structure.architectures import check_site
 
-from ..core.specs import Affine, Amplify, Compose, Identity, Row, Source, Target, as_mapping
-from ..core.validate import check_alphas, check_layer, check_layers, check_strings, dedupe, is_int
+from ..core.specs import Affine, Amplify, Compose, Fn, Identity, Row, Source, Target, as_mapping
+from ..core.validate import check_alphas, check_layer, check_layers, check_strings, check_text, dedupe, is_int
 from ..structure.info import model_info, model_name, context_length
 
 
 def encode(tokenizer, prompt: str, add_special_tokens: bool = True) -> list[int]:
     if not isinstance(prompt, str) or not prompt.strip():
         raise ValueError(f"prompt must be a non-empty string, got {prompt!r}")
+    check_text(prompt, "prompt")
     return list(tokenizer(prompt, add_special_tokens=add_special_tokens)["input_ids"])
 
 
@@ -72,13 +73,39 @@ def _unpack(item: Any) -> tuple:
     return src, tgt, as_mapping(f)
 
 
-def _check_mapping_shape(f, d_src: int, d_tgt: int, src_name: str, tgt_name: str) -> None:
+def _check_mapping_shape(f, d_src: int, d_tgt: int, src_name: str, tgt_name: str, device="cpu") -> None:
     base = f.base if isinstance(f, Compose) else f
     if isinstance(base, (Identity, Amplify)) and d_src != d_tgt:
         raise ValueError(f"hidden sizes differ ({src_name}: {d_src}, {tgt_name}: {d_tgt}); "
                          "pass an Affine mapping or a callable")
     if isinstance(base, Affine) and tuple(base.weight.shape) != (d_tgt, d_src):
         raise ValueError(f"affine weight shape {tuple(base.weight.shape)} != (d_target, d_source) = {(d_tgt, d_src)}")
+    if isinstance(base, Fn):
+        _probe_fn(base, d_src, d_tgt, device, tgt_name)
+
+
+def _vector_device(model):
+    """Where the source vectors of ``model`` are read (the CPU for a meta model: NDIF sends them back)."""
+    p = next(iter(model._module.parameters()), None)
+    return "cpu" if p is None or p.device.type == "meta" else p.device
+
+
+def _probe_fn(f: Fn, d_src: int, d_tgt: int, device, tgt_name: str) -> None:
+    """Run ``f`` once on a [d_source] float32 vector (on the source model's device) before any row runs:
+    a failure or a result that is not a [d_target] tensor is one line naming the mapping."""
+    import torch
+
+    v = torch.randn(d_src, generator=torch.Generator().manual_seed(0)).to(device)
+    try:
+        out = f(v)
+    except Exception as err:  # noqa: BLE001 - the user's function: its error, on one line
+        raise ValueError(f"mapping {f.name!r} fails on a [{d_src}] float32 vector on {device} (the source vector "
+                         f"it gets per row): {type(err).__name__}: {' '.join(str(err).split())[:200]}") from None
+    shape = tuple(out.shape) if isinstance(out, torch.Tensor) else None
+    if shape != (d_tgt,):
+        got = f"shape {list(shape)}" if shape is not None else f"a {type(out).__name__}"
+        raise ValueError(f"mapping {f.name!r} returns {got} for a [{d_src}] source vector; the target model "
+                         f"{tgt_name} needs a [{d_tgt}] tensor (its hidden size)")
 
 
 def resolve(model, patches: Iterable, target_model=None) -> list[Row]:
@@ -90,6 +117,7 @@ def resolve(model, patches: Iterable, target_model=None) -> list[Row]:
     src_name, tgt_name = model_name(model), model_name(target_model)
     limits = {id(model): context_length(model), id(target_model): context_length(target_model)}
     cache: dict = {}
+    probed: dict = {}
     specs = model_info(model).spec, model_info(target_model).spec
 
     def ids_of(m, t, prompt):
@@ -126,7 +154,10 @@ def resolve(model, patches: Iterable, target_model=None) -> list[Row]:
                 raise ValueError(f"target prompt {tgt.prompt!r} has no usable placeholder {tgt.placeholder!r}: {err}") from None
         else:
             tpos = resolve_position(ttok, tgt.prompt, tgt.position, len(tids), whole_word=True)
-        _check_mapping_shape(f, d_src, d_tgt, src_name, tgt_name)
+        base = f.base if isinstance(f, Compose) else f
+        if id(base) not in probed:
+            _check_mapping_shape(f, d_src, d_tgt, src_name, tgt_name, _vector_device(model))
+            probed[id(base)] = base  # kept alive, so its id is not reused
         rows.append(Row(src.prompt, sids, spos, slayer, src.site, tgt.prompt, tids, tpos, tlayer, tsite, f,
                         source_token=tok.decode([sids[spos]])))
     if not rows:

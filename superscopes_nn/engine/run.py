@@ -36,6 +36,7 @@ from ..core.sampling import Sampling, check_sampling, with_sampler
 from ..core.specs import Row
 from ..core.store import RunStore, frame, row_key
 from ..core.validate import check_batch_size, check_int, check_max_new_tokens, check_remote
+from ..structure.hub import canonical_id
 from ..structure.info import eos_ids, model_info, model_name
 
 
@@ -79,6 +80,8 @@ def remote_caller(remote, backend, model, retries: int = 3, backoff: float = 1.0
         host = backend.host
     if host is None:
         return lambda fn: fn()
+    if backend is None:  # the hub lookup of the id NDIF is sent: once, quickly, outside NDIF's retries
+        canonical_id(getattr(model, "repo_id", None) or "", host, name=model_name(model))
     kw = {} if sleep is None else {"sleep": sleep}
     retrying = functools.partial(call_remote, retries=retries, backoff=backoff, host=host, model=model_name(model), **kw)
     return functools.partial(_named_model_key, retrying, model_name(model), host)
@@ -224,6 +227,8 @@ def run_rows(model, rows: list[Row], *, target_model=None, max_new_tokens: int =
     rows = list(rows)
     if not rows:
         raise ValueError("no rows to run")
+    check_max_new_tokens(max_new_tokens, max(len(r.target_ids) for r in rows), model_info(target_model).context,
+                         model_name(target_model))
     call = remote_caller(remote, backend, target_model, retries, backoff, sleep)  # bad remote: refused before disk
     store = None
     if run_dir is not None:

@@ -25,8 +25,12 @@ ERRORS = (ValueError, KeyError, FloatingPointError, OSError, RunDirBusy)
 """Errors printed as one line ``error: ...`` with exit status 2 (``OSError`` covers FileNotFound/FileExists)."""
 
 
+_RANGE = re.compile(r"(-?\d+)-(-?\d+)")
+
+
 def parse_layers(spec: str) -> list[int]:
-    """``"0-8"`` -> 0..8, ``"1,3,5"``, ``"2"``, ``"all"`` -> None (every layer)."""
+    """``"0-8"`` -> 0..8, ``"1,3,5"``, ``"2"``, negative ones from the end (``"-3--1"``, ``"-2,-1"``),
+    ``"all"`` -> None (every layer)."""
     spec = spec.strip()
     if spec == "all":
         return None
@@ -34,16 +38,28 @@ def parse_layers(spec: str) -> list[int]:
     try:
         for part in spec.split(","):
             part = part.strip()
-            if "-" in part[1:]:
-                a, b = part.split("-", 1) if not part.startswith("-") else (part, "")
-                a, b = int(a), int(b)
-                if b < a:
+            if m := _RANGE.fullmatch(part):
+                a, b = int(m[1]), int(m[2])
+                if b < a or (a < 0) != (b < 0):  # 5--1 would depend on the model's depth
                     raise ValueError
                 out.extend(range(a, b + 1))
             else:
                 out.append(int(part))
     except ValueError:
-        raise ValueError(f"bad --layers {spec!r}: use e.g. 0-8, 1,3,5 or all") from None
+        raise ValueError(f"bad --layers {spec!r}: use e.g. 0-8, 1,3,5, -3--1 or all") from None
+    return out
+
+
+def _attach_layers(argv: list[str]) -> list[str]:
+    """``--layers -2,-1`` -> ``--layers=-2,-1``: argparse takes a value that starts with ``-`` for an option."""
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i] == "--layers" and i + 1 < len(argv) and re.fullmatch(r"-\d[\d,\s-]*", argv[i + 1]):
+            out.append(f"--layers={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
     return out
 
 
@@ -91,7 +107,7 @@ def add_explain_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("prompt", help="source prompt, e.g. 'Alexander the Great'")
     p.add_argument("--token", default=None, help="token string or int position in the prompt (default: last token)")
     p.add_argument("--site", default="mlp_out", help="residual | mlp_out | attn_out | mlp_in (comma list ok)")
-    p.add_argument("--layers", default="0-8", help="source layers: 0-8, 1,3,5 or all")
+    p.add_argument("--layers", default="0-8", help="source layers: 0-8, 1,3,5, -3--1 (from the end) or all")
     p.add_argument("--amps", default="1,3,6,9,12,15", help="amplification factors alpha")
     p.add_argument("--model", default=None, help="embedded name (gemma-3-270m, smollm2-135m), HF id or path")
     p.add_argument("--target-prompt", default=None, help="target prompt with the placeholder (default: entity description)")
@@ -170,7 +186,7 @@ def explain(args) -> int:
     out = Path(args.out) if args.out else Path("runs") / datetime.now().strftime("explain-%Y%m%d-%H%M%S")
     check_run_dir(out)
     name = args.model or DEFAULT_MODEL
-    model = load_model(name, remote=remote is True)
+    model = load_model(name, remote=remote not in (False, "local"))  # NDIF or a host: meta weights
     if layers is None:
         layers = list(range(model_info(model).n_layers))
     target = Target(args.target_prompt or ENTITY_PROMPT, layer=target_layer, placeholder=args.placeholder,
@@ -292,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         from .run_cmd import main as run_main
 
         return run_main(argv[1:])
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_attach_layers(argv))
     shown = warnings.showwarning
     warnings.showwarning = _warning_line  # a library warning is one line too
     try:

@@ -36,6 +36,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable, TypeVar
 
+from ..structure.hub import hub_endpoint
+
 T = TypeVar("T")
 __all__ = ["RETRY", "FIX", "PERMANENT", "TEXTS", "Failure", "NDIFError", "classify", "classify_text", "call_remote",
            "remote_host"]
@@ -245,6 +247,10 @@ def classify(exc: BaseException, host: str | None = None, model: str | None = No
         if isinstance(e, NDIFError):
             return e.failure
         if isinstance(e, httpx.HTTPError) and (url := _url_of(e)) and not _is_ndif_url(url):
+            if url.startswith(hub_endpoint()):  # nnsight's model-id lookup, not NDIF
+                return Failure(FIX, f"could not reach the Hugging Face hub ({url.split('?')[0]}: "
+                                    f"{type(e).__name__}: {_one_line(e, 120)}) to look up the model id; "
+                                    f"{_where(host)} was not contacted: check the network, or set HF_HUB_OFFLINE=1")
             return _download_failure(e, url)
         if isinstance(e, httpx.HTTPStatusError):
             return classify_text(_body_detail(e.response), e.response.status_code, host)

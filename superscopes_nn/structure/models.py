@@ -19,6 +19,7 @@ import importlib.util
 import os
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -154,6 +155,7 @@ def load_model(name_or_path: str = DEFAULT_MODEL, *, dtype: torch.dtype | str = 
         raise FileNotFoundError(f"model path not found: {name!r} (no such directory)")
     if device is not None and device_map is not None:
         raise ValueError(f"pass device={device!r} or device_map={device_map!r}, not both")
+    _check_config_file(name)
     if remote:  # NDIF places the model; a device or device_map has no meaning for meta weights
         return _meta_model(name, dtype, **kwargs)
     if device_map is not None:
@@ -192,9 +194,11 @@ def _meta_model(name: str, dtype: torch.dtype, **kwargs):
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     revision = kwargs.pop("revision", None)
+    cached = _hub_first(name)
+    local = {"local_files_only": True} if cached else {}
     try:
-        config = AutoConfig.from_pretrained(name, revision=revision, **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(name, revision=revision)
+        config = AutoConfig.from_pretrained(name, revision=revision, **local, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(name, revision=revision, **local)
     except (OSError, ValueError) as err:
         offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes")
         hint = " (HF_HUB_OFFLINE is set: a remote model needs its config from the hub or the local cache)" \
@@ -212,6 +216,44 @@ def _meta_model(name: str, dtype: torch.dtype, **kwargs):
     model.revision = revision
     attach(model)  # resolved once (fails fast on an unsupported architecture)
     return model
+
+
+def _hub_first(name: str) -> bool:
+    """Before a remote model's files are read: ask the hub once, quickly, for its id (what NDIF is sent).
+    True: the hub is unreachable but the files are cached (read them from the cache, without
+    huggingface_hub's ~35 s of retries per file); an unreachable hub and no cache is one line naming the hub."""
+    from .hub import HubUnreachable, canonical_id, hub_offline
+
+    if Path(name).expanduser().is_dir() or hub_offline():
+        return False
+    try:
+        canonical_id(name)
+    except HubUnreachable as err:
+        if not _in_hf_cache(name):
+            raise ValueError(f"cannot load model {name!r} for remote use: its config is not in the local cache, "
+                             f"and {err}") from None
+        from nnsight.modeling import huggingface as nnsight_hf
+
+        nnsight_hf._ID_CACHE[name] = name
+        warnings.warn(f"{err}; using the cached config and tokenizer of {name!r} and sending its id as given")
+        return True
+    return False
+
+
+def _check_config_file(name: str) -> None:
+    """A local checkpoint's ``config.json`` must be a JSON object (transformers fails on anything else with a
+    TypeError); a bad one is one line naming the file."""
+    import json
+
+    path = Path(name).expanduser() / "config.json"
+    if not path.is_file():
+        return
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise ValueError(f"cannot load model {name!r}: {path} is not valid JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"cannot load model {name!r}: {path} must hold a JSON object, got {type(data).__name__}")
 
 
 def _in_hf_cache(name: str) -> bool:
