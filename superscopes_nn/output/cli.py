@@ -3,6 +3,7 @@
     superscopes explain "Alexander the Great" --token Great --site mlp_out --layers 0-8 --amps 1,3,6,9,12,15
     superscopes demo                      # the README's main job on the embedded default model
     superscopes report runs/RUN_DIR       # a self-contained HTML explorer of a finished sweep
+    superscopes plan MODEL --prompts ...  # what a remote sweep sends to NDIF, measured first (plan_cli)
 
 Bad input prints one line ``error: ...`` naming the value and exits 2 (no traceback).
 """
@@ -236,6 +237,10 @@ def main(argv: list[str] | None = None) -> int:
         from .report import main as report_main
 
         return report_main(argv[1:])
+    if argv and argv[0] == "plan":
+        from .plan_cli import main as plan_main
+
+        return plan_main(argv[1:], sys.modules[__name__])
     args = build_parser().parse_args(argv)
     shown = warnings.showwarning
     warnings.showwarning = _warning_line  # a library warning is one line too
