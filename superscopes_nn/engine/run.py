@@ -130,7 +130,11 @@ def execute(model, rows: list[Row], *, target_model=None, gen_kwargs: dict | Non
     grouped = planned_requests(model, rows, target_model=target_model, gen_kwargs=gen_kwargs, logits=logits,
                                max_batch_size=max_batch_size, shared_prefix=shared_prefix, sampling=sampling, per=per)
     ndif = bool(remote) and remote != "local"
-    if ndif:  # measured before the first request; a broken limit is refused here
+    if ndif:  # served and same nnsight, then measured, before the first request; a broken limit is refused here
+        from ..remote.errors import remote_host
+        from ..remote.preflight import preflight_once
+
+        preflight_once(target_model, remote_host(remote))
         _log(measure(model, rows, grouped, target_model=target_model, max_batch_size=max_batch_size,
                      per=per).check().line())
     for n, request in enumerate(grouped, 1):
