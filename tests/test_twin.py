@@ -55,7 +55,7 @@ def test_fixture_twin_has_the_servers_module_tree(name):
     assert num_layers(model.config) == num_layers(config)
     assert _tree(model) == _tree(meta), f"{name}: the twin's module tree differs from the full-size one"
     assert sum(p.numel() for p in model.parameters()) < twin.TWIN_MAX_PARAMS
-    spec = twin.twin_spec(config)
+    spec = twin.twin_spec(config, model)
     twin.check_paths(meta, spec)
     assert spec.layers.endswith("layers") and spec.lm_head == "lm_head"
 

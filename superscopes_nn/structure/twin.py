@@ -154,11 +154,12 @@ def config_key(config) -> str:
 _CACHE: dict[str, ArchSpec] = {}
 
 
-def twin_spec(config) -> ArchSpec:
-    """The :class:`ArchSpec` of ``config``'s architecture, resolved and verified on its twin (cached)."""
+def twin_spec(config, twin=None) -> ArchSpec:
+    """The :class:`ArchSpec` of ``config``'s architecture, resolved and verified on its twin (cached;
+    ``twin``: one already built by :func:`twin_model` from ``config``)."""
     key = config_key(config)
     if key not in _CACHE:
-        twin = twin_model(config)
+        twin = twin if twin is not None else twin_model(config)
         _CACHE[key] = verify_sites(twin)  # resolve_sites + every check, on one forward pass
     return _CACHE[key]
 
