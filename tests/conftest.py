@@ -32,6 +32,15 @@ def available_devices() -> list[str]:
 DEVICES = available_devices()
 
 
+@pytest.fixture(autouse=True)
+def _no_preflight(monkeypatch):
+    """Remote runs in the offline tiers talk to fakes without NDIF's /status and /env: no preflight
+    (tests/test_preflight.py switches it back on)."""
+    import superscopes_nn.remote.preflight as preflight
+
+    monkeypatch.setattr(preflight, "PREFLIGHT", False)
+
+
 def pytest_configure(config):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

@@ -34,14 +34,16 @@ class FakeNDIF:
     ``job_error``: accept the POST, then send an ERROR status with this description.
     ``drop_after_post``: accept the POST, then drop the websocket (the job keeps running).
     ``polls``: ``(status, body)`` answers to ``GET /response/{id}`` (then 404); ``result``:
-    ``(status, bytes)`` for the presigned result URL ``GET /results/{id}``.
+    ``(status, bytes)`` for the presigned result URL ``GET /results/{id}``. ``status`` / ``env``: the
+    bodies of ``GET /status`` / ``GET /env`` (recorded NDIF responses; None: 404).
     """
 
     def __init__(self, ws_status=None, ws_drop=False, post_status=None, detail="", job_error=None,
-                 drop_after_post=False, polls=(), result=(200, b"")):
+                 drop_after_post=False, polls=(), result=(200, b""), status=None, env=None):
         self.ws_status, self.ws_drop, self.post_status = ws_status, ws_drop, post_status
         self.detail, self.job_error, self.drop_after_post = detail, job_error, drop_after_post
         self.polls, self.result = list(polls), result  # GET /response/{id} answers; GET /results/{id}
+        self.published = {"/status": status, "/env": env}  # recorded GET /status, GET /env bodies (None: 404)
         self.counts: Counter = Counter()
         self.post_headers: list[dict] = []
         self.frames: queue.Queue = queue.Queue()
@@ -65,6 +67,10 @@ class FakeNDIF:
                 self.close_connection = True
 
             def do_GET(self):
+                if self.path in fake.published:
+                    fake.counts[self.path] += 1
+                    body = fake.published[self.path]
+                    return self.reply(404, {"detail": "Not Found"}) if body is None else self.reply(200, body)
                 if self.path.startswith("/response/"):
                     fake.counts["poll"] += 1
                     if fake.polls:

@@ -125,9 +125,19 @@ def _model(key, dtype, device):
 def _pool(key):
     from ndif.services.ray.sandbox.host import Pool
 
+    if key not in POOLS and len(POOLS) >= int(os.environ.get("NDIF_TIER_MAX_POOLS", "0") or 1 << 30):
+        for old in list(POOLS):  # many models one after the other: one warm runner at a time
+            _close(POOLS.pop(old))
+            MODELS.pop(old, None)
     if key not in POOLS:
         POOLS[key] = Pool(size=1, model_key=key)  # NDIF's own pool: a fresh runner per request
     return POOLS[key]
+
+
+def _close(pool):
+    while pool.spawning:
+        time.sleep(0.05)
+    pool.close()
 
 
 def _finish(blob: bytes, compress: bool) -> bytes:
@@ -217,9 +227,7 @@ def main():
                 json.dump({"fatal": traceback.format_exc()}, fh)
         print(f"NDIF-RUNNER-DONE {job['dir']}", flush=True)
     for pool in POOLS.values():  # let a runner still warming finish, then stop it with the rest
-        while pool.spawning:
-            time.sleep(0.05)
-        pool.close()
+        _close(pool)
 
 
 if __name__ == "__main__":

@@ -92,13 +92,24 @@ def _equal(a, b) -> bool:
     return a == b
 
 
-def route(monkeypatch, server: Server) -> None:
-    """Make every ``RemoteBackend`` (``remote=True``) send to ``server`` instead of a host."""
+def route(monkeypatch, server: Server, keys: dict | None = None) -> None:
+    """Make every ``RemoteBackend`` (``remote=True``) send to ``server`` instead of a host.
+
+    ``keys``: ``{repo_id: repo_id}`` rewrites the envelope's model key on the way (a request captured
+    from a full-size meta model runs on the server's copy of its same-depth narrow twin)."""
     from nnsight.intervention.backends.remote import RemoteBackend, RemoteError
 
     def request(self, request, tracer):
         blob = self._serialize(tracer)
-        d, reply = server.run(request.metadata(), blob)
+        metadata = request.metadata()
+        if keys:
+            meta = json.loads(metadata)
+            cls, _, spec = meta["model_key"].partition(":")
+            spec = json.loads(spec)
+            spec["repo_id"] = keys.get(spec["repo_id"], spec["repo_id"])
+            meta["model_key"] = f"{cls}:{json.dumps(spec)}"
+            metadata = json.dumps(meta)
+        d, reply = server.run(metadata, blob)
         entry = {"dir": str(d), "model_key": self.model_key, "compress": self.compress, **reply}
         server.log.append(entry)
         results = {}

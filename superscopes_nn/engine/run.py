@@ -30,7 +30,8 @@ from typing import Callable, Sequence
 
 import pandas as pd
 
-from .session import chunks, plan, plan_reads, result_bytes, run_session
+from .plan import REQUEST_RESULT_BYTES, greedy_kwargs, measure, planned_requests, requests  # noqa: F401 (re-exported)
+from .session import plan_reads, run_session
 
 from ..core.sampling import Sampling, check_sampling, with_sampler
 from ..core.specs import Row
@@ -43,9 +44,7 @@ from ..structure.info import eos_ids, model_info, model_name
 def gen_kwargs(target_model, max_new_tokens: int) -> dict:
     """Greedy decoding settings (HF sampling switched off explicitly; a :class:`Sampling`
     adds a per-chunk :class:`~superscopes_nn.core.sampling.RowSampler` on top, see :func:`execute`)."""
-    check_max_new_tokens(max_new_tokens)
-    return dict(max_new_tokens=int(max_new_tokens), do_sample=False, pad_token_id=target_model.tokenizer.pad_token_id,
-                top_p=None, top_k=None, temperature=None)
+    return greedy_kwargs(target_model, max_new_tokens)
 
 
 def trim_new_tokens(ids: Sequence[int], eos: set) -> list[int]:
@@ -110,28 +109,6 @@ def session_backend(model, remote, backend):
     return remote_backend(model, remote)
 
 
-#: NDIF returns a result inline up to 8 MiB; a request is sized to stay well under it.
-REQUEST_RESULT_BYTES = 6 * 2 ** 20
-
-
-def requests(model, plans: list, chunks_per_request: int) -> list[list]:
-    """Group consecutive chunk plans into requests of at most ``chunks_per_request`` chunks
-    whose estimated result stays under :data:`REQUEST_RESULT_BYTES`."""
-    config = model._module.config
-    vocab = getattr(config, "vocab_size", None) or getattr(getattr(config, "text_config", None), "vocab_size", 0)
-    d = model_info(model).hidden
-    out, size = [], 0
-    for item in plans:
-        n = result_bytes(item[1], vocab, d)
-        if out and len(out[-1]) < chunks_per_request and size + n <= REQUEST_RESULT_BYTES:
-            out[-1].append(item)
-            size += n
-        else:
-            out.append([item])
-            size = n
-    return out
-
-
 def execute(model, rows: list[Row], *, target_model=None, gen_kwargs: dict | None = None, logits: bool = False,
             max_batch_size: int = 64, shared_prefix: bool = True, exact: bool = False, remote=False, backend=None,
             call=None, chunks_per_request: int | None = None, sampling: Sampling | None = None):
@@ -158,15 +135,19 @@ def execute(model, rows: list[Row], *, target_model=None, gen_kwargs: dict | Non
         else (8 if remote else 1)
     two = target_model is not model
     known: dict = {}
-    all_chunks = list(chunks([len(r.target_ids) for r in rows], int(max_batch_size)))
-    planned, seen = [], set()
-    for idx in all_chunks:  # plan every chunk up front: a source is read by the first chunk that needs it
-        chunk = [rows[i] for i in idx]
-        job = plan(target_model, chunk, gen_kwargs=with_sampler(gen_kwargs, sampling, chunk), logits=logits,
-                   known=seen, shared_prefix=shared_prefix, read_here=not two)
-        seen |= {r.source_key for r in chunk}
-        planned.append((idx, job))
-    for request in requests(target_model, planned, int(per)):
+    grouped = planned_requests(model, rows, target_model=target_model, gen_kwargs=gen_kwargs, logits=logits,
+                               max_batch_size=max_batch_size, shared_prefix=shared_prefix, sampling=sampling, per=per)
+    ndif = bool(remote) and remote != "local"
+    if ndif:  # served and same nnsight, then measured, before the first request; a broken limit is refused here
+        from ..remote.errors import remote_host
+        from ..remote.preflight import preflight_once
+
+        preflight_once(target_model, remote_host(remote))
+        _log(measure(model, rows, grouped, target_model=target_model, max_batch_size=max_batch_size,
+                     per=per).check().line())
+    for n, request in enumerate(grouped, 1):
+        if ndif:
+            _log(f"NDIF request {n}/{len(grouped)}: {sum(len(idx) for idx, _ in request)} rows")
         req_rows = [rows[i] for idx, _ in request for i in idx]
         if two:
             reads = plan_reads(model, req_rows, known)
@@ -181,6 +162,12 @@ def execute(model, rows: list[Row], *, target_model=None, gen_kwargs: dict | Non
         known.update(used)
         for (idx, job), out in zip(request, outs):
             yield idx, job, out
+
+
+def _log(msg: str) -> None:
+    import sys
+
+    print(f"[superscopes] {msg}", file=sys.stderr, flush=True)
 
 
 def _row_error(mapped_ok: bool, finite: bool, dtype) -> str | None:

@@ -4,6 +4,7 @@
     superscopes explain "Alexander the Great" --token Great --site mlp_out --target-site same   # same-site write
     superscopes demo                      # the README's main job on the embedded default model
     superscopes report runs/RUN_DIR       # a self-contained HTML explorer of a finished sweep
+    superscopes plan MODEL --prompts ...  # what a remote sweep sends to NDIF, measured first (plan_cli)
 
 Bad input prints one line ``error: ...`` naming the value and exits 2 (no traceback).
 """
@@ -308,6 +309,10 @@ def main(argv: list[str] | None = None) -> int:
         from .run_cmd import main as run_main
 
         return run_main(argv[1:])
+    if argv and argv[0] == "plan":
+        from .plan_cli import main as plan_main
+
+        return plan_main(argv[1:], sys.modules[__name__])
     args = build_parser().parse_args(_attach_layers(argv))
     shown = warnings.showwarning
     warnings.showwarning = _warning_line  # a library warning is one line too

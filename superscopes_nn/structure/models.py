@@ -183,14 +183,18 @@ def load_model(name_or_path: str = DEFAULT_MODEL, *, dtype: torch.dtype | str = 
 def _meta_model(name: str, dtype: torch.dtype, **kwargs):
     """The wrapper for ``remote=True``: the architecture on meta weights, plus the tokenizer.
 
-    Built here from ``AutoConfig`` + accelerate's ``init_empty_weights`` rather than by
+    Built here from ``AutoConfig`` under ``torch.device("meta")`` rather than by
     ``TransformersModel(name)``: nnsight 0.8.1's meta build goes through a transformers
     pipeline that transformers >= 5.23 can no longer build ("Impossible to guess which
-    tokenizer to use"). The module tree is ``AutoModelForCausalLM``'s, the class NDIF loads
-    for the key's ``text-generation`` task, so the request's module paths match the server's.
-    Only the config and tokenizer files are read (hub or cache); no weights.
+    tokenizer to use"). Every parameter and buffer is created on the meta device, so nothing
+    is ever allocated (accelerate's ``init_empty_weights`` cannot reach the stacked expert
+    tensors transformers 5.24 creates with ``nn.Parameter(torch.empty(...))``: DeepSeek-V3 asked
+    it for 30 GB). The module tree is ``AutoModelForCausalLM``'s, the class NDIF loads for the
+    key's ``text-generation`` task, so the request's module paths match the server's. The sites
+    are resolved on the config's structural twin (:mod:`superscopes_nn.structure.twin`) and every
+    path is checked on the meta model. Only the config and tokenizer files are read (hub,
+    cache or a local directory); no weights.
     """
-    from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     revision = kwargs.pop("revision", None)
@@ -204,8 +208,14 @@ def _meta_model(name: str, dtype: torch.dtype, **kwargs):
         hint = " (HF_HUB_OFFLINE is set: a remote model needs its config from the hub or the local cache)" \
             if offline else ""
         raise ValueError(f"cannot load model {name!r} for remote use: {str(err).splitlines()[0]}{hint}") from None
-    with init_empty_weights():
+    from .architectures import remember
+    from .twin import check_paths, twin_spec
+
+    spec = twin_spec(config)  # sites by structure, on the same-depth narrow twin (cached per config)
+    with torch.device("meta"):  # no parameter or buffer is ever materialised
         hf_model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    check_paths(hf_model, spec)
+    remember(hf_model.config, spec)
     hf_model.config._name_or_path = name  # the key NDIF resolves: the hub id as given
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -214,7 +224,7 @@ def _meta_model(name: str, dtype: torch.dtype, **kwargs):
     # device="meta" reaches the pipeline nnsight wraps the module in (it would move it to the CPU)
     model = TransformersModel(hf_model.eval(), tokenizer=tokenizer, device="meta")
     model.revision = revision
-    attach(model)  # resolved once (fails fast on an unsupported architecture)
+    attach(model, spec)  # resolved once, on the twin
     return model
 
 

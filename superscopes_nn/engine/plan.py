@@ -1,0 +1,281 @@
+"""A remote run's plan, measured before anything is sent: requests, bytes each way, NDIF's limits.
+
+:func:`plan` groups rows exactly as :func:`~superscopes_nn.engine.run.execute` will (same chunks,
+same requests), serializes every request with :class:`~superscopes_nn.remote.capture.CaptureBackend`
+(the bytes nnsight would POST, not an estimate) and sizes every result from its tensors' shapes::
+
+    >>> p = plan(model, sweep_rows(model, prompts, layers=range(61), sites="mlp_out", alphas=MLP_ALPHAS))
+    >>> print(p.line())
+    plan: deepseek-ai/DeepSeek-V3, 2016 rows in 32 chunks -> 4 NDIF requests (512 rows each); sent 0.51 MiB ...
+    >>> p.check()            # ValueError naming the number and the knob, if a limit would break
+
+Every limit is a :class:`Limit` citing where NDIF (ndif 0.1.2's sdist) documents the number;
+``superscopes plan`` prints the same plan from the command line (:mod:`superscopes_nn.output.plan_cli`).
+A remote run (``remote=True`` or a host) computes its plan, prints :meth:`Plan.line` and refuses
+before the first request when :meth:`Plan.problems` is not empty.
+"""
+
+from __future__ import annotations
+
+import io
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..core.sampling import with_sampler
+from ..remote.capture import CaptureBackend, RequestCaptured
+from ..structure.info import model_info, model_name
+from .session import Job, chunks, plan as plan_chunk, plan_reads, result_bytes, run_session
+
+__all__ = ["Limit", "LIMITS", "RequestPlan", "Plan", "plan", "planned_requests", "requests", "REQUEST_RESULT_BYTES"]
+
+MiB = 2 ** 20
+#: The library sizes each request's result under this (estimated by :func:`~superscopes_nn.engine.session.result_bytes`).
+REQUEST_RESULT_BYTES = 6 * MiB
+
+
+@dataclass(frozen=True)
+class Limit:
+    """One bound a request must stay under: ``value`` bytes, where NDIF says so, and the knobs that lower it."""
+
+    name: str
+    value: int
+    source: str
+    knob: str
+
+
+#: NDIF's documented bounds (ndif 0.1.2 sdist; ``pip download --no-deps --no-binary :all: ndif==0.1.2``).
+LIMITS = {
+    "result": Limit(
+        "result bytes per request", 8 * MiB,
+        "NDIF's inline result cap on stock Redis, STOCK_PUBSUB_SOFT_LIMIT_BYTES = 8 MiB in "
+        "src/ndif/common/providers/redis.py (docs/concepts/status-and-results.md, 'Inline cap'); larger results "
+        "and non-blocking jobs go through the object store",
+        "lower max_batch_size, chunks_per_request or max_new_tokens"),
+    "request": Limit(
+        "request bytes", 256 * MiB,
+        "NDIF enforces no request size (docs/concepts/auth-and-limits.md, 'Request size': the body is held in an API "
+        "worker's memory and in Redis) but bounds the HTTP handler by NDIF_API_TIMEOUT = 120 s (same page, 'Every "
+        "limit in one table'); this library caps a POST at 256 MiB (120 s at ~2 MiB/s)",
+        "lower max_batch_size or chunks_per_request (a cross-model request carries its source vectors; an Affine "
+        "mapping carries its d x d weight)"),
+}
+
+
+@dataclass(frozen=True)
+class RequestPlan:
+    """One NDIF request: ``rows`` in ``chunks`` batched sessions; ``sent`` bytes (serialized by capture) and
+    ``result`` bytes (the ``torch.save`` of what it returns, at most)."""
+
+    rows: int
+    chunks: int
+    sent: int
+    result: int
+
+
+@dataclass(frozen=True)
+class Plan:
+    model: str
+    rows: int
+    chunk_count: int
+    requests: tuple
+    chunks_per_request: int
+    max_batch_size: int
+
+    def problems(self) -> list[str]:
+        """One line per broken limit: the request, the number, the limit, where NDIF documents it, the knob."""
+        out = []
+        for i, r in enumerate(self.requests, 1):
+            for key, got in (("result", r.result), ("request", r.sent)):
+                lim = LIMITS[key]
+                if got > lim.value:
+                    out.append(f"NDIF request {i} of {len(self.requests)} ({r.rows} rows) has {_mib(got)} of "
+                               f"{lim.name}, over {_mib(lim.value)} ({lim.source}): {lim.knob} (now max_batch_size="
+                               f"{self.max_batch_size}, chunks_per_request={self.chunks_per_request})")
+        return out
+
+    def check(self) -> "Plan":
+        """``self``, or a ValueError naming the first broken limit (nothing has been sent)."""
+        bad = self.problems()
+        if bad:
+            raise ValueError(f"refused before the first request: {bad[0]}"
+                             + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""))
+        return self
+
+    def line(self) -> str:
+        sent, res = [r.sent for r in self.requests], [r.result for r in self.requests]
+        rows = sorted({r.rows for r in self.requests})
+        per = f"{rows[0]} rows each" if len(rows) == 1 else f"{rows[0]}-{rows[-1]} rows each"
+        ok = "within NDIF's limits" if not self.problems() else f"{len(self.problems())} over a limit"
+        return (f"plan: {self.model}, {self.rows} rows in {self.chunk_count} chunks -> {len(self.requests)} NDIF "
+                f"request{'s' if len(self.requests) != 1 else ''} ({per}); sent {_mib(max(sent))} max "
+                f"({_mib(sum(sent))} total), results {_mib(max(res))} max ({_mib(sum(res))} total); {ok} "
+                f"(result <= {_mib(LIMITS['result'].value)}, request <= {_mib(LIMITS['request'].value)})")
+
+    def table(self) -> str:
+        lines = [self.line(), "request  rows  chunks  sent_bytes  result_bytes"]
+        lines += [f"{i:7d}  {r.rows:4d}  {r.chunks:6d}  {r.sent:10d}  {r.result:12d}"
+                  for i, r in enumerate(self.requests, 1)]
+        return "\n".join(lines + self.problems())
+
+
+def _mib(n: int) -> str:
+    return f"{n / MiB:.2f} MiB" if n >= 0.01 * MiB else f"{n / 1024:.1f} KiB"
+
+
+def requests(model, plans: list, chunks_per_request: int) -> list[list]:
+    """Group consecutive chunk plans into requests of at most ``chunks_per_request`` chunks
+    whose estimated result stays under :data:`REQUEST_RESULT_BYTES`."""
+    config = model._module.config
+    vocab = getattr(config, "vocab_size", None) or getattr(getattr(config, "text_config", None), "vocab_size", 0)
+    d = model_info(model).hidden
+    out, size = [], 0
+    for item in plans:
+        n = result_bytes(item[1], vocab, d)
+        if out and len(out[-1]) < chunks_per_request and size + n <= REQUEST_RESULT_BYTES:
+            out[-1].append(item)
+            size += n
+        else:
+            out.append([item])
+            size = n
+    return out
+
+
+def planned_requests(model, rows: list, *, target_model=None, gen_kwargs=None, logits: bool = False,
+                     max_batch_size: int = 64, shared_prefix: bool = True, sampling=None, per: int = 1) -> list[list]:
+    """Every chunk of ``rows`` planned up front (a source is read by the first chunk that needs it),
+    grouped into requests: a list of ``[(chunk_indices, job), ...]`` per request."""
+    target_model = model if target_model is None else target_model
+    two = target_model is not model
+    planned, seen = [], set()
+    for idx in chunks([len(r.target_ids) for r in rows], int(max_batch_size)):
+        chunk = [rows[i] for i in idx]
+        job = plan_chunk(target_model, chunk, gen_kwargs=with_sampler(gen_kwargs, sampling, chunk), logits=logits,
+                         known=seen, shared_prefix=shared_prefix, read_here=not two)
+        seen |= {r.source_key for r in chunk}
+        planned.append((idx, job))
+    return requests(target_model, planned, int(per))
+
+
+def greedy_kwargs(target_model, max_new_tokens: int) -> dict:
+    """Greedy decoding settings (HF sampling switched off explicitly), as every run sends them."""
+    from ..core.validate import check_max_new_tokens
+
+    check_max_new_tokens(max_new_tokens)
+    return dict(max_new_tokens=int(max_new_tokens), do_sample=False, pad_token_id=target_model.tokenizer.pad_token_id,
+                top_p=None, top_k=None, temperature=None)
+
+
+def _vector(model) -> torch.Tensor:
+    return torch.empty(model_info(model).hidden, dtype=model._module.dtype, device="meta")
+
+
+def _captured(model, jobs, vectors: dict) -> int:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "request.bin"
+        try:
+            run_session(model, jobs, backend=CaptureBackend(path), vectors=vectors)
+        except RequestCaptured:
+            return path.stat().st_size
+    raise RuntimeError("the session was not captured")  # pragma: no cover
+
+
+def _real(vectors: dict) -> dict:
+    """Meta placeholders as zero tensors (what the request would carry)."""
+    return {k: torch.zeros(v.shape, dtype=v.dtype) for k, v in vectors.items()}
+
+
+def _result_bytes(jobs: list, vectors: dict, vocab: int) -> int:
+    """``torch.save`` of what the session saves: its outputs and every vector, shaped as at most returned
+    (meta tensors give the container overhead, plus each tensor's bytes)."""
+    outs, data = [], 0
+    for job in jobs:
+        if job.target_ids is None:
+            outs.append(None)
+            continue
+        b, t = job.target_ids.shape
+        if job.logits:
+            parts = [torch.empty(b, vocab, dtype=torch.float32, device="meta")]
+        else:
+            new = int(job.gen_kwargs.get("max_new_tokens", 0))
+            parts = [torch.empty(b, t + new, dtype=torch.long, device="meta"),
+                     torch.empty(b, dtype=torch.bool, device="meta"), torch.empty(b, dtype=torch.bool, device="meta")]
+        data += sum(p.numel() * p.element_size() for p in parts)
+        outs.append(parts[0] if job.logits else tuple(parts))
+    data += sum(v.numel() * v.element_size() for v in vectors.values())
+    count = sum(len(o) if isinstance(o, tuple) else o is not None for o in outs) + len(vectors)
+    return _saved([outs, dict(vectors)]) + data + count * _storage_overhead()
+
+
+def _saved(obj) -> int:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return len(buf.getvalue())
+
+
+_OVERHEAD: list = []
+
+
+def _storage_overhead() -> int:
+    """What one more stored tensor adds to a ``torch.save`` besides its bytes (its zip record), measured once."""
+    if not _OVERHEAD:
+        real = _saved([torch.zeros(1, dtype=torch.uint8) for _ in range(8)])
+        meta = _saved([torch.empty(1, dtype=torch.uint8, device="meta") for _ in range(8)])
+        _OVERHEAD.append(max(0, (real - meta - 8) // 8))
+    return _OVERHEAD[0]
+
+
+def _reads(jobs: list) -> set:
+    return {key for job in jobs for group in job.source_groups for _, reads in group for key, *_ in reads}
+
+
+def plan(model, rows, *, target_model=None, max_new_tokens: int = 10, logits: bool = False, max_batch_size: int = 64,
+         shared_prefix: bool = True, exact: bool = False, chunks_per_request: int | None = None,
+         sampling=None, gen_kwargs: dict | None = None) -> Plan:
+    """The :class:`Plan` of running ``rows`` remotely (the arguments of :func:`~superscopes_nn.engine.run.run_rows`)."""
+    from ..core.validate import check_batch_size, check_int
+
+    rows = list(rows)
+    if not rows:
+        raise ValueError("no rows to plan")
+    target_model = model if target_model is None else target_model
+    check_batch_size(max_batch_size)
+    if exact:
+        max_batch_size, shared_prefix = 1, False
+    per = 8 if chunks_per_request is None else check_int(chunks_per_request, "chunks_per_request", minimum=1)
+    if gen_kwargs is None and not logits:
+        gen_kwargs = greedy_kwargs(target_model, max_new_tokens)
+    grouped = planned_requests(model, rows, target_model=target_model, gen_kwargs=gen_kwargs, logits=logits,
+                               max_batch_size=max_batch_size, shared_prefix=shared_prefix, sampling=sampling, per=per)
+    return measure(model, rows, grouped, target_model=target_model, max_batch_size=max_batch_size, per=per)
+
+
+def measure(model, rows: list, grouped: list, *, target_model=None, max_batch_size: int = 64, per: int = 8) -> Plan:
+    """Capture every request of ``grouped`` (from :func:`planned_requests`) and size its result."""
+    target_model = model if target_model is None else target_model
+    two = target_model is not model
+    config = target_model._module.config
+    vocab = getattr(config, "vocab_size", None) or getattr(getattr(config, "text_config", None), "vocab_size", 0)
+    known: dict = {}
+    out = []
+    for request in grouped:
+        req_rows = [rows[i] for idx, _ in request for i in idx]
+        sent = result = 0
+        if two:
+            reads = plan_reads(model, req_rows, known)
+            if reads.source_groups:
+                sent += _captured(model, reads, {})
+                got = {k: _vector(model) for k in _reads([reads])}
+                result += _result_bytes([reads], got, vocab)
+                known.update(got)
+        jobs: list[Job] = [job for _, job in request]
+        given = {k: known[k] for k in {r.source_key for r in req_rows} if k in known}
+        sent += _captured(target_model, jobs, _real(given))
+        used = {**given, **{k: _vector(target_model) for k in _reads(jobs)}}
+        result += _result_bytes(jobs, used, vocab)
+        known.update(used)
+        out.append(RequestPlan(rows=len(req_rows), chunks=len(request), sent=sent, result=result))
+    return Plan(model=model_name(target_model), rows=len(rows), chunk_count=sum(len(r) for r in grouped),
+                requests=tuple(out), chunks_per_request=per, max_batch_size=int(max_batch_size))

@@ -1,0 +1,126 @@
+"""The plan of a remote run (superscopes_nn.engine.plan), checked against what the run really sends.
+
+* the requests it counts are the sessions execute() runs (same rows per request, same order);
+* ``sent`` is the size of the bytes a CaptureBackend writes for that very request (to nnsight's
+  few bytes of variation between two serializations of one request);
+* ``result`` bounds the ``torch.save`` of what the request's session really returns, within 2x;
+* a run that would break a limit (Gemma-3-27B's 262k-entry logits x 64 rows: 64 MiB over NDIF's
+  8 MiB inline cap) is refused before the first request, naming the number and the knob;
+* every remote run prints its plan line and one line per request; ``superscopes plan`` prints the table.
+"""
+
+import io
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from superscopes_nn import Amplify, Source, Target, load_model, resolve, sweep_rows
+from superscopes_nn.engine import run as run_mod
+from superscopes_nn.engine import session
+from superscopes_nn.engine.plan import LIMITS, plan
+from superscopes_nn.output.cli import main as cli_main
+from superscopes_nn.remote.capture import CaptureBackend, RequestCaptured
+from superscopes_nn.structure.testing import tiny_model, tiny_tokenizer
+
+CONFIGS = Path(__file__).resolve().parent / "fixtures" / "large_configs"
+PROMPTS = ["Alexander the Great", "Pink Floyd", "Star Wars", "Will Smith and Daft Punk"]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model("llama", seed=2)
+
+
+def _rows(model, layers=range(4), alphas=(1, 3, 6)):
+    return sweep_rows(model, PROMPTS, layers=list(layers), sites=["mlp_out"], alphas=list(alphas))
+
+
+def test_requests_are_the_sessions_the_run_sends(model, monkeypatch):
+    rows = _rows(model)
+    p = plan(model, rows, max_new_tokens=3, max_batch_size=4, chunks_per_request=2)
+    sent = []
+    real = run_mod.run_session
+    monkeypatch.setattr(run_mod, "run_session", lambda m, jobs, **kw: sent.append(
+        sum(len(j.target_ids) for j in jobs)) or real(m, jobs, **kw))
+    list(run_mod.execute(model, rows, gen_kwargs=run_mod.gen_kwargs(model, 3), max_batch_size=4, remote="local",
+                         chunks_per_request=2))
+    assert [r.rows for r in p.requests] == sent and len(sent) > 2
+    assert p.rows == len(rows) == sum(sent) and p.chunk_count == sum(r.chunks for r in p.requests)
+
+
+def test_sent_bytes_are_the_captured_request(model, tmp_path):
+    rows = _rows(model)
+    p = plan(model, rows, max_new_tokens=3, max_batch_size=4, chunks_per_request=2)
+    with pytest.raises(RequestCaptured):
+        run_mod.run_rows(model, rows, max_new_tokens=3, max_batch_size=4, chunks_per_request=2,
+                         backend=CaptureBackend(tmp_path / "first.bin"))
+    # nnsight's serialization of one request varies by a few bytes between captures (measured: 10532-10546)
+    assert abs(p.requests[0].sent - (tmp_path / "first.bin").stat().st_size) <= 0.01 * p.requests[0].sent
+
+
+def test_result_bytes_bound_the_real_result(model):
+    rows = _rows(model)
+    p = plan(model, rows, max_new_tokens=3, max_batch_size=4, chunks_per_request=2)
+    grouped = run_mod.planned_requests(model, rows, gen_kwargs=run_mod.gen_kwargs(model, 3), max_batch_size=4, per=2)
+    known = {}
+    for planned, request in zip(p.requests, grouped):
+        req_rows = {r.source_key for idx, _ in request for i in idx for r in [rows[i]]}
+        given = {k: known[k] for k in req_rows if k in known}
+        outs, used = session.run_session(model, [job for _, job in request], vectors=given)
+        known.update(used)
+        buf = io.BytesIO()
+        torch.save([outs, dict(used)], buf)
+        real = len(buf.getvalue())
+        assert real <= planned.result <= 2 * real, (real, planned.result)
+
+
+def meta_dir(tmp_path, name):
+    d = tmp_path / name
+    d.mkdir()
+    shutil.copy(CONFIGS / name / "config.json", d / "config.json")
+    tiny_tokenizer().save_pretrained(d)
+    return d
+
+
+def test_a_run_over_a_limit_is_refused_before_the_first_request(tmp_path, monkeypatch, capsys):
+    gemma = load_model(str(meta_dir(tmp_path, "Gemma-3-27B")), remote=True, dtype=torch.bfloat16)
+    rows = resolve(gemma, [(Source(p, layer=l), Target(), Amplify(2)) for p in ["Pink Floyd"] * 64 for l in [0]] +
+                   [(Source("Pink Floyd", layer=61), Target(), None)])
+    p = plan(gemma, rows, logits=True, max_batch_size=64)
+    assert p.problems() and "max_batch_size" in p.problems()[0] and "8.00 MiB" in p.problems()[0]
+    assert p.requests[0].result > 64 * 262208 * 4 > LIMITS["result"].value
+    monkeypatch.setattr(session, "run_session", lambda *a, **k: pytest.fail("a request was sent"))
+    monkeypatch.setattr(run_mod, "run_session", lambda *a, **k: pytest.fail("a request was sent"))
+    from superscopes_nn import patched_logits
+
+    with pytest.raises(ValueError, match=r"refused before the first request: NDIF request 1 of \d+ \(64 rows\) has "
+                                         r"64\.\d+ MiB of result bytes per request, over 8\.00 MiB"):
+        patched_logits(gemma, rows, remote="http://127.0.0.1:9")
+    assert plan(gemma, rows, logits=True, max_batch_size=4).problems() == []  # the knob named fixes it
+
+
+def test_remote_runs_print_the_plan_and_each_request(model, monkeypatch, capsys):
+    rows = _rows(model, layers=[1], alphas=[1, 2])
+    p = plan(model, rows, max_new_tokens=2, max_batch_size=2, chunks_per_request=1)
+    monkeypatch.setattr(run_mod, "remote_caller", lambda *a, **k: (lambda fn: fn()))
+    monkeypatch.setattr(run_mod, "session_backend", lambda m, r, b: None)
+    real = run_mod.run_session
+    monkeypatch.setattr(run_mod, "run_session", lambda m, jobs, **kw: real(m, jobs, **{**kw, "remote": False}))
+    run_mod.run_rows(model, rows, max_new_tokens=2, max_batch_size=2, chunks_per_request=1, remote=True)
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == f"[superscopes] {p.line()}"
+    assert [e for e in err[1:] if "NDIF request" in e] == [
+        f"[superscopes] NDIF request {i}/{len(p.requests)}: {r.rows} rows" for i, r in enumerate(p.requests, 1)]
+
+
+def test_plan_command(tmp_path, capsys):
+    d = meta_dir(tmp_path, "Qwen2.5-72B")
+    assert cli_main(["plan", str(d), "--prompts", "Pink Floyd", "Star Wars", "--layers", "0,40,79", "--amps", "1,6",
+                     "--batch-size", "4", "--chunks-per-request", "1"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith(f"plan: {d}, 12 rows in 3 chunks -> 3 NDIF requests (4 rows each)")
+    assert len(out) == 2 + 3 and all(int(line.split()[3]) > 0 for line in out[2:])
+    assert cli_main(["plan", str(d), "--layers", "0"]) == 2
+    assert "error: no prompts" in capsys.readouterr().err
