@@ -30,10 +30,10 @@ from typing import Callable, Sequence
 
 import pandas as pd
 
-from .plan import REQUEST_RESULT_BYTES, greedy_kwargs, measure, planned_requests, requests  # noqa: F401 (re-exported)
+from .plan import greedy_kwargs, measure, planned_requests
 from .session import plan_reads, run_session
 
-from ..core.sampling import Sampling, check_sampling, with_sampler
+from ..core.sampling import Sampling, check_sampling
 from ..core.specs import Row
 from ..core.store import RunStore, frame, row_key
 from ..core.validate import check_batch_size, check_int, check_max_new_tokens, check_remote
