@@ -48,6 +48,10 @@ class Server:
         self.count = 0
         self.log: list[dict] = []  # one entry per request: the runner's reply plus what we checked
         env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+        # The server computes with the tests' thread count (tests/conftest.py): a float32 matmul's
+        # reduction order depends on it, and a random twin's near-tied logits flip under another order.
+        threads = os.environ.get("SUPERSCOPES_TEST_THREADS", "1")
+        env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
         env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
         self.proc = subprocess.Popen([str(python), "-I", str(RUNNER)], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True, cwd=workdir, env=env)

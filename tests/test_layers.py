@@ -11,6 +11,7 @@ library, ``experiments.common`` and itself, never another paper.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -174,3 +175,28 @@ def test_an_upward_import_is_found(tmp_path, src, dep, text, bad):
     for d in {src.split("/")[0], dep.split("/")[0]}:
         files[f"superscopes_nn/{d}/__init__.py"] = ""
     assert bool(upward(_write(tmp_path, files))) is bad
+
+
+def test_the_readme_tree_names_every_sub_package_and_module():
+    """README's "Where things live" tree is the package's tree: every sub-package and module is named there."""
+    text = (ROOT / "README.md").read_text()
+    block = text.split("## Where things live", 1)[1].split("```", 2)[1]
+    lines = {}
+    current = None
+    for line in block.splitlines():
+        head = line[:15].strip()
+        if head.endswith("/"):
+            current = head.rstrip("/")
+        if current:
+            lines[current] = lines.get(current, "") + " " + line
+    missing = []
+    for pkg in sorted(p.name for p in LIB.iterdir() if (p / "__init__.py").exists()):
+        if pkg not in lines:
+            missing.append(f"{pkg}/")
+            continue
+        names = set(re.findall(r"[a-z_]+", lines[pkg]))
+        missing += [f"{pkg}/{m.stem}" for m in sorted((LIB / pkg).glob("*.py"))
+                    if m.stem != "__init__" and m.stem not in names]
+    papers = [p.name for p in (ROOT / "experiments").iterdir() if (p / "__init__.py").exists()]
+    missing += [f"experiments/{p}/" for p in papers if f"{p}/" not in block]
+    assert missing == []

@@ -9,8 +9,7 @@ captured by nnsight's real ``RemoteBackend`` and executed by ndif 0.1.2 (tests/n
 trusted and sandbox paths) on the server's copy of the config's same-depth narrow twin
 (superscopes_nn.structure.twin: same model_type, layers and per-layer switches; random weights).
 Checked per config: the token ids equal the same rows run locally on the twin, both paths succeed
-and save the same values; the payloads are checked against NDIF's module allowlist (a strict xfail
-until the pre-existing dataclasses reference is fixed).
+and save the same values; the payloads reference no module outside NDIF's allowlist.
 
 What this proves: the request a 405B / 671B client builds (module paths at every depth, the plan,
 the shipped code) runs on the module tree NDIF builds for that config. What it cannot: anything
@@ -26,7 +25,7 @@ import pytest
 
 import ndif_server
 from superscopes_nn import Source, Target, load_model, resolve, run_rows, sweep_rows
-from superscopes_nn.structure.info import model_info
+from superscopes_nn.structure.info import eos_ids, model_info
 from superscopes_nn.structure.models import wrap
 from superscopes_nn.structure.testing import tiny_tokenizer
 from superscopes_nn.structure.twin import twin_model
@@ -38,8 +37,6 @@ NAMES = sorted(p.name for p in CONFIGS.iterdir() if (p / "config.json").exists()
 PROMPTS = ["Alexander the Great", "Pink Floyd"]
 BACK = "The spouse of the performer of Imagine is"
 DISALLOWED: dict = {}  # name -> modules outside NDIF's allowlist the request referenced
-PRE_EXISTING = ("pre-existing since the layer reorganisation (e3ec7d7): every request references dataclasses / "
-                "_thread (tests/test_ndif_server.py::test_payload_is_allowlisted fails the same way)")
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +58,14 @@ def rows_for(model):
     return fig3, back
 
 
-def _ids(df):
-    return df[["source_prompt", "source_layer", "target_layer", "alpha", "token_ids"]].to_dict("records")
+def _ids(df, eos: set):
+    """The rows' keys and token ids, cut at the twin's end-of-sequence ids: the twin's vocabulary is shrunk,
+    so its eos ids are not the full model's, and the client (the full-size meta model) does not cut there."""
+    out = df[["source_prompt", "source_layer", "target_layer", "alpha", "token_ids"]].to_dict("records")
+    for r in out:
+        ids = list(r["token_ids"])
+        r["token_ids"] = ids[:next((i for i, t in enumerate(ids) if t in eos), len(ids))]
+    return out
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -81,12 +84,13 @@ def test_full_size_request_runs_on_the_twin(name, server, tmp_path, monkeypatch)
     ndif_server.seed_id_cache(full)
     ndif_server.seed_id_cache(twin_dir)
     fig3, back = rows_for(meta)
-    kw = dict(max_new_tokens=3, max_batch_size=64, shared_prefix=False)
-    want = _ids(run_rows(local, [*rows_for(local)[0], *rows_for(local)[1]], **kw))
+    kw = dict(max_new_tokens=3, max_batch_size=64)  # the default path: prefix reuse where the model has it
+    eos = eos_ids(local)
+    want = _ids(run_rows(local, [*rows_for(local)[0], *rows_for(local)[1]], **kw), eos)
     start = len(server.log)
     with monkeypatch.context() as mp:
         ndif_server.route(mp, server, keys={str(full): str(twin_dir)})
-        got = _ids(run_rows(meta, [*fig3, *back], remote=True, **kw))
+        got = _ids(run_rows(meta, [*fig3, *back], remote=True, **kw), eos)
     log = server.log[start:]
     assert len(log) == 1, f"{name}: {len(log)} requests for {len(fig3) + len(back)} rows"
     assert not log[0]["errors"], f"{name}: {log[0]['errors']}"
@@ -97,7 +101,6 @@ def test_full_size_request_runs_on_the_twin(name, server, tmp_path, monkeypatch)
     assert {r["source_layer"] for r in got} >= {model_info(meta).n_layers - 1}  # the last layer was reached
 
 
-@pytest.mark.xfail(strict=True, reason=PRE_EXISTING)
 def test_full_size_payloads_are_allowlisted():
     assert DISALLOWED, "the full-size requests did not run"
     bad = {name: d for name, d in DISALLOWED.items() if d}

@@ -85,7 +85,11 @@ def meta_dir(tmp_path, name):
 
 
 def test_a_run_over_a_limit_is_refused_before_the_first_request(tmp_path, monkeypatch, capsys):
-    gemma = load_model(str(meta_dir(tmp_path, "Gemma-3-27B")), remote=True, dtype=torch.bfloat16)
+    from nnsight.modeling import huggingface
+
+    d = meta_dir(tmp_path, "Gemma-3-27B")
+    monkeypatch.setitem(huggingface._ID_CACHE, str(d), str(d))  # a local dir stands in for the hub id
+    gemma = load_model(str(d), remote=True, dtype=torch.bfloat16)
     rows = resolve(gemma, [(Source(p, layer=l), Target(), Amplify(2)) for p in ["Pink Floyd"] * 64 for l in [0]] +
                    [(Source("Pink Floyd", layer=61), Target(), None)])
     p = plan(gemma, rows, logits=True, max_batch_size=64)

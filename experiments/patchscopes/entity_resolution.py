@@ -82,14 +82,11 @@ import pandas as pd
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from experiments.common import save_csv  # noqa: E402
-from experiments.common import add_control, check_args, check_control, parser, random_arm, store_kwargs  # noqa: E402
-
-from superscopes_nn.engine.resolver import sweep_rows  # noqa: E402
-from superscopes_nn.engine.run import run_rows  # noqa: E402
+from experiments.common import add_control, check_args, check_control, parser, random_arm, save_csv, store_kwargs  # noqa: E402
 from superscopes_nn.core.specs import ENTITY_PROMPT, Target  # noqa: E402
 from superscopes_nn.core.validate import check_layer  # noqa: E402
-
+from superscopes_nn.engine.resolver import sweep_rows  # noqa: E402
+from superscopes_nn.engine.run import run_rows  # noqa: E402
 from superscopes_nn.science.baselines import input_only  # noqa: E402
 from superscopes_nn.structure.info import model_info, model_name  # noqa: E402
 

@@ -1,0 +1,1 @@
+"""What a person reads or types: the HTML report, the command line (explain, demo, report, run, plan)."""

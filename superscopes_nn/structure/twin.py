@@ -175,10 +175,10 @@ def check_paths(hf_model, spec: ArchSpec) -> None:
     want = num_layers(hf_model.config)
     if len(layers) != want:
         raise ValueError(f"{family}: {spec.layers} has {len(layers)} layers, the config says {want}")
-    subs = {spec.site_module(s) for s in ("attn_out", "mlp_out", "mlp_in", "residual") if spec.has_site(s)}
-    if spec.layout != "mixed":  # a mixed model's informational paths are layer 0's only
-        subs |= {spec.attn, spec.mlp, spec.mlp_norm}
+    sites = [s for s in ("attn_out", "mlp_out", "mlp_in", "residual") if spec.has_site(s)]
     for i, layer in enumerate(layers):
+        subs = {spec.site_module(s, i) for s in sites if i in spec.site_layers(s, want)}
+        subs |= {spec.at(f, i) for f in ("attn", "mlp", "mlp_norm")}  # per layer where layers differ
         for path in sorted(p for p in subs if p):
             try:
                 get_path(layer, path)
