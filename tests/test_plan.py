@@ -6,7 +6,10 @@
 * ``result`` bounds the ``torch.save`` of what the request's session really returns, within 2x;
 * a run that would break a limit (Gemma-3-27B's 262k-entry logits x 64 rows: 64 MiB over NDIF's
   8 MiB inline cap) is refused before the first request, naming the number and the knob;
-* every remote run prints its plan line and one line per request; ``superscopes plan`` prints the table.
+* every remote run prints its plan line and one line per request; ``superscopes plan`` prints the table;
+* so do the runs that are not rows (``generate_plain``, ``collect``, ``logit_lens``: one session per request,
+  sent bytes = the call's own captured request, result bytes bound what the session returns), and a limit
+  they break (a 62-layer lens over Gemma-3-27B's 262k vocabulary: 31 MiB) is refused before the first request.
 """
 
 import io
@@ -128,3 +131,102 @@ def test_plan_command(tmp_path, capsys):
     assert len(out) == 2 + 3 and all(int(line.split()[3]) > 0 for line in out[2:])
     assert cli_main(["plan", str(d), "--layers", "0"]) == 2
     assert "error: no prompts" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------- runs that are not rows: one session per request
+
+from superscopes_nn import collect, generate_plain, logit_lens  # noqa: E402
+from superscopes_nn.engine import plan as plan_mod  # noqa: E402
+
+RUNS = {
+    "generate_plain": lambda m, **kw: generate_plain(m, PROMPTS, max_new_tokens=2, max_batch_size=2, **kw),
+    "collect": lambda m, **kw: collect(m, "Pink Floyd", [0, 2], ["residual", "mlp_out"], **kw),
+    "logit_lens": lambda m, **kw: logit_lens(m, "Pink Floyd", layers=[3, 0, 1], k=2, **kw),
+}
+
+
+def _same(a, b):
+    if isinstance(a, dict):
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    elif hasattr(a, "equals"):
+        assert a.equals(b)
+    else:
+        assert a == b
+
+
+class Sent(Exception):
+    pass
+
+
+def _local_sends(monkeypatch, model, sent: list):
+    """The remote path up to the send, which runs here (nnsight's serialization round trip) and is counted."""
+    from nnsight.intervention.backends.local import LocalSimulationBackend
+
+    monkeypatch.setattr(run_mod, "remote_caller", lambda *a, **k: (lambda fn: fn()))
+    monkeypatch.setattr(run_mod, "session_backend", lambda m, r, b: sent.append(1) or LocalSimulationBackend(m))
+
+
+@pytest.mark.parametrize("name", RUNS)
+def test_every_remote_run_prints_its_plan_and_each_request(model, monkeypatch, capsys, tmp_path, name):
+    from nnsight.intervention.backends.local import LocalSimulationBackend
+
+    local = RUNS[name](model)
+    first = tmp_path / "first.bin"
+    with pytest.raises(RequestCaptured):
+        RUNS[name](model, backend=CaptureBackend(first))
+    measured, sent = [], []
+    real = run_mod.measure_sessions
+    monkeypatch.setattr(run_mod, "measure_sessions", lambda m, s, *a, **k: measured.append((s, real(m, s, *a, **k)))
+                        or measured[-1][1])
+    _local_sends(monkeypatch, model, sent)
+    capsys.readouterr()
+    _same(RUNS[name](model, remote=True), local)
+    [(sessions, p)] = measured
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == f"[superscopes] {p.line()}" and p.problems() == []
+    assert [e for e in err[1:] if "NDIF request" in e] == [
+        f"[superscopes] NDIF request {i}/{len(p.requests)}: {r.rows} rows" for i, r in enumerate(p.requests, 1)]
+    assert len(sent) == len(p.requests) == len(sessions)
+    assert p.rows == (len(PROMPTS) if name == "generate_plain" else 1)
+    if name == "generate_plain":
+        assert len(p.requests) > 1  # one generate per group of equal token length
+    # sent: the bytes the public call itself sends first (a capture backend in its place)
+    assert abs(p.requests[0].sent - first.stat().st_size) <= 0.01 * p.requests[0].sent
+    # result: bounds the torch.save of what each session really returns, within 2x
+    for s, r in zip(sessions, p.requests):
+        buf = io.BytesIO()
+        torch.save(s.open(LocalSimulationBackend(model)), buf)
+        assert len(buf.getvalue()) <= r.result <= 2 * len(buf.getvalue()), (len(buf.getvalue()), r.result)
+
+
+def test_a_lens_over_a_huge_vocabulary_is_refused_before_the_first_request(tmp_path, monkeypatch):
+    from nnsight.modeling import huggingface
+
+    d = meta_dir(tmp_path, "Gemma-3-27B")
+    monkeypatch.setitem(huggingface._ID_CACHE, str(d), str(d))
+    gemma = load_model(str(d), remote=True, dtype=torch.bfloat16)
+    monkeypatch.setattr(run_mod, "session_backend", lambda *a: (_ for _ in ()).throw(Sent()))
+    n, vocab = 62, 262208  # Gemma-3-27B's published layers and vocabulary: 62 x 262208 bf16 logits = 31 MiB
+    with pytest.raises(ValueError, match=r"refused before the first request: NDIF request 1 of 1 \(1 rows\) has "
+                                         r"31\.\d\d MiB of result bytes per request, over 8\.00 MiB \(.*redis\.py.*\): "
+                                         rf"pass fewer layers per call \(now {n} layers x {vocab} vocabulary"):
+        logit_lens(gemma, "Pink Floyd", remote="http://127.0.0.1:9")
+    with pytest.raises(Sent):  # the knob named fixes it: 8 layers (4 MiB) pass the plan and reach the send
+        logit_lens(gemma, "Pink Floyd", layers=range(8), remote="http://127.0.0.1:9")
+
+
+@pytest.mark.parametrize("name, key, knob", [
+    ("collect", "result", r"read fewer layers or sites per call, or a shorter prompt \(now 4 reads x \d+ tokens\)"),
+    ("generate_plain", "request", r"lower max_batch_size or max_new_tokens \(now max_batch_size=2, max_new_tokens=2\)"),
+    ("logit_lens", "request", r"pass fewer layers per call \(now 3 layers"),
+])
+def test_a_broken_limit_is_refused_before_the_first_request(model, monkeypatch, name, key, knob):
+    import dataclasses
+
+    sent = []
+    _local_sends(monkeypatch, model, sent)
+    monkeypatch.setitem(plan_mod.LIMITS, key, dataclasses.replace(LIMITS[key], value=1000))
+    with pytest.raises(ValueError, match=rf"^refused before the first request: NDIF request 1 of \d+ \(\d+ rows\) has "
+                                         rf"[\d.]+ KiB of {LIMITS[key].name}, over 1\.0 KiB \(.*\): {knob}"):
+        RUNS[name](model, remote=True)
+    assert sent == []

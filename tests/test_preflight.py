@@ -10,7 +10,8 @@ import nnsight
 import pytest
 
 from fake_ndif import FakeNDIF
-from superscopes_nn import sweep
+from superscopes_nn import collect, generate_plain, logit_lens, sweep
+from superscopes_nn.engine import run as run_mod
 from superscopes_nn.remote import preflight as pf
 from superscopes_nn.remote.errors import NDIFError
 from superscopes_nn.structure.testing import save_tiny_checkpoint
@@ -66,17 +67,60 @@ def test_unreachable_host_is_one_line():
         pf.preflight(Key(REPO), "http://127.0.0.1:9")
 
 
-def test_a_remote_run_preflights_before_its_first_request(tmp_path, monkeypatch):
-    monkeypatch.setattr(pf, "PREFLIGHT", True)
-    d = tmp_path / "tiny"
-    save_tiny_checkpoint(d, "llama")
+@pytest.fixture
+def hub_model(tmp_path, monkeypatch):
+    """A tiny checkpoint whose local dir stands in for its hub id (the id NDIF is sent)."""
     from nnsight.modeling import huggingface
 
     from superscopes_nn import load_model
 
-    huggingface._ID_CACHE[str(d)] = str(d)
-    model = load_model(str(d))
+    d = tmp_path / "tiny"
+    save_tiny_checkpoint(d, "llama")
+    monkeypatch.setitem(huggingface._ID_CACHE, str(d), str(d))
+    return d, load_model(str(d))
+
+
+def test_a_remote_run_preflights_before_its_first_request(hub_model, monkeypatch):
+    monkeypatch.setattr(pf, "PREFLIGHT", True)
+    d, model = hub_model
     with FakeNDIF(status=status(("someone/else", "main", "RUNNING")), env=ENV) as fake:
         with pytest.raises(NDIFError, match=f"NDIF at {fake.url}: {d} \\(revision main\\) is not served"):
             sweep(model, "Pink Floyd", layers=1, remote=fake.url, progress=False)
         assert fake.counts["/status"] == 1 and fake.counts["request"] == 0  # refused before any POST
+
+
+RUNS = {  # the runs that are not rows: each is one session per request, and goes the same way
+    "generate_plain": lambda m, r: generate_plain(m, ["Pink Floyd", "Star Wars"], max_new_tokens=2, remote=r),
+    "collect": lambda m, r: collect(m, "Pink Floyd", [0, 1], remote=r),
+    "logit_lens": lambda m, r: logit_lens(m, "Pink Floyd", layers=[0, 1], remote=r),
+}
+
+
+@pytest.mark.parametrize("name", RUNS)
+def test_every_remote_run_preflights_once_before_its_first_request(hub_model, monkeypatch, capsys, name):
+    from nnsight.intervention.backends.local import LocalSimulationBackend
+
+    d, model = hub_model
+    local = RUNS[name](model, False)
+    monkeypatch.setattr(pf, "PREFLIGHT", True)
+    monkeypatch.setattr(pf, "_DONE", set())
+    events = []
+    real = pf.preflight
+    monkeypatch.setattr(pf, "preflight", lambda *a, **k: events.append("preflight") or real(*a, **k))
+    # the send runs here (nnsight's serialization round trip), so the answer is checked, and counted
+    monkeypatch.setattr(run_mod, "session_backend", lambda m, r, b: events.append("send") or LocalSimulationBackend(m))
+    with FakeNDIF(status=status(("someone/else", "main", "RUNNING")), env=ENV) as fake:
+        with pytest.raises(NDIFError, match=f"^NDIF at {fake.url}: {d} \\(revision main\\) is not served") as err:
+            RUNS[name](model, fake.url)
+        assert "\n" not in str(err.value)
+        assert events == ["preflight"] and fake.counts["/status"] == 1 and fake.counts["request"] == 0
+        assert "plan:" not in capsys.readouterr().err  # refused before the plan, and before any request
+    events.clear()
+    with FakeNDIF(status=status((str(d), "main", "RUNNING")), env=ENV) as fake:
+        first, second = RUNS[name](model, fake.url), RUNS[name](model, fake.url)
+        assert fake.counts["/status"] == fake.counts["/env"] == 1 and fake.counts["request"] == 0
+    assert events[0] == "preflight" and events.count("preflight") == 1 and events.count("send") >= 2  # once per host
+    assert repr(first) == repr(second) == repr(local)
+    err = [line for line in capsys.readouterr().err.splitlines() if "NDIF" in line or "plan:" in line]
+    assert len(err) == events.count("send") + 2 and err[0].startswith(f"[superscopes] plan: {d}, ")  # a plan a run
+    assert all(e.startswith("[superscopes] NDIF request ") for e in err if "plan:" not in e)

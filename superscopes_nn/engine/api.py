@@ -35,8 +35,8 @@ import torch
 from ..structure.architectures import SITE_ORDER
 from .session import chunks
 from .resolver import check_sites, encode, resolve, sweep_rows
-from ..remote.capture import ship
-from .run import execute, gen_kwargs, remote_caller, run_rows, session_backend, trim_new_tokens
+from .plan import Session
+from .run import execute, gen_kwargs, run_rows, run_sessions, trim_new_tokens
 from ..structure.sites import site_tensor
 from ..core.specs import Row, Target
 from ..core.validate import check_batch_size, check_layer, check_layers, check_max_new_tokens, check_strings
@@ -88,18 +88,23 @@ def generate_plain(model, prompts: Sequence[str], max_new_tokens: int = 10, max_
     gen, eos = gen_kwargs(model, max_new_tokens), eos_ids(model)
     ids = [encode(model.tokenizer, p, add_special_tokens) for p in check_strings(list(prompts), "prompt")]
     check_max_new_tokens(max_new_tokens, max(len(t) for t in ids), model_info(model).context, model_name(model))
-    call = remote_caller(remote, backend, model)
-    ship(remote, backend)
-    out: list = [None] * len(ids)
-    for chunk in chunks([len(t) for t in ids], int(max_batch_size)):
+    groups = list(chunks([len(t) for t in ids], int(max_batch_size)))
+    sessions = []
+    for chunk in groups:
         batch = torch.tensor([ids[i] for i in chunk])
 
-        def one(batch=batch):
-            with model.generate(batch, remote=remote, backend=session_backend(model, remote, backend), **gen) as tracer:
+        def one(backend, batch=batch):
+            with model.generate(batch, remote=remote, backend=backend, **gen) as tracer:
                 result = tracer.result.save()
             return result
 
-        result = call(one)
+        sessions.append(Session(one, torch.empty(batch.shape[0], batch.shape[1] + gen["max_new_tokens"],
+                                                 dtype=torch.long, device="meta"), rows=len(chunk)))
+    knob = f"lower max_batch_size or max_new_tokens (now max_batch_size={max_batch_size}, " \
+           f"max_new_tokens={max_new_tokens})"
+    out: list = [None] * len(ids)
+    for chunk, result in zip(groups, run_sessions(model, sessions, remote=remote, backend=backend, knob=knob,
+                                                  max_batch_size=max_batch_size)):
         for b, i in enumerate(chunk):
             new = trim_new_tokens(result[b, len(ids[i]):].tolist(), eos)
             out[i] = model.tokenizer.decode(new, skip_special_tokens=True)
@@ -116,14 +121,16 @@ def collect(model, prompt: str, layers: Iterable[int], sites: Sequence[str] = ("
                    key=lambda k: (k[0], SITE_ORDER[k[1]]))
     for layer, site in reads:  # a site the layer has no module for: its reason, as patchscope gives it
         model_info(model).spec.site_module(site, layer)
-    ship(remote, backend)
 
-    def one():  # no cache: nothing generates here
-        with model.trace(ids, use_cache=False, remote=remote, backend=session_backend(model, remote, backend)):
+    def one(backend):  # no cache: nothing generates here
+        with model.trace(ids, use_cache=False, remote=remote, backend=backend):
             values = {}
             for layer, site in reads:
                 values[(layer, site)] = site_tensor(model, spec, layer, site, (0, 1, ids.shape[1]))[0].detach().clone()
             values.save()
         return values
 
-    return remote_caller(remote, backend, model)(one)
+    shape = (ids.shape[1], model_info(model).hidden)
+    returns = {k: torch.empty(shape, dtype=model._module.dtype, device="meta") for k in reads}
+    knob = f"read fewer layers or sites per call, or a shorter prompt (now {len(reads)} reads x {shape[0]} tokens)"
+    return run_sessions(model, [Session(one, returns)], remote=remote, backend=backend, knob=knob)[0]

@@ -15,8 +15,8 @@ import pandas as pd
 import torch
 
 from ..structure.architectures import get_path
-from ..remote.capture import ship
-from .run import remote_caller, session_backend
+from .plan import Session, vocab_size
+from .run import run_sessions
 from .resolver import encode, resolve_position
 from ..core.validate import check_layer
 from ..structure.info import model_info, model_name
@@ -38,11 +38,9 @@ def lens_logits(model, prompt: str, layers: Iterable[int], position: int | str =
     pos = resolve_position(model.tokenizer, prompt, position, len(ids))
     cap = getattr(config, "final_logit_softcapping", None)
     layers_path, norm_path, head_path = spec.layers, spec.final_norm, spec.lm_head  # plain strings cross the wire
-    ship(remote, backend)
 
-    def one():
-        with model.trace(torch.tensor([ids]), use_cache=False, remote=remote,
-                         backend=session_backend(model, remote, backend)):
+    def one(backend):
+        with model.trace(torch.tensor([ids]), use_cache=False, remote=remote, backend=backend):
             hidden = []
             for layer in layers:
                 out = get_path(model, layers_path)[layer].output
@@ -56,7 +54,9 @@ def lens_logits(model, prompt: str, layers: Iterable[int], position: int | str =
             logits = logits.detach().save()
         return logits
 
-    logits = remote_caller(remote, backend, model)(one)
+    returns = torch.empty(len(layers), vocab_size(model), dtype=model._module.dtype, device="meta")
+    knob = f"pass fewer layers per call (now {len(layers)} layers x {returns.shape[1]} vocabulary entries)"
+    logits = run_sessions(model, [Session(one, returns)], remote=remote, backend=backend, knob=knob)[0]
     return logits[[layers.index(l) for l in wanted]]
 
 

@@ -12,15 +12,20 @@ same requests), serializes every request with :class:`~superscopes_nn.remote.cap
 Every limit is a :class:`Limit` citing where NDIF (ndif 0.1.2's sdist) documents the number;
 ``superscopes plan`` prints the same plan from the command line (:mod:`superscopes_nn.output.plan_cli`).
 A remote run (``remote=True`` or a host) computes its plan, prints :meth:`Plan.line` and refuses
-before the first request when :meth:`Plan.problems` is not empty.
+before the first request when :meth:`Plan.problems` is not empty (:func:`announce`), then logs one line
+per request. Runs that are not rows (``generate_plain``, ``collect``, ``lens_logits``) describe each
+request as a :class:`Session` (how to open it on a backend, what it returns); :func:`measure_sessions`
+plans them the same way and :func:`~superscopes_nn.engine.run.run_sessions` sends them.
 """
 
 from __future__ import annotations
 
 import io
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -29,7 +34,8 @@ from ..remote.capture import CaptureBackend, RequestCaptured
 from ..structure.info import model_info, model_name
 from .session import Job, chunks, plan as plan_chunk, plan_reads, result_bytes, run_session
 
-__all__ = ["Limit", "LIMITS", "RequestPlan", "Plan", "plan", "planned_requests", "requests", "REQUEST_RESULT_BYTES"]
+__all__ = ["Limit", "LIMITS", "RequestPlan", "Plan", "Session", "announce", "measure_sessions", "plan",
+           "planned_requests", "requests", "REQUEST_RESULT_BYTES"]
 
 MiB = 2 ** 20
 #: The library sizes each request's result under this (estimated by :func:`~superscopes_nn.engine.session.result_bytes`).
@@ -83,6 +89,7 @@ class Plan:
     requests: tuple
     chunks_per_request: int
     max_batch_size: int
+    knob: str = ""  # what to change, for runs whose knobs are not max_batch_size / chunks_per_request
 
     def problems(self) -> list[str]:
         """One line per broken limit: the request, the number, the limit, where NDIF documents it, the knob."""
@@ -90,10 +97,11 @@ class Plan:
         for i, r in enumerate(self.requests, 1):
             for key, got in (("result", r.result), ("request", r.sent)):
                 lim = LIMITS[key]
+                knob = self.knob or (f"{lim.knob} (now max_batch_size={self.max_batch_size}, "
+                                     f"chunks_per_request={self.chunks_per_request})")
                 if got > lim.value:
                     out.append(f"NDIF request {i} of {len(self.requests)} ({r.rows} rows) has {_mib(got)} of "
-                               f"{lim.name}, over {_mib(lim.value)} ({lim.source}): {lim.knob} (now max_batch_size="
-                               f"{self.max_batch_size}, chunks_per_request={self.chunks_per_request})")
+                               f"{lim.name}, over {_mib(lim.value)} ({lim.source}): {knob}")
         return out
 
     def check(self) -> "Plan":
@@ -125,12 +133,16 @@ def _mib(n: int) -> str:
     return f"{n / MiB:.2f} MiB" if n >= 0.01 * MiB else f"{n / 1024:.1f} KiB"
 
 
+def vocab_size(model) -> int:
+    """The vocabulary size in ``model``'s config (a multimodal config's text part), 0 if none."""
+    config = model._module.config
+    return getattr(config, "vocab_size", None) or getattr(getattr(config, "text_config", None), "vocab_size", 0)
+
+
 def requests(model, plans: list, chunks_per_request: int) -> list[list]:
     """Group consecutive chunk plans into requests of at most ``chunks_per_request`` chunks
     whose estimated result stays under :data:`REQUEST_RESULT_BYTES`."""
-    config = model._module.config
-    vocab = getattr(config, "vocab_size", None) or getattr(getattr(config, "text_config", None), "vocab_size", 0)
-    d = model_info(model).hidden
+    vocab, d = vocab_size(model), model_info(model).hidden
     out, size = [], 0
     for item in plans:
         n = result_bytes(item[1], vocab, d)
@@ -173,10 +185,15 @@ def _vector(model) -> torch.Tensor:
 
 
 def _captured(model, jobs, vectors: dict) -> int:
+    return _capture(lambda backend: run_session(model, jobs, backend=backend, vectors=vectors))
+
+
+def _capture(open_session: Callable) -> int:
+    """The bytes of the request ``open_session(backend)`` sends, serialized by a :class:`CaptureBackend`."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "request.bin"
         try:
-            run_session(model, jobs, backend=CaptureBackend(path), vectors=vectors)
+            open_session(CaptureBackend(path))
         except RequestCaptured:
             return path.stat().st_size
     raise RuntimeError("the session was not captured")  # pragma: no cover
@@ -190,7 +207,7 @@ def _real(vectors: dict) -> dict:
 def _result_bytes(jobs: list, vectors: dict, vocab: int) -> int:
     """``torch.save`` of what the session saves: its outputs and every vector, shaped as at most returned
     (meta tensors give the container overhead, plus each tensor's bytes)."""
-    outs, data = [], 0
+    outs = []
     for job in jobs:
         if job.target_ids is None:
             outs.append(None)
@@ -202,11 +219,22 @@ def _result_bytes(jobs: list, vectors: dict, vocab: int) -> int:
             new = int(job.gen_kwargs.get("max_new_tokens", 0))
             parts = [torch.empty(b, t + new, dtype=torch.long, device="meta"),
                      torch.empty(b, dtype=torch.bool, device="meta"), torch.empty(b, dtype=torch.bool, device="meta")]
-        data += sum(p.numel() * p.element_size() for p in parts)
         outs.append(parts[0] if job.logits else tuple(parts))
-    data += sum(v.numel() * v.element_size() for v in vectors.values())
-    count = sum(len(o) if isinstance(o, tuple) else o is not None for o in outs) + len(vectors)
-    return _saved([outs, dict(vectors)]) + data + count * _storage_overhead()
+    return saved_bytes([outs, dict(vectors)])
+
+
+def _tensors(obj) -> list:
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    items = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, (list, tuple)) else ()
+    return [t for o in items for t in _tensors(o)]
+
+
+def saved_bytes(obj) -> int:
+    """The ``torch.save`` size of ``obj`` (lists, tuples, dicts of tensors), its tensors given as meta tensors
+    of the returned shapes and dtypes: the container's bytes, plus each tensor's bytes and zip record."""
+    tensors = _tensors(obj)
+    return _saved(obj) + sum(t.numel() * t.element_size() for t in tensors) + len(tensors) * _storage_overhead()
 
 
 def _saved(obj) -> int:
@@ -219,11 +247,13 @@ _OVERHEAD: list = []
 
 
 def _storage_overhead() -> int:
-    """What one more stored tensor adds to a ``torch.save`` besides its bytes (its zip record), measured once."""
+    """What one more stored tensor adds to a ``torch.save`` besides its bytes, at most: its zip record (measured
+    once), up to 63 bytes of padding (each record's data is aligned to 64 bytes, so the padding depends on where
+    it falls) and a few bytes for its name past the tenth tensor (``archive/data/10``...)."""
     if not _OVERHEAD:
         real = _saved([torch.zeros(1, dtype=torch.uint8) for _ in range(8)])
         meta = _saved([torch.empty(1, dtype=torch.uint8, device="meta") for _ in range(8)])
-        _OVERHEAD.append(max(0, (real - meta - 8) // 8))
+        _OVERHEAD.append(max(0, (real - meta - 8) // 8) + 64 + 8)
     return _OVERHEAD[0]
 
 
@@ -256,8 +286,7 @@ def measure(model, rows: list, grouped: list, *, target_model=None, max_batch_si
     """Capture every request of ``grouped`` (from :func:`planned_requests`) and size its result."""
     target_model = model if target_model is None else target_model
     two = target_model is not model
-    config = target_model._module.config
-    vocab = getattr(config, "vocab_size", None) or getattr(getattr(config, "text_config", None), "vocab_size", 0)
+    vocab = vocab_size(target_model)
     known: dict = {}
     out = []
     for request in grouped:
@@ -279,3 +308,41 @@ def measure(model, rows: list, grouped: list, *, target_model=None, max_batch_si
         out.append(RequestPlan(rows=len(req_rows), chunks=len(request), sent=sent, result=result))
     return Plan(model=model_name(target_model), rows=len(rows), chunk_count=sum(len(r) for r in grouped),
                 requests=tuple(out), chunks_per_request=per, max_batch_size=int(max_batch_size))
+
+
+@dataclass(frozen=True)
+class Session:
+    """One request of a run that is not rows: ``open(backend)`` runs the session on ``backend`` and returns
+    what it saves; ``returns`` is that, as meta tensors of the returned shapes; ``rows`` the prompts it covers."""
+
+    open: Callable
+    returns: object
+    rows: int = 1
+
+
+def measure_sessions(model, sessions: list, knob: str, max_batch_size: int = 1) -> Plan:
+    """The :class:`Plan` of sending ``sessions`` (one request each): sent bytes by capture, result bytes
+    from ``returns``; ``knob`` names what lowers them."""
+    out = tuple(RequestPlan(rows=s.rows, chunks=1, sent=_capture(s.open), result=saved_bytes(s.returns))
+                for s in sessions)
+    return Plan(model=model_name(model), rows=sum(s.rows for s in sessions), chunk_count=len(out), requests=out,
+                chunks_per_request=1, max_batch_size=int(max_batch_size), knob=knob)
+
+
+def log(msg: str) -> None:
+    print(f"[superscopes] {msg}", file=sys.stderr, flush=True)
+
+
+def announce(model, remote, measured: Callable) -> None:
+    """Before the first request of an NDIF run (``remote=True`` or a host): the preflight (once per host and
+    model), then ``measured()`` (a :class:`Plan`) refused if over a limit, else its line printed."""
+    from ..remote.errors import remote_host
+    from ..remote.preflight import preflight_once
+
+    preflight_once(model, remote_host(remote))
+    log(measured().check().line())
+
+
+def log_request(n: int, total: int, rows: int) -> None:
+    """The progress line of NDIF request ``n`` of ``total``."""
+    log(f"NDIF request {n}/{total}: {rows} rows")

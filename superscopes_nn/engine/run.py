@@ -30,13 +30,14 @@ from typing import Callable, Sequence
 
 import pandas as pd
 
-from .plan import greedy_kwargs, measure, planned_requests
+from .plan import announce, greedy_kwargs, log_request, measure, measure_sessions, planned_requests
 from .session import plan_reads, run_session
 
 from ..core.sampling import Sampling, check_sampling
 from ..core.specs import Row
 from ..core.store import RunStore, frame, row_key
 from ..core.validate import check_batch_size, check_int, check_max_new_tokens, check_remote
+from ..remote.capture import ship
 from ..structure.hub import canonical_id
 from ..structure.info import eos_ids, model_info, model_name
 
@@ -139,15 +140,11 @@ def execute(model, rows: list[Row], *, target_model=None, gen_kwargs: dict | Non
                                max_batch_size=max_batch_size, shared_prefix=shared_prefix, sampling=sampling, per=per)
     ndif = bool(remote) and remote != "local"
     if ndif:  # served and same nnsight, then measured, before the first request; a broken limit is refused here
-        from ..remote.errors import remote_host
-        from ..remote.preflight import preflight_once
-
-        preflight_once(target_model, remote_host(remote))
-        _log(measure(model, rows, grouped, target_model=target_model, max_batch_size=max_batch_size,
-                     per=per).check().line())
+        announce(target_model, remote, lambda: measure(model, rows, grouped, target_model=target_model,
+                                                       max_batch_size=max_batch_size, per=per))
     for n, request in enumerate(grouped, 1):
         if ndif:
-            _log(f"NDIF request {n}/{len(grouped)}: {sum(len(idx) for idx, _ in request)} rows")
+            log_request(n, len(grouped), sum(len(idx) for idx, _ in request))
         req_rows = [rows[i] for idx, _ in request for i in idx]
         if two:
             reads = plan_reads(model, req_rows, known)
@@ -164,10 +161,23 @@ def execute(model, rows: list[Row], *, target_model=None, gen_kwargs: dict | Non
             yield idx, job, out
 
 
-def _log(msg: str) -> None:
-    import sys
-
-    print(f"[superscopes] {msg}", file=sys.stderr, flush=True)
+def run_sessions(model, sessions: list, *, remote=False, backend=None, knob: str = "", max_batch_size: int = 1,
+                 call=None) -> list:
+    """What each :class:`~superscopes_nn.engine.plan.Session` returns, in order, one session (one NDIF
+    request) each: the path of runs that are not rows (``generate_plain``, ``collect``, ``lens_logits``).
+    On NDIF (``remote=True`` or a host), as :func:`execute`: the preflight, the plan line (refused before
+    the first request over a limit, naming ``knob``) and one progress line per request."""
+    call = call or remote_caller(remote, backend, model)
+    ship(remote, backend)
+    ndif = bool(remote) and remote != "local"
+    if ndif:
+        announce(model, remote, lambda: measure_sessions(model, sessions, knob, max_batch_size))
+    out = []
+    for n, s in enumerate(sessions, 1):
+        if ndif:
+            log_request(n, len(sessions), s.rows)
+        out.append(call(lambda s=s: s.open(session_backend(model, remote, backend))))
+    return out
 
 
 def _row_error(mapped_ok: bool, finite: bool, dtype) -> str | None:
