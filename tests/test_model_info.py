@@ -25,8 +25,9 @@ def model():
 def test_wrap_attaches_the_info(model):
     from superscopes_nn.structure.info import _INFO
 
-    ref, info = _INFO[id(model)]
-    assert ref() is model and isinstance(info, ModelInfo) and model_info(model) is info
+    info = _INFO.get(model)  # kept for this very object (identity, checked through a weakref)
+    assert isinstance(info, ModelInfo) and model_info(model) is info
+    assert _INFO.get(tiny_model("llama", seed=0)) is not info  # another wrapper of equal weights has its own
     assert all(not isinstance(v, ModelInfo) for v in model.__dict__.values())  # nnsight pickles __dict__ remotely
     hf = model._module
     assert info.n_layers == num_layers(hf.config) == len(hf.model.layers)

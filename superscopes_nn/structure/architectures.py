@@ -34,6 +34,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from ..core.identity import ByIdentity
+
 SITES = ("residual", "attn_out", "mlp_in", "mlp_out")
 #: The order in which a forward pass reaches the sites of one layer.
 SITE_ORDER = {"attn_out": 0, "mlp_in": 1, "mlp_out": 2, "residual": 3}
@@ -236,7 +238,7 @@ _CONFIG_LAYOUT = {
     "granite": lambda c: getattr(c, "residual_multiplier", 1.0) == 1.0,  # else no module holds attn_out/mlp_out
 }
 # id(config) -> spec resolved from the model built with that config (filled by arch_spec(model)).
-_RESOLVED: dict[int, tuple] = {}  # id -> (weakref to the config, spec)
+_RESOLVED = ByIdentity()  # config -> the spec resolved for it
 
 
 def check_site(site: str) -> str:
@@ -247,21 +249,12 @@ def check_site(site: str) -> str:
 
 def remember(config, spec: ArchSpec) -> None:
     """Make ``arch_spec(config)`` return ``spec`` for as long as ``config`` lives."""
-    import weakref
-
-    key = id(config)
-
-    def forget(ref):
-        if _RESOLVED.get(key, (None,))[0] is ref:
-            del _RESOLVED[key]
-
-    _RESOLVED[key] = (weakref.ref(config, forget), spec)
+    _RESOLVED.put(config, spec)
 
 
 def remembered(config) -> ArchSpec | None:
     """The spec resolved for this very ``config`` object, if any."""
-    ref, spec = _RESOLVED.get(id(config), (None, None))
-    return spec if ref is not None and ref() is config else None
+    return _RESOLVED.get(config)
 
 
 def _config_value(config, names):

@@ -18,16 +18,16 @@ the attach.
 from __future__ import annotations
 
 import dataclasses
-import weakref
 from dataclasses import dataclass
 
+from ..core.identity import ByIdentity
 from .architectures import SITES, ArchSpec, hidden_size, num_layers
 from .spec import arch_spec
 
 __all__ = ["ModelInfo", "model_info", "attach", "rename", "model_name", "eos_ids", "plain_spec", "context_length"]
 
-_INFO: dict[int, tuple] = {}
-"""id(model) -> (weakref to the model, its ModelInfo). Not in the wrapper's ``__dict__``: nnsight pickles
+_INFO = ByIdentity()
+"""model -> its ModelInfo. Not in the wrapper's ``__dict__``: nnsight pickles
 that dict into every remote request, and the info must not travel (its spec travels as ``plain``)."""
 
 
@@ -87,31 +87,21 @@ def attach(model, spec: ArchSpec | None = None) -> ModelInfo:
     info = ModelInfo(spec=spec, plain=_plain(spec), name=_name(model), n_layers=num_layers(config),
                      hidden=hidden_size(config), eos_ids=_eos(model), context=_context(config),
                      no_reuse=spec.no_reuse)
-    _store(model, info)
+    _INFO.put(model, info)
     return info
-
-
-def _store(model, info: ModelInfo) -> None:
-    key = id(model)
-
-    def forget(ref):
-        if _INFO.get(key, (None,))[0] is ref:
-            del _INFO[key]
-
-    _INFO[key] = (weakref.ref(model, forget), info)
 
 
 def model_info(model) -> ModelInfo:
     """The :class:`ModelInfo` the model carries (attached on first use if it carries none)."""
-    ref, info = _INFO.get(id(model), (None, None))
-    return info if ref is not None and ref() is model else attach(model)
+    info = _INFO.get(model)
+    return info if info is not None else attach(model)
 
 
 def rename(model, name: str) -> ModelInfo:
     """Give results of ``model`` another name (e.g. ``base+taught-KEY``); the spec is kept."""
     model._module.config._superscopes_name = name
     info = dataclasses.replace(model_info(model), name=name)
-    _store(model, info)
+    _INFO.put(model, info)
     return info
 
 

@@ -27,6 +27,7 @@ from typing import Callable
 import torch
 
 from ..core.validate import check_device, check_dtype
+from .hub import hub_offline
 from .info import attach
 
 DEFAULT_MODEL = "gemma-3-270m"
@@ -204,9 +205,8 @@ def _meta_model(name: str, dtype: torch.dtype, **kwargs):
         config = AutoConfig.from_pretrained(name, revision=revision, **local, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(name, revision=revision, **local)
     except (OSError, ValueError) as err:
-        offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes")
         hint = " (HF_HUB_OFFLINE is set: a remote model needs its config from the hub or the local cache)" \
-            if offline else ""
+            if hub_offline() else ""
         raise ValueError(f"cannot load model {name!r} for remote use: {str(err).splitlines()[0]}{hint}") from None
     from .architectures import remember
     from .twin import check_paths, twin_spec
@@ -232,7 +232,7 @@ def _hub_first(name: str) -> bool:
     """Before a remote model's files are read: ask the hub once, quickly, for its id (what NDIF is sent).
     True: the hub is unreachable but the files are cached (read them from the cache, without
     huggingface_hub's ~35 s of retries per file); an unreachable hub and no cache is one line naming the hub."""
-    from .hub import HubUnreachable, canonical_id, hub_offline
+    from .hub import HubUnreachable, canonical_id
 
     if Path(name).expanduser().is_dir() or hub_offline():
         return False
