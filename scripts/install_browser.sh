@@ -54,7 +54,9 @@ if "$PY" -c "import playwright" >/dev/null 2>&1; then
 else
     echo "playwright: installing into $VENV (no browser download)"
     # Never run `playwright install`: the tests use the system chromium.
-    PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 "$PY" -m pip install -q playwright \
+    # at the locked version (locks/superscopes.txt) unless SUPERSCOPES_UNLOCKED=1
+    LOCK=(-c "$ROOT/locks/superscopes.txt"); [ -n "${SUPERSCOPES_UNLOCKED:-}" ] && LOCK=()
+    PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 "$PY" -m pip install -q "${LOCK[@]}" playwright \
         || cannot_install playwright "pip install playwright failed"
 fi
 

@@ -9,7 +9,7 @@
 # ndif 0.1.2 declares Requires-Python >=3.12 but its execution path (trusted and sandbox)
 # runs on 3.11; the 3.11 leg installs it with --ignore-requires-python. For 3.12 no CPU torch
 # is on disk or on PyPI: PyPI's Linux wheel is a CUDA build (~2.6 GB download, ~5 GB
-# installed), so that leg is opt-in. Versions are pinned here; NDIF_TRANSFORMERS overrides
+# installed), so that leg is opt-in. Versions are pinned here and by locks/ndif-tier.txt; NDIF_TRANSFORMERS overrides
 # the transformers version, which defaults to the client's (.venv) so both build the same tree.
 # Prints the venv's python path on stdout (last line).
 set -euo pipefail
@@ -23,7 +23,16 @@ if [ -z "${NDIF_TRANSFORMERS:-}" ] && [ -x .venv/bin/python ]; then
   NDIF_TRANSFORMERS=$(.venv/bin/python -c "import transformers; print(transformers.__version__)" 2>/dev/null || true)
 fi
 TF=${NDIF_TRANSFORMERS:-5.24.0}
-WANT="ndif=$NDIF_VERSION nnsight=$NNSIGHT_VERSION torch=$TORCH_VERSION transformers=$TF python=$PYV"
+# Every other package at the version in locks/ndif-tier.txt, unless SUPERSCOPES_UNLOCKED=1 (newest) or
+# the client runs another transformers than the lock's (then only the pins above hold).
+LOCK=locks/ndif-tier.txt
+CONSTRAIN=()
+if [ -z "${SUPERSCOPES_UNLOCKED:-}" ] && grep -qx "transformers==$TF" "$LOCK"; then
+  CONSTRAIN=(-c "$LOCK"); LOCKED="lock=$(cksum <"$LOCK" | cut -d' ' -f1)"
+else
+  LOCKED="lock=none"
+fi
+WANT="ndif=$NDIF_VERSION nnsight=$NNSIGHT_VERSION torch=$TORCH_VERSION transformers=$TF python=$PYV $LOCKED"
 stamp="$VENV/.ndif-tier"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$WANT" ] && "$VENV/bin/python" -c "import ndif, torch" 2>/dev/null; then
   echo "[setup_ndif] cached: $WANT" >&2
@@ -47,9 +56,9 @@ PIP="$VENV/bin/python -m pip --disable-pip-version-check -q"
 log="$VENV/setup.log"
 {
   # torch first, alone: 3.11 takes the CPU wheel on this machine's disk; 3.12 gets PyPI's build.
-  $PIP install "torch==$TORCH_VERSION"
+  $PIP install "${CONSTRAIN[@]}" "torch==$TORCH_VERSION"
   # What ndif's execution path imports (ndif[ray] minus ray/peft/boto3/redis, which it does not touch there).
-  $PIP install "nnsight==$NNSIGHT_VERSION" "transformers==$TF" accelerate zstandard numpy pydantic click \
+  $PIP install "${CONSTRAIN[@]}" "nnsight==$NNSIGHT_VERSION" "transformers==$TF" accelerate zstandard numpy pydantic click \
     python-dotenv pyyaml
   if [ "$PYV" = 3.11 ]; then
     $PIP install --no-deps --ignore-requires-python "ndif==$NDIF_VERSION"
