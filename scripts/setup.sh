@@ -8,7 +8,7 @@
 # Versions: by default every package is installed at the version in locks/superscopes.txt (the
 # exact set the suite was last green on, transitive dependencies and torch included), so a fresh
 # machine gets the same stack today and next month. SUPERSCOPES_UNLOCKED=1 installs the newest
-# versions the registry serves within pyproject.toml's ranges instead (to try an upgrade; then
+# versions the registry serves within pyproject.toml's ranges instead, torch aside (to try an upgrade; then
 # `bash scripts/lock.sh` writes a new lock if the suite is green). Switching between the two
 # reinstalls; a changed lock or pyproject.toml reinstalls too.
 #
@@ -24,7 +24,9 @@ esac
 PY=${PYTHON:-python3}
 LOCK=locks/superscopes.txt
 if [ -n "${SUPERSCOPES_UNLOCKED:-}" ]; then
-  MODE=unlocked; CONSTRAIN=(); UPGRADE=(--upgrade --upgrade-strategy eager)
+  # torch stays the CPU build the suite runs on (the newest torch on PyPI is a multi-GB CUDA build)
+  MODE=unlocked; UPGRADE=(--upgrade --upgrade-strategy eager)
+  mkdir -p .venv; echo "torch==2.13.0" >.venv/unlocked-constraints.txt; CONSTRAIN=(-c .venv/unlocked-constraints.txt)
 else
   MODE="locked $(cksum <"$LOCK" | cut -d' ' -f1)"; CONSTRAIN=(-c "$LOCK"); UPGRADE=()
   "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || {
