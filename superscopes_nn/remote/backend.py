@@ -25,7 +25,7 @@ from nnsight.intervention.backends.remote import RemoteBackend
 
 from . import hosts
 from .errors import RETRY, Failure, NDIFError, classify
-from .safe_load import MAX_STATUS_BYTES, load_frame, load_result, refusal
+from .safe_load import MAX_STATUS_BYTES, load_frame, load_result, refusal, too_big
 
 
 #: Defaults: seconds between status polls, and seconds without any recorded status (or of failed
@@ -106,15 +106,13 @@ class NDIFBackend(RemoteBackend):
             with client.stream("GET", url) as response:
                 response.raise_for_status()
                 announced = response.headers.get("Content-Length", "")
-                if announced.isdigit() and int(announced) > limit:
-                    raise refusal(self.host, f"its result announces {int(announced)} bytes, over the {limit} a result "
-                                             "may be (safe_load.MAX_RESULT_BYTES / NDIFBackend(max_result_bytes=...))")
+                if announced.isdigit() and int(announced) > limit:  # refused before a byte of it is read
+                    raise too_big(self.host, f"its result announces {int(announced)} bytes", limit)
                 try:
                     for chunk in response.iter_bytes(chunk_size=_CHUNK_SIZE):
                         buffer += chunk
                         if len(buffer) > limit:
-                            raise refusal(self.host, f"its result runs past the {limit} bytes a result may be "
-                                                     "(safe_load.MAX_RESULT_BYTES / NDIFBackend(max_result_bytes=...))")
+                            raise too_big(self.host, f"its result runs on past {limit} bytes", limit)
                 except httpx.RemoteProtocolError as err:  # the body ended before its Content-Length
                     raise refusal(self.host, f"its result ended after {len(buffer)} of {announced or '?'} bytes "
                                              f"(truncated: {err}); fetch it again from GET /response/{self.job_id}"

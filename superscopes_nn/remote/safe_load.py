@@ -29,7 +29,7 @@ import zipfile
 from .errors import PERMANENT, Failure, NDIFError
 
 __all__ = ["MAX_RESULT_BYTES", "MAX_STATUS_BYTES", "RESULT_GLOBALS", "DATA_TYPES", "refusal", "load_result",
-           "load_frame", "pickle_globals", "check_data", "check_returned", "FRAME_GLOBALS"]
+           "load_frame", "pickle_globals", "check_data", "check_returned", "FRAME_GLOBALS", "too_big"]
 
 MiB = 2 ** 20
 #: The largest result (compressed, and again decompressed) the client reads. A remote run's plan refuses
@@ -41,12 +41,14 @@ MAX_RESULT_BYTES = 64 * MiB
 #: The largest JSON status (``GET /response/{id}``) the client reads: a status, an error text, a URL.
 MAX_STATUS_BYTES = 1 * MiB
 
-#: Every global an honest result's pickle imports (measured on the ``ndif_server`` tier's results:
-#: tensors of every dtype a model runs or a session returns). Nothing else is loaded.
+#: Every global an honest result's pickle imports. Measured on the ``ndif_server`` tier's 27 results
+#: (every entry point, trusted and sandbox paths, float32 server): ``_rebuild_tensor_v2``, ``OrderedDict``
+#: (a tensor's empty hooks), Float / Long / Bool storages (values, token ids, finite / mapped_ok flags);
+#: plus the storages of the half-precision dtypes NDIF serves models in (its default is bfloat16).
+#: Nothing else is loaded.
 RESULT_GLOBALS = frozenset({
-    "torch._utils._rebuild_tensor_v2", "collections.OrderedDict",  # a tensor (OrderedDict: its empty hooks)
-    "torch.FloatStorage", "torch.BFloat16Storage", "torch.HalfStorage", "torch.DoubleStorage",  # model dtypes
-    "torch.LongStorage", "torch.BoolStorage",  # token ids; finite / mapped_ok flags
+    "torch._utils._rebuild_tensor_v2", "collections.OrderedDict",
+    "torch.FloatStorage", "torch.BFloat16Storage", "torch.HalfStorage", "torch.LongStorage", "torch.BoolStorage",
 })
 
 
@@ -66,12 +68,13 @@ def refusal(host: str, why: str) -> NDIFError:
 
 
 def _mib(n: int) -> str:
-    return f"{n / MiB:.1f} MiB" if n >= MiB else f"{n} bytes"
+    return f"{n / MiB:.1f} MiB" if n >= MiB else f"{n / 1024:.1f} KiB"
 
 
-def _too_big(host: str, n: int | str, limit: int, what: str = "it is") -> NDIFError:
-    return refusal(host, f"{what} {n if isinstance(n, str) else _mib(n)}, over the {_mib(limit)} a result may be "
-                         "(superscopes_nn.remote.safe_load.MAX_RESULT_BYTES, or NDIFBackend(max_result_bytes=...))")
+def too_big(host: str, what: str, limit: int) -> NDIFError:
+    """The refusal of a result over ``limit`` bytes; ``what``: how it got there ("it is 9.0 MiB")."""
+    return refusal(host, f"{what}, over the {_mib(limit)} a result may be (superscopes_nn.remote.safe_load."
+                         "MAX_RESULT_BYTES, or NDIFBackend(max_result_bytes=...))")
 
 
 def _decompressed(content: bytes, host: str, limit: int) -> bytes:
@@ -83,7 +86,7 @@ def _decompressed(content: bytes, host: str, limit: int) -> bytes:
     except zstandard.ZstdError as err:
         raise refusal(host, f"it is not a zstd stream as the request asked for ({err}): truncated or corrupt") from None
     if len(raw) > limit:
-        raise _too_big(host, f"over {_mib(limit)}", limit, "it decompresses to")
+        raise too_big(host, f"it decompresses to more than {_mib(limit)}", limit)
     return raw
 
 
@@ -154,7 +157,7 @@ def _archive(raw: bytes, host: str, limit: int) -> bytes:
         with zipfile.ZipFile(io.BytesIO(raw)) as zf:
             infos = zf.infolist()
             if sum(i.file_size for i in infos) > limit:
-                raise _too_big(host, sum(i.file_size for i in infos), limit, "its archive unpacks to")
+                raise too_big(host, f"its archive unpacks to {_mib(sum(i.file_size for i in infos))}", limit)
             pkls = [i for i in infos if i.filename.count("/") == 1 and i.filename.endswith("/data.pkl")]
             if len(pkls) != 1:
                 raise refusal(host, f"it is a zip archive with {len(pkls)} data.pkl records, not a torch.save result")
@@ -220,7 +223,7 @@ def load_result(content: bytes, host: str, *, compressed: bool, limit: int | Non
     :data:`MAX_RESULT_BYTES`."""
     limit = MAX_RESULT_BYTES if limit is None else int(limit)
     if len(content) > limit:
-        raise _too_big(host, len(content), limit)
+        raise too_big(host, f"it is {_mib(len(content))}", limit)
     raw = _decompressed(content, host, limit) if compressed else content
     value = _unpickle(raw, host, limit)
     if type(value) is not dict or not all(type(k) is str and k.isidentifier() for k in value):
@@ -255,7 +258,7 @@ def load_frame(content: bytes, host: str, limit: int | None = None) -> dict:
 
     limit = MAX_RESULT_BYTES if limit is None else int(limit)
     if len(content) > limit:
-        raise _too_big(host, len(content), limit)
+        raise too_big(host, f"it is {_mib(len(content))}", limit)
     pkl = _archive(content, host, limit)
     _refuse_globals(pkl, host, FRAME_GLOBALS)
     try:
