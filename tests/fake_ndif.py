@@ -36,13 +36,18 @@ class FakeNDIF:
     ``polls``: ``(status, body)`` answers to ``GET /response/{id}`` (then 404); ``result``:
     ``(status, bytes)`` for the presigned result URL ``GET /results/{id}``. ``status`` / ``env``: the
     bodies of ``GET /status`` / ``GET /env`` (recorded NDIF responses; None: 404).
+    ``completed``: once ``polls`` run out, every poll answers COMPLETED with the result URL (a host that
+    serves whatever ``result`` holds, e.g. a hostile one); ``result_length``: the ``Content-Length`` the
+    result URL announces (default its true length; more: the body is cut off, a truncated download).
     """
 
     def __init__(self, ws_status=None, ws_drop=False, post_status=None, detail="", job_error=None,
-                 drop_after_post=False, polls=(), result=(200, b""), status=None, env=None):
+                 drop_after_post=False, polls=(), result=(200, b""), status=None, env=None, completed=False,
+                 result_length=None):
         self.ws_status, self.ws_drop, self.post_status = ws_status, ws_drop, post_status
         self.detail, self.job_error, self.drop_after_post = detail, job_error, drop_after_post
         self.polls, self.result = list(polls), result  # GET /response/{id} answers; GET /results/{id}
+        self.completed, self.result_length = completed, result_length
         self.published = {"/status": status, "/env": env}  # recorded GET /status, GET /env bodies (None: 404)
         self.counts: Counter = Counter()
         self.post_headers: list[dict] = []
@@ -77,6 +82,9 @@ class FakeNDIF:
                         status, body = fake.polls.pop(0)
                     elif fake.job_error is not None:  # the ERROR status NDIF stores for the job
                         status, body = 200, {"id": "job-1", "status": "ERROR", "description": fake.job_error}
+                    elif fake.completed:
+                        status, body = 200, {"id": "job-1", "status": "COMPLETED", "description": "done",
+                                             "data": f"{fake.url}/results/job-1"}
                     else:
                         status, body = 404, {"detail": "none yet"}
                     return self.reply(status, body)
@@ -84,7 +92,7 @@ class FakeNDIF:
                     fake.counts["download"] += 1
                     status, data = fake.result
                     self.send_response(status)
-                    self.send_header("Content-Length", str(len(data)))
+                    self.send_header("Content-Length", str(fake.result_length or len(data)))
                     self.send_header("Connection", "close")
                     self.end_headers()
                     self.wfile.write(data)

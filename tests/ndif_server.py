@@ -5,8 +5,9 @@ against NDIF; only its transport (websocket + POST) is replaced: the serialized 
 (``RemoteBackend._serialize``, which also ships this library by value) and its envelope
 (``RequestModel.metadata()``) go to ``tests/ndif_runner.py`` in the interpreter that
 ``scripts/setup_ndif.sh`` builds, which runs them through ndif 0.1.2's trusted and sandbox
-paths. The trusted result comes back through ``RemoteBackend.finalize`` (decompress,
-``torch.load``) into the caller's frame; the sandbox result must equal it bit for bit.
+paths. The trusted result comes back through the library's data-only decoder
+(``superscopes_nn.remote.safe_load.load_result``: decompress, allowlisted globals,
+``weights_only`` load) into the caller's frame; the sandbox result must equal it bit for bit.
 A failure comes back as NDIF's text in a ``RemoteError``, as the client would see it.
 """
 
@@ -114,12 +115,15 @@ def route(monkeypatch, server: Server, keys: dict | None = None) -> None:
             meta["model_key"] = f"{cls}:{json.dumps(spec)}"
             metadata = json.dumps(meta)
         d, reply = server.run(metadata, blob)
-        entry = {"dir": str(d), "model_key": self.model_key, "compress": self.compress, **reply}
+        from superscopes_nn.remote.safe_load import load_result
+
+        entry = {"dir": str(d), "model_key": self.model_key, "compress": self.compress, "backend": type(self).__name__,
+                 **reply}
         server.log.append(entry)
         results = {}
         for name in ("trusted", "sandbox"):
-            if (d / f"result-{name}.bin").exists():
-                results[name] = self.finalize((d / f"result-{name}.bin").read_bytes())
+            if (d / f"result-{name}.bin").exists():  # what the client does with a host's bytes: data only
+                results[name] = load_result((d / f"result-{name}.bin").read_bytes(), self.host, compressed=self.compress)
         entry["saved"] = sorted(results.get("trusted", {}))
         if "trusted" in results and "sandbox" in results:
             entry["sandbox_equal"] = _equal(results["trusted"], results["sandbox"])

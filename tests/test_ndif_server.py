@@ -203,3 +203,28 @@ def test_fig3_shaped_grid_in_few_requests(models, server, monkeypatch):
           f"{request_bytes}, result bytes {result_bytes}")
     assert len(log) == -(-chunks // 8) and max(result_bytes) < 8 * 2 ** 20
     assert remote.token_ids.tolist() == local.token_ids.tolist()
+
+
+def test_every_result_is_data_read_by_the_library_backend(models, server, monkeypatch):
+    """Every entry point's request went through NDIFBackend, and every real result the server produced
+    (trusted and sandbox) references only ``RESULT_GLOBALS`` and decodes with the data-only loader (issue 41)."""
+    import io
+    import zipfile
+
+    import zstandard
+
+    from superscopes_nn.remote.safe_load import RESULT_GLOBALS, load_result, pickle_globals
+
+    for name in CASES:
+        outcome(name, models, server, monkeypatch)
+    assert server.log and {e["backend"] for e in server.log} == {"NDIFBackend"}
+    seen = set()
+    for e in server.log:
+        for blob in sorted(Path(e["dir"]).glob("result-*.bin")):
+            raw = blob.read_bytes()
+            load_result(raw, "ndif-runner", compressed=e["compress"])
+            raw = zstandard.ZstdDecompressor().decompressobj().decompress(raw) if e["compress"] else raw
+            with zipfile.ZipFile(io.BytesIO(raw)) as zf:
+                seen |= set(pickle_globals(zf.read(next(n for n in zf.namelist() if n.endswith("/data.pkl")))))
+    print(f"globals in the tier's results: {sorted(seen)}")
+    assert seen and seen <= RESULT_GLOBALS

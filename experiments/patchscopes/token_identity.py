@@ -62,7 +62,8 @@ from superscopes_nn.structure.architectures import get_path
 from superscopes_nn.engine.resolver import encode, resolve  # noqa: E402
 from superscopes_nn.core.specs import IDENTITY_PROMPT, Source, Target  # noqa: E402
 from superscopes_nn.core.validate import check_layer  # noqa: E402
-from superscopes_nn.engine.run import run_rows  # noqa: E402
+from superscopes_nn.engine.run import run_rows, session_backend  # noqa: E402
+from superscopes_nn.remote.capture import ship  # noqa: E402
 from experiments.common import save_csv  # noqa: E402
 from experiments.common import check_args, parser, store_kwargs  # noqa: E402
 
@@ -88,7 +89,8 @@ def lens_predictions(model, prompt: str, layers: Sequence[int], *, remote: bool 
     """
     spec = model_info(model).spec
     ids = torch.tensor([encode(model.tokenizer, prompt)])
-    with model.trace(ids, remote=remote):
+    ship(remote, None)  # on NDIF: the library's NDIFBackend (results read as data only), its code shipped
+    with model.trace(ids, remote=remote, backend=session_backend(model, remote, None)):
         tops = []
         for layer in layers:
             out = get_path(model, spec.layers)[layer].output

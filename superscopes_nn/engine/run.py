@@ -38,6 +38,8 @@ from ..core.specs import Row
 from ..core.store import RunStore, frame, row_key
 from ..core.validate import check_batch_size, check_int, check_max_new_tokens, check_remote
 from ..remote.capture import ship
+from ..remote.errors import remote_host
+from ..remote.safe_load import check_returned
 from ..structure.hub import canonical_id
 from ..structure.info import eos_ids, model_info, model_name
 
@@ -73,13 +75,15 @@ def row_record(r: Row, new_ids: list[int], tokenizer, src_name: str, tgt_name: s
 
 def remote_caller(remote, backend, model, retries: int = 3, backoff: float = 1.0, sleep=None) -> Callable:
     """``call(fn)``: ``fn()`` directly for local runs, through NDIF retries for remote ones."""
-    from ..remote.errors import call_remote, remote_host
+    from ..remote.errors import call_remote
+    from ..remote.hosts import check_host
 
     host = remote_host(check_remote(remote))
     if host is None and backend is not None and getattr(backend, "host", None):
         host = backend.host
     if host is None:
         return lambda fn: fn()
+    check_host(host, getattr(backend, "allow_insecure_http", False))  # plain http: before anything is sent
     if backend is None:  # the hub lookup of the id NDIF is sent: once, quickly, outside NDIF's retries
         canonical_id(getattr(model, "repo_id", None) or "", host, name=model_name(model))
     kw = {} if sleep is None else {"sleep": sleep}
@@ -172,11 +176,14 @@ def run_sessions(model, sessions: list, *, remote=False, backend=None, knob: str
     ndif = bool(remote) and remote != "local"
     if ndif:
         announce(model, remote, lambda: measure_sessions(model, sessions, knob, max_batch_size))
+    host = remote_host(remote) or getattr(backend, "host", None)
     out = []
     for n, s in enumerate(sessions, 1):
         if ndif:
             log_request(n, len(sessions), s.rows)
         out.append(call(lambda s=s: s.open(session_backend(model, remote, backend))))
+        if host:  # decoded as data (remote.safe_load); laid out as the session returns, too
+            check_returned(out[-1], s.returns, host, "its result")
     return out
 
 

@@ -43,6 +43,8 @@ import torch
 
 from ..structure.architectures import SITE_ORDER
 from ..remote.capture import ship
+from ..remote.errors import remote_host
+from ..remote.safe_load import check_returned
 from ..structure.sites import lm_head_output, read_sources, write_patches
 from ..core.specs import Row
 from ..structure.caches import expand_rows
@@ -277,7 +279,29 @@ def run_session(model, jobs, *, remote=False, backend=None, vectors: dict | None
                 outs.append((result, finite, mapped_ok))
         nnsight.save(outs)
         vectors.save()
+    host = getattr(backend, "host", None) or remote_host(remote)
+    if host:  # what a host sent back is data (remote.safe_load); here it must also be laid out as asked
+        check_returned(outs, returned(jobs), host, "its outs")
+        check_returned(vectors, {k: torch.empty(0, device="meta") for k in vectors} if type(vectors) is dict
+                       else {}, host, "its vectors")
     return (outs[0] if single else outs), vectors
+
+
+def returned(jobs: list) -> list:
+    """What :func:`run_session` returns for ``jobs`` as meta tensors (a 0 dimension: any length): per job
+    ``None`` (read-only), ``(ids [B, T + new], finite [B], mapped_ok [B])`` or logits ``[B, vocab]``."""
+    out: list = []
+    for j in jobs:
+        if j.target_ids is None:
+            out.append(None)
+        elif j.logits:
+            out.append(torch.empty(len(j.logit_positions), 0, device="meta"))
+        else:
+            b, t = j.target_ids.shape
+            new = int(j.gen_kwargs.get("max_new_tokens", 0))
+            flags = torch.empty(b, dtype=torch.bool, device="meta")
+            out.append((torch.empty(b, t + new, dtype=torch.long, device="meta"), flags, flags))
+    return out
 
 
 def result_bytes(job: Job, vocab: int, hidden: int) -> int:

@@ -121,6 +121,9 @@ def add_explain_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-new-tokens", default=10, type=int)
     p.add_argument("--batch-size", default=64, type=int, help="rows per batched generate (and per remote request)")
     p.add_argument("--remote", default="false", help="false | local | true (NDIF) | https://host")
+    p.add_argument("--allow-insecure-http", action="store_true",
+                   help="accept a plain http:// --remote host other than loopback (results and the API key "
+                        "travel unencrypted)")
     p.add_argument("--out", default=None, help="run directory (default runs/<timestamp>)")
     p.add_argument("--resume", action="store_true", help="continue a run directory, skipping finished rows")
     p.add_argument("--no-progress", action="store_true")
@@ -180,6 +183,10 @@ def explain(args) -> int:
     layers = parse_layers(args.layers)
     alphas = parse_floats(args.amps, "--amps")
     remote = parse_remote(args.remote)
+    if args.allow_insecure_http and isinstance(remote, str) and remote != "local":
+        from ..remote.hosts import allow_insecure_http
+
+        allow_insecure_http(remote)
     max_new_tokens = check_max_new_tokens(args.max_new_tokens)
     batch_size = check_batch_size(args.batch_size)
     target_layer = None if args.target_layer is None else check_int(args.target_layer, "--target-layer")
