@@ -26,6 +26,7 @@ from typing import Callable
 
 import torch
 
+from ..core.quiet import bars_only_on_a_tty
 from ..core.validate import check_device, check_dtype
 from .hub import hub_offline
 from .info import attach
@@ -92,14 +93,15 @@ def embedded_path(name: str) -> Path:
     _log(f"first use of {name}: converting its GGUF to safetensors in {out} (once, about a minute)")
     gguf = entry.gguf()
     _log(f"reading tokenizer from {gguf.name}")
-    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    _log("de-quantizing weights")
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-    model.hf_quantizer = None
-    model.config.quantization_config = None
-    tmp = out.with_name(out.name + ".partial")
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
+    with bars_only_on_a_tty():  # a log file gets these lines, not a bar redrawn by carriage returns
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        _log("de-quantizing weights")
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+        model.hf_quantizer = None
+        model.config.quantization_config = None
+        tmp = out.with_name(out.name + ".partial")
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
     if out.exists():
         import shutil
 
