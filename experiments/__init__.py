@@ -42,18 +42,18 @@ def module_of(name: str) -> str:
 def run(name: str, argv: Sequence[str] | None = None, prog: str | None = None):
     """Run experiment ``name`` with command-line arguments ``argv``; ``prog``: the ``usage:`` name its
     ``--help`` shows (default ``python -m experiments NAME``)."""
-    from experiments import common
+    from experiments import run_folders
 
     module = importlib.import_module(module_of(name))
-    common.PROG = prog or f"python -m experiments {name}"
+    run_folders.PROG = prog or f"python -m experiments {name}"
     try:
         return module.main(list(argv or []))
     finally:
-        common.PROG = None
+        run_folders.PROG = None
 
 
 def list_text() -> str:
-    from experiments.common import first_paragraph
+    from experiments.run_folders import first_paragraph
 
     return "\n".join(f"{name:26s} {first_paragraph(importlib.import_module(mod).__doc__)}"
                      for name, mod in EXPERIMENTS.items())

@@ -5,31 +5,34 @@ the back-patching, multi-hop CoT and bridge-resolution experiments share.
 Each script writes under ``--out`` (default ``runs/<script name>``) and keeps the rows of its patched
 sweep in ``OUT/<name><settings>_rows`` (``config.json`` + ``rows.jsonl``, appended per finished chunk, see
 :mod:`superscopes_nn.core.store`): ``<settings>`` records every row-changing flag that differs from its
-default (:func:`settings_tag`, e.g. ``fig3_gemma-3-270m_official--layers-4--limit-2_source_rows``), so a
+default (:func:`~experiments.run_folders.settings_tag`, e.g. ``fig3_gemma-3-270m_official--layers-4--limit-2_source_rows``), so a
 run with other settings never meets another's rows. A crash or Ctrl-C loses at most the chunk in flight;
 the same command with ``--resume`` skips the finished rows, and without it is refused in one line before
-the model loads (:class:`ExperimentParser`). Baseline generations (unpatched) are cheap and rerun.
+the model loads (:class:`~experiments.run_folders.ExperimentParser`). Baseline generations (unpatched) are cheap and rerun.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
-import re
-import sys
 import time
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import pandas as pd
 
+from experiments import run_folders
+from experiments.run_folders import ExperimentParser, rows_dir
 from superscopes_nn.core.tables import read_csv, write_csv
+from superscopes_nn.output.help_format import DefaultsFormatter
 from superscopes_nn.science.scoring import answer_match
 from superscopes_nn.structure.info import model_info  # noqa: E402
 
 NOT_CONFIG = ("out", "resume", "progress", "from_csv", "max_batch_size", "batch_size", "control", "control_seed",
               "settings")
 """Arguments that do not change a row's result, so a resumed run may change them."""
+
+first_paragraph = run_folders.first_paragraph
+"""A module docstring's first paragraph on one line: each script's ``--help`` description."""
 
 DECODINGS = ("greedy", "llama2-chat")
 """``--decoding``: ``greedy`` (default; a named deviation from the Superscopes code) or
@@ -44,103 +47,6 @@ def log(msg: str) -> None:
 # ------------------------------------------------------------------ arguments
 
 
-def first_paragraph(doc: str | None) -> str:
-    """The first paragraph of a module docstring as one line (a ``--help`` description that never stops
-    mid-sentence)."""
-    return " ".join((doc or "").strip().split("\n\n")[0].split())
-
-
-PROG: str | None = None
-"""The ``usage:`` name of the script being run (``superscopes run NAME`` sets it; None: argparse's own)."""
-
-EXECUTION_ONLY = ("out", "resume", "progress", "max_batch_size", "batch_size", "settings")
-"""Flags that change how a run executes, not its rows: left out of the run folder's settings tag."""
-
-SCORING_ONLY = ("from_csv", "random_csv", "threshold", "boot")
-"""Flags that only rescore finished rows: left out of the settings tag too (a rescoring reuses the rows)."""
-
-
-def _tag_value(value) -> str:
-    """A flag value as it appears in a folder name: ``1-7``, ``0,2,4``, ``smollm2-135m``; a value that
-    needs cleaning (a path, a minus sign, spaces) or is long gets a 6-digit hash of the exact value too."""
-    text = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
-    clean = re.sub(r"[^A-Za-z0-9.,+]+", "-", text).strip("-")[:24]
-    if clean != text:
-        clean = f"{clean}-{hashlib.sha1(text.encode()).hexdigest()[:6]}".strip("-")
-    return clean
-
-
-def settings_tag(p: argparse.ArgumentParser, args: argparse.Namespace) -> str:
-    """The run folder's record of every row-changing flag that differs from its default, as the flags read:
-    ``""`` at the defaults, else e.g. ``--layers-4--limit-2`` (``--model gemma-3-270m`` is the default).
-    Execution-only (:data:`EXECUTION_ONLY`) and scoring-only (:data:`SCORING_ONLY`) flags are not part of it."""
-    from superscopes_nn.structure.models import DEFAULT_MODEL
-
-    parts = []
-    for action in p._actions:
-        dest = action.dest
-        if dest in ("help",) + EXECUTION_ONLY + SCORING_ONLY or not hasattr(args, dest):
-            continue
-        value, default = getattr(args, dest), p.get_default(dest)
-        if value == default or (dest == "model" and value == DEFAULT_MODEL and default is None):
-            continue
-        flag = "--" + dest.replace("_", "-")
-        parts.append(flag if value is True else f"{flag}-{_tag_value(value)}")
-    return "".join(sorted(parts))
-
-
-def rows_dir(out, name: str, args: argparse.Namespace, part: str = "") -> Path:
-    """``OUT/<name><settings>[_<part>]_rows``: the run store of ``name`` under these settings
-    (:func:`settings_tag`; ``part``, e.g. ``source`` / ``random``, names one arm of the run)."""
-    return Path(out) / f"{name}{getattr(args, 'settings', '')}{'_' + part if part else ''}_rows"
-
-
-def _held_runs(out: Path, name: str, tag: str) -> list[Path]:
-    """The run stores of ``name`` under ``out`` with settings tag ``tag`` that hold finished rows."""
-    held = []
-    for d in sorted(out.glob(f"{name}*_rows")) if out.is_dir() else ():
-        middle = d.name[len(name):-len("_rows")]
-        found = middle[middle.index("--"):].split("_")[0] if "--" in middle else ""
-        rows = d / "rows.jsonl"
-        if found == tag and rows.is_file() and rows.stat().st_size > 0:
-            held.append(d)
-    return held
-
-
-class DefaultsFormatter(argparse.HelpFormatter):
-    """``--help`` with each flag's default, unless its help already names it or it has none (None / off)."""
-
-    def _get_help_string(self, action):
-        text = action.help or ""
-        if "default" in text or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
-            return text
-        return f"{text} (default: %(default)s)".strip()
-
-
-class ExperimentParser(argparse.ArgumentParser):
-    """The scripts' parser: ``--help`` shows every default; after parsing, ``args.settings`` is the run
-    folder's settings tag (:func:`settings_tag`), and a run whose settings already have finished rows
-    under ``--out`` is refused without ``--resume`` in one ``error:`` line (exit 2), before any model loads."""
-
-    def __init__(self, *a, rows_name: str, **kw):
-        super().__init__(*a, **kw)
-        self.rows_name = rows_name
-
-    def parse_args(self, args=None, namespace=None):
-        ns = super().parse_args(args, namespace)
-        ns.settings = settings_tag(self, ns)
-        if getattr(ns, "from_csv", None):
-            return ns
-        held = _held_runs(Path(ns.out), self.rows_name, ns.settings)
-        if held and not ns.resume:
-            self.exit(2, f"error: {held[0]} already holds finished rows of a run with these settings: add --resume "
-                         f"to continue it, or pass --out DIR for a fresh run\n")
-        if ns.resume and not held:
-            print(f"note: --resume: no finished rows of {self.rows_name} with these settings under {ns.out}; "
-                  "starting the run", file=sys.stderr)
-        return ns
-
-
 def parser(description: str, *, out: str, max_new_tokens: int = 10, layers_help: str | None = None,
            two_hop: bool = False, limit_help: str = "only the first N items",
            limit: int | None = None, name: str | None = None, runtime: str | None = None) -> argparse.ArgumentParser:
@@ -149,7 +55,7 @@ def parser(description: str, *, out: str, max_new_tokens: int = 10, layers_help:
     for the two-hop scripts). ``name``: the prefix of the script's run folders (default: ``out``'s last
     part); ``runtime``: how long a run at the defaults takes, shown under ``--help``."""
     epilog = f"A run at the defaults takes {runtime}; --limit / --layers make a quick one." if runtime else None
-    p = ExperimentParser(prog=PROG, description=description, epilog=epilog, rows_name=name or Path(out).name,
+    p = ExperimentParser(prog=run_folders.PROG, description=description, epilog=epilog, rows_name=name or Path(out).name,
                          formatter_class=DefaultsFormatter)
     p.add_argument("--model", default=None, help="model name (default: the library default, Gemma 3 270M)")
     p.add_argument("--out", default=out, help="output directory (the rows: OUT/<name><settings>_rows)")

@@ -59,8 +59,9 @@ from pathlib import Path
 import pandas as pd
 
 from experiments.common import (
-    add_decoding, check_args, decoding_config, decoding_of, decoding_tag, log, n_layers_of, parse_layers, parser,
-    pyplot, read_saved_csv, rows_dir, save_csv, save_figure, setup, first_paragraph,
+    add_decoding, check_args, decoding_config, decoding_of, decoding_tag, first_paragraph, log, n_layers_of,
+    parse_layers, parser,
+    pyplot, read_saved_csv, rows_dir, save_csv, save_figure, setup,
 )
 from experiments.superscopes.fig3_rows import FIG3_LAYERS, fig3_rows
 from superscopes_nn.science.chance import chance_table, cosine_pairs, format_chance

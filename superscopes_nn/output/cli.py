@@ -18,6 +18,7 @@ import warnings
 from datetime import datetime
 from pathlib import Path
 
+from .help_format import DefaultsFormatter
 from ..core.dirlock import RunDirBusy, check_run_dir
 from ..core.validate import check_alphas, check_batch_size, check_int, check_max_new_tokens, check_remote
 from ..structure.info import model_info
@@ -102,16 +103,6 @@ def _table(df, value: str = "interpretation", width: int = 28) -> str:
         with pd.option_context("display.max_colwidth", width + 2, "display.width", 250):
             blocks.append(f"{prompt!r} [{site}] token {g.source_token.iloc[0]!r}\n{t.to_string()}")
     return "\n\n".join(blocks)
-
-
-class DefaultsFormatter(argparse.HelpFormatter):
-    """``--help`` with each flag's default, unless its help already names it or it has none (None / off)."""
-
-    def _get_help_string(self, action):
-        text = action.help or ""
-        if "default" in text or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
-            return text
-        return f"{text} (default: %(default)s)".strip()
 
 
 def add_explain_args(p: argparse.ArgumentParser) -> None:

@@ -26,7 +26,7 @@ prompt, the 48 prompts: 87.0 tokens per row against 32.5 with Gemma 3's tokenize
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 def build_parser() -> argparse.ArgumentParser:
-    from .cli import DefaultsFormatter
+    from .help_format import DefaultsFormatter
 
     p = argparse.ArgumentParser(prog="superscopes plan", description="The NDIF plan of a sweep, before it is sent: "
                                 "requests, serialized bytes sent, result bytes at most. Offline for a local folder.",
@@ -63,7 +63,6 @@ def run(args, cli) -> int:
     from ..engine.plan import plan
     from ..engine.resolver import check_sites, sweep_rows
     from ..structure.info import model_info
-    from ..structure.models import load_model
 
     prompts = _prompts(args)
     sites = check_sites([s.strip() for s in args.site.split(",") if s.strip()])
