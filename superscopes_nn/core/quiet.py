@@ -5,8 +5,8 @@
   "`past_key_values` is deprecated and will be removed in version 6.0.0 for `...generate`" with
   nnsight's source line (nnsight passes the prefix cache by its old name). :func:`quiet_generate`
   drops those two messages, and only those, for the duration of a local session.
-* Converting an embedded GGUF draws tqdm bars; with stderr not a terminal (a log file, CI) each
-  redraw is a carriage return in the log. :func:`bars_only_on_a_tty` turns transformers' and
+* Converting an embedded GGUF, and loading a checkpoint, draw tqdm bars; with stderr not a terminal (a log
+  file, CI) each redraw is a carriage return in the log. :func:`bars_only_on_a_tty` turns transformers' and
   huggingface_hub's bars off for the duration when stderr is not a TTY.
 """
 

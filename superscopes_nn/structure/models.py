@@ -173,7 +173,8 @@ def load_model(name_or_path: str = DEFAULT_MODEL, *, dtype: torch.dtype | str = 
         )
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path))
-        hf_model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, **kwargs)
+        with bars_only_on_a_tty():  # its "Loading weights" bar only on a terminal, not in a log file
+            hf_model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, **kwargs)
     except (OSError, ValueError) as err:
         raise ValueError(f"cannot load model {name!r}: {' '.join(str(err).split())}") from err
     if device:
