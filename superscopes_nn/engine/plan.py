@@ -156,16 +156,18 @@ def requests(model, plans: list, chunks_per_request: int) -> list[list]:
 
 
 def planned_requests(model, rows: list, *, target_model=None, gen_kwargs=None, logits: bool = False,
-                     max_batch_size: int = 64, shared_prefix: bool = True, sampling=None, per: int = 1) -> list[list]:
+                     max_batch_size: int = 64, shared_prefix: bool = True, sampling=None, per: int = 1,
+                     exact: bool = False) -> list[list]:
     """Every chunk of ``rows`` planned up front (a source is read by the first chunk that needs it),
-    grouped into requests: a list of ``[(chunk_indices, job), ...]`` per request."""
+    grouped into requests: a list of ``[(chunk_indices, job), ...]`` per request. ``exact``: logits over
+    every target position, as a one-at-a-time forward computes them (no ``logits_to_keep``)."""
     target_model = model if target_model is None else target_model
     two = target_model is not model
     planned, seen = [], set()
     for idx in chunks([len(r.target_ids) for r in rows], int(max_batch_size)):
         chunk = [rows[i] for i in idx]
         job = plan_chunk(target_model, chunk, gen_kwargs=with_sampler(gen_kwargs, sampling, chunk), logits=logits,
-                         known=seen, shared_prefix=shared_prefix, read_here=not two)
+                         known=seen, shared_prefix=shared_prefix, read_here=not two, trim_logits=not exact)
         seen |= {r.source_key for r in chunk}
         planned.append((idx, job))
     return requests(target_model, planned, int(per))

@@ -142,7 +142,8 @@ def execute(model, rows: list[Row], *, target_model=None, gen_kwargs: dict | Non
     two = target_model is not model
     known: dict = {}
     grouped = planned_requests(model, rows, target_model=target_model, gen_kwargs=gen_kwargs, logits=logits,
-                               max_batch_size=max_batch_size, shared_prefix=shared_prefix, sampling=sampling, per=per)
+                               max_batch_size=max_batch_size, shared_prefix=shared_prefix, sampling=sampling, per=per,
+                               exact=exact)
     ndif = bool(remote) and remote != "local"
     if ndif:  # served and same nnsight, then measured, before the first request; a broken limit is refused here
         announce(target_model, remote, lambda: measure(model, rows, grouped, target_model=target_model,

@@ -134,11 +134,14 @@ def source_groups(rows: Sequence[Row], known: Iterable = ()) -> list:
 
 
 def plan(model, rows: Sequence[Row], *, gen_kwargs: dict | None = None, logits: bool = False,
-         known: Iterable = (), shared_prefix: bool = False, read_here: bool = True) -> Job:
+         known: Iterable = (), shared_prefix: bool = False, read_here: bool = True, trim_logits: bool = True) -> Job:
     """Plan one session of ``model`` (the target) for ``rows``.
 
     ``known``: source keys already read (not read again); ``read_here=False``: the
-    sources come from another model's session, so this job reads none.
+    sources come from another model's session, so this job reads none. ``trim_logits``: the LM head
+    runs on the positions from the first patched one on only (``logits_to_keep``); ``False`` (exact mode)
+    runs it on every position, as a one-at-a-time forward does: on CPUs with fp16/bf16 matrix units
+    (AVX512-FP16, AMX) the head's rounding depends on how many rows it multiplies.
     """
     spec = plain_spec(model)
     writes: dict = {}
@@ -153,7 +156,7 @@ def plan(model, rows: Sequence[Row], *, gen_kwargs: dict | None = None, logits: 
     positions = torch.tensor([r.target_position for r in rows]) - prefix
     keep: dict = {}
     supports_keep = _supports_logits_to_keep(model)
-    if logits and supports_keep:
+    if logits and supports_keep and trim_logits:
         n_tokens = target_ids.shape[1] - prefix
         k = n_tokens - int(positions.min())
         keep, positions = {"logits_to_keep": k}, positions - (n_tokens - k)
