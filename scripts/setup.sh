@@ -29,11 +29,12 @@ if [ -n "${SUPERSCOPES_UNLOCKED:-}" ]; then
   mkdir -p .venv; echo "torch==2.13.0" >.venv/unlocked-constraints.txt; CONSTRAIN=(-c .venv/unlocked-constraints.txt)
 else
   MODE="locked $(cksum <"$LOCK" | cut -d' ' -f1)"; CONSTRAIN=(-c "$LOCK"); UPGRADE=()
-  "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || {
-    echo "[setup] error: $LOCK is for Python >= 3.11 and $("$PY" -V 2>&1) was found; set PYTHON=python3.11 (or SUPERSCOPES_UNLOCKED=1 to resolve for this Python)" >&2
-    exit 2; }
 fi
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
+if [ -z "${SUPERSCOPES_UNLOCKED:-}" ] && ! .venv/bin/python -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+  echo "[setup] error: $LOCK is for Python >= 3.11 and .venv has $(.venv/bin/python -V 2>&1); remove .venv and set PYTHON=python3.11 (or SUPERSCOPES_UNLOCKED=1 to resolve for this Python)" >&2
+  exit 2
+fi
 PIP=".venv/bin/python -m pip --disable-pip-version-check -q"
 stamp=.venv/.superscopes-installed-$TIER
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$MODE" ]; then rm -f .venv/.superscopes-installed-*; fi

