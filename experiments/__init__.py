@@ -39,14 +39,21 @@ def module_of(name: str) -> str:
     return EXPERIMENTS[name]
 
 
-def run(name: str, argv: Sequence[str] | None = None):
-    """Run experiment ``name`` with command-line arguments ``argv``."""
-    return importlib.import_module(module_of(name)).main(list(argv or []))
+def run(name: str, argv: Sequence[str] | None = None, prog: str | None = None):
+    """Run experiment ``name`` with command-line arguments ``argv``; ``prog``: the ``usage:`` name its
+    ``--help`` shows (default ``python -m experiments NAME``)."""
+    from experiments import run_folders
+
+    module = importlib.import_module(module_of(name))
+    run_folders.PROG = prog or f"python -m experiments {name}"
+    try:
+        return module.main(list(argv or []))
+    finally:
+        run_folders.PROG = None
 
 
 def list_text() -> str:
-    rows = []
-    for name, mod in EXPERIMENTS.items():
-        doc = (importlib.import_module(mod).__doc__ or "").strip().splitlines()
-        rows.append(f"{name:26s} {doc[0] if doc else ''}")
-    return "\n".join(rows)
+    from experiments.run_folders import first_paragraph
+
+    return "\n".join(f"{name:26s} {first_paragraph(importlib.import_module(mod).__doc__)}"
+                     for name, mod in EXPERIMENTS.items())

@@ -2,10 +2,13 @@
 CSV round trips and figure saving, and the two-hop queries (loading, aliases, the answer test) that
 the back-patching, multi-hop CoT and bridge-resolution experiments share.
 
-Each script keeps the rows of its patched sweep in ``OUT/<name>_rows`` (``config.json`` +
-``rows.jsonl``, appended per finished chunk, see :mod:`superscopes_nn.core.store`), so a crash
-or Ctrl-C loses at most the chunk in flight; the same command with ``--resume`` skips the
-finished rows. Baseline generations (unpatched) are cheap and rerun.
+Each script writes under ``--out`` (default ``runs/<script name>``) and keeps the rows of its patched
+sweep in ``OUT/<name><settings>_rows`` (``config.json`` + ``rows.jsonl``, appended per finished chunk, see
+:mod:`superscopes_nn.core.store`): ``<settings>`` records every row-changing flag that differs from its
+default (:func:`~experiments.run_folders.settings_tag`, e.g. ``fig3_gemma-3-270m_official--layers-4--limit-2_source_rows``), so a
+run with other settings never meets another's rows. A crash or Ctrl-C loses at most the chunk in flight;
+the same command with ``--resume`` skips the finished rows, and without it is refused in one line before
+the model loads (:class:`~experiments.run_folders.ExperimentParser`). Baseline generations (unpatched) are cheap and rerun.
 """
 
 from __future__ import annotations
@@ -17,12 +20,19 @@ from typing import Iterable, Sequence
 
 import pandas as pd
 
+from experiments import run_folders
+from experiments.run_folders import ExperimentParser, rows_dir
 from superscopes_nn.core.tables import read_csv, write_csv
+from superscopes_nn.output.help_format import DefaultsFormatter
 from superscopes_nn.science.scoring import answer_match
 from superscopes_nn.structure.info import model_info  # noqa: E402
 
-NOT_CONFIG = ("out", "resume", "progress", "from_csv", "max_batch_size", "batch_size", "control", "control_seed")
+NOT_CONFIG = ("out", "resume", "progress", "from_csv", "max_batch_size", "batch_size", "control", "control_seed",
+              "settings")
 """Arguments that do not change a row's result, so a resumed run may change them."""
+
+first_paragraph = run_folders.first_paragraph
+"""A module docstring's first paragraph on one line: each script's ``--help`` description."""
 
 DECODINGS = ("greedy", "llama2-chat")
 """``--decoding``: ``greedy`` (default; a named deviation from the Superscopes code) or
@@ -39,25 +49,29 @@ def log(msg: str) -> None:
 
 def parser(description: str, *, out: str, max_new_tokens: int = 10, layers_help: str | None = None,
            two_hop: bool = False, limit_help: str = "only the first N items",
-           limit: int | None = None) -> argparse.ArgumentParser:
+           limit: int | None = None, name: str | None = None, runtime: str | None = None) -> argparse.ArgumentParser:
     """The flags every script takes: ``--model --out --limit --max-new-tokens --max-batch-size
     --remote --progress --resume`` (+ ``--layers`` with ``layers_help``; + ``--data --stratify``
-    for the two-hop scripts)."""
-    p = argparse.ArgumentParser(description=description)
+    for the two-hop scripts). ``name``: the prefix of the script's run folders (default: ``out``'s last
+    part); ``runtime``: how long a run at the defaults takes, shown under ``--help``."""
+    epilog = f"A run at the defaults takes {runtime}; --limit / --layers make a quick one." if runtime else None
+    p = ExperimentParser(prog=run_folders.PROG, description=description, epilog=epilog, rows_name=name or Path(out).name,
+                         formatter_class=DefaultsFormatter)
     p.add_argument("--model", default=None, help="model name (default: the library default, Gemma 3 270M)")
-    p.add_argument("--out", default=out, help="output directory")
+    p.add_argument("--out", default=out, help="output directory (the rows: OUT/<name><settings>_rows)")
     p.add_argument("--limit", type=int, default=limit, help=limit_help)
     if two_hop:
         p.add_argument("--data", default=None, help="two-hop JSONL (default: the package's data/two_hop.jsonl)")
         p.add_argument("--stratify", action="store_true", help="with --limit: round robin over relation pairs")
     if layers_help:
         p.add_argument("--layers", default=None, help=layers_help)
-    p.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
-    p.add_argument("--max-batch-size", "--batch-size", dest="max_batch_size", type=int, default=64)
+    p.add_argument("--max-new-tokens", type=int, default=max_new_tokens, help="tokens generated per patched row")
+    p.add_argument("--max-batch-size", "--batch-size", dest="max_batch_size", type=int, default=64,
+                   help="rows per batched generate")
     p.add_argument("--remote", action="store_true", help="run on NDIF")
     p.add_argument("--progress", action="store_true", help="show a progress bar")
     p.add_argument("--resume", action="store_true",
-                   help="continue the run kept in OUT/<name>_rows, skipping the patched rows already there")
+                   help="continue the run with these settings kept under OUT, skipping the patched rows already there")
     return p
 
 
@@ -108,10 +122,10 @@ def decoding_config(args: argparse.Namespace) -> dict:
 
 
 def store_kwargs(args: argparse.Namespace, out, name: str) -> dict:
-    """``run_dir`` (``out/<name>_rows``) / ``resume`` / ``config`` (the script's arguments)."""
+    """``run_dir`` (``out/<name><settings>_rows``, :func:`rows_dir`) / ``resume`` / ``config`` (the script's arguments)."""
     config = {k: v for k, v in vars(args).items() if k not in NOT_CONFIG and k not in ("decoding", "seed")}
     config.update(decoding_config(args))
-    return {"run_dir": Path(out) / f"{name}_rows", "resume": bool(getattr(args, "resume", False)), "config": config}
+    return {"run_dir": rows_dir(out, name, args), "resume": bool(getattr(args, "resume", False)), "config": config}
 
 
 CONTROLS = ("none", "random")

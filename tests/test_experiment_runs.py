@@ -3,9 +3,10 @@
 The library side: ``run_rows``/``patchscope``/``sweep`` with ``run_dir`` give the same
 frame as without, stop mid-run (Ctrl-C) without losing finished chunks, and resume
 running only the missing rows. The script side: each experiment script's rows land in
-``OUT/<name>_rows``; a crash (rows.jsonl cut short) followed by ``--resume`` gives the
-same CSV as the uninterrupted run; a rerun without ``--resume`` or with a changed
-setting is refused with a message naming the fix or the setting.
+``OUT/<name><settings>_rows`` (the settings that differ from the defaults, issue 42); a crash (rows.jsonl
+cut short) followed by ``--resume`` gives the same CSV as the uninterrupted run; a rerun with the same
+settings without ``--resume`` is refused in one line before the model loads, and other settings get
+their own run folder.
 """
 
 from __future__ import annotations
@@ -96,16 +97,18 @@ def test_backpatching_script_resumes_after_a_crash(model, tmp_path):
             "--population", "all"]
     full = tmp_path / "full"
     bp.main(args + ["--out", str(full)], model=model)
-    rows_file = full / "backpatching_rows" / "rows.jsonl"
+    (run,) = full.glob("backpatching--*_rows")  # the folder records the settings (--data, --limit, ...)
+    rows_file = run / "rows.jsonl"
     assert len(jsonl(rows_file)) == 18
     expected = pd.read_csv(full / "backpatching.csv")
 
-    with pytest.raises(FileExistsError, match="--resume"):
-        bp.main(args + ["--out", str(full)], model=model)
-    with pytest.raises(ValueError, match="max_new_tokens"):
-        bp.main(["--data", str(FIXTURE), "--limit", "3", "--max-new-tokens", "4", "--out", str(full), "--resume",
-                 "--population", "all"],
-                model=model)
+    with pytest.raises(SystemExit) as stop:  # the same settings again: one line, before the model is touched
+        bp.main(args + ["--out", str(full)], model=None)
+    assert stop.value.code == 2
+    # other settings: their own run folder, no collision (a changed max_new_tokens makes other rows)
+    bp.main(["--data", str(FIXTURE), "--limit", "3", "--max-new-tokens", "4", "--out", str(full), "--population", "all"],
+            model=model)
+    assert len(list(full.glob("backpatching--*_rows"))) == 2
 
     _cut(rows_file, 7)
     (full / "backpatching.csv").unlink()

@@ -67,11 +67,13 @@ def _cells(page: str):
     return [(m[0].split(), html.unescape(m[1]), html.unescape(m[2]), m[3], m[4]) for m in CELL_RE.findall(page)]
 
 
-def _expected_chosen(df, columns="alpha"):
+def _expected_chosen(df, columns="alpha", threshold=0.3):
+    """Per grid row, the best cell (ties: smallest), if it is above the threshold (score_source_cosine's 0.3)."""
     out = set()
     for (p, s, layer), g in df.groupby(["source_prompt", "site", "source_layer"]):
         best = g["score_source_cosine"].max()
-        out.add((p, s, f"{layer}", f"{g[g.score_source_cosine == best][columns].min():g}"))
+        if threshold is None or best > threshold:
+            out.add((p, s, f"{layer}", f"{g[g.score_source_cosine == best][columns].min():g}"))
     return out
 
 
@@ -112,10 +114,17 @@ def test_chosen_cell_is_max_score_ties_to_smallest_alpha(df, tmp_path):
     page = write_report(df, tmp_path / "r.html").read_text(encoding="utf-8")
     chosen = {c[1:] for c in _cells(page) if "chosen" in c[0]}
     assert chosen == expected
-    assert len(chosen) == len(PROMPTS) * len(SITES) * len(LAYERS)  # exactly one per grid row
+    below = len(PROMPTS) * len(SITES) * len(LAYERS) - len(chosen)
+    assert 0 < below < len(PROMPTS) * len(SITES) * len(LAYERS)  # the fixture has rows on both sides of 0.3
     assert page.count("&#9733;") >= len(chosen)
-    api = {(p, s, str(layer), f"{a:g}") for p, s, layer, a in choose_cells(df)}
+    assert page.count("none &gt; 0.3 (best ") == below  # a below-threshold best is never starred, and says so
+    assert "threshold 0.3" in page and "target layer = source layer" in page and "target site mlp_out" in page
+    api = {(p, s, str(layer), f"{a:g}") for p, s, layer, a in choose_cells(df, threshold=0.3)}
     assert api == expected
+    every = {(p, s, str(layer), f"{a:g}") for p, s, layer, a in choose_cells(df)}  # no threshold: every row's best
+    assert every == _expected_chosen(df, threshold=None) and len(every) == len(PROMPTS) * len(SITES) * len(LAYERS)
+    lower = write_report(df, tmp_path / "t.html", threshold=-2).read_text(encoding="utf-8")
+    assert {c[1:] for c in _cells(lower) if "chosen" in c[0]} == every
 
 
 def test_columns_target_layer(df, tmp_path):
@@ -236,7 +245,8 @@ def test_in_headless_chromium(df, tmp_path):
             assert page.locator("td.cell:visible").count() == len(SITES) * per_grid
             assert page.locator(f'table.grid[data-prompt="{PROMPTS[0]}"]:visible').count() == len(SITES)
             assert page.locator(f'table.grid[data-prompt="{PROMPTS[1]}"]:visible').count() == 0
-            assert page.locator("td.cell.chosen:visible").count() == len(SITES) * len(LAYERS)
+            assert page.locator("td.cell.chosen:visible").count() == len(
+                [c for c in _expected_chosen(df) if c[0] == PROMPTS[0]])
 
             # the injected script is shown as text and never ran
             assert page.evaluate("typeof window.__pwned") == "undefined"

@@ -289,11 +289,11 @@ def test_fig3_script_sampled(llama, tmp_path):
     stem = f"fig3_{tag}_official_llama2-chat-s3"
     assert (tmp_path / f"{stem}_raw.csv.gz").exists() and (tmp_path / f"{stem}_summary.json").exists()
     key = Sampling(LLAMA2_CHAT.temperature, LLAMA2_CHAT.top_p, seed=3).key
-    config = json.loads((tmp_path / f"{stem}_source_rows" / "config.json").read_text())
+    config = json.loads((next(tmp_path.glob(f"{stem}--*_source_rows")) / "config.json").read_text())  # + settings
     assert (config["decoding"], config["sampling_seed"], config["sampling"]) == ("llama2-chat", 3, key)
     assert res["summary"]["sampling"] == key and greedy["summary"]["decoding"] == "greedy"
-    assert "sampling" not in json.loads((tmp_path / "g" / f"fig3_{tag}_official_source_rows" / "config.json")
-                                        .read_text())
+    assert "sampling" not in json.loads((next((tmp_path / "g").glob(f"fig3_{tag}_official--*_source_rows"))
+                                         / "config.json").read_text())
     assert res["df"].token_ids.tolist() != greedy["df"].token_ids.tolist()
     again = superscopes_fig3.main(["--out", str(tmp_path / "again"), *argv, "--decoding", "llama2-chat", "--seed", "3"],
                                   **kw)

@@ -348,7 +348,7 @@ def main(argv=None, model=None) -> pd.DataFrame:
                       max_new_tokens=args.max_new_tokens,
                       max_batch_size=args.max_batch_size, remote=args.remote, progress=True,
                       population=args.population, match=args.match, control=args.control,
-                      control_seed=args.control_seed, random_run_dir=out / "backpatching_random_rows", **store)
+                      control_seed=args.control_seed, random_run_dir=store_kwargs(args, out, "backpatching_random")["run_dir"], **store)
     hops = df.attrs["hops"]
     summary = summarize(df)
     chance = fix_chance(df)

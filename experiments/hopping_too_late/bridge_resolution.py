@@ -212,7 +212,7 @@ def plot(summary: pd.DataFrame, path: Path, title: str) -> None:
 
 
 def parse_args(argv):
-    p = parser("Layer at which the bridge entity of a two-hop prompt becomes decodable.", out="runs/bridge_resolution", two_hop=True, limit_help="first N queries", max_new_tokens=20)
+    p = parser("Layer at which the bridge entity of a two-hop prompt becomes decodable.", out="runs/entity_resolution_bridge", name="bridge_resolution", two_hop=True, limit_help="first N queries", max_new_tokens=20)
     p.add_argument("--cosine", action="store_true", help="also score MiniLM cosine to the bridge name")
     add_control(p)
     return p.parse_args(argv)
@@ -227,7 +227,7 @@ def main(argv=None, model=None) -> pd.DataFrame:
                            max_new_tokens=args.max_new_tokens,
                            cosine=args.cosine, max_batch_size=args.max_batch_size, remote=args.remote, progress=True,
                            control=args.control, control_seed=args.control_seed,
-                           random_run_dir=out / "bridge_resolution_random_rows",
+                           random_run_dir=store_kwargs(args, out, "bridge_resolution_random")["run_dir"],
                            **store_kwargs(args, out, "bridge_resolution"))
     summary = summarize(df)
     save_csv(df, out / "bridge_resolution.csv")

@@ -18,6 +18,7 @@ target             ``patchscope_interpret(vec)``: default ``target_layer=0``,   
 
 from __future__ import annotations
 
+from experiments.common import first_paragraph
 from experiments.superscopes.single_prompt import run_single_prompt, scaled_range
 from superscopes_nn.science.superscopes import HIDDEN_ALPHAS, HIDDEN_ALPHAS_MID
 
@@ -30,7 +31,7 @@ ALPHAS = {"official": (1.0, *HIDDEN_ALPHAS_MID), "all": HIDDEN_ALPHAS}
 def main(argv=None, model=None, cosine=None, embedder=None) -> dict:
     return run_single_prompt("alexander", PROMPT, TOKEN, SITE, ALPHAS, lambda n: scaled_range(4, 5, n),
                              argv=argv, model=model, cosine=cosine, embedder=embedder,
-                             description=__doc__.splitlines()[0], target_layer=TARGET_LAYER)
+                             description=first_paragraph(__doc__), target_layer=TARGET_LAYER)
 
 
 if __name__ == "__main__":

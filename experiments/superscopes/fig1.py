@@ -20,6 +20,7 @@ grid: interpretation and MiniLM cosine to the prompt in each cell).
 
 from __future__ import annotations
 
+from experiments.common import first_paragraph
 from experiments.superscopes.single_prompt import run_single_prompt
 from superscopes_nn.science.superscopes import MLP_ALPHAS
 
@@ -29,7 +30,7 @@ PROMPT, TOKEN, SITE, TARGET_LAYER = "Saturday Night Live", "Live", "mlp_out", 0
 def main(argv=None, model=None, cosine=None, embedder=None) -> dict:
     return run_single_prompt("fig1", PROMPT, TOKEN, SITE, MLP_ALPHAS, lambda n: list(range(min(8, n))),
                              argv=argv, model=model, cosine=cosine, embedder=embedder,
-                             description=__doc__.splitlines()[0], target_layer=TARGET_LAYER)
+                             description=first_paragraph(__doc__), target_layer=TARGET_LAYER)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ target             ``patchscope_interpret(..., target_layer=layer)``: hidden    
 
 from __future__ import annotations
 
+from experiments.common import first_paragraph
 from experiments.superscopes.single_prompt import run_single_prompt
 from superscopes_nn.science.superscopes import MLP_ALPHAS
 
@@ -25,7 +26,7 @@ PROMPT, TOKEN, SITE = "Back to the Future", "Future", "mlp_out"
 def main(argv=None, model=None, cosine=None, embedder=None) -> dict:
     return run_single_prompt("fig2", PROMPT, TOKEN, SITE, MLP_ALPHAS, lambda n: list(range(min(8, n))),
                              argv=argv, model=model, cosine=cosine, embedder=embedder,
-                             description=__doc__.splitlines()[0])
+                             description=first_paragraph(__doc__))
 
 
 if __name__ == "__main__":

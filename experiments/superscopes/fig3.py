@@ -59,8 +59,9 @@ from pathlib import Path
 import pandas as pd
 
 from experiments.common import (
-    add_decoding, check_args, decoding_config, decoding_of, decoding_tag, log, n_layers_of, parse_layers, parser,
-    pyplot, read_saved_csv, save_csv, save_figure, setup,
+    add_decoding, check_args, decoding_config, decoding_of, decoding_tag, first_paragraph, log, n_layers_of,
+    parse_layers, parser,
+    pyplot, read_saved_csv, rows_dir, save_csv, save_figure, setup,
 )
 from experiments.superscopes.fig3_rows import FIG3_LAYERS, fig3_rows
 from superscopes_nn.science.chance import chance_table, cosine_pairs, format_chance
@@ -81,10 +82,11 @@ def load_rows(path) -> pd.DataFrame:
 
 
 def run_store(args, out: Path, stem: str, control: str, layers) -> dict:
-    """Run directory ``OUT/<stem>_<control>_rows`` and the config that defines its rows."""
+    """Run directory ``OUT/<stem><settings>_<control>_rows`` (:func:`~experiments.common.rows_dir`) and the
+    config that defines its rows."""
     config = {"experiment": "fig3", "protocol": args.protocol, "control": control, "token": args.token,
               "layers": list(layers), "alphas": list(MLP_ALPHAS), "seed": 0, **decoding_config(args)}
-    return {"run_dir": out / f"{stem}_{control}_rows", "resume": bool(args.resume), "config": config}
+    return {"run_dir": rows_dir(out, stem, args, control), "resume": bool(args.resume), "config": config}
 
 
 def fig3_chance(df: pd.DataFrame, random_df: pd.DataFrame | None = None, threshold: float = SUCCESS_THRESHOLD,
@@ -130,8 +132,9 @@ def bars(table: pd.DataFrame, path: Path, title: str) -> Path:
 
 
 def main(argv=None, model=None, cosine=None, embedder=None, score_pairs=None) -> dict:
-    p = parser(__doc__.splitlines()[0], out="out/superscopes", layers_help="e.g. 1-7 (default, the paper's) or all",
-               limit_help="only the first N prompts")
+    p = parser(first_paragraph(__doc__), out="runs/superscopes_fig3", name="fig3",
+               layers_help="e.g. 1-7 (the paper's, default) or all", limit_help="only the first N prompts",
+               runtime="about 38 min on 2 shared CPU cores (Gemma 3 270M: 48 prompts x 7 layers x 6 α = 2016 rows)")
     p.add_argument("--protocol", choices=PROTOCOLS, default="official",
                    help="official: the vector replaces the target's hidden state (paper's code); "
                         "same-site: it replaces the target's MLP output at the placeholder")

@@ -119,7 +119,8 @@ def run_single_prompt(name: str, prompt: str, token: str, site: str, alphas: Seq
     (:data:`~superscopes_nn.core.sampling.LLAMA2_CHAT`, per-row seed ``--seed``); a sampled run's
     files are ``<name>_<model>_<protocol>_llama2-chat-s<seed>...``, its run store separate.
     """
-    p = parser(description or f"Superscopes {name}: {prompt!r}, token {token!r}, {site}", out="out/superscopes",
+    p = parser(description or f"Superscopes {name}: {prompt!r}, token {token!r}, {site}",
+               out=f"runs/superscopes_{name}", name=name,
                layers_help="e.g. 0-7, 0,2,4 or all (default: the paper's, scaled)")
     p.add_argument("--protocol", choices=PROTOCOLS, default="official",
                    help="official: the vector replaces the target's hidden state at the last token (paper's code)")

@@ -43,8 +43,10 @@ IDENTITY_PROMPT = "cat -> cat\n1135 -> 1135\nhello -> hello\n?"
 RESULT_COLUMNS = [
     "source_prompt", "source_position", "source_token", "source_layer", "site",
     "target_prompt", "target_position", "target_layer", "target_site", "mapping", "mapping_key", "alpha",
-    "model", "target_model", "interpretation", "token_ids", "error",
+    "model", "target_model", "token_ids", "error", "interpretation",
 ]
+"""The columns of every result frame, in order; ``interpretation`` (the generated text) last, so a frame's
+repr (which keeps the first and last columns when it is too wide) always shows it."""
 
 
 @dataclass(frozen=True)

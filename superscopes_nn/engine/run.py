@@ -33,6 +33,7 @@ import pandas as pd
 from .plan import announce, greedy_kwargs, log_request, measure, measure_sessions, planned_requests
 from .session import plan_reads, run_session
 
+from ..core.quiet import quieted
 from ..core.sampling import Sampling, check_sampling
 from ..core.specs import Row
 from ..core.store import RunStore, frame, row_key
@@ -135,7 +136,7 @@ def execute(model, rows: list[Row], *, target_model=None, gen_kwargs: dict | Non
     if shared_prefix and why:  # decided when the model loaded; one notice per run
         print(f"[superscopes] {model_name(target_model)}: running without prefix reuse: {why}", file=sys.stderr)
         shared_prefix = False
-    call = call or remote_caller(remote, backend, target_model)
+    call = quieted(call or remote_caller(remote, backend, target_model))  # no deprecation noise per generate
     per = check_int(chunks_per_request, "chunks_per_request", minimum=1) if chunks_per_request is not None \
         else (8 if remote else 1)
     two = target_model is not model
@@ -172,7 +173,7 @@ def run_sessions(model, sessions: list, *, remote=False, backend=None, knob: str
     request) each: the path of runs that are not rows (``generate_plain``, ``collect``, ``lens_logits``).
     On NDIF (``remote=True`` or a host), as :func:`execute`: the preflight, the plan line (refused before
     the first request over a limit, naming ``knob``) and one progress line per request."""
-    call = call or remote_caller(remote, backend, model)
+    call = quieted(call or remote_caller(remote, backend, model))
     ship(remote, backend)
     ndif = bool(remote) and remote != "local"
     if ndif:

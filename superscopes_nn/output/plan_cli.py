@@ -3,8 +3,13 @@
     superscopes plan deepseek-ai/DeepSeek-V3 --prompts "Pink Floyd" "Star Wars" --layers all --amps 1,3,6,9,12,15
     superscopes plan ./Llama-3.1-405B --prompts-file prompts.tsv --site mlp_out --batch-size 64 --chunks-per-request 8
 
-The model is built on meta weights (``load_model(MODEL, remote=True)``: config and tokenizer only).
-Prints one line per request (rows, chunks, serialized bytes sent, result bytes at most) under the
+The model is built on meta weights (``load_model(MODEL, remote=True)``: config and tokenizer only), in
+the config's own dtype (its ``dtype`` / ``torch_dtype``: bfloat16 for the published large models; float32
+where it names none), or ``--dtype``. A local folder without a tokenizer (``tests/fixtures/large_configs/*``
+ship only ``config.json``) is planned with the stand-in byte-level tokenizer
+:func:`~superscopes_nn.structure.testing.tiny_tokenizer` (384 tokens), and one ``note:`` line says so: it
+splits English into more tokens than a real tokenizer (:data:`STAND_IN_LENGTH`), so every byte figure is
+an upper bound. Prints one line per request (rows, chunks, serialized bytes sent, result bytes at most) under the
 plan's summary line; a request over one of NDIF's documented limits is named with the knob to change,
 and the command exits 2. See :mod:`superscopes_nn.engine.plan`.
 """
@@ -14,18 +19,30 @@ from __future__ import annotations
 import argparse
 import sys
 
+STAND_IN_LENGTH = "about 2.7x"
+"""How many more tokens the stand-in tokenizer gives than a real one on the Fig 3 rows (prompt + target
+prompt, the 48 prompts: 87.0 tokens per row against 32.5 with Gemma 3's tokenizer, 33.1 with SmolLM2's)."""
 
+DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="superscopes plan", description="the NDIF plan of a sweep, before it is sent")
-    p.add_argument("model", help="HF hub id or a local directory with config.json and a tokenizer")
+    from .help_format import DefaultsFormatter
+
+    p = argparse.ArgumentParser(prog="superscopes plan", description="The NDIF plan of a sweep, before it is sent: "
+                                "requests, serialized bytes sent, result bytes at most. Offline for a local folder.",
+                                formatter_class=DefaultsFormatter)
+    p.add_argument("model", help="HF hub id or a local directory with config.json (and a tokenizer: without one, "
+                                 "a stand-in is used and said so)")
+    p.add_argument("--dtype", choices=DTYPES, default="auto",
+                   help="the model's dtype on the server, which sizes every vector a request returns "
+                        "(auto: the config's own dtype / torch_dtype, float32 if it names none)")
     p.add_argument("--prompts", nargs="+", default=None, help="source prompts")
     p.add_argument("--prompts-file", default=None, help="one prompt per line (a TSV's first column; # comments)")
     p.add_argument("--token", default=None, help="token string or int position (default: last token)")
     p.add_argument("--site", default="mlp_out", help="residual | mlp_out | attn_out | mlp_in (comma list ok)")
     p.add_argument("--layers", default="all", help="source layers: 0-8, 1,3,5 or all")
     p.add_argument("--amps", default="1,3,6,9,12,15", help="amplification factors alpha")
-    p.add_argument("--max-new-tokens", default=10, type=int)
+    p.add_argument("--max-new-tokens", default=10, type=int, help="tokens generated per row")
     p.add_argument("--batch-size", default=64, type=int, help="rows per batched generate (max_batch_size)")
     p.add_argument("--chunks-per-request", default=8, type=int, help="batches sent as one NDIF request")
     return p
@@ -46,7 +63,6 @@ def run(args, cli) -> int:
     from ..engine.plan import plan
     from ..engine.resolver import check_sites, sweep_rows
     from ..structure.info import model_info
-    from ..structure.models import load_model
 
     prompts = _prompts(args)
     sites = check_sites([s.strip() for s in args.site.split(",") if s.strip()])
@@ -54,7 +70,7 @@ def run(args, cli) -> int:
     batch = check_batch_size(args.batch_size)
     per = check_int(args.chunks_per_request, "--chunks-per-request", minimum=1)
     new = check_max_new_tokens(args.max_new_tokens)
-    model = load_model(args.model, remote=True)
+    model = build(args.model, args.dtype)
     if layers is None:
         layers = list(range(model_info(model).n_layers))
     rows = sweep_rows(model, prompts, layers=layers, sites=sites, alphas=alphas, token=cli.parse_position(args.token))
@@ -63,10 +79,56 @@ def run(args, cli) -> int:
     return 2 if p.problems() else 0
 
 
+def config_dtype(model: str):
+    """The dtype named by the config of ``model`` (a folder's ``config.json`` or a hub id's, read by
+    ``AutoConfig``): its ``dtype``, else ``torch_dtype``, else that of its ``text_config``; None if none."""
+    import torch
+    from transformers import AutoConfig
+
+    from ..core.validate import check_dtype
+
+    config = AutoConfig.from_pretrained(model)
+    for c in (config, getattr(config, "text_config", None)):
+        value = getattr(c, "dtype", None) if c is not None else None
+        if isinstance(value, (torch.dtype, str)) and str(value) != "auto":
+            return check_dtype(value)
+    return None
+
+
+def build(model: str, dtype: str = "auto"):
+    """``load_model(model, remote=True)`` in ``dtype`` (``auto``: :func:`config_dtype`, float32 if None);
+    a local folder without a tokenizer gets the stand-in one, with a ``note:`` line on stderr."""
+    from pathlib import Path
+
+    import torch
+
+    from ..structure.models import has_tokenizer, load_model
+    from ..structure.testing import tiny_tokenizer
+
+    kwargs = {}
+    folder = Path(model).expanduser()
+    if folder.is_dir() and (folder / "config.json").is_file() and not has_tokenizer(folder):
+        kwargs["tokenizer"] = tiny_tokenizer()
+        print(f"note: {model} holds no tokenizer: planning with the stand-in byte-level tokenizer "
+              f"(superscopes_nn.structure.testing.tiny_tokenizer), {STAND_IN_LENGTH} as many tokens per row as a "
+              "real one, so the byte figures are upper bounds; add the model's tokenizer files for exact ones",
+              file=sys.stderr)
+    chosen = (config_dtype(model) if folder.is_dir() else None) if dtype == "auto" else getattr(torch, dtype)
+    m = load_model(model, remote=True, dtype=chosen or torch.float32, **kwargs)
+    if dtype == "auto" and not folder.is_dir():  # a hub id: its config is read by the build itself
+        found = config_dtype(model)
+        if found is not None and found != m._module.dtype:
+            m._module.to(found)  # meta tensors: only the dtype changes
+    return m
+
+
 def main(argv: list[str], cli) -> int:
     """``superscopes plan ARGS``; ``cli``: :mod:`superscopes_nn.output.cli` (its parsers and error lines;
     passed in by its ``main`` so this module never imports it back)."""
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit_:  # --help (0) or argparse's own usage error (2)
+        return int(exit_.code or 0)
     try:
         return run(args, cli)
     except cli.ERRORS as err:

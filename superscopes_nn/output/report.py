@@ -28,7 +28,13 @@ What the page shows:
   exact score and the row's details;
 * the *chosen* cell of every grid row -- Superscopes' automatic amplifier
   detection: the column with the highest score, ties broken towards the
-  smallest value -- outlined and marked with a star (computed here, in Python);
+  smallest value -- outlined and marked with a star (computed here, in Python)
+  only where that score is above the success threshold (``threshold``; for
+  ``score_source_cosine`` by default the run's ``threshold`` or
+  :data:`~superscopes_nn.science.superscopes.SUCCESS_THRESHOLD`); a row whose best
+  cell is below it says so in its "chosen" column instead;
+* above each grid: the source token(s), the target prompt, target layer and
+  target site, and the threshold;
 * the run's ``config.json`` as a collapsible, pretty-printed JSON block.
 
 For tests and scripts every grid is ``<table class="grid" data-prompt data-site>``
@@ -40,8 +46,6 @@ Content-Security-Policy only lets the page's own script (by hash) run.
 from __future__ import annotations
 
 import argparse
-import base64
-import hashlib
 import html
 import json
 import math
@@ -50,7 +54,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .report_page import CSS, JS, PAGE
+from .report_page import CSS, HIGH_RGB, JS, LOW_RGB, MID_RGB, PAGE, colour, csp, safe_json
+from .report_scores import SCORE_PREFIX, default_threshold, finite_score, merge_scores
 from ..core.store import load_run
 from ..science.superscopes import detect_alpha
 
@@ -59,10 +64,6 @@ REQUIRED_COLUMNS = (
     "target_layer", "alpha", "target_prompt", "interpretation",
 )
 GRID_COLUMNS = ("alpha", "target_layer")
-SCORE_PREFIX = "score_"
-
-# Pastel diverging scale (low -> mid -> high), readable with black text.
-LOW_RGB, MID_RGB, HIGH_RGB = (239, 138, 98), (247, 247, 247), (103, 169, 207)
 
 # The page template (CSS, JS, PAGE) lives in report_page.py; write_report() fills it.
 
@@ -88,31 +89,6 @@ def _text(value) -> str:
     if isinstance(value, (list, tuple)):
         return " | ".join(str(v) for v in value)
     return str(value)
-
-
-def _score(value) -> float | None:
-    try:
-        f = float(value)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
-
-
-def _safe_json(obj) -> str:
-    """JSON that can sit inside <script>: '<', '>' and '&' as \\u escapes (so no '</')."""
-    text = json.dumps(obj, ensure_ascii=False, default=str)
-    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-
-
-def _colour(score: float | None, vmin: float, vmax: float) -> str | None:
-    """CSS colour on the low-mid-high scale, or None for a missing score."""
-    if score is None:
-        return None
-    t = 0.5 if vmax <= vmin else (score - vmin) / (vmax - vmin)
-    t = min(1.0, max(0.0, t))
-    lo, hi, u = (LOW_RGB, MID_RGB, t * 2) if t < 0.5 else (MID_RGB, HIGH_RGB, t * 2 - 1)
-    r, g, b = (round(a + (c - a) * u) for a, c in zip(lo, hi))
-    return f"rgb({r},{g},{b})"
 
 
 def _ordered_unique(series: pd.Series) -> list:
@@ -152,9 +128,11 @@ def _cell_scores(df: pd.DataFrame, score_column: str | None, columns: str) -> pd
     return df.groupby(keys, sort=False)[score_column].mean()
 
 
-def choose_cells(df: pd.DataFrame, score_column: str | None = None, columns: str = "alpha") -> set[tuple]:
+def choose_cells(df: pd.DataFrame, score_column: str | None = None, columns: str = "alpha",
+                 threshold: float | None = None) -> set[tuple]:
     """The chosen (prompt, site, layer, col) cells: per grid row, the column with the
-    highest score, ties broken towards the smallest column value (e.g. smallest alpha).
+    highest score, ties broken towards the smallest column value (e.g. smallest alpha),
+    if that score is above ``threshold`` (None: any score).
 
     The choice is :func:`superscopes_nn.science.superscopes.detect_alpha` on the cells' mean
     scores (the grid column standing in for ``alpha``). Rows without any finite score
@@ -171,7 +149,7 @@ def choose_cells(df: pd.DataFrame, score_column: str | None = None, columns: str
     table = cells.rename("cell_score").reset_index().rename(columns={columns: "alpha"})
     picked = detect_alpha(table, score="cell_score", by=by)
     return {(r.source_prompt, r.site, r.source_layer, r.alpha) for r in picked.itertuples(index=False)
-            if not math.isnan(r.alpha)}
+            if not math.isnan(r.alpha) and (threshold is None or r.score > threshold)}
 
 
 # --------------------------------------------------------------------------- #
@@ -186,7 +164,7 @@ def _tooltip(rows: pd.DataFrame, score_cols: list[str]) -> str:
             f" -> target L{r['target_layer']}, alpha {_fmt_num(r['alpha'])}"
         )
         for c in score_cols:
-            s = _score(r[c])
+            s = finite_score(r[c])
             lines.append(f"{c}: {'n/a' if s is None else repr(s)}")
         lines.append(f"target prompt: {r['target_prompt']}")
         if "error" in r.index and _text(r["error"]):
@@ -207,8 +185,8 @@ def _cell_html(rows: pd.DataFrame, key: tuple, score: float | None, is_chosen: b
         tok = f'<span class="tok">[{_esc(r["source_token"])}]</span> ' if len(rows) > 1 else ""
         texts.append(tok + _esc(text))
     star = '<span class="star">&#9733;</span>' if is_chosen else ""
-    colour = _colour(score, *scale)
-    style = f' style="background:{colour}"' if colour else ""
+    fill = colour(score, *scale)
+    style = f' style="background:{fill}"' if fill else ""
     score_attr = "" if score is None else f' data-score="{score!r}"'
     return (
         f'<td class="{classes}" data-prompt="{_esc(prompt)}" data-site="{_esc(site)}" '
@@ -217,8 +195,19 @@ def _cell_html(rows: pd.DataFrame, key: tuple, score: float | None, is_chosen: b
     )
 
 
+def _targets_line(grid: pd.DataFrame) -> str:
+    """Where the grid's vectors were written: target layer(s) and target site(s)."""
+    same = (grid["target_layer"] == grid["source_layer"]).all()
+    layers = "= source layer" if same else ", ".join(_fmt_num(v) for v in sorted(grid["target_layer"].unique()))
+    sites = _ordered_unique(grid["target_site"]) if "target_site" in grid.columns else [None]
+    named = ", ".join("the source's own site" if s is None or (isinstance(s, float) and math.isnan(s)) else str(s)
+                      for s in sites)
+    return f"target layer {layers} &middot; target site {_esc(named)}"
+
+
 def _grid_html(grid: pd.DataFrame, prompt: str, site: str, columns: str, score_column: str | None,
-               cell_scores: pd.Series, chosen: set, scale: tuple[float, float], score_cols: list[str]) -> str:
+               cell_scores: pd.Series, chosen: set, scale: tuple[float, float], score_cols: list[str],
+               threshold: float | None = None) -> str:
     layers = sorted(grid["source_layer"].unique())
     cols = sorted(grid[columns].unique())
     col_label = "&alpha; = " if columns == "alpha" else "target L"
@@ -227,17 +216,21 @@ def _grid_html(grid: pd.DataFrame, prompt: str, site: str, columns: str, score_c
     by_cell = dict(tuple(grid.groupby(["source_layer", columns], sort=False)))
     body = []
     for layer in layers:
-        tds, pick = [], ""
+        tds, pick, best = [], "", None
         for col in cols:
             rows = by_cell.get((layer, col))
             if rows is None:
                 tds.append('<td class="missing" title="no result (unfinished run?)"></td>')
                 continue
             key = (prompt, site, layer, col)
-            score = _score(cell_scores.get(key)) if score_column else None
+            score = finite_score(cell_scores.get(key)) if score_column else None
             tds.append(_cell_html(rows, key, score, key in chosen, scale, score_cols))
             if key in chosen:
                 pick = f"&#9733; {col_label}{_esc(_fmt_num(col))}"
+            if score is not None and (best is None or score > best[0]):
+                best = (score, col)
+        if not pick and best is not None and threshold is not None:
+            pick = f"none &gt; {threshold:g} (best {best[0]:.2f} at {col_label}{_esc(_fmt_num(best[1]))})"
         pick_td = f'<td class="pick">{pick}</td>' if score_column else ""
         body.append(f'<tr><th>L{_esc(_fmt_num(layer))}</th>{"".join(tds)}{pick_td}</tr>')
     tokens = ", ".join(repr(t) for t in _ordered_unique(grid["source_token"]))
@@ -246,7 +239,8 @@ def _grid_html(grid: pd.DataFrame, prompt: str, site: str, columns: str, score_c
     return (
         f'<section class="grid-block" {attrs}>\n'
         f"<h2>{_esc(prompt)} &mdash; {_esc(site)}</h2>\n"
-        f'<div class="sub">source token(s): {_esc(tokens)} &middot; target prompt: {_esc(targets)}</div>\n'
+        f'<div class="sub">source token(s): {_esc(tokens)} &middot; target prompt: {_esc(targets)} &middot; '
+        f'{_targets_line(grid)}{"" if threshold is None else f" &middot; threshold {threshold:g}"}</div>\n'
         f'<table class="grid" {attrs}>\n'
         f"<thead><tr><th>layer</th>{head}{pick_head}</tr></thead>\n"
         f"<tbody>\n" + "\n".join(body) + "\n</tbody>\n</table>\n</section>"
@@ -261,7 +255,7 @@ def _options(values: list, selected) -> str:
     return "".join(opts)
 
 
-def _legend(score_column: str | None, scale: tuple[float, float]) -> str:
+def _legend(score_column: str | None, scale: tuple[float, float], threshold: float | None = None) -> str:
     if score_column is None:
         return '<span class="legend">no score column: cells uncoloured</span>'
     lo, hi = scale
@@ -269,7 +263,8 @@ def _legend(score_column: str | None, scale: tuple[float, float]) -> str:
         f'<span class="legend" id="legend"><b>{_esc(score_column)}</b>'
         f'<span id="legend-min">{lo:.3g}</span><span class="bar"></span>'
         f'<span id="legend-max">{hi:.3g}</span>'
-        f"<span>&#9733; = best per row (ties: smallest)</span></span>"
+        + ("<span>&#9733; = best per row (ties: smallest)</span></span>" if threshold is None else
+           f"<span>&#9733; = best per row above the threshold {threshold:g} (ties: smallest)</span></span>")
     )
 
 
@@ -282,32 +277,29 @@ def _meta(df: pd.DataFrame, config: dict | None, columns: str) -> str:
     return " &middot; ".join(parts)
 
 
-def _csp(js: str) -> str:
-    digest = base64.b64encode(hashlib.sha256(js.encode("utf-8")).digest()).decode()
-    return (f"default-src 'none'; style-src 'unsafe-inline'; img-src data:; "
-            f"script-src 'sha256-{digest}'")
-
-
 # --------------------------------------------------------------------------- #
 # Public API
 # --------------------------------------------------------------------------- #
 
 def render_report(df: pd.DataFrame, config: dict | None = None, score_column: str | None = None,
-                  columns: str = "alpha", title: str | None = None) -> str:
+                  columns: str = "alpha", title: str | None = None, threshold: float | None = None) -> str:
     """The report as an HTML string (see :func:`write_report`)."""
     score_column = _validate(df, score_column, columns)
+    if threshold is None:
+        threshold = default_threshold(score_column, config)
     score_cols = [c for c in df.columns if str(c).startswith(SCORE_PREFIX)]
     if score_column and score_column not in score_cols:
         score_cols.insert(0, score_column)
     cell_scores = _cell_scores(df, score_column, columns)
-    finite = [s for s in (_score(v) for v in cell_scores.tolist()) if s is not None]
+    finite = [s for s in (finite_score(v) for v in cell_scores.tolist()) if s is not None]
     scale = (min(finite), max(finite)) if finite else (0.0, 0.0)
-    chosen = choose_cells(df, score_column, columns) if score_column else set()
+    chosen = choose_cells(df, score_column, columns, threshold) if score_column else set()
 
     prompts = _ordered_unique(df["source_prompt"])
     sites = _ordered_unique(df["site"])
     grids = [
-        _grid_html(grid, prompt, site, columns, score_column, cell_scores, chosen, scale, score_cols)
+        _grid_html(grid, prompt, site, columns, score_column, cell_scores, chosen, scale, score_cols,
+                   threshold if score_column else None)
         for (prompt, site), grid in df.groupby(["source_prompt", "site"], sort=False)
     ]
     if title is None:
@@ -315,30 +307,32 @@ def render_report(df: pd.DataFrame, config: dict | None = None, score_column: st
         title = f"Superscopes sweep: {model}" if model else "Superscopes sweep"
     config_obj = config if config is not None else {}
     return PAGE.format(
-        csp=_csp(JS),
+        csp=csp(JS),
         title=_esc(title),
         css=CSS.replace("LEGEND_STOPS", ", ".join(f"rgb{c}" for c in (LOW_RGB, MID_RGB, HIGH_RGB))),
         meta=_meta(df, config, columns),
         prompt_options=_options(prompts, prompts[0]),
         site_options=_options(sites, None),
-        legend=_legend(score_column, scale),
+        legend=_legend(score_column, scale, threshold),
         grids="\n".join(grids),
         config_pretty=_esc(json.dumps(config_obj, indent=2, ensure_ascii=False, default=str)),
-        config_json=_safe_json(config_obj),
+        config_json=safe_json(config_obj),
         js=JS,
     )
 
 
 def write_report(df: pd.DataFrame, path, config: dict | None = None, score_column: str | None = None,
-                 columns: str = "alpha", title: str | None = None) -> Path:
+                 columns: str = "alpha", title: str | None = None, threshold: float | None = None) -> Path:
     """Write the self-contained HTML explorer of a results frame to ``path``.
 
     ``columns`` is the grid's column variable, ``"alpha"`` or ``"target_layer"``;
     grid rows are ``source_layer``; one grid per (source_prompt, site).
     ``score_column`` colours the cells and picks the chosen cell per row
-    (default: the first ``score_*`` column, if any).  Returns the path written.
+    (default: the first ``score_*`` column, if any); only a cell above ``threshold`` is starred
+    (default: :func:`default_threshold`).  Returns the path written.
     """
-    page = render_report(df, config=config, score_column=score_column, columns=columns, title=title)
+    page = render_report(df, config=config, score_column=score_column, columns=columns, title=title,
+                         threshold=threshold)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(page, encoding="utf-8")
@@ -352,6 +346,7 @@ def write_report_from_run(run_dir, path=None, score_column: str | None = None, c
     missing path, ValueError naming a bad file or missing column.
     """
     df, config = load_run(run_dir)
+    df = merge_scores(df, run_dir)
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
         raise ValueError(f"{Path(run_dir) / 'rows.jsonl'} is missing column(s): {', '.join(missing)}")

@@ -4,6 +4,10 @@ Kept apart so ``report.py`` holds only the logic that fills them; the page is se
 (no network) and its script only toggles visibility.
 """
 
+import base64
+import hashlib
+import json
+
 CSS = """
 body { font: 14px/1.4 system-ui, -apple-system, "Segoe UI", Roboto, "DejaVu Sans", sans-serif;
        margin: 1.2em 2em; color: #222; background: #fff; }
@@ -93,3 +97,30 @@ PAGE = """<!DOCTYPE html>
 # --------------------------------------------------------------------------- #
 # Small helpers
 # --------------------------------------------------------------------------- #
+
+
+# Pastel diverging scale (low -> mid -> high), readable with black text.
+LOW_RGB, MID_RGB, HIGH_RGB = (239, 138, 98), (247, 247, 247), (103, 169, 207)
+
+
+def safe_json(obj) -> str:
+    """JSON that can sit inside <script>: '<', '>' and '&' as \\u escapes (so no '</')."""
+    text = json.dumps(obj, ensure_ascii=False, default=str)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def colour(score: float | None, vmin: float, vmax: float) -> str | None:
+    """CSS colour on the low-mid-high scale, or None for a missing score."""
+    if score is None:
+        return None
+    t = 0.5 if vmax <= vmin else (score - vmin) / (vmax - vmin)
+    t = min(1.0, max(0.0, t))
+    lo, hi, u = (LOW_RGB, MID_RGB, t * 2) if t < 0.5 else (MID_RGB, HIGH_RGB, t * 2 - 1)
+    r, g, b = (round(a + (c - a) * u) for a, c in zip(lo, hi))
+    return f"rgb({r},{g},{b})"
+
+
+def csp(js: str) -> str:
+    digest = base64.b64encode(hashlib.sha256(js.encode("utf-8")).digest()).decode()
+    return (f"default-src 'none'; style-src 'unsafe-inline'; img-src data:; "
+            f"script-src 'sha256-{digest}'")

