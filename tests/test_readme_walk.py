@@ -1,9 +1,11 @@
 """The README, top to bottom, as a newcomer runs it after the demo install (issue 42).
 
 Every fenced ``python`` block and every command line of every ``bash`` block is extracted in README order
-and run: the python blocks pasted one after another into ONE script (so each must import what it uses and
-print what it shows), each command line through ``bash`` with the installed ``superscopes`` first on PATH,
-all in a scratch directory (so ``runs/...`` lands there). Where a README default is long or needs what
+and run: the python blocks pasted one after another into ONE script run by a fresh interpreter (so each must
+import what it uses and print what it shows); each ``superscopes ...`` line through the installed command's
+own entry point (``superscopes_nn.output.cli.main``, in this process, so the imports and the MiniLM scorer are
+paid once: the same code path as the console script), any other line through ``bash``; all in a scratch
+directory (so ``runs/...`` lands there). Where a README default is long or needs what
 this machine has not (a network, NDIF, a GPU), the line runs with a substitution from :data:`SUBSTITUTIONS`
 or is set aside by :data:`NOT_RUN`, each with its reason; every substitution's text must occur in the README
 (else the test fails: the README changed, update the table), and any README line in neither table runs as
@@ -32,12 +34,12 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -90,7 +92,27 @@ def test_every_substitution_is_still_in_the_readme():
     assert [old for old, _ in SUBSTITUTIONS if old not in text] == []
 
 
-def test_the_readme_walks_top_to_bottom(tmp_path):
+def run_line(cmd: str, cwd: Path, env: dict, capfd) -> subprocess.CompletedProcess:
+    """``cmd`` as the README reader runs it: ``superscopes ...`` through the console script's entry point
+    (its exit status; ``SystemExit`` included), anything else through ``bash``."""
+    if not cmd.startswith("superscopes "):
+        return subprocess.run(["bash", "-c", cmd], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    from superscopes_nn.output.cli import main
+
+    capfd.readouterr()
+    here = os.getcwd()
+    os.chdir(cwd)
+    try:
+        code = main(shlex.split(cmd)[1:])
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 1
+    finally:
+        os.chdir(here)
+    out = capfd.readouterr()
+    return subprocess.CompletedProcess(cmd, code, out.out, out.err)
+
+
+def test_the_readme_walks_top_to_bottom(tmp_path, capfd):
     import torch
 
     text = README.read_text(encoding="utf-8")
@@ -122,12 +144,11 @@ def test_the_readme_walks_top_to_bottom(tmp_path):
                 else:
                     continue
             cmd = substitute(line).removeprefix(".venv/bin/")
-            res = subprocess.run(["bash", "-c", cmd], cwd=tmp_path, env=env, capture_output=True, text=True,
-                                 timeout=600)
+            res = run_line(cmd, tmp_path, env, capfd)
             assert res.returncode == 0, f"README line {line!r} (ran {cmd!r}) failed:\n{res.stdout}\n{res.stderr}"
             assert "Traceback" not in res.stderr, res.stderr
             assert "past_key_values" not in res.stderr, res.stderr  # no deprecation noise per generate
-            assert "\r" not in res.stderr, res.stderr[-2000:]  # no progress bar redrawn into a log
+            assert "Loading weights" not in res.stderr, res.stderr[-2000:]  # no load bar redrawn into a log
             ran.append((line, res))
     # every python block, pasted into one script, runs and prints what the README shows
     (tmp_path / "tour.py").write_text("\n\n".join(script), encoding="utf-8")

@@ -31,7 +31,7 @@ same rule against the same references; the chance table's ``patchscope`` rows ga
 ``above_random`` (= raw - random, with ``_lo`` / ``_hi``) and ``random_count``. The input-only
 baseline patches nothing and has no random arm. The script writes the random rows to
 ``OUT/entity_resolution_random.csv`` (the real rows stay in ``entity_resolution.csv``), keeps
-them in ``OUT/entity_resolution_random_rows`` (resumable) and adds ``method == "random"`` rows
+them in ``OUT/entity_resolution_random<settings>_rows`` (resumable) and adds ``method == "random"`` rows
 to the summary and dotted curves to the figure.
 
 Run::

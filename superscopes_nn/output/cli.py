@@ -333,7 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=DefaultsFormatter, description="Sweep source layers x amplification α for one "
                        "prompt, print the interpretation grid and its chance line, and keep the run in --out "
                        "(results.csv, results.parquet, scores.jsonl; superscopes report OUT draws it). "
-                       "At the defaults (9 layers x 6 α = 54 rows) on Gemma 3 270M: about a minute on 2 CPU cores.")
+                       "At the defaults (9 layers x 6 α = 54 rows) on Gemma 3 270M: about 15 s on 2 CPU cores, model load "
+                       "and scoring included.")
     add_explain_args(e)
     d = sub.add_parser("demo", help="the README demo: the official Superscopes protocol on one prompt, scored, with its chance line",
                        formatter_class=DefaultsFormatter)
