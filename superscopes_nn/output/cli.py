@@ -22,6 +22,7 @@ from .help_format import DefaultsFormatter
 from ..core.dirlock import RunDirBusy, check_run_dir
 from ..core.validate import check_alphas, check_batch_size, check_int, check_max_new_tokens, check_remote
 from ..structure.info import model_info
+from ..remote.hosts import allow_insecure_http
 
 ERRORS = (ValueError, KeyError, FloatingPointError, OSError, RunDirBusy)
 """Errors printed as one line ``error: ...`` with exit status 2 (``OSError`` covers FileNotFound/FileExists)."""
@@ -123,9 +124,8 @@ def add_explain_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-new-tokens", default=10, type=int, help="tokens generated per cell")
     p.add_argument("--batch-size", default=64, type=int, help="rows per batched generate (and per remote request)")
     p.add_argument("--remote", default="false", help="false | local | true (NDIF) | https://host")
-    p.add_argument("--allow-insecure-http", action="store_true",
-                   help="accept a plain http:// --remote host other than loopback (results and the API key "
-                        "travel unencrypted)")
+    p.add_argument("--allow-insecure-http", action="store_true", help="accept a plain http:// --remote host "
+                   "other than loopback (results and the API key travel unencrypted)")
     p.add_argument("--out", default=None, help="run directory (default runs/explain-<timestamp>)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out, skipping finished rows; every setting not given again "
@@ -228,8 +228,6 @@ def explain(args) -> int:
     alphas = parse_floats(args.amps, "--amps")
     remote = parse_remote(args.remote)
     if args.allow_insecure_http and isinstance(remote, str) and remote != "local":
-        from ..remote.hosts import allow_insecure_http
-
         allow_insecure_http(remote)
     max_new_tokens = check_max_new_tokens(args.max_new_tokens)
     batch_size = check_batch_size(args.batch_size)
@@ -253,8 +251,7 @@ def explain(args) -> int:
         "command": "explain", "prompts": [args.prompt], "token": args.token, "sites": sites,
         "layers": layers, "alphas": alphas, "target_prompt": target.prompt, "placeholder": target.placeholder,
         "target_layer": target_layer, "target_site": args.target_site.strip(), "max_new_tokens": max_new_tokens,
-        "max_batch_size": batch_size,
-    }
+        "max_batch_size": batch_size}
     at_last = all(r.target_position == len(r.target_ids) - 1 for r in rows)
     print(protocol_line(sites, target_site, target.placeholder, at_last), flush=True)  # the header: which protocol
     df = run_rows(model, rows, run_dir=out, config=config, resume=args.resume, max_new_tokens=max_new_tokens,
