@@ -280,7 +280,8 @@ def plan(model, rows, *, target_model=None, max_new_tokens: int = 10, logits: bo
     if gen_kwargs is None and not logits:
         gen_kwargs = greedy_kwargs(target_model, max_new_tokens)
     grouped = planned_requests(model, rows, target_model=target_model, gen_kwargs=gen_kwargs, logits=logits,
-                               max_batch_size=max_batch_size, shared_prefix=shared_prefix, sampling=sampling, per=per)
+                               max_batch_size=max_batch_size, shared_prefix=shared_prefix, sampling=sampling, per=per,
+                               exact=exact)
     return measure(model, rows, grouped, target_model=target_model, max_batch_size=max_batch_size, per=per)
 
 
