@@ -21,6 +21,7 @@ import torch
 
 from superscopes_nn import Amplify, Source, Target, load_model, resolve, sweep_rows
 from superscopes_nn.engine import run as run_mod
+from superscopes_nn.engine import plan as plan_mod
 from superscopes_nn.engine import session
 from superscopes_nn.engine.plan import LIMITS, plan
 from superscopes_nn.output.cli import main as cli_main
@@ -47,7 +48,7 @@ def test_requests_are_the_sessions_the_run_sends(model, monkeypatch):
     real = run_mod.run_session
     monkeypatch.setattr(run_mod, "run_session", lambda m, jobs, **kw: sent.append(
         sum(len(j.target_ids) for j in jobs)) or real(m, jobs, **kw))
-    list(run_mod.execute(model, rows, gen_kwargs=run_mod.gen_kwargs(model, 3), max_batch_size=4, remote="local",
+    list(run_mod.execute(model, rows, gen_kwargs=plan_mod.greedy_kwargs(model, 3), max_batch_size=4, remote="local",
                          chunks_per_request=2))
     assert [r.rows for r in p.requests] == sent and len(sent) > 2
     assert p.rows == len(rows) == sum(sent) and p.chunk_count == sum(r.chunks for r in p.requests)
@@ -66,17 +67,59 @@ def test_sent_bytes_are_the_captured_request(model, tmp_path):
 def test_result_bytes_bound_the_real_result(model):
     rows = _rows(model)
     p = plan(model, rows, max_new_tokens=3, max_batch_size=4, chunks_per_request=2)
-    grouped = run_mod.planned_requests(model, rows, gen_kwargs=run_mod.gen_kwargs(model, 3), max_batch_size=4, per=2)
+    planned = plan_mod.plan_requests(model, rows, batching=plan_mod.batching(model, max_batch_size=4, chunks_per_request=2),
+                                     gen_kwargs=plan_mod.greedy_kwargs(model, 3))
     known = {}
-    for planned, request in zip(p.requests, grouped):
-        req_rows = {r.source_key for idx, _ in request for i in idx for r in [rows[i]]}
-        given = {k: known[k] for k in req_rows if k in known}
-        outs, used = session.run_session(model, [job for _, job in request], vectors=given)
+    for measured, request in zip(p.requests, planned):
+        given = {k: known[k] for k in request.given}
+        outs, used = session.run_session(model, request.jobs, vectors=given)
         known.update(used)
         buf = io.BytesIO()
         torch.save([outs, dict(used)], buf)
         real = len(buf.getvalue())
-        assert real <= planned.result <= 2 * real, (real, planned.result)
+        assert real <= measured.result <= 2 * real, (real, measured.result)
+
+
+SETTINGS = [
+    dict(max_batch_size=4, chunks_per_request=2),
+    dict(max_batch_size=3, chunks_per_request=1),
+    dict(max_batch_size=2),                                  # the remote default: 8 chunks per request
+    dict(max_batch_size=5, chunks_per_request=3, exact=True),  # one row per chunk, no prefix reuse
+    dict(max_batch_size=4, chunks_per_request=2, shared_prefix=False),
+    dict(max_batch_size=4, chunks_per_request=2, cross_model=True),
+]
+
+
+@pytest.mark.parametrize("settings", SETTINGS, ids=lambda s: ",".join(f"{k}={v}" for k, v in s.items()))
+def test_plan_and_execution_make_the_same_request_list(model, monkeypatch, settings):
+    """One request loop: the rows of every request the plan measures are those execution sends, in order."""
+    settings = dict(settings)
+    target = tiny_model("llama", seed=3) if settings.pop("cross_model", False) else model
+    rows = sweep_rows(model, PROMPTS + ["The Eiffel Tower is in Paris"], layers=[0, 2], sites=["mlp_out"],
+                      alphas=[1, 3], target_model=target)
+    p = plan(model, rows, target_model=target, max_new_tokens=2, **settings)
+    calls, chunks = [], []
+    real_run, real_execute = run_mod.run_session, run_mod.execute
+    monkeypatch.setattr(run_mod, "run_session", lambda m, jobs, **kw: (
+        calls.append(len(jobs)) if isinstance(jobs, list) else None) or real_run(m, jobs, **{**kw, "remote": False}))
+
+    def spy(*a, **k):
+        for idx, job, out in real_execute(*a, **k):
+            chunks.append(list(idx))
+            yield idx, job, out
+
+    monkeypatch.setattr(run_mod, "execute", spy)
+    monkeypatch.setattr(run_mod, "remote_caller", lambda *a, **k: (lambda fn: fn()))
+    monkeypatch.setattr(run_mod, "session_backend", lambda m, r, b: None)
+    monkeypatch.setattr(run_mod, "announce", lambda *a, **k: None)
+    run_mod.run_rows(model, rows, target_model=target, max_new_tokens=2, remote=True, **settings)
+    sent, it = [], iter(chunks)
+    for n in calls:
+        sent.append(tuple(i for _ in range(n) for i in next(it)))
+    assert [r.row_indices for r in p.requests] == sent and len(sent) > 1
+    assert sorted(i for r in sent for i in r) == list(range(len(rows)))
+    if settings.get("exact"):
+        assert all(len(c) == 1 for c in chunks)
 
 
 def meta_dir(tmp_path, name):
@@ -136,7 +179,6 @@ def test_plan_command(tmp_path, capsys):
 # ------------------------------------------------------------- runs that are not rows: one session per request
 
 from superscopes_nn import collect, generate_plain, logit_lens  # noqa: E402
-from superscopes_nn.engine import plan as plan_mod  # noqa: E402
 
 RUNS = {
     "generate_plain": lambda m, **kw: generate_plain(m, PROMPTS, max_new_tokens=2, max_batch_size=2, **kw),

@@ -30,12 +30,13 @@ from typing import Callable
 import torch
 
 from ..core.sampling import with_sampler
+from ..core.validate import check_batch_size, check_int, check_max_new_tokens
 from ..remote.capture import CaptureBackend, RequestCaptured
 from ..structure.info import model_info, model_name
 from .session import Job, chunks, plan as plan_chunk, plan_reads, result_bytes, run_session
 
-__all__ = ["Limit", "LIMITS", "RequestPlan", "Plan", "Session", "announce", "measure_sessions", "plan",
-           "planned_requests", "requests", "REQUEST_RESULT_BYTES"]
+__all__ = ["Batching", "Limit", "LIMITS", "Request", "RequestPlan", "Plan", "Session", "announce", "batching",
+           "measure_sessions", "plan", "plan_requests", "REQUEST_RESULT_BYTES"]
 
 MiB = 2 ** 20
 #: The library sizes each request's result under this (estimated by :func:`~superscopes_nn.engine.session.result_bytes`).
@@ -72,13 +73,15 @@ LIMITS = {
 
 @dataclass(frozen=True)
 class RequestPlan:
-    """One NDIF request: ``rows`` in ``chunks`` batched sessions; ``sent`` bytes (serialized by capture) and
+    """One NDIF request: ``rows`` in ``chunks`` batched passes; ``sent`` bytes (serialized by capture) and
     ``result`` bytes (the ``torch.save`` of what it returns, at most)."""
 
     rows: int
     chunks: int
     sent: int
     result: int
+    row_indices: tuple = ()
+    """The indices of the rows it runs, in batch order (empty for a run that is not rows)."""
 
 
 @dataclass(frozen=True)
@@ -139,42 +142,95 @@ def vocab_size(model) -> int:
     return getattr(config, "vocab_size", None) or getattr(getattr(config, "text_config", None), "vocab_size", 0)
 
 
-def requests(model, plans: list, chunks_per_request: int) -> list[list]:
-    """Group consecutive chunk plans into requests of at most ``chunks_per_request`` chunks
-    whose estimated result stays under :data:`REQUEST_RESULT_BYTES`."""
-    vocab, d = vocab_size(model), model_info(model).hidden
-    out, size = [], 0
-    for item in plans:
-        n = result_bytes(item[1], vocab, d)
-        if out and len(out[-1]) < chunks_per_request and size + n <= REQUEST_RESULT_BYTES:
-            out[-1].append(item)
-            size += n
-        else:
-            out.append([item])
-            size = n
-    return out
+@dataclass(frozen=True)
+class Batching:
+    """How a run cuts its rows, decided once by :func:`batching` for execution and plan alike: rows per
+    chunk, prefix reuse, chunks per request; ``no_reuse``: why the model runs without prefix reuse
+    although it was asked for ("" otherwise)."""
+
+    max_batch_size: int
+    shared_prefix: bool
+    chunks_per_request: int
+    no_reuse: str = ""
 
 
-def planned_requests(model, rows: list, *, target_model=None, gen_kwargs=None, logits: bool = False,
-                     max_batch_size: int = 64, shared_prefix: bool = True, sampling=None, per: int = 1) -> list[list]:
-    """Every chunk of ``rows`` planned up front (a source is read by the first chunk that needs it),
-    grouped into requests: a list of ``[(chunk_indices, job), ...]`` per request."""
+def batching(target_model, *, max_batch_size: int = 64, shared_prefix: bool = True, exact: bool = False,
+             chunks_per_request: int | None = None, remote=False) -> Batching:
+    """The one place a run's batching defaults are decided: ``exact`` means one row per chunk and no
+    prefix reuse; a model whose ``ModelInfo.no_reuse`` names a reason runs without prefix reuse;
+    ``chunks_per_request`` defaults to 8 for a remote run (``remote`` set) and 1 locally (so progress
+    and the run store advance per chunk)."""
+    check_batch_size(max_batch_size)
+    if exact:
+        max_batch_size, shared_prefix = 1, False
+    why = model_info(target_model).no_reuse if shared_prefix else ""
+    per = check_int(chunks_per_request, "chunks_per_request", minimum=1) if chunks_per_request is not None \
+        else (8 if remote else 1)
+    return Batching(int(max_batch_size), bool(shared_prefix) and not why, int(per), why or "")
+
+
+@dataclass(frozen=True)
+class Request:
+    """One request: one nnsight session (one NDIF request on a remote run).
+
+    ``chunks``: ``(row indices, job)`` per chunk, in order; ``reads``: in a cross-model run, the source
+    model's read-only job for the sources of these rows that no earlier request read (None: one
+    model, or nothing new to read); ``given``: the source keys the target session receives (read by
+    an earlier request, or by ``reads``), so it reads only the others."""
+
+    chunks: tuple
+    reads: Job | None = None
+    given: tuple = ()
+
+    @property
+    def jobs(self) -> list:
+        return [job for _, job in self.chunks]
+
+    @property
+    def row_indices(self) -> list:
+        """The indices of the rows it runs, in batch order."""
+        return [i for idx, _ in self.chunks for i in idx]
+
+
+def plan_requests(model, rows: list, *, batching: Batching, target_model=None, gen_kwargs=None,
+                  logits: bool = False, sampling=None) -> list[Request]:
+    """The request loop, written once: every chunk of ``rows`` planned up front (a source is read by the
+    first chunk that needs it), grouped into requests of at most ``batching.chunks_per_request`` chunks
+    whose estimated result stays under :data:`REQUEST_RESULT_BYTES`, each with the source reads and
+    vectors it needs. :func:`~superscopes_nn.engine.run.execute` runs this list and :func:`measure`
+    measures it."""
     target_model = model if target_model is None else target_model
     two = target_model is not model
-    planned, seen = [], set()
-    for idx in chunks([len(r.target_ids) for r in rows], int(max_batch_size)):
+    vocab, d = vocab_size(target_model), model_info(target_model).hidden
+    grouped, size, seen = [], 0, set()
+    for idx in chunks([len(r.target_ids) for r in rows], batching.max_batch_size):
         chunk = [rows[i] for i in idx]
         job = plan_chunk(target_model, chunk, gen_kwargs=with_sampler(gen_kwargs, sampling, chunk), logits=logits,
-                         known=seen, shared_prefix=shared_prefix, read_here=not two)
+                         known=seen, shared_prefix=batching.shared_prefix, read_here=not two)
         seen |= {r.source_key for r in chunk}
-        planned.append((idx, job))
-    return requests(target_model, planned, int(per))
+        n = result_bytes(job, vocab, d)
+        if grouped and len(grouped[-1]) < batching.chunks_per_request and size + n <= REQUEST_RESULT_BYTES:
+            grouped[-1].append((idx, job))
+            size += n
+        else:
+            grouped.append([(idx, job)])
+            size = n
+    out, known = [], set()
+    for request in grouped:
+        req_rows = [rows[i] for idx, _ in request for i in idx]
+        keys = list(dict.fromkeys(r.source_key for r in req_rows))
+        reads = None
+        if two:
+            reads = plan_reads(model, req_rows, known)
+            reads = reads if reads.source_groups else None
+        given = tuple(keys if two else [k for k in keys if k in known])
+        known.update(keys)
+        out.append(Request(chunks=tuple(request), reads=reads, given=given))
+    return out
 
 
 def greedy_kwargs(target_model, max_new_tokens: int) -> dict:
     """Greedy decoding settings (HF sampling switched off explicitly), as every run sends them."""
-    from ..core.validate import check_max_new_tokens
-
     check_max_new_tokens(max_new_tokens)
     return dict(max_new_tokens=int(max_new_tokens), do_sample=False, pad_token_id=target_model.tokenizer.pad_token_id,
                 top_p=None, top_k=None, temperature=None)
@@ -264,50 +320,45 @@ def _reads(jobs: list) -> set:
 def plan(model, rows, *, target_model=None, max_new_tokens: int = 10, logits: bool = False, max_batch_size: int = 64,
          shared_prefix: bool = True, exact: bool = False, chunks_per_request: int | None = None,
          sampling=None, gen_kwargs: dict | None = None) -> Plan:
-    """The :class:`Plan` of running ``rows`` remotely (the arguments of :func:`~superscopes_nn.engine.run.run_rows`)."""
-    from ..core.validate import check_batch_size, check_int
-
+    """The :class:`Plan` of running ``rows`` remotely (the arguments of :func:`~superscopes_nn.engine.run.run_rows`):
+    the requests :func:`plan_requests` makes for a remote run, measured by :func:`measure`."""
     rows = list(rows)
     if not rows:
         raise ValueError("no rows to plan")
     target_model = model if target_model is None else target_model
-    check_batch_size(max_batch_size)
-    if exact:
-        max_batch_size, shared_prefix = 1, False
-    per = 8 if chunks_per_request is None else check_int(chunks_per_request, "chunks_per_request", minimum=1)
+    cut = batching(target_model, max_batch_size=max_batch_size, shared_prefix=shared_prefix, exact=exact,
+                   chunks_per_request=chunks_per_request, remote=True)
     if gen_kwargs is None and not logits:
         gen_kwargs = greedy_kwargs(target_model, max_new_tokens)
-    grouped = planned_requests(model, rows, target_model=target_model, gen_kwargs=gen_kwargs, logits=logits,
-                               max_batch_size=max_batch_size, shared_prefix=shared_prefix, sampling=sampling, per=per)
-    return measure(model, rows, grouped, target_model=target_model, max_batch_size=max_batch_size, per=per)
+    planned = plan_requests(model, rows, batching=cut, target_model=target_model, gen_kwargs=gen_kwargs,
+                            logits=logits, sampling=sampling)
+    return measure(model, rows, planned, target_model=target_model, batching=cut)
 
 
-def measure(model, rows: list, grouped: list, *, target_model=None, max_batch_size: int = 64, per: int = 8) -> Plan:
-    """Capture every request of ``grouped`` (from :func:`planned_requests`) and size its result."""
+def measure(model, rows: list, planned: list, *, batching: Batching, target_model=None) -> Plan:
+    """Capture every request of ``planned`` (from :func:`plan_requests`) and size its result."""
     target_model = model if target_model is None else target_model
-    two = target_model is not model
     vocab = vocab_size(target_model)
     known: dict = {}
     out = []
-    for request in grouped:
-        req_rows = [rows[i] for idx, _ in request for i in idx]
+    for request in planned:
         sent = result = 0
-        if two:
-            reads = plan_reads(model, req_rows, known)
-            if reads.source_groups:
-                sent += _captured(model, reads, {})
-                got = {k: _vector(model) for k in _reads([reads])}
-                result += _result_bytes([reads], got, vocab)
-                known.update(got)
-        jobs: list[Job] = [job for _, job in request]
-        given = {k: known[k] for k in {r.source_key for r in req_rows} if k in known}
+        if request.reads is not None:
+            sent += _captured(model, request.reads, {})
+            got = {k: _vector(model) for k in _reads([request.reads])}
+            result += _result_bytes([request.reads], got, vocab)
+            known.update(got)
+        jobs: list[Job] = request.jobs
+        given = {k: known[k] for k in request.given}
         sent += _captured(target_model, jobs, _real(given))
         used = {**given, **{k: _vector(target_model) for k in _reads(jobs)}}
         result += _result_bytes(jobs, used, vocab)
         known.update(used)
-        out.append(RequestPlan(rows=len(req_rows), chunks=len(request), sent=sent, result=result))
-    return Plan(model=model_name(target_model), rows=len(rows), chunk_count=sum(len(r) for r in grouped),
-                requests=tuple(out), chunks_per_request=per, max_batch_size=int(max_batch_size))
+        out.append(RequestPlan(rows=len(request.row_indices), chunks=len(request.chunks), sent=sent, result=result,
+                               row_indices=tuple(request.row_indices)))
+    return Plan(model=model_name(target_model), rows=len(rows), chunk_count=sum(len(r.chunks) for r in planned),
+                requests=tuple(out), chunks_per_request=batching.chunks_per_request,
+                max_batch_size=batching.max_batch_size)
 
 
 @dataclass(frozen=True)

@@ -30,13 +30,13 @@ from typing import Callable, Sequence
 
 import pandas as pd
 
-from .plan import announce, greedy_kwargs, log_request, measure, measure_sessions, planned_requests
-from .session import plan_reads, run_session
+from .plan import announce, batching, greedy_kwargs, log_request, measure, measure_sessions, plan_requests
+from .session import run_session
 
 from ..core.sampling import Sampling, check_sampling
 from ..core.specs import Row
 from ..core.store import RunStore, frame, row_key
-from ..core.validate import check_batch_size, check_int, check_max_new_tokens, check_remote
+from ..core.validate import check_batch_size, check_max_new_tokens, check_remote
 from ..remote.capture import ship
 from ..structure.hub import canonical_id
 from ..structure.info import eos_ids, model_info, model_name
@@ -113,51 +113,40 @@ def session_backend(model, remote, backend):
 def execute(model, rows: list[Row], *, target_model=None, gen_kwargs: dict | None = None, logits: bool = False,
             max_batch_size: int = 64, shared_prefix: bool = True, exact: bool = False, remote=False, backend=None,
             call=None, chunks_per_request: int | None = None, sampling: Sampling | None = None):
-    """Yield ``(chunk_indices, job, out)`` for every chunk of ``rows`` (see :mod:`superscopes_nn.engine.session`).
+    """Yield ``(chunk_indices, job, out)`` for every chunk of ``rows`` (see :mod:`superscopes_nn.engine.session`),
+    running the requests of :func:`~superscopes_nn.engine.plan.plan_requests` in order.
 
     A source vector is read once per sweep: chunks reuse what earlier chunks read. In a
     cross-model run the source model reads in its own session first. ``call(fn)`` wraps
-    every session (NDIF retries); default: :func:`remote_caller`. ``chunks_per_request``:
-    chunks sent as one session (one NDIF request; results sized under NDIF's inline cap);
-    default 8 for remote runs, 1 locally (so progress and the run store advance per chunk).
-    ``exact``: one row per chunk and no prefix reuse (bit-reproducible half precision).
+    every session (NDIF retries); default: :func:`remote_caller`. The batching (``max_batch_size``,
+    ``shared_prefix``, ``exact``, ``chunks_per_request``) is decided by :func:`~superscopes_nn.engine.plan.batching`.
     ``sampling``: each chunk's generate gets a sampler for exactly its rows, in batch order.
     """
     target_model = model if target_model is None else target_model
-    check_batch_size(max_batch_size)
-    if exact:
-        max_batch_size, shared_prefix = 1, False
-    why = model_info(target_model).no_reuse
-    if shared_prefix and why:  # decided when the model loaded; one notice per run
-        print(f"[superscopes] {model_name(target_model)}: running without prefix reuse: {why}", file=sys.stderr)
-        shared_prefix = False
+    cut = batching(target_model, max_batch_size=max_batch_size, shared_prefix=shared_prefix, exact=exact,
+                   chunks_per_request=chunks_per_request, remote=remote)
+    if cut.no_reuse:  # decided when the model loaded; one notice per run
+        print(f"[superscopes] {model_name(target_model)}: running without prefix reuse: {cut.no_reuse}",
+              file=sys.stderr)
     call = call or remote_caller(remote, backend, target_model)
-    per = check_int(chunks_per_request, "chunks_per_request", minimum=1) if chunks_per_request is not None \
-        else (8 if remote else 1)
-    two = target_model is not model
-    known: dict = {}
-    grouped = planned_requests(model, rows, target_model=target_model, gen_kwargs=gen_kwargs, logits=logits,
-                               max_batch_size=max_batch_size, shared_prefix=shared_prefix, sampling=sampling, per=per)
+    planned = plan_requests(model, rows, batching=cut, target_model=target_model, gen_kwargs=gen_kwargs,
+                            logits=logits, sampling=sampling)
     ndif = bool(remote) and remote != "local"
     if ndif:  # served and same nnsight, then measured, before the first request; a broken limit is refused here
-        announce(target_model, remote, lambda: measure(model, rows, grouped, target_model=target_model,
-                                                       max_batch_size=max_batch_size, per=per))
-    for n, request in enumerate(grouped, 1):
+        announce(target_model, remote, lambda: measure(model, rows, planned, target_model=target_model, batching=cut))
+    known: dict = {}
+    for n, request in enumerate(planned, 1):
         if ndif:
-            log_request(n, len(grouped), sum(len(idx) for idx, _ in request))
-        req_rows = [rows[i] for idx, _ in request for i in idx]
-        if two:
-            reads = plan_reads(model, req_rows, known)
-            if reads.source_groups:
-                _, got = call(lambda: run_session(model, reads, remote=remote,
-                                                  backend=session_backend(model, remote, backend)))
-                known.update(got)
-        jobs = [job for _, job in request]
-        given = {k: known[k] for k in {r.source_key for r in req_rows} if k in known}
-        outs, used = call(lambda: run_session(target_model, jobs, remote=remote, vectors=given,
+            log_request(n, len(planned), len(request.row_indices))
+        if request.reads is not None:
+            _, got = call(lambda: run_session(model, request.reads, remote=remote,
+                                              backend=session_backend(model, remote, backend)))
+            known.update(got)
+        given = {k: known[k] for k in request.given}
+        outs, used = call(lambda: run_session(target_model, request.jobs, remote=remote, vectors=given,
                                               backend=session_backend(target_model, remote, backend)))
         known.update(used)
-        for (idx, job), out in zip(request, outs):
+        for (idx, job), out in zip(request.chunks, outs):
             yield idx, job, out
 
 
