@@ -19,7 +19,6 @@ import pandas as pd
 
 from superscopes_nn.core.tables import read_csv, write_csv
 from superscopes_nn.science.scoring import answer_match
-from superscopes_nn.structure.info import model_info  # noqa: E402
 
 NOT_CONFIG = ("out", "resume", "progress", "from_csv", "max_batch_size", "batch_size", "control", "control_seed")
 """Arguments that do not change a row's result, so a resumed run may change them."""
@@ -136,7 +135,7 @@ def add_control(p: argparse.ArgumentParser) -> None:
 def random_arm(model, rows, *, target_model=None, seed: int = 0, **run_kwargs) -> pd.DataFrame:
     """The rows' norm-matched random-vector counterparts (same sources, targets, α), run like them.
 
-    ``rows``: resolved rows (:func:`superscopes_nn.engine.resolver.resolve`) of the real arm; ``run_kwargs``
+    ``rows``: resolved rows (:func:`superscopes_nn.engine.rows.resolve`) of the real arm; ``run_kwargs``
     go to :func:`superscopes_nn.engine.run.run_rows` (give the random arm its own ``run_dir``)."""
     from superscopes_nn.science.random_control import random_rows
     from superscopes_nn.engine.run import run_rows
@@ -193,12 +192,6 @@ def setup(args: argparse.Namespace, model=None):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     return model, out
-
-
-def n_layers_of(model) -> int:
-
-
-    return model_info(model).n_layers
 
 
 # ------------------------------------------------------------------ files

@@ -9,7 +9,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from experiments.patchscopes import attribute_extraction as ae  # noqa: E402
-from superscopes_nn.engine.resolver import resolve  # noqa: E402
+from superscopes_nn.engine.rows import resolve  # noqa: E402
 from superscopes_nn.engine.run import run_rows  # noqa: E402
 from superscopes_nn.science.scoring import answer_match  # noqa: E402
 from superscopes_nn.core.specs import Source, Target  # noqa: E402

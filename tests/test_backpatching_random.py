@@ -11,7 +11,7 @@ import pytest
 from experiments.hopping_too_late import backpatching as bp
 from experiments.common import alias_match
 from superscopes_nn.science.random_control import random_rows
-from superscopes_nn.engine.resolver import resolve
+from superscopes_nn.engine.rows import resolve
 from superscopes_nn.engine.run import run_rows
 from superscopes_nn.structure.testing import tiny_model
 

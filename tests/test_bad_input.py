@@ -122,7 +122,7 @@ def test_cli_unknown_model_no_traceback(tmp_path):
 def test_random_grids_batched_equal_one_at_a_time(model, grid):
     patches = [(Source("Back to the Future", layer, pos, "mlp_out"), Target(ENTITY_PROMPT, layer=tl), Amplify(a))
                for layer, pos, tl, a in grid]
-    from superscopes_nn.engine.resolver import resolve
+    from superscopes_nn.engine.rows import resolve
 
     rows = resolve(model, patches)
     batched = run_rows(model, rows, max_new_tokens=3)

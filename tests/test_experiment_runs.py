@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-import superscopes_nn.engine.resolver as R
+import superscopes_nn.engine.rows as R
 import superscopes_nn.engine.run as P
 from superscopes_nn import ENTITY_PROMPT, Target, run_rows, sweep, sweep_rows
 from superscopes_nn.structure.testing import tiny_model
@@ -70,13 +70,13 @@ def test_ctrl_c_keeps_finished_chunks_and_resume_runs_only_the_rest(model, rows,
     assert len(jsonl(tmp_path / "rows.jsonl")) == 8  # both finished chunks are on disk
 
     ran = []
-    real = P.execute
+    real = P.run_requests
 
     def counting(m, rs, **kw):
         ran.extend(rs)
         return real(m, rs, **kw)
 
-    monkeypatch.setattr(P, "execute", counting)  # what run_rows runs for the missing rows
+    monkeypatch.setattr(P, "run_requests", counting)  # what run_rows runs for the missing rows
     resumed = P.run_rows(model, rows, run_dir=tmp_path, resume=True, **KW)
     assert len(ran) == 4
     assert resumed.token_ids.tolist() == reference.token_ids.tolist()

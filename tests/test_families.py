@@ -14,7 +14,7 @@ from superscopes_nn.structure.reference import hf_patch_generate
 from superscopes_nn.structure.architectures import ARCHITECTURES, SITES, families_markdown
 from superscopes_nn.structure.spec import arch_spec
 from superscopes_nn.structure.models import wrap
-from superscopes_nn.engine.resolver import sweep_rows
+from superscopes_nn.engine.rows import sweep_rows
 from superscopes_nn.engine.run import run_rows
 from superscopes_nn.core.specs import ENTITY_PROMPT, Target
 from superscopes_nn.structure.sites_resolver import SiteError, resolve_sites

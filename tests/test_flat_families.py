@@ -16,9 +16,9 @@ import torch
 
 from superscopes_nn import Source, Target, collect, patched_logits, patchscope
 from superscopes_nn.core.specs import ENTITY_PROMPT
-from superscopes_nn.engine.resolver import sweep_rows
+from superscopes_nn.engine.rows import sweep_rows
 from superscopes_nn.engine.run import run_rows
-from superscopes_nn.engine.session import plan
+from superscopes_nn.engine.chunks import plan_chunk
 from superscopes_nn.structure.architectures import ARCHITECTURES, SITES
 from superscopes_nn.structure.info import model_info
 from superscopes_nn.structure.models import wrap
@@ -67,7 +67,7 @@ def test_default_path_matches_hf_reference(arch):
     batched trace: each row equals plain forward hooks on that row alone."""
     model = _model(arch)
     rows = _rows(model)
-    job = plan(model, rows, shared_prefix=not model_info(model).no_reuse)
+    job = plan_chunk(model, rows, shared_prefix=not model_info(model).no_reuse)
     assert max(len(g) for g in job.source_groups) == 3 and job.prefix_len > 0  # several invokes; reuse exercised
     df = run_rows(model, rows, max_new_tokens=3)
     for r, got in zip(rows, df.token_ids):

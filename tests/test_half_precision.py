@@ -1,4 +1,4 @@
-"""Half precision's stated guarantee (see superscopes_nn.engine.session's docstring), tested as stated.
+"""Half precision's stated guarantee (see superscopes_nn.engine.chunks's docstring), tested as stated.
 
 - batched bf16/fp16 prompt-pass logits lie within ``logit_tolerance`` of the one-at-a-time
   plain-HF reference;

@@ -9,7 +9,7 @@ from experiments.patchscopes import multihop_cot as mc
 from experiments.common import chance_line
 from experiments.common import alias_match, answer_aliases, load_queries
 from superscopes_nn.science.random_control import random_rows
-from superscopes_nn.engine.resolver import resolve
+from superscopes_nn.engine.rows import resolve
 from superscopes_nn.engine.run import run_rows
 from superscopes_nn.structure.testing import tiny_model
 

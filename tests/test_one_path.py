@@ -15,7 +15,7 @@ from superscopes_nn.core import store
 
 from superscopes_nn.science import superscopes
 from superscopes_nn.data.datasets import load_fig3_prompts
-from superscopes_nn.engine.resolver import resolve
+from superscopes_nn.engine.rows import resolve
 from superscopes_nn.engine.run import run_rows
 from superscopes_nn.core.specs import RESULT_COLUMNS, Affine, Compose, Fn, Source, Target
 from superscopes_nn.core.store import record_key, row_key

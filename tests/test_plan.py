@@ -1,6 +1,6 @@
 """The plan of a remote run (superscopes_nn.engine.plan), checked against what the run really sends.
 
-* the requests it counts are the sessions execute() runs (same rows per request, same order);
+* the requests it counts are the sessions run_requests() runs (same rows per request, same order);
 * ``sent`` is the size of the bytes a CaptureBackend writes for that very request (to nnsight's
   few bytes of variation between two serializations of one request);
 * ``result`` bounds the ``torch.save`` of what the request's session really returns, within 2x;
@@ -22,7 +22,7 @@ import torch
 from superscopes_nn import Amplify, Source, Target, load_model, resolve, sweep_rows
 from superscopes_nn.engine import run as run_mod
 from superscopes_nn.engine import plan as plan_mod
-from superscopes_nn.engine import session
+from superscopes_nn.engine import chunks as chunks_mod
 from superscopes_nn.engine.plan import LIMITS, plan
 from superscopes_nn.output.cli import main as cli_main
 from superscopes_nn.remote.capture import CaptureBackend, RequestCaptured
@@ -45,10 +45,10 @@ def test_requests_are_the_sessions_the_run_sends(model, monkeypatch):
     rows = _rows(model)
     p = plan(model, rows, max_new_tokens=3, max_batch_size=4, chunks_per_request=2)
     sent = []
-    real = run_mod.run_session
-    monkeypatch.setattr(run_mod, "run_session", lambda m, jobs, **kw: sent.append(
+    real = run_mod.run_chunks
+    monkeypatch.setattr(run_mod, "run_chunks", lambda m, jobs, **kw: sent.append(
         sum(len(j.target_ids) for j in jobs)) or real(m, jobs, **kw))
-    list(run_mod.execute(model, rows, gen_kwargs=plan_mod.greedy_kwargs(model, 3), max_batch_size=4, remote="local",
+    list(run_mod.run_requests(model, rows, gen_kwargs=plan_mod.greedy_kwargs(model, 3), max_batch_size=4, remote="local",
                          chunks_per_request=2))
     assert [r.rows for r in p.requests] == sent and len(sent) > 2
     assert p.rows == len(rows) == sum(sent) and p.chunk_count == sum(r.chunks for r in p.requests)
@@ -72,7 +72,7 @@ def test_result_bytes_bound_the_real_result(model):
     known = {}
     for measured, request in zip(p.requests, planned):
         given = {k: known[k] for k in request.given}
-        outs, used = session.run_session(model, request.jobs, vectors=given)
+        outs, used = chunks_mod.run_chunks(model, list(request.chunks), vectors=given)
         known.update(used)
         buf = io.BytesIO()
         torch.save([outs, dict(used)], buf)
@@ -99,8 +99,8 @@ def test_plan_and_execution_make_the_same_request_list(model, monkeypatch, setti
                       alphas=[1, 3], target_model=target)
     p = plan(model, rows, target_model=target, max_new_tokens=2, **settings)
     calls, chunks = [], []
-    real_run, real_execute = run_mod.run_session, run_mod.execute
-    monkeypatch.setattr(run_mod, "run_session", lambda m, jobs, **kw: (
+    real_run, real_execute = run_mod.run_chunks, run_mod.run_requests
+    monkeypatch.setattr(run_mod, "run_chunks", lambda m, jobs, **kw: (
         calls.append(len(jobs)) if isinstance(jobs, list) else None) or real_run(m, jobs, **{**kw, "remote": False}))
 
     def spy(*a, **k):
@@ -108,7 +108,7 @@ def test_plan_and_execution_make_the_same_request_list(model, monkeypatch, setti
             chunks.append(list(idx))
             yield idx, job, out
 
-    monkeypatch.setattr(run_mod, "execute", spy)
+    monkeypatch.setattr(run_mod, "run_requests", spy)
     monkeypatch.setattr(run_mod, "remote_caller", lambda *a, **k: (lambda fn: fn()))
     monkeypatch.setattr(run_mod, "session_backend", lambda m, r, b: None)
     monkeypatch.setattr(run_mod, "announce", lambda *a, **k: None)
@@ -141,8 +141,8 @@ def test_a_run_over_a_limit_is_refused_before_the_first_request(tmp_path, monkey
     p = plan(gemma, rows, logits=True, max_batch_size=64)
     assert p.problems() and "max_batch_size" in p.problems()[0] and "8.00 MiB" in p.problems()[0]
     assert p.requests[0].result > 64 * 262208 * 4 > LIMITS["result"].value
-    monkeypatch.setattr(session, "run_session", lambda *a, **k: pytest.fail("a request was sent"))
-    monkeypatch.setattr(run_mod, "run_session", lambda *a, **k: pytest.fail("a request was sent"))
+    monkeypatch.setattr(chunks_mod, "run_chunks", lambda *a, **k: pytest.fail("a request was sent"))
+    monkeypatch.setattr(run_mod, "run_chunks", lambda *a, **k: pytest.fail("a request was sent"))
     from superscopes_nn import patched_logits
 
     with pytest.raises(ValueError, match=r"refused before the first request: NDIF request 1 of \d+ \(64 rows\) has "
@@ -156,8 +156,8 @@ def test_remote_runs_print_the_plan_and_each_request(model, monkeypatch, capsys)
     p = plan(model, rows, max_new_tokens=2, max_batch_size=2, chunks_per_request=1)
     monkeypatch.setattr(run_mod, "remote_caller", lambda *a, **k: (lambda fn: fn()))
     monkeypatch.setattr(run_mod, "session_backend", lambda m, r, b: None)
-    real = run_mod.run_session
-    monkeypatch.setattr(run_mod, "run_session", lambda m, jobs, **kw: real(m, jobs, **{**kw, "remote": False}))
+    real = run_mod.run_chunks
+    monkeypatch.setattr(run_mod, "run_chunks", lambda m, jobs, **kw: real(m, jobs, **{**kw, "remote": False}))
     run_mod.run_rows(model, rows, max_new_tokens=2, max_batch_size=2, chunks_per_request=1, remote=True)
     err = capsys.readouterr().err.splitlines()
     assert err[0] == f"[superscopes] {p.line()}"
@@ -217,8 +217,8 @@ def test_every_remote_run_prints_its_plan_and_each_request(model, monkeypatch, c
     with pytest.raises(RequestCaptured):
         RUNS[name](model, backend=CaptureBackend(first))
     measured, sent = [], []
-    real = run_mod.measure_sessions
-    monkeypatch.setattr(run_mod, "measure_sessions", lambda m, s, *a, **k: measured.append((s, real(m, s, *a, **k)))
+    real = run_mod.measure_custom_requests
+    monkeypatch.setattr(run_mod, "measure_custom_requests", lambda m, s, *a, **k: measured.append((s, real(m, s, *a, **k)))
                         or measured[-1][1])
     _local_sends(monkeypatch, model, sent)
     capsys.readouterr()

@@ -25,7 +25,7 @@ import pytest
 import sweep_worker
 from superscopes_nn.core import store as store_mod
 from superscopes_nn.output.cli import main
-from superscopes_nn.engine.run import run_sweep
+from superscopes_nn.engine.run import run_rows
 from superscopes_nn.core.dirlock import RunDirBusy
 from superscopes_nn.core.store import RunStore, record_key, row_key
 from superscopes_nn.structure.testing import save_tiny_checkpoint
@@ -46,7 +46,7 @@ def reference(sweep, tmp_path_factory):
     """``(frame, results.csv bytes)`` of the uninterrupted 48-row run."""
     model, rows, config = sweep
     d = tmp_path_factory.mktemp("reference")
-    df = run_sweep(model, rows, d, config, **sweep_worker.RUN_KWARGS)
+    df = run_rows(model, rows, run_dir=d, config=config, **sweep_worker.RUN_KWARGS)
     return df, (d / "results.csv").read_bytes()
 
 
@@ -161,7 +161,7 @@ def test_stale_lock_of_a_killed_writer_is_taken_over(sweep, reference, tmp_path)
     proc.wait(timeout=60)
     assert (run_dir / ".lock.owner").read_text().strip() == f"pid {proc.pid}"  # stale: names a dead pid
     seen = []
-    run_sweep(model, rows, run_dir, config, resume=True, on_chunk=lambda r: seen.append(
+    run_rows(model, rows, run_dir=run_dir, config=config, resume=True, on_chunk=lambda r: seen.append(
         (run_dir / ".lock.owner").read_text().strip()), **sweep_worker.RUN_KWARGS)
     assert set(seen) == {f"pid {os.getpid()}"}  # taken over
     assert not (run_dir / ".lock.owner").exists()  # a finished directory keeps no lock file
@@ -195,14 +195,14 @@ def test_repeated_row_keys_are_read_once_with_one_warning(sweep, reference, tmp_
     through resume and load_run alike, with one warning line; an append never repeats a stored row."""
     model, rows, config = sweep
     d = tmp_path / "run"
-    run_sweep(model, rows, d, config, **sweep_worker.RUN_KWARGS)
+    run_rows(model, rows, run_dir=d, config=config, **sweep_worker.RUN_KWARGS)
     data = (d / "rows.jsonl").read_bytes()
     (d / "rows.jsonl").write_bytes(data + data)
     with pytest.warns(UserWarning, match=r"rows\.jsonl: 48 line\(s\) repeat an earlier row's key \(first at line 49;"):
         df, _ = store_mod.load_run(d)
     assert len(df) == 48
     with pytest.warns(UserWarning, match="48 line"):
-        again = run_sweep(model, rows, d, config, resume=True, **sweep_worker.RUN_KWARGS)  # nothing reruns
+        again = run_rows(model, rows, run_dir=d, config=config, resume=True, **sweep_worker.RUN_KWARGS)  # nothing reruns
     pd.testing.assert_frame_equal(again, reference[0])
     assert (d / "rows.jsonl").read_bytes() == data + data
     with RunStore(d, json.loads((d / "config.json").read_text()), resume=True) as store:
@@ -303,7 +303,7 @@ def test_sigkill_at_a_chosen_point_then_resume_is_byte_identical(sweep, referenc
     if expect["csv"]:  # a table on disk is always a whole one
         assert (run_dir / "results.csv").read_bytes() == reference[1]
     assert not (run_dir / "results.parquet").exists()
-    run_sweep(model, rows, run_dir, config, resume=True, **sweep_worker.RUN_KWARGS)
+    run_rows(model, rows, run_dir=run_dir, config=config, resume=True, **sweep_worker.RUN_KWARGS)
     assert_complete(run_dir, sweep, reference)
 
 
@@ -323,12 +323,12 @@ def test_full_disk_mid_run_is_one_oserror_and_resume_completes(sweep, reference,
 
     monkeypatch.setattr(store_mod.os, "fsync", fsync)
     with pytest.raises(OSError) as info:
-        run_sweep(model, rows, tmp_path, config, **sweep_worker.RUN_KWARGS)
+        run_rows(model, rows, run_dir=tmp_path, config=config, **sweep_worker.RUN_KWARGS)
     assert info.value.errno == errno.ENOSPC
     assert str(info.value) == f"[Errno 28] cannot append rows to {tmp_path / 'rows.jsonl'}: No space left on device"
     assert not (tmp_path / "results.csv").exists()
     monkeypatch.setattr(store_mod.os, "fsync", real)
-    run_sweep(model, rows, tmp_path, config, resume=True, **sweep_worker.RUN_KWARGS)
+    run_rows(model, rows, run_dir=tmp_path, config=config, resume=True, **sweep_worker.RUN_KWARGS)
     assert_complete(tmp_path, sweep, reference)
 
 

@@ -261,7 +261,7 @@ def test_cli_remote_host_builds_meta_weights(model_dir, tmp_path, capsys, monkey
 HUB_CHECK = r"""
 import json, sys, time, warnings
 from superscopes_nn import load_model
-from superscopes_nn.engine.resolver import sweep_rows
+from superscopes_nn.engine.rows import sweep_rows
 from superscopes_nn.engine.run import run_rows
 from superscopes_nn.structure.testing import tiny_model
 

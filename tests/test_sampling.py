@@ -10,7 +10,7 @@ import torch
 
 from superscopes_nn.engine.api import patchscope, sweep
 from superscopes_nn.structure.reference import _patch_hook, hf_read
-from superscopes_nn.engine.resolver import sweep_rows
+from superscopes_nn.engine.rows import sweep_rows
 from superscopes_nn.engine.run import run_rows
 from superscopes_nn.core.sampling import LLAMA2_CHAT, Sampling
 from superscopes_nn.core.specs import ENTITY_PROMPT, Amplify, Source, Target

@@ -6,7 +6,7 @@ import torch
 from superscopes_nn.structure.architectures import get_path, num_layers
 from superscopes_nn.structure.spec import arch_spec
 from superscopes_nn.engine.api import collect, patched_logits
-from superscopes_nn.engine.resolver import resolve
+from superscopes_nn.engine.rows import resolve
 from superscopes_nn.core.specs import Source, Target
 from superscopes_nn.structure.testing import TINY_ARCHS, tiny_model
 

@@ -97,14 +97,14 @@ if __package__ in (None, ""):
 from experiments.common import (add_control, check_args, parser, random_arm, report_pair_chance,  # noqa: E402
                                 check_control, save_csv, some_pair_chance, store_kwargs)
 
-from superscopes_nn.engine.resolver import resolve  # noqa: E402
+from superscopes_nn.engine.rows import resolve  # noqa: E402
 from superscopes_nn.engine.run import run_rows  # noqa: E402
 from superscopes_nn.core.specs import Source, Target  # noqa: E402
 from superscopes_nn.core.validate import check_layer  # noqa: E402
 
 from superscopes_nn.science.baselines import input_only  # noqa: E402
 from superscopes_nn.science.scoring import MATCH_RULES, answer_match  # noqa: E402
-from superscopes_nn.data.lre import CONTEXTS, SAMPLE_COLUMNS, _check_samples, crop_context, lre_samples, sample_items  # noqa: E402
+from superscopes_nn.data.lre import CONTEXTS, SAMPLE_COLUMNS, check_samples, crop_context, lre_samples, sample_items  # noqa: E402
 from superscopes_nn.structure.info import model_info, model_name  # noqa: E402
 
 SOURCES = ("wikitext", "subject")
@@ -143,7 +143,7 @@ def attribute_extraction(model, samples: pd.DataFrame, *, layers: Iterable[int] 
     Columns: method (``patchscope`` / ``input_only``), task, subject, sample_id, object, target_prompt,
     source_layer, target_layer (-1 for the baseline), interpretation, correct, model.
     """
-    samples = _check_samples(samples)
+    samples = check_samples(samples)
     if source not in SOURCES:
         raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
     if isinstance(layer_stride, bool) or not isinstance(layer_stride, int) or layer_stride < 1:

@@ -85,7 +85,7 @@ if __package__ in (None, ""):
 from experiments.common import add_control, check_args, check_control, parser, random_arm, save_csv, store_kwargs  # noqa: E402
 from superscopes_nn.core.specs import ENTITY_PROMPT, Target  # noqa: E402
 from superscopes_nn.core.validate import check_layer  # noqa: E402
-from superscopes_nn.engine.resolver import sweep_rows  # noqa: E402
+from superscopes_nn.engine.rows import sweep_rows  # noqa: E402
 from superscopes_nn.engine.run import run_rows  # noqa: E402
 from superscopes_nn.science.baselines import input_only  # noqa: E402
 from superscopes_nn.structure.info import model_info, model_name  # noqa: E402
@@ -177,7 +177,7 @@ def entity_resolution(model, entities=None, *, limit: int | None = None, layers:
 
     1. source = each entity name alone, its last token, every layer ``l`` (residual);
     2. target = ``target_prompt`` at ``x``, target layer = ``l``; greedy-generate
-       ``max_new_tokens`` tokens (the rows of :func:`~superscopes_nn.engine.resolver.sweep_rows`, run batched);
+       ``max_new_tokens`` tokens (the rows of :func:`~superscopes_nn.engine.rows.sweep_rows`, run batched);
     3. if ``control == "random"``: the same resolved rows with each patched vector replaced by a
        norm-matched random direction (:func:`superscopes_nn.science.random_control.random_rows`, seeded by
        ``control_seed``; ``method == "random"``, ``mapping_key`` starting ``"random:"``; kept in

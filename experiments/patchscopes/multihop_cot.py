@@ -86,7 +86,7 @@ from experiments.common import (add_control, check_control, int_list, parser, ra
                                 report_pair_chance, setup, some_pair_chance, store_kwargs)
 
 from superscopes_nn.engine.api import generate_plain  # noqa: E402
-from superscopes_nn.engine.resolver import resolve  # noqa: E402
+from superscopes_nn.engine.rows import resolve  # noqa: E402
 from superscopes_nn.engine.run import run_rows  # noqa: E402
 from superscopes_nn.core.specs import Source, Target  # noqa: E402
 

@@ -59,7 +59,7 @@ from pathlib import Path
 import pandas as pd
 
 from experiments.common import (
-    add_decoding, check_args, decoding_config, decoding_of, decoding_tag, log, n_layers_of, parse_layers, parser,
+    add_decoding, check_args, decoding_config, decoding_of, decoding_tag, log, parse_layers, parser,
     pyplot, read_saved_csv, save_csv, save_figure, setup,
 )
 from experiments.superscopes.fig3_rows import FIG3_LAYERS, fig3_rows
@@ -69,7 +69,7 @@ from superscopes_nn.data.datasets import load_fig3_prompts
 from superscopes_nn.engine.run import run_rows
 from superscopes_nn.core.store import load_run
 from superscopes_nn.science.superscopes import MLP_ALPHAS, PROTOCOLS, SUCCESS_THRESHOLD, add_scores, success_table
-from superscopes_nn.structure.info import model_name  # noqa: E402
+from superscopes_nn.structure.info import model_info, model_name  # noqa: E402
 
 ARMS = {"patchscopes": (1.0,), "superscopes": (3.0, 6.0, 9.0, 12.0, 15.0)}
 
@@ -163,7 +163,8 @@ def main(argv=None, model=None, cosine=None, embedder=None, score_pairs=None) ->
         m, out = setup(args, model)
         tag = Path(str(args.model)).name if args.model else Path(model_name(m)).name
         stem = f"fig3_{tag}_{args.protocol}{decoding_tag(args)}"
-        layers = parse_layers(args.layers, n_layers_of(m), [l for l in FIG3_LAYERS if l < n_layers_of(m)])
+        n = model_info(m).n_layers
+        layers = parse_layers(args.layers, n, [l for l in FIG3_LAYERS if l < n])
         kw = dict(max_new_tokens=args.max_new_tokens, max_batch_size=args.max_batch_size, progress=args.progress,
                   remote=args.remote, sampling=sampling)
         t0 = time.perf_counter()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from superscopes_nn.science.chance import random_vector_rows
-from superscopes_nn.engine.resolver import sweep_rows
+from superscopes_nn.engine.rows import sweep_rows
 from superscopes_nn.science.superscopes import last_token_position, protocol_target
 
 FIG3_LAYERS = tuple(range(1, 8))

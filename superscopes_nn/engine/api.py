@@ -33,10 +33,10 @@ import pandas as pd
 import torch
 
 from ..structure.architectures import SITE_ORDER
-from .session import chunks
-from .resolver import check_sites, encode, resolve, sweep_rows
-from .plan import Session
-from .run import execute, gen_kwargs, run_rows, run_sessions, trim_new_tokens
+from .chunks import chunk_indices
+from .rows import check_sites, encode, resolve, sweep_rows
+from .plan import CustomRequest, greedy_kwargs
+from .run import run_custom_requests, run_requests, run_rows, trim_new_tokens
 from ..structure.sites import site_tensor
 from ..core.specs import Row, Target
 from ..core.validate import check_batch_size, check_layer, check_layers, check_max_new_tokens, check_strings
@@ -70,7 +70,7 @@ def patched_logits(model, rows: list[Row], *, target_model=None, max_batch_size:
     """Next-token logits at each row's target position after patching: [N, vocab], input order."""
     rows = list(rows)
     out: list = [None] * len(rows)
-    for idx, _, logits in execute(model, rows, target_model=target_model, logits=True, max_batch_size=max_batch_size,
+    for idx, _, logits in run_requests(model, rows, target_model=target_model, logits=True, max_batch_size=max_batch_size,
                                   shared_prefix=shared_prefix, exact=exact, remote=remote, backend=backend):
         for b, i in enumerate(idx):
             out[i] = logits[b]
@@ -85,11 +85,11 @@ def generate_plain(model, prompts: Sequence[str], max_new_tokens: int = 10, max_
     ``add_special_tokens=False`` for prompts that carry their own (a rendered chat template).
     """
     check_batch_size(max_batch_size)
-    gen, eos = gen_kwargs(model, max_new_tokens), eos_ids(model)
+    gen, eos = greedy_kwargs(model, max_new_tokens), eos_ids(model)
     ids = [encode(model.tokenizer, p, add_special_tokens) for p in check_strings(list(prompts), "prompt")]
     check_max_new_tokens(max_new_tokens, max(len(t) for t in ids), model_info(model).context, model_name(model))
-    groups = list(chunks([len(t) for t in ids], int(max_batch_size)))
-    sessions = []
+    groups = list(chunk_indices([len(t) for t in ids], int(max_batch_size)))
+    requests = []
     for chunk in groups:
         batch = torch.tensor([ids[i] for i in chunk])
 
@@ -98,12 +98,12 @@ def generate_plain(model, prompts: Sequence[str], max_new_tokens: int = 10, max_
                 result = tracer.result.save()
             return result
 
-        sessions.append(Session(one, torch.empty(batch.shape[0], batch.shape[1] + gen["max_new_tokens"],
+        requests.append(CustomRequest(one, torch.empty(batch.shape[0], batch.shape[1] + gen["max_new_tokens"],
                                                  dtype=torch.long, device="meta"), rows=len(chunk)))
     knob = f"lower max_batch_size or max_new_tokens (now max_batch_size={max_batch_size}, " \
            f"max_new_tokens={max_new_tokens})"
     out: list = [None] * len(ids)
-    for chunk, result in zip(groups, run_sessions(model, sessions, remote=remote, backend=backend, knob=knob,
+    for chunk, result in zip(groups, run_custom_requests(model, requests, remote=remote, backend=backend, knob=knob,
                                                   max_batch_size=max_batch_size)):
         for b, i in enumerate(chunk):
             new = trim_new_tokens(result[b, len(ids[i]):].tolist(), eos)
@@ -133,4 +133,4 @@ def collect(model, prompt: str, layers: Iterable[int], sites: Sequence[str] = ("
     shape = (ids.shape[1], model_info(model).hidden)
     returns = {k: torch.empty(shape, dtype=model._module.dtype, device="meta") for k in reads}
     knob = f"read fewer layers or sites per call, or a shorter prompt (now {len(reads)} reads x {shape[0]} tokens)"
-    return run_sessions(model, [Session(one, returns)], remote=remote, backend=backend, knob=knob)[0]
+    return run_custom_requests(model, [CustomRequest(one, returns)], remote=remote, backend=backend, knob=knob)[0]

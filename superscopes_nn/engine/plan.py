@@ -1,6 +1,6 @@
 """A remote run's plan, measured before anything is sent: requests, bytes each way, NDIF's limits.
 
-:func:`plan` groups rows exactly as :func:`~superscopes_nn.engine.run.execute` will (same chunks,
+:func:`plan` groups rows exactly as :func:`~superscopes_nn.engine.run.run_requests` will (same chunks,
 same requests), serializes every request with :class:`~superscopes_nn.remote.capture.CaptureBackend`
 (the bytes nnsight would POST, not an estimate) and sizes every result from its tensors' shapes::
 
@@ -14,8 +14,8 @@ Every limit is a :class:`Limit` citing where NDIF (ndif 0.1.2's sdist) documents
 A remote run (``remote=True`` or a host) computes its plan, prints :meth:`Plan.line` and refuses
 before the first request when :meth:`Plan.problems` is not empty (:func:`announce`), then logs one line
 per request. Runs that are not rows (``generate_plain``, ``collect``, ``lens_logits``) describe each
-request as a :class:`Session` (how to open it on a backend, what it returns); :func:`measure_sessions`
-plans them the same way and :func:`~superscopes_nn.engine.run.run_sessions` sends them.
+request as a :class:`CustomRequest` (how to open it on a backend, what it returns); :func:`measure_custom_requests`
+plans them the same way and :func:`~superscopes_nn.engine.run.run_custom_requests` sends them.
 """
 
 from __future__ import annotations
@@ -33,13 +33,13 @@ from ..core.sampling import with_sampler
 from ..core.validate import check_batch_size, check_int, check_max_new_tokens
 from ..remote.capture import CaptureBackend, RequestCaptured
 from ..structure.info import model_info, model_name
-from .session import Job, chunks, plan as plan_chunk, plan_reads, result_bytes, run_session
+from .chunks import Chunk, chunk_indices, plan_chunk, plan_reads, result_bytes, run_chunks
 
-__all__ = ["Batching", "Limit", "LIMITS", "Request", "RequestPlan", "Plan", "Session", "announce", "batching",
-           "measure_sessions", "plan", "plan_requests", "REQUEST_RESULT_BYTES"]
+__all__ = ["Batching", "Limit", "LIMITS", "Request", "RequestPlan", "Plan", "CustomRequest", "announce", "batching",
+           "measure_custom_requests", "plan", "plan_requests", "REQUEST_RESULT_BYTES"]
 
 MiB = 2 ** 20
-#: The library sizes each request's result under this (estimated by :func:`~superscopes_nn.engine.session.result_bytes`).
+#: The library sizes each request's result under this (estimated by :func:`~superscopes_nn.engine.chunks.result_bytes`).
 REQUEST_RESULT_BYTES = 6 * MiB
 
 
@@ -173,23 +173,20 @@ def batching(target_model, *, max_batch_size: int = 64, shared_prefix: bool = Tr
 class Request:
     """One request: one nnsight session (one NDIF request on a remote run).
 
-    ``chunks``: ``(row indices, job)`` per chunk, in order; ``reads``: in a cross-model run, the source
-    model's read-only job for the sources of these rows that no earlier request read (None: one
-    model, or nothing new to read); ``given``: the source keys the target session receives (read by
-    an earlier request, or by ``reads``), so it reads only the others."""
+    ``chunks``: its planned chunks, in order, and ``indices``: each chunk's row indices; ``reads``: in
+    a cross-model run, the source model's read-only chunk for the sources of these rows that no earlier
+    request read (None: one model, or nothing new to read); ``given``: the source keys the target
+    session receives (read by an earlier request, or by ``reads``), so it reads only the others."""
 
     chunks: tuple
-    reads: Job | None = None
+    indices: tuple
+    reads: Chunk | None = None
     given: tuple = ()
-
-    @property
-    def jobs(self) -> list:
-        return [job for _, job in self.chunks]
 
     @property
     def row_indices(self) -> list:
         """The indices of the rows it runs, in batch order."""
-        return [i for idx, _ in self.chunks for i in idx]
+        return [i for idx in self.indices for i in idx]
 
 
 def plan_requests(model, rows: list, *, batching: Batching, target_model=None, gen_kwargs=None,
@@ -197,23 +194,23 @@ def plan_requests(model, rows: list, *, batching: Batching, target_model=None, g
     """The request loop, written once: every chunk of ``rows`` planned up front (a source is read by the
     first chunk that needs it), grouped into requests of at most ``batching.chunks_per_request`` chunks
     whose estimated result stays under :data:`REQUEST_RESULT_BYTES`, each with the source reads and
-    vectors it needs. :func:`~superscopes_nn.engine.run.execute` runs this list and :func:`measure`
+    vectors it needs. :func:`~superscopes_nn.engine.run.run_requests` runs this list and :func:`measure_requests`
     measures it."""
     target_model = model if target_model is None else target_model
     two = target_model is not model
     vocab, d = vocab_size(target_model), model_info(target_model).hidden
     grouped, size, seen = [], 0, set()
-    for idx in chunks([len(r.target_ids) for r in rows], batching.max_batch_size):
-        chunk = [rows[i] for i in idx]
-        job = plan_chunk(target_model, chunk, gen_kwargs=with_sampler(gen_kwargs, sampling, chunk), logits=logits,
-                         known=seen, shared_prefix=batching.shared_prefix, read_here=not two)
-        seen |= {r.source_key for r in chunk}
-        n = result_bytes(job, vocab, d)
+    for idx in chunk_indices([len(r.target_ids) for r in rows], batching.max_batch_size):
+        part = [rows[i] for i in idx]
+        chunk = plan_chunk(target_model, part, gen_kwargs=with_sampler(gen_kwargs, sampling, part), logits=logits,
+                           known=seen, shared_prefix=batching.shared_prefix, read_here=not two)
+        seen |= {r.source_key for r in part}
+        n = result_bytes(chunk, vocab, d)
         if grouped and len(grouped[-1]) < batching.chunks_per_request and size + n <= REQUEST_RESULT_BYTES:
-            grouped[-1].append((idx, job))
+            grouped[-1].append((idx, chunk))
             size += n
         else:
-            grouped.append([(idx, job)])
+            grouped.append([(idx, chunk)])
             size = n
     out, known = [], set()
     for request in grouped:
@@ -225,7 +222,8 @@ def plan_requests(model, rows: list, *, batching: Batching, target_model=None, g
             reads = reads if reads.source_groups else None
         given = tuple(keys if two else [k for k in keys if k in known])
         known.update(keys)
-        out.append(Request(chunks=tuple(request), reads=reads, given=given))
+        out.append(Request(chunks=tuple(c for _, c in request), indices=tuple(tuple(i) for i, _ in request),
+                           reads=reads, given=given))
     return out
 
 
@@ -240,8 +238,8 @@ def _vector(model) -> torch.Tensor:
     return torch.empty(model_info(model).hidden, dtype=model._module.dtype, device="meta")
 
 
-def _captured(model, jobs, vectors: dict) -> int:
-    return _capture(lambda backend: run_session(model, jobs, backend=backend, vectors=vectors))
+def _captured(model, chunks, vectors: dict) -> int:
+    return _capture(lambda backend: run_chunks(model, chunks, backend=backend, vectors=vectors))
 
 
 def _capture(open_session: Callable) -> int:
@@ -260,22 +258,22 @@ def _real(vectors: dict) -> dict:
     return {k: torch.zeros(v.shape, dtype=v.dtype) for k, v in vectors.items()}
 
 
-def _result_bytes(jobs: list, vectors: dict, vocab: int) -> int:
+def _result_bytes(chunks: list, vectors: dict, vocab: int) -> int:
     """``torch.save`` of what the session saves: its outputs and every vector, shaped as at most returned
     (meta tensors give the container overhead, plus each tensor's bytes)."""
     outs = []
-    for job in jobs:
-        if job.target_ids is None:
+    for chunk in chunks:
+        if chunk.target_ids is None:
             outs.append(None)
             continue
-        b, t = job.target_ids.shape
-        if job.logits:
+        b, t = chunk.target_ids.shape
+        if chunk.logits:
             parts = [torch.empty(b, vocab, dtype=torch.float32, device="meta")]
         else:
-            new = int(job.gen_kwargs.get("max_new_tokens", 0))
+            new = int(chunk.gen_kwargs.get("max_new_tokens", 0))
             parts = [torch.empty(b, t + new, dtype=torch.long, device="meta"),
                      torch.empty(b, dtype=torch.bool, device="meta"), torch.empty(b, dtype=torch.bool, device="meta")]
-        outs.append(parts[0] if job.logits else tuple(parts))
+        outs.append(parts[0] if chunk.logits else tuple(parts))
     return saved_bytes([outs, dict(vectors)])
 
 
@@ -313,15 +311,15 @@ def _storage_overhead() -> int:
     return _OVERHEAD[0]
 
 
-def _reads(jobs: list) -> set:
-    return {key for job in jobs for group in job.source_groups for _, reads in group for key, *_ in reads}
+def _reads(chunks: list) -> set:
+    return {key for chunk in chunks for group in chunk.source_groups for _, reads in group for key, *_ in reads}
 
 
 def plan(model, rows, *, target_model=None, max_new_tokens: int = 10, logits: bool = False, max_batch_size: int = 64,
          shared_prefix: bool = True, exact: bool = False, chunks_per_request: int | None = None,
          sampling=None, gen_kwargs: dict | None = None) -> Plan:
     """The :class:`Plan` of running ``rows`` remotely (the arguments of :func:`~superscopes_nn.engine.run.run_rows`):
-    the requests :func:`plan_requests` makes for a remote run, measured by :func:`measure`."""
+    the requests :func:`plan_requests` makes for a remote run, measured by :func:`measure_requests`."""
     rows = list(rows)
     if not rows:
         raise ValueError("no rows to plan")
@@ -332,10 +330,10 @@ def plan(model, rows, *, target_model=None, max_new_tokens: int = 10, logits: bo
         gen_kwargs = greedy_kwargs(target_model, max_new_tokens)
     planned = plan_requests(model, rows, batching=cut, target_model=target_model, gen_kwargs=gen_kwargs,
                             logits=logits, sampling=sampling)
-    return measure(model, rows, planned, target_model=target_model, batching=cut)
+    return measure_requests(model, rows, planned, target_model=target_model, batching=cut)
 
 
-def measure(model, rows: list, planned: list, *, batching: Batching, target_model=None) -> Plan:
+def measure_requests(model, rows: list, planned: list, *, batching: Batching, target_model=None) -> Plan:
     """Capture every request of ``planned`` (from :func:`plan_requests`) and size its result."""
     target_model = model if target_model is None else target_model
     vocab = vocab_size(target_model)
@@ -348,11 +346,11 @@ def measure(model, rows: list, planned: list, *, batching: Batching, target_mode
             got = {k: _vector(model) for k in _reads([request.reads])}
             result += _result_bytes([request.reads], got, vocab)
             known.update(got)
-        jobs: list[Job] = request.jobs
+        chunks = list(request.chunks)
         given = {k: known[k] for k in request.given}
-        sent += _captured(target_model, jobs, _real(given))
-        used = {**given, **{k: _vector(target_model) for k in _reads(jobs)}}
-        result += _result_bytes(jobs, used, vocab)
+        sent += _captured(target_model, chunks, _real(given))
+        used = {**given, **{k: _vector(target_model) for k in _reads(chunks)}}
+        result += _result_bytes(chunks, used, vocab)
         known.update(used)
         out.append(RequestPlan(rows=len(request.row_indices), chunks=len(request.chunks), sent=sent, result=result,
                                row_indices=tuple(request.row_indices)))
@@ -362,7 +360,7 @@ def measure(model, rows: list, planned: list, *, batching: Batching, target_mode
 
 
 @dataclass(frozen=True)
-class Session:
+class CustomRequest:
     """One request of a run that is not rows: ``open(backend)`` runs the session on ``backend`` and returns
     what it saves; ``returns`` is that, as meta tensors of the returned shapes; ``rows`` the prompts it covers."""
 
@@ -371,12 +369,12 @@ class Session:
     rows: int = 1
 
 
-def measure_sessions(model, sessions: list, knob: str, max_batch_size: int = 1) -> Plan:
+def measure_custom_requests(model, requests: list, knob: str, max_batch_size: int = 1) -> Plan:
     """The :class:`Plan` of sending ``sessions`` (one request each): sent bytes by capture, result bytes
     from ``returns``; ``knob`` names what lowers them."""
     out = tuple(RequestPlan(rows=s.rows, chunks=1, sent=_capture(s.open), result=saved_bytes(s.returns))
-                for s in sessions)
-    return Plan(model=model_name(model), rows=sum(s.rows for s in sessions), chunk_count=len(out), requests=out,
+                for s in requests)
+    return Plan(model=model_name(model), rows=sum(s.rows for s in requests), chunk_count=len(out), requests=out,
                 chunks_per_request=1, max_batch_size=int(max_batch_size), knob=knob)
 
 

@@ -18,7 +18,7 @@ decoding, per row and independent of batching (local runs only).
 
 ``exact=True`` runs each row alone with no prefix reuse: in bf16/fp16 the results then
 equal a one-at-a-time run bit for bit (batched half precision is only within
-:func:`~superscopes_nn.engine.session.logit_tolerance`; float32 is exact either way).
+:func:`~superscopes_nn.engine.chunks.logit_tolerance`; float32 is exact either way).
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ from typing import Callable, Sequence
 
 import pandas as pd
 
-from .plan import announce, batching, greedy_kwargs, log_request, measure, measure_sessions, plan_requests
-from .session import run_session
+from .plan import announce, batching, greedy_kwargs, log_request, measure_requests, measure_custom_requests, plan_requests
+from .chunks import run_chunks
 
 from ..core.sampling import Sampling, check_sampling
 from ..core.specs import Row
@@ -40,12 +40,6 @@ from ..core.validate import check_batch_size, check_max_new_tokens, check_remote
 from ..remote.capture import ship
 from ..structure.hub import canonical_id
 from ..structure.info import eos_ids, model_info, model_name
-
-
-def gen_kwargs(target_model, max_new_tokens: int) -> dict:
-    """Greedy decoding settings (HF sampling switched off explicitly; a :class:`Sampling`
-    adds a per-chunk :class:`~superscopes_nn.core.sampling.RowSampler` on top, see :func:`execute`)."""
-    return greedy_kwargs(target_model, max_new_tokens)
 
 
 def trim_new_tokens(ids: Sequence[int], eos: set) -> list[int]:
@@ -110,10 +104,10 @@ def session_backend(model, remote, backend):
     return remote_backend(model, remote)
 
 
-def execute(model, rows: list[Row], *, target_model=None, gen_kwargs: dict | None = None, logits: bool = False,
+def run_requests(model, rows: list[Row], *, target_model=None, gen_kwargs: dict | None = None, logits: bool = False,
             max_batch_size: int = 64, shared_prefix: bool = True, exact: bool = False, remote=False, backend=None,
             call=None, chunks_per_request: int | None = None, sampling: Sampling | None = None):
-    """Yield ``(chunk_indices, job, out)`` for every chunk of ``rows`` (see :mod:`superscopes_nn.engine.session`),
+    """Yield ``(row indices, chunk, out)`` for every chunk of ``rows`` (see :mod:`superscopes_nn.engine.chunks`),
     running the requests of :func:`~superscopes_nn.engine.plan.plan_requests` in order.
 
     A source vector is read once per sweep: chunks reuse what earlier chunks read. In a
@@ -133,38 +127,38 @@ def execute(model, rows: list[Row], *, target_model=None, gen_kwargs: dict | Non
                             logits=logits, sampling=sampling)
     ndif = bool(remote) and remote != "local"
     if ndif:  # served and same nnsight, then measured, before the first request; a broken limit is refused here
-        announce(target_model, remote, lambda: measure(model, rows, planned, target_model=target_model, batching=cut))
+        announce(target_model, remote, lambda: measure_requests(model, rows, planned, target_model=target_model, batching=cut))
     known: dict = {}
     for n, request in enumerate(planned, 1):
         if ndif:
             log_request(n, len(planned), len(request.row_indices))
         if request.reads is not None:
-            _, got = call(lambda: run_session(model, request.reads, remote=remote,
+            _, got = call(lambda: run_chunks(model, request.reads, remote=remote,
                                               backend=session_backend(model, remote, backend)))
             known.update(got)
         given = {k: known[k] for k in request.given}
-        outs, used = call(lambda: run_session(target_model, request.jobs, remote=remote, vectors=given,
+        outs, used = call(lambda: run_chunks(target_model, list(request.chunks), remote=remote, vectors=given,
                                               backend=session_backend(target_model, remote, backend)))
         known.update(used)
-        for (idx, job), out in zip(request.chunks, outs):
-            yield idx, job, out
+        for idx, chunk, out in zip(request.indices, request.chunks, outs):
+            yield list(idx), chunk, out
 
 
-def run_sessions(model, sessions: list, *, remote=False, backend=None, knob: str = "", max_batch_size: int = 1,
+def run_custom_requests(model, requests: list, *, remote=False, backend=None, knob: str = "", max_batch_size: int = 1,
                  call=None) -> list:
-    """What each :class:`~superscopes_nn.engine.plan.Session` returns, in order, one session (one NDIF
+    """What each :class:`~superscopes_nn.engine.plan.CustomRequest` returns, in order, one session (one NDIF
     request) each: the path of runs that are not rows (``generate_plain``, ``collect``, ``lens_logits``).
-    On NDIF (``remote=True`` or a host), as :func:`execute`: the preflight, the plan line (refused before
+    On NDIF (``remote=True`` or a host), as :func:`run_requests`: the preflight, the plan line (refused before
     the first request over a limit, naming ``knob``) and one progress line per request."""
     call = call or remote_caller(remote, backend, model)
     ship(remote, backend)
     ndif = bool(remote) and remote != "local"
     if ndif:
-        announce(model, remote, lambda: measure_sessions(model, sessions, knob, max_batch_size))
+        announce(model, remote, lambda: measure_custom_requests(model, requests, knob, max_batch_size))
     out = []
-    for n, s in enumerate(sessions, 1):
+    for n, s in enumerate(requests, 1):
         if ndif:
-            log_request(n, len(sessions), s.rows)
+            log_request(n, len(requests), s.rows)
         out.append(call(lambda s=s: s.open(session_backend(model, remote, backend))))
     return out
 
@@ -203,11 +197,11 @@ def run_rows(model, rows: list[Row], *, target_model=None, max_new_tokens: int =
     ``results.parquet`` at the end; ``resume=True`` skips the rows already there (a
     changed config is an error). ``on_chunk(records)`` runs after each chunk is stored;
     ``retries`` / ``backoff`` / ``sleep``: NDIF retries of remote sessions;
-    ``chunks_per_request``: chunks per session (see :func:`execute`; default 8 remote, 1 local).
+    ``chunks_per_request``: chunks per session (see :func:`run_requests`; default 8 remote, 1 local).
     ``sampling``: None (greedy) or a :class:`~superscopes_nn.core.sampling.Sampling` (local runs only).
     """
     target_model = model if target_model is None else target_model
-    gen = gen_kwargs(target_model, max_new_tokens)
+    gen = greedy_kwargs(target_model, max_new_tokens)
     sampling = check_sampling(sampling, check_remote(remote), backend)
     check_batch_size(max_batch_size)
     rows = list(rows)
@@ -235,14 +229,14 @@ def run_rows(model, rows: list[Row], *, target_model=None, max_new_tokens: int =
         bar = tqdm(total=len(rows), initial=len(rows) - len(pending), desc="patching", unit="row")
     try:
         if pending:
-            for idx, job, (ids, finite, mapped_ok) in execute(
+            for idx, chunk, (ids, finite, mapped_ok) in run_requests(
                     model, pending, target_model=target_model, gen_kwargs=gen, max_batch_size=max_batch_size,
                     shared_prefix=shared_prefix, exact=exact, remote=remote, backend=backend, call=call,
                     chunks_per_request=chunks_per_request, sampling=sampling):
-                prompt_len = job.target_ids.shape[1]
+                prompt_len = chunk.target_ids.shape[1]
                 done = []
                 for b, i in enumerate(idx):
-                    err = _row_error(bool(mapped_ok[b]), bool(finite[b]), job.dtype)
+                    err = _row_error(bool(mapped_ok[b]), bool(finite[b]), chunk.dtype)
                     rec = row_record(pending[i], trim_new_tokens(ids[b, prompt_len:].tolist(), eos), tok,
                                      src_name, tgt_name, err)
                     if err:  # report the row, never its garbage text
@@ -270,8 +264,3 @@ def run_rows(model, rows: list[Row], *, target_model=None, max_new_tokens: int =
         if store is not None:
             store.close()
     return df
-
-
-def run_sweep(model, rows: Sequence[Row], run_dir, config: dict, resume: bool = False, **run_kwargs) -> pd.DataFrame:
-    """:func:`run_rows` into ``run_dir`` with ``config`` (the experiments' call)."""
-    return run_rows(model, rows, run_dir=run_dir, config=config, resume=resume, **run_kwargs)

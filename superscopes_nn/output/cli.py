@@ -143,7 +143,7 @@ def parse_target_site(spec: str) -> str | None:
     output), where the official code writes every source (GalNivs/Superscopes
     ``superscopes_application/superscopes_utils.py`` ``patchscope_interpret``: ``set_hs_patch_hooks(...,
     module="hs")``); ``same`` -> None = the source's own site (Patchscopes' ``module="mlp"``); or a site name."""
-    from ..engine.resolver import check_sites
+    from ..engine.rows import check_sites
 
     spec = spec.strip()
     if spec == "same":
@@ -171,7 +171,7 @@ def protocol_line(sites: list[str], target_site: str | None, placeholder: str, a
 def explain(args) -> int:
 
     from ..structure.models import DEFAULT_MODEL, load_model
-    from ..engine.resolver import check_sites, sweep_rows
+    from ..engine.rows import check_sites, sweep_rows
     from ..engine.run import run_rows
     from ..core.specs import ENTITY_PROMPT, Target
 

@@ -44,7 +44,7 @@ def _prompts(args) -> list[str]:
 def run(args, cli) -> int:
     from ..core.validate import check_batch_size, check_int, check_max_new_tokens
     from ..engine.plan import plan
-    from ..engine.resolver import check_sites, sweep_rows
+    from ..engine.rows import check_sites, sweep_rows
     from ..structure.info import model_info
     from ..structure.models import load_model
 

@@ -33,7 +33,7 @@ from typing import Sequence
 import torch
 
 
-from ..engine.resolver import resolve
+from ..engine.rows import resolve
 from ..core.specs import Amplify, Compose, Fn, Identity, Row, Source, Target, as_mapping
 from ..structure.info import model_info
 

@@ -232,7 +232,7 @@ ARCHITECTURES.update({
 
 #: Config switches that change a family's layout: a config alone is looked up only in the
 #: layout its ARCHITECTURES entry was resolved in (any built model resolves by itself).
-_CONFIG_LAYOUT = {
+CONFIG_LAYOUT = {
     "gpt_neox": lambda c: bool(getattr(c, "use_parallel_residual", True)),
     "falcon": lambda c: bool(getattr(c, "parallel_attn", True) or getattr(c, "new_decoder_architecture", False)),
     "granite": lambda c: getattr(c, "residual_multiplier", 1.0) == 1.0,  # else no module holds attn_out/mlp_out

@@ -38,7 +38,7 @@ from collections import defaultdict
 import torch
 
 from .architectures import PER_LAYER, ArchSpec, get_path
-from .odd_layers import layer_calls, renorm_reason, shared_children, shared_reason
+from .odd_layers import fit_sum, layer_calls, renorm_reason, shared_children, shared_reason
 
 
 class SiteError(ValueError):
@@ -135,7 +135,7 @@ def tolerance(dtype) -> float:
     return max(1e-5, 16 * torch.finfo(dtype).eps) if dtype.is_floating_point else 1e-5
 
 
-def _n(t):
+def norm_of(t):
     return t.double().norm().item()
 
 
@@ -147,16 +147,6 @@ def _top_lists(hf_model):
 
 def _parent(hf_model, path):
     return get_path(hf_model, path.rpartition(".")[0]) if "." in path else hf_model
-
-
-def _params(module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
-def _is_moe(module) -> bool:
-    """A sparse block: experts as a ModuleList or as one stacked (3-d) weight."""
-    return any(isinstance(m, torch.nn.ModuleList) for m in module.modules()) or any(
-        p.dim() >= 3 for p in module.parameters())
 
 
 def _module_name(hf_model, module):
@@ -251,7 +241,7 @@ def _final_norm(rec, path, n, family):
     raise SiteError(f"{family}: no final norm found between the last decoder layer and the LM head")
 
 
-def _branch(kids, end):
+def branch(kids, end):
     """The chain of sub-modules feeding ``end``: each one's input is the previous one's output."""
     chain = [end]
     while True:
@@ -275,18 +265,18 @@ def _adds(kids, x):
 def _layer_sites(rec, prefix, family, tol, shared) -> dict:
     layer = rec.once(prefix)
     x, y = layer["inp"], layer["out"]
-    kids = layer_calls(rec, prefix, x, _params, _is_moe)
+    kids = layer_calls(rec, prefix, x)
     adds = _adds(kids, x)
     target = (y - x).double().flatten()
-    scale = tol * (_n(x) + _n(y))
-    fits = {n: _fit(kids, adds, target, scale, n) for n in (2, 3, 1)}
+    scale = tol * (norm_of(x) + norm_of(y))
+    fits = {n: fit_sum(kids, adds, target, scale, n) for n in (2, 3, 1)}
     if not any(fits.values()):  # a block fused with its norms (and the residual add): look inside it
-        deep = layer_calls(rec, prefix, x, _params, _is_moe, depth=2)
+        deep = layer_calls(rec, prefix, x, depth=2)
         if len(deep) > len(kids):
-            fit = _fit(deep, _adds(deep, x), target, scale, 2)
+            fit = fit_sum(deep, _adds(deep, x), target, scale, 2)
             if fit is not None and not shared:
                 return _describe(deep, x, y, fit[1][0], fit[1][1], deep[fit[1][0]]["out"], *fit[2], tol, scale, [])
-            fits[1] = fits[1] or _fit(deep, _adds(deep, x), target, scale, 1)
+            fits[1] = fits[1] or fit_sum(deep, _adds(deep, x), target, scale, 1)
     none = dict(attn_out="", mlp_out="", mlp_in="", parallel=False, attn="", mlp="", mlp_norm="", moe=False)
     every = ("attn_out", "mlp_in", "mlp_out")
     if fits[2] is None and fits[3] is not None:
@@ -311,11 +301,11 @@ def _layer_sites(rec, prefix, family, tol, shared) -> dict:
                     "residual stream"
                     f"{'; ' + shared_reason(shared, None, short=True) if shared else ''})" if feed else ""))
             return dict(none, layout="single-block", missing=tuple((s, why) for s in every))
-        why = (shared_reason(shared, fits[2]) if shared else renorm_reason(kids, x, y, _fit, scale)) or (
+        why = (shared_reason(shared, fits[2]) if shared else renorm_reason(kids, x, y, scale)) or (
             f"no two sub-modules of a layer ({', '.join(kids) or 'none'}) output what it adds to its residual "
             "stream: attn_out / mlp_out (and so mlp_in) not found")
         kept = dict(kids, **{"@x": {"out": x}})  # y = c x + blocks: the layer rescales its residual stream
-        scaled = next((f for n in (3, 2) if (f := _fit(kept, ["@x", *adds], y.double().flatten(), scale, n))), None)
+        scaled = next((f for n in (3, 2) if (f := fit_sum(kept, ["@x", *adds], y.double().flatten(), scale, n))), None)
         if scaled is not None and scaled[1][0] == "@x" and abs(scaled[2][0] - 1) > 1e-3 and not shared:
             why = (f"the layer rescales its residual stream ({scaled[2][0]:.3g} x input + "
                    f"{' + '.join(f'{c:.3g} x {k}' for k, c in zip(scaled[1][1:], scaled[2][1:]))}); no module outputs "
@@ -325,24 +315,10 @@ def _layer_sites(rec, prefix, family, tol, shared) -> dict:
     return _describe(kids, x, y, a, m, kids[a]["out"], sa, sm, tol, scale, [])
 
 
-def _fit(kids, adds, target, scale, size):
-    """The ``size`` modules (in call order) whose outputs, each times a positive scale, sum to ``target``."""
-    from itertools import combinations
-
-    best = None
-    for combo in combinations(adds, size):
-        cols = torch.stack([kids[k]["out"].double().flatten() for k in combo], 1)
-        s = torch.linalg.lstsq(cols, target.unsqueeze(1)).solution.squeeze(1)
-        res = (target - cols @ s).norm().item()
-        if res <= scale and s.min() > 1e-3 and (best is None or res < best[0]):  # a block adds a positive multiple
-            best = (res, combo, s.tolist())
-    return best
-
-
 def _reads(kids, k, value, scale) -> bool:
     """True when the branch computing ``k`` starts from ``value``."""
-    start = kids[_branch(kids, k)[0]]["inp"]
-    return start is not None and start.shape == value.shape and _n(start - value) <= scale
+    start = kids[branch(kids, k)[0]]["inp"]
+    return start is not None and start.shape == value.shape and norm_of(start - value) <= scale
 
 
 def _describe(kids, x, y, a, m, a_value, sa, sm, tol, scale, missing) -> dict:
@@ -361,8 +337,8 @@ def _describe(kids, x, y, a, m, a_value, sa, sm, tol, scale, missing) -> dict:
         norms = lambda part: [k for k in part if changes(k) and not heavy(k)]  # noqa: E731
         return norms(chain[:big[0]]), chain[big[0]], chain[big[-1]], norms(chain[big[-1] + 1:])
 
-    attn_pre, attn, _, attn_post = split(_branch(kids, a)) if a is not None else ([], "", "", [])
-    mlp_chain = _branch(kids, m)
+    attn_pre, attn, _, attn_post = split(branch(kids, a)) if a is not None else ([], "", "", [])
+    mlp_chain = branch(kids, m)
     mlp_pre, mlp, _, mlp_post = split(mlp_chain)
     missing = list(missing)
     if max(abs(sa - 1), abs(sm - 1)) > max(1e-3, 64 * tol):
@@ -372,7 +348,7 @@ def _describe(kids, x, y, a, m, a_value, sa, sm, tol, scale, missing) -> dict:
     start = kids[mlp_chain[0]]["inp"]
     parallel = start is not None and start.shape == x.shape and torch.equal(start, x)
     mlp_inp = kids[mlp]["inp"]
-    if not parallel and not (start is not None and start.shape == x.shape and _n(start - x - sa * a_value) <= scale):
+    if not parallel and not (start is not None and start.shape == x.shape and norm_of(start - x - sa * a_value) <= scale):
         missing.append(("mlp_in", f"the MLP branch ({' -> '.join(mlp_chain)}) reads neither the layer input nor "
                                   "the input plus the attention output"))
     elif mlp_inp is None or mlp_inp.shape != x.shape:
