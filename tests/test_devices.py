@@ -107,7 +107,8 @@ def _stub(residual, mlp_in):
     """A model-shaped namespace: ``layers[l]`` with a residual ``output`` and an ``mlp`` whose ``input`` is a site."""
     blocks = [SimpleNamespace(output=None, mlp=SimpleNamespace(input=None)) for _ in range(3)]
     blocks[1].output, blocks[2].mlp.input = residual, mlp_in
-    spec = ("layers", "lm_head", {"residual": ("", False), "mlp_in": ("mlp", True)})
+    spec = {"layers": "layers", "lm_head": "lm_head", "sites": {"residual": {"path": "", "is_input": False, "flat": ()},
+                                                                "mlp_in": {"path": "mlp", "is_input": True, "flat": ()}}}
     return SimpleNamespace(layers=blocks), spec
 
 

@@ -55,10 +55,11 @@ def test_resolver_finds_the_table_entry(arch):
 
 
 def test_flattened_sites_are_recorded_as_plain_data():
-    flat = {a: model_info(_model(a)).plain[2] for a in ("llama4_text", "opt")}
-    assert flat["llama4_text"]["mlp_out"] == ("feed_forward", False, (1, 3))  # the dense layers 0, 2 are not
-    assert flat["llama4_text"]["mlp_in"] == ("feed_forward", True)
-    assert flat["opt"]["mlp_in"] == ("fc1", True, (0, 1, 2, 3)) and flat["opt"]["mlp_out"][2] == (0, 1, 2, 3)
+    flat = {a: model_info(_model(a)).plain["sites"] for a in ("llama4_text", "opt")}
+    assert flat["llama4_text"]["mlp_out"] == {"path": "feed_forward", "is_input": False, "flat": (1, 3)}  # not 0, 2
+    assert flat["llama4_text"]["mlp_in"] == {"path": "feed_forward", "is_input": True, "flat": ()}
+    assert flat["opt"]["mlp_in"] == {"path": "fc1", "is_input": True, "flat": (0, 1, 2, 3)}
+    assert flat["opt"]["mlp_out"]["flat"] == (0, 1, 2, 3)
 
 
 @pytest.mark.parametrize("arch", RESOLVED)

@@ -78,9 +78,9 @@ def chunk_indices(lengths: Sequence[int], max_batch_size: int):
 
 @dataclass
 class Chunk:
-    """One chunk's plan (client side; :func:`run_chunks` unpacks it into plain locals).
+    """One chunk's plan (client side; :func:`run_chunks` sends it as :meth:`plain` data).
 
-    ``spec``: the model's plain site spec (:func:`~superscopes_nn.structure.sites.plain_spec`).
+    ``spec``: the model's plain site spec (:func:`~superscopes_nn.structure.info.plain_spec`).
     ``source_groups``: groups of ``(ids [1, n], reads)`` with equal ``n``; ``reads`` are
     ``(key, layer, site, position)`` in forward order. ``target_ids``: [B, T] or None
     (a read-only chunk). ``writes``: ``(layer, site, rows, positions, row_indices)`` in
@@ -99,6 +99,13 @@ class Chunk:
     keep: dict = field(default_factory=dict)
     logit_positions: torch.Tensor | None = None
     prefix_keep: dict = field(default_factory=dict)
+
+    def plain(self) -> dict:
+        """The fields :func:`run_chunks` reads, as a plain dict (a dataclass does not cross to NDIF)."""
+        return {"source_groups": self.source_groups, "target_ids": self.target_ids, "writes": self.writes,
+                "maps": self.maps, "prefix_len": self.prefix_len, "gen_kwargs": dict(self.gen_kwargs),
+                "keep": dict(self.keep), "logit_positions": self.logit_positions, "logits": self.logits,
+                "prefix_keep": dict(self.prefix_keep)}
 
 
 def shared_prefix_len(rows: Sequence[Row]) -> int:
@@ -232,14 +239,14 @@ def run_chunks(model, chunks, *, remote=False, backend=None, vectors: dict | Non
     single = isinstance(chunks, Chunk)
     chunks = [chunks] if single else list(chunks)
     ship(remote, backend)
-    # Plain locals only: this is all the session body (and NDIF) sees.
+    # Plain data only (builtins and tensors, no dataclass): this is all the session body (and NDIF) sees.
     spec, dtype = chunks[0].spec, chunks[0].dtype
-    plain = [(j.source_groups, j.target_ids, j.writes, j.maps, j.prefix_len, dict(j.gen_kwargs), dict(j.keep),
-              j.logit_positions, j.logits, dict(j.prefix_keep)) for j in chunks]
+    plain = [c.plain() for c in chunks]
     vectors, outs = dict(vectors or {}), []
     with model.session(remote=remote, backend=backend):
-        for groups, ids, writes, maps, offset, gen_kwargs, keep, lpos, want_logits, prefix_keep in plain:
-            for group in groups:
+        for c in plain:
+            ids, writes, maps, offset, lpos = c["target_ids"], c["writes"], c["maps"], c["prefix_len"], c["logit_positions"]
+            for group in c["source_groups"]:
                 with model.trace() as tracer:
                     row0 = 0  # each invoke's first row in the combined batch (a flattened site needs it)
                     for src_ids, reads in group:
@@ -252,11 +259,11 @@ def run_chunks(model, chunks, *, remote=False, backend=None, vectors: dict | Non
             patched, mapped_ok = map_vectors(vectors, maps, dtype)
             kw = {}
             if offset:
-                with model.trace(ids[:1, :offset], **prefix_keep):
+                with model.trace(ids[:1, :offset], **c["prefix_keep"]):
                     cache = model.output.past_key_values
                 kw["past_key_values"] = expand_rows(cache, len(ids))  # only models whose ModelInfo.no_reuse is empty
-            if want_logits:
-                with model.trace(**keep) as tracer:
+            if c["logits"]:
+                with model.trace(**c["keep"]) as tracer:
                     with tracer.invoke(ids[:, offset:], **kw):  # the cache goes with the invoke (nnsight's mask)
                         write_patches(model, spec, writes, patched, offset, (len(ids), ids.shape[1] - offset))
                         full = model.output.logits  # index tensors built on its device
@@ -264,7 +271,7 @@ def run_chunks(model, chunks, *, remote=False, backend=None, vectors: dict | Non
                 logits[~mapped_ok.to(logits.device)] = float("nan")
                 outs.append(logits)
             else:
-                gen_kwargs.update(kw)
+                gen_kwargs = {**c["gen_kwargs"], **kw}
                 with model.generate(**gen_kwargs) as tracer:
                     with tracer.invoke(ids):
                         write_patches(model, spec, writes, patched, offset, (len(ids), ids.shape[1] - offset))

@@ -19,11 +19,12 @@ layer adds to its residual stream. Four layouts need more than its first look:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from itertools import combinations
 
 import torch
 
-__all__ = ["fit_sum", "is_moe", "layer_calls", "fused_children", "param_count", "shared_children", "renorm_reason"]
+__all__ = ["Fit", "fit_sum", "is_moe", "layer_calls", "fused_children", "param_count", "shared_children", "renorm_reason"]
 
 
 def param_count(module) -> int:
@@ -36,16 +37,25 @@ def is_moe(module) -> bool:
         p.dim() >= 3 for p in module.parameters())
 
 
-def fit_sum(kids, adds, target, scale, size):
+@dataclass(frozen=True)
+class Fit:
+    """``modules`` whose outputs times ``scales`` sum to a target, within ``residual``."""
+
+    residual: float
+    modules: tuple
+    scales: list
+
+
+def fit_sum(kids, adds, target, scale, size) -> Fit | None:
     """The ``size`` modules (in call order) whose outputs, each times a positive scale, sum to ``target``
-    (least squares, within ``scale``): ``(residual, modules, scales)`` of the best fit, or None."""
+    (least squares, within ``scale``): the best :class:`Fit`, or None."""
     best = None
     for combo in combinations(adds, size):
         cols = torch.stack([kids[k]["out"].double().flatten() for k in combo], 1)
         s = torch.linalg.lstsq(cols, target.unsqueeze(1)).solution.squeeze(1)
         res = (target - cols @ s).norm().item()
-        if res <= scale and s.min() > 1e-3 and (best is None or res < best[0]):  # a block adds a positive multiple
-            best = (res, combo, s.tolist())
+        if res <= scale and s.min() > 1e-3 and (best is None or res < best.residual):  # a block adds a positive multiple
+            best = Fit(res, combo, s.tolist())
     return best
 
 
@@ -122,7 +132,7 @@ def shared_reason(shared: dict, fit, short: bool = False) -> str:
     name, others = next(iter(shared.items()))
     if short:
         return f"{name} is one block shared with layer{'s' if len(others) > 1 else ''} {', '.join(map(str, others))}"
-    adds = f" (what it adds is {' + '.join(fit[1])})" if fit is not None else ""
+    adds = f" (what it adds is {' + '.join(fit.modules)})" if fit is not None else ""
     return (f"its {name} is one block shared with layer{'s' if len(others) > 1 else ''} "
             f"{', '.join(map(str, others))} (the same weights){adds}; the shared block's attention and MLP do not "
             "add to this layer's residual stream, and no module of its own outputs what an attention or an MLP "
@@ -136,9 +146,9 @@ def renorm_reason(kids, x, y, scale) -> str:
     adds = [k for k, c in kids.items() if c["out"] is not None and c["out"].shape == x.shape]
     for n in (1, 2):
         f = fit_sum(kids, adds, y.double().flatten(), scale, n)
-        if f is not None and kids[f[1][0]]["params"] <= 2 * d and not torch.equal(kids[f[1][0]]["out"], x):
-            norm = f[1][0]
+        if f is not None and kids[f.modules[0]]["params"] <= 2 * d and not torch.equal(kids[f.modules[0]]["out"], x):
+            norm = f.modules[0]
             return (f"the layer re-normalizes its residual stream: its output is {norm}'s output"
-                    f"{' + ' + f[1][1] if n == 2 else ''}, not its input plus what the blocks add; no module outputs "
+                    f"{' + ' + f.modules[1] if n == 2 else ''}, not its input plus what the blocks add; no module outputs "
                     "what a block adds to the stream it reads")
     return ""

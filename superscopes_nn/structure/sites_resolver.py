@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import inspect
 from collections import defaultdict
+from dataclasses import dataclass
 
 import torch
 
@@ -275,25 +276,28 @@ def _layer_sites(rec, prefix, family, tol, shared) -> dict:
         if len(deep) > len(kids):
             fit = fit_sum(deep, _adds(deep, x), target, scale, 2)
             if fit is not None and not shared:
-                return _describe(deep, x, y, fit[1][0], fit[1][1], deep[fit[1][0]]["out"], *fit[2], tol, scale, [])
+                a, m = fit.modules
+                return _describe(LayerPass(deep, x, y, tol, scale),
+                                 Update(a, m, deep[a]["out"], *fit.scales), [])
             fits[1] = fits[1] or fit_sum(deep, _adds(deep, x), target, scale, 1)
     none = dict(attn_out="", mlp_out="", mlp_in="", parallel=False, attn="", mlp="", mlp_norm="", moe=False)
     every = ("attn_out", "mlp_in", "mlp_out")
     if fits[2] is None and fits[3] is not None:
-        p, q, r = fits[3][1]
-        sp, sq, sr = fits[3][2]
+        p, q, r = fits[3].modules
+        sp, sq, sr = fits[3].scales
         after = lambda k, v: _reads(kids, k, v, scale)  # noqa: E731  (k's branch reads the residual v)
         if after(r, x + sp * kids[p]["out"] + sq * kids[q]["out"]):
             why = (f"its attention part adds two modules' outputs ({p} + {q}); no one module outputs what it adds")
-            return _describe(kids, x, y, None, r, sp * kids[p]["out"] + sq * kids[q]["out"], 1.0, sr, tol, scale,
-                             [("attn_out", why)])
+            return _describe(LayerPass(kids, x, y, tol, scale),
+                             Update(None, r, sp * kids[p]["out"] + sq * kids[q]["out"], 1.0, sr), [("attn_out", why)])
         if after(q, x + sp * kids[p]["out"]) and after(r, x + sp * kids[p]["out"]):
             why = f"its MLP part adds two modules' outputs ({q} + {r}); no one module outputs what it adds or reads"
-            out = _describe(kids, x, y, p, q, kids[p]["out"], sp, sq, tol, scale, [("mlp_out", why), ("mlp_in", why)])
+            out = _describe(LayerPass(kids, x, y, tol, scale), Update(p, q, kids[p]["out"], sp, sq),
+                            [("mlp_out", why), ("mlp_in", why)])
             return dict(out, mlp_out="", mlp_in="")
     if fits[2] is None:
         if fits[1] is not None:
-            block = fits[1][1][0]
+            block = fits[1].modules[0]
             feed = [k for k in kids if "." not in k and k != block and not block.startswith(k + ".")
                     and kids[k]["params"] > 2 * x.shape[-1]]
             why = (f"each layer adds one block's output ({block}); it has no separate attention and MLP blocks" +
@@ -306,13 +310,13 @@ def _layer_sites(rec, prefix, family, tol, shared) -> dict:
             "stream: attn_out / mlp_out (and so mlp_in) not found")
         kept = dict(kids, **{"@x": {"out": x}})  # y = c x + blocks: the layer rescales its residual stream
         scaled = next((f for n in (3, 2) if (f := fit_sum(kept, ["@x", *adds], y.double().flatten(), scale, n))), None)
-        if scaled is not None and scaled[1][0] == "@x" and abs(scaled[2][0] - 1) > 1e-3 and not shared:
-            why = (f"the layer rescales its residual stream ({scaled[2][0]:.3g} x input + "
-                   f"{' + '.join(f'{c:.3g} x {k}' for k, c in zip(scaled[1][1:], scaled[2][1:]))}); no module outputs "
+        if scaled is not None and scaled.modules[0] == "@x" and abs(scaled.scales[0] - 1) > 1e-3 and not shared:
+            why = (f"the layer rescales its residual stream ({scaled.scales[0]:.3g} x input + "
+                   f"{' + '.join(f'{c:.3g} x {k}' for k, c in zip(scaled.modules[1:], scaled.scales[1:]))}); no module outputs "
                    "what a block adds to an unscaled residual")
         return dict(none, layout="unknown", missing=tuple((s, why) for s in every))
-    _, (a, m), (sa, sm) = fits[2]
-    return _describe(kids, x, y, a, m, kids[a]["out"], sa, sm, tol, scale, [])
+    a, m = fits[2].modules
+    return _describe(LayerPass(kids, x, y, tol, scale), Update(a, m, kids[a]["out"], *fits[2].scales), [])
 
 
 def _reads(kids, k, value, scale) -> bool:
@@ -321,9 +325,34 @@ def _reads(kids, k, value, scale) -> bool:
     return start is not None and start.shape == value.shape and norm_of(start - value) <= scale
 
 
-def _describe(kids, x, y, a, m, a_value, sa, sm, tol, scale, missing) -> dict:
-    """The sites of a layer adding ``sa * a_value`` (module ``a``'s output, or several modules' when
-    ``a`` is None) and ``sm`` x module ``m``'s output to its residual."""
+@dataclass(frozen=True)
+class LayerPass:
+    """One layer's recorded pass: its sub-modules' calls (:func:`~.odd_layers.layer_calls`), its input
+    ``x`` and output ``y``, the dtype's relative tolerance and the absolute one (``scale``)."""
+
+    kids: dict
+    x: torch.Tensor
+    y: torch.Tensor
+    tol: float
+    scale: float
+
+
+@dataclass(frozen=True)
+class Update:
+    """What a layer adds to its residual: ``sa`` x ``a_value`` (module ``a``'s output, or several modules'
+    when ``a`` is None) + ``sm`` x module ``m``'s output."""
+
+    a: str | None
+    m: str
+    a_value: torch.Tensor
+    sa: float
+    sm: float
+
+
+def _describe(layer: LayerPass, update: Update, missing) -> dict:
+    """The sites of ``layer`` adding ``update`` to its residual (``missing``: sites already known absent)."""
+    kids, x, tol, scale = layer.kids, layer.x, layer.tol, layer.scale
+    a, m, a_value, sa, sm = update.a, update.m, update.a_value, update.sa, update.sm
     d = x.shape[-1]
     heavy = lambda k: kids[k]["params"] > 2 * d  # noqa: E731  (a norm has at most 2 d parameters)
     changes = lambda k: not (kids[k]["inp"] is not None and kids[k]["out"] is not None  # noqa: E731
