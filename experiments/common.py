@@ -17,6 +17,7 @@ from typing import Iterable, Sequence
 
 import pandas as pd
 
+from superscopes_nn.core.options import RunOptions, options_from_args
 from superscopes_nn.core.tables import read_csv, write_csv
 from superscopes_nn.science.scoring import answer_match
 
@@ -106,11 +107,30 @@ def decoding_config(args: argparse.Namespace) -> dict:
     return {"decoding": args.decoding, "sampling_seed": 0 if args.seed is None else args.seed}
 
 
-def store_kwargs(args: argparse.Namespace, out, name: str) -> dict:
-    """``run_dir`` (``out/<name>_rows``) / ``resume`` / ``config`` (the script's arguments)."""
+def rows_dir(out, name: str) -> Path:
+    """Where a script keeps the rows of its sweep ``name``: ``out/<name>_rows``."""
+    return Path(out) / f"{name}_rows"
+
+
+def run_config_of(args: argparse.Namespace) -> dict:
+    """The run-store config of a script's arguments: every argument that changes a row's result."""
     config = {k: v for k, v in vars(args).items() if k not in NOT_CONFIG and k not in ("decoding", "seed")}
     config.update(decoding_config(args))
-    return {"run_dir": Path(out) / f"{name}_rows", "resume": bool(getattr(args, "resume", False)), "config": config}
+    return config
+
+
+def store_kwargs(args: argparse.Namespace, out, name: str) -> dict:
+    """``run_dir`` (:func:`rows_dir`) / ``resume`` / ``config`` (:func:`run_config_of`), for the scripts
+    that take them as keywords."""
+    return {"run_dir": rows_dir(out, name), "resume": bool(getattr(args, "resume", False)),
+            "config": run_config_of(args)}
+
+
+def run_options(args: argparse.Namespace, out, name: str, **settings) -> RunOptions:
+    """The :class:`~superscopes_nn.core.options.RunOptions` of a script's arguments
+    (:func:`~superscopes_nn.core.options.options_from_args`, the helper the ``superscopes`` command uses
+    too), keeping its rows in :func:`rows_dir` with :func:`run_config_of`; ``settings`` replace fields."""
+    return options_from_args(args, run_dir=rows_dir(out, name), config=run_config_of(args), **settings)
 
 
 CONTROLS = ("none", "random")
@@ -132,17 +152,20 @@ def add_control(p: argparse.ArgumentParser) -> None:
     p.add_argument("--control-seed", type=int, default=0, help="seed of the random directions")
 
 
-def random_arm(model, rows, *, target_model=None, seed: int = 0, **run_kwargs) -> pd.DataFrame:
+def random_arm(model, rows, options: RunOptions | None = None, *, target_model=None, seed: int = 0,
+               **settings) -> pd.DataFrame:
     """The rows' norm-matched random-vector counterparts (same sources, targets, α), run like them.
 
-    ``rows``: resolved rows (:func:`superscopes_nn.engine.rows.resolve`) of the real arm; ``run_kwargs``
-    go to :func:`superscopes_nn.engine.run.run_rows` (give the random arm its own ``run_dir``)."""
+    ``rows``: resolved rows (:func:`superscopes_nn.engine.rows.resolve`) of the real arm; ``options`` /
+    ``settings``: as :func:`superscopes_nn.engine.run.run_rows` takes them (give the random arm its own
+    ``run_dir``; its config gains ``control_seed``)."""
     from superscopes_nn.science.random_control import random_rows
     from superscopes_nn.engine.run import run_rows
 
-    if run_kwargs.get("config") is not None:  # the seed is part of the random arm's run, not of the real one
-        run_kwargs["config"] = {**run_kwargs["config"], "control_seed": int(seed)}
-    return run_rows(model, random_rows(rows, target_model or model, seed), target_model=target_model, **run_kwargs)
+    opts = RunOptions.of(options, **settings)
+    if opts.config is not None:  # the seed is part of the random arm's run, not of the real one
+        opts = opts.replace(config={**opts.config, "control_seed": int(seed)})
+    return run_rows(model, random_rows(rows, target_model or model, seed), opts, target_model=target_model)
 
 
 def parse_layers(spec: str | None, n_layers: int, default: Sequence[int] | None = None) -> list[int]:

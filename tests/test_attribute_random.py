@@ -73,8 +73,8 @@ def test_real_rows_unchanged_by_the_control(model, df):
 
 
 def test_a_wrong_random_arm_is_caught(model, monkeypatch):
-    def real_vectors(model, rows, *, seed=0, **run_kwargs):  # the bug: the real vectors, not random ones
-        return run_rows(model, rows, **run_kwargs)
+    def real_vectors(model, rows, options=None, *, seed=0, **run_kwargs):  # the bug: the real vectors, not random ones
+        return run_rows(model, rows, options, **run_kwargs)
 
     monkeypatch.setattr(ae, "random_arm", real_vectors)
     bad = ae.attribute_extraction(model, SAMPLES, control="random", **KW)

@@ -34,13 +34,13 @@ def captured(model):
     seen = {}
     real_run, lib_run = er.run_rows, run.run_rows
 
-    def real(model, rows, **kw):
+    def real(model, rows, *a, **kw):
         seen["real"] = list(rows)
-        return real_run(model, rows, **kw)
+        return real_run(model, rows, *a, **kw)
 
-    def rnd(model, rows, **kw):
+    def rnd(model, rows, *a, **kw):
         seen["random"] = list(rows)
-        return lib_run(model, rows, **kw)
+        return lib_run(model, rows, *a, **kw)
 
     mp = pytest.MonkeyPatch()
     mp.setattr(er, "run_rows", real)

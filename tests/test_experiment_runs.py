@@ -72,9 +72,9 @@ def test_ctrl_c_keeps_finished_chunks_and_resume_runs_only_the_rest(model, rows,
     ran = []
     real = P.run_requests
 
-    def counting(m, rs, **kw):
+    def counting(m, rs, *a, **kw):
         ran.extend(rs)
-        return real(m, rs, **kw)
+        return real(m, rs, *a, **kw)
 
     monkeypatch.setattr(P, "run_requests", counting)  # what run_rows runs for the missing rows
     resumed = P.run_rows(model, rows, run_dir=tmp_path, resume=True, **KW)

@@ -23,6 +23,7 @@ from superscopes_nn import Amplify, Source, Target, load_model, resolve, sweep_r
 from superscopes_nn.engine import run as run_mod
 from superscopes_nn.engine import plan as plan_mod
 from superscopes_nn.engine import chunks as chunks_mod
+from superscopes_nn.core.options import RunOptions
 from superscopes_nn.engine.plan import LIMITS, plan
 from superscopes_nn.output.cli import main as cli_main
 from superscopes_nn.remote.capture import CaptureBackend, RequestCaptured
@@ -67,7 +68,7 @@ def test_sent_bytes_are_the_captured_request(model, tmp_path):
 def test_result_bytes_bound_the_real_result(model):
     rows = _rows(model)
     p = plan(model, rows, max_new_tokens=3, max_batch_size=4, chunks_per_request=2)
-    planned = plan_mod.plan_requests(model, rows, batching=plan_mod.batching(model, max_batch_size=4, chunks_per_request=2),
+    planned = plan_mod.plan_requests(model, rows, batching=plan_mod.batching(model, RunOptions(max_batch_size=4, chunks_per_request=2)),
                                      gen_kwargs=plan_mod.greedy_kwargs(model, 3))
     known = {}
     for measured, request in zip(p.requests, planned):

@@ -67,6 +67,7 @@ from superscopes_nn.science.chance import chance_table, cosine_pairs, format_cha
 from superscopes_nn.data.datasets import load_fig3_prompts
 
 from superscopes_nn.engine.run import run_rows
+from superscopes_nn.core.options import options_from_args
 from superscopes_nn.core.store import load_run
 from superscopes_nn.science.superscopes import MLP_ALPHAS, PROTOCOLS, SUCCESS_THRESHOLD, add_scores, success_table
 from superscopes_nn.structure.info import model_info, model_name  # noqa: E402
@@ -165,14 +166,13 @@ def main(argv=None, model=None, cosine=None, embedder=None, score_pairs=None) ->
         stem = f"fig3_{tag}_{args.protocol}{decoding_tag(args)}"
         n = model_info(m).n_layers
         layers = parse_layers(args.layers, n, [l for l in FIG3_LAYERS if l < n])
-        kw = dict(max_new_tokens=args.max_new_tokens, max_batch_size=args.max_batch_size, progress=args.progress,
-                  remote=args.remote, sampling=sampling)
+        opts = options_from_args(args, sampling=sampling)
         t0 = time.perf_counter()
         frames = {}
         for control in ("source", "random") if args.control == "random" else ("source",):
             rows = fig3_rows(m, prompts, protocol=args.protocol, control=control, layers=layers, alphas=MLP_ALPHAS,
                              token=args.token)
-            frames[control] = run_rows(m, rows, **kw, **run_store(args, out, stem, control, layers))
+            frames[control] = run_rows(m, rows, opts.replace(**run_store(args, out, stem, control, layers)))
         df, random_df = frames["source"], frames.get("random")
         save_csv(df, out / f"{stem}_raw.csv.gz")
         if random_df is not None:

@@ -38,40 +38,48 @@ from .rows import check_sites, encode, resolve, sweep_rows
 from .plan import CustomRequest, greedy_kwargs
 from .run import run_custom_requests, run_requests, run_rows, trim_new_tokens
 from ..structure.sites import site_tensor
+from ..core.options import RunOptions
 from ..core.specs import Row, Target
 from ..core.validate import check_batch_size, check_layer, check_layers, check_max_new_tokens, check_strings
 from ..structure.info import model_info, model_name, eos_ids, plain_spec
 
 
-def patchscope(model, patches: Iterable, *, target_model=None, **run_kwargs) -> pd.DataFrame:
+def patchscope(model, patches: Iterable, options: RunOptions | None = None, *, target_model=None,
+               **settings) -> pd.DataFrame:
     """Run ``(Source, Target, mapping)`` triples; a tidy DataFrame, one row per patch.
 
     Columns: :data:`~superscopes_nn.core.specs.RESULT_COLUMNS` (``interpretation`` is the
     decoded new text, ``token_ids`` the new ids up to the first end-of-sequence token).
-    ``run_kwargs``: see :func:`~superscopes_nn.engine.run.run_rows` (``max_new_tokens``,
-    ``max_batch_size``, ``exact``, ``sampling``, ``remote``, ``run_dir``, ``resume``, ``config``, ...).
+    ``options`` / ``settings``: :class:`~superscopes_nn.core.options.RunOptions` and its fields, as
+    :func:`~superscopes_nn.engine.run.run_rows` takes them (``max_new_tokens``, ``max_batch_size``, ``exact``,
+    ``sampling``, ``remote``, ``run_dir``, ``resume``, ``config``, ...).
     """
-    return run_rows(model, resolve(model, patches, target_model), target_model=target_model, **run_kwargs)
+    return run_rows(model, resolve(model, patches, target_model), options, target_model=target_model, **settings)
 
 
 def sweep(model, prompts, *, layers, sites=("residual",), alphas=(1.0,), token=-1, target: Target = Target(),
-          target_layers=None, target_model=None, mapping=None, progress: bool = True, **run_kwargs) -> pd.DataFrame:
+          target_layers=None, target_model=None, mapping=None, options: RunOptions | None = None,
+          **settings) -> pd.DataFrame:
     """The grid prompts x sites x layers (x target layers) x alphas, batched; one row per cell.
 
-    ``layers``/``alphas``/``sites`` take an int/float/str, a list, a range or a numpy array.
+    ``layers``/``alphas``/``sites`` take an int/float/str, a list, a range or a numpy array. ``options`` /
+    ``settings``: as :func:`~superscopes_nn.engine.run.run_rows` takes them (a progress bar unless
+    ``progress=False``).
     """
     rows = sweep_rows(model, prompts, layers=layers, sites=sites, alphas=alphas, token=token, target=target,
                       target_layers=target_layers, target_model=target_model, mapping=mapping)
-    return run_rows(model, rows, target_model=target_model, progress=progress, **run_kwargs)
+    opts = RunOptions.of(options, **settings)
+    return run_rows(model, rows, opts.with_defaults(progress=True), target_model=target_model)
 
 
-def patched_logits(model, rows: list[Row], *, target_model=None, max_batch_size: int = 64, shared_prefix: bool = True,
-                   exact: bool = False, remote=False, backend=None) -> torch.Tensor:
-    """Next-token logits at each row's target position after patching: [N, vocab], input order."""
+def patched_logits(model, rows: list[Row], options: RunOptions | None = None, *, target_model=None,
+                   **settings) -> torch.Tensor:
+    """Next-token logits at each row's target position after patching: [N, vocab], input order
+    (``options`` / ``settings``: the batching and where it runs, as :func:`~superscopes_nn.engine.run.run_rows`)."""
     rows = list(rows)
     out: list = [None] * len(rows)
-    for idx, _, logits in run_requests(model, rows, target_model=target_model, logits=True, max_batch_size=max_batch_size,
-                                  shared_prefix=shared_prefix, exact=exact, remote=remote, backend=backend):
+    for idx, _, logits in run_requests(model, rows, RunOptions.of(options, **settings), target_model=target_model,
+                                       logits=True):
         for b, i in enumerate(idx):
             out[i] = logits[b]
     return torch.stack(out)

@@ -29,6 +29,7 @@ from typing import Callable
 
 import torch
 
+from ..core.options import RunOptions
 from ..core.sampling import with_sampler
 from ..core.validate import check_batch_size, check_int, check_max_new_tokens
 from ..remote.capture import CaptureBackend, RequestCaptured
@@ -154,18 +155,18 @@ class Batching:
     no_reuse: str = ""
 
 
-def batching(target_model, *, max_batch_size: int = 64, shared_prefix: bool = True, exact: bool = False,
-             chunks_per_request: int | None = None, remote=False) -> Batching:
-    """The one place a run's batching defaults are decided: ``exact`` means one row per chunk and no
-    prefix reuse; a model whose ``ModelInfo.no_reuse`` names a reason runs without prefix reuse;
-    ``chunks_per_request`` defaults to 8 for a remote run (``remote`` set) and 1 locally (so progress
-    and the run store advance per chunk)."""
+def batching(target_model, options: RunOptions) -> Batching:
+    """The one place a run's batching defaults are decided: ``options.exact`` means one row per chunk and
+    no prefix reuse; a model whose ``ModelInfo.no_reuse`` names a reason runs without prefix reuse;
+    ``chunks_per_request`` defaults to 8 for a remote run (``options.remote`` set) and 1 locally (so
+    progress and the run store advance per chunk)."""
+    max_batch_size, shared_prefix = options.max_batch_size, options.shared_prefix
     check_batch_size(max_batch_size)
-    if exact:
+    if options.exact:
         max_batch_size, shared_prefix = 1, False
     why = model_info(target_model).no_reuse if shared_prefix else ""
-    per = check_int(chunks_per_request, "chunks_per_request", minimum=1) if chunks_per_request is not None \
-        else (8 if remote else 1)
+    per = options.chunks_per_request
+    per = check_int(per, "chunks_per_request", minimum=1) if per is not None else (8 if options.remote else 1)
     return Batching(int(max_batch_size), bool(shared_prefix) and not why, int(per), why or "")
 
 
@@ -315,21 +316,23 @@ def _reads(chunks: list) -> set:
     return {key for chunk in chunks for group in chunk.source_groups for _, reads in group for key, *_ in reads}
 
 
-def plan(model, rows, *, target_model=None, max_new_tokens: int = 10, logits: bool = False, max_batch_size: int = 64,
-         shared_prefix: bool = True, exact: bool = False, chunks_per_request: int | None = None,
-         sampling=None, gen_kwargs: dict | None = None) -> Plan:
-    """The :class:`Plan` of running ``rows`` remotely (the arguments of :func:`~superscopes_nn.engine.run.run_rows`):
-    the requests :func:`plan_requests` makes for a remote run, measured by :func:`measure_requests`."""
+def plan(model, rows, options: RunOptions | None = None, *, target_model=None, logits: bool = False,
+         gen_kwargs: dict | None = None, **settings) -> Plan:
+    """The :class:`Plan` of running ``rows`` remotely with ``options`` (as :func:`~superscopes_nn.engine.run.run_rows`
+    takes them; ``settings``: :class:`~superscopes_nn.core.options.RunOptions` fields replaced): the requests
+    :func:`plan_requests` makes for a remote run (``remote=True`` unless the options name a host), measured
+    by :func:`measure_requests`."""
+    opts = RunOptions.of(options, **settings).with_defaults()
+    opts = opts if opts.remote else opts.replace(remote=True)
     rows = list(rows)
     if not rows:
         raise ValueError("no rows to plan")
     target_model = model if target_model is None else target_model
-    cut = batching(target_model, max_batch_size=max_batch_size, shared_prefix=shared_prefix, exact=exact,
-                   chunks_per_request=chunks_per_request, remote=True)
+    cut = batching(target_model, opts)
     if gen_kwargs is None and not logits:
-        gen_kwargs = greedy_kwargs(target_model, max_new_tokens)
+        gen_kwargs = greedy_kwargs(target_model, opts.max_new_tokens)
     planned = plan_requests(model, rows, batching=cut, target_model=target_model, gen_kwargs=gen_kwargs,
-                            logits=logits, sampling=sampling)
+                            logits=logits, sampling=opts.sampling)
     return measure_requests(model, rows, planned, target_model=target_model, batching=cut)
 
 

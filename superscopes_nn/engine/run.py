@@ -1,14 +1,17 @@
-"""The one orchestrator: engine sessions + result records + run store + NDIF retries + progress.
+"""The orchestrator: the request list run in order, with result records, the run store, NDIF retries and progress.
 
-Every entry point that patches goes through :func:`run_rows`::
+Every patched row goes through :func:`run_requests` (the requests of
+:func:`~superscopes_nn.engine.plan.plan_requests`, each one session), and :func:`run_rows` adds the
+result records and the run store; settings come as one :class:`~superscopes_nn.core.options.RunOptions`::
 
     rows = sweep_rows(model, "Pink Floyd", layers=range(9), alphas=[1, 6])
-    df = run_rows(model, rows, max_new_tokens=10)                 # in memory
-    df = run_rows(model, rows, run_dir="runs/pf")                 # every finished chunk on disk
+    df = run_rows(model, rows, RunOptions(max_new_tokens=10))     # in memory
+    df = run_rows(model, rows, run_dir="runs/pf")                 # a field as a keyword: every finished chunk on disk
     df = run_rows(model, rows, run_dir="runs/pf", resume=True)    # skip what is there
 
-and :mod:`superscopes_nn.engine.api` wraps it (``patchscope``, ``sweep``, ``patched_logits``,
-``generate_plain``, ``collect``). With a remote target (``remote=True`` or a host)
+:mod:`superscopes_nn.engine.api` wraps it (``patchscope``, ``sweep``; ``patched_logits`` runs
+:func:`run_requests` for logits); runs that are not rows (``generate_plain``, ``collect``, the lens)
+go through :func:`run_custom_requests`. With a remote target (``remote=True`` or a host)
 every session is one :func:`~superscopes_nn.remote.errors.call_remote`: transient NDIF
 failures are retried, others raise :class:`~superscopes_nn.remote.errors.NDIFError`,
 with or without a run directory.
@@ -33,6 +36,7 @@ import pandas as pd
 from .plan import announce, batching, greedy_kwargs, log_request, measure_requests, measure_custom_requests, plan_requests
 from .chunks import run_chunks
 
+from ..core.options import RunOptions
 from ..core.sampling import Sampling, check_sampling
 from ..core.specs import Row
 from ..core.store import RunStore, frame, row_key
@@ -66,7 +70,8 @@ def row_record(r: Row, new_ids: list[int], tokenizer, src_name: str, tgt_name: s
 
 
 def remote_caller(remote, backend, model, retries: int = 3, backoff: float = 1.0, sleep=None) -> Callable:
-    """``call(fn)``: ``fn()`` directly for local runs, through NDIF retries for remote ones."""
+    """``call(fn)``: ``fn()`` directly for local runs, through NDIF retries (``retries``, ``backoff``,
+    ``sleep``: :class:`~superscopes_nn.core.options.RunOptions`' fields) for remote ones."""
     from ..remote.errors import call_remote, remote_host
 
     host = remote_host(check_remote(remote))
@@ -104,28 +109,29 @@ def session_backend(model, remote, backend):
     return remote_backend(model, remote)
 
 
-def run_requests(model, rows: list[Row], *, target_model=None, gen_kwargs: dict | None = None, logits: bool = False,
-            max_batch_size: int = 64, shared_prefix: bool = True, exact: bool = False, remote=False, backend=None,
-            call=None, chunks_per_request: int | None = None, sampling: Sampling | None = None):
+def run_requests(model, rows: list[Row], options: RunOptions | None = None, *, target_model=None,
+                 gen_kwargs: dict | None = None, logits: bool = False, call=None, **settings):
     """Yield ``(row indices, chunk, out)`` for every chunk of ``rows`` (see :mod:`superscopes_nn.engine.chunks`),
     running the requests of :func:`~superscopes_nn.engine.plan.plan_requests` in order.
 
     A source vector is read once per sweep: chunks reuse what earlier chunks read. In a
     cross-model run the source model reads in its own session first. ``call(fn)`` wraps
-    every session (NDIF retries); default: :func:`remote_caller`. The batching (``max_batch_size``,
-    ``shared_prefix``, ``exact``, ``chunks_per_request``) is decided by :func:`~superscopes_nn.engine.plan.batching`.
+    every session (NDIF retries); default: :func:`remote_caller`. ``options`` (``settings``: its fields
+    replaced): the batching (``max_batch_size``, ``shared_prefix``, ``exact``, ``chunks_per_request``) is
+    decided by :func:`~superscopes_nn.engine.plan.batching`; ``remote`` / ``backend`` say where sessions run;
     ``sampling``: each chunk's generate gets a sampler for exactly its rows, in batch order.
     """
+    opts = RunOptions.of(options, **settings)
+    remote, backend = opts.remote, opts.backend
     target_model = model if target_model is None else target_model
-    cut = batching(target_model, max_batch_size=max_batch_size, shared_prefix=shared_prefix, exact=exact,
-                   chunks_per_request=chunks_per_request, remote=remote)
+    cut = batching(target_model, opts)
     if cut.no_reuse:  # decided when the model loaded; one notice per run
         print(f"[superscopes] {model_name(target_model)}: running without prefix reuse: {cut.no_reuse}",
               file=sys.stderr)
     call = call or remote_caller(remote, backend, target_model)
     planned = plan_requests(model, rows, batching=cut, target_model=target_model, gen_kwargs=gen_kwargs,
-                            logits=logits, sampling=sampling)
-    ndif = bool(remote) and remote != "local"
+                            logits=logits, sampling=opts.sampling)
+    ndif = opts.ndif
     if ndif:  # served and same nnsight, then measured, before the first request; a broken limit is refused here
         announce(target_model, remote, lambda: measure_requests(model, rows, planned, target_model=target_model, batching=cut))
     known: dict = {}
@@ -183,36 +189,37 @@ def run_config(model, target_model, max_new_tokens: int, config: dict | None,
             "max_new_tokens": int(max_new_tokens), **drawn, **(config or {})}
 
 
-def run_rows(model, rows: list[Row], *, target_model=None, max_new_tokens: int = 10, max_batch_size: int = 64,
-             shared_prefix: bool = True, exact: bool = False, remote=False, backend=None, progress: bool = False,
-             on_chunk: Callable | None = None, run_dir=None, resume: bool = False, config: dict | None = None,
-             retries: int = 3, backoff: float = 1.0, sleep: Callable | None = None,
-             chunks_per_request: int | None = None, sampling: Sampling | None = None) -> pd.DataFrame:
+def run_rows(model, rows: list[Row], options: RunOptions | None = None, *, target_model=None,
+             on_chunk: Callable | None = None, **settings) -> pd.DataFrame:
     """Run resolved rows in batched sessions; one result record per row, in input order.
 
-    ``shared_prefix``: reuse the KV cache of the target tokens before the first patched
-    position (same token ids in float32, less compute). ``exact``: one row per session,
-    no prefix reuse (bit-reproducible half precision). ``run_dir``: keep every finished
-    chunk on disk (:mod:`superscopes_nn.core.store`) and write ``results.csv`` /
-    ``results.parquet`` at the end; ``resume=True`` skips the rows already there (a
-    changed config is an error). ``on_chunk(records)`` runs after each chunk is stored;
-    ``retries`` / ``backoff`` / ``sleep``: NDIF retries of remote sessions;
-    ``chunks_per_request``: chunks per session (see :func:`run_requests`; default 8 remote, 1 local).
+    ``options``: a :class:`~superscopes_nn.core.options.RunOptions` (``settings``: its fields, replaced
+    for this call; ``max_new_tokens`` defaults to 10, ``progress`` to off). ``shared_prefix``: reuse the
+    KV cache of the target tokens before the first patched position (same token ids in float32, less
+    compute). ``exact``: one row per chunk, no prefix reuse (bit-reproducible half precision). ``run_dir``:
+    keep every finished chunk on disk (:mod:`superscopes_nn.core.store`) and write ``results.csv`` /
+    ``results.parquet`` at the end; ``resume=True`` skips the rows already there (a changed config is an
+    error). ``retries`` / ``backoff`` / ``sleep``: NDIF retries of remote sessions; ``chunks_per_request``:
+    chunks per session (:func:`~superscopes_nn.engine.plan.batching`: default 8 remote, 1 local).
     ``sampling``: None (greedy) or a :class:`~superscopes_nn.core.sampling.Sampling` (local runs only).
+    ``on_chunk(records)`` runs after each chunk is stored.
     """
+    opts = RunOptions.of(options, **settings).with_defaults()
+    max_new_tokens, remote, backend = opts.max_new_tokens, opts.remote, opts.backend
     target_model = model if target_model is None else target_model
     gen = greedy_kwargs(target_model, max_new_tokens)
-    sampling = check_sampling(sampling, check_remote(remote), backend)
-    check_batch_size(max_batch_size)
+    opts = opts.replace(sampling=check_sampling(opts.sampling, check_remote(remote), backend))
+    check_batch_size(opts.max_batch_size)
     rows = list(rows)
     if not rows:
         raise ValueError("no rows to run")
     check_max_new_tokens(max_new_tokens, max(len(r.target_ids) for r in rows), model_info(target_model).context,
                          model_name(target_model))
-    call = remote_caller(remote, backend, target_model, retries, backoff, sleep)  # bad remote: refused before disk
+    call = remote_caller(remote, backend, target_model, opts.retries, opts.backoff, opts.sleep)  # bad remote: before disk
     store = None
-    if run_dir is not None:
-        store = RunStore(run_dir, run_config(model, target_model, max_new_tokens, config, sampling), resume=resume)
+    if opts.run_dir is not None:
+        store = RunStore(opts.run_dir, run_config(model, target_model, max_new_tokens, opts.config, opts.sampling),
+                         resume=opts.resume)
     keys = [row_key(r) for r in rows]
     results = store.records_by_key() if store is not None else {}
     pending, queued = [], set()
@@ -223,16 +230,14 @@ def run_rows(model, rows: list[Row], *, target_model=None, max_new_tokens: int =
     eos, tok = eos_ids(target_model), target_model.tokenizer
     src_name, tgt_name = model_name(model), model_name(target_model)
     bar = None
-    if progress and pending:
+    if opts.progress and pending:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(rows), initial=len(rows) - len(pending), desc="patching", unit="row")
     try:
         if pending:
             for idx, chunk, (ids, finite, mapped_ok) in run_requests(
-                    model, pending, target_model=target_model, gen_kwargs=gen, max_batch_size=max_batch_size,
-                    shared_prefix=shared_prefix, exact=exact, remote=remote, backend=backend, call=call,
-                    chunks_per_request=chunks_per_request, sampling=sampling):
+                    model, pending, opts, target_model=target_model, gen_kwargs=gen, call=call):
                 prompt_len = chunk.target_ids.shape[1]
                 done = []
                 for b, i in enumerate(idx):

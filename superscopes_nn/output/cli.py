@@ -19,7 +19,8 @@ from datetime import datetime
 from pathlib import Path
 
 from ..core.dirlock import RunDirBusy, check_run_dir
-from ..core.validate import check_alphas, check_batch_size, check_int, check_max_new_tokens, check_remote
+from ..core.options import options_from_args
+from ..core.validate import check_alphas, check_batch_size, check_int, check_max_new_tokens
 from ..structure.info import model_info
 
 ERRORS = (ValueError, KeyError, FloatingPointError, OSError, RunDirBusy)
@@ -119,23 +120,12 @@ def add_explain_args(p: argparse.ArgumentParser) -> None:
                         "the official Superscopes protocol), same (the source's own site: Patchscopes' module='mlp') "
                         "or a site name")
     p.add_argument("--max-new-tokens", default=10, type=int)
-    p.add_argument("--batch-size", default=64, type=int, help="rows per batched generate (and per remote request)")
+    p.add_argument("--batch-size", dest="max_batch_size", default=64, type=int,
+                   help="rows per batched generate (and per remote request)")
     p.add_argument("--remote", default="false", help="false | local | true (NDIF) | https://host")
     p.add_argument("--out", default=None, help="run directory (default runs/<timestamp>)")
     p.add_argument("--resume", action="store_true", help="continue a run directory, skipping finished rows")
     p.add_argument("--no-progress", action="store_true")
-
-
-def parse_remote(s: str):
-    low = s.strip().lower()
-    if low in ("false", "0", "no", ""):
-        return False
-    if low in ("true", "1", "yes", "ndif"):
-        return True
-    try:
-        return check_remote(s)
-    except ValueError:
-        raise ValueError(f"bad --remote {s!r}: use false, local, true or an https:// host") from None
 
 
 def parse_target_site(spec: str) -> str | None:
@@ -179,15 +169,15 @@ def explain(args) -> int:
     sites = check_sites([s.strip() for s in args.site.split(",") if s.strip()] or [args.site])
     layers = parse_layers(args.layers)
     alphas = parse_floats(args.amps, "--amps")
-    remote = parse_remote(args.remote)
+    opts = options_from_args(args)  # --remote parsed here, before the model loads
     max_new_tokens = check_max_new_tokens(args.max_new_tokens)
-    batch_size = check_batch_size(args.batch_size)
+    batch_size = check_batch_size(args.max_batch_size)
     target_layer = None if args.target_layer is None else check_int(args.target_layer, "--target-layer")
     target_site = parse_target_site(args.target_site)
     out = Path(args.out) if args.out else Path("runs") / datetime.now().strftime("explain-%Y%m%d-%H%M%S")
     check_run_dir(out)
     name = args.model or DEFAULT_MODEL
-    model = load_model(name, remote=remote not in (False, "local"))  # NDIF or a host: meta weights
+    model = load_model(name, remote=opts.ndif)  # NDIF or a host: meta weights
     if layers is None:
         layers = list(range(model_info(model).n_layers))
     target = Target(args.target_prompt or ENTITY_PROMPT, layer=target_layer, placeholder=args.placeholder,
@@ -203,8 +193,7 @@ def explain(args) -> int:
     }
     at_last = all(r.target_position == len(r.target_ids) - 1 for r in rows)
     print(protocol_line(sites, target_site, target.placeholder, at_last), flush=True)  # the header: which protocol
-    df = run_rows(model, rows, run_dir=out, config=config, resume=args.resume, max_new_tokens=max_new_tokens,
-                  max_batch_size=batch_size, remote=remote, progress=not args.no_progress)
+    df = run_rows(model, rows, opts.replace(run_dir=out, config=config))
     _, line = scored_with_chance(df)
     print(_table(df))
     print(line)

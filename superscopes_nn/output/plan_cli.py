@@ -26,7 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", default="all", help="source layers: 0-8, 1,3,5 or all")
     p.add_argument("--amps", default="1,3,6,9,12,15", help="amplification factors alpha")
     p.add_argument("--max-new-tokens", default=10, type=int)
-    p.add_argument("--batch-size", default=64, type=int, help="rows per batched generate (max_batch_size)")
+    p.add_argument("--batch-size", dest="max_batch_size", default=64, type=int,
+                   help="rows per batched generate (max_batch_size)")
     p.add_argument("--chunks-per-request", default=8, type=int, help="batches sent as one NDIF request")
     return p
 
@@ -42,6 +43,7 @@ def _prompts(args) -> list[str]:
 
 
 def run(args, cli) -> int:
+    from ..core.options import options_from_args
     from ..core.validate import check_batch_size, check_int, check_max_new_tokens
     from ..engine.plan import plan
     from ..engine.rows import check_sites, sweep_rows
@@ -51,14 +53,14 @@ def run(args, cli) -> int:
     prompts = _prompts(args)
     sites = check_sites([s.strip() for s in args.site.split(",") if s.strip()])
     layers, alphas = cli.parse_layers(args.layers), cli.parse_floats(args.amps, "--amps")
-    batch = check_batch_size(args.batch_size)
-    per = check_int(args.chunks_per_request, "--chunks-per-request", minimum=1)
-    new = check_max_new_tokens(args.max_new_tokens)
+    check_batch_size(args.max_batch_size)
+    check_int(args.chunks_per_request, "--chunks-per-request", minimum=1)
+    check_max_new_tokens(args.max_new_tokens)
     model = load_model(args.model, remote=True)
     if layers is None:
         layers = list(range(model_info(model).n_layers))
     rows = sweep_rows(model, prompts, layers=layers, sites=sites, alphas=alphas, token=cli.parse_position(args.token))
-    p = plan(model, rows, max_new_tokens=new, max_batch_size=batch, chunks_per_request=per)
+    p = plan(model, rows, options_from_args(args))
     print(p.table())
     return 2 if p.problems() else 0
 

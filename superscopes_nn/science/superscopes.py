@@ -51,6 +51,7 @@ import pandas as pd
 
 from ..engine.api import sweep
 from .chance import blank, cosine_pairs, null_against
+from ..core.options import RunOptions
 from ..core.specs import ENTITY_PROMPT, Target
 from ..core.validate import check_alphas
 
@@ -106,7 +107,7 @@ def last_token_position(tokenizer, prompt: str) -> int:
 def superscope(model, prompts: Sequence[str] | str, *, site: str = "mlp_out", layers: Iterable[int],
                alphas: Sequence[float] = MLP_ALPHAS, token: int | str | Sequence = -1,
                target_layer: int | None = None, target_prompt: str = ENTITY_PROMPT, placeholder: str = "x",
-               protocol: str = "official", **run_kwargs) -> pd.DataFrame:
+               protocol: str = "official", options: RunOptions | None = None, **settings) -> pd.DataFrame:
     """Amplify ``site`` of ``token`` in each prompt by every alpha and let the model describe it.
 
     A thin wrapper over :func:`superscopes_nn.engine.api.sweep` (same tidy DataFrame):
@@ -119,12 +120,13 @@ def superscope(model, prompts: Sequence[str] | str, *, site: str = "mlp_out", la
     - ``protocol``: ``"official"`` (default; the vector replaces the target's hidden state at
       the last target token, as the paper's code does) or ``"same-site"`` (it replaces the
       same site at the placeholder); see :func:`protocol_target`;
-    - ``run_kwargs``: ``max_new_tokens``, ``max_batch_size``, ``remote``, ``progress``, ``sampling``, ...
+    - ``options`` / ``settings``: :class:`~superscopes_nn.core.options.RunOptions` and its fields
+      (``max_new_tokens``, ``max_batch_size``, ``remote``, ``progress``, ``sampling``, ...).
     """
     alphas = check_alphas(alphas)
     target = protocol_target(protocol, target_prompt, target_layer, placeholder)
     return sweep(model, prompts, layers=layers, sites=[site], alphas=alphas, token=token, target=target,
-                 **run_kwargs)
+                 options=options, **settings)
 
 
 # ------------------------------------------------------------------ scoring
