@@ -50,7 +50,7 @@ def main(argv=None, model=None) -> dict:
     layers = list(range(1, 8))
     model = model or load_model(args.model)
     hf = model._module
-    kw = dict(site="mlp_out", layers=layers, alphas=MLP_ALPHAS, token=-1, max_new_tokens=args.max_new_tokens,
+    kw = dict(sites="mlp_out", layers=layers, alphas=MLP_ALPHAS, position=-1, max_new_tokens=args.max_new_tokens,
               max_batch_size=args.batch_size, progress=False)
     tgt = model.tokenizer(ENTITY_PROMPT)["input_ids"]
     state: dict = {"checked": set()}

@@ -91,7 +91,7 @@ def check_sweep_bf16(device, smoke: bool, models: dict) -> dict:
     n = model._module.config.num_hidden_layers
     built = time.perf_counter() - t0
     rows = sweep_rows(model, ["Alexander the Great", "Pink Floyd"], layers=range(0, n, max(1, n // 8)),
-                      sites=["mlp_out", "residual"], alphas=[1, 4] if smoke else [1, 2, 4, 8], token=-1,
+                      sites=["mlp_out", "residual"], alphas=[1, 4] if smoke else [1, 2, 4, 8], position=-1,
                       target=Target(ENTITY_PROMPT))
     _sync(device)
     t1 = time.perf_counter()

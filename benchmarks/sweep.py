@@ -162,7 +162,7 @@ def memory_child(args) -> None:
 
     setup(args)
     model = load_model(args.model)
-    rows = sweep_rows(model, MEMORY_PROMPTS, token=-1, layers=range(model._module.config.num_hidden_layers),
+    rows = sweep_rows(model, MEMORY_PROMPTS, position=-1, layers=range(model._module.config.num_hidden_layers),
                       sites=["mlp_out"], alphas=ALPHAS, target=Target(ENTITY_PROMPT))[: args.memory_child]
     assert len(rows) == args.memory_child, f"only {len(rows)} memory rows"
     gc.collect()
@@ -219,7 +219,7 @@ def main(argv=None) -> dict:
     model = load_model(args.model)
     hf = model._module
     pad = model.tokenizer.pad_token_id
-    rows = sweep_rows(model, "Alexander the Great", token="Great", layers=range(hf.config.num_hidden_layers),
+    rows = sweep_rows(model, "Alexander the Great", position="Great", layers=range(hf.config.num_hidden_layers),
                       sites=["mlp_out"], alphas=ALPHAS, target=Target(ENTITY_PROMPT))[: args.rows]
     n, m, bs = len(rows), args.max_new_tokens, args.batch_size
     kw = dict(max_new_tokens=m, max_batch_size=bs)

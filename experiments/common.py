@@ -11,12 +11,15 @@ finished rows. Baseline generations (unpatched) are cheap and rerun.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import pandas as pd
 
+from superscopes_nn.core.deprecation import add_renamed_flag
+from superscopes_nn.core.layers import attach_negative_values, parse_layers, resolve_layers
 from superscopes_nn.core.options import RunOptions, options_from_args
 from superscopes_nn.core.tables import read_csv, write_csv
 from superscopes_nn.science.scoring import answer_match
@@ -43,7 +46,7 @@ def parser(description: str, *, out: str, max_new_tokens: int = 10, layers_help:
     """The flags every script takes: ``--model --out --limit --max-new-tokens --max-batch-size
     --remote --progress --resume`` (+ ``--layers`` with ``layers_help``; + ``--data --stratify``
     for the two-hop scripts)."""
-    p = argparse.ArgumentParser(description=description)
+    p = ScriptParser(description=description)
     p.add_argument("--model", default=None, help="model name (default: the library default, Gemma 3 270M)")
     p.add_argument("--out", default=out, help="output directory")
     p.add_argument("--limit", type=int, default=limit, help=limit_help)
@@ -53,7 +56,8 @@ def parser(description: str, *, out: str, max_new_tokens: int = 10, layers_help:
     if layers_help:
         p.add_argument("--layers", default=None, help=layers_help)
     p.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
-    p.add_argument("--max-batch-size", "--batch-size", dest="max_batch_size", type=int, default=64)
+    p.add_argument("--max-batch-size", dest="max_batch_size", type=int, default=64)
+    add_renamed_flag(p, "--batch-size", "--max-batch-size", "max_batch_size", type=int)
     p.add_argument("--remote", action="store_true", help="run on NDIF")
     p.add_argument("--progress", action="store_true", help="show a progress bar")
     p.add_argument("--resume", action="store_true",
@@ -168,30 +172,20 @@ def random_arm(model, rows, options: RunOptions | None = None, *, target_model=N
     return run_rows(model, random_rows(rows, target_model or model, seed), opts, target_model=target_model)
 
 
-def parse_layers(spec: str | None, n_layers: int, default: Sequence[int] | None = None) -> list[int]:
-    """``"1-7"``, ``"all"``, ``"0,2,4"`` or None (= ``default``, else all), checked against the depth."""
+def model_layers(spec: str | None, n_layers: int, default: Sequence[int] | None = None) -> list[int]:
+    """The layers ``--layers`` names (:func:`superscopes_nn.core.layers.parse_layers`: ``"1-7"``, ``"0,2,4"``,
+    ``"-3--1"``, ``"all"``) on a model with ``n_layers``, sorted; None = ``default``, else all."""
     if spec is None:
-        layers = list(range(n_layers)) if default is None else list(default)
-    elif spec.strip().lower() == "all":
-        layers = list(range(n_layers))
-    else:
-        layers = []
-        for part in spec.split(","):
-            part = part.strip()
-            try:
-                if "-" in part:
-                    a, b = part.split("-", 1)
-                    layers.extend(range(int(a), int(b) + 1))
-                elif part:
-                    layers.append(int(part))
-            except ValueError:
-                raise ValueError(f"bad --layers {spec!r}: use e.g. '1-7', '0,2,4' or 'all'") from None
-    bad = [l for l in layers if not 0 <= l < n_layers]
-    if bad:
-        raise ValueError(f"layer(s) {bad} out of range for a model with {n_layers} layers (valid 0..{n_layers - 1})")
-    if not layers:
-        raise ValueError(f"empty layer list from --layers {spec!r}")
-    return sorted(set(layers))
+        return resolve_layers(list(range(n_layers)) if default is None else list(default), n_layers)
+    return resolve_layers(parse_layers(spec), n_layers)
+
+
+class ScriptParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` that takes ``--layers -3--1`` (a value starting with ``-``) as a value."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        args = sys.argv[1:] if args is None else list(args)
+        return super().parse_known_args(attach_negative_values(args), namespace)
 
 
 def int_list(spec: str | None) -> list[int] | None:

@@ -2,7 +2,7 @@
 
 >>> from superscopes_nn import load_model, sweep, Target, ENTITY_PROMPT
 >>> model = load_model()                       # Gemma 3 270M, embedded, offline
->>> df = sweep(model, "Alexander the Great", token="Great", sites=["mlp_out"],
+>>> df = sweep(model, "Alexander the Great", position="Great", sites=["mlp_out"],
 ...            layers=range(9), alphas=[1, 3, 6, 9, 12, 15])
 """
 

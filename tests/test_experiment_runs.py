@@ -123,7 +123,7 @@ def test_fig3_script_resumes_after_a_crash(model, tmp_path):
     tsv = tmp_path / "p.tsv"
     tsv.write_text("Pink Floyd\tloyd\nStar Wars\tWars\n")
     args = ["--out", str(tmp_path), "--prompts", str(tsv), "--layers", "0,1", "--max-new-tokens", "3",
-            "--batch-size", "4", "--boot", "20"]
+            "--max-batch-size", "4", "--boot", "20"]
     first = superscopes_fig3.main(args, model=model, cosine=word_cosine, score_pairs=pair_word_cosine)
     run = next(tmp_path.glob("fig3_*_rows"))
     assert len(jsonl(run / "rows.jsonl")) == 2 * 2 * 6

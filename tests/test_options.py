@@ -31,7 +31,7 @@ def test_remote_is_kept_as_given(given, want):
 
 
 def test_one_helper_reads_the_cli_and_the_scripts():
-    cli = build_parser().parse_args(["explain", "x", "--batch-size", "4", "--remote", "local", "--no-progress",
+    cli = build_parser().parse_args(["explain", "x", "--max-batch-size", "4", "--remote", "local", "--no-progress",
                                      "--max-new-tokens", "3"])
     assert options_from_args(cli, run_dir="d") == RunOptions(max_new_tokens=3, max_batch_size=4, remote="local",
                                                             progress=False, run_dir="d")

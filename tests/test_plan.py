@@ -168,8 +168,8 @@ def test_remote_runs_print_the_plan_and_each_request(model, monkeypatch, capsys)
 
 def test_plan_command(tmp_path, capsys):
     d = meta_dir(tmp_path, "Qwen2.5-72B")
-    assert cli_main(["plan", str(d), "--prompts", "Pink Floyd", "Star Wars", "--layers", "0,40,79", "--amps", "1,6",
-                     "--batch-size", "4", "--chunks-per-request", "1"]) == 0
+    assert cli_main(["plan", str(d), "--prompts", "Pink Floyd", "Star Wars", "--layers", "0,40,79", "--alphas", "1,6",
+                     "--max-batch-size", "4", "--chunks-per-request", "1"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith(f"plan: {d}, 12 rows in 3 chunks -> 3 NDIF requests (4 rows each)")
     assert len(out) == 2 + 3 and all(int(line.split()[3]) > 0 for line in out[2:])

@@ -99,8 +99,8 @@ def one_error_line(err: str) -> str:
 # ------------------------------------------------------------------ two writers (real processes)
 
 
-EXPLAIN = ["explain", "Alexander the Great", "--token", "Great", "--layers", "0-3", "--amps", "1,3,6,9,12,15",
-           "--batch-size", "1", "--max-new-tokens", "3", "--no-progress"]
+EXPLAIN = ["explain", "Alexander the Great", "--position", "Great", "--layers", "0-3", "--alphas", "1,3,6,9,12,15",
+           "--max-batch-size", "1", "--max-new-tokens", "3", "--no-progress"]
 
 
 def test_two_cli_explains_on_one_dir_started_together(model_dir, tmp_path):
@@ -257,7 +257,7 @@ def test_experiment_csvs_round_trip_every_text(tmp_path):
 def test_report_refuses_a_row_without_a_key_field_exactly_as_resume(model_dir, tmp_path, capsys):
     """Issue 31.6: one reader (store.unique_records) for resume and report, one refusal."""
     out = tmp_path / "D"
-    argv = ["explain", "Pink Floyd", "--layers", "0-1", "--amps", "1,3", "--max-new-tokens", "2", "--no-progress",
+    argv = ["explain", "Pink Floyd", "--layers", "0-1", "--alphas", "1,3", "--max-new-tokens", "2", "--no-progress",
             "--model", model_dir, "--out", str(out)]
     assert main(argv) == 0
     rows = [json.loads(l) for l in lines(out / "rows.jsonl")]
@@ -376,7 +376,7 @@ def test_resume_with_another_model_names_the_model_first(model_dir, tmp_path, ca
     with pytest.raises(ValueError, match=r"config 'model' differs \(stored 'a', now 'b'\)"):
         RunStore(tmp_path, {"model": "b", "layers": [1], "alphas": [2.0]}, resume=True)
     out = tmp_path / "cli"
-    argv = ["explain", "Pink Floyd", "--layers", "1", "--amps", "1", "--max-new-tokens", "2", "--no-progress",
+    argv = ["explain", "Pink Floyd", "--layers", "1", "--alphas", "1", "--max-new-tokens", "2", "--no-progress",
             "--out", str(out)]
     assert main(argv + ["--model", model_dir]) == 0
     other = tmp_path / "other_model"

@@ -204,7 +204,7 @@ def entity_resolution(model, entities=None, *, limit: int | None = None, layers:
     layers = list(range(min(n, n_src))) if layers is None else [check_layer(l, n_src, "source", model_name(model))
                                                                  for l in layers]
     names = ents.name.tolist()
-    rows = sweep_rows(model, names, layers=layers, token=-1, target=Target(target_prompt), target_model=target_model,
+    rows = sweep_rows(model, names, layers=layers, position=-1, target=Target(target_prompt), target_model=target_model,
                       mapping=mapping)
     df = run_rows(model, rows, opts, target_model=target_model)
     df.insert(0, "method", "patchscope")

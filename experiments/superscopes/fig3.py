@@ -59,7 +59,7 @@ from pathlib import Path
 import pandas as pd
 
 from experiments.common import (
-    add_decoding, check_args, decoding_config, decoding_of, decoding_tag, log, parse_layers, parser,
+    add_decoding, check_args, decoding_config, decoding_of, decoding_tag, log, model_layers, parser,
     pyplot, read_saved_csv, save_csv, save_figure, setup,
 )
 from experiments.superscopes.fig3_rows import FIG3_LAYERS, fig3_rows
@@ -165,7 +165,7 @@ def main(argv=None, model=None, cosine=None, embedder=None, score_pairs=None) ->
         tag = Path(str(args.model)).name if args.model else Path(model_name(m)).name
         stem = f"fig3_{tag}_{args.protocol}{decoding_tag(args)}"
         n = model_info(m).n_layers
-        layers = parse_layers(args.layers, n, [l for l in FIG3_LAYERS if l < n])
+        layers = model_layers(args.layers, n, [l for l in FIG3_LAYERS if l < n])
         opts = options_from_args(args, sampling=sampling)
         t0 = time.perf_counter()
         frames = {}

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from experiments.common import (
-    add_decoding, decoding_of, decoding_tag, log, parse_layers, parser, pyplot, read_saved_csv, save_csv,
+    add_decoding, decoding_of, decoding_tag, log, model_layers, parser, pyplot, read_saved_csv, save_csv,
     save_figure, setup, store_kwargs,
 )
 from superscopes_nn.science.chance import cosine_pairs
@@ -145,9 +145,9 @@ def run_single_prompt(name: str, prompt: str, token: str, site: str, alphas: Seq
     else:
         m, out = setup(args, model)
         n = model_info(m).n_layers
-        layers = parse_layers(args.layers, n, default_layers(n))
+        layers = model_layers(args.layers, n, default_layers(n))
         t0 = time.perf_counter()
-        df = superscope(m, prompt, site=site, layers=layers, alphas=alphas, token=token, target_layer=tl,
+        df = superscope(m, prompt, sites=site, layers=layers, alphas=alphas, position=token, target_layer=tl,
                         protocol=args.protocol, max_new_tokens=args.max_new_tokens,
                         max_batch_size=args.max_batch_size, progress=args.progress, remote=args.remote,
                         sampling=sampling, **store_kwargs(args, out, stem))

@@ -9,7 +9,7 @@ lets M* generate::
 
     model = load_model("gemma-3-270m")
     patchscope(model, [(Source("Alexander the Great", layer=4, position="Great"), Target(), Amplify(6))])
-    sweep(model, "Alexander the Great", token="Great", sites="mlp_out", layers=range(9), alphas=[1, 6])
+    sweep(model, "Alexander the Great", position="Great", sites="mlp_out", layers=range(9), alphas=[1, 6])
 
 =================  ===========================================================
 function           what it returns
@@ -38,6 +38,7 @@ from .rows import check_sites, encode, resolve, sweep_rows
 from .plan import CustomRequest, greedy_kwargs
 from .run import run_custom_requests, run_requests, run_rows, trim_new_tokens
 from ..structure.sites import site_tensor
+from ..core.deprecation import renamed
 from ..core.options import RunOptions
 from ..core.specs import Row, Target
 from ..core.validate import check_batch_size, check_layer, check_layers, check_max_new_tokens, check_strings
@@ -57,16 +58,18 @@ def patchscope(model, patches: Iterable, options: RunOptions | None = None, *, t
     return run_rows(model, resolve(model, patches, target_model), options, target_model=target_model, **settings)
 
 
-def sweep(model, prompts, *, layers, sites=("residual",), alphas=(1.0,), token=-1, target: Target = Target(),
+def sweep(model, prompts, *, layers, sites=("residual",), alphas=(1.0,), position=-1, target: Target = Target(),
           target_layers=None, target_model=None, mapping=None, options: RunOptions | None = None,
           **settings) -> pd.DataFrame:
     """The grid prompts x sites x layers (x target layers) x alphas, batched; one row per cell.
 
-    ``layers``/``alphas``/``sites`` take an int/float/str, a list, a range or a numpy array. ``options`` /
-    ``settings``: as :func:`~superscopes_nn.engine.run.run_rows` takes them (a progress bar unless
-    ``progress=False``).
+    ``layers``/``alphas``/``sites`` take an int/float/str, a list, a range or a numpy array; ``position``:
+    the source position (an int or a token string), one for every prompt or one per prompt (``token=`` is
+    its deprecated spelling). ``options`` / ``settings``: as :func:`~superscopes_nn.engine.run.run_rows`
+    takes them (a progress bar unless ``progress=False``).
     """
-    rows = sweep_rows(model, prompts, layers=layers, sites=sites, alphas=alphas, token=token, target=target,
+    position = renamed(settings, "token", "position", position, -1, "sweep")
+    rows = sweep_rows(model, prompts, layers=layers, sites=sites, alphas=alphas, position=position, target=target,
                       target_layers=target_layers, target_model=target_model, mapping=mapping)
     opts = RunOptions.of(options, **settings)
     return run_rows(model, rows, opts.with_defaults(progress=True), target_model=target_model)

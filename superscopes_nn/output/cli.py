@@ -1,12 +1,14 @@
 """The ``superscopes`` command line.
 
-    superscopes explain "Alexander the Great" --token Great --site mlp_out --layers 0-8 --amps 1,3,6,9,12,15
-    superscopes explain "Alexander the Great" --token Great --site mlp_out --target-site same   # same-site write
+    superscopes explain "Alexander the Great" --position Great --sites mlp_out --layers 0-8 --alphas 1,3,6,9,12,15
+    superscopes explain "Alexander the Great" --position Great --sites mlp_out --target-site same   # same-site write
     superscopes demo                      # the README's main job on the embedded default model
     superscopes report runs/RUN_DIR       # a self-contained HTML explorer of a finished sweep
     superscopes plan MODEL --prompts ...  # what a remote sweep sends to NDIF, measured first (plan_cli)
 
-Bad input prints one line ``error: ...`` naming the value and exits 2 (no traceback).
+Bad input prints one line ``error: ...`` naming the value and exits 2 (no traceback). The earlier
+flags ``--token``, ``--site``, ``--amps`` and ``--batch-size`` still work for one release, with one
+``warning:`` line each (:mod:`superscopes_nn.core.deprecation`).
 """
 
 from __future__ import annotations
@@ -19,50 +21,14 @@ from datetime import datetime
 from pathlib import Path
 
 from ..core.dirlock import RunDirBusy, check_run_dir
+from ..core.deprecation import add_renamed_flag
+from ..core.layers import attach_negative_values, parse_layers
 from ..core.options import options_from_args
 from ..core.validate import check_alphas, check_batch_size, check_int, check_max_new_tokens
 from ..structure.info import model_info
 
 ERRORS = (ValueError, KeyError, FloatingPointError, OSError, RunDirBusy)
 """Errors printed as one line ``error: ...`` with exit status 2 (``OSError`` covers FileNotFound/FileExists)."""
-
-
-_RANGE = re.compile(r"(-?\d+)-(-?\d+)")
-
-
-def parse_layers(spec: str) -> list[int]:
-    """``"0-8"`` -> 0..8, ``"1,3,5"``, ``"2"``, negative ones from the end (``"-3--1"``, ``"-2,-1"``),
-    ``"all"`` -> None (every layer)."""
-    spec = spec.strip()
-    if spec == "all":
-        return None
-    out = []
-    try:
-        for part in spec.split(","):
-            part = part.strip()
-            if m := _RANGE.fullmatch(part):
-                a, b = int(m[1]), int(m[2])
-                if b < a or (a < 0) != (b < 0):  # 5--1 would depend on the model's depth
-                    raise ValueError
-                out.extend(range(a, b + 1))
-            else:
-                out.append(int(part))
-    except ValueError:
-        raise ValueError(f"bad --layers {spec!r}: use e.g. 0-8, 1,3,5, -3--1 or all") from None
-    return out
-
-
-def _attach_layers(argv: list[str]) -> list[str]:
-    """``--layers -2,-1`` -> ``--layers=-2,-1``: argparse takes a value that starts with ``-`` for an option."""
-    out, i = [], 0
-    while i < len(argv):
-        if argv[i] == "--layers" and i + 1 < len(argv) and re.fullmatch(r"-\d[\d,\s-]*", argv[i + 1]):
-            out.append(f"--layers={argv[i + 1]}")
-            i += 2
-        else:
-            out.append(argv[i])
-            i += 1
-    return out
 
 
 def parse_floats(spec: str, what: str) -> list[float]:
@@ -105,12 +71,24 @@ def _table(df, value: str = "interpretation", width: int = 28) -> str:
     return "\n\n".join(blocks)
 
 
+def add_run_grid_args(p: argparse.ArgumentParser, layers: str) -> None:
+    """``--position --sites --layers --alphas --max-new-tokens --max-batch-size`` (``superscopes explain`` and
+    ``superscopes plan``), with the earlier ``--token --site --amps --batch-size`` kept for one release."""
+    p.add_argument("--position", default=None, help="source position: an int or a token string (default: last token)")
+    p.add_argument("--sites", default="mlp_out", help="residual | mlp_out | attn_out | mlp_in (comma list ok)")
+    p.add_argument("--layers", default=layers, help="source layers: 0-8, 1,3,5, -3--1 (from the end) or all")
+    p.add_argument("--alphas", default="1,3,6,9,12,15", help="amplification factors alpha")
+    p.add_argument("--max-new-tokens", default=10, type=int)
+    p.add_argument("--max-batch-size", default=64, type=int, help="rows per batched generate (a chunk)")
+    add_renamed_flag(p, "--token", "--position", "position")
+    add_renamed_flag(p, "--site", "--sites", "sites")
+    add_renamed_flag(p, "--amps", "--alphas", "alphas")
+    add_renamed_flag(p, "--batch-size", "--max-batch-size", "max_batch_size", type=int)
+
+
 def add_explain_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("prompt", help="source prompt, e.g. 'Alexander the Great'")
-    p.add_argument("--token", default=None, help="token string or int position in the prompt (default: last token)")
-    p.add_argument("--site", default="mlp_out", help="residual | mlp_out | attn_out | mlp_in (comma list ok)")
-    p.add_argument("--layers", default="0-8", help="source layers: 0-8, 1,3,5, -3--1 (from the end) or all")
-    p.add_argument("--amps", default="1,3,6,9,12,15", help="amplification factors alpha")
+    add_run_grid_args(p, "0-8")
     p.add_argument("--model", default=None, help="embedded name (gemma-3-270m, smollm2-135m), HF id or path")
     p.add_argument("--target-prompt", default=None, help="target prompt with the placeholder (default: entity description)")
     p.add_argument("--placeholder", default="x", help="placeholder word in the target prompt")
@@ -119,9 +97,6 @@ def add_explain_args(p: argparse.ArgumentParser) -> None:
                    help="where the amplified vector is written in the target: residual (default; the hidden state, "
                         "the official Superscopes protocol), same (the source's own site: Patchscopes' module='mlp') "
                         "or a site name")
-    p.add_argument("--max-new-tokens", default=10, type=int)
-    p.add_argument("--batch-size", dest="max_batch_size", default=64, type=int,
-                   help="rows per batched generate (and per remote request)")
     p.add_argument("--remote", default="false", help="false | local | true (NDIF) | https://host")
     p.add_argument("--out", default=None, help="run directory (default runs/<timestamp>)")
     p.add_argument("--resume", action="store_true", help="continue a run directory, skipping finished rows")
@@ -166,9 +141,9 @@ def explain(args) -> int:
     from ..core.specs import ENTITY_PROMPT, Target
 
     # every check that needs no model comes first: a bad value or output directory costs no model load
-    sites = check_sites([s.strip() for s in args.site.split(",") if s.strip()] or [args.site])
+    sites = check_sites([s.strip() for s in args.sites.split(",") if s.strip()] or [args.sites])
     layers = parse_layers(args.layers)
-    alphas = parse_floats(args.amps, "--amps")
+    alphas = parse_floats(args.alphas, "--alphas")
     opts = options_from_args(args)  # --remote parsed here, before the model loads
     max_new_tokens = check_max_new_tokens(args.max_new_tokens)
     batch_size = check_batch_size(args.max_batch_size)
@@ -183,10 +158,10 @@ def explain(args) -> int:
     target = Target(args.target_prompt or ENTITY_PROMPT, layer=target_layer, placeholder=args.placeholder,
                     site=target_site)
     rows = sweep_rows(model, [args.prompt], layers=layers, sites=sites, alphas=alphas,
-                      token=parse_position(args.token), target=target)
+                      position=parse_position(args.position), target=target)
     layers, alphas = list(dict.fromkeys(layers)), list(dict.fromkeys(alphas))  # as sweep_rows ran them
     config = {
-        "command": "explain", "prompts": [args.prompt], "token": args.token, "sites": sites,
+        "command": "explain", "prompts": [args.prompt], "token": args.position, "sites": sites,
         "layers": layers, "alphas": alphas, "target_prompt": target.prompt, "placeholder": target.placeholder,
         "target_layer": target_layer, "target_site": args.target_site.strip(), "max_new_tokens": max_new_tokens,
         "max_batch_size": batch_size,
@@ -243,7 +218,7 @@ def demo(args) -> int:
     layers = [l for l in range(1, 8) if l < model_info(model).n_layers]
     config = {"command": "demo", "prompt": DEMO_PROMPT, "site": "mlp_out", "protocol": "official",
               "layers": layers, "alphas": [float(a) for a in MLP_ALPHAS]}
-    df = superscope(model, DEMO_PROMPT, site="mlp_out", layers=layers, alphas=MLP_ALPHAS, protocol="official",
+    df = superscope(model, DEMO_PROMPT, sites="mlp_out", layers=layers, alphas=MLP_ALPHAS, protocol="official",
                     run_dir=out, config=config, resume=True, progress=True)
     df, line = scored_with_chance(df)
     print(_table(df))
@@ -302,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         from .plan_cli import main as plan_main
 
         return plan_main(argv[1:], sys.modules[__name__])
-    args = build_parser().parse_args(_attach_layers(argv))
+    args = build_parser().parse_args(attach_negative_values(argv))
     shown = warnings.showwarning
     warnings.showwarning = _warning_line  # a library warning is one line too
     try:

@@ -1,7 +1,7 @@
 """``superscopes plan``: what a remote sweep would send to NDIF, measured before anything is sent.
 
-    superscopes plan deepseek-ai/DeepSeek-V3 --prompts "Pink Floyd" "Star Wars" --layers all --amps 1,3,6,9,12,15
-    superscopes plan ./Llama-3.1-405B --prompts-file prompts.tsv --site mlp_out --batch-size 64 --chunks-per-request 8
+    superscopes plan deepseek-ai/DeepSeek-V3 --prompts "Pink Floyd" "Star Wars" --layers all --alphas 1,3,6,9,12,15
+    superscopes plan ./Llama-3.1-405B --prompts-file prompts.tsv --sites mlp_out --max-batch-size 64 --chunks-per-request 8
 
 The model is built on meta weights (``load_model(MODEL, remote=True)``: config and tokenizer only).
 Prints one line per request (rows, chunks, serialized bytes sent, result bytes at most) under the
@@ -14,20 +14,16 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..core.layers import attach_negative_values
 
 
-def build_parser() -> argparse.ArgumentParser:
+
+def build_parser(cli) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="superscopes plan", description="the NDIF plan of a sweep, before it is sent")
     p.add_argument("model", help="HF hub id or a local directory with config.json and a tokenizer")
     p.add_argument("--prompts", nargs="+", default=None, help="source prompts")
     p.add_argument("--prompts-file", default=None, help="one prompt per line (a TSV's first column; # comments)")
-    p.add_argument("--token", default=None, help="token string or int position (default: last token)")
-    p.add_argument("--site", default="mlp_out", help="residual | mlp_out | attn_out | mlp_in (comma list ok)")
-    p.add_argument("--layers", default="all", help="source layers: 0-8, 1,3,5 or all")
-    p.add_argument("--amps", default="1,3,6,9,12,15", help="amplification factors alpha")
-    p.add_argument("--max-new-tokens", default=10, type=int)
-    p.add_argument("--batch-size", dest="max_batch_size", default=64, type=int,
-                   help="rows per batched generate (max_batch_size)")
+    cli.add_run_grid_args(p, "all")
     p.add_argument("--chunks-per-request", default=8, type=int, help="batches sent as one NDIF request")
     return p
 
@@ -43,6 +39,7 @@ def _prompts(args) -> list[str]:
 
 
 def run(args, cli) -> int:
+    from ..core.layers import parse_layers
     from ..core.options import options_from_args
     from ..core.validate import check_batch_size, check_int, check_max_new_tokens
     from ..engine.plan import plan
@@ -51,15 +48,15 @@ def run(args, cli) -> int:
     from ..structure.models import load_model
 
     prompts = _prompts(args)
-    sites = check_sites([s.strip() for s in args.site.split(",") if s.strip()])
-    layers, alphas = cli.parse_layers(args.layers), cli.parse_floats(args.amps, "--amps")
+    sites = check_sites([s.strip() for s in args.sites.split(",") if s.strip()])
+    layers, alphas = parse_layers(args.layers), cli.parse_floats(args.alphas, "--alphas")
     check_batch_size(args.max_batch_size)
     check_int(args.chunks_per_request, "--chunks-per-request", minimum=1)
     check_max_new_tokens(args.max_new_tokens)
     model = load_model(args.model, remote=True)
     if layers is None:
         layers = list(range(model_info(model).n_layers))
-    rows = sweep_rows(model, prompts, layers=layers, sites=sites, alphas=alphas, token=cli.parse_position(args.token))
+    rows = sweep_rows(model, prompts, layers=layers, sites=sites, alphas=alphas, position=cli.parse_position(args.position))
     p = plan(model, rows, options_from_args(args))
     print(p.table())
     return 2 if p.problems() else 0
@@ -68,7 +65,7 @@ def run(args, cli) -> int:
 def main(argv: list[str], cli) -> int:
     """``superscopes plan ARGS``; ``cli``: :mod:`superscopes_nn.output.cli` (its parsers and error lines;
     passed in by its ``main`` so this module never imports it back)."""
-    args = build_parser().parse_args(argv)
+    args = build_parser(cli).parse_args(attach_negative_values(argv))
     try:
         return run(args, cli)
     except cli.ERRORS as err:
