@@ -23,6 +23,8 @@ function           what it returns
 
 All take ``remote=False | "local" | True | "https://host"`` (or an nnsight
 ``backend=``); remote sessions get NDIF retries and :class:`~superscopes_nn.remote.errors.NDIFError`.
+``patchscope``, ``sweep`` and ``patched_logits`` take their run settings as one
+:class:`~superscopes_nn.core.options.RunOptions` (``options=``) or as its fields by keyword.
 """
 
 from __future__ import annotations
