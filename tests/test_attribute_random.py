@@ -13,7 +13,6 @@ from superscopes_nn.engine.rows import resolve  # noqa: E402
 from superscopes_nn.engine.run import run_rows  # noqa: E402
 from superscopes_nn.science.scoring import answer_match  # noqa: E402
 from superscopes_nn.core.specs import Source, Target  # noqa: E402
-from superscopes_nn.structure.testing import tiny_model  # noqa: E402
 
 SAMPLES = pd.DataFrame({
     "task": ["country_capital_city", "country_capital_city", "country_currency", "country_currency"],
@@ -27,9 +26,7 @@ KW = dict(layer_stride=2, max_new_tokens=4, only_correct=False)
 KEYS = ["task", "subject", "object", "target_prompt", "source_prompt", "source_layer", "target_layer"]
 
 
-@pytest.fixture(scope="module")
-def model():
-    return tiny_model("gemma3_text", seed=0)
+TINY_MODEL = ("gemma3_text", 0)
 
 
 @pytest.fixture(scope="module")

@@ -19,11 +19,6 @@ import torch
 
 
 @pytest.fixture(scope="module")
-def model():
-    return tiny_model("llama")
-
-
-@pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     from superscopes_nn.structure.testing import save_tiny_checkpoint
 

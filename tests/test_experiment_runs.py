@@ -19,15 +19,9 @@ import pytest
 import superscopes_nn.engine.rows as R
 import superscopes_nn.engine.run as P
 from superscopes_nn import ENTITY_PROMPT, Target, run_rows, sweep, sweep_rows
-from superscopes_nn.structure.testing import tiny_model
 
 FIXTURE = Path(__file__).parent / "fixtures" / "two_hop_multihop_small.jsonl"
 KW = dict(max_new_tokens=3, max_batch_size=4)
-
-
-@pytest.fixture(scope="module")
-def model():
-    return tiny_model("llama", seed=0)
 
 
 @pytest.fixture(scope="module")

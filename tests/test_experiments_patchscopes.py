@@ -26,9 +26,7 @@ SAMPLES = pd.DataFrame({
 })
 
 
-@pytest.fixture(scope="module")
-def model():
-    return tiny_model("gemma3_text", seed=0)
+TINY_MODEL = ("gemma3_text", 0)
 
 
 @pytest.fixture(scope="module")

@@ -11,17 +11,11 @@ from experiments.common import alias_match, answer_aliases, load_queries
 from superscopes_nn.science.random_control import random_rows
 from superscopes_nn.engine.rows import resolve
 from superscopes_nn.engine.run import run_rows
-from superscopes_nn.structure.testing import tiny_model
 
 FIXTURE = Path(__file__).parent / "fixtures" / "two_hop_multihop_small.jsonl"
 PAIRS = [(1, 0), (1, 3), (3, 3)]
 SAME = ["id", "source_layer", "target_layer", "prompt", "target_prompt"]
 pytestmark = pytest.mark.filterwarnings("ignore")
-
-
-@pytest.fixture(scope="module")
-def model():
-    return tiny_model("llama")
 
 
 @pytest.fixture(scope="module")

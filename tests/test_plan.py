@@ -33,9 +33,7 @@ CONFIGS = Path(__file__).resolve().parent / "fixtures" / "large_configs"
 PROMPTS = ["Alexander the Great", "Pink Floyd", "Star Wars", "Will Smith and Daft Punk"]
 
 
-@pytest.fixture(scope="module")
-def model():
-    return tiny_model("llama", seed=2)
+TINY_MODEL = ("llama", 2)
 
 
 def _rows(model, layers=range(4), alphas=(1, 3, 6)):

@@ -11,14 +11,8 @@ from superscopes_nn.science.random_control import random_rows, source_seed
 from superscopes_nn.structure.reference import hf_patch_logits, hf_read
 from superscopes_nn.engine.rows import resolve, sweep_rows
 from superscopes_nn.core.specs import Affine, Compose, Source, Target
-from superscopes_nn.structure.testing import tiny_model
 
 PROMPTS = ["Pink Floyd", "Star Wars of old"]
-
-
-@pytest.fixture(scope="module")
-def model():
-    return tiny_model("llama")
 
 
 def grid(model):

@@ -22,16 +22,11 @@ from superscopes_nn.output import cli
 from superscopes_nn.core import dirlock
 from superscopes_nn.structure import models
 from superscopes_nn.output.cli import main
-from superscopes_nn.structure.testing import tiny_hf_model, tiny_model
+from superscopes_nn.structure.testing import tiny_hf_model
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 RUN = dict(max_new_tokens=2, progress=False)
-
-
-@pytest.fixture(scope="module")
-def model():
-    return tiny_model("llama")
 
 
 @pytest.fixture(scope="module")

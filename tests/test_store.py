@@ -240,3 +240,51 @@ def test_remote_chunk_failure_keeps_finished_chunks_and_resume_completes(sweep, 
                         chunks_per_request=1, **sweep_worker.RUN_KWARGS)
     pd.testing.assert_frame_equal(resumed, reference.iloc[:16])
     assert len(lines(tmp_path / "rows.jsonl")) == 16 and len(calls) == 5 + 2
+
+
+# ------------------------------------------------------------------ mapping keys in resume (from test_one_path)
+
+import torch  # noqa: E402
+
+from superscopes_nn.core.specs import Affine, Compose, Source, Target  # noqa: E402
+from superscopes_nn.engine.rows import resolve  # noqa: E402
+
+
+
+def _affine(seed: int) -> Affine:
+    g = torch.Generator().manual_seed(seed)
+    return Affine(torch.eye(64) + 0.01 * torch.randn(64, 64, generator=g), name="bridge")
+
+
+def _rows(model, mappings):
+    return resolve(model, [(Source("Pink Floyd", 1, -1, "residual"), Target(), f) for f in mappings])
+
+
+def test_two_affine_maps_with_one_name_are_two_rows_on_resume(model, tmp_path):
+    a, b = Compose(_affine(0), 2.0), Compose(_affine(1), 2.0)
+    assert a.name == b.name and a.key != b.key
+    rows = _rows(model, [a, b])
+    assert row_key(rows[0]) != row_key(rows[1])
+    df = run_rows(model, rows, max_new_tokens=2, run_dir=tmp_path)
+    assert len(df) == 2
+    stored = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()]
+    assert [r["mapping_key"] for r in stored] == [a.key, b.key]
+    # resume with b's weights changed: a's row is reused, the changed map is a new row
+    c = Compose(_affine(2), 2.0)
+    again = run_rows(model, _rows(model, [a, c]), max_new_tokens=2, run_dir=tmp_path, resume=True)
+    stored = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()]
+    assert [r["mapping_key"] for r in stored] == [a.key, b.key, c.key]
+    assert again.mapping_key.tolist() == [a.key, c.key]
+    assert again.token_ids.iloc[0] == df.token_ids.iloc[0]
+
+
+def test_two_fn_maps_with_one_name_and_different_code_are_two_rows(model, tmp_path):
+    f = Fn(lambda v: v * 2.0, name="double")
+    g = Fn(lambda v: v * 2.0 + 1.0, name="double")
+    assert f.key != g.key and f.key == Fn(lambda v: v * 2.0, name="double").key
+    rows = _rows(model, [f, g])
+    assert row_key(rows[0]) != row_key(rows[1])
+    run_rows(model, rows, max_new_tokens=2, run_dir=tmp_path)
+    stored = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()]
+    assert len(stored) == 2 and len({record_key(r) for r in stored}) == 2
+    assert {r["mapping_key"] for r in stored} == {f.key, g.key}

@@ -11,12 +11,9 @@ from superscopes_nn.core.layers import parse_layers, resolve_layers
 from superscopes_nn.core.store import row_key
 from superscopes_nn.science.random_control import random_vector_rows
 from superscopes_nn.science.superscopes import superscope
-from superscopes_nn.structure.testing import tiny_model
 
 
-@pytest.fixture(scope="module")
-def model():
-    return tiny_model("llama", seed=1)
+TINY_MODEL = ("llama", 1)
 
 
 def _deprecated(fn, *args, **kwargs):
