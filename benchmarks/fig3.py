@@ -28,7 +28,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from superscopes_nn.structure.reference import hf_patch_generate  # noqa: E402
+from superscopes_nn.testing.hook_reference import hf_patch_generate  # noqa: E402
 from timing import Way, add_args, interleave, report, round_slices, say, setup  # noqa: E402
 
 from superscopes_nn.data.datasets import load_fig3_prompts  # noqa: E402

@@ -46,7 +46,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from superscopes_nn.structure.reference import hf_patch_generate  # noqa: E402
+from superscopes_nn.testing.hook_reference import hf_patch_generate  # noqa: E402
 from timing import RssSampler, Way, add_args, interleave, report, run_child, say, setup  # noqa: E402
 
 from superscopes_nn import ENTITY_PROMPT, Target, load_model, run_rows, sweep_rows  # noqa: E402

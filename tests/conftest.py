@@ -37,7 +37,7 @@ def model(request):
     """The test module's tiny random model: ``TINY_MODEL = (family, seed)`` in the module (default
     ``("llama", 0)``), built once per module. A module with other needs (a device, several families)
     defines its own ``model``."""
-    from superscopes_nn.structure.testing import tiny_model
+    from superscopes_nn.testing.tiny_models import tiny_model
 
     arch, seed = getattr(request.module, "TINY_MODEL", ("llama", 0))
     return tiny_model(arch, seed=seed)

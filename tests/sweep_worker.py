@@ -22,7 +22,7 @@ def build():
     """``(model, rows, config)`` of the sweep: 3 prompts x 4 layers x 4 alphas = 48 rows."""
     from superscopes_nn.engine.rows import sweep_rows
     from superscopes_nn.core.specs import ENTITY_PROMPT, Target
-    from superscopes_nn.structure.testing import tiny_model
+    from superscopes_nn.testing.tiny_models import tiny_model
 
     model = tiny_model("llama", seed=0)
     rows = sweep_rows(model, PROMPTS, layers=LAYERS, alphas=ALPHAS, target=Target(ENTITY_PROMPT))

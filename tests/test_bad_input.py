@@ -13,14 +13,14 @@ from superscopes_nn import Affine, Amplify, Source, Target, load_model, patchsco
 from superscopes_nn.output.cli import main
 from superscopes_nn.engine.run import run_rows
 from superscopes_nn.core.specs import ENTITY_PROMPT
-from superscopes_nn.structure.testing import tiny_model
+from superscopes_nn.testing.tiny_models import tiny_model
 
 import torch
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    from superscopes_nn.structure.testing import save_tiny_checkpoint
+    from superscopes_nn.testing.tiny_models import save_tiny_checkpoint
 
     d = tmp_path_factory.mktemp("tiny")
     save_tiny_checkpoint(d, "llama")

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from superscopes_nn.output.cli import main, parse_layers
-from superscopes_nn.structure.testing import save_tiny_checkpoint
+from superscopes_nn.testing.tiny_models import save_tiny_checkpoint
 
 
 @pytest.fixture(scope="module")

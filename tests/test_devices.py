@@ -29,14 +29,14 @@ import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
-from superscopes_nn.structure.reference import hf_patch_generate
+from superscopes_nn.testing.hook_reference import hf_patch_generate
 from superscopes_nn import Affine, Compose, Fn, load_model
 from superscopes_nn.engine.api import collect, patched_logits, patchscope, sweep
 from superscopes_nn.engine.chunks import apply_map, map_vectors
 from superscopes_nn.engine.lens import lens_logits
 from superscopes_nn.engine.rows import resolve, sweep_rows
 from superscopes_nn.core.specs import ENTITY_PROMPT, IDENTITY_PROMPT, Source, Target
-from superscopes_nn.structure.testing import save_tiny_checkpoint, tiny_hf_model, wrap
+from superscopes_nn.testing.tiny_models import save_tiny_checkpoint, tiny_hf_model, wrap
 
 ROOT = Path(__file__).resolve().parents[1]
 MOVES = (torch.Tensor.to, torch.Tensor.cuda, torch.Tensor.cpu)

@@ -23,9 +23,9 @@ from superscopes_nn.structure.architectures import ARCHITECTURES, SITES
 from superscopes_nn.structure.info import model_info
 from superscopes_nn.structure.models import wrap
 from superscopes_nn.structure.odd_layers import shared_children
-from superscopes_nn.structure.reference import hf_patch_generate, hf_patch_logits, hf_read
+from superscopes_nn.testing.hook_reference import hf_patch_generate, hf_patch_logits, hf_read
 from superscopes_nn.structure.sites_resolver import resolve_sites
-from superscopes_nn.structure.testing import FLAT_ARCHS, tiny_hf_model, tiny_model
+from superscopes_nn.testing.tiny_models import FLAT_ARCHS, tiny_hf_model, tiny_model
 
 RESOLVED = ("llama4_text", "opt", "dbrx")
 REFUSED = [a for a in FLAT_ARCHS if a not in RESOLVED]

@@ -22,10 +22,10 @@ from superscopes_nn.structure.architectures import ARCHITECTURES, SITES
 from superscopes_nn.structure.caches import ROW_COPY, row_copy_reason
 from superscopes_nn.structure.info import model_info
 from superscopes_nn.structure.models import wrap
-from superscopes_nn.structure.reference import hf_patch_generate, hf_read
+from superscopes_nn.testing.hook_reference import hf_patch_generate, hf_read
 from superscopes_nn.structure.sites_resolver import SiteError, resolve_sites
 from superscopes_nn.structure.spec import arch_spec
-from superscopes_nn.structure.testing import HYBRID_ARCHS, tiny_hf_model, tiny_model, tiny_tokenizer
+from superscopes_nn.testing.tiny_models import HYBRID_ARCHS, tiny_hf_model, tiny_model, tiny_tokenizer
 
 PROMPT, TOKEN = "Alexander the Great", "Great"
 

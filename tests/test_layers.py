@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LIB = ROOT / "superscopes_nn"
 
 RANK = {"_version": -1, "core": 0, "data": 1, "structure": 1, "remote": 2, "engine": 3, "science": 4, "output": 5,
-        "": 6}
+        "testing": 6, "": 7}
 """Sub-package -> layer. ``""`` is the package's ``__init__`` (the public API), above everything."""
 
 

@@ -12,7 +12,7 @@ from superscopes_nn.structure import spec as spec_mod
 from superscopes_nn.structure.architectures import SITES, num_layers
 from superscopes_nn.structure.info import ModelInfo, model_info, rename
 from superscopes_nn.structure.models import wrap
-from superscopes_nn.structure.testing import tiny_hf_model, tiny_model
+from superscopes_nn.testing.tiny_models import tiny_hf_model, tiny_model
 
 RESOLVERS = ("arch_spec", "resolve_sites", "num_layers", "hidden_size", "verify_sites")
 

@@ -4,12 +4,12 @@
 import pytest
 import torch
 
-from superscopes_nn.structure.reference import hf_patch_generate, hf_patch_logits, hf_read
+from superscopes_nn.testing.hook_reference import hf_patch_generate, hf_patch_logits, hf_read
 from superscopes_nn.engine.api import collect, patched_logits, patchscope, sweep
 from superscopes_nn.engine.rows import resolve, sweep_rows
 from superscopes_nn.engine.run import run_rows
 from superscopes_nn.core.specs import ENTITY_PROMPT, IDENTITY_PROMPT, Affine, Amplify, Source, Target
-from superscopes_nn.structure.testing import CORE_ARCHS, tiny_hf_model, wrap
+from superscopes_nn.testing.tiny_models import CORE_ARCHS, tiny_hf_model, wrap
 
 SITES = ("residual", "attn_out", "mlp_in", "mlp_out")
 

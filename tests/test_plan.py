@@ -27,7 +27,7 @@ from superscopes_nn.core.options import RunOptions
 from superscopes_nn.engine.plan import LIMITS, plan
 from superscopes_nn.output.cli import main as cli_main
 from superscopes_nn.remote.capture import CaptureBackend, RequestCaptured
-from superscopes_nn.structure.testing import tiny_model, tiny_tokenizer
+from superscopes_nn.testing.tiny_models import tiny_model, tiny_tokenizer
 
 CONFIGS = Path(__file__).resolve().parent / "fixtures" / "large_configs"
 PROMPTS = ["Alexander the Great", "Pink Floyd", "Star Wars", "Will Smith and Daft Punk"]

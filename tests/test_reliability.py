@@ -28,7 +28,7 @@ from superscopes_nn.output.cli import main
 from superscopes_nn.engine.run import run_rows
 from superscopes_nn.core.dirlock import RunDirBusy
 from superscopes_nn.core.store import RunStore, record_key, row_key
-from superscopes_nn.structure.testing import save_tiny_checkpoint
+from superscopes_nn.testing.tiny_models import save_tiny_checkpoint
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent

@@ -22,7 +22,7 @@ from superscopes_nn.output import cli
 from superscopes_nn.core import dirlock
 from superscopes_nn.structure import models
 from superscopes_nn.output.cli import main
-from superscopes_nn.structure.testing import tiny_hf_model
+from superscopes_nn.testing.tiny_models import tiny_hf_model
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
@@ -258,7 +258,7 @@ import json, sys, time, warnings
 from superscopes_nn import load_model
 from superscopes_nn.engine.rows import sweep_rows
 from superscopes_nn.engine.run import run_rows
-from superscopes_nn.structure.testing import tiny_model
+from superscopes_nn.testing.tiny_models import tiny_model
 
 ndif, out = sys.argv[1], {}
 t0 = time.monotonic()

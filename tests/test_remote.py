@@ -11,7 +11,7 @@ from superscopes_nn import ENTITY_PROMPT, Target, run_rows, sweep_rows
 from superscopes_nn.engine.chunks import plan_chunk, run_chunks
 from superscopes_nn.engine.plan import greedy_kwargs
 from superscopes_nn.remote.capture import CaptureBackend, RequestCaptured
-from superscopes_nn.structure.testing import tiny_hf_model, wrap
+from superscopes_nn.testing.tiny_models import tiny_hf_model, wrap
 
 HERE = Path(__file__).resolve().parent
 

@@ -12,12 +12,12 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # the experiments package lives at the repo root
     sys.path.insert(0, str(ROOT))
 
-from superscopes_nn.structure.reference import hf_patch_generate  # noqa: E402
+from superscopes_nn.testing.hook_reference import hf_patch_generate  # noqa: E402
 from superscopes_nn.core.specs import ENTITY_PROMPT  # noqa: E402
 from superscopes_nn.science.superscopes import (  # noqa: E402
     HIDDEN_ALPHAS, MLP_ALPHAS, add_scores, check_alphas, detect_alpha, rule_agreement, success_table, superscope,
 )
-from superscopes_nn.structure.testing import tiny_model  # noqa: E402
+from superscopes_nn.testing.tiny_models import tiny_model  # noqa: E402
 
 
 def word_cosine(a, b, embedder=None):

@@ -1,6 +1,6 @@
 """Tiny random-weight models of every supported architecture, built offline in code.
 
->>> from superscopes_nn.structure.testing import tiny_model
+>>> from superscopes_nn.testing.tiny_models import tiny_model
 >>> model = tiny_model("gemma3_text")     # nnsight TransformersModel, 4 layers, d=64
 
 The tokenizer is a byte-level BPE trained in code on a fixed corpus (the
@@ -14,7 +14,7 @@ import functools
 
 import torch
 
-from .models import wrap
+from ..structure.models import wrap
 
 #: The families the tests parametrize over (``config.model_type`` values; ``gemma3`` is the
 #: multimodal Gemma 3, whose language model lives under ``model.language_model``).
