@@ -67,7 +67,7 @@ def main(argv=None) -> dict:
     model = load_model(args.model)
     hf = model._module
     prompts = [x[0] for x in load_fig3_prompts()][: args.limit]
-    df = superscope(model, prompts, site="mlp_out", layers=list(range(1, 8)), alphas=MLP_ALPHAS, token=-1,
+    df = superscope(model, prompts, sites="mlp_out", layers=list(range(1, 8)), alphas=MLP_ALPHAS, position=-1,
                     max_new_tokens=args.max_new_tokens, max_batch_size=args.batch_size)
     m, bs = args.max_new_tokens, args.batch_size
     lens = np.array([len(t) for t in df.token_ids])  # trimmed at the first EOS; m = no EOS

@@ -41,7 +41,7 @@ ALPHAS = [1, 3, 6, 9, 12, 15]
 def measure(name: str, args) -> dict:
     model = load_model(name, dtype=torch.bfloat16)
     n_layers = model._module.config.num_hidden_layers
-    every = sweep_rows(model, "Alexander the Great", token=-1, layers=range(n_layers), sites=["mlp_out"],
+    every = sweep_rows(model, "Alexander the Great", position=-1, layers=range(n_layers), sites=["mlp_out"],
                        alphas=ALPHAS, target=Target(ENTITY_PROMPT))
     step = max(1, len(every) // args.rows)
     rows = every[::step][: args.rows]

@@ -28,7 +28,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from superscopes_nn.structure.reference import hf_patch_generate  # noqa: E402
+from superscopes_nn.testing.hook_reference import hf_patch_generate  # noqa: E402
 from timing import Way, add_args, interleave, report, round_slices, say, setup  # noqa: E402
 
 from superscopes_nn.data.datasets import load_fig3_prompts  # noqa: E402
@@ -50,7 +50,7 @@ def main(argv=None, model=None) -> dict:
     layers = list(range(1, 8))
     model = model or load_model(args.model)
     hf = model._module
-    kw = dict(site="mlp_out", layers=layers, alphas=MLP_ALPHAS, token=-1, max_new_tokens=args.max_new_tokens,
+    kw = dict(sites="mlp_out", layers=layers, alphas=MLP_ALPHAS, position=-1, max_new_tokens=args.max_new_tokens,
               max_batch_size=args.batch_size, progress=False)
     tgt = model.tokenizer(ENTITY_PROMPT)["input_ids"]
     state: dict = {"checked": set()}

@@ -48,7 +48,7 @@ def llama(shape: str, device, dtype, seed: int):
     """A random-weight Llama of ``shape`` built directly on ``device`` in ``dtype``, wrapped for nnsight."""
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    from superscopes_nn.structure.testing import tiny_tokenizer, wrap
+    from superscopes_nn.testing.tiny_models import tiny_tokenizer, wrap
 
     d, n, inter, heads, kv, vocab = SHAPES[shape]
     config = LlamaConfig(hidden_size=d, num_hidden_layers=n, intermediate_size=inter, num_attention_heads=heads,
@@ -62,7 +62,7 @@ def llama(shape: str, device, dtype, seed: int):
 
 def reference_rows(model, rows, n_new, target_model=None):
     """Plain-HF hook reference ids of ``rows`` (tests/hf_reference.py)."""
-    from superscopes_nn.structure.reference import hf_patch_generate
+    from superscopes_nn.testing.hook_reference import hf_patch_generate
 
     src, tgt = model._module, (target_model or model)._module
     return [hf_patch_generate(src, tgt, list(r.source_ids), r.source_position, r.source_layer, r.site,
@@ -83,7 +83,7 @@ def check_engine_tests(smoke: bool) -> dict:
 
 
 def check_sweep_bf16(device, smoke: bool, models: dict) -> dict:
-    from superscopes_nn.structure.reference import hf_patch_logits
+    from superscopes_nn.testing.hook_reference import hf_patch_logits
     from superscopes_nn import ENTITY_PROMPT, Target, logit_tolerance, patched_logits, run_rows, sweep_rows
 
     t0 = time.perf_counter()
@@ -91,7 +91,7 @@ def check_sweep_bf16(device, smoke: bool, models: dict) -> dict:
     n = model._module.config.num_hidden_layers
     built = time.perf_counter() - t0
     rows = sweep_rows(model, ["Alexander the Great", "Pink Floyd"], layers=range(0, n, max(1, n // 8)),
-                      sites=["mlp_out", "residual"], alphas=[1, 4] if smoke else [1, 2, 4, 8], token=-1,
+                      sites=["mlp_out", "residual"], alphas=[1, 4] if smoke else [1, 2, 4, 8], position=-1,
                       target=Target(ENTITY_PROMPT))
     _sync(device)
     t1 = time.perf_counter()
@@ -142,7 +142,7 @@ def check_split_layout(device, smoke: bool) -> dict:
     from accelerate import dispatch_model
 
     from superscopes_nn import ENTITY_PROMPT, Target, run_rows, sweep_rows
-    from superscopes_nn.structure.testing import tiny_hf_model, wrap
+    from superscopes_nn.testing.tiny_models import tiny_hf_model, wrap
 
     hf, tok = tiny_hf_model("llama", seed=3)
     fast, slow = ("cpu", "disk") if smoke else (0, "cpu")

@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from timing import Way, add_args, interleave, report, say, setup  # noqa: E402
 
-import superscopes_nn.engine.session as E  # noqa: E402
-import superscopes_nn.engine.resolver as P  # noqa: E402
+import superscopes_nn.engine.chunks as E  # noqa: E402
+import superscopes_nn.engine.rows as P  # noqa: E402
 from superscopes_nn import IDENTITY_PROMPT, Source, Target, load_model, patched_logits, resolve  # noqa: E402
 
 

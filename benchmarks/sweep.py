@@ -46,11 +46,11 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from superscopes_nn.structure.reference import hf_patch_generate  # noqa: E402
+from superscopes_nn.testing.hook_reference import hf_patch_generate  # noqa: E402
 from timing import RssSampler, Way, add_args, interleave, report, run_child, say, setup  # noqa: E402
 
 from superscopes_nn import ENTITY_PROMPT, Target, load_model, run_rows, sweep_rows  # noqa: E402
-from superscopes_nn.engine.session import chunks, shared_prefix_len  # noqa: E402
+from superscopes_nn.engine.chunks import chunk_indices, shared_prefix_len  # noqa: E402
 
 ALPHAS = [1, 3, 6, 9, 12, 15]
 MEMORY_PROMPTS = ["Alexander the Great", "Pink Floyd", "Back to the Future", "Star Wars"]
@@ -65,7 +65,7 @@ def plain_generate(hf, ids: list[list[int]], max_new_tokens: int, batch: int, pa
     """Unpatched batched greedy generation, ``batch`` rows per call; returns the new token ids."""
     out = []
     with torch.no_grad():
-        for idx in chunks([len(i) for i in ids], batch):
+        for idx in chunk_indices([len(i) for i in ids], batch):
             x = torch.tensor([ids[i] for i in idx])
             out += _gen(hf, x, max_new_tokens, pad_id)[:, x.shape[1]:].tolist()
     return out
@@ -78,7 +78,7 @@ def plain_prefix_generate(hf, ids: list[list[int]], prefix_len: int, max_new_tok
     and ``generate`` runs the rest (the library default's work, minus the patch)."""
     out = []
     with torch.no_grad():
-        for idx in chunks([len(i) for i in ids], batch):
+        for idx in chunk_indices([len(i) for i in ids], batch):
             x = torch.tensor([ids[i] for i in idx])
             kw = {}
             if prefix_len:
@@ -119,7 +119,7 @@ def forward_flops(hf, rows, prefix_len: int, max_new_tokens: int, batch: int) ->
         return sum(body + attn(c + 1) for c in range(start, stop))
 
     total = full = 0
-    for idx in chunks([len(r.target_ids) for r in rows], batch):
+    for idx in chunk_indices([len(r.target_ids) for r in rows], batch):
         t = len(rows[idx[0]].target_ids)
         decode = sum(body + attn(t + s + 1) + lm for s in range(max_new_tokens - 1))
         total += tokens(0, prefix_len) + lm + len(idx) * (tokens(prefix_len, t) + lm + decode)
@@ -162,7 +162,7 @@ def memory_child(args) -> None:
 
     setup(args)
     model = load_model(args.model)
-    rows = sweep_rows(model, MEMORY_PROMPTS, token=-1, layers=range(model._module.config.num_hidden_layers),
+    rows = sweep_rows(model, MEMORY_PROMPTS, position=-1, layers=range(model._module.config.num_hidden_layers),
                       sites=["mlp_out"], alphas=ALPHAS, target=Target(ENTITY_PROMPT))[: args.memory_child]
     assert len(rows) == args.memory_child, f"only {len(rows)} memory rows"
     gc.collect()
@@ -219,12 +219,12 @@ def main(argv=None) -> dict:
     model = load_model(args.model)
     hf = model._module
     pad = model.tokenizer.pad_token_id
-    rows = sweep_rows(model, "Alexander the Great", token="Great", layers=range(hf.config.num_hidden_layers),
+    rows = sweep_rows(model, "Alexander the Great", position="Great", layers=range(hf.config.num_hidden_layers),
                       sites=["mlp_out"], alphas=ALPHAS, target=Target(ENTITY_PROMPT))[: args.rows]
     n, m, bs = len(rows), args.max_new_tokens, args.batch_size
     kw = dict(max_new_tokens=m, max_batch_size=bs)
     targets = [list(r.target_ids) for r in rows]
-    prefix = min(shared_prefix_len([rows[i] for i in idx]) for idx in chunks([len(t) for t in targets], bs))
+    prefix = min(shared_prefix_len([rows[i] for i in idx]) for idx in chunk_indices([len(t) for t in targets], bs))
 
     per_round = max(1, math.ceil(args.loop_rows / args.repeats))
     step = max(1, n // (per_round * args.repeats))

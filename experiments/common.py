@@ -22,10 +22,12 @@ import pandas as pd
 
 from experiments import run_folders
 from experiments.run_folders import ExperimentParser, rows_dir
+from superscopes_nn.core.deprecation import add_renamed_flag
+from superscopes_nn.core.layers import parse_layers, resolve_layers
+from superscopes_nn.core.options import RunOptions, options_from_args
 from superscopes_nn.core.tables import read_csv, write_csv
 from superscopes_nn.output.help_format import DefaultsFormatter
 from superscopes_nn.science.scoring import answer_match
-from superscopes_nn.structure.info import model_info  # noqa: E402
 
 NOT_CONFIG = ("out", "resume", "progress", "from_csv", "max_batch_size", "batch_size", "control", "control_seed",
               "settings")
@@ -66,8 +68,9 @@ def parser(description: str, *, out: str, max_new_tokens: int = 10, layers_help:
     if layers_help:
         p.add_argument("--layers", default=None, help=layers_help)
     p.add_argument("--max-new-tokens", type=int, default=max_new_tokens, help="tokens generated per patched row")
-    p.add_argument("--max-batch-size", "--batch-size", dest="max_batch_size", type=int, default=64,
+    p.add_argument("--max-batch-size", dest="max_batch_size", type=int, default=64,
                    help="rows per batched generate")
+    add_renamed_flag(p, "--batch-size", "--max-batch-size", "max_batch_size", type=int)
     p.add_argument("--remote", action="store_true", help="run on NDIF")
     p.add_argument("--progress", action="store_true", help="show a progress bar")
     p.add_argument("--resume", action="store_true",
@@ -121,11 +124,25 @@ def decoding_config(args: argparse.Namespace) -> dict:
     return {"decoding": args.decoding, "sampling_seed": 0 if args.seed is None else args.seed}
 
 
-def store_kwargs(args: argparse.Namespace, out, name: str) -> dict:
-    """``run_dir`` (``out/<name><settings>_rows``, :func:`rows_dir`) / ``resume`` / ``config`` (the script's arguments)."""
+def run_config_of(args: argparse.Namespace) -> dict:
+    """The run-store config of a script's arguments: every argument that changes a row's result."""
     config = {k: v for k, v in vars(args).items() if k not in NOT_CONFIG and k not in ("decoding", "seed")}
     config.update(decoding_config(args))
-    return {"run_dir": rows_dir(out, name, args), "resume": bool(getattr(args, "resume", False)), "config": config}
+    return config
+
+
+def store_kwargs(args: argparse.Namespace, out, name: str) -> dict:
+    """``run_dir`` (``out/<name><settings>_rows``, :func:`rows_dir`) / ``resume`` / ``config``
+    (:func:`run_config_of`), for the scripts that take them as keywords."""
+    return {"run_dir": rows_dir(out, name, args), "resume": bool(getattr(args, "resume", False)),
+            "config": run_config_of(args)}
+
+
+def run_options(args: argparse.Namespace, out, name: str, **settings) -> RunOptions:
+    """The :class:`~superscopes_nn.core.options.RunOptions` of a script's arguments
+    (:func:`~superscopes_nn.core.options.options_from_args`, the helper the ``superscopes`` command uses
+    too), keeping its rows in :func:`rows_dir` with :func:`run_config_of`; ``settings`` replace fields."""
+    return options_from_args(args, run_dir=rows_dir(out, name, args), config=run_config_of(args), **settings)
 
 
 CONTROLS = ("none", "random")
@@ -147,43 +164,28 @@ def add_control(p: argparse.ArgumentParser) -> None:
     p.add_argument("--control-seed", type=int, default=0, help="seed of the random directions")
 
 
-def random_arm(model, rows, *, target_model=None, seed: int = 0, **run_kwargs) -> pd.DataFrame:
+def random_arm(model, rows, options: RunOptions | None = None, *, target_model=None, seed: int = 0,
+               **settings) -> pd.DataFrame:
     """The rows' norm-matched random-vector counterparts (same sources, targets, α), run like them.
 
-    ``rows``: resolved rows (:func:`superscopes_nn.engine.resolver.resolve`) of the real arm; ``run_kwargs``
-    go to :func:`superscopes_nn.engine.run.run_rows` (give the random arm its own ``run_dir``)."""
+    ``rows``: resolved rows (:func:`superscopes_nn.engine.rows.resolve`) of the real arm; ``options`` /
+    ``settings``: as :func:`superscopes_nn.engine.run.run_rows` takes them (give the random arm its own
+    ``run_dir``; its config gains ``control_seed``)."""
     from superscopes_nn.science.random_control import random_rows
     from superscopes_nn.engine.run import run_rows
 
-    if run_kwargs.get("config") is not None:  # the seed is part of the random arm's run, not of the real one
-        run_kwargs["config"] = {**run_kwargs["config"], "control_seed": int(seed)}
-    return run_rows(model, random_rows(rows, target_model or model, seed), target_model=target_model, **run_kwargs)
+    opts = RunOptions.of(options, **settings)
+    if opts.config is not None:  # the seed is part of the random arm's run, not of the real one
+        opts = opts.replace(config={**opts.config, "control_seed": int(seed)})
+    return run_rows(model, random_rows(rows, target_model or model, seed), opts, target_model=target_model)
 
 
-def parse_layers(spec: str | None, n_layers: int, default: Sequence[int] | None = None) -> list[int]:
-    """``"1-7"``, ``"all"``, ``"0,2,4"`` or None (= ``default``, else all), checked against the depth."""
+def model_layers(spec: str | None, n_layers: int, default: Sequence[int] | None = None) -> list[int]:
+    """The layers ``--layers`` names (:func:`superscopes_nn.core.layers.parse_layers`: ``"1-7"``, ``"0,2,4"``,
+    ``"-3--1"``, ``"all"``) on a model with ``n_layers``, sorted; None = ``default``, else all."""
     if spec is None:
-        layers = list(range(n_layers)) if default is None else list(default)
-    elif spec.strip().lower() == "all":
-        layers = list(range(n_layers))
-    else:
-        layers = []
-        for part in spec.split(","):
-            part = part.strip()
-            try:
-                if "-" in part:
-                    a, b = part.split("-", 1)
-                    layers.extend(range(int(a), int(b) + 1))
-                elif part:
-                    layers.append(int(part))
-            except ValueError:
-                raise ValueError(f"bad --layers {spec!r}: use e.g. '1-7', '0,2,4' or 'all'") from None
-    bad = [l for l in layers if not 0 <= l < n_layers]
-    if bad:
-        raise ValueError(f"layer(s) {bad} out of range for a model with {n_layers} layers (valid 0..{n_layers - 1})")
-    if not layers:
-        raise ValueError(f"empty layer list from --layers {spec!r}")
-    return sorted(set(layers))
+        return resolve_layers(list(range(n_layers)) if default is None else list(default), n_layers)
+    return resolve_layers(parse_layers(spec), n_layers)
 
 
 def int_list(spec: str | None) -> list[int] | None:
@@ -207,12 +209,6 @@ def setup(args: argparse.Namespace, model=None):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     return model, out
-
-
-def n_layers_of(model) -> int:
-
-
-    return model_info(model).n_layers
 
 
 # ------------------------------------------------------------------ files

@@ -16,6 +16,8 @@ import re
 import sys
 from pathlib import Path
 
+from superscopes_nn.core.layers import attach_negative_values
+
 def first_paragraph(doc: str | None) -> str:
     """The first paragraph of a module docstring as one line (a ``--help`` description that never stops
     mid-sentence)."""
@@ -82,11 +84,16 @@ def _held_runs(out: Path, name: str, tag: str) -> list[Path]:
 class ExperimentParser(argparse.ArgumentParser):
     """The scripts' parser: ``--help`` shows every default; after parsing, ``args.settings`` is the run
     folder's settings tag (:func:`settings_tag`), and a run whose settings already have finished rows
-    under ``--out`` is refused without ``--resume`` in one ``error:`` line (exit 2), before any model loads."""
+    under ``--out`` is refused without ``--resume`` in one ``error:`` line (exit 2), before any model loads.
+    A value starting with ``-`` (``--layers -3--1``) is taken as a value."""
 
     def __init__(self, *a, rows_name: str, **kw):
         super().__init__(*a, **kw)
         self.rows_name = rows_name
+
+    def parse_known_args(self, args=None, namespace=None):
+        args = sys.argv[1:] if args is None else list(args)
+        return super().parse_known_args(attach_negative_values(args), namespace)
 
     def parse_args(self, args=None, namespace=None):
         ns = super().parse_args(args, namespace)

@@ -2,7 +2,7 @@
 
 >>> from superscopes_nn import load_model, sweep, Target, ENTITY_PROMPT
 >>> model = load_model()                       # Gemma 3 270M, embedded, offline
->>> df = sweep(model, "Alexander the Great", token="Great", sites=["mlp_out"],
+>>> df = sweep(model, "Alexander the Great", position="Great", sites=["mlp_out"],
 ...            layers=range(9), alphas=[1, 3, 6, 9, 12, 15])
 """
 
@@ -13,8 +13,8 @@ from .structure.spec import arch_spec  # noqa: E402
 from .engine.lens import lens_logits, logit_lens  # noqa: E402
 from .structure.models import DEFAULT_MODEL, load_model  # noqa: E402
 from .engine.api import collect, generate_plain, patched_logits, patchscope, sweep  # noqa: E402
-from .engine.session import logit_tolerance  # noqa: E402
-from .engine.resolver import resolve, sweep_rows  # noqa: E402
+from .engine.chunks import logit_tolerance  # noqa: E402
+from .engine.rows import resolve, sweep_rows  # noqa: E402
 from .engine.run import run_rows  # noqa: E402
 from .science.superscopes import superscope  # noqa: E402
 from .core.sampling import LLAMA2_CHAT, Sampling  # noqa: E402

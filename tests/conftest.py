@@ -32,6 +32,17 @@ def available_devices() -> list[str]:
 DEVICES = available_devices()
 
 
+@pytest.fixture(scope="module")
+def model(request):
+    """The test module's tiny random model: ``TINY_MODEL = (family, seed)`` in the module (default
+    ``("llama", 0)``), built once per module. A module with other needs (a device, several families)
+    defines its own ``model``."""
+    from superscopes_nn.testing.tiny_models import tiny_model
+
+    arch, seed = getattr(request.module, "TINY_MODEL", ("llama", 0))
+    return tiny_model(arch, seed=seed)
+
+
 @pytest.fixture(autouse=True)
 def _no_preflight(monkeypatch):
     """Remote runs in the offline tiers talk to fakes without NDIF's /status and /env: no preflight

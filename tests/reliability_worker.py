@@ -77,7 +77,7 @@ def arm(point: str) -> None:
 
 def main(argv: list[str]) -> int:
     import sweep_worker
-    from superscopes_nn.engine.run import run_sweep
+    from superscopes_nn.engine.run import run_rows
 
     run_dir, point = argv[0], argv[1]
     assert point in POINTS, point
@@ -90,7 +90,7 @@ def main(argv: list[str]) -> int:
         while gate is not None and not gate.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
 
-    run_sweep(model, rows, run_dir, config, resume="--resume" in argv, on_chunk=on_chunk, **sweep_worker.RUN_KWARGS)
+    run_rows(model, rows, run_dir=run_dir, config=config, resume="--resume" in argv, on_chunk=on_chunk, **sweep_worker.RUN_KWARGS)
     return 0
 
 

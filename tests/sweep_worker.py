@@ -20,9 +20,9 @@ RUN_KWARGS = dict(max_new_tokens=3, max_batch_size=4)  # 48 rows -> 12 chunks
 
 def build():
     """``(model, rows, config)`` of the sweep: 3 prompts x 4 layers x 4 alphas = 48 rows."""
-    from superscopes_nn.engine.resolver import sweep_rows
+    from superscopes_nn.engine.rows import sweep_rows
     from superscopes_nn.core.specs import ENTITY_PROMPT, Target
-    from superscopes_nn.structure.testing import tiny_model
+    from superscopes_nn.testing.tiny_models import tiny_model
 
     model = tiny_model("llama", seed=0)
     rows = sweep_rows(model, PROMPTS, layers=LAYERS, alphas=ALPHAS, target=Target(ENTITY_PROMPT))
@@ -32,12 +32,12 @@ def build():
 
 
 def main(argv: list[str]) -> int:
-    from superscopes_nn.engine.run import run_sweep
+    from superscopes_nn.engine.run import run_rows
 
     run_dir = argv[0]
     pause = float(argv[1]) if len(argv) > 1 else 0.0
     model, rows, config = build()
-    run_sweep(model, rows, run_dir, config, resume="--resume" in argv,
+    run_rows(model, rows, run_dir=run_dir, config=config, resume="--resume" in argv,
               on_chunk=lambda records: time.sleep(pause), **RUN_KWARGS)
     return 0
 

@@ -11,7 +11,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from experiments.patchscopes import attribute_extraction as ae  # noqa: E402
 from superscopes_nn.data.lre import lre_samples, sample_items  # noqa: E402
-from superscopes_nn.structure.testing import tiny_model  # noqa: E402
 
 # (subject, object, WikiText context): France in three contexts, Syria in two, Japan in one;
 # the TSV's own sample_id numbers subjects (as in the official TSVs), not rows
@@ -38,9 +37,7 @@ def lre_root(tmp_path_factory):
     return root
 
 
-@pytest.fixture(scope="module")
-def model():
-    return tiny_model("gemma3_text", seed=0)
+TINY_MODEL = ("gemma3_text", 0)
 
 
 def test_all_keeps_every_row_first_one_per_subject(lre_root):

@@ -9,11 +9,10 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from experiments.patchscopes import attribute_extraction as ae  # noqa: E402
-from superscopes_nn.engine.resolver import resolve  # noqa: E402
+from superscopes_nn.engine.rows import resolve  # noqa: E402
 from superscopes_nn.engine.run import run_rows  # noqa: E402
 from superscopes_nn.science.scoring import answer_match  # noqa: E402
 from superscopes_nn.core.specs import Source, Target  # noqa: E402
-from superscopes_nn.structure.testing import tiny_model  # noqa: E402
 
 SAMPLES = pd.DataFrame({
     "task": ["country_capital_city", "country_capital_city", "country_currency", "country_currency"],
@@ -27,9 +26,7 @@ KW = dict(layer_stride=2, max_new_tokens=4, only_correct=False)
 KEYS = ["task", "subject", "object", "target_prompt", "source_prompt", "source_layer", "target_layer"]
 
 
-@pytest.fixture(scope="module")
-def model():
-    return tiny_model("gemma3_text", seed=0)
+TINY_MODEL = ("gemma3_text", 0)
 
 
 @pytest.fixture(scope="module")
@@ -73,8 +70,8 @@ def test_real_rows_unchanged_by_the_control(model, df):
 
 
 def test_a_wrong_random_arm_is_caught(model, monkeypatch):
-    def real_vectors(model, rows, *, seed=0, **run_kwargs):  # the bug: the real vectors, not random ones
-        return run_rows(model, rows, **run_kwargs)
+    def real_vectors(model, rows, options=None, *, seed=0, **run_kwargs):  # the bug: the real vectors, not random ones
+        return run_rows(model, rows, options, **run_kwargs)
 
     monkeypatch.setattr(ae, "random_arm", real_vectors)
     bad = ae.attribute_extraction(model, SAMPLES, control="random", **KW)

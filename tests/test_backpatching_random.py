@@ -11,18 +11,12 @@ import pytest
 from experiments.hopping_too_late import backpatching as bp
 from experiments.common import alias_match
 from superscopes_nn.science.random_control import random_rows
-from superscopes_nn.engine.resolver import resolve
+from superscopes_nn.engine.rows import resolve
 from superscopes_nn.engine.run import run_rows
-from superscopes_nn.structure.testing import tiny_model
 
 FIXTURE = Path(__file__).parent / "fixtures" / "two_hop_multihop_small.jsonl"
 pytestmark = pytest.mark.filterwarnings("ignore")
 KEYS = ["id", "source_layer", "target_layer"]
-
-
-@pytest.fixture(scope="module")
-def model():
-    return tiny_model("llama")
 
 
 @pytest.fixture(scope="module")

@@ -13,19 +13,14 @@ from superscopes_nn import Affine, Amplify, Source, Target, load_model, patchsco
 from superscopes_nn.output.cli import main
 from superscopes_nn.engine.run import run_rows
 from superscopes_nn.core.specs import ENTITY_PROMPT
-from superscopes_nn.structure.testing import tiny_model
+from superscopes_nn.testing.tiny_models import tiny_model
 
 import torch
 
 
 @pytest.fixture(scope="module")
-def model():
-    return tiny_model("llama")
-
-
-@pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    from superscopes_nn.structure.testing import save_tiny_checkpoint
+    from superscopes_nn.testing.tiny_models import save_tiny_checkpoint
 
     d = tmp_path_factory.mktemp("tiny")
     save_tiny_checkpoint(d, "llama")
@@ -88,10 +83,10 @@ def test_dataset_loader_bad_input(tmp_path):
 CLI_CASES = [
     (["explain", "Alexander the Great", "--layers", "0-9"], "layer 4 out of range"),
     (["explain", "Alexander the Great", "--layers", "a-b"], "a-b"),
-    (["explain", "Alexander the Great", "--token", "Smith"], "Smith"),
-    (["explain", "Alexander the Great", "--amps", "1,nan"], "nan"),
-    (["explain", "Alexander the Great", "--amps", "1,-3"], "-3"),
-    (["explain", "Alexander the Great", "--site", "mlp"], "'mlp'"),
+    (["explain", "Alexander the Great", "--position", "Smith"], "Smith"),
+    (["explain", "Alexander the Great", "--alphas", "1,nan"], "nan"),
+    (["explain", "Alexander the Great", "--alphas", "1,-3"], "-3"),
+    (["explain", "Alexander the Great", "--sites", "mlp"], "'mlp'"),
     (["explain", "Alexander the Great", "--target-prompt", "The capital of France"], "placeholder"),
     (["explain", "Alexander the Great", "--remote", "maybe"], "maybe"),
     (["explain", "", "--layers", "0"], "''"),
@@ -122,7 +117,7 @@ def test_cli_unknown_model_no_traceback(tmp_path):
 def test_random_grids_batched_equal_one_at_a_time(model, grid):
     patches = [(Source("Back to the Future", layer, pos, "mlp_out"), Target(ENTITY_PROMPT, layer=tl), Amplify(a))
                for layer, pos, tl, a in grid]
-    from superscopes_nn.engine.resolver import resolve
+    from superscopes_nn.engine.rows import resolve
 
     rows = resolve(model, patches)
     batched = run_rows(model, rows, max_new_tokens=3)
@@ -156,7 +151,7 @@ def test_max_new_tokens_beyond_the_context_is_refused_naming_both(model, tmp_pat
 
 
 def test_cli_max_new_tokens_beyond_the_context_is_one_line(model_dir, tmp_path, capsys):
-    code = main(["explain", "Pink Floyd", "--layers", "1", "--amps", "1", "--max-new-tokens", "1000000000",
+    code = main(["explain", "Pink Floyd", "--layers", "1", "--alphas", "1", "--max-new-tokens", "1000000000",
                  "--model", model_dir, "--out", str(tmp_path / "run"), "--no-progress"])
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err
@@ -169,7 +164,7 @@ def test_config_json_that_is_not_an_object_is_one_line(model_dir, tmp_path, caps
     out = tmp_path / "run"
     out.mkdir()
     (out / "config.json").write_text("[1, 2]")
-    argv = ["explain", "Pink Floyd", "--layers", "1", "--amps", "1", "--max-new-tokens", "2", "--no-progress",
+    argv = ["explain", "Pink Floyd", "--layers", "1", "--alphas", "1", "--max-new-tokens", "2", "--no-progress",
             "--out", str(out), "--resume"]
     assert main(argv + ["--model", model_dir]) == 2
     err = capsys.readouterr().err
@@ -195,7 +190,7 @@ def test_prompt_that_is_not_valid_text_is_one_line(model, model_dir, tmp_path):
     with pytest.raises(ValueError, match="prompt 'x: \\\\udcff' is not valid text"):
         patchscope(model, [(_src(), Target("x: \udcff"), None)])
     proc = subprocess.run([sys.executable.encode(), b"-m", b"superscopes_nn.output.cli", b"explain", b"Caf\xe9",
-                           b"--layers", b"1", b"--amps", b"1", b"--model", model_dir.encode(),
+                           b"--layers", b"1", b"--alphas", b"1", b"--model", model_dir.encode(),
                            b"--out", str(tmp_path / "run").encode(), b"--no-progress"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
@@ -234,7 +229,7 @@ def test_cli_negative_layer_lists_and_ranges(model_dir, tmp_path, spec, want):
     from superscopes_nn.structure.info import model_info
 
     out = tmp_path / "run"
-    assert main(["explain", "Pink Floyd", "--layers", spec, "--amps", "1", "--max-new-tokens", "1", "--model",
+    assert main(["explain", "Pink Floyd", "--layers", spec, "--alphas", "1", "--max-new-tokens", "1", "--model",
                  model_dir, "--out", str(out), "--no-progress"]) == 0
     n = model_info(load_model(model_dir)).n_layers
     assert load_run(out)[0].source_layer.tolist() == [n + k for k in want]

@@ -121,7 +121,7 @@ def test_norm_matched_random_keeps_norm_and_key():
 
 def test_random_vector_rows_on_tiny_model():
     from superscopes_nn import run_rows
-    from superscopes_nn.structure.testing import tiny_model
+    from superscopes_nn.testing.tiny_models import tiny_model
 
     model = tiny_model("llama")
     rows = random_vector_rows(model, ["Pink Floyd", "Star Wars"], layers=[1], alphas=[1, 3], site="mlp_out",

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from superscopes_nn.output.cli import main, parse_layers
-from superscopes_nn.structure.testing import save_tiny_checkpoint
+from superscopes_nn.testing.tiny_models import save_tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -24,8 +24,8 @@ def test_parse_layers():
 
 def test_explain_writes_run_and_resumes(model_dir, tmp_path, capsys):
     out = tmp_path / "run"
-    argv = ["explain", "Alexander the Great", "--token", "Great", "--site", "mlp_out", "--layers", "0-3",
-            "--amps", "1,3,6", "--model", model_dir, "--max-new-tokens", "4", "--batch-size", "5", "--out", str(out),
+    argv = ["explain", "Alexander the Great", "--position", "Great", "--sites", "mlp_out", "--layers", "0-3",
+            "--alphas", "1,3,6", "--model", model_dir, "--max-new-tokens", "4", "--max-batch-size", "5", "--out", str(out),
             "--no-progress"]
     assert main(argv) == 0
     printed = capsys.readouterr().out
@@ -48,7 +48,7 @@ def test_explain_writes_run_and_resumes(model_dir, tmp_path, capsys):
 
 
 def test_explain_remote_local_matches(model_dir, tmp_path, capsys):
-    base = ["explain", "Pink Floyd", "--layers", "1,2", "--amps", "1,4", "--model", model_dir,
+    base = ["explain", "Pink Floyd", "--layers", "1,2", "--alphas", "1,4", "--model", model_dir,
             "--max-new-tokens", "3", "--no-progress"]
     assert main(base + ["--out", str(tmp_path / "a")]) == 0
     assert main(base + ["--out", str(tmp_path / "b"), "--remote", "local"]) == 0

@@ -221,3 +221,15 @@ def test_load_fig3_errors(tmp_path):
         load_fig3_prompts(write(tmp_path / "only.tsv", "# just a comment\n\n"))
     with pytest.raises(ValueError, match=r"bad\.tsv:2.*'Pink Floyd'"):
         load_fig3_prompts(write(tmp_path / "bad.tsv", "# c\nPink Floyd\n"))
+
+
+# ------------------------------------------------------------------ one Fig 3 parser (from test_one_path)
+
+def test_fig3_parser_strips_fields_and_indented_comments(tmp_path):
+    """The library parser is a drop-in for experiments' old read_fig3_tsv (same output on the same file)."""
+    path = tmp_path / "fig3.tsv"
+    path.write_text("  # indented comment\nPink Floyd \tloyd\n\n Top Gun\tGun \n", encoding="utf-8")
+    assert load_fig3_prompts(path) == [("Pink Floyd", "loyd"), ("Top Gun", "Gun")]
+    path.write_text("Pink Floyd\t  \n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"fig3\.tsv:1 must be 'prompt<TAB>paper_last_token'"):
+        load_fig3_prompts(path)

@@ -29,14 +29,14 @@ import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
-from superscopes_nn.structure.reference import hf_patch_generate
+from superscopes_nn.testing.hook_reference import hf_patch_generate
 from superscopes_nn import Affine, Compose, Fn, load_model
 from superscopes_nn.engine.api import collect, patched_logits, patchscope, sweep
-from superscopes_nn.engine.session import apply_map, map_vectors
+from superscopes_nn.engine.chunks import apply_map, map_vectors
 from superscopes_nn.engine.lens import lens_logits
-from superscopes_nn.engine.resolver import resolve, sweep_rows
+from superscopes_nn.engine.rows import resolve, sweep_rows
 from superscopes_nn.core.specs import ENTITY_PROMPT, IDENTITY_PROMPT, Source, Target
-from superscopes_nn.structure.testing import save_tiny_checkpoint, tiny_hf_model, wrap
+from superscopes_nn.testing.tiny_models import save_tiny_checkpoint, tiny_hf_model, wrap
 
 ROOT = Path(__file__).resolve().parents[1]
 MOVES = (torch.Tensor.to, torch.Tensor.cuda, torch.Tensor.cpu)
@@ -107,7 +107,8 @@ def _stub(residual, mlp_in):
     """A model-shaped namespace: ``layers[l]`` with a residual ``output`` and an ``mlp`` whose ``input`` is a site."""
     blocks = [SimpleNamespace(output=None, mlp=SimpleNamespace(input=None)) for _ in range(3)]
     blocks[1].output, blocks[2].mlp.input = residual, mlp_in
-    spec = ("layers", "lm_head", {"residual": ("", False), "mlp_in": ("mlp", True)})
+    spec = {"layers": "layers", "lm_head": "lm_head", "sites": {"residual": {"path": "", "is_input": False, "flat": ()},
+                                                                "mlp_in": {"path": "mlp", "is_input": True, "flat": ()}}}
     return SimpleNamespace(layers=blocks), spec
 
 
@@ -212,14 +213,14 @@ def test_cpu_vectors_and_affine_into_a_model_on_device(device, monkeypatch):
     tgt = wrap(hf.to(device), tok)
     f = Affine(torch.randn(32, 64, generator=torch.Generator().manual_seed(0)) * 0.2, torch.randn(32) * 0.1)
     seen = []
-    orig = R.run_session
+    orig = R.run_chunks
 
     def spy(model, job, **kw):
         if model is tgt:
             seen.append({str(v.device) for v in (kw.get("vectors") or {}).values()})
         return orig(model, job, **kw)
 
-    monkeypatch.setattr(R, "run_session", spy)
+    monkeypatch.setattr(R, "run_chunks", spy)
     patches = [(Source("Pink Floyd", l, -1), Target(ENTITY_PROMPT, layer=1), f) for l in (0, 3)]
     df = patchscope(src, patches, target_model=tgt, max_new_tokens=5, remote="local")
     assert seen == [{"cpu"}] and f.weight.device.type == "cpu"

@@ -2,7 +2,7 @@
 
 import pytest
 
-from superscopes_nn.structure.reference import hf_patch_generate
+from superscopes_nn.testing.hook_reference import hf_patch_generate
 from superscopes_nn import ENTITY_PROMPT, Target, run_rows, sweep_rows
 
 pytestmark = pytest.mark.slow

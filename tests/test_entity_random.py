@@ -14,16 +14,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from experiments.patchscopes import entity_resolution as er  # noqa: E402
 from superscopes_nn.science.scoring import alias_match, rouge_l  # noqa: E402
-from superscopes_nn.structure.testing import tiny_model  # noqa: E402
 
 ENTITIES = Path(__file__).resolve().parent / "fixtures" / "pscope_entities.jsonl"
 KEY = ["entity", "source_layer", "source_position", "source_token", "site", "target_prompt", "target_position",
        "target_layer", "alpha"]
 
 
-@pytest.fixture(scope="module")
-def model():
-    return tiny_model("gemma3_text", seed=0)
+TINY_MODEL = ("gemma3_text", 0)
 
 
 @pytest.fixture(scope="module")
@@ -34,13 +31,13 @@ def captured(model):
     seen = {}
     real_run, lib_run = er.run_rows, run.run_rows
 
-    def real(model, rows, **kw):
+    def real(model, rows, *a, **kw):
         seen["real"] = list(rows)
-        return real_run(model, rows, **kw)
+        return real_run(model, rows, *a, **kw)
 
-    def rnd(model, rows, **kw):
+    def rnd(model, rows, *a, **kw):
         seen["random"] = list(rows)
-        return lib_run(model, rows, **kw)
+        return lib_run(model, rows, *a, **kw)
 
     mp = pytest.MonkeyPatch()
     mp.setattr(er, "run_rows", real)

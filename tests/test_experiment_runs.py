@@ -17,18 +17,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-import superscopes_nn.engine.resolver as R
+import superscopes_nn.engine.rows as R
 import superscopes_nn.engine.run as P
 from superscopes_nn import ENTITY_PROMPT, Target, run_rows, sweep, sweep_rows
-from superscopes_nn.structure.testing import tiny_model
 
 FIXTURE = Path(__file__).parent / "fixtures" / "two_hop_multihop_small.jsonl"
 KW = dict(max_new_tokens=3, max_batch_size=4)
-
-
-@pytest.fixture(scope="module")
-def model():
-    return tiny_model("llama", seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -71,13 +65,13 @@ def test_ctrl_c_keeps_finished_chunks_and_resume_runs_only_the_rest(model, rows,
     assert len(jsonl(tmp_path / "rows.jsonl")) == 8  # both finished chunks are on disk
 
     ran = []
-    real = P.execute
+    real = P.run_requests
 
-    def counting(m, rs, **kw):
+    def counting(m, rs, *a, **kw):
         ran.extend(rs)
-        return real(m, rs, **kw)
+        return real(m, rs, *a, **kw)
 
-    monkeypatch.setattr(P, "execute", counting)  # what run_rows runs for the missing rows
+    monkeypatch.setattr(P, "run_requests", counting)  # what run_rows runs for the missing rows
     resumed = P.run_rows(model, rows, run_dir=tmp_path, resume=True, **KW)
     assert len(ran) == 4
     assert resumed.token_ids.tolist() == reference.token_ids.tolist()
@@ -126,7 +120,7 @@ def test_fig3_script_resumes_after_a_crash(model, tmp_path):
     tsv = tmp_path / "p.tsv"
     tsv.write_text("Pink Floyd\tloyd\nStar Wars\tWars\n")
     args = ["--out", str(tmp_path), "--prompts", str(tsv), "--layers", "0,1", "--max-new-tokens", "3",
-            "--batch-size", "4", "--boot", "20"]
+            "--max-batch-size", "4", "--boot", "20"]
     first = superscopes_fig3.main(args, model=model, cosine=word_cosine, score_pairs=pair_word_cosine)
     run = next(tmp_path.glob("fig3_*_rows"))
     assert len(jsonl(run / "rows.jsonl")) == 2 * 2 * 6

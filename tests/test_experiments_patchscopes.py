@@ -13,7 +13,7 @@ from experiments.li2025 import controls  # noqa: E402
 from experiments.patchscopes import entity_resolution as er  # noqa: E402
 from experiments.patchscopes import token_identity as ti  # noqa: E402
 from superscopes_nn.science import baselines  # noqa: E402
-from superscopes_nn.structure.testing import tiny_model  # noqa: E402
+from superscopes_nn.testing.tiny_models import tiny_model  # noqa: E402
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 ENTITIES = FIXTURES / "pscope_entities.jsonl"
@@ -26,9 +26,7 @@ SAMPLES = pd.DataFrame({
 })
 
 
-@pytest.fixture(scope="module")
-def model():
-    return tiny_model("gemma3_text", seed=0)
+TINY_MODEL = ("gemma3_text", 0)
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,8 @@
 - The README's five-minute tour, extracted from README.md and run as written on a tiny random model
   (only ``load_model`` is substituted): an ``mlp_out`` source is written into the target's hidden
   state (``target_site == "residual"``), and every row's tokens equal a plain-HF forward hook that
-  replaces the target layer's output (:mod:`superscopes_nn.structure.reference`).
-- ``superscopes explain --site mlp_out`` does the same by default, says so in its header line and
+  replaces the target layer's output (:mod:`superscopes_nn.testing.hook_reference`).
+- ``superscopes explain --sites mlp_out`` does the same by default, says so in its header line and
   prints the chance line under its table; ``--target-site same`` is the same-site write (the hook
   reference on the target's MLP output), and the two protocols give different texts.
 """
@@ -21,8 +21,8 @@ import pytest
 import superscopes_nn
 from superscopes_nn import ENTITY_PROMPT
 from superscopes_nn.output.cli import main
-from superscopes_nn.structure.reference import hf_patch_generate
-from superscopes_nn.structure.testing import save_tiny_checkpoint, tiny_model
+from superscopes_nn.testing.hook_reference import hf_patch_generate
+from superscopes_nn.testing.tiny_models import save_tiny_checkpoint, tiny_model
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 MAX_NEW = 4
@@ -83,8 +83,8 @@ def checkpoint(tmp_path_factory):
 
 
 def explain(model_dir, out, *extra):
-    return ["explain", "Alexander the Great", "--token", "Great", "--site", "mlp_out", "--layers", "1,3",
-            "--amps", "1,6,15", "--model", model_dir, "--max-new-tokens", str(MAX_NEW), "--out", str(out),
+    return ["explain", "Alexander the Great", "--position", "Great", "--sites", "mlp_out", "--layers", "1,3",
+            "--alphas", "1,6,15", "--model", model_dir, "--max-new-tokens", str(MAX_NEW), "--out", str(out),
             "--no-progress", *extra]
 
 

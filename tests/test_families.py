@@ -10,16 +10,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from superscopes_nn.structure.reference import hf_patch_generate
+from superscopes_nn.testing.hook_reference import hf_patch_generate
 from superscopes_nn.structure.architectures import ARCHITECTURES, SITES, families_markdown
 from superscopes_nn.structure.spec import arch_spec
 from superscopes_nn.structure.models import wrap
-from superscopes_nn.engine.resolver import sweep_rows
+from superscopes_nn.engine.rows import sweep_rows
 from superscopes_nn.engine.run import run_rows
 from superscopes_nn.core.specs import ENTITY_PROMPT, Target
 from superscopes_nn.structure.sites_resolver import SiteError, resolve_sites
 from superscopes_nn.structure.spec import verify_sites
-from superscopes_nn.structure.testing import FLAT_ARCHS, HYBRID_ARCHS, TINY_ARCHS, tiny_hf_model, tiny_model, tiny_tokenizer
+from superscopes_nn.testing.tiny_models import FLAT_ARCHS, HYBRID_ARCHS, TINY_ARCHS, tiny_hf_model, tiny_model, tiny_tokenizer
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

@@ -16,16 +16,16 @@ import torch
 
 from superscopes_nn import Source, Target, collect, patched_logits, patchscope
 from superscopes_nn.core.specs import ENTITY_PROMPT
-from superscopes_nn.engine.resolver import sweep_rows
+from superscopes_nn.engine.rows import sweep_rows
 from superscopes_nn.engine.run import run_rows
-from superscopes_nn.engine.session import plan
+from superscopes_nn.engine.chunks import plan_chunk
 from superscopes_nn.structure.architectures import ARCHITECTURES, SITES
 from superscopes_nn.structure.info import model_info
 from superscopes_nn.structure.models import wrap
 from superscopes_nn.structure.odd_layers import shared_children
-from superscopes_nn.structure.reference import hf_patch_generate, hf_patch_logits, hf_read
+from superscopes_nn.testing.hook_reference import hf_patch_generate, hf_patch_logits, hf_read
 from superscopes_nn.structure.sites_resolver import resolve_sites
-from superscopes_nn.structure.testing import FLAT_ARCHS, tiny_hf_model, tiny_model
+from superscopes_nn.testing.tiny_models import FLAT_ARCHS, tiny_hf_model, tiny_model
 
 RESOLVED = ("llama4_text", "opt", "dbrx")
 REFUSED = [a for a in FLAT_ARCHS if a not in RESOLVED]
@@ -55,10 +55,11 @@ def test_resolver_finds_the_table_entry(arch):
 
 
 def test_flattened_sites_are_recorded_as_plain_data():
-    flat = {a: model_info(_model(a)).plain[2] for a in ("llama4_text", "opt")}
-    assert flat["llama4_text"]["mlp_out"] == ("feed_forward", False, (1, 3))  # the dense layers 0, 2 are not
-    assert flat["llama4_text"]["mlp_in"] == ("feed_forward", True)
-    assert flat["opt"]["mlp_in"] == ("fc1", True, (0, 1, 2, 3)) and flat["opt"]["mlp_out"][2] == (0, 1, 2, 3)
+    flat = {a: model_info(_model(a)).plain["sites"] for a in ("llama4_text", "opt")}
+    assert flat["llama4_text"]["mlp_out"] == {"path": "feed_forward", "is_input": False, "flat": (1, 3)}  # not 0, 2
+    assert flat["llama4_text"]["mlp_in"] == {"path": "feed_forward", "is_input": True, "flat": ()}
+    assert flat["opt"]["mlp_in"] == {"path": "fc1", "is_input": True, "flat": (0, 1, 2, 3)}
+    assert flat["opt"]["mlp_out"]["flat"] == (0, 1, 2, 3)
 
 
 @pytest.mark.parametrize("arch", RESOLVED)
@@ -67,7 +68,7 @@ def test_default_path_matches_hf_reference(arch):
     batched trace: each row equals plain forward hooks on that row alone."""
     model = _model(arch)
     rows = _rows(model)
-    job = plan(model, rows, shared_prefix=not model_info(model).no_reuse)
+    job = plan_chunk(model, rows, shared_prefix=not model_info(model).no_reuse)
     assert max(len(g) for g in job.source_groups) == 3 and job.prefix_len > 0  # several invokes; reuse exercised
     df = run_rows(model, rows, max_new_tokens=3)
     for r, got in zip(rows, df.token_ids):

@@ -1,4 +1,4 @@
-"""Half precision's stated guarantee (see superscopes_nn.engine.session's docstring), tested as stated.
+"""Half precision's stated guarantee (see superscopes_nn.engine.chunks's docstring), tested as stated.
 
 - batched bf16/fp16 prompt-pass logits lie within ``logit_tolerance`` of the one-at-a-time
   plain-HF reference;
@@ -24,9 +24,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from superscopes_nn.structure.reference import assert_ids_agree_until_ambiguous, first_ambiguous_step, hf_patch_generate_logits, hf_patch_logits
+from superscopes_nn.testing.hook_reference import assert_ids_agree_until_ambiguous, first_ambiguous_step, hf_patch_generate_logits, hf_patch_logits
 from superscopes_nn import ENTITY_PROMPT, Target, logit_tolerance, patched_logits, run_rows, sweep_rows
-from superscopes_nn.structure.testing import tiny_hf_model, wrap
+from superscopes_nn.testing.tiny_models import tiny_hf_model, wrap
 
 HALF = [torch.bfloat16, torch.float16]
 HERE = Path(__file__).resolve().parent

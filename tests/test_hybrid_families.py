@@ -15,17 +15,17 @@ import torch
 
 from superscopes_nn import Source, Target, collect, patched_logits, patchscope, sweep
 from superscopes_nn.core.specs import ENTITY_PROMPT
-from superscopes_nn.engine.resolver import sweep_rows
+from superscopes_nn.engine.rows import sweep_rows
 from superscopes_nn.engine.run import run_rows
-from superscopes_nn.engine.session import plan
+from superscopes_nn.engine.chunks import plan_chunk
 from superscopes_nn.structure.architectures import ARCHITECTURES, SITES
 from superscopes_nn.structure.caches import ROW_COPY, row_copy_reason
 from superscopes_nn.structure.info import model_info
 from superscopes_nn.structure.models import wrap
-from superscopes_nn.structure.reference import hf_patch_generate, hf_read
+from superscopes_nn.testing.hook_reference import hf_patch_generate, hf_read
 from superscopes_nn.structure.sites_resolver import SiteError, resolve_sites
 from superscopes_nn.structure.spec import arch_spec
-from superscopes_nn.structure.testing import HYBRID_ARCHS, tiny_hf_model, tiny_model, tiny_tokenizer
+from superscopes_nn.testing.tiny_models import HYBRID_ARCHS, tiny_hf_model, tiny_model, tiny_tokenizer
 
 PROMPT, TOKEN = "Alexander the Great", "Great"
 
@@ -94,7 +94,7 @@ def test_prefix_reuse_equals_no_reuse(arch):
     """Token for token (and logits) the same with the prefix cache copied per row as without it."""
     model = _model(arch)
     rows = _rows(model, layers=(1, 3))
-    assert plan(model, rows, shared_prefix=True).prefix_len > 0  # the reuse is really exercised
+    assert plan_chunk(model, rows, shared_prefix=True).prefix_len > 0  # the reuse is really exercised
     a = run_rows(model, rows, max_new_tokens=4)
     b = run_rows(model, rows, max_new_tokens=4, shared_prefix=False)
     assert list(a.token_ids) == list(b.token_ids)

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LIB = ROOT / "superscopes_nn"
 
 RANK = {"_version": -1, "core": 0, "data": 1, "structure": 1, "remote": 2, "engine": 3, "science": 4, "output": 5,
-        "": 6}
+        "testing": 6, "": 7}
 """Sub-package -> layer. ``""`` is the package's ``__init__`` (the public API), above everything."""
 
 
@@ -124,10 +124,61 @@ def test_imports_inside_the_library_are_relative():
     assert bad == []
 
 
-def test_no_module_over_400_lines():
-    long = {module_name(p): n for p in list(LIB.rglob("*.py")) + list((ROOT / "experiments").rglob("*.py"))
-            if (n := len(p.read_text().splitlines())) > 400}
+MAX_LINES = 400
+"""A module's length cap: past it a module is split by what it does, or earns a :data:`LONG_MODULES` entry."""
+
+LONG_MODULES: dict[str, tuple[int, str]] = {
+    "superscopes_nn.structure.sites_resolver": (
+        460, "one algorithm over one recorded forward pass (the layer-update fit, the branch walk and the site "
+             "description read the same recording); splitting it meant passing its helpers back as callbacks"),
+}
+"""The reviewed allowlist: module -> (its own line cap, why it is one module). Add an entry in review only."""
+
+
+def test_no_module_over_400_lines_unless_allowlisted():
+    files = list(LIB.rglob("*.py")) + list((ROOT / "experiments").rglob("*.py"))
+    lengths = {module_name(p): len(p.read_text().splitlines()) for p in files}
+    long = {m: n for m, n in lengths.items() if n > LONG_MODULES.get(m, (MAX_LINES,))[0]}
     assert long == {}
+    assert [m for m in LONG_MODULES if m not in lengths] == []  # no entry for a module that is gone
+    assert all(reason.strip() and cap > MAX_LINES for cap, reason in LONG_MODULES.values())
+
+
+def private_crossings(paths, root: Path = ROOT) -> list[str]:
+    """Every private name (``_x``, not ``__x__``) one module takes from another module of the package or the
+    paper scripts: ``from m import _x`` and ``n._x`` where ``n`` was imported from one of them."""
+    own = ("superscopes_nn", "experiments")
+    bad = []
+    for path in paths:
+        name = module_name(path, root)
+        base = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+        tree = ast.parse(path.read_text())
+        bound = {}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                mod = ".".join(base[: len(base) - node.level + 1] + ([node.module] if node.module else [])) \
+                    if node.level else (node.module or "")
+                if mod.split(".")[0] not in own or mod == name:
+                    continue
+                for a in node.names:
+                    if a.name.startswith("_") and not a.name.startswith("__"):
+                        bad.append(f"{name}: from {mod} import {a.name}")
+                    bound[a.asname or a.name] = f"{mod}.{a.name}"
+            elif isinstance(node, ast.Import):
+                for a in node.names:
+                    if a.name.split(".")[0] in own:
+                        bound[a.asname or a.name.split(".")[0]] = a.asname and a.name or a.name.split(".")[0]
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")
+                    and isinstance(node.value, ast.Name) and node.value.id in bound):
+                bad.append(f"{name}: {bound[node.value.id]}.{node.attr}")
+    return sorted(set(bad))
+
+
+def test_no_private_name_crosses_a_module_boundary():
+    """A name another module needs is public: made so, or moved to where it is used (tests excluded)."""
+    paths = [p for d in ("superscopes_nn", "experiments", "benchmarks") for p in (ROOT / d).rglob("*.py")]
+    assert private_crossings(paths) == []
 
 
 def test_papers_import_only_the_library_common_and_themselves():
@@ -175,6 +226,19 @@ def test_an_upward_import_is_found(tmp_path, src, dep, text, bad):
     for d in {src.split("/")[0], dep.split("/")[0]}:
         files[f"superscopes_nn/{d}/__init__.py"] = ""
     assert bool(upward(_write(tmp_path, files))) is bad
+
+
+@pytest.mark.parametrize("text, found", [
+    ("from ..core.b import _x\n", ["superscopes_nn.engine.a: from superscopes_nn.core.b import _x"]),
+    ("from superscopes_nn.core import b\nb._x()\n", ["superscopes_nn.engine.a: superscopes_nn.core.b._x"]),
+    ("import superscopes_nn.core.b as B\nB._x\n", ["superscopes_nn.engine.a: superscopes_nn.core.b._x"]),
+    ("from ..core.b import x\nx.__name__, model._module\n", []),  # dunders, and objects not imported from us
+])
+def test_a_private_crossing_is_found(tmp_path, text, found):
+    files = {"superscopes_nn/__init__.py": "", "superscopes_nn/core/__init__.py": "", "superscopes_nn/core/b.py": "",
+             "superscopes_nn/engine/__init__.py": "", "superscopes_nn/engine/a.py": text}
+    _write(tmp_path, files)
+    assert private_crossings(list(tmp_path.rglob("*.py")), tmp_path) == found
 
 
 def test_the_readme_tree_names_every_sub_package_and_module():

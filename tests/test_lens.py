@@ -5,9 +5,9 @@ import torch
 
 from superscopes_nn.engine.lens import lens_logits, logit_lens
 from superscopes_nn.engine.api import patched_logits
-from superscopes_nn.engine.resolver import resolve
+from superscopes_nn.engine.rows import resolve
 from superscopes_nn.core.specs import Source, Target
-from superscopes_nn.structure.testing import tiny_model
+from superscopes_nn.testing.tiny_models import tiny_model
 
 
 @pytest.mark.parametrize("arch", ["llama", "gemma2", "gpt2", "gpt_neox"])

@@ -5,7 +5,7 @@ import torch
 
 from superscopes_nn import Source, Target, patchscope
 from superscopes_nn.science.mapping import align_tokens, fit_affine, fit_affine_arrays, fit_affines, paired_states, r2_score
-from superscopes_nn.structure.testing import tiny_model
+from superscopes_nn.testing.tiny_models import tiny_model
 
 TEXTS = [
     "Syria is a country in the Middle East.",

@@ -45,7 +45,7 @@ print(json.dumps(out))
 
 
 def model_dir(tmp_path, name):
-    from superscopes_nn.structure.testing import tiny_tokenizer
+    from superscopes_nn.testing.tiny_models import tiny_tokenizer
 
     d = tmp_path / name
     d.mkdir()

@@ -12,7 +12,7 @@ from superscopes_nn.structure import spec as spec_mod
 from superscopes_nn.structure.architectures import SITES, num_layers
 from superscopes_nn.structure.info import ModelInfo, model_info, rename
 from superscopes_nn.structure.models import wrap
-from superscopes_nn.structure.testing import tiny_hf_model, tiny_model
+from superscopes_nn.testing.tiny_models import tiny_hf_model, tiny_model
 
 RESOLVERS = ("arch_spec", "resolve_sites", "num_layers", "hidden_size", "verify_sites")
 
@@ -33,10 +33,11 @@ def test_wrap_attaches_the_info(model):
     assert info.n_layers == num_layers(hf.config) == len(hf.model.layers)
     assert info.hidden == hf.config.hidden_size
     assert info.spec.layers == "model.layers"
-    layers, head, sites = info.plain
-    assert (layers, head) == (info.spec.layers, info.spec.lm_head)
+    sites = info.plain["sites"]
+    assert (info.plain["layers"], info.plain["lm_head"]) == (info.spec.layers, info.spec.lm_head)
     assert set(sites) == {s for s in SITES if info.spec.has_site(s)}
-    assert all(isinstance(p, str) and isinstance(i, bool) for p, i in sites.values())  # wire-ready
+    assert all(isinstance(e["path"], str) and isinstance(e["is_input"], bool) and e["flat"] == ()
+               for e in sites.values())  # wire-ready
     assert info.eos_ids == frozenset({model.tokenizer.eos_token_id}) | frozenset(
         [hf.generation_config.eos_token_id] if isinstance(hf.generation_config.eos_token_id, int)
         else hf.generation_config.eos_token_id or [])

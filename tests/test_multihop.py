@@ -11,15 +11,9 @@ from experiments.hopping_too_late import backpatching as bp
 from experiments.hopping_too_late import bridge_resolution as erb
 from experiments.patchscopes import multihop_cot as mc
 from superscopes_nn.engine.api import generate_plain, patchscope
-from superscopes_nn.structure.testing import tiny_model
 
 FIXTURE = Path(__file__).parent / "fixtures" / "two_hop_multihop_small.jsonl"
 pytestmark = pytest.mark.filterwarnings("ignore")
-
-
-@pytest.fixture(scope="module")
-def model():
-    return tiny_model("llama")
 
 
 @pytest.fixture(scope="module")

@@ -9,19 +9,13 @@ from experiments.patchscopes import multihop_cot as mc
 from experiments.common import chance_line
 from experiments.common import alias_match, answer_aliases, load_queries
 from superscopes_nn.science.random_control import random_rows
-from superscopes_nn.engine.resolver import resolve
+from superscopes_nn.engine.rows import resolve
 from superscopes_nn.engine.run import run_rows
-from superscopes_nn.structure.testing import tiny_model
 
 FIXTURE = Path(__file__).parent / "fixtures" / "two_hop_multihop_small.jsonl"
 PAIRS = [(1, 0), (1, 3), (3, 3)]
 SAME = ["id", "source_layer", "target_layer", "prompt", "target_prompt"]
 pytestmark = pytest.mark.filterwarnings("ignore")
-
-
-@pytest.fixture(scope="module")
-def model():
-    return tiny_model("llama")
 
 
 @pytest.fixture(scope="module")
@@ -82,12 +76,13 @@ def test_chance_random_column_is_a_recount_of_the_random_rows(arms):
 
 def test_a_real_vector_random_arm_is_caught(model, queries, monkeypatch):
     # the wrong arm: the real rows run again (no random_rows)
-    monkeypatch.setattr(mc, "random_arm", lambda model, rows, seed=0, **kw: run_rows(model, rows, **kw))
+    monkeypatch.setattr(mc, "random_arm", lambda model, rows, options=None, seed=0, **kw: run_rows(model, rows, options,
+                                                                                               **kw))
     df = run(model, queries, "official", control="random")
     with pytest.raises(AssertionError):
         check_random_arm(df, model, queries, "official")
-    monkeypatch.setattr(mc, "random_arm", lambda model, rows, seed=0, **kw: run_rows(  # wrong seed
-        model, random_rows(rows, model, seed + 1), **kw))
+    monkeypatch.setattr(mc, "random_arm", lambda model, rows, options=None, seed=0, **kw: run_rows(  # wrong seed
+        model, random_rows(rows, model, seed + 1), options, **kw))
     with pytest.raises(AssertionError):
         check_random_arm(run(model, queries, "official", control="random"), model, queries, "official")
 
@@ -97,8 +92,8 @@ def test_random_rows_are_scored_and_counted_like_the_real_ones(model, queries, m
     answers = dict(zip(queries.id, queries.answer))
     others = dict(zip(queries.id, queries.answer.tolist()[1:] + queries.answer.tolist()[:1]))
 
-    def fake(model, rows, seed=0, **kw):
-        res = run_rows(model, random_rows(rows, model, seed), **kw)
+    def fake(model, rows, options=None, seed=0, **kw):
+        res = run_rows(model, random_rows(rows, model, seed), options, **kw)
         ids = [i for i in ok_ids for _ in PAIRS]
         texts = [f" {answers[i]}" if j % len(PAIRS) == 0 else f" {others[i]}" if j % len(PAIRS) == 1 else t
                  for j, (i, t) in enumerate(zip(ids, res.interpretation))]

@@ -17,10 +17,10 @@ from nnsight.intervention.backends.remote import RemoteError
 
 from fake_ndif import TIMEOUT, FakeNDIF
 from superscopes_nn.remote.errors import NDIFError, call_remote, classify
-from superscopes_nn.engine.resolver import sweep_rows
+from superscopes_nn.engine.rows import sweep_rows
 from superscopes_nn.engine.run import run_rows
 from superscopes_nn.core.specs import ENTITY_PROMPT, Target
-from superscopes_nn.structure.testing import tiny_model
+from superscopes_nn.testing.tiny_models import tiny_model
 
 
 @pytest.fixture(scope="module")

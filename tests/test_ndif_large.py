@@ -27,7 +27,7 @@ import ndif_server
 from superscopes_nn import Source, Target, load_model, resolve, run_rows, sweep_rows
 from superscopes_nn.structure.info import eos_ids, model_info
 from superscopes_nn.structure.models import wrap
-from superscopes_nn.structure.testing import tiny_tokenizer
+from superscopes_nn.testing.tiny_models import tiny_tokenizer
 from superscopes_nn.structure.twin import twin_model
 
 pytestmark = pytest.mark.ndif_server

@@ -26,7 +26,7 @@ from superscopes_nn import (Affine, Amplify, Source, Target, collect, generate_p
                             patched_logits, patchscope, sweep)
 from superscopes_nn import resolve
 from superscopes_nn.science.superscopes import superscope
-from superscopes_nn.structure.testing import save_tiny_checkpoint
+from superscopes_nn.testing.tiny_models import save_tiny_checkpoint
 
 pytestmark = pytest.mark.ndif_server
 

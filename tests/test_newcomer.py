@@ -28,7 +28,7 @@ import pandas as pd
 import pytest
 
 from superscopes_nn.output.cli import main
-from superscopes_nn.structure.testing import save_tiny_checkpoint, tiny_model
+from superscopes_nn.testing.tiny_models import save_tiny_checkpoint, tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -4,12 +4,12 @@
 import pytest
 import torch
 
-from superscopes_nn.structure.reference import hf_patch_generate, hf_patch_logits, hf_read
+from superscopes_nn.testing.hook_reference import hf_patch_generate, hf_patch_logits, hf_read
 from superscopes_nn.engine.api import collect, patched_logits, patchscope, sweep
-from superscopes_nn.engine.resolver import resolve, sweep_rows
+from superscopes_nn.engine.rows import resolve, sweep_rows
 from superscopes_nn.engine.run import run_rows
 from superscopes_nn.core.specs import ENTITY_PROMPT, IDENTITY_PROMPT, Affine, Amplify, Source, Target
-from superscopes_nn.structure.testing import CORE_ARCHS, tiny_hf_model, wrap
+from superscopes_nn.testing.tiny_models import CORE_ARCHS, tiny_hf_model, wrap
 
 SITES = ("residual", "attn_out", "mlp_in", "mlp_out")
 
@@ -137,7 +137,7 @@ def test_patched_logits_with_shared_prefix_equal_full_pass(model):
 
 def test_sources_read_once_per_sweep(monkeypatch, device):
     """Chunks reuse source vectors read by earlier chunks."""
-    import superscopes_nn.engine.session as P
+    import superscopes_nn.engine.chunks as P
 
     model = tiny_model("llama", device=device)
     calls = []
@@ -188,8 +188,8 @@ def test_several_chunks_per_request_equal_one_per_session(monkeypatch, device):
               progress=False)
     local = sweep(model, ["Pink Floyd", "Star Wars"], **kw)  # 32 rows: 8 chunks, 8 sessions
     sessions = []
-    real = R.run_session
-    monkeypatch.setattr(R, "run_session", lambda m, jobs, **k: (sessions.append(len(jobs)), real(m, jobs, **k))[1])
+    real = R.run_chunks
+    monkeypatch.setattr(R, "run_chunks", lambda m, jobs, **k: (sessions.append(len(jobs)), real(m, jobs, **k))[1])
     grouped = sweep(model, ["Pink Floyd", "Star Wars"], remote="local", chunks_per_request=3, **kw)
     assert grouped.token_ids.tolist() == local.token_ids.tolist()
     assert sessions == [3, 3, 2]

@@ -16,7 +16,7 @@ from superscopes_nn.science.baselines import PLAIN_CHAT_TEMPLATE, zero_shot, zer
 from superscopes_nn.science.finetune import FineTune, fact_examples, fine_tune, taught_model
 from superscopes_nn.data.personaqa import INVENTED, load_personaqa
 from superscopes_nn.core.specs import Source, Target
-from superscopes_nn.structure.testing import tiny_model
+from superscopes_nn.testing.tiny_models import tiny_model
 
 FACTS = load_personaqa(INVENTED)
 FEW = FACTS[FACTS.id < 2].reset_index(drop=True)  # 2 personas x 2 attributes

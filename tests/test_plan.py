@@ -1,6 +1,6 @@
 """The plan of a remote run (superscopes_nn.engine.plan), checked against what the run really sends.
 
-* the requests it counts are the sessions execute() runs (same rows per request, same order);
+* the requests it counts are the sessions run_requests() runs (same rows per request, same order);
 * ``sent`` is the size of the bytes a CaptureBackend writes for that very request (to nnsight's
   few bytes of variation between two serializations of one request);
 * ``result`` bounds the ``torch.save`` of what the request's session really returns, within 2x;
@@ -21,19 +21,19 @@ import torch
 
 from superscopes_nn import Amplify, Source, Target, load_model, resolve, sweep_rows
 from superscopes_nn.engine import run as run_mod
-from superscopes_nn.engine import session
+from superscopes_nn.engine import plan as plan_mod
+from superscopes_nn.engine import chunks as chunks_mod
+from superscopes_nn.core.options import RunOptions
 from superscopes_nn.engine.plan import LIMITS, plan
 from superscopes_nn.output.cli import main as cli_main
 from superscopes_nn.remote.capture import CaptureBackend, RequestCaptured
-from superscopes_nn.structure.testing import tiny_model, tiny_tokenizer
+from superscopes_nn.testing.tiny_models import tiny_model, tiny_tokenizer
 
 CONFIGS = Path(__file__).resolve().parent / "fixtures" / "large_configs"
 PROMPTS = ["Alexander the Great", "Pink Floyd", "Star Wars", "Will Smith and Daft Punk"]
 
 
-@pytest.fixture(scope="module")
-def model():
-    return tiny_model("llama", seed=2)
+TINY_MODEL = ("llama", 2)
 
 
 def _rows(model, layers=range(4), alphas=(1, 3, 6)):
@@ -44,10 +44,10 @@ def test_requests_are_the_sessions_the_run_sends(model, monkeypatch):
     rows = _rows(model)
     p = plan(model, rows, max_new_tokens=3, max_batch_size=4, chunks_per_request=2)
     sent = []
-    real = run_mod.run_session
-    monkeypatch.setattr(run_mod, "run_session", lambda m, jobs, **kw: sent.append(
+    real = run_mod.run_chunks
+    monkeypatch.setattr(run_mod, "run_chunks", lambda m, jobs, **kw: sent.append(
         sum(len(j.target_ids) for j in jobs)) or real(m, jobs, **kw))
-    list(run_mod.execute(model, rows, gen_kwargs=run_mod.gen_kwargs(model, 3), max_batch_size=4, remote="local",
+    list(run_mod.run_requests(model, rows, gen_kwargs=plan_mod.greedy_kwargs(model, 3), max_batch_size=4, remote="local",
                          chunks_per_request=2))
     assert [r.rows for r in p.requests] == sent and len(sent) > 2
     assert p.rows == len(rows) == sum(sent) and p.chunk_count == sum(r.chunks for r in p.requests)
@@ -66,17 +66,59 @@ def test_sent_bytes_are_the_captured_request(model, tmp_path):
 def test_result_bytes_bound_the_real_result(model):
     rows = _rows(model)
     p = plan(model, rows, max_new_tokens=3, max_batch_size=4, chunks_per_request=2)
-    grouped = run_mod.planned_requests(model, rows, gen_kwargs=run_mod.gen_kwargs(model, 3), max_batch_size=4, per=2)
+    planned = plan_mod.plan_requests(model, rows, batching=plan_mod.batching(model, RunOptions(max_batch_size=4, chunks_per_request=2)),
+                                     gen_kwargs=plan_mod.greedy_kwargs(model, 3))
     known = {}
-    for planned, request in zip(p.requests, grouped):
-        req_rows = {r.source_key for idx, _ in request for i in idx for r in [rows[i]]}
-        given = {k: known[k] for k in req_rows if k in known}
-        outs, used = session.run_session(model, [job for _, job in request], vectors=given)
+    for measured, request in zip(p.requests, planned):
+        given = {k: known[k] for k in request.given}
+        outs, used = chunks_mod.run_chunks(model, list(request.chunks), vectors=given)
         known.update(used)
         buf = io.BytesIO()
         torch.save([outs, dict(used)], buf)
         real = len(buf.getvalue())
-        assert real <= planned.result <= 2 * real, (real, planned.result)
+        assert real <= measured.result <= 2 * real, (real, measured.result)
+
+
+SETTINGS = [
+    dict(max_batch_size=4, chunks_per_request=2),
+    dict(max_batch_size=3, chunks_per_request=1),
+    dict(max_batch_size=2),                                  # the remote default: 8 chunks per request
+    dict(max_batch_size=5, chunks_per_request=3, exact=True),  # one row per chunk, no prefix reuse
+    dict(max_batch_size=4, chunks_per_request=2, shared_prefix=False),
+    dict(max_batch_size=4, chunks_per_request=2, cross_model=True),
+]
+
+
+@pytest.mark.parametrize("settings", SETTINGS, ids=lambda s: ",".join(f"{k}={v}" for k, v in s.items()))
+def test_plan_and_execution_make_the_same_request_list(model, monkeypatch, settings):
+    """One request loop: the rows of every request the plan measures are those execution sends, in order."""
+    settings = dict(settings)
+    target = tiny_model("llama", seed=3) if settings.pop("cross_model", False) else model
+    rows = sweep_rows(model, PROMPTS + ["The Eiffel Tower is in Paris"], layers=[0, 2], sites=["mlp_out"],
+                      alphas=[1, 3], target_model=target)
+    p = plan(model, rows, target_model=target, max_new_tokens=2, **settings)
+    calls, chunks = [], []
+    real_run, real_execute = run_mod.run_chunks, run_mod.run_requests
+    monkeypatch.setattr(run_mod, "run_chunks", lambda m, jobs, **kw: (
+        calls.append(len(jobs)) if isinstance(jobs, list) else None) or real_run(m, jobs, **{**kw, "remote": False}))
+
+    def spy(*a, **k):
+        for idx, job, out in real_execute(*a, **k):
+            chunks.append(list(idx))
+            yield idx, job, out
+
+    monkeypatch.setattr(run_mod, "run_requests", spy)
+    monkeypatch.setattr(run_mod, "remote_caller", lambda *a, **k: (lambda fn: fn()))
+    monkeypatch.setattr(run_mod, "session_backend", lambda m, r, b: None)
+    monkeypatch.setattr(run_mod, "announce", lambda *a, **k: None)
+    run_mod.run_rows(model, rows, target_model=target, max_new_tokens=2, remote=True, **settings)
+    sent, it = [], iter(chunks)
+    for n in calls:
+        sent.append(tuple(i for _ in range(n) for i in next(it)))
+    assert [r.row_indices for r in p.requests] == sent and len(sent) > 1
+    assert sorted(i for r in sent for i in r) == list(range(len(rows)))
+    if settings.get("exact"):
+        assert all(len(c) == 1 for c in chunks)
 
 
 def meta_dir(tmp_path, name):
@@ -98,8 +140,8 @@ def test_a_run_over_a_limit_is_refused_before_the_first_request(tmp_path, monkey
     p = plan(gemma, rows, logits=True, max_batch_size=64)
     assert p.problems() and "max_batch_size" in p.problems()[0] and "8.00 MiB" in p.problems()[0]
     assert p.requests[0].result > 64 * 262208 * 4 > LIMITS["result"].value
-    monkeypatch.setattr(session, "run_session", lambda *a, **k: pytest.fail("a request was sent"))
-    monkeypatch.setattr(run_mod, "run_session", lambda *a, **k: pytest.fail("a request was sent"))
+    monkeypatch.setattr(chunks_mod, "run_chunks", lambda *a, **k: pytest.fail("a request was sent"))
+    monkeypatch.setattr(run_mod, "run_chunks", lambda *a, **k: pytest.fail("a request was sent"))
     from superscopes_nn import patched_logits
 
     with pytest.raises(ValueError, match=r"refused before the first request: NDIF request 1 of \d+ \(64 rows\) has "
@@ -113,8 +155,8 @@ def test_remote_runs_print_the_plan_and_each_request(model, monkeypatch, capsys)
     p = plan(model, rows, max_new_tokens=2, max_batch_size=2, chunks_per_request=1)
     monkeypatch.setattr(run_mod, "remote_caller", lambda *a, **k: (lambda fn: fn()))
     monkeypatch.setattr(run_mod, "session_backend", lambda m, r, b: None)
-    real = run_mod.run_session
-    monkeypatch.setattr(run_mod, "run_session", lambda m, jobs, **kw: real(m, jobs, **{**kw, "remote": False}))
+    real = run_mod.run_chunks
+    monkeypatch.setattr(run_mod, "run_chunks", lambda m, jobs, **kw: real(m, jobs, **{**kw, "remote": False}))
     run_mod.run_rows(model, rows, max_new_tokens=2, max_batch_size=2, chunks_per_request=1, remote=True)
     err = capsys.readouterr().err.splitlines()
     assert err[0] == f"[superscopes] {p.line()}"
@@ -124,8 +166,8 @@ def test_remote_runs_print_the_plan_and_each_request(model, monkeypatch, capsys)
 
 def test_plan_command(tmp_path, capsys):
     d = meta_dir(tmp_path, "Qwen2.5-72B")
-    assert cli_main(["plan", str(d), "--prompts", "Pink Floyd", "Star Wars", "--layers", "0,40,79", "--amps", "1,6",
-                     "--batch-size", "4", "--chunks-per-request", "1"]) == 0
+    assert cli_main(["plan", str(d), "--prompts", "Pink Floyd", "Star Wars", "--layers", "0,40,79", "--alphas", "1,6",
+                     "--max-batch-size", "4", "--chunks-per-request", "1"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith(f"plan: {d}, 12 rows in 3 chunks -> 3 NDIF requests (4 rows each)")
     assert len(out) == 2 + 3 and all(int(line.split()[3]) > 0 for line in out[2:])
@@ -136,7 +178,6 @@ def test_plan_command(tmp_path, capsys):
 # ------------------------------------------------------------- runs that are not rows: one session per request
 
 from superscopes_nn import collect, generate_plain, logit_lens  # noqa: E402
-from superscopes_nn.engine import plan as plan_mod  # noqa: E402
 
 RUNS = {
     "generate_plain": lambda m, **kw: generate_plain(m, PROMPTS, max_new_tokens=2, max_batch_size=2, **kw),
@@ -175,8 +216,8 @@ def test_every_remote_run_prints_its_plan_and_each_request(model, monkeypatch, c
     with pytest.raises(RequestCaptured):
         RUNS[name](model, backend=CaptureBackend(first))
     measured, sent = [], []
-    real = run_mod.measure_sessions
-    monkeypatch.setattr(run_mod, "measure_sessions", lambda m, s, *a, **k: measured.append((s, real(m, s, *a, **k)))
+    real = run_mod.measure_custom_requests
+    monkeypatch.setattr(run_mod, "measure_custom_requests", lambda m, s, *a, **k: measured.append((s, real(m, s, *a, **k)))
                         or measured[-1][1])
     _local_sends(monkeypatch, model, sent)
     capsys.readouterr()

@@ -19,9 +19,9 @@ import pytest
 import torch
 
 from superscopes_nn import load_model, sweep_rows
-from superscopes_nn.engine import run as run_mod
-from superscopes_nn.engine import session
-from superscopes_nn.engine.plan import plan
+from superscopes_nn.core.options import RunOptions
+from superscopes_nn.engine.chunks import run_chunks
+from superscopes_nn.engine.plan import batching, greedy_kwargs, plan, plan_requests
 from superscopes_nn.output.cli import main as cli_main
 from superscopes_nn.output.plan_cli import build
 
@@ -59,7 +59,7 @@ def test_the_meta_model_is_built_in_the_configs_dtype(capsys):
 @pytest.mark.parametrize("name", ["Llama-3.1-405B", "DeepSeek-V3"])
 def test_result_bytes_bound_the_real_result_on_the_twin_in_its_dtype(name):
     from superscopes_nn.structure.models import wrap
-    from superscopes_nn.structure.testing import tiny_tokenizer
+    from superscopes_nn.testing.tiny_models import tiny_tokenizer
     from superscopes_nn.structure.twin import twin_model
     from transformers import AutoConfig
 
@@ -67,13 +67,14 @@ def test_result_bytes_bound_the_real_result_on_the_twin_in_its_dtype(name):
     assert config.dtype == torch.bfloat16
     model = wrap(twin_model(config).to(config.dtype), tiny_tokenizer())
     rows = sweep_rows(model, PROMPTS, layers=[1, 2, 3], sites=["mlp_out"], alphas=[1, 3, 6])
-    p = plan(model, rows, max_new_tokens=4, max_batch_size=8, chunks_per_request=2)
-    grouped = run_mod.planned_requests(model, rows, gen_kwargs=run_mod.gen_kwargs(model, 4), max_batch_size=8, per=2)
+    opts = RunOptions(max_new_tokens=4, max_batch_size=8, chunks_per_request=2)
+    p = plan(model, rows, opts)
+    grouped = plan_requests(model, rows, batching=batching(model, opts), gen_kwargs=greedy_kwargs(model, 4))
     known = {}
     assert len(p.requests) == len(grouped) >= 2
     for planned, request in zip(p.requests, grouped):
-        given = {k: known[k] for k in {rows[i].source_key for idx, _ in request for i in idx} if k in known}
-        outs, used = session.run_session(model, [job for _, job in request], vectors=given)
+        given = {k: known[k] for k in request.given}
+        outs, used = run_chunks(model, list(request.chunks), vectors=given)
         known.update(used)
         assert all(v.dtype == torch.bfloat16 for v in used.values())  # the vectors travel in the model's dtype
         buf = io.BytesIO()

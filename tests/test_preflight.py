@@ -14,7 +14,7 @@ from superscopes_nn import collect, generate_plain, logit_lens, sweep
 from superscopes_nn.engine import run as run_mod
 from superscopes_nn.remote import preflight as pf
 from superscopes_nn.remote.errors import NDIFError
-from superscopes_nn.structure.testing import save_tiny_checkpoint
+from superscopes_nn.testing.tiny_models import save_tiny_checkpoint
 
 REPO = "meta-llama/Llama-3.1-405B"
 

@@ -97,7 +97,7 @@ def test_offline_and_not_cached_is_one_line_naming_what_to_fetch(load, names, tm
 
 def test_entity_resolution_takes_dataset_popqa(popqa_hub, tmp_path, monkeypatch):
     from experiments.patchscopes import entity_resolution as er
-    from superscopes_nn.structure.testing import tiny_model
+    from superscopes_nn.testing.tiny_models import tiny_model
 
     monkeypatch.setattr(er, "POPQA_PER_END", 2)   # the official 200 + 200 need the real PopQA
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))

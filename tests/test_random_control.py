@@ -8,17 +8,11 @@ import torch
 from superscopes_nn.engine.api import patched_logits
 from superscopes_nn.science.chance import layer_chance
 from superscopes_nn.science.random_control import random_rows, source_seed
-from superscopes_nn.structure.reference import hf_patch_logits, hf_read
-from superscopes_nn.engine.resolver import resolve, sweep_rows
+from superscopes_nn.testing.hook_reference import hf_patch_logits, hf_read
+from superscopes_nn.engine.rows import resolve, sweep_rows
 from superscopes_nn.core.specs import Affine, Compose, Source, Target
-from superscopes_nn.structure.testing import tiny_model
 
 PROMPTS = ["Pink Floyd", "Star Wars of old"]
-
-
-@pytest.fixture(scope="module")
-def model():
-    return tiny_model("llama")
 
 
 def grid(model):

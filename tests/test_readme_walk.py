@@ -125,7 +125,7 @@ def test_the_readme_walks_top_to_bottom(tmp_path, capfd):
     llama = tmp_path / "Llama-3.1-405B"
     llama.mkdir()
     shutil.copy(LARGE / "config.json", llama / "config.json")
-    from superscopes_nn.structure.testing import tiny_tokenizer
+    from superscopes_nn.testing.tiny_models import tiny_tokenizer
 
     tiny_tokenizer().save_pretrained(llama)
     script, ran, skipped = [f"LLAMA_DIR = {str(llama)!r}"], [], []

@@ -25,10 +25,10 @@ import pytest
 import sweep_worker
 from superscopes_nn.core import store as store_mod
 from superscopes_nn.output.cli import main
-from superscopes_nn.engine.run import run_sweep
+from superscopes_nn.engine.run import run_rows
 from superscopes_nn.core.dirlock import RunDirBusy
 from superscopes_nn.core.store import RunStore, record_key, row_key
-from superscopes_nn.structure.testing import save_tiny_checkpoint
+from superscopes_nn.testing.tiny_models import save_tiny_checkpoint
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -46,7 +46,7 @@ def reference(sweep, tmp_path_factory):
     """``(frame, results.csv bytes)`` of the uninterrupted 48-row run."""
     model, rows, config = sweep
     d = tmp_path_factory.mktemp("reference")
-    df = run_sweep(model, rows, d, config, **sweep_worker.RUN_KWARGS)
+    df = run_rows(model, rows, run_dir=d, config=config, **sweep_worker.RUN_KWARGS)
     return df, (d / "results.csv").read_bytes()
 
 
@@ -99,8 +99,8 @@ def one_error_line(err: str) -> str:
 # ------------------------------------------------------------------ two writers (real processes)
 
 
-EXPLAIN = ["explain", "Alexander the Great", "--token", "Great", "--layers", "0-3", "--amps", "1,3,6,9,12,15",
-           "--batch-size", "1", "--max-new-tokens", "3", "--no-progress"]
+EXPLAIN = ["explain", "Alexander the Great", "--position", "Great", "--layers", "0-3", "--alphas", "1,3,6,9,12,15",
+           "--max-batch-size", "1", "--max-new-tokens", "3", "--no-progress"]
 
 
 def test_two_cli_explains_on_one_dir_started_together(model_dir, tmp_path):
@@ -161,7 +161,7 @@ def test_stale_lock_of_a_killed_writer_is_taken_over(sweep, reference, tmp_path)
     proc.wait(timeout=60)
     assert (run_dir / ".lock.owner").read_text().strip() == f"pid {proc.pid}"  # stale: names a dead pid
     seen = []
-    run_sweep(model, rows, run_dir, config, resume=True, on_chunk=lambda r: seen.append(
+    run_rows(model, rows, run_dir=run_dir, config=config, resume=True, on_chunk=lambda r: seen.append(
         (run_dir / ".lock.owner").read_text().strip()), **sweep_worker.RUN_KWARGS)
     assert set(seen) == {f"pid {os.getpid()}"}  # taken over
     assert not (run_dir / ".lock.owner").exists()  # a finished directory keeps no lock file
@@ -195,14 +195,14 @@ def test_repeated_row_keys_are_read_once_with_one_warning(sweep, reference, tmp_
     through resume and load_run alike, with one warning line; an append never repeats a stored row."""
     model, rows, config = sweep
     d = tmp_path / "run"
-    run_sweep(model, rows, d, config, **sweep_worker.RUN_KWARGS)
+    run_rows(model, rows, run_dir=d, config=config, **sweep_worker.RUN_KWARGS)
     data = (d / "rows.jsonl").read_bytes()
     (d / "rows.jsonl").write_bytes(data + data)
     with pytest.warns(UserWarning, match=r"rows\.jsonl: 48 line\(s\) repeat an earlier row's key \(first at line 49;"):
         df, _ = store_mod.load_run(d)
     assert len(df) == 48
     with pytest.warns(UserWarning, match="48 line"):
-        again = run_sweep(model, rows, d, config, resume=True, **sweep_worker.RUN_KWARGS)  # nothing reruns
+        again = run_rows(model, rows, run_dir=d, config=config, resume=True, **sweep_worker.RUN_KWARGS)  # nothing reruns
     pd.testing.assert_frame_equal(again, reference[0])
     assert (d / "rows.jsonl").read_bytes() == data + data
     with RunStore(d, json.loads((d / "config.json").read_text()), resume=True) as store:
@@ -257,7 +257,7 @@ def test_experiment_csvs_round_trip_every_text(tmp_path):
 def test_report_refuses_a_row_without_a_key_field_exactly_as_resume(model_dir, tmp_path, capsys):
     """Issue 31.6: one reader (store.unique_records) for resume and report, one refusal."""
     out = tmp_path / "D"
-    argv = ["explain", "Pink Floyd", "--layers", "0-1", "--amps", "1,3", "--max-new-tokens", "2", "--no-progress",
+    argv = ["explain", "Pink Floyd", "--layers", "0-1", "--alphas", "1,3", "--max-new-tokens", "2", "--no-progress",
             "--model", model_dir, "--out", str(out)]
     assert main(argv) == 0
     rows = [json.loads(l) for l in lines(out / "rows.jsonl")]
@@ -303,7 +303,7 @@ def test_sigkill_at_a_chosen_point_then_resume_is_byte_identical(sweep, referenc
     if expect["csv"]:  # a table on disk is always a whole one
         assert (run_dir / "results.csv").read_bytes() == reference[1]
     assert not (run_dir / "results.parquet").exists()
-    run_sweep(model, rows, run_dir, config, resume=True, **sweep_worker.RUN_KWARGS)
+    run_rows(model, rows, run_dir=run_dir, config=config, resume=True, **sweep_worker.RUN_KWARGS)
     assert_complete(run_dir, sweep, reference)
 
 
@@ -323,12 +323,12 @@ def test_full_disk_mid_run_is_one_oserror_and_resume_completes(sweep, reference,
 
     monkeypatch.setattr(store_mod.os, "fsync", fsync)
     with pytest.raises(OSError) as info:
-        run_sweep(model, rows, tmp_path, config, **sweep_worker.RUN_KWARGS)
+        run_rows(model, rows, run_dir=tmp_path, config=config, **sweep_worker.RUN_KWARGS)
     assert info.value.errno == errno.ENOSPC
     assert str(info.value) == f"[Errno 28] cannot append rows to {tmp_path / 'rows.jsonl'}: No space left on device"
     assert not (tmp_path / "results.csv").exists()
     monkeypatch.setattr(store_mod.os, "fsync", real)
-    run_sweep(model, rows, tmp_path, config, resume=True, **sweep_worker.RUN_KWARGS)
+    run_rows(model, rows, run_dir=tmp_path, config=config, resume=True, **sweep_worker.RUN_KWARGS)
     assert_complete(tmp_path, sweep, reference)
 
 
@@ -376,7 +376,7 @@ def test_resume_with_another_model_names_the_model_first(model_dir, tmp_path, ca
     with pytest.raises(ValueError, match=r"config 'model' differs \(stored 'a', now 'b'\)"):
         RunStore(tmp_path, {"model": "b", "layers": [1], "alphas": [2.0]}, resume=True)
     out = tmp_path / "cli"
-    argv = ["explain", "Pink Floyd", "--layers", "1", "--amps", "1", "--max-new-tokens", "2", "--no-progress",
+    argv = ["explain", "Pink Floyd", "--layers", "1", "--alphas", "1", "--max-new-tokens", "2", "--no-progress",
             "--out", str(out)]
     assert main(argv + ["--model", model_dir]) == 0
     other = tmp_path / "other_model"

@@ -22,16 +22,11 @@ from superscopes_nn.output import cli
 from superscopes_nn.core import dirlock
 from superscopes_nn.structure import models
 from superscopes_nn.output.cli import main
-from superscopes_nn.structure.testing import tiny_hf_model, tiny_model
+from superscopes_nn.testing.tiny_models import tiny_hf_model
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 RUN = dict(max_new_tokens=2, progress=False)
-
-
-@pytest.fixture(scope="module")
-def model():
-    return tiny_model("llama")
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +153,7 @@ def test_duplicate_layers_and_alphas_are_dropped_with_a_warning(model):
 
 
 def _explain(model_dir, out, *extra):
-    return ["explain", "Pink Floyd", "--layers", "1", "--amps", "1", "--max-new-tokens", "2", "--no-progress",
+    return ["explain", "Pink Floyd", "--layers", "1", "--alphas", "1", "--max-new-tokens", "2", "--no-progress",
             "--model", model_dir, "--out", str(out), *extra]
 
 
@@ -207,9 +202,9 @@ def test_cli_output_dir_fault_is_one_line_before_the_model_loads(tmp_path, monke
 
 CLI_REFUSED = [  # (name, extra argv, needle in the one error line), all before any model loads
     ("--max-new-tokens 0", ["--max-new-tokens", "0"], "error: max_new_tokens must be an int >= 1, got 0"),
-    ("--batch-size 0", ["--batch-size", "0"], "error: max_batch_size must be an int >= 1, got 0"),
-    ("--site mlp_out,mlp", ["--site", "mlp_out,mlp"], "error: unknown site 'mlp'"),
-    ("--amps 1,0", ["--amps", "1,0"], "error: bad --amps '1,0': amplification factor must be a finite number > 0, got 0.0"),
+    ("--max-batch-size 0", ["--max-batch-size", "0"], "error: max_batch_size must be an int >= 1, got 0"),
+    ("--sites mlp_out,mlp", ["--sites", "mlp_out,mlp"], "error: unknown site 'mlp'"),
+    ("--alphas 1,0", ["--alphas", "1,0"], "error: bad --alphas '1,0': amplification factor must be a finite number > 0, got 0.0"),
     ("--remote garbage", ["--remote", "garbage"], "error: bad --remote 'garbage': use false, local, true or an https:// host"),
 ]
 
@@ -261,9 +256,9 @@ def test_cli_remote_host_builds_meta_weights(model_dir, tmp_path, capsys, monkey
 HUB_CHECK = r"""
 import json, sys, time, warnings
 from superscopes_nn import load_model
-from superscopes_nn.engine.resolver import sweep_rows
+from superscopes_nn.engine.rows import sweep_rows
 from superscopes_nn.engine.run import run_rows
-from superscopes_nn.structure.testing import tiny_model
+from superscopes_nn.testing.tiny_models import tiny_model
 
 ndif, out = sys.argv[1], {}
 t0 = time.monotonic()
@@ -332,7 +327,7 @@ def test_a_hub_failure_inside_a_remote_call_is_not_blamed_on_ndif():
 def test_cli_duplicates_are_one_row_and_one_warning_line_each(model_dir, tmp_path, capsys):
     out = tmp_path / "run"
     argv = _explain(model_dir, out)
-    argv[argv.index("--layers") + 1], argv[argv.index("--amps") + 1] = "1,1", "1,1"
+    argv[argv.index("--layers") + 1], argv[argv.index("--alphas") + 1] = "1,1", "1,1"
     assert main(argv) == 0
     err = capsys.readouterr().err
     assert "warning: repeated layer values dropped: [1, 1] -> [1]" in err.splitlines()

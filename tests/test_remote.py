@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from superscopes_nn import ENTITY_PROMPT, Target, run_rows, sweep_rows
-from superscopes_nn.engine.session import plan, run_session
-from superscopes_nn.engine.run import gen_kwargs
+from superscopes_nn.engine.chunks import plan_chunk, run_chunks
+from superscopes_nn.engine.plan import greedy_kwargs
 from superscopes_nn.remote.capture import CaptureBackend, RequestCaptured
-from superscopes_nn.structure.testing import tiny_hf_model, wrap
+from superscopes_nn.testing.tiny_models import tiny_hf_model, wrap
 
 HERE = Path(__file__).resolve().parent
 
@@ -25,9 +25,9 @@ def test_captured_request_replays_without_the_library(tmp_path, arch):
     rows = sweep_rows(model, ["Alexander the Great", "Pink Floyd"], layers=[0, 2], sites=["mlp_out", "residual"],
                       alphas=[1, 6], target=Target(ENTITY_PROMPT))
     local = run_rows(model, rows, max_new_tokens=5)
-    job = plan(model, rows, gen_kwargs=gen_kwargs(model, 5))
+    job = plan_chunk(model, rows, gen_kwargs=greedy_kwargs(model, 5))
     with pytest.raises(RequestCaptured):
-        run_session(model, job, backend=CaptureBackend(tmp_path / "request.bin"))
+        run_chunks(model, job, backend=CaptureBackend(tmp_path / "request.bin"))
     assert (tmp_path / "request.bin").stat().st_size > 0
     proc = subprocess.run(
         [sys.executable, "-I", str(HERE / "replay_request.py"), str(tmp_path / "request.bin"),

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from superscopes_nn.structure.testing import tiny_hf_model
+from superscopes_nn.testing.tiny_models import tiny_hf_model
 
 ROOT = Path(__file__).resolve().parents[1]
 HUB_ID = "superscopes/tiny-gemma3"

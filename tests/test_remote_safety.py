@@ -31,7 +31,7 @@ from superscopes_nn.remote import hosts, safe_load
 from superscopes_nn.remote.backend import NDIFBackend
 from superscopes_nn.remote.errors import NDIFError
 from superscopes_nn.remote.safe_load import load_frame, load_result, pickle_globals
-from superscopes_nn.structure.testing import save_tiny_checkpoint
+from superscopes_nn.testing.tiny_models import save_tiny_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 MARKER = "superscopes-pwned"

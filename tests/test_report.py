@@ -284,3 +284,51 @@ def test_in_headless_chromium(df, tmp_path):
         finally:
             ctx.close()
     assert (ARTIFACTS / "report.png").stat().st_size > 10_000
+
+
+# ------------------------------------------------------------------ one reader, one alpha chooser (from test_one_path)
+
+from superscopes_nn.core import store  # noqa: E402
+from superscopes_nn.core.specs import RESULT_COLUMNS  # noqa: E402
+from superscopes_nn.output import report  # noqa: E402
+from superscopes_nn.science import superscopes  # noqa: E402
+
+
+def _one_record(layer: int, alpha: float, score: float) -> dict:
+    rec = dict.fromkeys(RESULT_COLUMNS)
+    rec.update(source_prompt="Pink Floyd", source_position=1, source_token="loyd", source_layer=layer,
+               site="mlp_out", target_prompt="T x", target_position=1, target_layer=layer, target_site="mlp_out",
+               mapping="amplify", mapping_key=f"amplify:{alpha!r}", alpha=alpha, model="m", target_model="m",
+               interpretation=f"L{layer} a{alpha:g}", token_ids=[1], score_source_cosine=score)
+    return rec
+
+
+def test_report_reads_a_torn_rows_jsonl_through_the_store(tmp_path):
+    assert report.load_run is store.load_run
+    records = [_one_record(layer, a, 0.1 * layer + a / 100) for layer in (0, 1) for a in (1.0, 3.0)]
+    (tmp_path / "config.json").write_text(json.dumps({"model": "m"}))
+    text = "".join(json.dumps(r) + "\n" for r in records)
+    (tmp_path / "rows.jsonl").write_text(text + json.dumps(_one_record(2, 6.0, 0.9))[:57])  # a kill mid-append
+    page = report.write_report_from_run(tmp_path).read_text(encoding="utf-8")
+    assert page.count('<td class="cell') == 4  # the torn row is not there, the 4 whole ones are
+    assert "L2 a6" not in page and "L1 a3" in page
+    df, config = store.load_run(tmp_path)
+    assert len(df) == 4 and config == {"model": "m"}
+
+
+def test_choose_cells_is_detect_alpha(monkeypatch):
+    df = pd.DataFrame([_one_record(layer, a, s) for layer, a, s in
+                       [(0, 1.0, 0.2), (0, 3.0, 0.5), (0, 6.0, 0.5), (1, 1.0, 0.9), (1, 3.0, float("nan"))]])
+    calls = []
+    real = superscopes.detect_alpha
+
+    def spy(frame, score, by):
+        calls.append((score, list(by)))
+        return real(frame, score, by)
+
+    monkeypatch.setattr(report, "detect_alpha", spy)
+    chosen = report.choose_cells(df)
+    assert calls == [("cell_score", ["source_prompt", "site", "source_layer"])]
+    assert chosen == {("Pink Floyd", "mlp_out", 0, 3.0), ("Pink Floyd", "mlp_out", 1, 1.0)}  # tie -> smaller alpha
+    picked = real(df, "score_source_cosine", ["source_prompt", "site", "source_layer"])
+    assert {(r.source_prompt, r.site, r.source_layer, r.alpha) for r in picked.itertuples()} == chosen

@@ -9,13 +9,13 @@ import pytest
 import torch
 
 from superscopes_nn.engine.api import patchscope, sweep
-from superscopes_nn.structure.reference import _patch_hook, hf_read
-from superscopes_nn.engine.resolver import sweep_rows
+from superscopes_nn.testing.hook_reference import _patch_hook, hf_read
+from superscopes_nn.engine.rows import sweep_rows
 from superscopes_nn.engine.run import run_rows
 from superscopes_nn.core.sampling import LLAMA2_CHAT, Sampling
 from superscopes_nn.core.specs import ENTITY_PROMPT, Amplify, Source, Target
 from superscopes_nn.core.store import row_key
-from superscopes_nn.structure.testing import tiny_model
+from superscopes_nn.testing.tiny_models import tiny_model
 
 HOT = Sampling(temperature=1.5, seed=1)
 

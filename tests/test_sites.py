@@ -6,9 +6,9 @@ import torch
 from superscopes_nn.structure.architectures import get_path, num_layers
 from superscopes_nn.structure.spec import arch_spec
 from superscopes_nn.engine.api import collect, patched_logits
-from superscopes_nn.engine.resolver import resolve
+from superscopes_nn.engine.rows import resolve
 from superscopes_nn.core.specs import Source, Target
-from superscopes_nn.structure.testing import TINY_ARCHS, tiny_model
+from superscopes_nn.testing.tiny_models import TINY_ARCHS, tiny_model
 
 # The pre-MLP norm of each family, written down independently of ArchSpec (None: OLMo 2 has none).
 PRE_MLP_NORM = {

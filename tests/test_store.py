@@ -19,7 +19,7 @@ from superscopes_nn.engine import run as patching
 from superscopes_nn.core.specs import Row
 from superscopes_nn.remote.errors import NDIFError
 from superscopes_nn.core.specs import RESULT_COLUMNS, Fn
-from superscopes_nn.engine.run import run_sweep
+from superscopes_nn.engine.run import run_rows
 from superscopes_nn.core.store import RunStore, record_key, row_key
 
 HERE = Path(__file__).resolve().parent
@@ -35,7 +35,7 @@ def sweep():
 def reference(sweep, tmp_path_factory):
     """The uninterrupted run of the sweep."""
     model, rows, config = sweep
-    return run_sweep(model, rows, tmp_path_factory.mktemp("reference"), config, **sweep_worker.RUN_KWARGS)
+    return run_rows(model, rows, run_dir=tmp_path_factory.mktemp("reference"), config=config, **sweep_worker.RUN_KWARGS)
 
 
 def lines(path: Path) -> list[bytes]:
@@ -81,7 +81,7 @@ def test_kill_mid_run_then_resume_equals_uninterrupted_run(sweep, reference, tmp
     before = lines(rows_file)
     assert 8 <= len(before) < 48, len(before)
 
-    resumed = run_sweep(model, rows, run_dir, config, resume=True, **sweep_worker.RUN_KWARGS)
+    resumed = run_rows(model, rows, run_dir=run_dir, config=config, resume=True, **sweep_worker.RUN_KWARGS)
 
     pd.testing.assert_frame_equal(resumed, reference)
     after = lines(rows_file)
@@ -93,9 +93,9 @@ def test_kill_mid_run_then_resume_equals_uninterrupted_run(sweep, reference, tmp
 
 def test_resume_of_a_finished_run_runs_nothing(sweep, reference, tmp_path, monkeypatch):
     model, rows, config = sweep
-    run_sweep(model, rows[:8], tmp_path, config, **sweep_worker.RUN_KWARGS)
-    monkeypatch.setattr(patching, "execute", lambda *a, **k: pytest.fail("ran rows that were done"))
-    again = run_sweep(model, rows[:8], tmp_path, config, resume=True, **sweep_worker.RUN_KWARGS)
+    run_rows(model, rows[:8], run_dir=tmp_path, config=config, **sweep_worker.RUN_KWARGS)
+    monkeypatch.setattr(patching, "run_requests", lambda *a, **k: pytest.fail("ran rows that were done"))
+    again = run_rows(model, rows[:8], run_dir=tmp_path, config=config, resume=True, **sweep_worker.RUN_KWARGS)
     pd.testing.assert_frame_equal(again, reference.iloc[:8])
 
 
@@ -210,7 +210,7 @@ def test_load_deduplicates_in_file_order(tmp_path):
 def test_remote_chunk_failure_keeps_finished_chunks_and_resume_completes(sweep, reference, tmp_path, monkeypatch):
     model, rows, config = sweep
     rows = rows[:16]  # 4 chunks of 4
-    real_run_job = patching.run_session
+    real_run_job = patching.run_chunks
     calls, sleeps, state = [], [], {"down": True}
 
     def flaky_run_job(model, job, *, remote=False, backend=None, vectors=None):
@@ -222,21 +222,69 @@ def test_remote_chunk_failure_keeps_finished_chunks_and_resume_completes(sweep, 
                 raise RemoteError(f"Failed to send request: {err}") from err
         return real_run_job(model, job, remote=False, backend=None, vectors=vectors)  # "remote" work done here
 
-    monkeypatch.setattr(patching, "run_session", flaky_run_job)
+    monkeypatch.setattr(patching, "run_chunks", flaky_run_job)
     import nnsight.modeling.huggingface as nnsight_hf
 
     monkeypatch.setitem(nnsight_hf._ID_CACHE, model.repo_id, "superscopes/tiny-llama")  # the hub id, looked up first
     monkeypatch.setattr(patching, "session_backend", lambda model, remote, backend: None)  # no model key needed
     url = "http://127.0.0.1:9"
     with pytest.raises(NDIFError, match=r"could not reach NDIF at http://127.0.0.1:9 \(connection refused\) after 3 tries"):
-        run_sweep(model, rows, tmp_path, config, remote=url, retries=2, sleep=sleeps.append, chunks_per_request=1,
+        run_rows(model, rows, run_dir=tmp_path, config=config, remote=url, retries=2, sleep=sleeps.append, chunks_per_request=1,
                   **sweep_worker.RUN_KWARGS)
     assert sleeps == [1.0, 2.0] and calls == [url] * 5  # 2 good chunks + 3 tries of chunk 3
     on_disk = [json.loads(l) for l in lines(tmp_path / "rows.jsonl")]
     assert [record_key(r) for r in on_disk] == [row_key(r) for r in rows[:8]]
 
     state["down"] = False
-    resumed = run_sweep(model, rows, tmp_path, config, resume=True, remote=url, sleep=sleeps.append,
+    resumed = run_rows(model, rows, run_dir=tmp_path, config=config, resume=True, remote=url, sleep=sleeps.append,
                         chunks_per_request=1, **sweep_worker.RUN_KWARGS)
     pd.testing.assert_frame_equal(resumed, reference.iloc[:16])
     assert len(lines(tmp_path / "rows.jsonl")) == 16 and len(calls) == 5 + 2
+
+
+# ------------------------------------------------------------------ mapping keys in resume (from test_one_path)
+
+import torch  # noqa: E402
+
+from superscopes_nn.core.specs import Affine, Compose, Source, Target  # noqa: E402
+from superscopes_nn.engine.rows import resolve  # noqa: E402
+
+
+
+def _affine(seed: int) -> Affine:
+    g = torch.Generator().manual_seed(seed)
+    return Affine(torch.eye(64) + 0.01 * torch.randn(64, 64, generator=g), name="bridge")
+
+
+def _rows(model, mappings):
+    return resolve(model, [(Source("Pink Floyd", 1, -1, "residual"), Target(), f) for f in mappings])
+
+
+def test_two_affine_maps_with_one_name_are_two_rows_on_resume(model, tmp_path):
+    a, b = Compose(_affine(0), 2.0), Compose(_affine(1), 2.0)
+    assert a.name == b.name and a.key != b.key
+    rows = _rows(model, [a, b])
+    assert row_key(rows[0]) != row_key(rows[1])
+    df = run_rows(model, rows, max_new_tokens=2, run_dir=tmp_path)
+    assert len(df) == 2
+    stored = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()]
+    assert [r["mapping_key"] for r in stored] == [a.key, b.key]
+    # resume with b's weights changed: a's row is reused, the changed map is a new row
+    c = Compose(_affine(2), 2.0)
+    again = run_rows(model, _rows(model, [a, c]), max_new_tokens=2, run_dir=tmp_path, resume=True)
+    stored = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()]
+    assert [r["mapping_key"] for r in stored] == [a.key, b.key, c.key]
+    assert again.mapping_key.tolist() == [a.key, c.key]
+    assert again.token_ids.iloc[0] == df.token_ids.iloc[0]
+
+
+def test_two_fn_maps_with_one_name_and_different_code_are_two_rows(model, tmp_path):
+    f = Fn(lambda v: v * 2.0, name="double")
+    g = Fn(lambda v: v * 2.0 + 1.0, name="double")
+    assert f.key != g.key and f.key == Fn(lambda v: v * 2.0, name="double").key
+    rows = _rows(model, [f, g])
+    assert row_key(rows[0]) != row_key(rows[1])
+    run_rows(model, rows, max_new_tokens=2, run_dir=tmp_path)
+    stored = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()]
+    assert len(stored) == 2 and len({record_key(r) for r in stored}) == 2
+    assert {r["mapping_key"] for r in stored} == {f.key, g.key}

@@ -12,12 +12,12 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # the experiments package lives at the repo root
     sys.path.insert(0, str(ROOT))
 
-from superscopes_nn.structure.reference import hf_patch_generate  # noqa: E402
+from superscopes_nn.testing.hook_reference import hf_patch_generate  # noqa: E402
 from superscopes_nn.core.specs import ENTITY_PROMPT  # noqa: E402
 from superscopes_nn.science.superscopes import (  # noqa: E402
     HIDDEN_ALPHAS, MLP_ALPHAS, add_scores, check_alphas, detect_alpha, rule_agreement, success_table, superscope,
 )
-from superscopes_nn.structure.testing import tiny_model  # noqa: E402
+from superscopes_nn.testing.tiny_models import tiny_model  # noqa: E402
 
 
 def word_cosine(a, b, embedder=None):
@@ -361,12 +361,13 @@ def test_missing_prompt_file(tmp_path, llama):
 
 def test_bad_layers_and_limit(llama, tmp_path, capsys):
     from experiments.superscopes import fig3 as superscopes_fig3
-    from experiments.common import parse_layers
+    from experiments.common import model_layers
 
     with pytest.raises(ValueError, match=r"\[9\] out of range"):
-        parse_layers("7-9", 9, [])
+        model_layers("7-9", 9, [])
     with pytest.raises(ValueError, match="bad --layers 'a-b'"):
-        parse_layers("a-b", 9, [])
+        model_layers("a-b", 9, [])
+    assert model_layers("-3--1", 9) == [6, 7, 8] and model_layers("all", 3) == [0, 1, 2]
     with pytest.raises(SystemExit):
         superscopes_fig3.main(["--limit", "0", "--out", str(tmp_path)], model=llama, cosine=word_cosine)
     assert "--limit must be >= 1, got 0" in capsys.readouterr().err

@@ -17,7 +17,7 @@ from transformers import CONFIG_MAPPING, AutoConfig, AutoModelForCausalLM
 
 from superscopes_nn.structure import twin
 from superscopes_nn.structure.architectures import ARCHITECTURES, num_layers
-from superscopes_nn.structure.testing import TINY_ARCHS, tiny_config, tiny_tokenizer
+from superscopes_nn.testing.tiny_models import TINY_ARCHS, tiny_config, tiny_tokenizer
 
 CONFIGS = Path(__file__).resolve().parent / "fixtures" / "large_configs"
 #: published total parameter counts (billions) of each fixture

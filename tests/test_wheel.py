@@ -69,7 +69,7 @@ def test_wheel_in_a_fresh_venv_runs_experiments_from_another_directory(tmp_path)
     assert "experiments/patchscopes/entity_resolution.py" in names and "superscopes_nn/output/run_cmd.py" in names
     venv = fresh_venv(tmp_path, wheel)
 
-    from superscopes_nn.structure.testing import tiny_hf_model
+    from superscopes_nn.testing.tiny_models import tiny_hf_model
 
     model, tok = tiny_hf_model("llama")
     model.save_pretrained(tmp_path / "tiny")

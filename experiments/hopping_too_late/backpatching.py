@@ -90,7 +90,7 @@ from experiments.common import (  # noqa: E402,F401  (re-exported)
 )
 from superscopes_nn.science.scoring import MATCH_RULES  # noqa: E402
 
-from superscopes_nn.engine.resolver import resolve  # noqa: E402
+from superscopes_nn.engine.rows import resolve  # noqa: E402
 from superscopes_nn.engine.run import run_rows  # noqa: E402
 from superscopes_nn.core.specs import Source, Target  # noqa: E402
 from superscopes_nn.structure.info import model_info, model_name  # noqa: E402

@@ -55,7 +55,7 @@ if __package__ in (None, ""):
 from experiments.common import save_csv  # noqa: E402
 from experiments.common import add_control, check_control, parser, random_arm, setup, store_kwargs  # noqa: E402
 
-from superscopes_nn.engine.resolver import find_token, resolve  # noqa: E402
+from superscopes_nn.engine.rows import find_token, resolve  # noqa: E402
 from superscopes_nn.engine.run import run_rows  # noqa: E402
 from superscopes_nn.core.specs import ENTITY_PROMPT, Source, Target  # noqa: E402
 from superscopes_nn.core.validate import check_layer  # noqa: E402

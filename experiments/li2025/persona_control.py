@@ -75,7 +75,7 @@ from experiments.common import int_list, log, parser, save_csv, store_kwargs  # 
 from experiments.li2025.controls import default_fit_texts, fit_maps, proportional_layers  # noqa: E402
 from superscopes_nn.engine.api import patchscope  # noqa: E402
 from superscopes_nn.science.baselines import contains, input_only, zero_shot  # noqa: E402
-from superscopes_nn.science.chance import _intervals  # noqa: E402
+from superscopes_nn.science.chance import bootstrap_interval  # noqa: E402
 
 from superscopes_nn.core.specs import Source, Target  # noqa: E402
 from superscopes_nn.structure.info import model_name  # noqa: E402
@@ -285,7 +285,7 @@ def rate_table(df: pd.DataFrame, reference: str, *, by: Sequence[str] = ("verbal
             for key, vals in (("rate", raw[:, cols]), ("chance", null[:, cols]), ("above", raw[:, cols] - null[:, cols])):
                 vals = np.nan_to_num(vals)
                 rec[key] = float(vals.mean())
-                rec[f"{key}_lo"], rec[f"{key}_hi"] = _intervals(vals, n_boot, level, np.random.default_rng(seed))
+                rec[f"{key}_lo"], rec[f"{key}_hi"] = bootstrap_interval(vals, n_boot, level, np.random.default_rng(seed))
             recs.append(rec)
     return pd.DataFrame.from_records(recs)
 

@@ -95,16 +95,17 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from experiments.common import (add_control, check_args, parser, random_arm, report_pair_chance,  # noqa: E402
-                                check_control, save_csv, some_pair_chance, store_kwargs)
+                                check_control, rows_dir, run_options, save_csv, some_pair_chance)
+from superscopes_nn.core.options import RunOptions  # noqa: E402
 
-from superscopes_nn.engine.resolver import resolve  # noqa: E402
+from superscopes_nn.engine.rows import resolve  # noqa: E402
 from superscopes_nn.engine.run import run_rows  # noqa: E402
 from superscopes_nn.core.specs import Source, Target  # noqa: E402
 from superscopes_nn.core.validate import check_layer  # noqa: E402
 
 from superscopes_nn.science.baselines import input_only  # noqa: E402
 from superscopes_nn.science.scoring import MATCH_RULES, answer_match  # noqa: E402
-from superscopes_nn.data.lre import CONTEXTS, SAMPLE_COLUMNS, _check_samples, crop_context, lre_samples, sample_items  # noqa: E402
+from superscopes_nn.data.lre import CONTEXTS, SAMPLE_COLUMNS, check_samples, crop_context, lre_samples, sample_items  # noqa: E402
 from superscopes_nn.structure.info import model_info, model_name  # noqa: E402
 
 SOURCES = ("wikitext", "subject")
@@ -114,12 +115,10 @@ RANDOM_COLUMNS = ["source_position", "target_position", "mapping", "mapping_key"
 
 def attribute_extraction(model, samples: pd.DataFrame, *, layers: Iterable[int] | None = None,
                          target_layers: Iterable[int] | None = None, layer_stride: int = 1,
-                         baseline: bool = True, max_new_tokens: int = 10, max_batch_size: int = 64,
-                         source: str = "wikitext", only_correct: bool = True, match: str = "patchscopes",
-                         all_layers: bool = False, baseline_max_new_tokens: int = 20,
-                         remote: bool | str = False, progress: bool = False, control: str = "none",
-                         control_seed: int = 0, run_dir=None, random_run_dir=None, resume: bool = False,
-                         config: dict | None = None) -> pd.DataFrame:
+                         baseline: bool = True, source: str = "wikitext", only_correct: bool = True,
+                         match: str = "patchscopes", all_layers: bool = False, baseline_max_new_tokens: int = 20,
+                         control: str = "none", control_seed: int = 0, random_run_dir=None,
+                         options: RunOptions | None = None, **settings) -> pd.DataFrame:
     """Patchscope attribute extraction over (source layer, target layer) pairs, plus the input-only baseline.
 
     Steps:
@@ -140,10 +139,13 @@ def attribute_extraction(model, samples: pd.DataFrame, *, layers: Iterable[int] 
        ``df.attrs["random"]`` (``method == "random"``, plus :data:`RANDOM_COLUMNS`; its run store
        is ``random_run_dir``). The input-only rows have no vector and get no random arm.
 
+    ``options`` / ``settings``: :class:`~superscopes_nn.core.options.RunOptions` and its fields, as
+    :func:`~superscopes_nn.engine.run.run_rows` takes them (``max_new_tokens`` defaults to 10).
+
     Columns: method (``patchscope`` / ``input_only``), task, subject, sample_id, object, target_prompt,
     source_layer, target_layer (-1 for the baseline), interpretation, correct, model.
     """
-    samples = _check_samples(samples)
+    samples = check_samples(samples)
     if source not in SOURCES:
         raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
     if isinstance(layer_stride, bool) or not isinstance(layer_stride, int) or layer_stride < 1:
@@ -151,6 +153,8 @@ def attribute_extraction(model, samples: pd.DataFrame, *, layers: Iterable[int] 
     if match not in MATCH_RULES:
         raise ValueError(f"match must be one of {MATCH_RULES}, got {match!r}")
     check_control(control)
+    opts = RunOptions.of(options, **settings).with_defaults()
+    max_new_tokens, max_batch_size, remote = opts.max_new_tokens, opts.max_batch_size, opts.remote
     n = model_info(model).n_layers
     name = model_name(model)
     src = list(range(0, n if all_layers else n - 1, layer_stride)) if layers is None else [check_layer(l, n, "source", name) for l in layers]
@@ -187,9 +191,7 @@ def attribute_extraction(model, samples: pd.DataFrame, *, layers: Iterable[int] 
     random_frame = None
     if patches:
         resolved = resolve(model, patches)  # one set of rows for both arms
-        run = dict(max_new_tokens=max_new_tokens, max_batch_size=max_batch_size, remote=remote, progress=progress,
-                   resume=resume, config=config)
-        res = run_rows(model, resolved, run_dir=run_dir, **run)
+        res = run_rows(model, resolved, opts)
         smp = kept.iloc[meta].reset_index(drop=True)
 
         def frame(method, r, extra=()):
@@ -200,7 +202,7 @@ def attribute_extraction(model, samples: pd.DataFrame, *, layers: Iterable[int] 
 
         frames.insert(0, frame("patchscope", res))
         if control == "random":
-            rnd = random_arm(model, resolved, seed=control_seed, run_dir=random_run_dir, **run)
+            rnd = random_arm(model, resolved, opts.replace(run_dir=random_run_dir), seed=control_seed)
             random_frame = frame("random", rnd, RANDOM_COLUMNS)
             random_frame["correct"] = [ok(t, o) for t, o in zip(random_frame.interpretation, random_frame.object)]
             random_frame["model"] = name
@@ -324,12 +326,11 @@ def main(argv=None, model=None) -> pd.DataFrame:
     t0 = time.perf_counter()
     samples = lre_samples(args.lre_root, tasks=args.tasks, limit=args.limit, contexts=args.contexts)
     model = model if model is not None else (load_model(args.model) if args.model else load_model())
-    df = attribute_extraction(model, samples, layer_stride=args.layer_stride, max_new_tokens=args.max_new_tokens,
-                              remote=args.remote, progress=True, source=args.source,
+    df = attribute_extraction(model, samples, layer_stride=args.layer_stride, source=args.source,
                               only_correct=not args.all_samples, match=args.match, all_layers=args.all_layers,
                               control=args.control, control_seed=args.control_seed,
-                              random_run_dir=store_kwargs(args, out, "attribute_extraction_random")["run_dir"],
-                              **store_kwargs(args, out, "attribute_extraction"))
+                              random_run_dir=rows_dir(out, "attribute_extraction_random"),
+                              options=run_options(args, out, "attribute_extraction", progress=True))
     save_csv(df, out / "attribute_extraction.csv")
     save_csv(df.attrs["filter"], out / "attribute_extraction_filter.csv")
     print(f"{df.attrs['n_kept']} of {df.attrs['n_samples']} samples kept (only_correct={not args.all_samples}, "

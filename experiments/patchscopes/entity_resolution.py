@@ -82,10 +82,12 @@ import pandas as pd
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from experiments.common import add_control, check_args, check_control, parser, random_arm, save_csv, store_kwargs  # noqa: E402
+from experiments.common import (add_control, check_args, check_control, parser, random_arm, rows_dir,  # noqa: E402
+                                run_options, save_csv)
+from superscopes_nn.core.options import RunOptions  # noqa: E402
 from superscopes_nn.core.specs import ENTITY_PROMPT, Target  # noqa: E402
 from superscopes_nn.core.validate import check_layer  # noqa: E402
-from superscopes_nn.engine.resolver import sweep_rows  # noqa: E402
+from superscopes_nn.engine.rows import sweep_rows  # noqa: E402
 from superscopes_nn.engine.run import run_rows  # noqa: E402
 from superscopes_nn.science.baselines import input_only  # noqa: E402
 from superscopes_nn.structure.info import model_info, model_name  # noqa: E402
@@ -166,18 +168,16 @@ def score(df: pd.DataFrame, ents: pd.DataFrame, metrics: Sequence[str] = METRICS
 
 def entity_resolution(model, entities=None, *, limit: int | None = None, layers: Iterable[int] | None = None,
                       target_prompt: str = ENTITY_PROMPT, metrics: Sequence[str] = METRICS,
-                      baseline: bool = True, max_new_tokens: int = 50, max_batch_size: int = 64,
-                      target_model=None, mapping=None, remote: bool | str = False,
-                      progress: bool = False, control: str = "none", control_seed: int = 0,
-                      run_dir=None, resume: bool = False, config: dict | None = None,
-                      random_run_dir=None) -> pd.DataFrame:
+                      baseline: bool = True, target_model=None, mapping=None, control: str = "none",
+                      control_seed: int = 0, random_run_dir=None, options: RunOptions | None = None,
+                      **settings) -> pd.DataFrame:
     """Entity descriptions decoded from each layer, scored, plus the input-only baseline.
 
     Steps:
 
     1. source = each entity name alone, its last token, every layer ``l`` (residual);
     2. target = ``target_prompt`` at ``x``, target layer = ``l``; greedy-generate
-       ``max_new_tokens`` tokens (the rows of :func:`~superscopes_nn.engine.resolver.sweep_rows`, run batched);
+       ``max_new_tokens`` tokens (``options``, default 50) (the rows of :func:`~superscopes_nn.engine.rows.sweep_rows`, run batched);
     3. if ``control == "random"``: the same resolved rows with each patched vector replaced by a
        norm-matched random direction (:func:`superscopes_nn.science.random_control.random_rows`, seeded by
        ``control_seed``; ``method == "random"``, ``mapping_key`` starting ``"random:"``; kept in
@@ -185,12 +185,16 @@ def entity_resolution(model, entities=None, *, limit: int | None = None, layers:
     4. if ``baseline``: the input-only control (name in place of ``x``, no patching; no random arm);
     5. score every row with ``metrics`` (empty = no scoring), the random rows by the same rule.
 
+    ``options`` / ``settings``: :class:`~superscopes_nn.core.options.RunOptions` and its fields, as
+    :func:`~superscopes_nn.engine.run.run_rows` takes them (``max_new_tokens`` defaults to 50).
+
     Columns: the sweep's result columns (``source_layer`` is -1 for the baseline) plus
     ``method`` (``patchscope`` / ``random`` / ``input_only``), ``entity``, ``type``, ``description``,
     ``answer`` (the description part of the continuation) and one column per metric
     (``score_alias`` bool, ``score_rouge_l`` and ``score_cosine`` floats).
     """
     check_control(control)
+    opts = RunOptions.of(options, **settings).with_defaults(max_new_tokens=50)
     unknown = set(metrics) - set(METRICS)
     if unknown:
         raise ValueError(f"unknown metrics {sorted(unknown)}; choose from {', '.join(METRICS)}")
@@ -200,22 +204,20 @@ def entity_resolution(model, entities=None, *, limit: int | None = None, layers:
     layers = list(range(min(n, n_src))) if layers is None else [check_layer(l, n_src, "source", model_name(model))
                                                                  for l in layers]
     names = ents.name.tolist()
-    rows = sweep_rows(model, names, layers=layers, token=-1, target=Target(target_prompt), target_model=target_model,
+    rows = sweep_rows(model, names, layers=layers, position=-1, target=Target(target_prompt), target_model=target_model,
                       mapping=mapping)
-    run = dict(target_model=target_model, max_new_tokens=max_new_tokens, max_batch_size=max_batch_size,
-               remote=remote, progress=progress, resume=resume, config=config)
-    df = run_rows(model, rows, run_dir=run_dir, **run)
+    df = run_rows(model, rows, opts, target_model=target_model)
     df.insert(0, "method", "patchscope")
     frames = [df]
     if control == "random":
-        rnd = random_arm(model, rows, seed=control_seed, run_dir=random_run_dir, **run)
+        rnd = random_arm(model, rows, opts.replace(run_dir=random_run_dir), target_model=target_model, seed=control_seed)
         rnd.insert(0, "method", "random")
         frames.append(rnd)
     for f in frames:
         f["entity"] = f.source_prompt
     if baseline:
-        base = input_only(target_model or model, target_prompt, names, max_new_tokens=max_new_tokens,
-                          max_batch_size=max_batch_size, remote=remote)
+        base = input_only(target_model or model, target_prompt, names, max_new_tokens=opts.max_new_tokens,
+                          max_batch_size=opts.max_batch_size, remote=opts.remote)
         frames.append(pd.DataFrame({
             "method": "input_only", "source_prompt": base.subject, "source_layer": -1, "target_prompt": base.prompt,
             "model": base.model, "target_model": base.model, "interpretation": base.interpretation,
@@ -366,12 +368,10 @@ def main(argv=None, model=None) -> pd.DataFrame:
     layers = range(0, n if args.all_layers else min(OFFICIAL_LAYERS, n), args.layer_stride)
     metrics = [m for m in args.metrics.split(",") if m]
     entities = load_entities_for(args)
-    store = store_kwargs(args, out, "entity_resolution")
-    random_run_dir = store_kwargs(args, out, "entity_resolution_random")["run_dir"]
     df = entity_resolution(model, entities, limit=args.limit, layers=layers, metrics=metrics,
-                           max_new_tokens=args.max_new_tokens, remote=args.remote, progress=True,
-                           control=args.control, control_seed=args.control_seed, random_run_dir=random_run_dir,
-                           **store)
+                           control=args.control, control_seed=args.control_seed,
+                           random_run_dir=rows_dir(out, "entity_resolution_random"),
+                           options=run_options(args, out, "entity_resolution", progress=True))
     summary = summarize(df)
     save_csv(df[df.method != "random"], out / "entity_resolution.csv")
     if args.control == "random":

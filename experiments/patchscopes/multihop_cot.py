@@ -83,10 +83,11 @@ if __package__ in (None, ""):
 
 from experiments.common import save_csv  # noqa: E402
 from experiments.common import (add_control, check_control, int_list, parser, random_arm,  # noqa: E402
-                                report_pair_chance, setup, some_pair_chance, store_kwargs)
+                                report_pair_chance, rows_dir, run_options, setup, some_pair_chance)
+from superscopes_nn.core.options import RunOptions  # noqa: E402
 
 from superscopes_nn.engine.api import generate_plain  # noqa: E402
-from superscopes_nn.engine.resolver import resolve  # noqa: E402
+from superscopes_nn.engine.rows import resolve  # noqa: E402
 from superscopes_nn.engine.run import run_rows  # noqa: E402
 from superscopes_nn.core.specs import Source, Target  # noqa: E402
 
@@ -162,14 +163,11 @@ def cot_patches(queries: pd.DataFrame, pairs: Sequence[tuple[int, int]], placeho
 
 
 def multihop_cot(model, queries=None, *, limit: int | None = None, stratify: bool = False,
-                 layers: Iterable[int] | None = None,
-                 pairs: Sequence[tuple[int, int]] | None = None, max_new_tokens: int = 10,
-                 cot_max_new_tokens: int | None = None, baselines: bool = True, max_batch_size: int = 64,
-                 direction: str = "official", only_correct: bool = True, baseline_max_new_tokens: int = 20,
-                 match: str = "patchscopes", control: str = "none", control_seed: int = 0,
-                 remote: bool | str = False, progress: bool = False,
-                 run_dir=None, resume: bool = False, config: dict | None = None,
-                 random_run_dir=None) -> pd.DataFrame:
+                 layers: Iterable[int] | None = None, pairs: Sequence[tuple[int, int]] | None = None,
+                 cot_max_new_tokens: int | None = None, baselines: bool = True, direction: str = "official",
+                 only_correct: bool = True, baseline_max_new_tokens: int = 20, match: str = "patchscopes",
+                 control: str = "none", control_seed: int = 0, random_run_dir=None,
+                 options: RunOptions | None = None, **settings) -> pd.DataFrame:
     """Multi-hop Patchscope over layer pairs plus the vanilla and CoT baselines.
 
     Steps:
@@ -192,7 +190,9 @@ def multihop_cot(model, queries=None, *, limit: int | None = None, stratify: boo
        against the same answers: ``df.attrs["random"]`` (:data:`RANDOM_COLUMNS`, one row per patched
        row, same order; run store ``random_run_dir``). The baselines have no vector, so no random arm.
 
-    ``pairs`` (``(l, l*)``) overrides ``layers`` (default: every layer x every layer).
+    ``pairs`` (``(l, l*)``) overrides ``layers`` (default: every layer x every layer). ``options`` /
+    ``settings``: :class:`~superscopes_nn.core.options.RunOptions` and its fields, as
+    :func:`~superscopes_nn.engine.run.run_rows` takes them (``max_new_tokens``: the patched rows', default 10).
 
     Columns: :data:`COT_COLUMNS` -- ``id``, ``method`` (``patchscope`` / ``vanilla`` /
     ``cot``), ``source_layer`` and ``target_layer`` (-1 for the baselines), ``prompt``
@@ -202,6 +202,8 @@ def multihop_cot(model, queries=None, *, limit: int | None = None, stratify: boo
     if direction not in DIRECTIONS:
         raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
     check_control(control)
+    opts = RunOptions.of(options, **settings).with_defaults()
+    max_new_tokens, max_batch_size, remote = opts.max_new_tokens, opts.max_batch_size, opts.remote
     n = model_info(model).n_layers
     if pairs is None:
         ls = list(range(n)) if layers is None else list(layers)
@@ -230,14 +232,13 @@ def multihop_cot(model, queries=None, *, limit: int | None = None, stratify: boo
         out.attrs.update(model=model_name(model), skipped=skipped, hops=hops, direction=direction, match=match)
         return out
     rows = resolve(model, cot_patches(qs, pairs, direction=direction))
-    run = dict(max_new_tokens=max_new_tokens, max_batch_size=max_batch_size, remote=remote, progress=progress,
-               resume=resume, config=config)
     aliases = {q["id"]: answer_aliases(q) for _, q in qs.iterrows()}
     ids = [i for i in qs.id for _ in pairs]
-    frames = [patched_frame(run_rows(model, rows, run_dir=run_dir, **run), ids, "patchscope")]
+    frames = [patched_frame(run_rows(model, rows, opts), ids, "patchscope")]
     rnd = None
     if control == "random":
-        rnd = patched_frame(random_arm(model, rows, seed=control_seed, run_dir=random_run_dir, **run), ids, "random")
+        rnd = patched_frame(random_arm(model, rows, opts.replace(run_dir=random_run_dir), seed=control_seed), ids,
+                            "random")
         rnd["correct"] = [alias_match(t, aliases[i], match) for t, i in zip(rnd.interpretation, rnd.id)]
         rnd = rnd[RANDOM_COLUMNS]
     if baselines:
@@ -357,12 +358,10 @@ def main(argv=None, model=None) -> pd.DataFrame:
     layers = int_list(getattr(args, "layers", None))
     t0 = time.perf_counter()
     df = multihop_cot(model, args.data, limit=args.limit, stratify=args.stratify, layers=layers,
-                      max_new_tokens=args.max_new_tokens,
-                      max_batch_size=args.max_batch_size, remote=args.remote, progress=True,
                       direction=args.direction, only_correct=not args.all_queries, match=args.match,
                       control=args.control, control_seed=args.control_seed,
-                      random_run_dir=store_kwargs(args, out, "multihop_cot_random")["run_dir"],
-                      **store_kwargs(args, out, "multihop_cot"))
+                      random_run_dir=rows_dir(out, "multihop_cot_random"),
+                      options=run_options(args, out, "multihop_cot", progress=True))
     summary = summarize(df)
     chance = pair_chance(df)
     report_pair_chance(chance, out / "multihop_cot_chance.csv", "shuffled-answer")

@@ -59,7 +59,7 @@ if __package__ in (None, ""):
 
 from superscopes_nn.structure.architectures import get_path
 
-from superscopes_nn.engine.resolver import encode, resolve  # noqa: E402
+from superscopes_nn.engine.rows import encode, resolve  # noqa: E402
 from superscopes_nn.core.specs import IDENTITY_PROMPT, Source, Target  # noqa: E402
 from superscopes_nn.core.validate import check_layer  # noqa: E402
 from superscopes_nn.engine.run import run_rows, session_backend  # noqa: E402

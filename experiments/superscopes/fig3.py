@@ -59,18 +59,18 @@ from pathlib import Path
 import pandas as pd
 
 from experiments.common import (
-    add_decoding, check_args, decoding_config, decoding_of, decoding_tag, first_paragraph, log, n_layers_of,
-    parse_layers, parser,
-    pyplot, read_saved_csv, rows_dir, save_csv, save_figure, setup,
+    add_decoding, check_args, decoding_config, decoding_of, decoding_tag, first_paragraph, log, model_layers,
+    parser, pyplot, read_saved_csv, rows_dir, save_csv, save_figure, setup,
 )
 from experiments.superscopes.fig3_rows import FIG3_LAYERS, fig3_rows
 from superscopes_nn.science.chance import chance_table, cosine_pairs, format_chance
 from superscopes_nn.data.datasets import load_fig3_prompts
 
 from superscopes_nn.engine.run import run_rows
+from superscopes_nn.core.options import options_from_args
 from superscopes_nn.core.store import load_run
 from superscopes_nn.science.superscopes import MLP_ALPHAS, PROTOCOLS, SUCCESS_THRESHOLD, add_scores, success_table
-from superscopes_nn.structure.info import model_name  # noqa: E402
+from superscopes_nn.structure.info import model_info, model_name  # noqa: E402
 
 ARMS = {"patchscopes": (1.0,), "superscopes": (3.0, 6.0, 9.0, 12.0, 15.0)}
 
@@ -166,15 +166,15 @@ def main(argv=None, model=None, cosine=None, embedder=None, score_pairs=None) ->
         m, out = setup(args, model)
         tag = Path(str(args.model)).name if args.model else Path(model_name(m)).name
         stem = f"fig3_{tag}_{args.protocol}{decoding_tag(args)}"
-        layers = parse_layers(args.layers, n_layers_of(m), [l for l in FIG3_LAYERS if l < n_layers_of(m)])
-        kw = dict(max_new_tokens=args.max_new_tokens, max_batch_size=args.max_batch_size, progress=args.progress,
-                  remote=args.remote, sampling=sampling)
+        n = model_info(m).n_layers
+        layers = model_layers(args.layers, n, [l for l in FIG3_LAYERS if l < n])
+        opts = options_from_args(args, sampling=sampling)
         t0 = time.perf_counter()
         frames = {}
         for control in ("source", "random") if args.control == "random" else ("source",):
             rows = fig3_rows(m, prompts, protocol=args.protocol, control=control, layers=layers, alphas=MLP_ALPHAS,
                              token=args.token)
-            frames[control] = run_rows(m, rows, **kw, **run_store(args, out, stem, control, layers))
+            frames[control] = run_rows(m, rows, opts.replace(**run_store(args, out, stem, control, layers)))
         df, random_df = frames["source"], frames.get("random")
         save_csv(df, out / f"{stem}_raw.csv.gz")
         if random_df is not None:

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from experiments.common import (
-    add_decoding, decoding_of, decoding_tag, log, n_layers_of, parse_layers, parser, pyplot, read_saved_csv, save_csv,
+    add_decoding, decoding_of, decoding_tag, log, model_layers, parser, pyplot, read_saved_csv, save_csv,
     save_figure, setup, store_kwargs,
 )
 from superscopes_nn.science.chance import cosine_pairs
@@ -27,6 +27,7 @@ from superscopes_nn.science.superscopes import (
     PROTOCOLS, SUCCESS_THRESHOLD, add_scores, choice_chance, detect_alpha, other_entity_names, rule_agreement,
     superscope, with_chance,
 )
+from superscopes_nn.structure.info import model_info
 
 PAPER_LAYERS = 40  # Llama-2-13b-chat
 
@@ -144,10 +145,10 @@ def run_single_prompt(name: str, prompt: str, token: str, site: str, alphas: Seq
         t_run = float("nan")
     else:
         m, out = setup(args, model)
-        n = n_layers_of(m)
-        layers = parse_layers(args.layers, n, default_layers(n))
+        n = model_info(m).n_layers
+        layers = model_layers(args.layers, n, default_layers(n))
         t0 = time.perf_counter()
-        df = superscope(m, prompt, site=site, layers=layers, alphas=alphas, token=token, target_layer=tl,
+        df = superscope(m, prompt, sites=site, layers=layers, alphas=alphas, position=token, target_layer=tl,
                         protocol=args.protocol, max_new_tokens=args.max_new_tokens,
                         max_batch_size=args.max_batch_size, progress=args.progress, remote=args.remote,
                         sampling=sampling, **store_kwargs(args, out, stem))

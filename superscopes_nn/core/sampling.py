@@ -14,7 +14,7 @@ from that row's own ``torch.Generator``, seeded from ``(seed, row_key(row))``
 hashed with SHA-256 (:func:`row_seed`). So a row draws the same tokens whether it
 runs alone, in a batch of 64, with ``exact=True`` or after a resume (in float32,
 where batched logits equal one-at-a-time ones; in half precision only as far as
-the logits agree, see :mod:`superscopes_nn.engine.session`). HF's own ``do_sample`` is not
+the logits agree, see :mod:`superscopes_nn.engine.chunks`). HF's own ``do_sample`` is not
 used: it draws from the global RNG across the whole batch.
 
 :class:`RowSampler` is the HF ``LogitsProcessor`` doing it: it returns scores that
@@ -36,13 +36,13 @@ from typing import Sequence
 import torch
 from transformers import LogitsProcessor
 
-from .validate import _is_np_bool, _plain, check_int
+from .validate import is_np_bool, plain_value, check_int
 
 
 def _check_real(value, what: str) -> float:
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and not _is_np_bool(value)
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and not is_np_bool(value)
     if not ok or not math.isfinite(float(value)):
-        raise ValueError(f"{what} must be a finite number, got {_plain(value)!r}")
+        raise ValueError(f"{what} must be a finite number, got {plain_value(value)!r}")
     return float(value)
 
 
@@ -59,12 +59,12 @@ class Sampling:
     def __post_init__(self):
         t = _check_real(self.temperature, "sampling temperature")
         if t <= 0:
-            raise ValueError(f"sampling temperature must be a finite number > 0, got {_plain(self.temperature)!r}")
+            raise ValueError(f"sampling temperature must be a finite number > 0, got {plain_value(self.temperature)!r}")
         object.__setattr__(self, "temperature", t)
         if self.top_p is not None:
             p = _check_real(self.top_p, "sampling top_p")
             if not 0 < p <= 1:
-                raise ValueError(f"sampling top_p must be in (0, 1], got {_plain(self.top_p)!r}")
+                raise ValueError(f"sampling top_p must be in (0, 1], got {plain_value(self.top_p)!r}")
             object.__setattr__(self, "top_p", p)
         if self.top_k is not None:
             object.__setattr__(self, "top_k", check_int(self.top_k, "sampling top_k", minimum=1))

@@ -6,7 +6,7 @@ when it has none), a ``key`` (a stable string that identifies it for resuming a
 run: two ``Affine`` maps with different weights have different keys) and
 ``plain()``, the form that crosses the wire to NDIF: a tuple
 ``(alpha, weight, bias, fn)`` of plain data applied as ``alpha * (W @ fn(v) + b)``
-(see :func:`superscopes_nn.engine.session.apply_map`). No dataclass method ever runs on
+(see :func:`superscopes_nn.engine.chunks.apply_map`). No dataclass method ever runs on
 the server.
 
 ==============  ==========================  ============================
@@ -20,7 +20,7 @@ mapping         f(v)                        key
 ==============  ==========================  ============================
 
 :class:`Row` is one fully resolved patch (token ids, absolute positions and
-layers); :mod:`superscopes_nn.engine.resolver` makes rows from specs.
+layers); :mod:`superscopes_nn.engine.rows` makes rows from specs.
 """
 
 from __future__ import annotations

@@ -18,10 +18,10 @@ from typing import Any, Iterable
 
 def is_int(value: Any) -> bool:
     """True for Python and numpy integers (never bools)."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and not _is_np_bool(value)
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and not is_np_bool(value)
 
 
-def _is_np_bool(value: Any) -> bool:
+def is_np_bool(value: Any) -> bool:
     return type(value).__name__ == "bool_"
 
 
@@ -66,9 +66,9 @@ def check_layers(layers: Any, what: str = "layer") -> list[int]:
 
 def check_alpha(alpha: Any) -> float:
     """An amplification factor: a finite real > 0 (numpy scalars accepted)."""
-    ok = isinstance(alpha, numbers.Real) and not isinstance(alpha, bool) and not _is_np_bool(alpha)
+    ok = isinstance(alpha, numbers.Real) and not isinstance(alpha, bool) and not is_np_bool(alpha)
     if not ok or not math.isfinite(float(alpha)) or float(alpha) <= 0:
-        raise ValueError(f"amplification factor must be a finite number > 0, got {_plain(alpha)!r}")
+        raise ValueError(f"amplification factor must be a finite number > 0, got {plain_value(alpha)!r}")
     return float(alpha)
 
 
@@ -124,7 +124,7 @@ def check_strings(values: Any, what: str) -> list[str]:
 
 def check_remote(remote: Any) -> Any:
     """``remote=``: ``False``/``None`` (local), ``True`` (NDIF), ``"local"`` or an ``http(s)://host`` URL."""
-    if remote is None or isinstance(remote, bool) or _is_np_bool(remote):
+    if remote is None or isinstance(remote, bool) or is_np_bool(remote):
         return bool(remote)
     if isinstance(remote, str):
         low = remote.strip().lower()
@@ -183,6 +183,6 @@ def dedupe(values: list, what: str) -> list:
     return out
 
 
-def _plain(value: Any) -> Any:
+def plain_value(value: Any) -> Any:
     """numpy scalars as Python numbers, so messages read ``1`` rather than ``np.int64(1)``."""
     return value.item() if hasattr(value, "item") and not isinstance(value, (str, bytes)) else value

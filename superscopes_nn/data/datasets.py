@@ -76,22 +76,22 @@ def data_dir() -> Path:
     return path
 
 
-_STR = datasets.Value("string")
-_STR_LIST = datasets.List(datasets.Value("string"))
+STRING = datasets.Value("string")
+STRING_LIST = datasets.List(datasets.Value("string"))
 
-ENTITY_FIELDS = {"name": _STR, "type": _STR, "description": _STR, "aliases": _STR_LIST}
+ENTITY_FIELDS = {"name": STRING, "type": STRING, "description": STRING, "aliases": STRING_LIST}
 TWO_HOP_FIELDS = {
-    "id": _STR,
-    "two_hop_prompt": _STR,
-    "first_hop_prompt": _STR,
-    "e1": _STR,
-    "r1": _STR,
-    "bridge": _STR,
-    "bridge_aliases": _STR_LIST,
-    "r2": _STR,
-    "second_hop_prompt": _STR,
-    "answer": _STR,
-    "answer_aliases": _STR_LIST,
+    "id": STRING,
+    "two_hop_prompt": STRING,
+    "first_hop_prompt": STRING,
+    "e1": STRING,
+    "r1": STRING,
+    "bridge": STRING,
+    "bridge_aliases": STRING_LIST,
+    "r2": STRING,
+    "second_hop_prompt": STRING,
+    "answer": STRING,
+    "answer_aliases": STRING_LIST,
 }
 LRE_KINDS = ("factual", "commonsense")
 
@@ -99,20 +99,20 @@ LRE_KINDS = ("factual", "commonsense")
 # --------------------------------------------------------------------------- shared helpers
 
 
-def _existing_file(path: str | Path, what: str, hint: str = "") -> Path:
+def existing_file(path: str | Path, what: str, hint: str = "") -> Path:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{what} file not found: {path}" + (f"; {hint}" if hint else ""))
     return path
 
 
-def _check_columns(found: Sequence[str], required: Iterable[str], source: object) -> None:
+def check_columns(found: Sequence[str], required: Iterable[str], source: object) -> None:
     for col in required:
         if col not in found:
             raise ValueError(f"column {col!r} not found in {source}; columns are {list(found)}")
 
 
-def _to_dataset(rows: list[dict], fields: Mapping[str, object], source: object) -> datasets.Dataset:
+def to_dataset(rows: list[dict], fields: Mapping[str, object], source: object) -> datasets.Dataset:
     if not rows:
         raise ValueError(f"no rows in {source}: the set is empty")
     return datasets.Dataset.from_list(
@@ -123,7 +123,7 @@ def _to_dataset(rows: list[dict], fields: Mapping[str, object], source: object) 
 def _check_types(row: dict, fields: Mapping[str, object], where: str) -> None:
     for key, feature in fields.items():
         value = row[key]
-        if feature is _STR_LIST:
+        if feature is STRING_LIST:
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 raise ValueError(f"field {key!r} at {where} must be a list of strings, got {value!r}")
         elif not isinstance(value, str) or not value.strip():
@@ -144,13 +144,13 @@ def _read_jsonl(path: Path, fields: Mapping[str, object]) -> list[dict]:
                 raise ValueError(f"invalid JSON at {where}: {e.msg}: {line.strip()[:80]!r}") from e
             if not isinstance(row, dict):
                 raise ValueError(f"line {where} is not a JSON object: {line.strip()[:80]!r}")
-            _check_columns(list(row), fields, where)
+            check_columns(list(row), fields, where)
             _check_types(row, fields, where)
             rows.append(row)
     return rows
 
 
-def _parse_list(value: object, where: str) -> list[str]:
+def parse_list(value: object, where: str) -> list[str]:
     """An alias list stored as a JSON or Python list literal ('["a", "b"]' or "['a', 'b']").
 
     Missing values (NaN, '') give []; a bare string that is not a list literal
@@ -187,8 +187,8 @@ def load_entities(path: str | Path | None = None) -> datasets.Dataset:
     Columns: ``name`` (str), ``type`` (str), ``description`` (str),
     ``aliases`` (list[str], may be empty). One row per JSON line.
     """
-    path = _existing_file(DATA_DIR / "entities.jsonl" if path is None else path, "entities")
-    return _to_dataset(_read_jsonl(path, ENTITY_FIELDS), ENTITY_FIELDS, path)
+    path = existing_file(DATA_DIR / "entities.jsonl" if path is None else path, "entities")
+    return to_dataset(_read_jsonl(path, ENTITY_FIELDS), ENTITY_FIELDS, path)
 
 
 def load_two_hop(path: str | Path | None = None) -> datasets.Dataset:
@@ -198,8 +198,8 @@ def load_two_hop(path: str | Path | None = None) -> datasets.Dataset:
     two_hop_prompt, first_hop_prompt, e1, r1, bridge, bridge_aliases, r2,
     second_hop_prompt, answer, answer_aliases.
     """
-    path = _existing_file(DATA_DIR / "two_hop.jsonl" if path is None else path, "two-hop")
-    return _to_dataset(_read_jsonl(path, TWO_HOP_FIELDS), TWO_HOP_FIELDS, path)
+    path = existing_file(DATA_DIR / "two_hop.jsonl" if path is None else path, "two-hop")
+    return to_dataset(_read_jsonl(path, TWO_HOP_FIELDS), TWO_HOP_FIELDS, path)
 
 
 # --------------------------------------------------------------------------- Patchscopes LRE
@@ -208,8 +208,8 @@ LRE_REQUIRED = ("subject", "object", "prompt_target")
 LRE_OPTIONAL = {
     "sample_id": datasets.Value("int64"),
     "position_target": datasets.Value("int64"),
-    "target_baseline": _STR,
-    "prompt_source": _STR,
+    "target_baseline": STRING,
+    "prompt_source": STRING,
     "position_source": datasets.Value("int64"),
 }
 """Columns of the Patchscopes LRE attribute files kept when present (the rest, baseline generations, is dropped)."""
@@ -241,7 +241,7 @@ def _lre_files(root: Path, kinds: Sequence[str], relations: Sequence[str] | None
 
 def _read_lre_tsv(kind: str, path: Path) -> pd.DataFrame:
     frame = pd.read_csv(path, sep="\t", index_col=0, dtype=str, keep_default_na=False)
-    _check_columns(list(frame.columns), LRE_REQUIRED, path)
+    check_columns(list(frame.columns), LRE_REQUIRED, path)
     if frame.empty:
         raise ValueError(f"no rows in {path}: the set is empty")
     out = pd.DataFrame({"relation": _relation(path), "kind": kind}, index=frame.index)
@@ -288,7 +288,7 @@ def load_lre(
     if frame[kept].isna().any().any():
         bad = frame[kept].columns[frame[kept].isna().any()].tolist()
         raise ValueError(f"column(s) {bad} are missing from some LRE files under {root}; files must share columns")
-    features = {"relation": _STR, "kind": _STR, **{c: _STR for c in LRE_REQUIRED}}
+    features = {"relation": STRING, "kind": STRING, **{c: STRING for c in LRE_REQUIRED}}
     features |= {c: LRE_OPTIONAL[c] for c in kept}
     return datasets.Dataset.from_pandas(
         frame[list(features)], features=datasets.Features(features), preserve_index=False
@@ -313,7 +313,7 @@ def load_fig3_prompts(
     paper_token when ``as_frame``. This is the one parser of the file (experiments
     call it too).
     """
-    path = _existing_file(data_dir() / FIG3_FILE if path is None else path, "Superscopes Figure 3 prompt",
+    path = existing_file(data_dir() / FIG3_FILE if path is None else path, "Superscopes Figure 3 prompt",
                           f"it ships as {DATA_DIR / FIG3_FILE}; ${SHARED_DATA_ENV} or path= override it")
     pairs = []
     for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):

@@ -37,7 +37,7 @@ from pathlib import Path
 import datasets
 import pandas as pd
 
-from .datasets import _STR, _STR_LIST, TWO_HOP_FIELDS, _check_columns, _existing_file, _parse_list, _to_dataset  # noqa: F401
+from .datasets import STRING, STRING_LIST, TWO_HOP_FIELDS, check_columns, existing_file, parse_list, to_dataset  # noqa: F401
 
 # --------------------------------------------------------------------------- where the sets are published
 
@@ -87,11 +87,11 @@ def _htl_row(row: dict, i: int, path: Path) -> dict:
         "e1": e1,
         "r1": str(row.get("r1_label") or row["r1_template"]),
         "bridge": e2,
-        "bridge_aliases": _parse_list(row["e2_aliases"], f"{where}, column 'e2_aliases'"),
+        "bridge_aliases": parse_list(row["e2_aliases"], f"{where}, column 'e2_aliases'"),
         "r2": str(row.get("r2_label") or row["r2_template"]),
         "second_hop_prompt": _fill(row["r2_template"], e2, where),
         "answer": e3,
-        "answer_aliases": _parse_list(row["e3_aliases"], f"{where}, column 'e3_aliases'"),
+        "answer_aliases": parse_list(row["e3_aliases"], f"{where}, column 'e3_aliases'"),
     }
 
 
@@ -113,30 +113,30 @@ def load_hopping_too_late_csv(path: str | Path) -> datasets.Dataset:
     ``first_hop_prompt`` is the filled r1 phrase, capitalised, with " is"
     appended; ``second_hop_prompt`` is ``r2_template`` filled with e2.
     """
-    path = _existing_file(path, "Hopping Too Late CSV")
+    path = existing_file(path, "Hopping Too Late CSV")
     return htl_rows(pd.read_csv(path, dtype=str, keep_default_na=False), path)
 
 
 def htl_rows(frame: pd.DataFrame, source) -> datasets.Dataset:
     """The Hopping Too Late table ``frame`` (read from ``source``) as two-hop rows."""
-    _check_columns(list(frame.columns), HTL_REQUIRED, source)
+    check_columns(list(frame.columns), HTL_REQUIRED, source)
     rows = [_htl_row({k: (v if isinstance(v, str) else str(v)) for k, v in row.items()}, i, source)
             for i, row in enumerate(frame.to_dict("records"))]
-    return _to_dataset(rows, TWO_HOP_FIELDS, source)
+    return to_dataset(rows, TWO_HOP_FIELDS, source)
 
 
 # --------------------------------------------------------------------------- PopQA
 
 POPQA_REQUIRED = ("id", "subj", "prop", "question", "possible_answers")
 POPQA_FIELDS = {
-    "id": _STR,
-    "subject": _STR,
-    "relation": _STR,
-    "object": _STR,
-    "question": _STR,
-    "possible_answers": _STR_LIST,
+    "id": STRING,
+    "subject": STRING,
+    "relation": STRING,
+    "object": STRING,
+    "question": STRING,
+    "possible_answers": STRING_LIST,
     "s_pop": datasets.Value("int64"),
-    "subject_aliases": _STR_LIST,
+    "subject_aliases": STRING_LIST,
 }
 
 
@@ -148,11 +148,11 @@ def _popqa_row(row: Mapping, i: int) -> dict:
         "relation": row["prop"],
         "object": row.get("obj") or "",
         "question": row["question"],
-        "possible_answers": _parse_list(
+        "possible_answers": parse_list(
             row["possible_answers"], f"PopQA row {i} (id {row['id']!r}), column 'possible_answers'"
         ),
         "s_pop": -1 if pop is None or pop == "" or pd.isna(pop) else int(pop),
-        "subject_aliases": _parse_list(row.get("s_aliases"), f"PopQA row {i} (id {row['id']!r}), column 's_aliases'"),
+        "subject_aliases": parse_list(row.get("s_aliases"), f"PopQA row {i} (id {row['id']!r}), column 's_aliases'"),
     }
 
 
@@ -170,8 +170,8 @@ def parse_popqa_rows(rows: Iterable[Mapping] | pd.DataFrame | datasets.Dataset) 
     if not rows:
         raise ValueError("no rows in the PopQA input: the set is empty")
     for i, row in enumerate(rows):
-        _check_columns(list(row), POPQA_REQUIRED, f"PopQA row {i}")
-    return _to_dataset([_popqa_row(r, i) for i, r in enumerate(rows)], POPQA_FIELDS, "the PopQA input")
+        check_columns(list(row), POPQA_REQUIRED, f"PopQA row {i}")
+    return to_dataset([_popqa_row(r, i) for i, r in enumerate(rows)], POPQA_FIELDS, "the PopQA input")
 
 
 def load_popqa(split: str = "test", *, source: str | Path = POPQA_HUB_ID, cache_dir: str | Path | None = None
@@ -193,7 +193,7 @@ def popqa_entities(popqa: datasets.Dataset | pd.DataFrame, per_end: int = 200) -
     if per_end < 1:
         raise ValueError(f"per_end must be >= 1, got {per_end!r}")
     df = popqa.to_pandas() if hasattr(popqa, "to_pandas") else pd.DataFrame(popqa)
-    _check_columns(list(df.columns), ("subject", "s_pop"), "the PopQA rows")
+    check_columns(list(df.columns), ("subject", "s_pop"), "the PopQA rows")
     subj = df.drop_duplicates("subject").sort_values("s_pop", kind="stable")
     if len(subj) < 2 * per_end:
         raise ValueError(f"PopQA has {len(subj)} distinct subjects, fewer than 2 * per_end = {2 * per_end}")
@@ -246,7 +246,7 @@ def load_hopping_too_late(*, source: str | Path = HTL_SOURCE, cache_dir: str | P
     source = _source(source, "Hopping Too Late")
     url = f"{str(source).rstrip('/')}/{HTL_FILE}"
     if isinstance(source, Path):
-        _existing_file(source / HTL_FILE, "Hopping Too Late CSV")
+        existing_file(source / HTL_FILE, "Hopping Too Late CSV")
     table = _fetching("Hopping Too Late two_hop.csv", f"{HTL_SOURCE}/{HTL_FILE}", source,
                       lambda: datasets.load_dataset("csv", data_files=url, split="train", cache_dir=_str(cache_dir)))
     return htl_rows(table.to_pandas().fillna(""), url)
@@ -267,7 +267,7 @@ def load_personaqa_published(variant: str = "PersonaQA", *, source: str | Path =
     urls = {a: f"{str(source).rstrip('/')}/{variant}/{a}.json" for a in attributes}
     if isinstance(source, Path):
         for a in attributes:
-            _existing_file(source / variant / f"{a}.json", f"PersonaQA {variant}")
+            existing_file(source / variant / f"{a}.json", f"PersonaQA {variant}")
     config = datasets.DownloadConfig(cache_dir=_str(cache_dir))
     files = _fetching(f"PersonaQA {variant}", f"{PERSONAQA_SOURCE}/{variant}/<attribute>.json", source,
                       lambda: datasets.DownloadManager(download_config=config).download(urls))

@@ -98,7 +98,7 @@ def sample_items(df: pd.DataFrame) -> pd.Series:
     return key + "|" + df.sample_id.astype(str) if "sample_id" in df else key
 
 
-def _check_samples(samples: pd.DataFrame) -> pd.DataFrame:
+def check_samples(samples: pd.DataFrame) -> pd.DataFrame:
     if "source_context" not in samples:
         samples = samples.assign(source_context="")
     if "sample_id" not in samples:  # the row index within its task

@@ -1,1 +1,1 @@
-"""Patching: prompts to rows (resolver), one nnsight session per chunk (session), the orchestrator (run), the remote plan, the public calls (api) and the logit lens."""
+"""Patching: prompts to rows (rows), chunks of rows and the session that runs a request of them (chunks), the request list and its measured plan (plan), the orchestrator (run), the public calls (api) and the logit lens (lens)."""

@@ -15,9 +15,9 @@ import pandas as pd
 import torch
 
 from ..structure.architectures import get_path
-from .plan import Session, vocab_size
-from .run import run_sessions
-from .resolver import encode, resolve_position
+from .plan import CustomRequest, vocab_size
+from .run import run_custom_requests
+from .rows import encode, resolve_position
 from ..core.validate import check_layer
 from ..structure.info import model_info, model_name
 
@@ -56,7 +56,7 @@ def lens_logits(model, prompt: str, layers: Iterable[int], position: int | str =
 
     returns = torch.empty(len(layers), vocab_size(model), dtype=model._module.dtype, device="meta")
     knob = f"pass fewer layers per call (now {len(layers)} layers x {returns.shape[1]} vocabulary entries)"
-    logits = run_sessions(model, [Session(one, returns)], remote=remote, backend=backend, knob=knob)[0]
+    logits = run_custom_requests(model, [CustomRequest(one, returns)], remote=remote, backend=backend, knob=knob)[0]
     return logits[[layers.index(l) for l in wanted]]
 
 

@@ -1,6 +1,6 @@
 """A remote run's plan, measured before anything is sent: requests, bytes each way, NDIF's limits.
 
-:func:`plan` groups rows exactly as :func:`~superscopes_nn.engine.run.execute` will (same chunks,
+:func:`plan` groups rows exactly as :func:`~superscopes_nn.engine.run.run_requests` will (same chunks,
 same requests), serializes every request with :class:`~superscopes_nn.remote.capture.CaptureBackend`
 (the bytes nnsight would POST, not an estimate) and sizes every result from its tensors' shapes::
 
@@ -14,8 +14,8 @@ Every limit is a :class:`Limit` citing where NDIF (ndif 0.1.2's sdist) documents
 A remote run (``remote=True`` or a host) computes its plan, prints :meth:`Plan.line` and refuses
 before the first request when :meth:`Plan.problems` is not empty (:func:`announce`), then logs one line
 per request. Runs that are not rows (``generate_plain``, ``collect``, ``lens_logits``) describe each
-request as a :class:`Session` (how to open it on a backend, what it returns); :func:`measure_sessions`
-plans them the same way and :func:`~superscopes_nn.engine.run.run_sessions` sends them.
+request as a :class:`CustomRequest` (how to open it on a backend, what it returns); :func:`measure_custom_requests`
+plans them the same way and :func:`~superscopes_nn.engine.run.run_custom_requests` sends them.
 """
 
 from __future__ import annotations
@@ -29,16 +29,18 @@ from typing import Callable
 
 import torch
 
+from ..core.options import RunOptions
 from ..core.sampling import with_sampler
+from ..core.validate import check_batch_size, check_int, check_max_new_tokens
 from ..remote.capture import CaptureBackend, RequestCaptured
 from ..structure.info import model_info, model_name
-from .session import Job, chunks, plan as plan_chunk, plan_reads, result_bytes, run_session
+from .chunks import Chunk, chunk_indices, plan_chunk, plan_reads, result_bytes, run_chunks
 
-__all__ = ["Limit", "LIMITS", "RequestPlan", "Plan", "Session", "announce", "measure_sessions", "plan",
-           "planned_requests", "requests", "REQUEST_RESULT_BYTES"]
+__all__ = ["Batching", "Limit", "LIMITS", "Request", "RequestPlan", "Plan", "CustomRequest", "announce", "batching",
+           "measure_custom_requests", "plan", "plan_requests", "REQUEST_RESULT_BYTES"]
 
 MiB = 2 ** 20
-#: The library sizes each request's result under this (estimated by :func:`~superscopes_nn.engine.session.result_bytes`).
+#: The library sizes each request's result under this (estimated by :func:`~superscopes_nn.engine.chunks.result_bytes`).
 REQUEST_RESULT_BYTES = 6 * MiB
 
 
@@ -72,13 +74,15 @@ LIMITS = {
 
 @dataclass(frozen=True)
 class RequestPlan:
-    """One NDIF request: ``rows`` in ``chunks`` batched sessions; ``sent`` bytes (serialized by capture) and
+    """One NDIF request: ``rows`` in ``chunks`` batched passes; ``sent`` bytes (serialized by capture) and
     ``result`` bytes (the ``torch.save`` of what it returns, at most)."""
 
     rows: int
     chunks: int
     sent: int
     result: int
+    row_indices: tuple = ()
+    """The indices of the rows it runs, in batch order (empty for a run that is not rows)."""
 
 
 @dataclass(frozen=True)
@@ -139,44 +143,92 @@ def vocab_size(model) -> int:
     return getattr(config, "vocab_size", None) or getattr(getattr(config, "text_config", None), "vocab_size", 0)
 
 
-def requests(model, plans: list, chunks_per_request: int) -> list[list]:
-    """Group consecutive chunk plans into requests of at most ``chunks_per_request`` chunks
-    whose estimated result stays under :data:`REQUEST_RESULT_BYTES`."""
-    vocab, d = vocab_size(model), model_info(model).hidden
-    out, size = [], 0
-    for item in plans:
-        n = result_bytes(item[1], vocab, d)
-        if out and len(out[-1]) < chunks_per_request and size + n <= REQUEST_RESULT_BYTES:
-            out[-1].append(item)
-            size += n
-        else:
-            out.append([item])
-            size = n
-    return out
+@dataclass(frozen=True)
+class Batching:
+    """How a run cuts its rows, decided once by :func:`batching` for execution and plan alike: rows per
+    chunk, prefix reuse, chunks per request, ``no_reuse`` (why the model runs without prefix reuse although
+    asked, or ""), ``trim_logits`` (the LM head on the patched positions only; False in exact mode)."""
+
+    max_batch_size: int
+    shared_prefix: bool
+    chunks_per_request: int
+    no_reuse: str = ""
+    trim_logits: bool = True
 
 
-def planned_requests(model, rows: list, *, target_model=None, gen_kwargs=None, logits: bool = False,
-                     max_batch_size: int = 64, shared_prefix: bool = True, sampling=None, per: int = 1,
-                     exact: bool = False) -> list[list]:
-    """Every chunk of ``rows`` planned up front (a source is read by the first chunk that needs it),
-    grouped into requests: a list of ``[(chunk_indices, job), ...]`` per request. ``exact``: logits over
-    every target position, as a one-at-a-time forward computes them (no ``logits_to_keep``)."""
+def batching(target_model, options: RunOptions) -> Batching:
+    """The one place a run's batching defaults are decided: ``options.exact`` means one row per chunk and
+    no prefix reuse; a model whose ``ModelInfo.no_reuse`` names a reason runs without prefix reuse;
+    ``chunks_per_request`` defaults to 8 for a remote run (``options.remote`` set) and 1 locally (so
+    progress and the run store advance per chunk); exact: logits on every position, as one row alone."""
+    max_batch_size, shared_prefix = options.max_batch_size, options.shared_prefix
+    check_batch_size(max_batch_size)
+    if options.exact:
+        max_batch_size, shared_prefix = 1, False
+    why = model_info(target_model).no_reuse if shared_prefix else ""
+    per = options.chunks_per_request
+    per = check_int(per, "chunks_per_request", minimum=1) if per is not None else (8 if options.remote else 1)
+    return Batching(int(max_batch_size), bool(shared_prefix) and not why, int(per), why or "", not options.exact)
+
+
+@dataclass(frozen=True)
+class Request:
+    """One request: one nnsight session (one NDIF request on a remote run).
+
+    ``chunks``: its planned chunks, in order, and ``indices``: each chunk's row indices; ``reads``: in
+    a cross-model run, the source model's read-only chunk for the sources of these rows that no earlier
+    request read (None: one model, or nothing new to read); ``given``: the source keys the target
+    session receives (read by an earlier request, or by ``reads``), so it reads only the others."""
+
+    chunks: tuple
+    indices: tuple
+    reads: Chunk | None = None
+    given: tuple = ()
+
+    @property
+    def row_indices(self) -> list:
+        """The indices of the rows it runs, in batch order."""
+        return [i for idx in self.indices for i in idx]
+
+
+def plan_requests(model, rows: list, *, batching: Batching, target_model=None, gen_kwargs=None,
+                  logits: bool = False, sampling=None) -> list[Request]:
+    """The request loop, written once: every chunk of ``rows`` planned up front (a source is read by the
+    first chunk that needs it), grouped into requests of at most ``batching.chunks_per_request`` chunks
+    whose estimated result stays under :data:`REQUEST_RESULT_BYTES`, each with the source reads and
+    vectors it needs. :func:`~superscopes_nn.engine.run.run_requests` runs it, :func:`measure_requests` measures it."""
     target_model = model if target_model is None else target_model
     two = target_model is not model
-    planned, seen = [], set()
-    for idx in chunks([len(r.target_ids) for r in rows], int(max_batch_size)):
-        chunk = [rows[i] for i in idx]
-        job = plan_chunk(target_model, chunk, gen_kwargs=with_sampler(gen_kwargs, sampling, chunk), logits=logits,
-                         known=seen, shared_prefix=shared_prefix, read_here=not two, trim_logits=not exact)
-        seen |= {r.source_key for r in chunk}
-        planned.append((idx, job))
-    return requests(target_model, planned, int(per))
+    vocab, d = vocab_size(target_model), model_info(target_model).hidden
+    grouped, size, seen = [], 0, set()
+    for idx in chunk_indices([len(r.target_ids) for r in rows], batching.max_batch_size):
+        part = [rows[i] for i in idx]
+        chunk = plan_chunk(target_model, part, gen_kwargs=with_sampler(gen_kwargs, sampling, part), logits=logits,
+                           known=seen, shared_prefix=batching.shared_prefix, read_here=not two,
+                           trim_logits=batching.trim_logits)
+        seen |= {r.source_key for r in part}
+        n = result_bytes(chunk, vocab, d)
+        if grouped and len(grouped[-1]) < batching.chunks_per_request and size + n <= REQUEST_RESULT_BYTES:
+            grouped[-1].append((idx, chunk))
+            size += n
+        else:
+            grouped.append([(idx, chunk)])
+            size = n
+    out, known = [], set()
+    for request in grouped:
+        req_rows = [rows[i] for idx, _ in request for i in idx]
+        keys = list(dict.fromkeys(r.source_key for r in req_rows))
+        reads = plan_reads(model, req_rows, known) if two else None
+        reads = reads if reads is not None and reads.source_groups else None
+        given = tuple(keys if two else [k for k in keys if k in known])
+        known.update(keys)
+        out.append(Request(chunks=tuple(c for _, c in request), indices=tuple(tuple(i) for i, _ in request),
+                           reads=reads, given=given))
+    return out
 
 
 def greedy_kwargs(target_model, max_new_tokens: int) -> dict:
     """Greedy decoding settings (HF sampling switched off explicitly), as every run sends them."""
-    from ..core.validate import check_max_new_tokens
-
     check_max_new_tokens(max_new_tokens)
     return dict(max_new_tokens=int(max_new_tokens), do_sample=False, pad_token_id=target_model.tokenizer.pad_token_id,
                 top_p=None, top_k=None, temperature=None)
@@ -186,8 +238,8 @@ def _vector(model) -> torch.Tensor:
     return torch.empty(model_info(model).hidden, dtype=model._module.dtype, device="meta")
 
 
-def _captured(model, jobs, vectors: dict) -> int:
-    return _capture(lambda backend: run_session(model, jobs, backend=backend, vectors=vectors))
+def _captured(model, chunks, vectors: dict) -> int:
+    return _capture(lambda backend: run_chunks(model, chunks, backend=backend, vectors=vectors))
 
 
 def _capture(open_session: Callable) -> int:
@@ -206,22 +258,22 @@ def _real(vectors: dict) -> dict:
     return {k: torch.zeros(v.shape, dtype=v.dtype) for k, v in vectors.items()}
 
 
-def _result_bytes(jobs: list, vectors: dict, vocab: int) -> int:
+def _result_bytes(chunks: list, vectors: dict, vocab: int) -> int:
     """``torch.save`` of what the session saves: its outputs and every vector, shaped as at most returned
     (meta tensors give the container overhead, plus each tensor's bytes)."""
     outs = []
-    for job in jobs:
-        if job.target_ids is None:
+    for chunk in chunks:
+        if chunk.target_ids is None:
             outs.append(None)
             continue
-        b, t = job.target_ids.shape
-        if job.logits:
+        b, t = chunk.target_ids.shape
+        if chunk.logits:
             parts = [torch.empty(b, vocab, dtype=torch.float32, device="meta")]
         else:
-            new = int(job.gen_kwargs.get("max_new_tokens", 0))
+            new = int(chunk.gen_kwargs.get("max_new_tokens", 0))
             parts = [torch.empty(b, t + new, dtype=torch.long, device="meta"),
                      torch.empty(b, dtype=torch.bool, device="meta"), torch.empty(b, dtype=torch.bool, device="meta")]
-        outs.append(parts[0] if job.logits else tuple(parts))
+        outs.append(parts[0] if chunk.logits else tuple(parts))
     return saved_bytes([outs, dict(vectors)])
 
 
@@ -259,62 +311,58 @@ def _storage_overhead() -> int:
     return _OVERHEAD[0]
 
 
-def _reads(jobs: list) -> set:
-    return {key for job in jobs for group in job.source_groups for _, reads in group for key, *_ in reads}
+def _reads(chunks: list) -> set:
+    return {key for chunk in chunks for group in chunk.source_groups for _, reads in group for key, *_ in reads}
 
 
-def plan(model, rows, *, target_model=None, max_new_tokens: int = 10, logits: bool = False, max_batch_size: int = 64,
-         shared_prefix: bool = True, exact: bool = False, chunks_per_request: int | None = None,
-         sampling=None, gen_kwargs: dict | None = None) -> Plan:
-    """The :class:`Plan` of running ``rows`` remotely (the arguments of :func:`~superscopes_nn.engine.run.run_rows`)."""
-    from ..core.validate import check_batch_size, check_int
-
+def plan(model, rows, options: RunOptions | None = None, *, target_model=None, logits: bool = False,
+         gen_kwargs: dict | None = None, **settings) -> Plan:
+    """The :class:`Plan` of running ``rows`` remotely with ``options`` (as :func:`~superscopes_nn.engine.run.run_rows`
+    takes them; ``settings``: :class:`~superscopes_nn.core.options.RunOptions` fields replaced): the requests
+    :func:`plan_requests` makes for a remote run (``remote=True`` unless the options name a host), measured
+    by :func:`measure_requests`."""
+    opts = RunOptions.of(options, **settings).with_defaults()
+    opts = opts if opts.remote else opts.replace(remote=True)
     rows = list(rows)
     if not rows:
         raise ValueError("no rows to plan")
     target_model = model if target_model is None else target_model
-    check_batch_size(max_batch_size)
-    if exact:
-        max_batch_size, shared_prefix = 1, False
-    per = 8 if chunks_per_request is None else check_int(chunks_per_request, "chunks_per_request", minimum=1)
+    cut = batching(target_model, opts)
     if gen_kwargs is None and not logits:
-        gen_kwargs = greedy_kwargs(target_model, max_new_tokens)
-    grouped = planned_requests(model, rows, target_model=target_model, gen_kwargs=gen_kwargs, logits=logits,
-                               max_batch_size=max_batch_size, shared_prefix=shared_prefix, sampling=sampling, per=per,
-                               exact=exact)
-    return measure(model, rows, grouped, target_model=target_model, max_batch_size=max_batch_size, per=per)
+        gen_kwargs = greedy_kwargs(target_model, opts.max_new_tokens)
+    planned = plan_requests(model, rows, batching=cut, target_model=target_model, gen_kwargs=gen_kwargs,
+                            logits=logits, sampling=opts.sampling)
+    return measure_requests(model, rows, planned, target_model=target_model, batching=cut)
 
 
-def measure(model, rows: list, grouped: list, *, target_model=None, max_batch_size: int = 64, per: int = 8) -> Plan:
-    """Capture every request of ``grouped`` (from :func:`planned_requests`) and size its result."""
+def measure_requests(model, rows: list, planned: list, *, batching: Batching, target_model=None) -> Plan:
+    """Capture every request of ``planned`` (from :func:`plan_requests`) and size its result."""
     target_model = model if target_model is None else target_model
-    two = target_model is not model
     vocab = vocab_size(target_model)
     known: dict = {}
     out = []
-    for request in grouped:
-        req_rows = [rows[i] for idx, _ in request for i in idx]
+    for request in planned:
         sent = result = 0
-        if two:
-            reads = plan_reads(model, req_rows, known)
-            if reads.source_groups:
-                sent += _captured(model, reads, {})
-                got = {k: _vector(model) for k in _reads([reads])}
-                result += _result_bytes([reads], got, vocab)
-                known.update(got)
-        jobs: list[Job] = [job for _, job in request]
-        given = {k: known[k] for k in {r.source_key for r in req_rows} if k in known}
-        sent += _captured(target_model, jobs, _real(given))
-        used = {**given, **{k: _vector(target_model) for k in _reads(jobs)}}
-        result += _result_bytes(jobs, used, vocab)
+        if request.reads is not None:
+            sent += _captured(model, request.reads, {})
+            got = {k: _vector(model) for k in _reads([request.reads])}
+            result += _result_bytes([request.reads], got, vocab)
+            known.update(got)
+        chunks = list(request.chunks)
+        given = {k: known[k] for k in request.given}
+        sent += _captured(target_model, chunks, _real(given))
+        used = {**given, **{k: _vector(target_model) for k in _reads(chunks)}}
+        result += _result_bytes(chunks, used, vocab)
         known.update(used)
-        out.append(RequestPlan(rows=len(req_rows), chunks=len(request), sent=sent, result=result))
-    return Plan(model=model_name(target_model), rows=len(rows), chunk_count=sum(len(r) for r in grouped),
-                requests=tuple(out), chunks_per_request=per, max_batch_size=int(max_batch_size))
+        out.append(RequestPlan(rows=len(request.row_indices), chunks=len(request.chunks), sent=sent, result=result,
+                               row_indices=tuple(request.row_indices)))
+    return Plan(model=model_name(target_model), rows=len(rows), chunk_count=sum(len(r.chunks) for r in planned),
+                requests=tuple(out), chunks_per_request=batching.chunks_per_request,
+                max_batch_size=batching.max_batch_size)
 
 
 @dataclass(frozen=True)
-class Session:
+class CustomRequest:
     """One request of a run that is not rows: ``open(backend)`` runs the session on ``backend`` and returns
     what it saves; ``returns`` is that, as meta tensors of the returned shapes; ``rows`` the prompts it covers."""
 
@@ -323,12 +371,12 @@ class Session:
     rows: int = 1
 
 
-def measure_sessions(model, sessions: list, knob: str, max_batch_size: int = 1) -> Plan:
+def measure_custom_requests(model, requests: list, knob: str, max_batch_size: int = 1) -> Plan:
     """The :class:`Plan` of sending ``sessions`` (one request each): sent bytes by capture, result bytes
     from ``returns``; ``knob`` names what lowers them."""
     out = tuple(RequestPlan(rows=s.rows, chunks=1, sent=_capture(s.open), result=saved_bytes(s.returns))
-                for s in sessions)
-    return Plan(model=model_name(model), rows=sum(s.rows for s in sessions), chunk_count=len(out), requests=out,
+                for s in requests)
+    return Plan(model=model_name(model), rows=sum(s.rows for s in requests), chunk_count=len(out), requests=out,
                 chunks_per_request=1, max_batch_size=int(max_batch_size), knob=knob)
 
 

@@ -1,14 +1,17 @@
-"""The one orchestrator: engine sessions + result records + run store + NDIF retries + progress.
+"""The orchestrator: the request list run in order, with result records, the run store, NDIF retries and progress.
 
-Every entry point that patches goes through :func:`run_rows`::
+Every patched row goes through :func:`run_requests` (the requests of
+:func:`~superscopes_nn.engine.plan.plan_requests`, each one session), and :func:`run_rows` adds the
+result records and the run store; settings come as one :class:`~superscopes_nn.core.options.RunOptions`::
 
     rows = sweep_rows(model, "Pink Floyd", layers=range(9), alphas=[1, 6])
-    df = run_rows(model, rows, max_new_tokens=10)                 # in memory
-    df = run_rows(model, rows, run_dir="runs/pf")                 # every finished chunk on disk
+    df = run_rows(model, rows, RunOptions(max_new_tokens=10))     # in memory
+    df = run_rows(model, rows, run_dir="runs/pf")                 # a field as a keyword: every finished chunk on disk
     df = run_rows(model, rows, run_dir="runs/pf", resume=True)    # skip what is there
 
-and :mod:`superscopes_nn.engine.api` wraps it (``patchscope``, ``sweep``, ``patched_logits``,
-``generate_plain``, ``collect``). With a remote target (``remote=True`` or a host)
+:mod:`superscopes_nn.engine.api` wraps it (``patchscope``, ``sweep``; ``patched_logits`` runs
+:func:`run_requests` for logits); runs that are not rows (``generate_plain``, ``collect``, the lens)
+go through :func:`run_custom_requests`. With a remote target (``remote=True`` or a host)
 every session is one :func:`~superscopes_nn.remote.errors.call_remote`: transient NDIF
 failures are retried, others raise :class:`~superscopes_nn.remote.errors.NDIFError`,
 with or without a run directory.
@@ -18,7 +21,7 @@ decoding, per row and independent of batching (local runs only).
 
 ``exact=True`` runs each row alone with no prefix reuse: in bf16/fp16 the results then
 equal a one-at-a-time run bit for bit (batched half precision is only within
-:func:`~superscopes_nn.engine.session.logit_tolerance`; float32 is exact either way).
+:func:`~superscopes_nn.engine.chunks.logit_tolerance`; float32 is exact either way).
 """
 
 from __future__ import annotations
@@ -30,25 +33,20 @@ from typing import Callable, Sequence
 
 import pandas as pd
 
-from .plan import announce, greedy_kwargs, log_request, measure, measure_sessions, planned_requests
-from .session import plan_reads, run_session
+from .plan import announce, batching, greedy_kwargs, log_request, measure_requests, measure_custom_requests, plan_requests
+from .chunks import run_chunks
 
+from ..core.options import RunOptions
 from ..core.quiet import quieted
 from ..core.sampling import Sampling, check_sampling
 from ..core.specs import Row
 from ..core.store import RunStore, frame, row_key
-from ..core.validate import check_batch_size, check_int, check_max_new_tokens, check_remote
+from ..core.validate import check_batch_size, check_max_new_tokens, check_remote
 from ..remote.capture import ship
 from ..remote.errors import remote_host
 from ..remote.safe_load import check_returned
 from ..structure.hub import canonical_id
 from ..structure.info import eos_ids, model_info, model_name
-
-
-def gen_kwargs(target_model, max_new_tokens: int) -> dict:
-    """Greedy decoding settings (HF sampling switched off explicitly; a :class:`Sampling`
-    adds a per-chunk :class:`~superscopes_nn.core.sampling.RowSampler` on top, see :func:`execute`)."""
-    return greedy_kwargs(target_model, max_new_tokens)
 
 
 def trim_new_tokens(ids: Sequence[int], eos: set) -> list[int]:
@@ -75,7 +73,8 @@ def row_record(r: Row, new_ids: list[int], tokenizer, src_name: str, tgt_name: s
 
 
 def remote_caller(remote, backend, model, retries: int = 3, backoff: float = 1.0, sleep=None) -> Callable:
-    """``call(fn)``: ``fn()`` directly for local runs, through NDIF retries for remote ones."""
+    """``call(fn)``: ``fn()`` directly for local runs, through NDIF retries (``retries``, ``backoff``,
+    ``sleep``: :class:`~superscopes_nn.core.options.RunOptions`' fields) for remote ones."""
     from ..remote.errors import call_remote
     from ..remote.hosts import check_host
 
@@ -115,74 +114,63 @@ def session_backend(model, remote, backend):
     return remote_backend(model, remote)
 
 
-def execute(model, rows: list[Row], *, target_model=None, gen_kwargs: dict | None = None, logits: bool = False,
-            max_batch_size: int = 64, shared_prefix: bool = True, exact: bool = False, remote=False, backend=None,
-            call=None, chunks_per_request: int | None = None, sampling: Sampling | None = None):
-    """Yield ``(chunk_indices, job, out)`` for every chunk of ``rows`` (see :mod:`superscopes_nn.engine.session`).
+def run_requests(model, rows: list[Row], options: RunOptions | None = None, *, target_model=None,
+                 gen_kwargs: dict | None = None, logits: bool = False, call=None, **settings):
+    """Yield ``(row indices, chunk, out)`` for every chunk of ``rows`` (see :mod:`superscopes_nn.engine.chunks`),
+    running the requests of :func:`~superscopes_nn.engine.plan.plan_requests` in order.
 
     A source vector is read once per sweep: chunks reuse what earlier chunks read. In a
     cross-model run the source model reads in its own session first. ``call(fn)`` wraps
-    every session (NDIF retries); default: :func:`remote_caller`. ``chunks_per_request``:
-    chunks sent as one session (one NDIF request; results sized under NDIF's inline cap);
-    default 8 for remote runs, 1 locally (so progress and the run store advance per chunk).
-    ``exact``: one row per chunk and no prefix reuse (bit-reproducible half precision).
+    every session (NDIF retries); default: :func:`remote_caller`. ``options`` (``settings``: its fields
+    replaced): the batching (``max_batch_size``, ``shared_prefix``, ``exact``, ``chunks_per_request``) is
+    decided by :func:`~superscopes_nn.engine.plan.batching`; ``remote`` / ``backend`` say where sessions run;
     ``sampling``: each chunk's generate gets a sampler for exactly its rows, in batch order.
     """
+    opts = RunOptions.of(options, **settings)
+    remote, backend = opts.remote, opts.backend
     target_model = model if target_model is None else target_model
-    check_batch_size(max_batch_size)
-    if exact:
-        max_batch_size, shared_prefix = 1, False
-    why = model_info(target_model).no_reuse
-    if shared_prefix and why:  # decided when the model loaded; one notice per run
-        print(f"[superscopes] {model_name(target_model)}: running without prefix reuse: {why}", file=sys.stderr)
-        shared_prefix = False
+    cut = batching(target_model, opts)
+    if cut.no_reuse:  # decided when the model loaded; one notice per run
+        print(f"[superscopes] {model_name(target_model)}: running without prefix reuse: {cut.no_reuse}",
+              file=sys.stderr)
     call = quieted(call or remote_caller(remote, backend, target_model))  # no deprecation noise per generate
-    per = check_int(chunks_per_request, "chunks_per_request", minimum=1) if chunks_per_request is not None \
-        else (8 if remote else 1)
-    two = target_model is not model
-    known: dict = {}
-    grouped = planned_requests(model, rows, target_model=target_model, gen_kwargs=gen_kwargs, logits=logits,
-                               max_batch_size=max_batch_size, shared_prefix=shared_prefix, sampling=sampling, per=per,
-                               exact=exact)
-    ndif = bool(remote) and remote != "local"
+    planned = plan_requests(model, rows, batching=cut, target_model=target_model, gen_kwargs=gen_kwargs,
+                            logits=logits, sampling=opts.sampling)
+    ndif = opts.ndif
     if ndif:  # served and same nnsight, then measured, before the first request; a broken limit is refused here
-        announce(target_model, remote, lambda: measure(model, rows, grouped, target_model=target_model,
-                                                       max_batch_size=max_batch_size, per=per))
-    for n, request in enumerate(grouped, 1):
+        announce(target_model, remote, lambda: measure_requests(model, rows, planned, target_model=target_model, batching=cut))
+    known: dict = {}
+    for n, request in enumerate(planned, 1):
         if ndif:
-            log_request(n, len(grouped), sum(len(idx) for idx, _ in request))
-        req_rows = [rows[i] for idx, _ in request for i in idx]
-        if two:
-            reads = plan_reads(model, req_rows, known)
-            if reads.source_groups:
-                _, got = call(lambda: run_session(model, reads, remote=remote,
-                                                  backend=session_backend(model, remote, backend)))
-                known.update(got)
-        jobs = [job for _, job in request]
-        given = {k: known[k] for k in {r.source_key for r in req_rows} if k in known}
-        outs, used = call(lambda: run_session(target_model, jobs, remote=remote, vectors=given,
+            log_request(n, len(planned), len(request.row_indices))
+        if request.reads is not None:
+            _, got = call(lambda: run_chunks(model, request.reads, remote=remote,
+                                              backend=session_backend(model, remote, backend)))
+            known.update(got)
+        given = {k: known[k] for k in request.given}
+        outs, used = call(lambda: run_chunks(target_model, list(request.chunks), remote=remote, vectors=given,
                                               backend=session_backend(target_model, remote, backend)))
         known.update(used)
-        for (idx, job), out in zip(request, outs):
-            yield idx, job, out
+        for idx, chunk, out in zip(request.indices, request.chunks, outs):
+            yield list(idx), chunk, out
 
 
-def run_sessions(model, sessions: list, *, remote=False, backend=None, knob: str = "", max_batch_size: int = 1,
+def run_custom_requests(model, requests: list, *, remote=False, backend=None, knob: str = "", max_batch_size: int = 1,
                  call=None) -> list:
-    """What each :class:`~superscopes_nn.engine.plan.Session` returns, in order, one session (one NDIF
+    """What each :class:`~superscopes_nn.engine.plan.CustomRequest` returns, in order, one session (one NDIF
     request) each: the path of runs that are not rows (``generate_plain``, ``collect``, ``lens_logits``).
-    On NDIF (``remote=True`` or a host), as :func:`execute`: the preflight, the plan line (refused before
+    On NDIF (``remote=True`` or a host), as :func:`run_requests`: the preflight, the plan line (refused before
     the first request over a limit, naming ``knob``) and one progress line per request."""
     call = quieted(call or remote_caller(remote, backend, model))
     ship(remote, backend)
     ndif = bool(remote) and remote != "local"
     if ndif:
-        announce(model, remote, lambda: measure_sessions(model, sessions, knob, max_batch_size))
+        announce(model, remote, lambda: measure_custom_requests(model, requests, knob, max_batch_size))
     host = remote_host(remote) or getattr(backend, "host", None)
     out = []
-    for n, s in enumerate(sessions, 1):
+    for n, s in enumerate(requests, 1):
         if ndif:
-            log_request(n, len(sessions), s.rows)
+            log_request(n, len(requests), s.rows)
         out.append(call(lambda s=s: s.open(session_backend(model, remote, backend))))
         if host:  # decoded as data (remote.safe_load); laid out as the session returns, too
             check_returned(out[-1], s.returns, host, "its result")
@@ -209,36 +197,37 @@ def run_config(model, target_model, max_new_tokens: int, config: dict | None,
             "max_new_tokens": int(max_new_tokens), **drawn, **(config or {})}
 
 
-def run_rows(model, rows: list[Row], *, target_model=None, max_new_tokens: int = 10, max_batch_size: int = 64,
-             shared_prefix: bool = True, exact: bool = False, remote=False, backend=None, progress: bool = False,
-             on_chunk: Callable | None = None, run_dir=None, resume: bool = False, config: dict | None = None,
-             retries: int = 3, backoff: float = 1.0, sleep: Callable | None = None,
-             chunks_per_request: int | None = None, sampling: Sampling | None = None) -> pd.DataFrame:
+def run_rows(model, rows: list[Row], options: RunOptions | None = None, *, target_model=None,
+             on_chunk: Callable | None = None, **settings) -> pd.DataFrame:
     """Run resolved rows in batched sessions; one result record per row, in input order.
 
-    ``shared_prefix``: reuse the KV cache of the target tokens before the first patched
-    position (same token ids in float32, less compute). ``exact``: one row per session,
-    no prefix reuse (bit-reproducible half precision). ``run_dir``: keep every finished
-    chunk on disk (:mod:`superscopes_nn.core.store`) and write ``results.csv`` /
-    ``results.parquet`` at the end; ``resume=True`` skips the rows already there (a
-    changed config is an error). ``on_chunk(records)`` runs after each chunk is stored;
-    ``retries`` / ``backoff`` / ``sleep``: NDIF retries of remote sessions;
-    ``chunks_per_request``: chunks per session (see :func:`execute`; default 8 remote, 1 local).
+    ``options``: a :class:`~superscopes_nn.core.options.RunOptions` (``settings``: its fields, replaced
+    for this call; ``max_new_tokens`` defaults to 10, ``progress`` to off). ``shared_prefix``: reuse the
+    KV cache of the target tokens before the first patched position (same token ids in float32, less
+    compute). ``exact``: one row per chunk, no prefix reuse (bit-reproducible half precision). ``run_dir``:
+    keep every finished chunk on disk (:mod:`superscopes_nn.core.store`) and write ``results.csv`` /
+    ``results.parquet`` at the end; ``resume=True`` skips the rows already there (a changed config is an
+    error). ``retries`` / ``backoff`` / ``sleep``: NDIF retries of remote sessions; ``chunks_per_request``:
+    chunks per session (:func:`~superscopes_nn.engine.plan.batching`: default 8 remote, 1 local).
     ``sampling``: None (greedy) or a :class:`~superscopes_nn.core.sampling.Sampling` (local runs only).
+    ``on_chunk(records)`` runs after each chunk is stored.
     """
+    opts = RunOptions.of(options, **settings).with_defaults()
+    max_new_tokens, remote, backend = opts.max_new_tokens, opts.remote, opts.backend
     target_model = model if target_model is None else target_model
-    gen = gen_kwargs(target_model, max_new_tokens)
-    sampling = check_sampling(sampling, check_remote(remote), backend)
-    check_batch_size(max_batch_size)
+    gen = greedy_kwargs(target_model, max_new_tokens)
+    opts = opts.replace(sampling=check_sampling(opts.sampling, check_remote(remote), backend))
+    check_batch_size(opts.max_batch_size)
     rows = list(rows)
     if not rows:
         raise ValueError("no rows to run")
     check_max_new_tokens(max_new_tokens, max(len(r.target_ids) for r in rows), model_info(target_model).context,
                          model_name(target_model))
-    call = remote_caller(remote, backend, target_model, retries, backoff, sleep)  # bad remote: refused before disk
+    call = remote_caller(remote, backend, target_model, opts.retries, opts.backoff, opts.sleep)  # bad remote: before disk
     store = None
-    if run_dir is not None:
-        store = RunStore(run_dir, run_config(model, target_model, max_new_tokens, config, sampling), resume=resume)
+    if opts.run_dir is not None:
+        store = RunStore(opts.run_dir, run_config(model, target_model, max_new_tokens, opts.config, opts.sampling),
+                         resume=opts.resume)
     keys = [row_key(r) for r in rows]
     results = store.records_by_key() if store is not None else {}
     pending, queued = [], set()
@@ -249,20 +238,18 @@ def run_rows(model, rows: list[Row], *, target_model=None, max_new_tokens: int =
     eos, tok = eos_ids(target_model), target_model.tokenizer
     src_name, tgt_name = model_name(model), model_name(target_model)
     bar = None
-    if progress and pending:
+    if opts.progress and pending:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(rows), initial=len(rows) - len(pending), desc="patching", unit="row")
     try:
         if pending:
-            for idx, job, (ids, finite, mapped_ok) in execute(
-                    model, pending, target_model=target_model, gen_kwargs=gen, max_batch_size=max_batch_size,
-                    shared_prefix=shared_prefix, exact=exact, remote=remote, backend=backend, call=call,
-                    chunks_per_request=chunks_per_request, sampling=sampling):
-                prompt_len = job.target_ids.shape[1]
+            for idx, chunk, (ids, finite, mapped_ok) in run_requests(
+                    model, pending, opts, target_model=target_model, gen_kwargs=gen, call=call):
+                prompt_len = chunk.target_ids.shape[1]
                 done = []
                 for b, i in enumerate(idx):
-                    err = _row_error(bool(mapped_ok[b]), bool(finite[b]), job.dtype)
+                    err = _row_error(bool(mapped_ok[b]), bool(finite[b]), chunk.dtype)
                     rec = row_record(pending[i], trim_new_tokens(ids[b, prompt_len:].tolist(), eos), tok,
                                      src_name, tgt_name, err)
                     if err:  # report the row, never its garbage text
@@ -290,8 +277,3 @@ def run_rows(model, rows: list[Row], *, target_model=None, max_new_tokens: int =
         if store is not None:
             store.close()
     return df
-
-
-def run_sweep(model, rows: Sequence[Row], run_dir, config: dict, resume: bool = False, **run_kwargs) -> pd.DataFrame:
-    """:func:`run_rows` into ``run_dir`` with ``config`` (the experiments' call)."""
-    return run_rows(model, rows, run_dir=run_dir, config=config, resume=resume, **run_kwargs)

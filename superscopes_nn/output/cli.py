@@ -1,12 +1,14 @@
 """The ``superscopes`` command line.
 
-    superscopes explain "Alexander the Great" --token Great --site mlp_out --layers 0-8 --amps 1,3,6,9,12,15
-    superscopes explain "Alexander the Great" --token Great --site mlp_out --target-site same   # same-site write
+    superscopes explain "Alexander the Great" --position Great --sites mlp_out --layers 0-8 --alphas 1,3,6,9,12,15
+    superscopes explain "Alexander the Great" --position Great --sites mlp_out --target-site same   # same-site write
     superscopes demo                      # the README's main job on the embedded default model
     superscopes report runs/RUN_DIR       # a self-contained HTML explorer of a finished sweep
     superscopes plan MODEL --prompts ...  # what a remote sweep sends to NDIF, measured first (plan_cli)
 
-Bad input prints one line ``error: ...`` naming the value and exits 2 (no traceback).
+Bad input prints one line ``error: ...`` naming the value and exits 2 (no traceback). The earlier
+flags ``--token``, ``--site``, ``--amps`` and ``--batch-size`` still work for one release, with one
+``warning:`` line each (:mod:`superscopes_nn.core.deprecation`).
 """
 
 from __future__ import annotations
@@ -20,50 +22,15 @@ from pathlib import Path
 
 from .help_format import DefaultsFormatter
 from ..core.dirlock import RunDirBusy, check_run_dir
-from ..core.validate import check_alphas, check_batch_size, check_int, check_max_new_tokens, check_remote
+from ..core.deprecation import add_renamed_flag
+from ..core.layers import attach_negative_values, parse_layers
+from ..core.options import options_from_args
+from ..core.validate import check_alphas, check_batch_size, check_int, check_max_new_tokens
 from ..structure.info import model_info
 from ..remote.hosts import allow_insecure_http
 
 ERRORS = (ValueError, KeyError, FloatingPointError, OSError, RunDirBusy)
 """Errors printed as one line ``error: ...`` with exit status 2 (``OSError`` covers FileNotFound/FileExists)."""
-
-
-_RANGE = re.compile(r"(-?\d+)-(-?\d+)")
-
-
-def parse_layers(spec: str) -> list[int]:
-    """``"0-8"`` -> 0..8, ``"1,3,5"``, ``"2"``, negative ones from the end (``"-3--1"``, ``"-2,-1"``),
-    ``"all"`` -> None (every layer)."""
-    spec = spec.strip()
-    if spec == "all":
-        return None
-    out = []
-    try:
-        for part in spec.split(","):
-            part = part.strip()
-            if m := _RANGE.fullmatch(part):
-                a, b = int(m[1]), int(m[2])
-                if b < a or (a < 0) != (b < 0):  # 5--1 would depend on the model's depth
-                    raise ValueError
-                out.extend(range(a, b + 1))
-            else:
-                out.append(int(part))
-    except ValueError:
-        raise ValueError(f"bad --layers {spec!r}: use e.g. 0-8, 1,3,5, -3--1 or all") from None
-    return out
-
-
-def _attach_layers(argv: list[str]) -> list[str]:
-    """``--layers -2,-1`` -> ``--layers=-2,-1``: argparse takes a value that starts with ``-`` for an option."""
-    out, i = [], 0
-    while i < len(argv):
-        if argv[i] == "--layers" and i + 1 < len(argv) and re.fullmatch(r"-\d[\d,\s-]*", argv[i + 1]):
-            out.append(f"--layers={argv[i + 1]}")
-            i += 2
-        else:
-            out.append(argv[i])
-            i += 1
-    return out
 
 
 def parse_floats(spec: str, what: str) -> list[float]:
@@ -106,12 +73,24 @@ def _table(df, value: str = "interpretation", width: int = 28) -> str:
     return "\n\n".join(blocks)
 
 
+def add_run_grid_args(p: argparse.ArgumentParser, layers: str) -> None:
+    """``--position --sites --layers --alphas --max-new-tokens --max-batch-size`` (``superscopes explain`` and
+    ``superscopes plan``), with the earlier ``--token --site --amps --batch-size`` kept for one release."""
+    p.add_argument("--position", default=None, help="source position: an int or a token string (default: last token)")
+    p.add_argument("--sites", default="mlp_out", help="residual | mlp_out | attn_out | mlp_in (comma list ok)")
+    p.add_argument("--layers", default=layers, help="source layers: 0-8, 1,3,5, -3--1 (from the end) or all")
+    p.add_argument("--alphas", default="1,3,6,9,12,15", help="amplification factors alpha")
+    p.add_argument("--max-new-tokens", default=10, type=int, help="tokens generated per cell")
+    p.add_argument("--max-batch-size", default=64, type=int, help="rows per batched generate (a chunk)")
+    add_renamed_flag(p, "--token", "--position", "position")
+    add_renamed_flag(p, "--site", "--sites", "sites")
+    add_renamed_flag(p, "--amps", "--alphas", "alphas")
+    add_renamed_flag(p, "--batch-size", "--max-batch-size", "max_batch_size", type=int)
+
+
 def add_explain_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("prompt", help="source prompt, e.g. 'Alexander the Great'")
-    p.add_argument("--token", default=None, help="token string or int position in the prompt (default: last token)")
-    p.add_argument("--site", default="mlp_out", help="residual | mlp_out | attn_out | mlp_in (comma list ok)")
-    p.add_argument("--layers", default="0-8", help="source layers: 0-8, 1,3,5, -3--1 (from the end) or all")
-    p.add_argument("--amps", default="1,3,6,9,12,15", help="amplification factors alpha")
+    add_run_grid_args(p, "0-8")
     p.add_argument("--model", default=None, help="embedded name (gemma-3-270m, smollm2-135m), HF id or path "
                    "(default: gemma-3-270m; with --resume: the run's own)")
     p.add_argument("--target-prompt", default=None, help="target prompt with the placeholder (default: entity description)")
@@ -121,27 +100,25 @@ def add_explain_args(p: argparse.ArgumentParser) -> None:
                    help="where the amplified vector is written in the target: residual (default; the hidden state, "
                         "the official Superscopes protocol), same (the source's own site: Patchscopes' module='mlp') "
                         "or a site name")
-    p.add_argument("--max-new-tokens", default=10, type=int, help="tokens generated per cell")
-    p.add_argument("--batch-size", default=64, type=int, help="rows per batched generate (and per remote request)")
     p.add_argument("--remote", default="false", help="false | local | true (NDIF) | https://host")
     p.add_argument("--allow-insecure-http", action="store_true", help="accept a plain http:// --remote host "
                    "other than loopback (results and the API key travel unencrypted)")
     p.add_argument("--out", default=None, help="run directory (default runs/explain-<timestamp>)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out, skipping finished rows; every setting not given again "
-                        "(--model, --site, --layers, ...) is read from its config.json")
+                        "(--model, --sites, --layers, ...) is read from its config.json")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-STORED = {"model": "model", "site": "sites", "layers": "layers", "amps": "alphas", "token": "token",
+STORED = {"model": "model", "sites": "sites", "layers": "layers", "alphas": "alphas", "position": "token",
           "target_prompt": "target_prompt", "placeholder": "placeholder", "target_layer": "target_layer",
-          "target_site": "target_site", "max_new_tokens": "max_new_tokens", "batch_size": "max_batch_size"}
+          "target_site": "target_site", "max_new_tokens": "max_new_tokens", "max_batch_size": "max_batch_size"}
 """``explain`` flag (argparse dest) -> its ``config.json`` key, for ``--resume``."""
 
 
 def _flag_text(dest: str, value):
     """A stored config value as the flag's text (``["mlp_out"]`` -> ``"mlp_out"``, ``[0, 1]`` -> ``"0,1"``)."""
-    if dest in ("site", "layers", "amps") and isinstance(value, list):
+    if dest in ("sites", "layers", "alphas") and isinstance(value, list):
         return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
     return value
 
@@ -165,23 +142,11 @@ def stored_settings(args, argv: list[str]) -> argparse.Namespace:
     add_explain_args(given)
     for action in given._actions:
         action.default = argparse.SUPPRESS
-    explicit = set(vars(given.parse_known_args(_attach_layers(argv[1:]))[0]))
+    explicit = set(vars(given.parse_known_args(attach_negative_values(argv[1:]))[0]))
     for dest, key in STORED.items():
         if dest not in explicit and key in stored:
             setattr(args, dest, _flag_text(dest, stored[key]))
     return args
-
-
-def parse_remote(s: str):
-    low = s.strip().lower()
-    if low in ("false", "0", "no", ""):
-        return False
-    if low in ("true", "1", "yes", "ndif"):
-        return True
-    try:
-        return check_remote(s)
-    except ValueError:
-        raise ValueError(f"bad --remote {s!r}: use false, local, true or an https:// host") from None
 
 
 def parse_target_site(spec: str) -> str | None:
@@ -189,7 +154,7 @@ def parse_target_site(spec: str) -> str | None:
     output), where the official code writes every source (GalNivs/Superscopes
     ``superscopes_application/superscopes_utils.py`` ``patchscope_interpret``: ``set_hs_patch_hooks(...,
     module="hs")``); ``same`` -> None = the source's own site (Patchscopes' ``module="mlp"``); or a site name."""
-    from ..engine.resolver import check_sites
+    from ..engine.rows import check_sites
 
     spec = spec.strip()
     if spec == "same":
@@ -217,20 +182,20 @@ def protocol_line(sites: list[str], target_site: str | None, placeholder: str, a
 def explain(args) -> int:
 
     from ..structure.models import DEFAULT_MODEL, load_model
-    from ..engine.resolver import check_sites, sweep_rows
+    from ..engine.rows import check_sites, sweep_rows
     from ..engine.run import run_rows
     from ..core.specs import ENTITY_PROMPT, Target
 
     # every check that needs no model comes first: a bad value or output directory costs no model load
     args = stored_settings(args, getattr(args, "argv", []))
-    sites = check_sites([s.strip() for s in args.site.split(",") if s.strip()] or [args.site])
+    sites = check_sites([s.strip() for s in args.sites.split(",") if s.strip()] or [args.sites])
     layers = parse_layers(args.layers)
-    alphas = parse_floats(args.amps, "--amps")
-    remote = parse_remote(args.remote)
-    if args.allow_insecure_http and isinstance(remote, str) and remote != "local":
-        allow_insecure_http(remote)
+    alphas = parse_floats(args.alphas, "--alphas")
+    opts = options_from_args(args)  # --remote parsed here, before the model loads
+    if args.allow_insecure_http and isinstance(opts.remote, str) and opts.remote != "local":
+        allow_insecure_http(opts.remote)
     max_new_tokens = check_max_new_tokens(args.max_new_tokens)
-    batch_size = check_batch_size(args.batch_size)
+    batch_size = check_batch_size(args.max_batch_size)
     target_layer = None if args.target_layer is None else check_int(args.target_layer, "--target-layer")
     target_site = parse_target_site(args.target_site)
     out = Path(args.out) if args.out else Path("runs") / datetime.now().strftime("explain-%Y%m%d-%H%M%S")
@@ -239,23 +204,22 @@ def explain(args) -> int:
         raise FileExistsError(f"run directory {out} already holds finished rows: add --resume to continue it, "
                               f"or pass another --out for a fresh run")
     name = args.model or DEFAULT_MODEL
-    model = load_model(name, remote=remote not in (False, "local"))  # NDIF or a host: meta weights
+    model = load_model(name, remote=opts.ndif)  # NDIF or a host: meta weights
     if layers is None:
         layers = list(range(model_info(model).n_layers))
     target = Target(args.target_prompt or ENTITY_PROMPT, layer=target_layer, placeholder=args.placeholder,
                     site=target_site)
     rows = sweep_rows(model, [args.prompt], layers=layers, sites=sites, alphas=alphas,
-                      token=parse_position(args.token), target=target)
+                      position=parse_position(args.position), target=target)
     layers, alphas = list(dict.fromkeys(layers)), list(dict.fromkeys(alphas))  # as sweep_rows ran them
     config = {
-        "command": "explain", "prompts": [args.prompt], "token": args.token, "sites": sites,
+        "command": "explain", "prompts": [args.prompt], "token": args.position, "sites": sites,
         "layers": layers, "alphas": alphas, "target_prompt": target.prompt, "placeholder": target.placeholder,
         "target_layer": target_layer, "target_site": args.target_site.strip(), "max_new_tokens": max_new_tokens,
         "max_batch_size": batch_size}
     at_last = all(r.target_position == len(r.target_ids) - 1 for r in rows)
     print(protocol_line(sites, target_site, target.placeholder, at_last), flush=True)  # the header: which protocol
-    df = run_rows(model, rows, run_dir=out, config=config, resume=args.resume, max_new_tokens=max_new_tokens,
-                  max_batch_size=batch_size, remote=remote, progress=not args.no_progress)
+    df = run_rows(model, rows, opts.replace(run_dir=out, config=config))
     scored, line = scored_with_chance(df)
     print(_table(df))
     print(line)
@@ -308,7 +272,7 @@ def demo(args) -> int:
     layers = [l for l in range(1, 8) if l < model_info(model).n_layers]
     config = {"command": "demo", "prompt": DEMO_PROMPT, "site": "mlp_out", "protocol": "official",
               "layers": layers, "alphas": [float(a) for a in MLP_ALPHAS]}
-    df = superscope(model, DEMO_PROMPT, site="mlp_out", layers=layers, alphas=MLP_ALPHAS, protocol="official",
+    df = superscope(model, DEMO_PROMPT, sites="mlp_out", layers=layers, alphas=MLP_ALPHAS, protocol="official",
                     run_dir=out, config=config, resume=True, progress=True)
     df, line = scored_with_chance(df)
     print(_table(df))
@@ -375,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         from .plan_cli import main as plan_main
 
         return plan_main(argv[1:], sys.modules[__name__])
-    args = build_parser().parse_args(_attach_layers(argv))
+    args = build_parser().parse_args(attach_negative_values(argv))
     args.argv = list(argv)
     shown = warnings.showwarning
     warnings.showwarning = _warning_line  # a library warning is one line too

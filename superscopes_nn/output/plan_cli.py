@@ -1,13 +1,13 @@
 """``superscopes plan``: what a remote sweep would send to NDIF, measured before anything is sent.
 
-    superscopes plan deepseek-ai/DeepSeek-V3 --prompts "Pink Floyd" "Star Wars" --layers all --amps 1,3,6,9,12,15
-    superscopes plan ./Llama-3.1-405B --prompts-file prompts.tsv --site mlp_out --batch-size 64 --chunks-per-request 8
+    superscopes plan deepseek-ai/DeepSeek-V3 --prompts "Pink Floyd" "Star Wars" --layers all --alphas 1,3,6,9,12,15
+    superscopes plan ./Llama-3.1-405B --prompts-file prompts.tsv --sites mlp_out --max-batch-size 64 --chunks-per-request 8
 
 The model is built on meta weights (``load_model(MODEL, remote=True)``: config and tokenizer only), in
 the config's own dtype (its ``dtype`` / ``torch_dtype``: bfloat16 for the published large models; float32
 where it names none), or ``--dtype``. A local folder without a tokenizer (``tests/fixtures/large_configs/*``
 ship only ``config.json``) is planned with the stand-in byte-level tokenizer
-:func:`~superscopes_nn.structure.testing.tiny_tokenizer` (384 tokens), and one ``note:`` line says so: it
+:func:`~superscopes_nn.structure.stand_in.tiny_tokenizer` (384 tokens), and one ``note:`` line says so: it
 splits English into more tokens than a real tokenizer (:data:`STAND_IN_LENGTH`), so every byte figure is
 an upper bound. Prints one line per request (rows, chunks, serialized bytes sent, result bytes at most) under the
 plan's summary line; a request over one of NDIF's documented limits is named with the knob to change,
@@ -19,13 +19,16 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..core.layers import attach_negative_values
+
 STAND_IN_LENGTH = "about 2.7x"
 """How many more tokens the stand-in tokenizer gives than a real one on the Fig 3 rows (prompt + target
 prompt, the 48 prompts: 87.0 tokens per row against 32.5 with Gemma 3's tokenizer, 33.1 with SmolLM2's)."""
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
-def build_parser() -> argparse.ArgumentParser:
+
+def build_parser(cli) -> argparse.ArgumentParser:
     from .help_format import DefaultsFormatter
 
     p = argparse.ArgumentParser(prog="superscopes plan", description="The NDIF plan of a sweep, before it is sent: "
@@ -38,12 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(auto: the config's own dtype / torch_dtype, float32 if it names none)")
     p.add_argument("--prompts", nargs="+", default=None, help="source prompts")
     p.add_argument("--prompts-file", default=None, help="one prompt per line (a TSV's first column; # comments)")
-    p.add_argument("--token", default=None, help="token string or int position (default: last token)")
-    p.add_argument("--site", default="mlp_out", help="residual | mlp_out | attn_out | mlp_in (comma list ok)")
-    p.add_argument("--layers", default="all", help="source layers: 0-8, 1,3,5 or all")
-    p.add_argument("--amps", default="1,3,6,9,12,15", help="amplification factors alpha")
-    p.add_argument("--max-new-tokens", default=10, type=int, help="tokens generated per row")
-    p.add_argument("--batch-size", default=64, type=int, help="rows per batched generate (max_batch_size)")
+    cli.add_run_grid_args(p, "all")
     p.add_argument("--chunks-per-request", default=8, type=int, help="batches sent as one NDIF request")
     return p
 
@@ -59,22 +57,24 @@ def _prompts(args) -> list[str]:
 
 
 def run(args, cli) -> int:
+    from ..core.layers import parse_layers
+    from ..core.options import options_from_args
     from ..core.validate import check_batch_size, check_int, check_max_new_tokens
     from ..engine.plan import plan
-    from ..engine.resolver import check_sites, sweep_rows
+    from ..engine.rows import check_sites, sweep_rows
     from ..structure.info import model_info
 
     prompts = _prompts(args)
-    sites = check_sites([s.strip() for s in args.site.split(",") if s.strip()])
-    layers, alphas = cli.parse_layers(args.layers), cli.parse_floats(args.amps, "--amps")
-    batch = check_batch_size(args.batch_size)
-    per = check_int(args.chunks_per_request, "--chunks-per-request", minimum=1)
-    new = check_max_new_tokens(args.max_new_tokens)
+    sites = check_sites([s.strip() for s in args.sites.split(",") if s.strip()])
+    layers, alphas = parse_layers(args.layers), cli.parse_floats(args.alphas, "--alphas")
+    check_batch_size(args.max_batch_size)
+    check_int(args.chunks_per_request, "--chunks-per-request", minimum=1)
+    check_max_new_tokens(args.max_new_tokens)
     model = build(args.model, args.dtype)
     if layers is None:
         layers = list(range(model_info(model).n_layers))
-    rows = sweep_rows(model, prompts, layers=layers, sites=sites, alphas=alphas, token=cli.parse_position(args.token))
-    p = plan(model, rows, max_new_tokens=new, max_batch_size=batch, chunks_per_request=per)
+    rows = sweep_rows(model, prompts, layers=layers, sites=sites, alphas=alphas, position=cli.parse_position(args.position))
+    p = plan(model, rows, options_from_args(args))
     print(p.table())
     return 2 if p.problems() else 0
 
@@ -103,14 +103,14 @@ def build(model: str, dtype: str = "auto"):
     import torch
 
     from ..structure.models import has_tokenizer, load_model
-    from ..structure.testing import tiny_tokenizer
+    from ..structure.stand_in import tiny_tokenizer
 
     kwargs = {}
     folder = Path(model).expanduser()
     if folder.is_dir() and (folder / "config.json").is_file() and not has_tokenizer(folder):
         kwargs["tokenizer"] = tiny_tokenizer()
         print(f"note: {model} holds no tokenizer: planning with the stand-in byte-level tokenizer "
-              f"(superscopes_nn.structure.testing.tiny_tokenizer), {STAND_IN_LENGTH} as many tokens per row as a "
+              f"(superscopes_nn.structure.stand_in.tiny_tokenizer), {STAND_IN_LENGTH} as many tokens per row as a "
               "real one, so the byte figures are upper bounds; add the model's tokenizer files for exact ones",
               file=sys.stderr)
     chosen = (config_dtype(model) if folder.is_dir() else None) if dtype == "auto" else getattr(torch, dtype)
@@ -126,7 +126,7 @@ def main(argv: list[str], cli) -> int:
     """``superscopes plan ARGS``; ``cli``: :mod:`superscopes_nn.output.cli` (its parsers and error lines;
     passed in by its ``main`` so this module never imports it back)."""
     try:
-        args = build_parser().parse_args(argv)
+        args = build_parser(cli).parse_args(attach_negative_values(argv))
     except SystemExit as exit_:  # --help (0) or argparse's own usage error (2)
         return int(exit_.code or 0)
     try:

@@ -22,7 +22,7 @@ The texts come from NDIF's own reference (``docs/reference/error-messages.md`` i
         err.__cause__               # the original exception
 
 A job that was accepted is never resubmitted because a connection dropped: NDIF keeps
-running it and nothing replays it. :class:`NDIFBackend` submits once and waits on the
+running it and nothing replays it. :class:`~superscopes_nn.remote.backend.NDIFBackend` submits once and waits on the
 same job id (nnsight's non-blocking mode, ``GET /response/{id}``), re-polling through
 network blips; a dropped blocking websocket is reported, not retried.
 """
@@ -259,7 +259,8 @@ def classify(exc: BaseException, host: str | None = None, model: str | None = No
         if isinstance(e, websocket.WebSocketConnectionClosedException):
             return Failure(PERMANENT, f"the websocket to {_where(host)} closed mid-run: a job already accepted keeps "
                                       "running there and is not resubmitted (it would run twice); use "
-                                      "ndif_errors.NDIFBackend, which waits on the job id")
+                                      "superscopes_nn.remote.backend.NDIFBackend (what remote=True runs), which "
+                                      "waits on the job id")
         if isinstance(e, httpx.TimeoutException):
             return _network("timed out", host)
         if isinstance(e, (httpx.ConnectError, websocket.WebSocketAddressException, socket.gaierror)):

@@ -176,7 +176,7 @@ def _best(scores: dict, group: tuple, choices: list) -> np.ndarray | None:
     return np.max(np.stack(mats), axis=0) if mats else None
 
 
-def _intervals(per_item: np.ndarray, n_boot: int, level: float, rng: np.random.Generator) -> tuple:
+def bootstrap_interval(per_item: np.ndarray, n_boot: int, level: float, rng: np.random.Generator) -> tuple:
     """Bootstrap interval of per_item.sum(0) / per_item.size over resampled items (rows)."""
     n = per_item.shape[0]
     w = rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot)
@@ -275,7 +275,7 @@ def chance_table(df: pd.DataFrame, score_pairs: PairScorer, *, threshold: float 
                 parts.update(random=rnd[:, cols], above_random=raw[:, cols] - rnd[:, cols])
             for key, vals in parts.items():
                 rec[key] = float(vals.mean())
-                rec[f"{key}_lo"], rec[f"{key}_hi"] = _intervals(vals, n_boot, level, np.random.default_rng(seed + 1))
+                rec[f"{key}_lo"], rec[f"{key}_hi"] = bootstrap_interval(vals, n_boot, level, np.random.default_rng(seed + 1))
             for key in ("raw", "null", "random"):
                 if key in parts:
                     rec[f"{key}_count"] = rec[key] * rec["n"]

@@ -12,7 +12,7 @@ norm alone buys::
     from superscopes_nn.science.random_control import random_rows
 
     model = load_model()
-    rows = sweep_rows(model, ["Alexander the Great"], layers=[3], alphas=[1, 6], token="Great")
+    rows = sweep_rows(model, ["Alexander the Great"], layers=[3], alphas=[1, 6], position="Great")
     random_df = run_rows(model, random_rows(rows, model))   # score it like the real rows
 
 :func:`random_rows` works on any resolved rows (a sweep, back-patching or CoT layer pairs);
@@ -33,7 +33,8 @@ from typing import Sequence
 import torch
 
 
-from ..engine.resolver import resolve
+from ..engine.rows import resolve
+from ..core.deprecation import renamed
 from ..core.specs import Amplify, Compose, Fn, Identity, Row, Source, Target, as_mapping
 from ..structure.info import model_info
 
@@ -65,16 +66,20 @@ def norm_matched_random(d: int, seed: int) -> Fn:
 
 
 def random_vector_rows(model, prompts: Sequence[str], *, layers: Sequence[int], alphas: Sequence[float],
-                       site: str, target: Target, tokens: Sequence | int | str = -1, seed: int = 0):
+                       site: str, target: Target, positions: Sequence | int | str = -1, seed: int = 0, **old):
     """Rows of the norm-matched random control for a grid prompts x layers x alphas (Figure 3).
 
     One random direction per (prompt, layer) item, shared across α (as the real vector is);
     the written vector is ``alpha * ||v|| * u``. ``target.layer`` None = the source layer.
     Returns resolved rows for :func:`superscopes_nn.engine.run.run_rows`; their ``mapping`` is
-    ``random+amplify``.
+    ``random+amplify``. ``positions``: the source position, one for every prompt or one per prompt
+    (``tokens=`` is its deprecated spelling).
     """
+    positions = renamed(old, "tokens", "positions", positions, -1, "random_vector_rows")
+    if old:
+        raise TypeError(f"random_vector_rows() got an unexpected keyword argument {next(iter(old))!r}")
     d = model_info(model).hidden
-    toks = list(tokens) if isinstance(tokens, (list, tuple)) else [tokens] * len(prompts)
+    toks = list(positions) if isinstance(positions, (list, tuple)) else [positions] * len(prompts)
     patches = []
     for pi, (prompt, tok) in enumerate(zip(prompts, toks)):
         for layer in layers:

@@ -9,7 +9,7 @@ become strong enough for the model to name them. ::
     from superscopes_nn.science.superscopes import superscope, add_scores, detect_alpha
 
     model = load_model()                                   # Gemma 3 270M
-    df = superscope(model, "Saturday Night Live", token="Live", layers=range(8))
+    df = superscope(model, "Saturday Night Live", position="Live", layers=range(8))
     df = add_scores(df)                                    # one MiniLM call for the whole sweep
     best = detect_alpha(df)                                # one row per (prompt, site, layer, target layer)
 
@@ -51,6 +51,8 @@ import pandas as pd
 
 from ..engine.api import sweep
 from .chance import blank, cosine_pairs, null_against
+from ..core.deprecation import renamed
+from ..core.options import RunOptions
 from ..core.specs import ENTITY_PROMPT, Target
 from ..core.validate import check_alphas
 
@@ -103,28 +105,32 @@ def last_token_position(tokenizer, prompt: str) -> int:
     return pieces.index(pieces[-1])
 
 
-def superscope(model, prompts: Sequence[str] | str, *, site: str = "mlp_out", layers: Iterable[int],
-               alphas: Sequence[float] = MLP_ALPHAS, token: int | str | Sequence = -1,
+def superscope(model, prompts: Sequence[str] | str, *, sites: Sequence[str] | str = "mlp_out", layers: Iterable[int],
+               alphas: Sequence[float] = MLP_ALPHAS, position: int | str | Sequence = -1,
                target_layer: int | None = None, target_prompt: str = ENTITY_PROMPT, placeholder: str = "x",
-               protocol: str = "official", **run_kwargs) -> pd.DataFrame:
-    """Amplify ``site`` of ``token`` in each prompt by every alpha and let the model describe it.
+               protocol: str = "official", options: RunOptions | None = None, **settings) -> pd.DataFrame:
+    """Amplify ``sites`` at ``position`` in each prompt by every alpha and let the model describe it.
 
     A thin wrapper over :func:`superscopes_nn.engine.api.sweep` (same tidy DataFrame):
 
-    - ``site``: ``"mlp_out"`` (paper's main setting), ``"residual"`` (hidden states),
-      ``"attn_out"`` or ``"mlp_in"``;
+    - ``sites``: ``"mlp_out"`` (paper's main setting), ``"residual"`` (hidden states),
+      ``"attn_out"`` or ``"mlp_in"``, or a list of them (``site=`` is the deprecated spelling);
     - ``alphas``: amplifiers (:data:`MLP_ALPHAS`; :data:`HIDDEN_ALPHAS` for hidden states);
-    - ``token``: position (``-1`` = last token as this model tokenizes it) or a token string;
+    - ``position``: ``-1`` = last token as this model tokenizes it, an int or a token string (``token=`` is
+      the deprecated spelling);
     - ``target_layer``: ``None`` = the source layer (paper, Figure 3), or an int (e.g. 0);
     - ``protocol``: ``"official"`` (default; the vector replaces the target's hidden state at
       the last target token, as the paper's code does) or ``"same-site"`` (it replaces the
       same site at the placeholder); see :func:`protocol_target`;
-    - ``run_kwargs``: ``max_new_tokens``, ``max_batch_size``, ``remote``, ``progress``, ``sampling``, ...
+    - ``options`` / ``settings``: :class:`~superscopes_nn.core.options.RunOptions` and its fields
+      (``max_new_tokens``, ``max_batch_size``, ``remote``, ``progress``, ``sampling``, ...).
     """
+    sites = renamed(settings, "site", "sites", sites, "mlp_out", "superscope")
+    position = renamed(settings, "token", "position", position, -1, "superscope")
     alphas = check_alphas(alphas)
     target = protocol_target(protocol, target_prompt, target_layer, placeholder)
-    return sweep(model, prompts, layers=layers, sites=[site], alphas=alphas, token=token, target=target,
-                 **run_kwargs)
+    return sweep(model, prompts, layers=layers, sites=sites, alphas=alphas, position=position, target=target,
+                 options=options, **settings)
 
 
 # ------------------------------------------------------------------ scoring

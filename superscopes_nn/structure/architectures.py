@@ -161,7 +161,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
 }
 ARCHITECTURES["cohere"] = replace(ARCHITECTURES["cohere"], parallel=True, layout="parallel", mlp_norm="input_layernorm")
 
-# Beyond plain transformers (testing.HYBRID_ARCHS): per-layer paths as resolved on the tiny model's
+# Beyond plain transformers (testing.tiny_models.HYBRID_ARCHS): per-layer paths as resolved on the tiny model's
 # 4 layers (a config alone never serves a per-layer spec: its layer pattern is its own).
 _ONE = "each layer adds one block's output (mixer); it has no separate attention and MLP blocks"
 _RESTART = ("continuing from a cached prefix does not give the logits of one uncut pass (its state-space / "
@@ -232,7 +232,7 @@ ARCHITECTURES.update({
 
 #: Config switches that change a family's layout: a config alone is looked up only in the
 #: layout its ARCHITECTURES entry was resolved in (any built model resolves by itself).
-_CONFIG_LAYOUT = {
+CONFIG_LAYOUT = {
     "gpt_neox": lambda c: bool(getattr(c, "use_parallel_residual", True)),
     "falcon": lambda c: bool(getattr(c, "parallel_attn", True) or getattr(c, "new_decoder_architecture", False)),
     "granite": lambda c: getattr(c, "residual_multiplier", 1.0) == 1.0,  # else no module holds attn_out/mlp_out

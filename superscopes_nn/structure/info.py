@@ -36,11 +36,11 @@ class ModelInfo:
     """A model's structure spec and what calls read from its config and tokenizer, once."""
 
     spec: ArchSpec
-    plain: tuple
-    """``(layers_path, lm_head_path, {site: (module_path, is_input)})``: plain strings, wire-ready; where
-    layers differ, ``module_path`` is a tuple of per-layer paths (``""`` on a layer without the site). A site
-    flattened to ``[batch * seq, d]`` on some layers carries a third item: those layers' indices
-    (:attr:`ArchSpec.flat`)."""
+    plain: dict
+    """``{"layers": path, "lm_head": path, "sites": {site: {"path": module_path, "is_input": bool, "flat":
+    layers}}}``: builtins only, wire-ready (a dataclass does not cross to NDIF); where layers differ,
+    ``module_path`` is a tuple of per-layer paths (``""`` on a layer without the site); ``flat``: the layers
+    on which the site is flattened to ``[batch * seq, d]`` (:attr:`ArchSpec.flat`; ``()`` for none)."""
     name: str
     n_layers: int
     hidden: int
@@ -50,12 +50,10 @@ class ModelInfo:
     """Why a cached prompt prefix is not reused on this model (``""``: it is); see :mod:`.caches`."""
 
 
-def _plain(spec: ArchSpec) -> tuple:
-    sites = {}
-    for s in (s for s in SITES if spec.has_site(s)):
-        flat = tuple(sorted(i for site, i in spec.flat if site == s))
-        sites[s] = (spec.site_module(s), spec.site_is_input(s)) + ((flat,) if flat else ())
-    return (spec.layers, spec.lm_head, sites)
+def _plain(spec: ArchSpec) -> dict:
+    sites = {s: {"path": spec.site_module(s), "is_input": spec.site_is_input(s),
+                 "flat": tuple(sorted(i for site, i in spec.flat if site == s))} for s in SITES if spec.has_site(s)}
+    return {"layers": spec.layers, "lm_head": spec.lm_head, "sites": sites}
 
 
 def _name(model) -> str:
@@ -115,8 +113,8 @@ def eos_ids(model) -> set:
     return set(model_info(model).eos_ids)
 
 
-def plain_spec(model) -> tuple:
-    """``(layers_path, lm_head_path, {site: (module_path, is_input)})`` of an nnsight model."""
+def plain_spec(model) -> dict:
+    """:attr:`ModelInfo.plain` of an nnsight model: its site spec as builtins, wire-ready."""
     return model_info(model).plain
 
 

@@ -19,9 +19,44 @@ layer adds to its residual stream. Four layouts need more than its first look:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from itertools import combinations
+
 import torch
 
-__all__ = ["layer_calls", "fused_children", "shared_children", "renorm_reason"]
+__all__ = ["Fit", "fit_sum", "is_moe", "layer_calls", "fused_children", "param_count", "shared_children", "renorm_reason"]
+
+
+def param_count(module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def is_moe(module) -> bool:
+    """A sparse block: experts as a ModuleList or as one stacked (3-d) weight."""
+    return any(isinstance(m, torch.nn.ModuleList) for m in module.modules()) or any(
+        p.dim() >= 3 for p in module.parameters())
+
+
+@dataclass(frozen=True)
+class Fit:
+    """``modules`` whose outputs times ``scales`` sum to a target, within ``residual``."""
+
+    residual: float
+    modules: tuple
+    scales: list
+
+
+def fit_sum(kids, adds, target, scale, size) -> Fit | None:
+    """The ``size`` modules (in call order) whose outputs, each times a positive scale, sum to ``target``
+    (least squares, within ``scale``): the best :class:`Fit`, or None."""
+    best = None
+    for combo in combinations(adds, size):
+        cols = torch.stack([kids[k]["out"].double().flatten() for k in combo], 1)
+        s = torch.linalg.lstsq(cols, target.unsqueeze(1)).solution.squeeze(1)
+        res = (target - cols @ s).norm().item()
+        if res <= scale and s.min() > 1e-3 and (best is None or res < best.residual):  # a block adds a positive multiple
+            best = Fit(res, combo, s.tolist())
+    return best
 
 
 def _flat(t, x) -> bool:
@@ -29,10 +64,10 @@ def _flat(t, x) -> bool:
     return t is not None and t.dim() == 2 and tuple(t.shape) == (x.shape[0] * x.shape[1], x.shape[-1])
 
 
-def layer_calls(rec, prefix: str, x, params, is_moe, depth: int = 1) -> dict:
+def layer_calls(rec, prefix: str, x, depth: int = 1) -> dict:
     """The recorded calls of a layer's sub-modules (name relative to the layer -> call): those
-    called once, with ``params`` / ``moe`` of the module; a flattened input or output viewed as
-    ``[batch, seq, d]`` and marked ``flat_in`` / ``flat_out``. ``depth=2``: a sub-module returning
+    called once, with ``params`` (:func:`param_count`) / ``moe`` (:func:`is_moe`) of the module; a
+    flattened input or output viewed as ``[batch, seq, d]`` and marked ``flat_in`` / ``flat_out``. ``depth=2``: a sub-module returning
     the residual itself (:func:`fused_children`) is replaced by its own sub-modules."""
     fused = set(fused_children(rec, prefix, x)) if depth == 2 else set()
     kids = {}
@@ -46,7 +81,8 @@ def layer_calls(rec, prefix: str, x, params, is_moe, depth: int = 1) -> dict:
         call = rec.once(name)
         if call is None:
             continue
-        call = dict(call, params=params(rec.modules[name]), moe=is_moe(rec.modules[name]), flat_in=False, flat_out=False)
+        call = dict(call, params=param_count(rec.modules[name]), moe=is_moe(rec.modules[name]), flat_in=False,
+                    flat_out=False)
         for key in ("inp", "out"):
             if _flat(call[key], x):
                 call[key], call["flat_in" if key == "inp" else "flat_out"] = call[key].view(x.shape), True
@@ -96,24 +132,23 @@ def shared_reason(shared: dict, fit, short: bool = False) -> str:
     name, others = next(iter(shared.items()))
     if short:
         return f"{name} is one block shared with layer{'s' if len(others) > 1 else ''} {', '.join(map(str, others))}"
-    adds = f" (what it adds is {' + '.join(fit[1])})" if fit is not None else ""
+    adds = f" (what it adds is {' + '.join(fit.modules)})" if fit is not None else ""
     return (f"its {name} is one block shared with layer{'s' if len(others) > 1 else ''} "
             f"{', '.join(map(str, others))} (the same weights){adds}; the shared block's attention and MLP do not "
             "add to this layer's residual stream, and no module of its own outputs what an attention or an MLP "
             "block adds")
 
 
-def renorm_reason(kids, x, y, fit, scale) -> str:
+def renorm_reason(kids, x, y, scale) -> str:
     """A reason when the layer output is a norm's output plus a block's (the layer re-normalizes its
-    residual stream rather than adding to its input), else ``""``. ``fit(kids, adds, target, scale, n)``
-    is the resolver's least-squares fit."""
+    residual stream rather than adding to its input), else ``""`` (by :func:`fit_sum`)."""
     d = x.shape[-1]
     adds = [k for k, c in kids.items() if c["out"] is not None and c["out"].shape == x.shape]
     for n in (1, 2):
-        f = fit(kids, adds, y.double().flatten(), scale, n)
-        if f is not None and kids[f[1][0]]["params"] <= 2 * d and not torch.equal(kids[f[1][0]]["out"], x):
-            norm = f[1][0]
+        f = fit_sum(kids, adds, y.double().flatten(), scale, n)
+        if f is not None and kids[f.modules[0]]["params"] <= 2 * d and not torch.equal(kids[f.modules[0]]["out"], x):
+            norm = f.modules[0]
             return (f"the layer re-normalizes its residual stream: its output is {norm}'s output"
-                    f"{' + ' + f[1][1] if n == 2 else ''}, not its input plus what the blocks add; no module outputs "
+                    f"{' + ' + f.modules[1] if n == 2 else ''}, not its input plus what the blocks add; no module outputs "
                     "what a block adds to the stream it reads")
     return ""

@@ -2,13 +2,13 @@
 
 :mod:`superscopes_nn.structure.architectures` says *where* each site lives (an
 :class:`~superscopes_nn.structure.architectures.ArchSpec` of module paths); this module
-reads a spec's plain form (:attr:`~superscopes_nn.structure.info.ModelInfo.plain`, a tuple of strings that can
+reads a spec's plain form (:attr:`~superscopes_nn.structure.info.ModelInfo.plain`, a dict of strings that can
 cross the wire to NDIF) and, inside a trace, reads (:func:`read_sources`) or
 writes (:func:`write_patches`) the live tensors. A value written is moved to the
 device and dtype of the tensor it is written into, at the write.
 
 A site whose module tensor is the residual flattened to ``[batch * seq, d]`` (Llama 4's MoE
-block, OPT's MLP; the third item of a plain site entry) is read and written through a
+block, OPT's MLP; a plain site entry's ``flat`` layers) is read and written through a
 ``[batch, seq, d]`` view of it, so a write lands in the module's own tensor. nnsight narrows a
 tensor to one invoke's rows only when its first dimension is the batch: a flattened one is served
 whole to every invoke, so a reader passes ``batch=(first_row, rows, seq)`` (its invoke's rows in
@@ -22,16 +22,16 @@ import torch
 from .architectures import get_path
 
 
-def site_path(pspec: tuple, layer: int, site: str) -> tuple:
+def site_path(pspec: dict, layer: int, site: str) -> tuple:
     """``(module path on that layer, is_input)`` of ``site`` (a per-layer path picked for ``layer``)."""
-    path, is_input = pspec[2][site][:2]
-    return (path if isinstance(path, str) else path[layer]), is_input
+    entry = pspec["sites"][site]
+    path = entry["path"]
+    return (path if isinstance(path, str) else path[layer]), entry["is_input"]
 
 
-def site_flat(pspec: tuple, layer: int, site: str) -> bool:
+def site_flat(pspec: dict, layer: int, site: str) -> bool:
     """True when ``site``'s module tensor on ``layer`` is flattened to ``[batch * seq, d]``."""
-    entry = pspec[2][site]
-    return len(entry) > 2 and layer in entry[2]
+    return layer in pspec["sites"][site]["flat"]
 
 
 def _unflatten(t, batch):
@@ -43,10 +43,9 @@ def _unflatten(t, batch):
     return full if full.shape[0] == rows else full[row0:row0 + rows]  # served whole unless nnsight narrowed it
 
 
-def site_tensor(model, pspec: tuple, layer: int, site: str, batch: tuple | None = None) -> torch.Tensor:
+def site_tensor(model, pspec: dict, layer: int, site: str, batch: tuple | None = None) -> torch.Tensor:
     """The live tensor of ``site`` at ``layer`` inside a trace: [batch, seq, d] (``batch``: see the module doc)."""
-    layers_path = pspec[0]
-    block = get_path(model, layers_path)[layer]
+    block = get_path(model, pspec["layers"])[layer]
     path, is_input = site_path(pspec, layer, site)
     env = get_path(block, path)
     value = env.input if is_input else env.output
@@ -54,21 +53,21 @@ def site_tensor(model, pspec: tuple, layer: int, site: str, batch: tuple | None 
     return _unflatten(value, batch) if site_flat(pspec, layer, site) else value
 
 
-def read_sources(model, pspec: tuple, reads: list, vectors: dict, batch: tuple | None = None) -> None:
+def read_sources(model, pspec: dict, reads: list, vectors: dict, batch: tuple | None = None) -> None:
     """Inside an invoke: store ``site[0, position]`` of every read ``(key, layer, site, position)``
     (``batch``: this invoke's ``(first_row, rows, seq)`` in the combined batch)."""
     for key, layer, site, pos in reads:
         vectors[key] = site_tensor(model, pspec, layer, site, batch)[0, pos].detach().clone()
 
 
-def write_patches(model, pspec: tuple, writes: list, patched: list, offset: int = 0, shape: tuple | None = None) -> None:
+def write_patches(model, pspec: dict, writes: list, patched: list, offset: int = 0, shape: tuple | None = None) -> None:
     """Inside an invoke: write every patch, one indexed assignment per (layer, site).
 
     ``writes``: ``(layer, site, batch_rows [n], positions [n], row_indices)`` in forward
     order; ``offset``: tokens served from a reused KV cache (absent from the pass's tensors);
     ``shape``: ``(rows, seq)`` of the pass (needed by a flattened site only).
     """
-    layers_path = pspec[0]
+    layers_path = pspec["layers"]
     batch = None if shape is None else (0, *shape)
     for layer, site, b_rows, positions, b_idx in writes:
         path, is_input = site_path(pspec, layer, site)
@@ -84,5 +83,5 @@ def write_patches(model, pspec: tuple, writes: list, patched: list, offset: int 
             t[b_rows.to(t.device), (positions - offset).to(t.device)] = value
 
 
-def lm_head_output(model, pspec: tuple):
-    return get_path(model, pspec[1]).output
+def lm_head_output(model, pspec: dict):
+    return get_path(model, pspec["lm_head"]).output

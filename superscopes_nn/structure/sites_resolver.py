@@ -34,11 +34,12 @@ from __future__ import annotations
 
 import inspect
 from collections import defaultdict
+from dataclasses import dataclass
 
 import torch
 
 from .architectures import PER_LAYER, ArchSpec, get_path
-from .odd_layers import layer_calls, renorm_reason, shared_children, shared_reason
+from .odd_layers import fit_sum, layer_calls, renorm_reason, shared_children, shared_reason
 
 
 class SiteError(ValueError):
@@ -135,7 +136,7 @@ def tolerance(dtype) -> float:
     return max(1e-5, 16 * torch.finfo(dtype).eps) if dtype.is_floating_point else 1e-5
 
 
-def _n(t):
+def norm_of(t):
     return t.double().norm().item()
 
 
@@ -147,16 +148,6 @@ def _top_lists(hf_model):
 
 def _parent(hf_model, path):
     return get_path(hf_model, path.rpartition(".")[0]) if "." in path else hf_model
-
-
-def _params(module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
-def _is_moe(module) -> bool:
-    """A sparse block: experts as a ModuleList or as one stacked (3-d) weight."""
-    return any(isinstance(m, torch.nn.ModuleList) for m in module.modules()) or any(
-        p.dim() >= 3 for p in module.parameters())
 
 
 def _module_name(hf_model, module):
@@ -251,7 +242,7 @@ def _final_norm(rec, path, n, family):
     raise SiteError(f"{family}: no final norm found between the last decoder layer and the LM head")
 
 
-def _branch(kids, end):
+def branch(kids, end):
     """The chain of sub-modules feeding ``end``: each one's input is the previous one's output."""
     chain = [end]
     while True:
@@ -275,35 +266,38 @@ def _adds(kids, x):
 def _layer_sites(rec, prefix, family, tol, shared) -> dict:
     layer = rec.once(prefix)
     x, y = layer["inp"], layer["out"]
-    kids = layer_calls(rec, prefix, x, _params, _is_moe)
+    kids = layer_calls(rec, prefix, x)
     adds = _adds(kids, x)
     target = (y - x).double().flatten()
-    scale = tol * (_n(x) + _n(y))
-    fits = {n: _fit(kids, adds, target, scale, n) for n in (2, 3, 1)}
+    scale = tol * (norm_of(x) + norm_of(y))
+    fits = {n: fit_sum(kids, adds, target, scale, n) for n in (2, 3, 1)}
     if not any(fits.values()):  # a block fused with its norms (and the residual add): look inside it
-        deep = layer_calls(rec, prefix, x, _params, _is_moe, depth=2)
+        deep = layer_calls(rec, prefix, x, depth=2)
         if len(deep) > len(kids):
-            fit = _fit(deep, _adds(deep, x), target, scale, 2)
+            fit = fit_sum(deep, _adds(deep, x), target, scale, 2)
             if fit is not None and not shared:
-                return _describe(deep, x, y, fit[1][0], fit[1][1], deep[fit[1][0]]["out"], *fit[2], tol, scale, [])
-            fits[1] = fits[1] or _fit(deep, _adds(deep, x), target, scale, 1)
+                a, m = fit.modules
+                return _describe(LayerPass(deep, x, y, tol, scale),
+                                 Update(a, m, deep[a]["out"], *fit.scales), [])
+            fits[1] = fits[1] or fit_sum(deep, _adds(deep, x), target, scale, 1)
     none = dict(attn_out="", mlp_out="", mlp_in="", parallel=False, attn="", mlp="", mlp_norm="", moe=False)
     every = ("attn_out", "mlp_in", "mlp_out")
     if fits[2] is None and fits[3] is not None:
-        p, q, r = fits[3][1]
-        sp, sq, sr = fits[3][2]
+        p, q, r = fits[3].modules
+        sp, sq, sr = fits[3].scales
         after = lambda k, v: _reads(kids, k, v, scale)  # noqa: E731  (k's branch reads the residual v)
         if after(r, x + sp * kids[p]["out"] + sq * kids[q]["out"]):
             why = (f"its attention part adds two modules' outputs ({p} + {q}); no one module outputs what it adds")
-            return _describe(kids, x, y, None, r, sp * kids[p]["out"] + sq * kids[q]["out"], 1.0, sr, tol, scale,
-                             [("attn_out", why)])
+            return _describe(LayerPass(kids, x, y, tol, scale),
+                             Update(None, r, sp * kids[p]["out"] + sq * kids[q]["out"], 1.0, sr), [("attn_out", why)])
         if after(q, x + sp * kids[p]["out"]) and after(r, x + sp * kids[p]["out"]):
             why = f"its MLP part adds two modules' outputs ({q} + {r}); no one module outputs what it adds or reads"
-            out = _describe(kids, x, y, p, q, kids[p]["out"], sp, sq, tol, scale, [("mlp_out", why), ("mlp_in", why)])
+            out = _describe(LayerPass(kids, x, y, tol, scale), Update(p, q, kids[p]["out"], sp, sq),
+                            [("mlp_out", why), ("mlp_in", why)])
             return dict(out, mlp_out="", mlp_in="")
     if fits[2] is None:
         if fits[1] is not None:
-            block = fits[1][1][0]
+            block = fits[1].modules[0]
             feed = [k for k in kids if "." not in k and k != block and not block.startswith(k + ".")
                     and kids[k]["params"] > 2 * x.shape[-1]]
             why = (f"each layer adds one block's output ({block}); it has no separate attention and MLP blocks" +
@@ -311,43 +305,54 @@ def _layer_sites(rec, prefix, family, tol, shared) -> dict:
                     "residual stream"
                     f"{'; ' + shared_reason(shared, None, short=True) if shared else ''})" if feed else ""))
             return dict(none, layout="single-block", missing=tuple((s, why) for s in every))
-        why = (shared_reason(shared, fits[2]) if shared else renorm_reason(kids, x, y, _fit, scale)) or (
+        why = (shared_reason(shared, fits[2]) if shared else renorm_reason(kids, x, y, scale)) or (
             f"no two sub-modules of a layer ({', '.join(kids) or 'none'}) output what it adds to its residual "
             "stream: attn_out / mlp_out (and so mlp_in) not found")
         kept = dict(kids, **{"@x": {"out": x}})  # y = c x + blocks: the layer rescales its residual stream
-        scaled = next((f for n in (3, 2) if (f := _fit(kept, ["@x", *adds], y.double().flatten(), scale, n))), None)
-        if scaled is not None and scaled[1][0] == "@x" and abs(scaled[2][0] - 1) > 1e-3 and not shared:
-            why = (f"the layer rescales its residual stream ({scaled[2][0]:.3g} x input + "
-                   f"{' + '.join(f'{c:.3g} x {k}' for k, c in zip(scaled[1][1:], scaled[2][1:]))}); no module outputs "
+        scaled = next((f for n in (3, 2) if (f := fit_sum(kept, ["@x", *adds], y.double().flatten(), scale, n))), None)
+        if scaled is not None and scaled.modules[0] == "@x" and abs(scaled.scales[0] - 1) > 1e-3 and not shared:
+            why = (f"the layer rescales its residual stream ({scaled.scales[0]:.3g} x input + "
+                   f"{' + '.join(f'{c:.3g} x {k}' for k, c in zip(scaled.modules[1:], scaled.scales[1:]))}); no module outputs "
                    "what a block adds to an unscaled residual")
         return dict(none, layout="unknown", missing=tuple((s, why) for s in every))
-    _, (a, m), (sa, sm) = fits[2]
-    return _describe(kids, x, y, a, m, kids[a]["out"], sa, sm, tol, scale, [])
-
-
-def _fit(kids, adds, target, scale, size):
-    """The ``size`` modules (in call order) whose outputs, each times a positive scale, sum to ``target``."""
-    from itertools import combinations
-
-    best = None
-    for combo in combinations(adds, size):
-        cols = torch.stack([kids[k]["out"].double().flatten() for k in combo], 1)
-        s = torch.linalg.lstsq(cols, target.unsqueeze(1)).solution.squeeze(1)
-        res = (target - cols @ s).norm().item()
-        if res <= scale and s.min() > 1e-3 and (best is None or res < best[0]):  # a block adds a positive multiple
-            best = (res, combo, s.tolist())
-    return best
+    a, m = fits[2].modules
+    return _describe(LayerPass(kids, x, y, tol, scale), Update(a, m, kids[a]["out"], *fits[2].scales), [])
 
 
 def _reads(kids, k, value, scale) -> bool:
     """True when the branch computing ``k`` starts from ``value``."""
-    start = kids[_branch(kids, k)[0]]["inp"]
-    return start is not None and start.shape == value.shape and _n(start - value) <= scale
+    start = kids[branch(kids, k)[0]]["inp"]
+    return start is not None and start.shape == value.shape and norm_of(start - value) <= scale
 
 
-def _describe(kids, x, y, a, m, a_value, sa, sm, tol, scale, missing) -> dict:
-    """The sites of a layer adding ``sa * a_value`` (module ``a``'s output, or several modules' when
-    ``a`` is None) and ``sm`` x module ``m``'s output to its residual."""
+@dataclass(frozen=True)
+class LayerPass:
+    """One layer's recorded pass: its sub-modules' calls (:func:`~.odd_layers.layer_calls`), its input
+    ``x`` and output ``y``, the dtype's relative tolerance and the absolute one (``scale``)."""
+
+    kids: dict
+    x: torch.Tensor
+    y: torch.Tensor
+    tol: float
+    scale: float
+
+
+@dataclass(frozen=True)
+class Update:
+    """What a layer adds to its residual: ``sa`` x ``a_value`` (module ``a``'s output, or several modules'
+    when ``a`` is None) + ``sm`` x module ``m``'s output."""
+
+    a: str | None
+    m: str
+    a_value: torch.Tensor
+    sa: float
+    sm: float
+
+
+def _describe(layer: LayerPass, update: Update, missing) -> dict:
+    """The sites of ``layer`` adding ``update`` to its residual (``missing``: sites already known absent)."""
+    kids, x, tol, scale = layer.kids, layer.x, layer.tol, layer.scale
+    a, m, a_value, sa, sm = update.a, update.m, update.a_value, update.sa, update.sm
     d = x.shape[-1]
     heavy = lambda k: kids[k]["params"] > 2 * d  # noqa: E731  (a norm has at most 2 d parameters)
     changes = lambda k: not (kids[k]["inp"] is not None and kids[k]["out"] is not None  # noqa: E731
@@ -361,8 +366,8 @@ def _describe(kids, x, y, a, m, a_value, sa, sm, tol, scale, missing) -> dict:
         norms = lambda part: [k for k in part if changes(k) and not heavy(k)]  # noqa: E731
         return norms(chain[:big[0]]), chain[big[0]], chain[big[-1]], norms(chain[big[-1] + 1:])
 
-    attn_pre, attn, _, attn_post = split(_branch(kids, a)) if a is not None else ([], "", "", [])
-    mlp_chain = _branch(kids, m)
+    attn_pre, attn, _, attn_post = split(branch(kids, a)) if a is not None else ([], "", "", [])
+    mlp_chain = branch(kids, m)
     mlp_pre, mlp, _, mlp_post = split(mlp_chain)
     missing = list(missing)
     if max(abs(sa - 1), abs(sm - 1)) > max(1e-3, 64 * tol):
@@ -372,7 +377,7 @@ def _describe(kids, x, y, a, m, a_value, sa, sm, tol, scale, missing) -> dict:
     start = kids[mlp_chain[0]]["inp"]
     parallel = start is not None and start.shape == x.shape and torch.equal(start, x)
     mlp_inp = kids[mlp]["inp"]
-    if not parallel and not (start is not None and start.shape == x.shape and _n(start - x - sa * a_value) <= scale):
+    if not parallel and not (start is not None and start.shape == x.shape and norm_of(start - x - sa * a_value) <= scale):
         missing.append(("mlp_in", f"the MLP branch ({' -> '.join(mlp_chain)}) reads neither the layer input nor "
                                   "the input plus the attention output"))
     elif mlp_inp is None or mlp_inp.shape != x.shape:

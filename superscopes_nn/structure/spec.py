@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from .architectures import ARCHITECTURES, _CONFIG_LAYOUT, ArchSpec, get_path, remember, remembered
-from .sites_resolver import SiteError, _branch, _n, run_watched, tolerance, resolve_sites
+from .architectures import ARCHITECTURES, CONFIG_LAYOUT, ArchSpec, get_path, remember, remembered
+from .sites_resolver import SiteError, branch, norm_of, run_watched, tolerance, resolve_sites
 
 __all__ = ["arch_spec", "verify_sites"]
 
@@ -47,7 +47,7 @@ def arch_spec(model_or_config) -> ArchSpec:
             "(load_model / wrap, or arch_spec(hf_model))"
         )
     spec = ARCHITECTURES[model_type]
-    if model_type in _CONFIG_LAYOUT and not _CONFIG_LAYOUT[model_type](config):
+    if model_type in CONFIG_LAYOUT and not CONFIG_LAYOUT[model_type](config):
         raise ValueError(f"{model_type} with this config's layout switches resolves from the built model only "
                          "(load_model / wrap, or arch_spec(hf_model))")
     if spec.per_layer:  # which layer is which kind comes from the config's own layer pattern
@@ -114,7 +114,7 @@ def verify_sites(model, spec: ArchSpec | None = None, input_ids=None) -> ArchSpe
             if got["attn_out"]["done"] > got["mlp_out"]["done"]:
                 raise SiteError(f"{spec.family}: layer {i}: attn_out ({paths['attn_out']!r}) is computed after mlp_out "
                                 f"({paths['mlp_out']!r})")
-            err = _n(y - x - v["attn_out"] - v["mlp_out"]) / (_n(x) + _n(y))
+            err = norm_of(y - x - v["attn_out"] - v["mlp_out"]) / (norm_of(x) + norm_of(y))
             if not err <= tol:
                 raise SiteError(f"{spec.family}: layer {i}: residual_out - residual_in != attn_out + mlp_out "
                                 f"(relative error {err:.2g}; attn_out read at {paths['attn_out']!r}, "
@@ -122,13 +122,13 @@ def verify_sites(model, spec: ArchSpec | None = None, input_ids=None) -> ArchSpe
         end = paths.get("mlp_out", mlp)
         kids = {c: rec.once(f"{pre}.{i}.{c}") for c, _ in blocks[i].named_children()}
         kids = {c: call for c, call in kids.items() if call is not None}
-        if "mlp_in" in v and end in kids and paths["mlp_in"] in kids and paths["mlp_in"] not in _branch(kids, end):
+        if "mlp_in" in v and end in kids and paths["mlp_in"] in kids and paths["mlp_in"] not in branch(kids, end):
             raise SiteError(f"{spec.family}: layer {i}: mlp_in ({paths['mlp_in']!r}) is not on the branch that computes "
-                            f"the MLP's contribution ({' -> '.join(_branch(kids, end))})")
+                            f"the MLP's contribution ({' -> '.join(branch(kids, end))})")
         if "mlp_in" in v and (parallel or "attn_out" in v):
             with torch.no_grad():
                 want = norms[i](x if parallel else x + v["attn_out"])
-            err = _n(v["mlp_in"] - want) / (_n(want) + _n(v["mlp_in"]) + 1e-30)
+            err = norm_of(v["mlp_in"] - want) / (norm_of(want) + norm_of(v["mlp_in"]) + 1e-30)
             if not err <= tol:
                 raise SiteError(f"{spec.family}: layer {i}: mlp_in (input of {paths['mlp_in']!r}) is not the pre-MLP norm "
                                 f"{spec.at('mlp_norm', i) or '(none)'!r} of the "

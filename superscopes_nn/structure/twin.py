@@ -137,7 +137,7 @@ def twin_model(config, seed: int = 0, width: int = WIDTH, vocab: int = VOCAB):
         big = sorted(model.named_parameters(), key=lambda kv: -kv[1].numel())[:3]
         raise ValueError(f"twin of {config.model_type} has {n:,} parameters (> {TWIN_MAX_PARAMS:,}): a width key "
                          f"was not shrunk ({', '.join(f'{k} {tuple(p.shape)}' for k, p in big)})")
-    with torch.no_grad():  # as structure.testing.tiny_hf_model: sharper, less tied values
+    with torch.no_grad():  # as testing.tiny_models.tiny_hf_model: sharper, less tied values
         for p in model.parameters():
             if p.dim() >= 2:
                 p.normal_(0.0, 0.25)

@@ -15,6 +15,7 @@ from typing import Any, Iterable, Sequence
 
 from ..structure.architectures import check_site
 
+from ..core.deprecation import renamed
 from ..core.specs import Affine, Amplify, Compose, Fn, Identity, Row, Source, Target, as_mapping
 from ..core.validate import check_alphas, check_layer, check_layers, check_strings, check_text, dedupe, is_int
 from ..structure.info import model_info, model_name, context_length
@@ -171,19 +172,23 @@ def check_sites(sites: Any) -> list[str]:
 
 
 def sweep_rows(model, prompts: Sequence[str] | str, *, layers: Iterable[int] | int, sites: Sequence[str] | str = ("residual",),
-               alphas: Sequence[float] = (1.0,), token: int | str | Sequence = -1, target: Target = Target(),
-               target_layers: Iterable[int] | None = None, target_model=None, mapping=None) -> list[Row]:
+               alphas: Sequence[float] = (1.0,), position: int | str | Sequence = -1, target: Target = Target(),
+               target_layers: Iterable[int] | None = None, target_model=None, mapping=None, **old) -> list[Row]:
     """Resolve the grid prompts x sites x layers x target layers x alphas into rows.
 
-    ``token``: one position/token string for every prompt, or one per prompt.
+    ``position``: the source position, an int or a token string, one for every prompt or one per prompt
+    (``token=`` is its deprecated spelling).
     ``target_layers``: None = same as the source layer (``target.layer`` if set).
     ``mapping``: optional map applied before amplification (e.g. an ``Affine`` between models).
     Repeated layers, alphas or sites are dropped with a warning.
     """
+    position = renamed(old, "token", "position", position, -1, "sweep_rows")
+    if old:
+        raise TypeError(f"sweep_rows() got an unexpected keyword argument {next(iter(old))!r}")
     prompts = check_strings(prompts, "source prompt")
-    tokens = list(token) if isinstance(token, (list, tuple)) else [token] * len(prompts)
-    if len(tokens) != len(prompts):
-        raise ValueError(f"got {len(tokens)} tokens for {len(prompts)} prompts")
+    positions = list(position) if isinstance(position, (list, tuple)) else [position] * len(prompts)
+    if len(positions) != len(prompts):
+        raise ValueError(f"got {len(positions)} positions for {len(prompts)} prompts")
     layers = dedupe(check_layers(layers, "layer"), "layer")
     alphas = dedupe(check_alphas(alphas), "alpha")
     sites = check_sites(sites)
@@ -192,11 +197,11 @@ def sweep_rows(model, prompts: Sequence[str] | str, *, layers: Iterable[int] | i
     tls = None if target_layers is None else dedupe(check_layers(target_layers, "target layer"), "target layer")
     base = None if mapping is None else as_mapping(mapping)
     patches = []
-    for prompt, tok in zip(prompts, tokens):
+    for prompt, pos in zip(prompts, positions):
         for site in sites:
             for layer in layers:
                 for tl in (tls if tls is not None else [target.layer]):
                     for a in alphas:
                         f = Amplify(a) if base is None else Compose(base, a)
-                        patches.append((Source(prompt, layer, tok, site), replace(target, layer=tl), f))
+                        patches.append((Source(prompt, layer, pos, site), replace(target, layer=tl), f))
     return resolve(model, patches, target_model)

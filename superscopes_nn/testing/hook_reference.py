@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import torch
 
-from .architectures import get_path
-from .spec import arch_spec
+from ..structure.architectures import get_path
+from ..structure.spec import arch_spec
 
 
 def _ids(hf_model, ids: list[int]) -> torch.Tensor:

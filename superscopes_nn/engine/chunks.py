@@ -1,8 +1,10 @@
-"""Plan a chunk of rows and run it as one nnsight session: tensors in, tensors out.
+"""Plan a chunk of rows, and run a request's chunks in one nnsight session: tensors in, tensors out.
 
-A chunk is a list of :class:`~superscopes_nn.core.specs.Row` s whose target prompts
-have the same token length (so a batch never needs padding). :func:`plan` turns
-it into a :class:`Job`; :func:`run_session` runs the job in one ``model.session``:
+A chunk is at most ``max_batch_size`` :class:`~superscopes_nn.core.specs.Row` s whose target
+prompts have the same token length (so a batch never needs padding): one batched ``generate``
+(or ``trace`` for logits). :func:`plan_chunk` turns rows into a :class:`Chunk`;
+:func:`run_chunks` runs a request's chunks (:func:`~superscopes_nn.engine.plan.plan_requests`)
+in one ``model.session``, each of them as follows:
 
 1. one ``trace`` per group of equal-length source prompts reads every source
    vector the chunk needs and that ``vectors`` (read by an earlier chunk, or by
@@ -66,7 +68,7 @@ def logit_tolerance(dtype: torch.dtype, logits: torch.Tensor) -> float:
     return HALF_TOLERANCE_EPS * torch.finfo(dtype).eps * float(logits.float().abs().max())
 
 
-def chunks(lengths: Sequence[int], max_batch_size: int):
+def chunk_indices(lengths: Sequence[int], max_batch_size: int):
     """Group items by token length (no padding), then split into batches; yields index lists."""
     by_len: dict = {}
     for i, n in enumerate(lengths):
@@ -77,13 +79,13 @@ def chunks(lengths: Sequence[int], max_batch_size: int):
 
 
 @dataclass
-class Job:
-    """One session's plan (client side; :func:`run_session` unpacks it into plain locals).
+class Chunk:
+    """One chunk's plan (client side; :func:`run_chunks` sends it as :meth:`plain` data).
 
-    ``spec``: the session model's plain site spec (:func:`~superscopes_nn.structure.sites.plain_spec`).
+    ``spec``: the model's plain site spec (:func:`~superscopes_nn.structure.info.plain_spec`).
     ``source_groups``: groups of ``(ids [1, n], reads)`` with equal ``n``; ``reads`` are
     ``(key, layer, site, position)`` in forward order. ``target_ids``: [B, T] or None
-    (a read-only job). ``writes``: ``(layer, site, rows, positions, row_indices)`` in
+    (a read-only chunk). ``writes``: ``(layer, site, rows, positions, row_indices)`` in
     forward order. ``maps``: per batch row ``(source_key, plain mapping)``.
     """
 
@@ -99,6 +101,13 @@ class Job:
     keep: dict = field(default_factory=dict)
     logit_positions: torch.Tensor | None = None
     prefix_keep: dict = field(default_factory=dict)
+
+    def plain(self) -> dict:
+        """The fields :func:`run_chunks` reads, as a plain dict (a dataclass does not cross to NDIF)."""
+        return {"source_groups": self.source_groups, "target_ids": self.target_ids, "writes": self.writes,
+                "maps": self.maps, "prefix_len": self.prefix_len, "gen_kwargs": dict(self.gen_kwargs),
+                "keep": dict(self.keep), "logit_positions": self.logit_positions, "logits": self.logits,
+                "prefix_keep": dict(self.prefix_keep)}
 
 
 def shared_prefix_len(rows: Sequence[Row]) -> int:
@@ -133,12 +142,13 @@ def source_groups(rows: Sequence[Row], known: Iterable = ()) -> list:
     return list(groups.values())
 
 
-def plan(model, rows: Sequence[Row], *, gen_kwargs: dict | None = None, logits: bool = False,
-         known: Iterable = (), shared_prefix: bool = False, read_here: bool = True, trim_logits: bool = True) -> Job:
-    """Plan one session of ``model`` (the target) for ``rows``.
+def plan_chunk(model, rows: Sequence[Row], *, gen_kwargs: dict | None = None, logits: bool = False,
+               known: Iterable = (), shared_prefix: bool = False, read_here: bool = True,
+               trim_logits: bool = True) -> Chunk:
+    """Plan one chunk of ``model`` (the target) for ``rows``.
 
     ``known``: source keys already read (not read again); ``read_here=False``: the
-    sources come from another model's session, so this job reads none. ``trim_logits``: the LM head
+    sources come from another model's session, so this chunk reads none. ``trim_logits``: the LM head
     runs on the positions from the first patched one on only (``logits_to_keep``); ``False`` (exact mode)
     runs it on every position, as a one-at-a-time forward does: on CPUs with fp16/bf16 matrix units
     (AVX512-FP16, AMX) the head's rounding depends on how many rows it multiplies.
@@ -160,7 +170,7 @@ def plan(model, rows: Sequence[Row], *, gen_kwargs: dict | None = None, logits: 
         n_tokens = target_ids.shape[1] - prefix
         k = n_tokens - int(positions.min())
         keep, positions = {"logits_to_keep": k}, positions - (n_tokens - k)
-    return Job(
+    return Chunk(
         spec=spec, source_groups=source_groups(rows, known) if read_here else [],
         target_ids=target_ids, writes=write_list, maps=[(r.source_key, r.mapping.plain()) for r in rows],
         gen_kwargs=dict(gen_kwargs or {}), logits=logits, prefix_len=prefix, dtype=model._module.dtype,
@@ -168,9 +178,9 @@ def plan(model, rows: Sequence[Row], *, gen_kwargs: dict | None = None, logits: 
     )
 
 
-def plan_reads(model, rows: Sequence[Row], known: Iterable = ()) -> Job:
-    """A read-only job: the source vectors of ``rows`` on ``model`` (cross-model runs)."""
-    return Job(spec=plain_spec(model), source_groups=source_groups(rows, known))
+def plan_reads(model, rows: Sequence[Row], known: Iterable = ()) -> Chunk:
+    """A read-only chunk: the source vectors of ``rows`` on ``model`` (cross-model runs)."""
+    return Chunk(spec=plain_spec(model), source_groups=source_groups(rows, known))
 
 
 def apply_map(m: tuple, v: torch.Tensor, moved: dict | None = None) -> torch.Tensor:
@@ -220,35 +230,29 @@ def map_vectors(vectors: dict, maps: list, dtype: torch.dtype) -> tuple:
     return out, torch.tensor(ok)
 
 
-def expand_cache(cache, batch: int):
-    """Copy a batch-1 prefix cache to ``batch`` rows, in place (each cache layer by its own tensors:
-    :func:`~superscopes_nn.structure.caches.expand_rows`; only models whose ``ModelInfo.no_reuse`` is empty)."""
-    return expand_rows(cache, batch)
+def run_chunks(model, chunks, *, remote=False, backend=None, vectors: dict | None = None):
+    """One session on ``model`` running one chunk or a list of chunks (one NDIF request either way).
 
-
-def run_session(model, jobs, *, remote=False, backend=None, vectors: dict | None = None):
-    """One session on ``model`` running one job or a list of jobs (one NDIF request either way).
-
-    Each job reads the sources ``vectors`` (and the jobs before it) lack, then, unless it is
+    Each chunk reads the sources ``vectors`` (and the chunks before it) lack, then, unless it is
     read-only, maps them, patches them into its batched targets and generates.
 
-    Returns ``(out, vectors)`` for one job and ``(outs, vectors)`` for a list. ``out`` is None
-    for a read-only job, ``(ids [B, T + new], finite [B], mapped_ok [B])`` for generation
+    Returns ``(out, vectors)`` for one chunk and ``(outs, vectors)`` for a list. ``out`` is None
+    for a read-only chunk, ``(ids [B, T + new], finite [B], mapped_ok [B])`` for generation
     (``finite``: the patched prompt pass gave finite logits; ``mapped_ok``: the mapped vector
     was finite in the model's dtype), or [B, vocab] logits at the target positions (NaN rows
     where ``mapped_ok`` is False). ``vectors``: every source vector used (key -> [d]).
     """
-    single = isinstance(jobs, Job)
-    jobs = [jobs] if single else list(jobs)
+    single = isinstance(chunks, Chunk)
+    chunks = [chunks] if single else list(chunks)
     ship(remote, backend)
-    # Plain locals only: this is all the session body (and NDIF) sees.
-    spec, dtype = jobs[0].spec, jobs[0].dtype
-    plain = [(j.source_groups, j.target_ids, j.writes, j.maps, j.prefix_len, dict(j.gen_kwargs), dict(j.keep),
-              j.logit_positions, j.logits, dict(j.prefix_keep)) for j in jobs]
+    # Plain data only (builtins and tensors, no dataclass): this is all the session body (and NDIF) sees.
+    spec, dtype = chunks[0].spec, chunks[0].dtype
+    plain = [c.plain() for c in chunks]
     vectors, outs = dict(vectors or {}), []
     with model.session(remote=remote, backend=backend):
-        for groups, ids, writes, maps, offset, gen_kwargs, keep, lpos, want_logits, prefix_keep in plain:
-            for group in groups:
+        for c in plain:
+            ids, writes, maps, offset, lpos = c["target_ids"], c["writes"], c["maps"], c["prefix_len"], c["logit_positions"]
+            for group in c["source_groups"]:
                 with model.trace() as tracer:
                     row0 = 0  # each invoke's first row in the combined batch (a flattened site needs it)
                     for src_ids, reads in group:
@@ -261,11 +265,11 @@ def run_session(model, jobs, *, remote=False, backend=None, vectors: dict | None
             patched, mapped_ok = map_vectors(vectors, maps, dtype)
             kw = {}
             if offset:
-                with model.trace(ids[:1, :offset], **prefix_keep):
+                with model.trace(ids[:1, :offset], **c["prefix_keep"]):
                     cache = model.output.past_key_values
-                kw["past_key_values"] = expand_cache(cache, len(ids))
-            if want_logits:
-                with model.trace(**keep) as tracer:
+                kw["past_key_values"] = expand_rows(cache, len(ids))  # only models whose ModelInfo.no_reuse is empty
+            if c["logits"]:
+                with model.trace(**c["keep"]) as tracer:
                     with tracer.invoke(ids[:, offset:], **kw):  # the cache goes with the invoke (nnsight's mask)
                         write_patches(model, spec, writes, patched, offset, (len(ids), ids.shape[1] - offset))
                         full = model.output.logits  # index tensors built on its device
@@ -273,7 +277,7 @@ def run_session(model, jobs, *, remote=False, backend=None, vectors: dict | None
                 logits[~mapped_ok.to(logits.device)] = float("nan")
                 outs.append(logits)
             else:
-                gen_kwargs.update(kw)
+                gen_kwargs = {**c["gen_kwargs"], **kw}
                 with model.generate(**gen_kwargs) as tracer:
                     with tracer.invoke(ids):
                         write_patches(model, spec, writes, patched, offset, (len(ids), ids.shape[1] - offset))
@@ -284,34 +288,34 @@ def run_session(model, jobs, *, remote=False, backend=None, vectors: dict | None
         vectors.save()
     host = getattr(backend, "host", None) or remote_host(remote)
     if host:  # what a host sent back is data (remote.safe_load); here it must also be laid out as asked
-        check_returned(outs, returned(jobs), host, "its outs")
+        check_returned(outs, returned(chunks), host, "its outs")
         check_returned(vectors, {k: torch.empty(0, device="meta") for k in vectors} if type(vectors) is dict
                        else {}, host, "its vectors")
     return (outs[0] if single else outs), vectors
 
 
-def returned(jobs: list) -> list:
-    """What :func:`run_session` returns for ``jobs`` as meta tensors (a 0 dimension: any length): per job
+def returned(chunks: list) -> list:
+    """What :func:`run_chunks` returns for ``chunks`` as meta tensors (a 0 dimension: any length): per chunk
     ``None`` (read-only), ``(ids [B, T + new], finite [B], mapped_ok [B])`` or logits ``[B, vocab]``."""
     out: list = []
-    for j in jobs:
-        if j.target_ids is None:
+    for c in chunks:
+        if c.target_ids is None:
             out.append(None)
-        elif j.logits:
-            out.append(torch.empty(len(j.logit_positions), 0, device="meta"))
+        elif c.logits:
+            out.append(torch.empty(len(c.logit_positions), 0, device="meta"))
         else:
-            b, t = j.target_ids.shape
-            new = int(j.gen_kwargs.get("max_new_tokens", 0))
+            b, t = c.target_ids.shape
+            new = int(c.gen_kwargs.get("max_new_tokens", 0))
             flags = torch.empty(b, dtype=torch.bool, device="meta")
             out.append((torch.empty(b, t + new, dtype=torch.long, device="meta"), flags, flags))
     return out
 
 
-def result_bytes(job: Job, vocab: int, hidden: int) -> int:
-    """An upper estimate of what ``job`` sends back: ids (or logits) and the vectors it reads."""
-    reads = sum(len(r) for g in job.source_groups for _, r in g)
+def result_bytes(chunk: Chunk, vocab: int, hidden: int) -> int:
+    """An upper estimate of what ``chunk`` sends back: ids (or logits) and the vectors it reads."""
+    reads = sum(len(r) for g in chunk.source_groups for _, r in g)
     out = 0
-    if job.target_ids is not None:
-        b, t = job.target_ids.shape
-        out = b * vocab * 4 if job.logits else b * (t + int(job.gen_kwargs.get("max_new_tokens", 0))) * 8 + 2 * b
+    if chunk.target_ids is not None:
+        b, t = chunk.target_ids.shape
+        out = b * vocab * 4 if chunk.logits else b * (t + int(chunk.gen_kwargs.get("max_new_tokens", 0))) * 8 + 2 * b
     return out + reads * hidden * 4

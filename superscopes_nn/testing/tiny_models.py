@@ -1,6 +1,6 @@
 """Tiny random-weight models of every supported architecture, built offline in code.
 
->>> from superscopes_nn.structure.testing import tiny_model
+>>> from superscopes_nn.testing.tiny_models import tiny_model
 >>> model = tiny_model("gemma3_text")     # nnsight TransformersModel, 4 layers, d=64
 
 The tokenizer is a byte-level BPE trained in code on a fixed corpus (the
@@ -10,11 +10,11 @@ every string can be encoded. Everything is deterministic for a given seed.
 
 from __future__ import annotations
 
-import functools
 
 import torch
 
-from .models import wrap
+from ..structure.models import wrap
+from ..structure.stand_in import tiny_tokenizer  # noqa: F401  (the tests' tokenizer too)
 
 #: The families the tests parametrize over (``config.model_type`` values; ``gemma3`` is the
 #: multimodal Gemma 3, whose language model lives under ``model.language_model``).
@@ -77,37 +77,6 @@ _NO_KW = {"opt": ("intermediate_size", "num_key_value_heads", "head_dim"), "zamb
           "dbrx": ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
                    "head_dim", "max_position_embeddings")}
 
-_CORPUS = [
-    "Syria: Country in the Middle East, Leonardo DiCaprio: American actor, Samsung: South Korean "
-    "multinational major appliance and consumer electronics corporation, x",
-    "cat -> cat\n1135 -> 1135\nhello -> hello\n?",
-    "The official currency of x. The capital city of x. The spouse of the performer of Imagine is",
-    "Alexander the Great was a king of Macedon. Saturday Night Live is a comedy show.",
-    "Back to the Future is a film. Pink Floyd is an English rock band. Star Wars, Titanic.",
-    "George Washington, Will Smith, Led Zeppelin, Daft Punk, Iron Maiden, Green Day.",
-    "the of and a to in is was he for it with as his on be at by I this had not are but from",
-    "0 1 2 3 4 5 6 7 8 9 ! ? . , : ; - > ' \" ( )",
-]
-EOS = "<|endoftext|>"
-
-
-@functools.lru_cache(maxsize=None)
-def tiny_tokenizer(vocab_size: int = 384):
-    """A byte-level BPE ``PreTrainedTokenizerFast`` trained in code (no files, no hub)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=[EOS], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(_CORPUS * 4, trainer=trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=EOS, bos_token=EOS)
-    fast.padding_side = "left"
-    return fast
 
 
 # Per-family settings on top of the llama-style defaults of :func:`tiny_config`.
