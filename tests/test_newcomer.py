@@ -103,7 +103,7 @@ def test_explain_resumes_with_its_own_settings_and_saves_scores_the_report_shows
     from superscopes_nn.structure import models
 
     out = tmp_path / "pf"
-    assert main(["explain", "Pink Floyd", "--site", "residual", "--layers", "0,1", "--amps", "1", "--model",
+    assert main(["explain", "Pink Floyd", "--sites", "residual", "--layers", "0,1", "--alphas", "1", "--model",
                  model_dir, "--max-new-tokens", "3", "--out", str(out), "--no-progress"]) == 0
     scores = [json.loads(line) for line in (out / "scores.jsonl").read_text().splitlines()]
     assert len(scores) == 2 and all("score_source_cosine" in s for s in scores)

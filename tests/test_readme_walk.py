@@ -17,8 +17,8 @@ Substitutions (README text -> what runs):
 README                                                      runs                                            why
 ==========================================================  ==============================================  =====================================
 tour ``layers=range(9), alphas=[1, 3, 6, 9, 12, 15]``       ``layers=range(2), alphas=[1, 6]``              54 rows -> 4 (time)
-``explain ... --layers 0-8 --amps 1,3,6,9,12,15``           ``--layers 0-1 --amps 1,6``                     54 rows -> 4 (time)
-``explain ... --target-site same``                          ``+ --layers 0-1 --amps 1,6``                   its defaults are 54 rows (time)
+``explain ... --layers 0-8 --alphas 1,3,6,9,12,15``         ``--layers 0-1 --alphas 1,6``                   54 rows -> 4 (time)
+``explain ... --target-site same``                          ``+ --layers 0-1 --alphas 1,6``                 its defaults are 54 rows (time)
 NDIF block ``CONFIG.set_default_api_key(...)``              ``CONFIG.API.APIKEY = ...``                     the former writes nnsight's config file
 NDIF block ``load_model("meta-llama/Llama-3.1-70B", ...)``  the shipped Llama-3.1-405B config folder         no hub here
 NDIF block ``sweep(..., remote=True)``                      ``plan(model, sweep_rows(...))``                no NDIF here: the plan of that request
@@ -47,8 +47,8 @@ LARGE = ROOT / "tests" / "fixtures" / "large_configs" / "Llama-3.1-405B"
 
 SUBSTITUTIONS = [
     ("layers=range(9), alphas=[1, 3, 6, 9, 12, 15])", "layers=range(2), alphas=[1, 6])"),
-    ("--layers 0-8 --amps 1,3,6,9,12,15", "--layers 0-1 --amps 1,6"),
-    ("--target-site same", "--target-site same --layers 0-1 --amps 1,6"),
+    ("--layers 0-8 --alphas 1,3,6,9,12,15", "--layers 0-1 --alphas 1,6"),
+    ("--target-site same", "--target-site same --layers 0-1 --alphas 1,6"),
     ('CONFIG.set_default_api_key("YOUR_NDIF_KEY")', 'CONFIG.API.APIKEY = "YOUR_NDIF_KEY"'),
     ('load_model("meta-llama/Llama-3.1-70B", remote=True)', "load_model(LLAMA_DIR, remote=True)"),
     ("df = sweep(model, ", "from superscopes_nn import sweep_rows\nfrom superscopes_nn.engine.plan import plan\n"

@@ -329,7 +329,7 @@ def main(argv=None, model=None) -> pd.DataFrame:
     df = attribute_extraction(model, samples, layer_stride=args.layer_stride, source=args.source,
                               only_correct=not args.all_samples, match=args.match, all_layers=args.all_layers,
                               control=args.control, control_seed=args.control_seed,
-                              random_run_dir=rows_dir(out, "attribute_extraction_random"),
+                              random_run_dir=rows_dir(out, "attribute_extraction_random", args),
                               options=run_options(args, out, "attribute_extraction", progress=True))
     save_csv(df, out / "attribute_extraction.csv")
     save_csv(df.attrs["filter"], out / "attribute_extraction_filter.csv")

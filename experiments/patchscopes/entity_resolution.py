@@ -370,7 +370,7 @@ def main(argv=None, model=None) -> pd.DataFrame:
     entities = load_entities_for(args)
     df = entity_resolution(model, entities, limit=args.limit, layers=layers, metrics=metrics,
                            control=args.control, control_seed=args.control_seed,
-                           random_run_dir=rows_dir(out, "entity_resolution_random"),
+                           random_run_dir=rows_dir(out, "entity_resolution_random", args),
                            options=run_options(args, out, "entity_resolution", progress=True))
     summary = summarize(df)
     save_csv(df[df.method != "random"], out / "entity_resolution.csv")

@@ -360,7 +360,7 @@ def main(argv=None, model=None) -> pd.DataFrame:
     df = multihop_cot(model, args.data, limit=args.limit, stratify=args.stratify, layers=layers,
                       direction=args.direction, only_correct=not args.all_queries, match=args.match,
                       control=args.control, control_seed=args.control_seed,
-                      random_run_dir=rows_dir(out, "multihop_cot_random"),
+                      random_run_dir=rows_dir(out, "multihop_cot_random", args),
                       options=run_options(args, out, "multihop_cot", progress=True))
     summary = summarize(df)
     chance = pair_chance(df)
