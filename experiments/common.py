@@ -57,7 +57,7 @@ def parser(description: str, *, out: str, max_new_tokens: int = 10, layers_help:
     for the two-hop scripts). ``name``: the prefix of the script's run folders (default: ``out``'s last
     part); ``runtime``: how long a run at the defaults takes, shown under ``--help``."""
     epilog = f"A run at the defaults takes {runtime}; --limit / --layers make a quick one." if runtime else None
-    p = ExperimentParser(prog=run_folders.PROG, description=description, epilog=epilog, rows_name=name or Path(out).name,
+    p = ExperimentParser(prog=run_folders.prog(), description=description, epilog=epilog, rows_name=name or Path(out).name,
                          formatter_class=DefaultsFormatter)
     p.add_argument("--model", default=None, help="model name (default: the library default, Gemma 3 270M)")
     p.add_argument("--out", default=out, help="output directory (the rows: OUT/<name><settings>_rows)")

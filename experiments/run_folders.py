@@ -25,7 +25,18 @@ def first_paragraph(doc: str | None) -> str:
 
 
 PROG: str | None = None
-"""The ``usage:`` name of the script being run (``superscopes run NAME`` sets it; None: argparse's own)."""
+"""The ``usage:`` name of the script being run (``superscopes run NAME`` sets it; None: :func:`prog`)."""
+
+
+def prog() -> str | None:
+    """The ``usage:`` name: :data:`PROG` if set, else ``python -m experiments.<package>.<module>`` for a
+    paper script started as a module or a file (``sys.argv[0]`` under this package), else None (argparse's)."""
+    if PROG:
+        return PROG
+    here, started = Path(__file__).resolve().parent, Path(sys.argv[0] or ".").resolve()
+    if started.suffix == ".py" and here in started.parents:
+        return "python -m " + ".".join(("experiments",) + started.relative_to(here).with_suffix("").parts)
+    return None
 
 EXECUTION_ONLY = ("out", "resume", "progress", "max_batch_size", "batch_size", "settings")
 """Flags that change how a run executes, not its rows: left out of the run folder's settings tag."""

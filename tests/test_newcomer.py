@@ -20,6 +20,7 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import os
 import re
 import warnings
 from pathlib import Path
@@ -260,3 +261,15 @@ def test_the_docs_name_only_what_exists(doc):
             elif re.fullmatch(r"(superscopes_nn|experiments)(\.\w+)+", n):
                 missing += [] if _resolves(n) else [n]
     assert missing == []
+
+
+@pytest.mark.parametrize("module", ["experiments.superscopes.fig3", "experiments.hopping_too_late.backpatching"])
+def test_a_paper_script_run_as_a_module_names_itself_in_its_usage(module):
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-m", module, "--help"], cwd=root, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(root)}, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith(f"usage: python -m {module} ")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-RUNS = Path(__file__).resolve().parents[1] / "docs" / "runs"
+RUNS = Path(__file__).resolve().parents[2] / "docs" / "runs"
 
 
 @pytest.mark.parametrize("protocol, decoding", [("official", ""), ("same-site", ""), ("official", "_llama2-chat-s0")])

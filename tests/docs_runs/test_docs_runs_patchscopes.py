@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-RUNS = Path(__file__).resolve().parents[1] / "docs" / "runs"
+RUNS = Path(__file__).resolve().parents[2] / "docs" / "runs"
 M = "gemma-3-270m"
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-RUNS = Path(__file__).resolve().parents[1] / "docs" / "runs"
+RUNS = Path(__file__).resolve().parents[2] / "docs" / "runs"
 STEM = "entity_resolution_gemma-3-270m_official"
 KEY = ["entity", "source_layer", "source_position", "source_token", "target_position", "target_layer", "alpha"]
 

@@ -1,6 +1,6 @@
 """The 48-row sweep of ``sweep_worker`` in a process that dies (SIGKILL) at a chosen point.
 
-    python tests/reliability_worker.py RUN_DIR POINT [--resume] [--gate FILE]
+    python tests/run_dir_worker.py RUN_DIR POINT [--resume] [--gate FILE]
 
 POINT is where the process kills itself with SIGKILL:
 
@@ -12,7 +12,7 @@ POINT is where the process kills itself with SIGKILL:
 - ``csv-before-rename``: ``.results.csv.tmp`` complete, not yet renamed;
 - ``parquet-mid-write``: ``results.csv`` in place, half a ``.results.parquet.tmp`` written.
 
-Used by ``tests/test_reliability.py``.
+Used by ``tests/test_run_dir_faults.py``.
 """
 
 from __future__ import annotations

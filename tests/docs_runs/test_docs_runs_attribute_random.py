@@ -7,11 +7,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from experiments.patchscopes import attribute_extraction as ae  # noqa: E402
 
-RUNS = Path(__file__).resolve().parents[1] / "docs" / "runs"
+RUNS = Path(__file__).resolve().parents[2] / "docs" / "runs"
 V = "attribute_extraction_gemma-3-270m_first-context_8tasks-8subjects-layers-{}"
 VARIANTS = {"even": 81, "all": 289}  # (l, l*) pairs: range(0, 17, 2) or range(17) squared
 KEYS = ["task", "subject", "object", "target_prompt", "source_prompt", "source_layer", "target_layer"]

@@ -11,7 +11,7 @@ import pytest
 from experiments.hopping_too_late import backpatching as bp
 from experiments.common import alias_match, answer_aliases
 
-RUNS = Path(__file__).resolve().parents[1] / "docs" / "runs"
+RUNS = Path(__file__).resolve().parents[2] / "docs" / "runs"
 V = "backpatching_gemma-3-270m_paper_population"
 KEYS = ["id", "source_layer", "target_layer"]
 

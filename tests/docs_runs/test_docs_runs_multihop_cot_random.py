@@ -8,7 +8,7 @@ import pytest
 
 from experiments.common import alias_match, answer_aliases, load_queries
 
-RUNS = Path(__file__).resolve().parents[1] / "docs" / "runs"
+RUNS = Path(__file__).resolve().parents[2] / "docs" / "runs"
 M = "gemma-3-270m"
 SAME = ["id", "source_layer", "target_layer", "prompt", "target_prompt"]
 # variant: (layer pairs, queries, queries some pair answers with the random vector, with the real one)

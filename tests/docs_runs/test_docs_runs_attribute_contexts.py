@@ -7,11 +7,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from experiments.patchscopes import attribute_extraction as ae  # noqa: E402
 
-RUNS = Path(__file__).resolve().parents[1] / "docs" / "runs"
+RUNS = Path(__file__).resolve().parents[2] / "docs" / "runs"
 M = "attribute_extraction_gemma-3-270m"
 ALL = f"{M}_official_8tasks-8subjects-layers-even"
 FIRST = f"{M}_first-context_8tasks-8subjects-layers-even"

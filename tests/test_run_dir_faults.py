@@ -5,7 +5,7 @@ writer while the first appends, a stale lock of a SIGKILLed writer, SIGKILL at f
 points (then ``resume`` gives tables byte-identical to an uninterrupted run), a full disk
 mid-run, a table write that fails half way, resume without ``config.json`` and with a
 changed model. Every case asserts the data on disk and the one-line message.
-The odd inputs are in ``test_reliability_inputs.py``.
+The odd inputs are in ``test_odd_inputs.py``.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from superscopes_nn.testing.tiny_models import save_tiny_checkpoint
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-WORKER = HERE / "reliability_worker.py"
+WORKER = HERE / "run_dir_worker.py"
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
 
