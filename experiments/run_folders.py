@@ -38,6 +38,7 @@ def prog() -> str | None:
         return "python -m " + ".".join(("experiments",) + started.relative_to(here).with_suffix("").parts)
     return None
 
+
 EXECUTION_ONLY = ("out", "resume", "progress", "max_batch_size", "batch_size", "settings")
 """Flags that change how a run executes, not its rows: left out of the run folder's settings tag."""
 
@@ -94,9 +95,12 @@ def _held_runs(out: Path, name: str, tag: str) -> list[Path]:
 
 class ExperimentParser(argparse.ArgumentParser):
     """The scripts' parser: ``--help`` shows every default; after parsing, ``args.settings`` is the run
-    folder's settings tag (:func:`settings_tag`), and a run whose settings already have finished rows
-    under ``--out`` is refused without ``--resume`` in one ``error:`` line (exit 2), before any model loads.
-    A value starting with ``-`` (``--layers -3--1``) is taken as a value."""
+    folder's settings tag (:func:`settings_tag`). With ``--out`` left at its default, a run whose settings
+    differ from the defaults writes everything (rows, CSVs, figures, summary) under its own folder
+    ``<default out><settings>`` (e.g. ``runs/superscopes_fig3--layers-4--limit-2``), so a quick run never
+    overwrites the full run's outputs; an explicit ``--out`` is used as given. A run whose settings already
+    have finished rows under ``--out`` is refused without ``--resume`` in one ``error:`` line (exit 2), before
+    any model loads. A value starting with ``-`` (``--layers -3--1``) is taken as a value."""
 
     def __init__(self, *a, rows_name: str, **kw):
         super().__init__(*a, **kw)
@@ -109,6 +113,8 @@ class ExperimentParser(argparse.ArgumentParser):
     def parse_args(self, args=None, namespace=None):
         ns = super().parse_args(args, namespace)
         ns.settings = settings_tag(self, ns)
+        if ns.settings and ns.out == self.get_default("out"):
+            ns.out = f"{ns.out}{ns.settings}"  # this run's own folder: the full run's outputs stay as they are
         if getattr(ns, "from_csv", None):
             return ns
         held = _held_runs(Path(ns.out), self.rows_name, ns.settings)

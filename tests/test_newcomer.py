@@ -273,3 +273,22 @@ def test_a_paper_script_run_as_a_module_names_itself_in_its_usage(module):
                          env={**os.environ, "PYTHONPATH": str(root)}, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith(f"usage: python -m {module} ")
+
+
+def test_a_quick_run_at_the_default_out_gets_its_own_folder(tmp_path, monkeypatch):
+    from experiments.common import parser
+
+    monkeypatch.chdir(tmp_path)
+    p = parser("d.", out="runs/x", layers_help="layers")
+    assert p.parse_args([]).out == "runs/x"  # the full run at the defaults: the folder the docs name
+    quick = p.parse_args(["--limit", "2", "--layers", "4"])
+    assert quick.out == "runs/x--layers-4--limit-2" and quick.settings == "--layers-4--limit-2"
+    assert p.parse_args(["--limit", "2", "--out", "mine"]).out == "mine"  # an explicit --out as given
+    # a finished quick run is refused again in its own folder, and never blocks the full run
+    held = tmp_path / "runs" / "x--layers-4--limit-2" / "x--layers-4--limit-2_rows"
+    held.mkdir(parents=True)
+    (held / "rows.jsonl").write_text('{"a": 1}\n')
+    with pytest.raises(SystemExit) as stop:
+        p.parse_args(["--limit", "2", "--layers", "4"])
+    assert stop.value.code == 2
+    assert p.parse_args([]).out == "runs/x"
