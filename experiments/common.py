@@ -60,7 +60,7 @@ def parser(description: str, *, out: str, max_new_tokens: int = 10, layers_help:
     p = ExperimentParser(prog=run_folders.prog(), description=description, epilog=epilog, rows_name=name or Path(out).name,
                          formatter_class=DefaultsFormatter)
     p.add_argument("--model", default=None, help="model name (default: the library default, Gemma 3 270M)")
-    p.add_argument("--out", default=out, help="output directory (left at the default, a run off the defaults "
+    p.add_argument("--out", default=out, help="output directory (left unset, a run with other settings "
                    "uses OUT<settings>; the rows: OUT/<name><settings>_rows)")
     p.add_argument("--limit", type=int, default=limit, help=limit_help)
     if two_hop:
