@@ -24,15 +24,20 @@ tier runs requests captured from the full-size meta model on (``tests/test_ndif_
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
+import re
+from dataclasses import dataclass
 
 import torch
 
+from . import twin_widths as widths
 from .architectures import ArchSpec, get_path, num_layers
 from .spec import verify_sites
 
-__all__ = ["twin_config", "twin_model", "twin_spec", "config_key", "check_paths", "TWIN_MAX_PARAMS"]
+__all__ = ["twin_config", "twin_model", "twin_spec", "config_key", "check_paths", "cannot_run", "TwinPlan", "TwinError",
+           "TWIN_MAX_PARAMS"]
 
 #: A twin larger than this means a width key was not shrunk (the error names the largest tensors).
 TWIN_MAX_PARAMS = 40_000_000
@@ -60,6 +65,13 @@ _EXPERT_KEYS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num
 _TOPK_KEYS = ("num_experts_per_tok", "moe_k", "num_experts_per_token", "top_k")
 _KV_KEYS = ("num_key_value_heads", "n_head_kv", "num_kv_heads", "multi_query_group_num")
 _SUB = ("text_config", "vision_config", "audio_config", "language_config")
+_NAMED = set(_SHRINK) | set(_EXPERT_KEYS) | set(_TOPK_KEYS) | set(_KV_KEYS)
+
+
+def _subs(d: dict):
+    """Keys of ``d`` holding a sub-config (a text / vision / attention / FFN config as a dict)."""
+    return [k for k, v in d.items() if isinstance(v, dict) and (k in _SUB or "model_type" in v or any(
+        n in v for n in _SHRINK))]
 
 
 def _shrink(d: dict, width: int) -> dict:
@@ -79,9 +91,8 @@ def _shrink(d: dict, width: int) -> dict:
             d[k] = min(d[k], TOP_K)
     if isinstance(d.get("qk_rope_head_dim"), int) and "head_dim" in d:  # MLA: rope runs on the rope part
         d["head_dim"] = d["qk_rope_head_dim"]
-    for k in _SUB:
-        if isinstance(d.get(k), dict):
-            d[k] = _shrink(d[k], width // 2 if k != "text_config" and k != "language_config" else width)
+    for k in _subs(d):
+        d[k] = _shrink(d[k], width // 2 if k in ("vision_config", "audio_config") else width)
     return d
 
 
@@ -96,26 +107,120 @@ def _special_ids(d: dict, vocab: int, seen: dict) -> dict:
             seen[i] = vocab - 1 - len(seen)
         return seen[i]
 
+    subs = _subs(d)
     for k, v in list(d.items()):
         if k.endswith(("token_id", "token_index", "token_ids")):
             d[k] = [move(i) for i in v] if isinstance(v, list) else move(v)
-        elif k in _SUB and isinstance(v, dict):
+        elif k in subs:
             d[k] = _special_ids(v, vocab, seen)
     return d
 
 
 def twin_config(config, width: int = WIDTH, vocab: int = VOCAB):
     """``config`` with every width shrunk and every structural switch kept (same class, same depth)."""
-    d = {k: v for k, v in config.to_dict().items() if k not in ("_name_or_path", "quantization_config")}
-    d = _shrink(d, width)
-    for cfg in [d] + [d[k] for k in _SUB if isinstance(d.get(k), dict) and "vocab_size" in d[k]]:
-        if isinstance(cfg.get("vocab_size"), int):
-            cfg["vocab_size"] = min(cfg["vocab_size"], vocab)
+    return _plan(config, width, vocab).config
+
+
+@dataclass(frozen=True)
+class TwinPlan:
+    """A twin's config and its parameter count and largest shapes, measured on the meta device."""
+
+    config: object
+    params: int
+    shapes: list
+
+
+def _plan(config, width: int, vocab: int) -> TwinPlan:
+    """The name table (fast path), then the widths found by shape (:mod:`.twin_widths`), on meta only."""
+    orig = {k: v for k, v in config.to_dict().items() if k not in ("_name_or_path", "quantization_config")}
+    d = _shrink(orig, width)
+    for cfg in [d] + [d[k] for k in _subs(d) if "vocab_size" in d[k]]:
+        for k, v in list(cfg.items()):
+            if "vocab" in k and isinstance(v, int) and not isinstance(v, bool) and v > vocab:
+                cfg[k] = vocab  # vocab_size, vocab_size_per_layer_input...
     d = _special_ids(d, min(vocab, _vocab(d) or vocab), {})
-    twin = type(config).from_dict(d)
+    before, after = widths.int_leaves(orig), widths.int_leaves(d)
+    fixed = {p for p, v in after.items() if before.get(p) != v or p[-1] in _NAMED}
+    known = {before[p]: after[p] for p in fixed if p in before and before[p] > after[p]}
+    widths.clamp_topk(d, EXPERTS)
+    d, twin = _checked(config, orig, d, fixed)
+    n, shapes = widths.meta_params(twin)
+    for _ in range(4):  # what is still wide after the name table, found by shape
+        found = widths.wide_keys(d, shapes, fixed, 2 * width, skip=(vocab,))
+        if not found:
+            break
+        trial = copy.deepcopy(d)
+        for path in found:
+            widths.set_leaf(trial, path, lambda v: widths.new_width(v, known))
+        fixed |= set(found)
+        widths.clamp_topk(trial, EXPERTS)
+        try:
+            trial, candidate = _checked(config, orig, trial, fixed)
+            n2, shapes2 = widths.meta_params(candidate)
+        except Exception:  # the class's own checks refuse it: keep the last twin that built
+            continue
+        d, twin, n, shapes = trial, candidate, n2, shapes2
     if num_layers(twin) != num_layers(config):
         raise ValueError(f"twin of {config.model_type}: {num_layers(twin)} layers, the config has {num_layers(config)}")
-    return twin
+    return TwinPlan(twin, n, shapes)
+
+
+class TwinError(ValueError):
+    """The twin's config, not the model's, is at fault (a width shrunk in a way its class refuses)."""
+
+
+def _checked(config, orig: dict, d: dict, fixed: set):
+    """``(d, config)``: ``d`` as its config class builds it, else ``d`` with the identities of ``orig`` that the
+    class checks restored (:func:`.twin_widths.repair`)."""
+    try:
+        return d, _from_dict(config, d)
+    except TwinError as err:
+        def accepts(trial):
+            try:
+                type(config).from_dict(trial)
+                return True
+            except Exception:
+                return False
+
+        fixed_d = widths.repair(orig, d, fixed, accepts)
+        if fixed_d is None:
+            raise err from None
+        return fixed_d, _from_dict(config, fixed_d)
+
+
+def _from_dict(config, d: dict):
+    try:
+        return type(config).from_dict(d)
+    except Exception as err:
+        raise TwinError(f"twin of {config.model_type}: its config class refuses the shrunk widths "
+                         f"({_line(err)})") from None
+
+
+def _line(err) -> str:
+    return " ".join(f"{type(err).__name__}: {err}".split())[:400]
+
+
+def cannot_run(config, err) -> ValueError | None:
+    """A one-line error when ``config`` itself cannot be built (on meta, full size) or names a None where the
+    forward needs a number (``err`` said ``NoneType``); None when the fault is not the config's."""
+    from transformers import AutoModelForCausalLM
+
+    family = config.model_type
+    nones = [k for k, v in config.to_dict().items() if v is None and not k.startswith("_")]
+    if "NoneType" in str(err):
+        hit = [k for k in nones if widths.TOPK.search(k) and not k.endswith("group") and "topk" in str(err)] or [
+            k for k in nones if k in str(err)]
+        if hit:
+            return ValueError(f"{family}: transformers cannot run this config: {', '.join(hit)} is None "
+                              f"({_line(err)})")
+    try:
+        with torch.device("meta"):
+            AutoModelForCausalLM.from_config(config)
+    except Exception as full:
+        named = [k for k in nones if k in str(full) or re.search(r"expert|top_?k|per_tok", k)]
+        return ValueError(f"{family}: transformers cannot build this config at full size ({_line(full)})"
+                          + (f"; None in the config: {', '.join(named)}" if named else ""))
+    return None
 
 
 def _vocab(d: dict):
@@ -126,17 +231,22 @@ def _vocab(d: dict):
 
 
 def twin_model(config, seed: int = 0, width: int = WIDTH, vocab: int = VOCAB):
-    """The twin of ``config`` as a random-weight float32 ``AutoModelForCausalLM`` in eval mode."""
+    """The twin of ``config`` as a random-weight float32 ``AutoModelForCausalLM`` in eval mode; its size is
+    measured on the meta device first, so an oversized twin is refused before anything is allocated."""
     from transformers import AutoModelForCausalLM
 
-    cfg = twin_config(config, width, vocab)
+    try:
+        plan = _plan(config, width, vocab)
+    except TwinError:
+        raise
+    except Exception as err:
+        raise cannot_run(config, err) or err from None
+    if plan.params > TWIN_MAX_PARAMS:
+        big = ", ".join(f"{k} {s}" for k, s in plan.shapes[:3])
+        raise ValueError(f"twin of {config.model_type} would have {plan.params:,} parameters (> {TWIN_MAX_PARAMS:,}, "
+                         f"measured on meta): a width was not shrunk ({big})")
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
-    n = sum(p.numel() for p in model.parameters())
-    if n > TWIN_MAX_PARAMS:
-        big = sorted(model.named_parameters(), key=lambda kv: -kv[1].numel())[:3]
-        raise ValueError(f"twin of {config.model_type} has {n:,} parameters (> {TWIN_MAX_PARAMS:,}): a width key "
-                         f"was not shrunk ({', '.join(f'{k} {tuple(p.shape)}' for k, p in big)})")
+    model = AutoModelForCausalLM.from_config(plan.config, dtype=torch.float32)
     with torch.no_grad():  # as testing.tiny_models.tiny_hf_model: sharper, less tied values
         for p in model.parameters():
             if p.dim() >= 2:
@@ -160,7 +270,10 @@ def twin_spec(config, twin=None) -> ArchSpec:
     key = config_key(config)
     if key not in _CACHE:
         twin = twin if twin is not None else twin_model(config)
-        _CACHE[key] = verify_sites(twin)  # resolve_sites + every check, on one forward pass
+        try:
+            _CACHE[key] = verify_sites(twin)  # resolve_sites + every check, on one forward pass
+        except (TypeError, RuntimeError, IndexError) as err:  # the forward failed: the config's fault?
+            raise cannot_run(config, err) or err from None
     return _CACHE[key]
 
 
