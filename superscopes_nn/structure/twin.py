@@ -65,6 +65,8 @@ _EXPERT_KEYS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num
 _TOPK_KEYS = ("num_experts_per_tok", "moe_k", "num_experts_per_token", "top_k")
 _KV_KEYS = ("num_key_value_heads", "n_head_kv", "num_kv_heads", "multi_query_group_num")
 _SUB = ("text_config", "vision_config", "audio_config", "language_config")
+_HEADS = re.compile(r"attention_heads$|^n_heads?$|(^|_)num_(key_value_)?heads$|kv_heads$")
+_KV = re.compile(r"kv|key_value")
 _NAMED = set(_SHRINK) | set(_EXPERT_KEYS) | set(_TOPK_KEYS) | set(_KV_KEYS)
 
 
@@ -80,8 +82,13 @@ def _shrink(d: dict, width: int) -> dict:
     for k, fn in _SHRINK.items():
         if k in d and not isinstance(d[k], bool) and (d[k] is None or isinstance(d[k], int)):
             d[k] = fn(d[k], width)
-    for k in _KV_KEYS:
-        if isinstance(d.get(k), int) and d[k] > 0:  # keep MHA / GQA / MQA as they are
+        elif isinstance(d.get(k), list) and all(isinstance(v, int) for v in d[k]):  # one per layer
+            d[k] = [fn(v, width) for v in d[k]]
+    for k in [k for k in d if k not in _NAMED and _HEADS.search(k)]:  # encoder_attention_heads, swa_num_...
+        if isinstance(d[k], int) and not isinstance(d[k], bool) and 4 < d[k] <= 64:
+            d[k] = 2 if _KV.search(k) else 4
+    for k in [k for k in d if _KV.search(k) and _HEADS.search(k)] + list(_KV_KEYS):
+        if isinstance(d.get(k), int) and not isinstance(d[k], bool) and d[k] > 0:  # keep MHA / GQA / MQA
             d[k] = 4 if d[k] == heads else (1 if d[k] == 1 else 2)
     for k in _EXPERT_KEYS:
         if isinstance(d.get(k), int) and d[k] > 1:
@@ -141,7 +148,7 @@ def _plan(config, width: int, vocab: int) -> TwinPlan:
     d = _special_ids(d, min(vocab, _vocab(d) or vocab), {})
     before, after = widths.int_leaves(orig), widths.int_leaves(d)
     fixed = {p for p, v in after.items() if before.get(p) != v or p[-1] in _NAMED}
-    known = {before[p]: after[p] for p in fixed if p in before and before[p] > after[p]}
+    known = {before[p]: after[p] for p in fixed if p in before and before[p] > max(after[p], widths.SMALL)}
     widths.clamp_topk(d, EXPERTS)
     d, twin = _checked(config, orig, d, fixed)
     n, shapes = widths.meta_params(twin)
@@ -150,8 +157,8 @@ def _plan(config, width: int, vocab: int) -> TwinPlan:
         if not found:
             break
         trial = copy.deepcopy(d)
-        for path in found:
-            widths.set_leaf(trial, path, lambda v: widths.new_width(v, known))
+        for path, new in widths.new_widths(found, before, widths.int_leaves(d), known).items():
+            widths.set_leaf(trial, path, lambda v, n=new, o=before[path]: n if v == o else max(1, v * n // o))
         fixed |= set(found)
         widths.clamp_topk(trial, EXPERTS)
         try:

@@ -19,7 +19,7 @@ from itertools import combinations
 
 import torch
 
-__all__ = ["STRUCTURAL", "TOPK", "int_leaves", "set_leaf", "meta_params", "wide_keys", "new_width", "repair",
+__all__ = ["STRUCTURAL", "TOPK", "int_leaves", "set_leaf", "meta_params", "wide_keys", "new_widths", "repair",
            "clamp_topk"]
 
 #: names of integers that decide structure or addressing, never shrunk by shape
@@ -87,13 +87,34 @@ def wide_keys(d: dict, shapes, fixed: set, limit: int, skip: tuple = ()) -> list
     return out
 
 
-def new_width(v: int, known: dict) -> int:
-    """The twin's value of a width ``v`` found by shape: the name table's value for the same original value,
-    else the largest divisor of ``v`` up to 16 (keeps ``v``'s small factors), 16 when that is below 4."""
-    if v in known:
-        return known[v]
-    best = max(i for i in range(1, SMALL + 1) if v % i == 0)
-    return best if best >= 4 else SMALL
+def new_widths(paths, before: dict, after: dict, known: dict) -> dict:
+    """``{path: twin value}`` for the widths ``paths`` found by shape, largest first: a value the name table
+    shrank keeps its twin value (``known``: original -> twin); one that is a known width times or over
+    another config int ``u`` (``v == K * u`` or ``K / u``) keeps that ratio (``K' * u'``, ``K' / u'``), so
+    ``attention_hidden_size == 2 * hidden_size`` or ``head_dim == hidden_size / heads`` still hold; else the
+    largest divisor of the value up to 16 (16 when that is below 4)."""
+    known, out = dict(known), {}
+    for path in sorted(paths, key=lambda p: -before[p]):
+        v = before[path]
+        new = known.get(v) or _ratio(v, before, after, known)
+        if not new:
+            best = max(i for i in range(1, SMALL + 1) if v % i == 0)
+            new = best if best >= 4 else SMALL
+        out[path] = known.setdefault(v, new)
+    return out
+
+
+def _ratio(v: int, before: dict, after: dict, known: dict) -> int:
+    for big, small in sorted(known.items(), reverse=True):
+        for u, uo in before.items():
+            un = after.get(u)
+            if uo <= 1 or not isinstance(un, int) or un < 1 or STRUCTURAL.search(u[-1]):
+                continue
+            if big * uo == v and small * un <= v:
+                return small * un
+            if big == v * uo and small % un == 0 and small // un >= 1:
+                return small // un
+    return 0
 
 
 def _identities(leaves: dict):
