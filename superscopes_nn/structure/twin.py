@@ -87,7 +87,7 @@ def _shrink(d: dict, width: int) -> dict:
     for k in [k for k in d if k not in _NAMED and _HEADS.search(k)]:  # encoder_attention_heads, swa_num_...
         if isinstance(d[k], int) and not isinstance(d[k], bool) and 4 < d[k] <= 64:
             d[k] = 2 if _KV.search(k) else 4
-    for k in [k for k in d if _KV.search(k) and _HEADS.search(k)] + list(_KV_KEYS):
+    for k in dict.fromkeys([k for k in d if _KV.search(k) and _HEADS.search(k)] + list(_KV_KEYS)):
         if isinstance(d.get(k), int) and not isinstance(d[k], bool) and d[k] > 0:  # keep MHA / GQA / MQA
             d[k] = 4 if d[k] == heads else (1 if d[k] == 1 else 2)
     for k in _EXPERT_KEYS:

@@ -27,7 +27,7 @@ STRUCTURAL = re.compile(r"layer|vocab|token|position|max_|window|seq|chunk|step|
                         r"_id$|_ids|theta|context|n_ctx|length|batch|label|replace|dense|sparse|every|seed|kernel|"
                         r"expert|top_?k|per_tok|group|version|_idx|index|sink", re.I)
 #: names of per-token expert counts (clamped to the twin's expert count)
-TOPK = re.compile(r"top_?k|per_tok|moe_k$|experts_per|num_selected", re.I)
+TOPK = re.compile(r"^(moe_)?top_?k$|per_tok|moe_k$|experts_per|num_selected", re.I)
 EXPERT_COUNT = re.compile(r"(^|_)(num|n)_?(local_|routed_)?experts$|^moe_num_experts$|^num_experts$", re.I)
 SMALL = 16
 HIDDEN = ("hidden_size", "n_embd", "d_model")
@@ -96,7 +96,7 @@ def new_widths(paths, before: dict, after: dict, known: dict) -> dict:
     known, out = dict(known), {}
     for path in sorted(paths, key=lambda p: -before[p]):
         v = before[path]
-        new = known.get(v) or _ratio(v, before, after, known)
+        new = known.get(v) or _ratio(path, before, after, known)
         if not new:
             best = max(i for i in range(1, SMALL + 1) if v % i == 0)
             new = best if best >= 4 else SMALL
@@ -104,11 +104,12 @@ def new_widths(paths, before: dict, after: dict, known: dict) -> dict:
     return out
 
 
-def _ratio(v: int, before: dict, after: dict, known: dict) -> int:
+def _ratio(path, before: dict, after: dict, known: dict) -> int:
+    v = before[path]
     for big, small in sorted(known.items(), reverse=True):
         for u, uo in before.items():
             un = after.get(u)
-            if uo <= 1 or not isinstance(un, int) or un < 1 or STRUCTURAL.search(u[-1]):
+            if u == path or uo <= 1 or not isinstance(un, int) or un < 1 or STRUCTURAL.search(u[-1]):
                 continue
             if big * uo == v and small * un <= v:
                 return small * un
