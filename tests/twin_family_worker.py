@@ -4,8 +4,9 @@
 
 One JSON line per family: ``ok`` with the twin's parameter count, the largest number of
 parameters any non-meta ``from_config`` call of the twin builder allocated (``allocated``), the
-full-size meta build's parameter count and devices, and whether the twin's module tree equals the
-full-size one layer kind by layer kind; or the one-line ``reason`` the family is refused with
+full-size meta build's parameter count and how many of its elements are not on meta
+(``off_meta``), and whether the twin's module tree equals the full-size one layer kind by layer
+kind; or the one-line ``reason`` the family is refused with
 (the stage it failed at: ``config``, ``meta``, ``twin``, ``tree``, ``forward``). Used by
 ``tests/test_twin_all_families.py`` (two workers, one per core).
 """
@@ -51,7 +52,7 @@ def check(family: str) -> dict:
         stage = "meta"
         with torch.device("meta"):
             meta = AutoModelForCausalLM.from_config(config)
-        devices = sorted({t.device.type for t in list(meta.parameters()) + list(meta.buffers())})
+        off_meta = sum(t.numel() for t in list(meta.parameters()) + list(meta.buffers()) if t.device.type != "meta")
         full = sum(p.numel() for p in meta.parameters())
         stage = "twin"
         allocated = []
@@ -77,8 +78,15 @@ def check(family: str) -> dict:
         stage = "forward"
         run_watched(model, {})
         return {"family": family, "ok": True, "params": params, "allocated": max(allocated), "full": full,
-                "devices": devices, "same_tree": same_tree, "n_layers": n}
+                "off_meta": off_meta, "same_tree": same_tree, "n_layers": n}
     except Exception as err:
+        if stage == "meta":  # what the twin builder says of a config transformers cannot build
+            try:
+                twin.twin_model(config)
+            except Exception as said:
+                err = said
+        elif stage == "forward":
+            err = twin.cannot_run(config, err) or err
         return {"family": family, "ok": False, "stage": stage, "reason": _line(err)}
 
 

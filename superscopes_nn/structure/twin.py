@@ -148,7 +148,8 @@ def _plan(config, width: int, vocab: int) -> TwinPlan:
     d = _special_ids(d, min(vocab, _vocab(d) or vocab), {})
     before, after = widths.int_leaves(orig), widths.int_leaves(d)
     fixed = {p for p, v in after.items() if before.get(p) != v or p[-1] in _NAMED}
-    known = {before[p]: after[p] for p in fixed if p in before and before[p] > max(after[p], widths.SMALL)}
+    known = {before[p]: after[p] for p in sorted(fixed, key=lambda p: p[-1] not in widths.HIDDEN)  # hidden first
+             if p in before and before[p] > max(after[p], widths.SMALL) and "vocab" not in p[-1]}
     widths.clamp_topk(d, EXPERTS)
     d, twin = _checked(config, orig, d, fixed)
     n, shapes = widths.meta_params(twin)
@@ -167,8 +168,8 @@ def _plan(config, width: int, vocab: int) -> TwinPlan:
         except Exception:  # the class's own checks refuse it: keep the last twin that built
             continue
         d, twin, n, shapes = trial, candidate, n2, shapes2
-    if num_layers(twin) != num_layers(config):
-        raise ValueError(f"twin of {config.model_type}: {num_layers(twin)} layers, the config has {num_layers(config)}")
+    if _depth(twin) != _depth(config):  # a config without a top-level layer count (BLT's sub-models) keeps theirs
+        raise ValueError(f"twin of {config.model_type}: {_depth(twin)} layers, the config has {_depth(config)}")
     return TwinPlan(twin, n, shapes)
 
 
@@ -193,6 +194,13 @@ def _checked(config, orig: dict, d: dict, fixed: set):
         if fixed_d is None:
             raise err from None
         return fixed_d, _from_dict(config, fixed_d)
+
+
+def _depth(config):
+    try:
+        return num_layers(config)
+    except ValueError:
+        return None
 
 
 def _from_dict(config, d: dict):

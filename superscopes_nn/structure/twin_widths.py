@@ -106,7 +106,7 @@ def new_widths(paths, before: dict, after: dict, known: dict) -> dict:
 
 def _ratio(path, before: dict, after: dict, known: dict) -> int:
     v = before[path]
-    for big, small in sorted(known.items(), reverse=True):
+    for big, small in known.items():  # the hidden size first
         for u, uo in before.items():
             un = after.get(u)
             if u == path or uo <= 1 or not isinstance(un, int) or un < 1 or STRUCTURAL.search(u[-1]):
