@@ -28,7 +28,7 @@ STRUCTURAL = re.compile(r"layer|vocab|token|position|max_|window|seq|chunk|step|
                         r"expert|top_?k|per_tok|group|version|_idx|index|sink", re.I)
 #: names of per-token expert counts (clamped to the twin's expert count)
 TOPK = re.compile(r"^(moe_)?top_?k$|per_tok|moe_k$|experts_per|num_selected", re.I)
-EXPERT_COUNT = re.compile(r"(^|_)(num|n)_?(local_|routed_)?experts$|^moe_num_experts$|^num_experts$", re.I)
+EXPERT_COUNT = re.compile(r"(^|_)(num|n)_?(local_|routed_)?experts$|^moe_num_experts$|^num_experts$|expert_num$", re.I)
 SMALL = 16
 HIDDEN = ("hidden_size", "n_embd", "d_model")
 
@@ -208,7 +208,11 @@ def repair(orig: dict, d: dict, fixed: set, accepts, tries: int = 400):
 
 
 def clamp_topk(d: dict, experts: int) -> None:
-    """Every per-token expert count of ``d`` (and its sub-dicts) at most the twin's fewest experts."""
+    """Every expert count of ``d`` (and its sub-dicts) at most ``experts``, every per-token expert count
+    (top-k) at most the twin's fewest experts."""
+    for path, v in int_leaves(d).items():  # expert counts the name table does not know (LongCat's zero experts)
+        if EXPERT_COUNT.search(path[-1]) and v > experts and not path[-1].startswith("n_shared"):
+            set_leaf(d, path, lambda i: min(i, experts))
     leaves = int_leaves(d)
     counts = [v for p, v in leaves.items() if EXPERT_COUNT.search(p[-1]) and v > 1]
     cap = min(counts + [experts])
