@@ -15,6 +15,15 @@ switch: ``layer_types`` sliding / full / chunked / linear attention, ``first_k_d
     >>> spec = twin_spec(cfg)            # resolve_sites + verify_sites on the twin, cached per config
     >>> check_paths(meta_hf_model, spec) # every resolved path exists on the full-size meta model
 
+The widths are found in two steps, both on the meta device (nothing is allocated until the twin's
+size is known to be under :data:`TWIN_MAX_PARAMS`): a table of width names seen before (the fast
+path), then :mod:`.twin_widths`: the twin is built on meta, every config integer producing one of
+its large parameter dimensions is shrunk (keeping its ratio to the widths already shrunk), expert
+counts and top-k are clamped, and identities the config class checks (Mamba's ``hidden * expand ==
+heads * head_dim``) are re-solved. A config transformers itself cannot build or run is one line
+saying so (:func:`cannot_run`). Every causal-LM family of the installed transformers is checked
+(``tests/test_twin_all_families.py``: 174 of 196 twin on 5.24, the rest listed with their reasons).
+
 So any architecture that resolves locally resolves for a config alone, with the same
 structural resolver (:func:`~superscopes_nn.structure.sites_resolver.resolve_sites`), and the
 name table :data:`~superscopes_nn.structure.architectures.ARCHITECTURES` is only a cache
