@@ -157,7 +157,7 @@ def _plan(config, width: int, vocab: int) -> TwinPlan:
     d = _special_ids(d, min(vocab, _vocab(d) or vocab), {})
     before, after = widths.int_leaves(orig), widths.int_leaves(d)
     fixed = {p for p, v in after.items() if before.get(p) != v or p[-1] in _NAMED}
-    known = {before[p]: after[p] for p in sorted(fixed, key=lambda p: p[-1] not in widths.HIDDEN)  # hidden first
+    known = {before[p]: after[p] for p in sorted(fixed, key=lambda p: (p[-1] not in widths.HIDDEN, p))  # hidden first
              if p in before and before[p] > max(after[p], widths.SMALL) and "vocab" not in p[-1]}
     widths.clamp_topk(d, EXPERTS)
     d, twin = _checked(config, orig, d, fixed)
