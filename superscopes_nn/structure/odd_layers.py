@@ -12,6 +12,9 @@ layer adds to its residual stream. Four layouts need more than its first look:
   with ``depth=2`` replaces such a module by its own sub-modules, where the attention is;
 * a block **shared** between layers (Zamba's ``shared_transf``, Zamba 2's
   ``shared_transformer``, the same weights in every hybrid layer): :func:`shared_children`;
+* a layer holding **several attention / MLP pairs** (LongCat-Flash: ``self_attn``, ``mlps`` and both norms
+  as ``ModuleList``s of 2, one decoder layer per two of the config's layers): :func:`sub_block_reason`
+  refuses it (no one site per layer);
 * a layer that **re-normalizes its residual stream** (MiniMax: ``h = norm_1(x)``,
   ``h = norm_2(h + attn(h))``, ``out = h + mlp(h)``): no block adds to the layer input;
   :func:`renorm_reason` says so.
@@ -24,7 +27,8 @@ from itertools import combinations
 
 import torch
 
-__all__ = ["Fit", "fit_sum", "is_moe", "layer_calls", "fused_children", "param_count", "shared_children", "renorm_reason"]
+__all__ = ["Fit", "fit_sum", "is_moe", "layer_calls", "fused_children", "param_count", "shared_children", "renorm_reason",
+           "sub_block_reason"]
 
 
 def param_count(module) -> int:
@@ -152,3 +156,20 @@ def renorm_reason(kids, x, y, scale) -> str:
                     f"{' + ' + f.modules[1] if n == 2 else ''}, not its input plus what the blocks add; no module outputs "
                     "what a block adds to the stream it reads")
     return ""
+
+
+def sub_block_reason(family: str, hf_layers, n_config: int) -> str:
+    """A reason when each decoder layer holds several attention / MLP sub-blocks (two or more child
+    ``ModuleList``s of one length >= 2, e.g. ``self_attn`` and ``mlps``), else ``""``."""
+    layer = hf_layers[0]
+    lists = {c: len(m) for c, m in layer.named_children() if isinstance(m, torch.nn.ModuleList) and len(m) >= 2}
+    by_len: dict = {}
+    for c, k in lists.items():
+        by_len.setdefault(k, []).append(c)
+    pairs = next(((k, cs) for k, cs in sorted(by_len.items()) if len(cs) >= 2), None)
+    if pairs is None:
+        return ""
+    k, cs = pairs
+    return (f"{family}: each decoder layer holds {k} attention / MLP sub-blocks ({', '.join(f'{c}[0..{k - 1}]' for c in cs)}"
+            f"; {len(hf_layers)} layers for the config's {n_config}), not one attention and one MLP; sites per "
+            "sub-block are not supported, so no site is one module per layer")

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import torch
 
 from .architectures import PER_LAYER, ArchSpec, get_path
-from .odd_layers import fit_sum, layer_calls, renorm_reason, shared_children, shared_reason
+from .odd_layers import fit_sum, layer_calls, renorm_reason, shared_children, shared_reason, sub_block_reason
 
 
 class SiteError(ValueError):
@@ -171,15 +171,15 @@ def resolve_sites(hf_model, input_ids=None, _keep: list | None = None) -> ArchSp
         watch.update({f"{path.rpartition('.')[0]}.{c}".lstrip("."): m
                       for c, m in _parent(hf_model, path).named_children() if m is not lst})
     rec = run_watched(hf_model, watch, input_ids)
-    if _keep is not None:
-        _keep.append(rec)
+    _keep.append(rec) if _keep is not None else None
     tol = tolerance(next(hf_model.parameters()).dtype)
     path, lst = _decoder_list(hf_model, rec, family)
+    if why := sub_block_reason(family, lst, getattr(hf_model.config, "num_hidden_layers", len(lst))):  # LongCat
+        raise SiteError(why)
     shared = shared_children(lst)
     per_layer = [_layer_sites(rec, f"{path}.{i}", family, tol, shared.get(i, {})) for i in range(len(lst))]
     moe = any([found.pop("moe") for found in per_layer])  # MoE models may keep some layers dense
     from .caches import reuse_check
-
     return ArchSpec(family=family, layers=path, final_norm=_final_norm(rec, path, len(lst), family), lm_head=lm_head,
                     moe=moe, no_reuse=reuse_check(hf_model, input_ids if input_ids is not None else check_ids(hf_model)),
                     **_merge(per_layer))

@@ -15,6 +15,15 @@ switch: ``layer_types`` sliding / full / chunked / linear attention, ``first_k_d
     >>> spec = twin_spec(cfg)            # resolve_sites + verify_sites on the twin, cached per config
     >>> check_paths(meta_hf_model, spec) # every resolved path exists on the full-size meta model
 
+The widths are found in two steps, both on the meta device (nothing is allocated until the twin's
+size is known to be under :data:`TWIN_MAX_PARAMS`): a table of width names seen before (the fast
+path), then :mod:`.twin_widths`: the twin is built on meta, every config integer producing one of
+its large parameter dimensions is shrunk (keeping its ratio to the widths already shrunk), expert
+counts and top-k are clamped, and identities the config class checks (Mamba's ``hidden * expand ==
+heads * head_dim``) are re-solved. A config transformers itself cannot build or run is one line
+saying so (:func:`cannot_run`). Every causal-LM family of the installed transformers is checked
+(``tests/test_twin_all_families.py``: 174 of 196 twin on 5.24, the rest listed with their reasons).
+
 So any architecture that resolves locally resolves for a config alone, with the same
 structural resolver (:func:`~superscopes_nn.structure.sites_resolver.resolve_sites`), and the
 name table :data:`~superscopes_nn.structure.architectures.ARCHITECTURES` is only a cache
@@ -24,15 +33,20 @@ tier runs requests captured from the full-size meta model on (``tests/test_ndif_
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
+import re
+from dataclasses import dataclass
 
 import torch
 
+from . import twin_widths as widths
 from .architectures import ArchSpec, get_path, num_layers
 from .spec import verify_sites
 
-__all__ = ["twin_config", "twin_model", "twin_spec", "config_key", "check_paths", "TWIN_MAX_PARAMS"]
+__all__ = ["twin_config", "twin_model", "twin_spec", "config_key", "check_paths", "cannot_run", "TwinPlan", "TwinError",
+           "TWIN_MAX_PARAMS"]
 
 #: A twin larger than this means a width key was not shrunk (the error names the largest tensors).
 TWIN_MAX_PARAMS = 40_000_000
@@ -60,6 +74,15 @@ _EXPERT_KEYS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num
 _TOPK_KEYS = ("num_experts_per_tok", "moe_k", "num_experts_per_token", "top_k")
 _KV_KEYS = ("num_key_value_heads", "n_head_kv", "num_kv_heads", "multi_query_group_num")
 _SUB = ("text_config", "vision_config", "audio_config", "language_config")
+_HEADS = re.compile(r"attention_heads$|^n_heads?$|(^|_)num_(key_value_)?heads$|kv_heads$")
+_KV = re.compile(r"kv|key_value")
+_NAMED = set(_SHRINK) | set(_EXPERT_KEYS) | set(_TOPK_KEYS) | set(_KV_KEYS)
+
+
+def _subs(d: dict):
+    """Keys of ``d`` holding a sub-config (a text / vision / attention / FFN config as a dict)."""
+    return [k for k, v in d.items() if isinstance(v, dict) and (k in _SUB or "model_type" in v or any(
+        n in v for n in _SHRINK))]
 
 
 def _shrink(d: dict, width: int) -> dict:
@@ -68,8 +91,13 @@ def _shrink(d: dict, width: int) -> dict:
     for k, fn in _SHRINK.items():
         if k in d and not isinstance(d[k], bool) and (d[k] is None or isinstance(d[k], int)):
             d[k] = fn(d[k], width)
-    for k in _KV_KEYS:
-        if isinstance(d.get(k), int) and d[k] > 0:  # keep MHA / GQA / MQA as they are
+        elif isinstance(d.get(k), list) and all(isinstance(v, int) for v in d[k]):  # one per layer
+            d[k] = [fn(v, width) for v in d[k]]
+    for k in [k for k in d if k not in _NAMED and _HEADS.search(k)]:  # encoder_attention_heads, swa_num_...
+        if isinstance(d[k], int) and not isinstance(d[k], bool) and 4 < d[k] <= 64:
+            d[k] = 2 if _KV.search(k) else 4
+    for k in dict.fromkeys([k for k in d if _KV.search(k) and _HEADS.search(k)] + list(_KV_KEYS)):
+        if isinstance(d.get(k), int) and not isinstance(d[k], bool) and d[k] > 0:  # keep MHA / GQA / MQA
             d[k] = 4 if d[k] == heads else (1 if d[k] == 1 else 2)
     for k in _EXPERT_KEYS:
         if isinstance(d.get(k), int) and d[k] > 1:
@@ -79,9 +107,8 @@ def _shrink(d: dict, width: int) -> dict:
             d[k] = min(d[k], TOP_K)
     if isinstance(d.get("qk_rope_head_dim"), int) and "head_dim" in d:  # MLA: rope runs on the rope part
         d["head_dim"] = d["qk_rope_head_dim"]
-    for k in _SUB:
-        if isinstance(d.get(k), dict):
-            d[k] = _shrink(d[k], width // 2 if k != "text_config" and k != "language_config" else width)
+    for k in _subs(d):
+        d[k] = _shrink(d[k], width // 2 if k in ("vision_config", "audio_config") else width)
     return d
 
 
@@ -96,26 +123,128 @@ def _special_ids(d: dict, vocab: int, seen: dict) -> dict:
             seen[i] = vocab - 1 - len(seen)
         return seen[i]
 
+    subs = _subs(d)
     for k, v in list(d.items()):
         if k.endswith(("token_id", "token_index", "token_ids")):
             d[k] = [move(i) for i in v] if isinstance(v, list) else move(v)
-        elif k in _SUB and isinstance(v, dict):
+        elif k in subs:
             d[k] = _special_ids(v, vocab, seen)
     return d
 
 
 def twin_config(config, width: int = WIDTH, vocab: int = VOCAB):
     """``config`` with every width shrunk and every structural switch kept (same class, same depth)."""
-    d = {k: v for k, v in config.to_dict().items() if k not in ("_name_or_path", "quantization_config")}
-    d = _shrink(d, width)
-    for cfg in [d] + [d[k] for k in _SUB if isinstance(d.get(k), dict) and "vocab_size" in d[k]]:
-        if isinstance(cfg.get("vocab_size"), int):
-            cfg["vocab_size"] = min(cfg["vocab_size"], vocab)
+    return _plan(config, width, vocab).config
+
+
+@dataclass(frozen=True)
+class TwinPlan:
+    """A twin's config and its parameter count and largest shapes, measured on the meta device."""
+
+    config: object
+    params: int
+    shapes: list
+
+
+def _plan(config, width: int, vocab: int) -> TwinPlan:
+    """The name table (fast path), then the widths found by shape (:mod:`.twin_widths`), on meta only."""
+    orig = {k: v for k, v in config.to_dict().items() if k not in ("_name_or_path", "quantization_config")}
+    d = _shrink(orig, width)
+    for cfg in [d] + [d[k] for k in _subs(d) if "vocab_size" in d[k]]:
+        for k, v in list(cfg.items()):
+            if "vocab" in k and isinstance(v, int) and not isinstance(v, bool) and v > vocab:
+                cfg[k] = vocab  # vocab_size, vocab_size_per_layer_input...
     d = _special_ids(d, min(vocab, _vocab(d) or vocab), {})
-    twin = type(config).from_dict(d)
-    if num_layers(twin) != num_layers(config):
-        raise ValueError(f"twin of {config.model_type}: {num_layers(twin)} layers, the config has {num_layers(config)}")
-    return twin
+    before, after = widths.int_leaves(orig), widths.int_leaves(d)
+    fixed = {p for p, v in after.items() if before.get(p) != v or p[-1] in _NAMED}
+    known = {before[p]: after[p] for p in sorted(fixed, key=lambda p: (p[-1] not in widths.HIDDEN, p))  # hidden first
+             if p in before and before[p] > max(after[p], widths.SMALL) and "vocab" not in p[-1]}
+    widths.clamp_topk(d, EXPERTS)
+    d, twin = _checked(config, orig, d, fixed)
+    n, shapes = widths.meta_params(twin)
+    for _ in range(4):  # what is still wide after the name table, found by shape
+        found = widths.wide_keys(d, shapes, fixed, 2 * width, skip=(vocab,))
+        if not found:
+            break
+        trial = copy.deepcopy(d)
+        for path, new in widths.new_widths(found, before, widths.int_leaves(d), known).items():
+            widths.set_leaf(trial, path, lambda v, n=new, o=before[path]: n if v == o else max(1, v * n // o))
+        fixed |= set(found)
+        widths.clamp_topk(trial, EXPERTS)
+        try:
+            trial, candidate = _checked(config, orig, trial, fixed)
+            n2, shapes2 = widths.meta_params(candidate)
+        except Exception:  # the class's own checks refuse it: keep the last twin that built
+            continue
+        d, twin, n, shapes = trial, candidate, n2, shapes2
+    if _depth(twin) != _depth(config):  # a config without a top-level layer count (BLT's sub-models) keeps theirs
+        raise ValueError(f"twin of {config.model_type}: {_depth(twin)} layers, the config has {_depth(config)}")
+    return TwinPlan(twin, n, shapes)
+
+
+class TwinError(ValueError):
+    """The twin's config, not the model's, is at fault (a width shrunk in a way its class refuses)."""
+
+
+def _checked(config, orig: dict, d: dict, fixed: set):
+    """``(d, config)``: ``d`` as its config class builds it, else ``d`` with the identities of ``orig`` that the
+    class checks restored (:func:`.twin_widths.repair`)."""
+    try:
+        return d, _from_dict(config, d)
+    except TwinError as err:
+        def accepts(trial):
+            try:
+                type(config).from_dict(trial)
+                return True
+            except Exception:
+                return False
+
+        fixed_d = widths.repair(orig, d, fixed, accepts)
+        if fixed_d is None:
+            raise err from None
+        return fixed_d, _from_dict(config, fixed_d)
+
+
+def _depth(config):
+    try:
+        return num_layers(config)
+    except ValueError:
+        return None
+
+
+def _from_dict(config, d: dict):
+    try:
+        return type(config).from_dict(d)
+    except Exception as err:
+        raise TwinError(f"twin of {config.model_type}: its config class refuses the shrunk widths "
+                         f"({_line(err)})") from None
+
+
+def _line(err) -> str:
+    return " ".join(f"{type(err).__name__}: {err}".split())[:400]
+
+
+def cannot_run(config, err) -> ValueError | None:
+    """A one-line error when ``config`` itself cannot be built (on meta, full size) or names a None where the
+    forward needs a number (``err`` said ``NoneType``); None when the fault is not the config's."""
+    from transformers import AutoModelForCausalLM
+
+    family = config.model_type
+    nones = [k for k, v in config.to_dict().items() if v is None and not k.startswith("_")]
+    if "NoneType" in str(err):
+        hit = [k for k in nones if widths.TOPK.search(k) and not k.endswith("group") and "topk" in str(err)] or [
+            k for k in nones if k in str(err)]
+        if hit:
+            return ValueError(f"{family}: transformers cannot run this config: {', '.join(hit)} is None "
+                              f"({_line(err)})")
+    try:
+        with torch.device("meta"):
+            AutoModelForCausalLM.from_config(config)
+    except Exception as full:
+        named = [k for k in nones if k in str(full) or re.search(r"expert|top_?k|per_tok", k)]
+        return ValueError(f"{family}: transformers cannot build this config at full size ({_line(full)})"
+                          + (f"; None in the config: {', '.join(named)}" if named else ""))
+    return None
 
 
 def _vocab(d: dict):
@@ -126,17 +255,22 @@ def _vocab(d: dict):
 
 
 def twin_model(config, seed: int = 0, width: int = WIDTH, vocab: int = VOCAB):
-    """The twin of ``config`` as a random-weight float32 ``AutoModelForCausalLM`` in eval mode."""
+    """The twin of ``config`` as a random-weight float32 ``AutoModelForCausalLM`` in eval mode; its size is
+    measured on the meta device first, so an oversized twin is refused before anything is allocated."""
     from transformers import AutoModelForCausalLM
 
-    cfg = twin_config(config, width, vocab)
+    try:
+        plan = _plan(config, width, vocab)
+    except TwinError:
+        raise
+    except Exception as err:
+        raise cannot_run(config, err) or err from None
+    if plan.params > TWIN_MAX_PARAMS:
+        big = ", ".join(f"{k} {s}" for k, s in plan.shapes[:3])
+        raise ValueError(f"twin of {config.model_type} would have {plan.params:,} parameters (> {TWIN_MAX_PARAMS:,}, "
+                         f"measured on meta): a width was not shrunk ({big})")
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
-    n = sum(p.numel() for p in model.parameters())
-    if n > TWIN_MAX_PARAMS:
-        big = sorted(model.named_parameters(), key=lambda kv: -kv[1].numel())[:3]
-        raise ValueError(f"twin of {config.model_type} has {n:,} parameters (> {TWIN_MAX_PARAMS:,}): a width key "
-                         f"was not shrunk ({', '.join(f'{k} {tuple(p.shape)}' for k, p in big)})")
+    model = AutoModelForCausalLM.from_config(plan.config, dtype=torch.float32)
     with torch.no_grad():  # as testing.tiny_models.tiny_hf_model: sharper, less tied values
         for p in model.parameters():
             if p.dim() >= 2:
@@ -160,7 +294,10 @@ def twin_spec(config, twin=None) -> ArchSpec:
     key = config_key(config)
     if key not in _CACHE:
         twin = twin if twin is not None else twin_model(config)
-        _CACHE[key] = verify_sites(twin)  # resolve_sites + every check, on one forward pass
+        try:
+            _CACHE[key] = verify_sites(twin)  # resolve_sites + every check, on one forward pass
+        except (TypeError, RuntimeError, IndexError) as err:  # the forward failed: the config's fault?
+            raise cannot_run(config, err) or err from None
     return _CACHE[key]
 
 

@@ -1,0 +1,221 @@
+"""Which config integers make a model wide, read off its parameter shapes on the meta device.
+
+:mod:`.twin` first shrinks the width keys it knows by name (the fast path). What is left wide
+is found without names: the twin is built on the meta device (no allocation), the dimensions of
+its largest parameters are read, and every config integer that *produces* one of them (equal to
+it, or one factor of it next to another config integer) is shrunk. Counts that define structure
+(layers, per-layer kinds, dense/MoE switches, positions, token ids: :data:`STRUCTURAL`) are
+never touched. Identities the original config holds between its integers (``a == b * c``,
+``a * b == c * e``, ``a == b + c``: a Mamba block's ``hidden * expand == heads * head_dim``, MLA's
+``head_dim == nope + rope``) are restored on the twin by re-solving a key the name table did not
+set, so the config classes' own checks pass. Top-k values are clamped to the twin's expert count.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from itertools import combinations
+
+import torch
+
+__all__ = ["STRUCTURAL", "TOPK", "int_leaves", "set_leaf", "meta_params", "wide_keys", "new_widths", "repair",
+           "clamp_topk"]
+
+#: names of integers that decide structure or addressing, never shrunk by shape
+STRUCTURAL = re.compile(r"layer|vocab|token|position|max_|window|seq|chunk|step|freq|bucket|period|interval|pad|bos|eos|"
+                        r"_id$|_ids|theta|context|n_ctx|length|batch|label|replace|dense|sparse|every|seed|kernel|"
+                        r"expert|top_?k|per_tok|group|version|_idx|index|sink", re.I)
+#: names of per-token expert counts (clamped to the twin's expert count)
+TOPK = re.compile(r"^(moe_)?top_?k$|per_tok|moe_k$|experts_per|num_selected", re.I)
+EXPERT_COUNT = re.compile(r"(^|_)(num|n)_?(local_|routed_)?experts$|^moe_num_experts$|^num_experts$|expert_num$", re.I)
+SMALL = 16
+HIDDEN = ("hidden_size", "n_embd", "d_model")
+
+
+def int_leaves(d: dict, path: tuple = ()) -> dict:
+    """``{path: value}`` of every int (not bool) in ``d`` and its sub-dicts (lists of ints by their max)."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(int_leaves(v, path + (k,)))
+        elif isinstance(v, int) and not isinstance(v, bool):
+            out[path + (k,)] = v
+        elif isinstance(v, list) and v and all(isinstance(i, int) and not isinstance(i, bool) for i in v):
+            out[path + (k,)] = max(v)
+    return out
+
+
+def set_leaf(d: dict, path: tuple, fn) -> None:
+    """``d[path] = fn(d[path])`` in place (a list of ints element by element)."""
+    for k in path[:-1]:
+        d = d[k]
+    v = d[path[-1]]
+    d[path[-1]] = [fn(i) for i in v] if isinstance(v, list) else fn(v)
+
+
+def meta_params(config):
+    """``(total parameter count, [(name, shape)] largest first)`` of ``config``'s causal LM built on meta."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    shapes = sorted(((n, tuple(p.shape)) for n, p in model.named_parameters()), key=lambda kv: -_numel(kv[1]))
+    return sum(_numel(s) for _, s in shapes), shapes
+
+
+def _numel(shape) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+def wide_keys(d: dict, shapes, fixed: set, limit: int, skip: tuple = ()) -> list:
+    """Paths of the ints of ``d`` producing a dimension above ``limit`` of the largest parameters ``shapes``
+    (equal to it, or a factor of it whose cofactor is another int of ``d``), leaving out ``fixed`` paths,
+    structural names and values ``skip`` (the twin's vocabulary)."""
+    leaves = int_leaves(d)
+    values = set(leaves.values())
+    dims = {s for _, shape in shapes[:64] for s in shape if s > limit and s not in skip}
+    out = []
+    for path, v in leaves.items():
+        if path in fixed or v <= SMALL or STRUCTURAL.search(path[-1]):
+            continue
+        if v in dims or any(dim % v == 0 and dim // v in values for dim in dims):
+            out.append(path)
+    return out
+
+
+def new_widths(paths, before: dict, after: dict, known: dict) -> dict:
+    """``{path: twin value}`` for the widths ``paths`` found by shape, largest first: a value the name table
+    shrank keeps its twin value (``known``: original -> twin); one that is a known width times or over
+    another config int ``u`` (``v == K * u`` or ``K / u``) keeps that ratio (``K' * u'``, ``K' / u'``), so
+    ``attention_hidden_size == 2 * hidden_size`` or ``head_dim == hidden_size / heads`` still hold; else the
+    largest divisor of the value up to 16 (16 when that is below 4)."""
+    known, out = dict(known), {}
+    for path in sorted(paths, key=lambda p: -before[p]):
+        v = before[path]
+        new = known.get(v) or _ratio(path, before, after, known)
+        if not new:
+            best = max(i for i in range(1, SMALL + 1) if v % i == 0)
+            new = best if best >= 4 else SMALL
+        out[path] = known.setdefault(v, new)
+    return out
+
+
+def _ratio(path, before: dict, after: dict, known: dict) -> int:
+    v = before[path]
+    for big, small in known.items():  # the hidden size first
+        for u, uo in before.items():
+            un = after.get(u)
+            if u == path or uo <= 1 or not isinstance(un, int) or un < 1 or STRUCTURAL.search(u[-1]):
+                continue
+            if big * uo == v and small * un <= v:
+                return small * un
+            if big == v * uo and small % un == 0 and small // un >= 1:
+                return small // un
+    return 0
+
+
+def _identities(leaves: dict):
+    """``(kind, paths)`` identities among the ints > 1 of one (sub-)config of the original (not structural):
+    ``a == b * c`` and ``a == b + c`` (``"prod"``, ``"sum"``), ``a * b == c * e`` (``"prod2"``)."""
+    groups: dict = {}
+    for p, v in leaves.items():
+        if v > 1 and not STRUCTURAL.search(p[-1]):
+            groups.setdefault(p[:-1], []).append(p)
+    for keys in groups.values():
+        by_value: dict = {}
+        for p in keys:
+            by_value.setdefault(leaves[p], []).append(p)
+        by_product: dict = {}
+        for b, c in combinations(keys, 2):
+            for a in by_value.get(leaves[b] * leaves[c], []):
+                if a not in (b, c):
+                    yield "prod", (a, b, c)
+            for a in by_value.get(leaves[b] + leaves[c], []):
+                if a not in (b, c):
+                    yield "sum", (a, b, c)
+            for c2, e2 in by_product.get(leaves[b] * leaves[c], []):
+                if not {b, c} & {c2, e2}:
+                    yield "prod2", (b, c, c2, e2)
+            by_product.setdefault(leaves[b] * leaves[c], []).append((b, c))
+
+
+def _holds(kind, vals) -> bool:
+    if kind == "prod":
+        return vals[0] == vals[1] * vals[2]
+    if kind == "sum":
+        return vals[0] == vals[1] + vals[2]
+    return vals[0] * vals[1] == vals[2] * vals[3]
+
+
+def _solve(kind, vals, i) -> int:
+    """The value of term ``i`` making the identity hold (0 when no int does)."""
+    if kind == "sum":
+        return vals[1] + vals[2] if i == 0 else vals[0] - vals[3 - i]
+    if kind == "prod":
+        num, den = (vals[1] * vals[2], 1) if i == 0 else (vals[0], vals[3 - i])
+    else:  # a * b == c * e
+        pair, mate = (vals[2] * vals[3], vals[1 - i]) if i < 2 else (vals[0] * vals[1], vals[5 - i])
+        num, den = pair, mate
+    return num // den if den and num % den == 0 else 0
+
+
+def repair(orig: dict, d: dict, fixed: set, accepts, tries: int = 400):
+    """A copy of ``d`` that ``accepts`` (the config class's own checks) takes, or None: each identity of
+    :func:`_identities` that ``orig`` holds and ``d`` breaks is restored by re-solving one of its keys (an int
+    >= 1, no larger than the original; keys the name table did not set first, a hidden size never), one
+    change, then two; identities holding the most table-set keys (``fixed``) are tried first."""
+    before = int_leaves(orig)
+    found = sorted(_identities(before), key=lambda kp: -sum(p in fixed for p in kp[1]))[:2000]
+
+    def changes(cur):
+        now = int_leaves(cur)
+        for kind, paths in found:
+            if any(p not in now for p in paths) or _holds(kind, [now[p] for p in paths]):
+                continue
+            vals = [now[p] for p in paths]
+            for i in sorted(range(len(paths)), key=lambda i: paths[i] in fixed):
+                new = _solve(kind, vals, i)
+                if paths[i][-1] not in HIDDEN and 1 <= new <= before[paths[i]] and new != vals[i]:
+                    yield paths[i], new
+
+    def changed(cur, path, new):
+        out = copy.deepcopy(cur)
+        set_leaf(out, path, lambda _v: new)
+        return out
+
+    firsts = []
+    for path, new in changes(d):
+        trial = changed(d, path, new)
+        tries -= 1
+        if accepts(trial):
+            return trial
+        firsts.append(trial)
+        if tries <= 0:
+            return None
+    for first in firsts[:20]:
+        for path, new in changes(first):
+            trial = changed(first, path, new)
+            tries -= 1
+            if accepts(trial):
+                return trial
+            if tries <= 0:
+                return None
+    return None
+
+
+def clamp_topk(d: dict, experts: int) -> None:
+    """Every expert count of ``d`` (and its sub-dicts) at most ``experts``, every per-token expert count
+    (top-k) at most the twin's fewest experts."""
+    for path, v in int_leaves(d).items():  # expert counts the name table does not know (LongCat's zero experts)
+        if EXPERT_COUNT.search(path[-1]) and v > experts and not path[-1].startswith("n_shared"):
+            set_leaf(d, path, lambda i: min(i, experts))
+    leaves = int_leaves(d)
+    counts = [v for p, v in leaves.items() if EXPERT_COUNT.search(p[-1]) and v > 1]
+    cap = min(counts + [experts])
+    for path, v in leaves.items():
+        if TOPK.search(path[-1]) and v > cap and not path[-1].endswith("group"):
+            set_leaf(d, path, lambda i: min(i, cap))
