@@ -38,6 +38,7 @@ def lens_logits(model, prompt: str, layers: Iterable[int], position: int | str =
     pos = resolve_position(model.tokenizer, prompt, position, len(ids))
     cap = getattr(config, "final_logit_softcapping", None)
     layers_path, norm_path, head_path = spec.layers, spec.final_norm, spec.lm_head  # plain strings cross the wire
+    scale = float(spec.head_scale)
 
     def one(backend):
         with model.trace(torch.tensor([ids]), use_cache=False, remote=remote, backend=backend):
@@ -48,7 +49,8 @@ def lens_logits(model, prompt: str, layers: Iterable[int], position: int | str =
             norm, head = get_path(model, norm_path), get_path(model, head_path)
             # under a device_map the layers live on several devices: gather on the last layer's
             # (the final norm's, in a pipeline layout), each state crossing at most once
-            logits = head(norm(torch.stack([h.to(hidden[-1].device) for h in hidden])))
+            normed = norm(torch.stack([h.to(hidden[-1].device) for h in hidden]))
+            logits = head(normed * scale if scale != 1.0 else normed)
             if cap:
                 logits = torch.tanh(logits / cap) * cap
             logits = logits.detach().save()

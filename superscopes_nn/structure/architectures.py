@@ -61,7 +61,8 @@ class ArchSpec:
     why a cached prompt prefix cannot be reused on this model (``""``: it can). ``flat``:
     ``(site, layer)`` pairs whose module tensor is the ``[batch, seq, d]`` residual flattened to
     ``[batch * seq, d]`` (row-major: Llama 4's MoE block, OPT's MLP); sites read and write it
-    reshaped.
+    reshaped. ``head_scale``: the scalar the LM head's input is the final norm's output times
+    (1.0 but where a model scales it, Inkling's µP width multiplier; :mod:`.final_norm`).
     """
 
     family: str
@@ -82,6 +83,7 @@ class ArchSpec:
     gaps: tuple = ()
     no_reuse: str = ""
     flat: tuple = ()
+    head_scale: float = 1.0
 
     def is_flat(self, site: str, layer: int) -> bool:
         """True when ``site``'s module tensor on ``layer`` is flattened to ``[batch * seq, d]``."""

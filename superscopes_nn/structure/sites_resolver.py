@@ -39,6 +39,7 @@ from dataclasses import dataclass
 import torch
 
 from .architectures import PER_LAYER, ArchSpec, get_path
+from .final_norm import FinalNormError, find_final_norm
 from .odd_layers import fit_sum, layer_calls, renorm_reason, shared_children, shared_reason
 
 
@@ -180,9 +181,9 @@ def resolve_sites(hf_model, input_ids=None, _keep: list | None = None) -> ArchSp
     moe = any([found.pop("moe") for found in per_layer])  # MoE models may keep some layers dense
     from .caches import reuse_check
 
-    return ArchSpec(family=family, layers=path, final_norm=_final_norm(rec, path, len(lst), family), lm_head=lm_head,
-                    moe=moe, no_reuse=reuse_check(hf_model, input_ids if input_ids is not None else check_ids(hf_model)),
-                    **_merge(per_layer))
+    final_norm, head_scale = _final_norm(rec, path, len(lst), family, tol)
+    return ArchSpec(family=family, layers=path, final_norm=final_norm, head_scale=head_scale, lm_head=lm_head,
+                    moe=moe, no_reuse=reuse_check(hf_model), **_merge(per_layer))
 
 
 def _merge(per_layer: list) -> dict:
@@ -223,23 +224,16 @@ def _decoder_list(hf_model, rec, family):
     return best
 
 
-def _final_norm(rec, path, n, family):
+def _final_norm(rec, path, n, family, tol):
     last, head = rec.once(f"{path}.{n - 1}"), rec.once("@head")
     if head is not None and head["inp"] is not None and last["out"].dim() > head["inp"].dim():
         raise SiteError(f"{family}: its decoder layers pass a stack of residual streams {list(last['out'].shape)} "
                         f"(several streams per position, mixed between layers) rather than one [batch, seq, d] "
                         f"residual stream; no site reads or writes one hidden state per position")
-    parent = path.rpartition(".")[0]
-    for name, calls in rec.calls.items():
-        if name.startswith(path + ".") or name == "@head" or (parent and not name.startswith(parent + ".")):
-            continue
-        c = calls[0] if len(calls) == 1 else None
-        if (c is not None and c["inp"] is not None and c["out"] is not None and head is not None
-                and c["inp"].shape == last["out"].shape and torch.equal(c["inp"], last["out"])
-                and c["out"].dim() == head["inp"].dim() == 3 and c["out"].shape[-1] == head["inp"].shape[-1]
-                and torch.equal(c["out"][:, -head["inp"].shape[1]:], head["inp"])):
-            return name
-    raise SiteError(f"{family}: no final norm found between the last decoder layer and the LM head")
+    try:
+        return find_final_norm(rec, path, n, family, tol)
+    except FinalNormError as err:
+        raise SiteError(str(err)) from None
 
 
 def branch(kids, end):
