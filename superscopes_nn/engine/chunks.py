@@ -265,7 +265,7 @@ def run_chunks(model, chunks, *, remote=False, backend=None, vectors: dict | Non
             patched, mapped_ok = map_vectors(vectors, maps, dtype)
             kw = {}
             if offset:
-                with model.trace(ids[:1, :offset], **c["prefix_keep"]):
+                with model.trace(ids[:1, :offset], use_cache=True, **c["prefix_keep"]):  # the probe's setting
                     cache = model.output.past_key_values
                 kw["past_key_values"] = expand_rows(cache, len(ids))  # only models whose ModelInfo.no_reuse is empty
             if c["logits"]:

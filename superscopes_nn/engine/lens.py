@@ -36,9 +36,12 @@ def lens_logits(model, prompt: str, layers: Iterable[int], position: int | str =
     layers = sorted(set(wanted))
     ids = encode(model.tokenizer, prompt)
     pos = resolve_position(model.tokenizer, prompt, position, len(ids))
-    cap = getattr(config, "final_logit_softcapping", None)
+    cap = getattr(config, "final_logit_softcapping", None) or getattr(config, "logits_soft_cap", None)
     layers_path, norm_path, head_path = spec.layers, spec.final_norm, spec.lm_head  # plain strings cross the wire
-    scale = float(spec.head_scale)
+    scale, out_scale = float(spec.head_scale), float(spec.logit_scale)
+    if out_scale != out_scale:  # NaN: the model's logits are no scalar multiple of its head's output
+        raise ValueError(f"{model_name(model)}: its logits are not a scalar multiple of its LM head's output "
+                         f"({spec.lm_head}); the logit lens cannot reproduce them")
 
     def one(backend):
         with model.trace(torch.tensor([ids]), use_cache=False, remote=remote, backend=backend):
@@ -51,6 +54,8 @@ def lens_logits(model, prompt: str, layers: Iterable[int], position: int | str =
             # (the final norm's, in a pipeline layout), each state crossing at most once
             normed = norm(torch.stack([h.to(hidden[-1].device) for h in hidden]))
             logits = head(normed * scale if scale != 1.0 else normed)
+            if out_scale != 1.0:
+                logits = logits * out_scale
             if cap:
                 logits = torch.tanh(logits / cap) * cap
             logits = logits.detach().save()

@@ -8,6 +8,9 @@ head reads (on the positions the head ran on). Accepted too (issue 40):
 * a norm followed by a scalar scale before the head (Inkling divides by its µP width multiplier):
   the scale is recorded (``ArchSpec.head_scale``) and the logit lens applies it.
 
+A scale of the head's output (Cohere's ``logit_scale``, Granite's ``logits_scaling``) is read off the
+same pass (:func:`logit_scale`, ``ArchSpec.logit_scale``): the lens applies it too.
+
 Anything else is refused, naming what sits between the last layer and the head (a post-norm model
 with no final norm: the head reads the layer output itself; a BERT-style prediction transform).
 """
@@ -64,5 +67,23 @@ def find_final_norm(rec, path: str, n: int, family: str, tol: float) -> tuple[st
         why = (f"{', '.join(readers)} reads the last decoder layer's output but the LM head reads something else "
                "computed from it (not a norm's output or a scalar multiple of it)")
     else:
-        why = "no module reads the last decoder layer's output and feeds the LM head"
+        why = ("the LM head reads neither the last decoder layer's output nor the output of a module beside the decoder "
+               "layers that reads it (some other computation, e.g. a prediction transform, sits between them)")
     raise FinalNormError(f"{family}: no final norm found between the last decoder layer and the LM head: {why}")
+
+
+def logit_scale(rec, config, tol: float) -> float:
+    """``s`` with the model's logits == ``s`` x the LM head's output on the recorded pass (1.0 where the
+    model soft-caps its logits, which the lens does from the config; NaN where they are no multiple of it)."""
+    head, logits = rec.once("@head"), getattr(rec, "logits", None)
+    text = config.get_text_config()
+    if head is None or logits is None or any(getattr(text, k, None) for k in ("final_logit_softcapping", "logits_soft_cap")):
+        return 1.0
+    out = head["out"]
+    if out is None or out.shape[-1] != logits.shape[-1]:
+        return float("nan")
+    out = out[:, -logits.shape[1]:]
+    if torch.equal(out, logits):
+        return 1.0
+    s = _scale(out, logits, tol)
+    return float("nan") if s is None else s

@@ -152,3 +152,15 @@ def renorm_reason(kids, x, y, scale) -> str:
                     f"{' + ' + f.modules[1] if n == 2 else ''}, not its input plus what the blocks add; no module outputs "
                     "what a block adds to the stream it reads")
     return ""
+
+
+def extra_positions_reason(rec, path: str, n_tokens: int) -> str:
+    """Why the decoder layers' positions are not the prompt's tokens (``""``: they are): a model that puts
+    learned slots or memory tokens in front of them (cpmant's prompt slots) carries more positions than the
+    prompt has tokens, and a position, a read or a patch would land on a slot."""
+    first = rec.once(f"{path}.0")
+    x = None if first is None else first["inp"]
+    if x is None or x.dim() != 3 or x.shape[1] == n_tokens:
+        return ""
+    return (f"its decoder layers carry {x.shape[1]} positions for a {n_tokens}-token prompt (learned slots or "
+            "memory tokens beside the tokens); positions cannot be mapped to the prompt's own tokens")

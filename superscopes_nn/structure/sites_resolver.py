@@ -39,8 +39,8 @@ from dataclasses import dataclass
 import torch
 
 from .architectures import PER_LAYER, ArchSpec, get_path
-from .final_norm import FinalNormError, find_final_norm
-from .odd_layers import fit_sum, layer_calls, renorm_reason, shared_children, shared_reason
+from .final_norm import FinalNormError, find_final_norm, logit_scale
+from .odd_layers import extra_positions_reason, fit_sum, layer_calls, renorm_reason, shared_children, shared_reason
 
 
 class SiteError(ValueError):
@@ -125,7 +125,8 @@ def run_watched(hf_model, watch: dict, input_ids=None) -> _Recorder:
         with torch.no_grad():
             ids = input_ids if input_ids is not None else check_ids(hf_model)
             kw = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(hf_model.forward).parameters else {}
-            hf_model(ids, attention_mask=torch.ones_like(ids), use_cache=False, **kw)  # the head on 1 position
+            out = hf_model(ids, attention_mask=torch.ones_like(ids), use_cache=False, **kw)  # the head on 1 position
+            rec.logits = getattr(out, "logits", None)
     finally:
         rec.remove()
         hf_model.train(was_training)
@@ -176,14 +177,19 @@ def resolve_sites(hf_model, input_ids=None, _keep: list | None = None) -> ArchSp
         _keep.append(rec)
     tol = tolerance(next(hf_model.parameters()).dtype)
     path, lst = _decoder_list(hf_model, rec, family)
+    ids = input_ids if input_ids is not None else check_ids(hf_model)
+    extra = extra_positions_reason(rec, path, ids.shape[1])
+    if extra:
+        raise SiteError(f"{family}: {extra}")
     shared = shared_children(lst)
     per_layer = [_layer_sites(rec, f"{path}.{i}", family, tol, shared.get(i, {})) for i in range(len(lst))]
     moe = any([found.pop("moe") for found in per_layer])  # MoE models may keep some layers dense
-    from .caches import reuse_check
+    from . import caches, steps
 
     final_norm, head_scale = _final_norm(rec, path, len(lst), family, tol)
     return ArchSpec(family=family, layers=path, final_norm=final_norm, head_scale=head_scale, lm_head=lm_head,
-                    moe=moe, no_reuse=reuse_check(hf_model), **_merge(per_layer))
+                    logit_scale=logit_scale(rec, hf_model.config, tol), moe=moe, no_batch=steps.batch_reason(hf_model, ids),
+                    no_reuse=caches.reuse_check(hf_model), **_merge(per_layer))
 
 
 def _merge(per_layer: list) -> dict:

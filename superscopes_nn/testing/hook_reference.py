@@ -86,7 +86,7 @@ def _patched_generate(source_model, target_model, src_ids, src_pos, src_layer, s
         with torch.no_grad():
             out = target_model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
                                         do_sample=False, output_logits=with_logits, return_dict_in_generate=True,
-                                        pad_token_id=target_model.config.pad_token_id or 0,
+                                        pad_token_id=getattr(target_model.config, "pad_token_id", None) or 0,
                                         top_p=None, top_k=None, temperature=None)
     finally:
         h.remove()

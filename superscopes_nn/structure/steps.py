@@ -1,0 +1,47 @@
+"""How a model generates, checked once at load: whether rows may share a batch, whether a patch
+must be re-applied at every generation step.
+
+* ``no_batch`` (:func:`batch_reason`): two different prompts of one length generated in one batch must
+  give each prompt's logits alone, step by step (RWKV's own recurrent state mixes rows: a batch of 2
+  generates other tokens than each row alone). Where not, the engine runs one row per chunk
+  (:func:`superscopes_nn.engine.plan.batching`), so plan and execution agree.
+* ``rerun_steps`` (:func:`rerun_reason`): a model that returns no cache recomputes the whole sequence
+  at every generation step, so a patch written on the prompt pass only would be lost from the second
+  step on; the engine re-applies it at every step (``tracer.iter``).
+
+The batch check costs two greedy 2-token generations on a 7-token prompt at load.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _gen(hf_model, ids):
+    out = hf_model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=2, do_sample=False,
+                            output_logits=True, return_dict_in_generate=True, top_p=None, top_k=None,
+                            temperature=None, pad_token_id=getattr(hf_model.config, "pad_token_id", None) or 0)
+    return torch.stack([s.double() for s in out.logits], 1)  # [rows, steps, vocab]
+
+
+def batch_reason(hf_model, ids: torch.Tensor) -> str:
+    """Why rows of ``hf_model`` must not share a batch (``""``: they may), tried on ``ids`` [1, n] and its reverse."""
+    two = torch.cat([ids, ids.flip(1)])
+    was_training = hf_model.training
+    hf_model.eval()
+    try:
+        with torch.no_grad():
+            try:
+                both = _gen(hf_model, two)
+                alone = torch.cat([_gen(hf_model, two[i:i + 1]) for i in range(2)])
+            except Exception:  # noqa: BLE001  (a model that cannot generate here: nothing to judge)
+                return ""
+    finally:
+        hf_model.train(was_training)
+    dtype = next(hf_model.parameters()).dtype
+    tol = max(1e-3, 8 * torch.finfo(dtype).eps) if dtype.is_floating_point else 1e-3
+    err = float(((both - alone).norm(dim=-1) / alone.norm(dim=-1).clamp_min(1e-30)).max())
+    if err <= tol:
+        return ""
+    return (f"two prompts generated in one batch give other logits than each alone (relative error {err:.2g}); "
+            "its rows run one at a time")
