@@ -114,4 +114,10 @@ def tiny_family(family: str, seed: int = 0):
         for p in model.parameters():
             if p.dim() >= 2:
                 p.normal_(0.0, 0.25)
-    return model.eval(), tok
+        model.eval()
+        try:  # the tiny model's own plain forward (no cache) must run, or there is nothing to compare with
+            model(torch.tensor([tok("Alexander the Great")["input_ids"]]), use_cache=False)
+        except Exception as err:  # noqa: BLE001
+            raise RuntimeError(f"its tiny model's own forward fails ({type(err).__name__}: "
+                               f"{str(err).splitlines()[0][:100] if str(err) else ''})") from None
+    return model, tok

@@ -253,7 +253,7 @@ def run_chunks(model, chunks, *, remote=False, backend=None, vectors: dict | Non
         for c in plain:
             ids, writes, maps, offset, lpos = c["target_ids"], c["writes"], c["maps"], c["prefix_len"], c["logit_positions"]
             for group in c["source_groups"]:
-                with model.trace() as tracer:
+                with model.trace(use_cache=False) as tracer:  # a read needs no cache (some caches fail)
                     row0 = 0  # each invoke's first row in the combined batch (a flattened site needs it)
                     for src_ids, reads in group:
                         with tracer.invoke(src_ids):

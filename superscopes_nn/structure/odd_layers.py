@@ -162,5 +162,6 @@ def extra_positions_reason(rec, path: str, n_tokens: int) -> str:
     x = None if first is None else first["inp"]
     if x is None or x.dim() != 3 or x.shape[1] == n_tokens:
         return ""
-    return (f"its decoder layers carry {x.shape[1]} positions for a {n_tokens}-token prompt (learned slots or "
-            "memory tokens beside the tokens); positions cannot be mapped to the prompt's own tokens")
+    return (f"its decoder layers carry {x.shape[1]} positions for a {n_tokens}-token prompt, not one per token "
+            f"({'learned slots or memory tokens beside the tokens' if x.shape[1] > n_tokens else 'a layout of its own'}"
+            "); positions cannot be mapped to the prompt's own tokens")

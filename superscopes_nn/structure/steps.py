@@ -32,10 +32,14 @@ def batch_reason(hf_model, ids: torch.Tensor) -> str:
     try:
         with torch.no_grad():
             try:
-                both = _gen(hf_model, two)
                 alone = torch.cat([_gen(hf_model, two[i:i + 1]) for i in range(2)])
-            except Exception:  # noqa: BLE001  (a model that cannot generate here: nothing to judge)
+            except Exception:  # noqa: BLE001  (a model that cannot generate one row here: nothing to judge)
                 return ""
+            try:
+                both = _gen(hf_model, two)
+            except Exception as err:  # noqa: BLE001
+                return (f"generating two rows in one batch fails ({type(err).__name__}: "
+                        f"{str(err).splitlines()[0][:120] if str(err) else ''}); its rows run one at a time")
     finally:
         hf_model.train(was_training)
     dtype = next(hf_model.parameters()).dtype

@@ -46,7 +46,7 @@ def hf_read(hf_model, ids: list[int], layer: int, site: str) -> torch.Tensor:
         h = mod.register_forward_hook(hook)
     try:
         with torch.no_grad():
-            hf_model(_ids(hf_model, ids))
+            hf_model(_ids(hf_model, ids), use_cache=False)  # a read needs no cache (some caches fail)
     finally:
         h.remove()
     return store["v"][0]
