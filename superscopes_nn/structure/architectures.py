@@ -237,6 +237,11 @@ ARCHITECTURES.update({
         "attn_out", "mlp_in", "mlp_out")), no_reuse="its cache class MiniMaxCache is not one whose tensors are copied per row"),
 })
 
+#: Families whose table ``no_reuse`` / ``no_batch`` are the load-time probes' answers on their tiny model
+#: (:mod:`.caches`, :mod:`.steps`; every cache kind, attention included): a built model is probed again, on its
+#: own weights; only a config alone (a remote model) takes the table's answer.
+PROBED = frozenset(ARCHITECTURES)
+
 #: Config switches that change a family's layout: a config alone is looked up only in the
 #: layout its ARCHITECTURES entry was resolved in (any built model resolves by itself).
 CONFIG_LAYOUT = {

@@ -184,12 +184,12 @@ def resolve_sites(hf_model, input_ids=None, _keep: list | None = None) -> ArchSp
     shared = shared_children(lst)
     per_layer = [_layer_sites(rec, f"{path}.{i}", family, tol, shared.get(i, {})) for i in range(len(lst))]
     moe = any([found.pop("moe") for found in per_layer])  # MoE models may keep some layers dense
-    from . import caches, steps
+    from .steps import checked  # (runs the model: imported where used)
 
     final_norm, head_scale = _final_norm(rec, path, len(lst), family, tol)
     return ArchSpec(family=family, layers=path, final_norm=final_norm, head_scale=head_scale, lm_head=lm_head,
-                    logit_scale=logit_scale(rec, hf_model.config, tol), moe=moe, no_batch=steps.batch_reason(hf_model, ids),
-                    no_reuse=caches.reuse_check(hf_model), **_merge(per_layer))
+                    logit_scale=logit_scale(rec, hf_model.config, tol), moe=moe, **checked(hf_model, ids),
+                    **_merge(per_layer))
 
 
 def _merge(per_layer: list) -> dict:

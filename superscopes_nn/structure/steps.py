@@ -9,12 +9,16 @@ must be re-applied at every generation step.
   at every generation step, so a patch written on the prompt pass only would be lost from the second
   step on; the engine re-applies it at every step (``tracer.iter``).
 
-The batch check costs two greedy 2-token generations on a 7-token prompt at load.
+The batch check costs three greedy 2-token generations on an 8-token prompt at load, so it runs only on
+models that do not get prefix reuse (:mod:`.caches`: a model's own cache or none, a cache that fails): a
+plain ``DynamicCache`` of attention / state layers batches exactly (tests/test_patching.py, test_every_family.py).
 """
 
 from __future__ import annotations
 
 import torch
+
+from .caches import reuse_check
 
 
 def _gen(hf_model, ids):
@@ -49,3 +53,10 @@ def batch_reason(hf_model, ids: torch.Tensor) -> str:
         return ""
     return (f"two prompts generated in one batch give other logits than each alone (relative error {err:.2g}); "
             "its rows run one at a time")
+
+
+def checked(hf_model, ids: torch.Tensor) -> dict:
+    """``no_reuse`` (:func:`~.caches.reuse_check`) and ``no_batch`` (:func:`batch_reason`, tried only where reuse is
+    refused) of ``hf_model``, as :class:`~superscopes_nn.structure.architectures.ArchSpec` fields."""
+    no_reuse = reuse_check(hf_model)
+    return dict(no_reuse=no_reuse, no_batch=batch_reason(hf_model, ids) if no_reuse else "")
