@@ -269,7 +269,7 @@ def run_chunks(model, chunks, *, remote=False, backend=None, vectors: dict | Non
                     cache = model.output.past_key_values
                 kw["past_key_values"] = expand_rows(cache, len(ids))  # only models whose ModelInfo.no_reuse is empty
             if c["logits"]:
-                with model.trace(**c["keep"]) as tracer:
+                with model.trace(use_cache=bool(offset), **c["keep"]) as tracer:  # a cache only to continue one
                     with tracer.invoke(ids[:, offset:], **kw):  # the cache goes with the invoke (nnsight's mask)
                         write_patches(model, spec, writes, patched, offset, (len(ids), ids.shape[1] - offset))
                         full = model.output.logits  # index tensors built on its device

@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 
 from ..structure.architectures import get_path
+from ..structure.final_norm import softcap
 from .plan import CustomRequest, vocab_size
 from .run import run_custom_requests
 from .rows import encode, resolve_position
@@ -36,7 +37,7 @@ def lens_logits(model, prompt: str, layers: Iterable[int], position: int | str =
     layers = sorted(set(wanted))
     ids = encode(model.tokenizer, prompt)
     pos = resolve_position(model.tokenizer, prompt, position, len(ids))
-    cap = getattr(config, "final_logit_softcapping", None) or getattr(config, "logits_soft_cap", None)
+    cap = softcap(config)
     layers_path, norm_path, head_path = spec.layers, spec.final_norm, spec.lm_head  # plain strings cross the wire
     scale, out_scale = float(spec.head_scale), float(spec.logit_scale)
     if out_scale != out_scale:  # NaN: the model's logits are no scalar multiple of its head's output

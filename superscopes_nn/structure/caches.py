@@ -118,6 +118,9 @@ def _cache_kw(hf_model) -> str:
     return "cache" if "cache" in params else "past_key_values"
 
 
+#: How :func:`reuse_check`'s reason starts where a forward pass with a cache fails: such a model cannot generate
+#: (generation needs that cache; :func:`superscopes_nn.engine.run.run_requests` refuses it before any run).
+CACHE_FAILS = "a forward pass with a cache fails"
 #: The probe prompt: :data:`PROBE_LEN` mid-vocabulary ids, cut after :data:`PROBE_CUT` (past a small
 #: sliding window, so a window cache is probed across its edge).
 PROBE_LEN, PROBE_CUT = 20, 13
@@ -151,7 +154,7 @@ def reuse_check(hf_model, ids: torch.Tensor | None = None) -> str:
             try:
                 cache = _cache_of(hf_model(ids[:, :k], use_cache=True))
             except Exception as err:  # noqa: BLE001  (a model whose own cache path fails)
-                return f"a forward pass with a cache fails ({type(err).__name__}: {str(err).splitlines()[0][:120]})"
+                return f"{CACHE_FAILS} ({type(err).__name__}: {str(err).splitlines()[0][:120] if str(err) else ''})"
             why = row_copy_reason(cache) or _length_reason(cache, k)
             if why:
                 return why

@@ -21,6 +21,17 @@ import torch
 
 
 
+#: Config fields naming a logit soft cap ``cap * tanh(logits / cap)`` (Gemma 2, RecurrentGemma, xLSTM): the lens
+#: applies it from the config (:func:`softcap`), so :func:`logit_scale` is not read where one is set.
+SOFTCAP_NAMES = ("final_logit_softcapping", "logits_soft_cap", "output_logit_soft_cap")
+
+
+def softcap(config) -> float | None:
+    """The logit soft cap a model's config sets (None: none)."""
+    text = config.get_text_config()
+    return next((float(getattr(text, k)) for k in SOFTCAP_NAMES if getattr(text, k, None)), None)
+
+
 class FinalNormError(ValueError):
     """No final norm: the message says what the LM head reads instead."""
 
@@ -76,8 +87,7 @@ def logit_scale(rec, config, tol: float) -> float:
     """``s`` with the model's logits == ``s`` x the LM head's output on the recorded pass (1.0 where the
     model soft-caps its logits, which the lens does from the config; NaN where they are no multiple of it)."""
     head, logits = rec.once("@head"), getattr(rec, "logits", None)
-    text = config.get_text_config()
-    if head is None or logits is None or any(getattr(text, k, None) for k in ("final_logit_softcapping", "logits_soft_cap")):
+    if head is None or logits is None or softcap(config):
         return 1.0
     out = head["out"]
     if out is None or out.shape[-1] != logits.shape[-1]:

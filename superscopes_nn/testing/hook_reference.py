@@ -112,7 +112,7 @@ def hf_patch_logits(hf_model, src_ids, src_pos, src_layer, site, tgt_ids, tgt_po
     h = _patch_hook(hf_model, tgt_layer, site, tgt_pos, vec)
     try:
         with torch.no_grad():
-            return hf_model(_ids(hf_model, tgt_ids)).logits[0, tgt_pos]
+            return hf_model(_ids(hf_model, tgt_ids), use_cache=False).logits[0, tgt_pos]
     finally:
         h.remove()
 
