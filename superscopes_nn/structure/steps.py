@@ -9,7 +9,8 @@ must be re-applied at every generation step.
   at every generation step, so a patch written on the prompt pass only would be lost from the second
   step on; the engine re-applies it at every step (``tracer.iter``).
 
-The batch check costs three greedy 2-token generations on an 8-token prompt at load, so it runs only on
+The batch check costs three greedy 2-token generations on an 8-token prompt at load (0.71 s on Gemma 3 270M
+on CPU), so it runs only on
 models that do not get prefix reuse (:mod:`.caches`: a model's own cache or none, a cache that fails): a
 plain ``DynamicCache`` of attention / state layers batches exactly (tests/test_patching.py, test_every_family.py).
 """
