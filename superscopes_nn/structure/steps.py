@@ -17,16 +17,24 @@ plain ``DynamicCache`` of attention / state layers batches exactly (tests/test_p
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from .caches import reuse_check
 
 
 def _gen(hf_model, ids):
-    out = hf_model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=2, do_sample=False,
+    with warnings.catch_warnings():  # generation's own notices are not the user's
+        warnings.simplefilter("ignore")
+        out = _generate(hf_model, ids)
+    return torch.stack([s.double() for s in out.logits], 1)  # [rows, steps, vocab]
+
+
+def _generate(hf_model, ids):
+    return hf_model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=2, do_sample=False,
                             output_logits=True, return_dict_in_generate=True, top_p=None, top_k=None,
                             temperature=None, pad_token_id=getattr(hf_model.config, "pad_token_id", None) or 0)
-    return torch.stack([s.double() for s in out.logits], 1)  # [rows, steps, vocab]
 
 
 def batch_reason(hf_model, ids: torch.Tensor) -> str:
