@@ -253,7 +253,7 @@ def run_chunks(model, chunks, *, remote=False, backend=None, vectors: dict | Non
         for c in plain:
             ids, writes, maps, offset, lpos = c["target_ids"], c["writes"], c["maps"], c["prefix_len"], c["logit_positions"]
             for group in c["source_groups"]:
-                with model.trace() as tracer:
+                with model.trace(use_cache=False) as tracer:  # a read needs no cache (some caches fail)
                     row0 = 0  # each invoke's first row in the combined batch (a flattened site needs it)
                     for src_ids, reads in group:
                         with tracer.invoke(src_ids):
@@ -265,11 +265,11 @@ def run_chunks(model, chunks, *, remote=False, backend=None, vectors: dict | Non
             patched, mapped_ok = map_vectors(vectors, maps, dtype)
             kw = {}
             if offset:
-                with model.trace(ids[:1, :offset], **c["prefix_keep"]):
+                with model.trace(ids[:1, :offset], use_cache=True, **c["prefix_keep"]):  # the probe's setting
                     cache = model.output.past_key_values
                 kw["past_key_values"] = expand_rows(cache, len(ids))  # only models whose ModelInfo.no_reuse is empty
             if c["logits"]:
-                with model.trace(**c["keep"]) as tracer:
+                with model.trace(use_cache=bool(offset), **c["keep"]) as tracer:  # a cache only to continue one
                     with tracer.invoke(ids[:, offset:], **kw):  # the cache goes with the invoke (nnsight's mask)
                         write_patches(model, spec, writes, patched, offset, (len(ids), ids.shape[1] - offset))
                         full = model.output.logits  # index tensors built on its device

@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 
 from ..structure.architectures import get_path
+from ..structure.final_norm import softcap
 from .plan import CustomRequest, vocab_size
 from .run import run_custom_requests
 from .rows import encode, resolve_position
@@ -36,8 +37,12 @@ def lens_logits(model, prompt: str, layers: Iterable[int], position: int | str =
     layers = sorted(set(wanted))
     ids = encode(model.tokenizer, prompt)
     pos = resolve_position(model.tokenizer, prompt, position, len(ids))
-    cap = getattr(config, "final_logit_softcapping", None)
+    cap = softcap(config)
     layers_path, norm_path, head_path = spec.layers, spec.final_norm, spec.lm_head  # plain strings cross the wire
+    scale, out_scale = float(spec.head_scale), float(spec.logit_scale)
+    if out_scale != out_scale:  # NaN: the model's logits are no scalar multiple of its head's output
+        raise ValueError(f"{model_name(model)}: its logits are not a scalar multiple of its LM head's output "
+                         f"({spec.lm_head}); the logit lens cannot reproduce them")
 
     def one(backend):
         with model.trace(torch.tensor([ids]), use_cache=False, remote=remote, backend=backend):
@@ -48,7 +53,10 @@ def lens_logits(model, prompt: str, layers: Iterable[int], position: int | str =
             norm, head = get_path(model, norm_path), get_path(model, head_path)
             # under a device_map the layers live on several devices: gather on the last layer's
             # (the final norm's, in a pipeline layout), each state crossing at most once
-            logits = head(norm(torch.stack([h.to(hidden[-1].device) for h in hidden])))
+            normed = norm(torch.stack([h.to(hidden[-1].device) for h in hidden]))
+            logits = head(normed * scale if scale != 1.0 else normed)
+            if out_scale != 1.0:
+                logits = logits * out_scale
             if cap:
                 logits = torch.tanh(logits / cap) * cap
             logits = logits.detach().save()

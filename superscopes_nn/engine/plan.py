@@ -163,8 +163,8 @@ def batching(target_model, options: RunOptions) -> Batching:
     progress and the run store advance per chunk); exact: logits on every position, as one row alone."""
     max_batch_size, shared_prefix = options.max_batch_size, options.shared_prefix
     check_batch_size(max_batch_size)
-    if options.exact:
-        max_batch_size, shared_prefix = 1, False
+    if options.exact or model_info(target_model).spec.no_batch:  # no_batch: rows one at a time (structure.steps)
+        max_batch_size, shared_prefix = 1, shared_prefix and not options.exact
     why = model_info(target_model).no_reuse if shared_prefix else ""
     per = options.chunks_per_request
     per = check_int(per, "chunks_per_request", minimum=1) if per is not None else (8 if options.remote else 1)
@@ -228,10 +228,11 @@ def plan_requests(model, rows: list, *, batching: Batching, target_model=None, g
 
 
 def greedy_kwargs(target_model, max_new_tokens: int) -> dict:
-    """Greedy decoding settings (HF sampling switched off explicitly), as every run sends them."""
+    """Greedy decoding settings (HF sampling switched off explicitly; the cache on, where a config turns it off
+    (MPT): the prompt pass's patch then stays in the cache every later step reads), as every run sends them."""
     check_max_new_tokens(max_new_tokens)
     return dict(max_new_tokens=int(max_new_tokens), do_sample=False, pad_token_id=target_model.tokenizer.pad_token_id,
-                top_p=None, top_k=None, temperature=None)
+                top_p=None, top_k=None, temperature=None, use_cache=True)
 
 
 def _vector(model) -> torch.Tensor:

@@ -61,7 +61,10 @@ class ArchSpec:
     why a cached prompt prefix cannot be reused on this model (``""``: it can). ``flat``:
     ``(site, layer)`` pairs whose module tensor is the ``[batch, seq, d]`` residual flattened to
     ``[batch * seq, d]`` (row-major: Llama 4's MoE block, OPT's MLP); sites read and write it
-    reshaped.
+    reshaped. ``head_scale``: the scalar the LM head's input is the final norm's output times
+    (1.0 but where a model scales it, Inkling's µP width multiplier; :mod:`.final_norm`); ``logit_scale``: the
+    scalar its logits are the LM head's output times (Cohere's ``logit_scale``; NaN: no scalar multiple).
+    ``no_batch``: why its rows must run one at a time (``""``: they batch; :mod:`.steps`).
     """
 
     family: str
@@ -82,6 +85,9 @@ class ArchSpec:
     gaps: tuple = ()
     no_reuse: str = ""
     flat: tuple = ()
+    head_scale: float = 1.0
+    logit_scale: float = 1.0
+    no_batch: str = ""
 
     def is_flat(self, site: str, layer: int) -> bool:
         """True when ``site``'s module tensor on ``layer`` is flattened to ``[batch * seq, d]``."""
@@ -159,7 +165,8 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "falcon": _spec("falcon", "transformer.h", "transformer.ln_f", "lm_head", "self_attention", "mlp", "mlp",
                     layout="parallel", attn="self_attention", mlp_norm="input_layernorm"),
 }
-ARCHITECTURES["cohere"] = replace(ARCHITECTURES["cohere"], parallel=True, layout="parallel", mlp_norm="input_layernorm")
+ARCHITECTURES["cohere"] = replace(ARCHITECTURES["cohere"], parallel=True, layout="parallel", mlp_norm="input_layernorm",
+                                  logit_scale=0.0625)  # the config default logit_scale (1 / 16)
 
 # Beyond plain transformers (testing.tiny_models.HYBRID_ARCHS): per-layer paths as resolved on the tiny model's
 # 4 layers (a config alone never serves a per-layer spec: its layer pattern is its own).
@@ -229,6 +236,11 @@ ARCHITECTURES.update({
     "minimax": ArchSpec("minimax", *_M, **_NONE, layout="unknown", missing=tuple((s, _RENORM) for s in (
         "attn_out", "mlp_in", "mlp_out")), no_reuse="its cache class MiniMaxCache is not one whose tensors are copied per row"),
 })
+
+#: Families whose table ``no_reuse`` / ``no_batch`` are the load-time probes' answers on their tiny model
+#: (:mod:`.caches`, :mod:`.steps`; every cache kind, attention included): a built model is probed again, on its
+#: own weights; only a config alone (a remote model) takes the table's answer.
+PROBED = frozenset(ARCHITECTURES)
 
 #: Config switches that change a family's layout: a config alone is looked up only in the
 #: layout its ARCHITECTURES entry was resolved in (any built model resolves by itself).

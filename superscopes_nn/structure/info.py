@@ -21,7 +21,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from ..core.identity import ByIdentity
-from .architectures import SITES, ArchSpec, hidden_size, num_layers
+from .architectures import SITES, ArchSpec, get_path, hidden_size, num_layers
 from .spec import arch_spec
 
 __all__ = ["ModelInfo", "model_info", "attach", "rename", "model_name", "eos_ids", "plain_spec", "context_length"]
@@ -82,11 +82,20 @@ def attach(model, spec: ArchSpec | None = None) -> ModelInfo:
     """Resolve ``model`` once (``spec``: already resolved) and attach its :class:`ModelInfo`."""
     config = model._module.config
     spec = spec if spec is not None else arch_spec(model._module)
-    info = ModelInfo(spec=spec, plain=_plain(spec), name=_name(model), n_layers=num_layers(config),
+    info = ModelInfo(spec=spec, plain=_plain(spec), name=_name(model), n_layers=layer_count(model._module, spec),
                      hidden=hidden_size(config), eos_ids=_eos(model), context=_context(config),
                      no_reuse=spec.no_reuse)
     _INFO.put(model, info)
     return info
+
+
+def layer_count(hf_model, spec: ArchSpec) -> int:
+    """The length of the decoder-layer list the spec names (a config's ``num_hidden_layers`` may count
+    sub-blocks: zaya's counts two per decoder module); the config's count only where the list is absent."""
+    try:
+        return len(get_path(hf_model, spec.layers))
+    except (AttributeError, TypeError):
+        return num_layers(hf_model.config)
 
 
 def model_info(model) -> ModelInfo:

@@ -39,7 +39,8 @@ from dataclasses import dataclass
 import torch
 
 from .architectures import PER_LAYER, ArchSpec, get_path
-from .odd_layers import fit_sum, layer_calls, renorm_reason, shared_children, shared_reason, sub_block_reason
+from .final_norm import FinalNormError, find_final_norm, logit_scale
+from .odd_layers import fit_sum, layer_calls, layout_reason, renorm_reason, shared_children, shared_reason
 
 
 class SiteError(ValueError):
@@ -124,7 +125,8 @@ def run_watched(hf_model, watch: dict, input_ids=None) -> _Recorder:
         with torch.no_grad():
             ids = input_ids if input_ids is not None else check_ids(hf_model)
             kw = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(hf_model.forward).parameters else {}
-            hf_model(ids, attention_mask=torch.ones_like(ids), use_cache=False, **kw)  # the head on 1 position
+            out = hf_model(ids, attention_mask=torch.ones_like(ids), use_cache=False, **kw)  # the head on 1 position
+            rec.logits = getattr(out, "logits", None)
     finally:
         rec.remove()
         hf_model.train(was_training)
@@ -174,14 +176,18 @@ def resolve_sites(hf_model, input_ids=None, _keep: list | None = None) -> ArchSp
     _keep.append(rec) if _keep is not None else None
     tol = tolerance(next(hf_model.parameters()).dtype)
     path, lst = _decoder_list(hf_model, rec, family)
-    if why := sub_block_reason(family, lst, getattr(hf_model.config, "num_hidden_layers", len(lst))):  # LongCat
+    ids = input_ids if input_ids is not None else check_ids(hf_model)
+    if why := layout_reason(family, rec, path, lst, getattr(hf_model.config, "num_hidden_layers", len(lst)),
+                            ids.shape[1]):  # LongCat's sub-blocks, cpmant's prompt slots
         raise SiteError(why)
     shared = shared_children(lst)
     per_layer = [_layer_sites(rec, f"{path}.{i}", family, tol, shared.get(i, {})) for i in range(len(lst))]
     moe = any([found.pop("moe") for found in per_layer])  # MoE models may keep some layers dense
-    from .caches import reuse_check
-    return ArchSpec(family=family, layers=path, final_norm=_final_norm(rec, path, len(lst), family), lm_head=lm_head,
-                    moe=moe, no_reuse=reuse_check(hf_model, input_ids if input_ids is not None else check_ids(hf_model)),
+    from .steps import checked  # (runs the model: imported where used)
+
+    final_norm, head_scale = _final_norm(rec, path, len(lst), family, tol)
+    return ArchSpec(family=family, layers=path, final_norm=final_norm, head_scale=head_scale, lm_head=lm_head,
+                    logit_scale=logit_scale(rec, hf_model.config, tol), moe=moe, **checked(hf_model, ids),
                     **_merge(per_layer))
 
 
@@ -223,23 +229,16 @@ def _decoder_list(hf_model, rec, family):
     return best
 
 
-def _final_norm(rec, path, n, family):
+def _final_norm(rec, path, n, family, tol):
     last, head = rec.once(f"{path}.{n - 1}"), rec.once("@head")
     if head is not None and head["inp"] is not None and last["out"].dim() > head["inp"].dim():
         raise SiteError(f"{family}: its decoder layers pass a stack of residual streams {list(last['out'].shape)} "
                         f"(several streams per position, mixed between layers) rather than one [batch, seq, d] "
                         f"residual stream; no site reads or writes one hidden state per position")
-    parent = path.rpartition(".")[0]
-    for name, calls in rec.calls.items():
-        if name.startswith(path + ".") or name == "@head" or (parent and not name.startswith(parent + ".")):
-            continue
-        c = calls[0] if len(calls) == 1 else None
-        if (c is not None and c["inp"] is not None and c["out"] is not None and head is not None
-                and c["inp"].shape == last["out"].shape and torch.equal(c["inp"], last["out"])
-                and c["out"].dim() == head["inp"].dim() == 3 and c["out"].shape[-1] == head["inp"].shape[-1]
-                and torch.equal(c["out"][:, -head["inp"].shape[1]:], head["inp"])):
-            return name
-    raise SiteError(f"{family}: no final norm found between the last decoder layer and the LM head")
+    try:
+        return find_final_norm(rec, path, n, family, tol)
+    except FinalNormError as err:
+        raise SiteError(str(err)) from None
 
 
 def branch(kids, end):

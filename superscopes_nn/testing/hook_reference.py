@@ -46,7 +46,7 @@ def hf_read(hf_model, ids: list[int], layer: int, site: str) -> torch.Tensor:
         h = mod.register_forward_hook(hook)
     try:
         with torch.no_grad():
-            hf_model(_ids(hf_model, ids))
+            hf_model(_ids(hf_model, ids), use_cache=False)  # a read needs no cache (some caches fail)
     finally:
         h.remove()
     return store["v"][0]
@@ -86,7 +86,7 @@ def _patched_generate(source_model, target_model, src_ids, src_pos, src_layer, s
         with torch.no_grad():
             out = target_model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
                                         do_sample=False, output_logits=with_logits, return_dict_in_generate=True,
-                                        pad_token_id=target_model.config.pad_token_id or 0,
+                                        pad_token_id=getattr(target_model.config, "pad_token_id", None) or 0,
                                         top_p=None, top_k=None, temperature=None)
     finally:
         h.remove()
@@ -112,7 +112,7 @@ def hf_patch_logits(hf_model, src_ids, src_pos, src_layer, site, tgt_ids, tgt_po
     h = _patch_hook(hf_model, tgt_layer, site, tgt_pos, vec)
     try:
         with torch.no_grad():
-            return hf_model(_ids(hf_model, tgt_ids)).logits[0, tgt_pos]
+            return hf_model(_ids(hf_model, tgt_ids), use_cache=False).logits[0, tgt_pos]
     finally:
         h.remove()
 
