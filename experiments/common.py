@@ -132,13 +132,6 @@ def run_config_of(args: argparse.Namespace) -> dict:
     return config
 
 
-def store_kwargs(args: argparse.Namespace, out, name: str) -> dict:
-    """``run_dir`` (``out/<name><settings>_rows``, :func:`rows_dir`) / ``resume`` / ``config``
-    (:func:`run_config_of`), for the scripts that take them as keywords."""
-    return {"run_dir": rows_dir(out, name, args), "resume": bool(getattr(args, "resume", False)),
-            "config": run_config_of(args)}
-
-
 def run_options(args: argparse.Namespace, out, name: str, **settings) -> RunOptions:
     """The :class:`~superscopes_nn.core.options.RunOptions` of a script's arguments
     (:func:`~superscopes_nn.core.options.options_from_args`, the helper the ``superscopes`` command uses
