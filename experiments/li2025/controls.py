@@ -64,7 +64,7 @@ if __package__ in (None, ""):  # run as a script: make `experiments` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from experiments.common import save_csv  # noqa: E402
-from experiments.common import parser, run_options  # noqa: E402
+from experiments.common import load, parser, run_options  # noqa: E402
 from superscopes_nn.core.options import RunOptions  # noqa: E402
 
 from superscopes_nn.engine.api import patchscope  # noqa: E402
@@ -247,8 +247,6 @@ def parse_args(argv, description: str):
 
 
 def main(argv=None, model=None, verbalizer=None) -> pd.DataFrame:
-    from superscopes_nn import load_model
-
     args = parse_args(argv, "Li et al. (2025) control: verbalizer vs source knowledge in cross-model Patchscopes.")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -256,8 +254,8 @@ def main(argv=None, model=None, verbalizer=None) -> pd.DataFrame:
     # the source prompt is the subject alone (no context), so one sample per subject (the earlier design)
     samples = lre_samples(args.lre_root, tasks=args.tasks, limit=args.limit, contexts="first")  # bad data fails before loading
     layers = [int(x) for x in args.source_layers.split(",") if x.strip()]
-    model = model if model is not None else (load_model(args.model) if args.model else load_model())
-    verbalizer = verbalizer if verbalizer is not None else load_model(args.verbalizer)
+    model = model if model is not None else load(args)  # meta weights under --remote to NDIF
+    verbalizer = verbalizer if verbalizer is not None else load(args, args.verbalizer)
     pairs = proportional_layers(model, verbalizer, layers)
     df = verbalizer_vs_source(model, verbalizer, samples, layer_pairs=pairs,
                               fit_texts=default_fit_texts(args.fit_texts or None), ridge=args.ridge,

@@ -71,7 +71,7 @@ import pandas as pd
 if __package__ in (None, ""):  # run as a script: make `experiments` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from experiments.common import int_list, log, parser, run_options, save_csv  # noqa: E402
+from experiments.common import int_list, log, parser, refuse_remote, run_options, save_csv  # noqa: E402
 from superscopes_nn.core.options import RunOptions  # noqa: E402
 from experiments.li2025.controls import default_fit_texts, fit_maps, proportional_layers  # noqa: E402
 from superscopes_nn.engine.api import patchscope  # noqa: E402
@@ -344,6 +344,7 @@ def main(argv=None, base=None, verbalizer=None) -> pd.DataFrame:
     from superscopes_nn.data.personaqa import INVENTED, load_personaqa
 
     args = parse_args(argv)
+    refuse_remote(args, "fine-tuning the taught model (persona_control teaches it the facts)")
     kinds = [k.strip() for k in args.verbalizers.split(",") if k.strip()]
     if bad := [k for k in kinds if k not in KINDS]:
         raise ValueError(f"unknown verbalizer {bad[0]!r}; choose from {KINDS}")

@@ -65,7 +65,7 @@ from superscopes_nn.core.validate import check_layer  # noqa: E402
 from superscopes_nn.engine.run import run_rows, session_backend  # noqa: E402
 from superscopes_nn.remote.capture import ship  # noqa: E402
 from experiments.common import save_csv  # noqa: E402
-from experiments.common import check_args, parser, run_options  # noqa: E402
+from experiments.common import check_args, load, parser, run_options  # noqa: E402
 from superscopes_nn.core.options import RunOptions  # noqa: E402
 
 from superscopes_nn.data.datasets import load_sample  # noqa: E402
@@ -203,13 +203,11 @@ def strided_layers(n: int, stride: int) -> list[int]:
 
 
 def main(argv=None, model=None) -> pd.DataFrame:
-    from superscopes_nn import load_model
-
     args = parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    model = model if model is not None else (load_model(args.model) if args.model else load_model())
+    model = model if model is not None else load(args)  # meta weights under --remote to NDIF
     layers = strided_layers(model_info(model).n_layers, args.layer_stride)
     df = token_identity(model, limit=args.limit, layers=layers, max_positions=args.max_positions,
                         options=run_options(args, out, "token_identity", max_batch_size=32))
