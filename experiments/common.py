@@ -24,7 +24,8 @@ from experiments import run_folders
 from experiments.run_folders import ExperimentParser, rows_dir
 from superscopes_nn.core.deprecation import add_renamed_flag
 from superscopes_nn.core.layers import parse_layers, resolve_layers
-from superscopes_nn.core.options import RunOptions, options_from_args
+from superscopes_nn.core.options import RunOptions, add_remote_argument, options_from_args
+from superscopes_nn.core.validate import check_remote
 from superscopes_nn.core.tables import read_csv, write_csv
 from superscopes_nn.output.help_format import DefaultsFormatter
 from superscopes_nn.science.scoring import answer_match
@@ -72,7 +73,7 @@ def parser(description: str, *, out: str, max_new_tokens: int = 10, layers_help:
     p.add_argument("--max-batch-size", dest="max_batch_size", type=int, default=64,
                    help="rows per batched generate")
     add_renamed_flag(p, "--batch-size", "--max-batch-size", "max_batch_size", type=int)
-    p.add_argument("--remote", action="store_true", help="run on NDIF")
+    add_remote_argument(p)
     p.add_argument("--progress", action="store_true", help="show a progress bar")
     p.add_argument("--resume", action="store_true",
                    help="continue the run with these settings kept under OUT, skipping the patched rows already there")
@@ -130,13 +131,6 @@ def run_config_of(args: argparse.Namespace) -> dict:
     config = {k: v for k, v in vars(args).items() if k not in NOT_CONFIG and k not in ("decoding", "seed")}
     config.update(decoding_config(args))
     return config
-
-
-def store_kwargs(args: argparse.Namespace, out, name: str) -> dict:
-    """``run_dir`` (``out/<name><settings>_rows``, :func:`rows_dir`) / ``resume`` / ``config``
-    (:func:`run_config_of`), for the scripts that take them as keywords."""
-    return {"run_dir": rows_dir(out, name, args), "resume": bool(getattr(args, "resume", False)),
-            "config": run_config_of(args)}
 
 
 def run_options(args: argparse.Namespace, out, name: str, **settings) -> RunOptions:
@@ -197,16 +191,38 @@ def int_list(spec: str | None) -> list[int] | None:
 # ------------------------------------------------------------------ model
 
 
-def setup(args: argparse.Namespace, model=None):
-    """``(model, out)``: the given model or ``load_model(--model, remote=--remote)``, and the
-    created output folder."""
-    if model is None:
-        from superscopes_nn import load_model
+def on_ndif(args: argparse.Namespace) -> bool:
+    """True when ``--remote`` sends the patched runs to NDIF (bare ``--remote``, ``true`` or a host)."""
+    return check_remote(getattr(args, "remote", False)).is_ndif
 
-        t0 = time.perf_counter()
-        remote = bool(getattr(args, "remote", False))
-        model = load_model(args.model, remote=remote) if args.model else load_model(remote=remote)
-        log(f"loaded {args.model or 'the default model'} in {time.perf_counter() - t0:.1f} s")
+
+def refuse_remote(args: argparse.Namespace, step: str) -> None:
+    """A one-line ValueError when ``--remote`` goes to NDIF and ``step`` needs the model's weights
+    here (e.g. fine-tuning a verbalizer): call it before anything loads."""
+    if on_ndif(args):
+        raise ValueError(f"--remote: {step} needs the model's weights on this machine, which a run on NDIF does "
+                         "not load; run it without --remote (or with --remote local)")
+
+
+def load(args: argparse.Namespace, name: str | None = None):
+    """``load_model(name)`` (default ``--model``, else the library default) as ``--remote`` needs it:
+    meta weights only (config + tokenizer) when the runs go to NDIF, the real weights otherwise."""
+    from superscopes_nn import load_model
+
+    name = args.model if name is None else name
+    t0 = time.perf_counter()
+    remote = on_ndif(args)
+    model = load_model(name, remote=remote) if name else load_model(remote=remote)
+    log(f"loaded {name or 'the default model'}{' (meta weights, for NDIF)' if remote else ''} "
+        f"in {time.perf_counter() - t0:.1f} s")
+    return model
+
+
+def setup(args: argparse.Namespace, model=None):
+    """``(model, out)``: the given model or :func:`load` (meta weights under ``--remote`` to NDIF),
+    and the created output folder."""
+    if model is None:
+        model = load(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     return model, out

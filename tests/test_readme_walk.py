@@ -26,7 +26,7 @@ NDIF block ``sweep(..., remote=True)``                      ``plan(model, sweep_
 
 Not run: ``bash scripts/setup.sh demo`` (this test runs in the installed environment; checked by importing the
 package and finding ``superscopes``), ``bash scripts/setup.sh test && ... pytest -q`` (the suite this test is in),
-the GPU lines (run only when CUDA is present). The default model is kept (Gemma 3 270M, cached under
+the GPU lines (run only when CUDA is present), the live NDIF lines (``NDIF_API_KEY=KEY superscopes run ...``). The default model is kept (Gemma 3 270M, cached under
 ``~/.cache/superscopes_nn`` after its first conversion); ``superscopes demo`` runs at its own defaults.
 """
 
@@ -62,6 +62,8 @@ NOT_RUN = {
     "bash scripts/setup.sh test": "the test suite itself (this test is part of it)",
     "SUPERSCOPES_TEST_DEVICES=cuda": "a GPU line: runs only where CUDA is present",
     "bash scripts/gpu_check.sh": "a GPU line: runs only where CUDA is present",
+    "NDIF_API_KEY=KEY superscopes run ": "a live NDIF line (a key, the network): tests/test_remote_scripts.py runs each "
+                                         "script with --remote on a full-size config up to its meta load",
 }
 """README command prefixes set aside, and why."""
 

@@ -80,8 +80,10 @@ if __package__ in (None, ""):  # run as a script: make `experiments` importable
 
 from experiments.common import save_csv  # noqa: E402
 from experiments.common import (  # noqa: E402
-    add_control, check_control, int_list, parser, random_arm, setup, some_pair_chance, store_kwargs,
+    add_control, check_control, int_list, parser, random_arm, run_options, setup, some_pair_chance,
 )
+from experiments.common import rows_dir  # noqa: E402
+from superscopes_nn.core.options import RunOptions  # noqa: E402
 from experiments.hopping_too_late.hop_checks import (  # noqa: E402,F401  (re-exported)
     CATEGORIES, HOP_COLUMNS, classify, entity_shortcut_prompt, hop_answers, relation_shortcut_prompt,
 )
@@ -137,11 +139,10 @@ def backpatch_patches(queries: pd.DataFrame, pairs: Sequence[tuple[int, int]]) -
 
 def backpatching(model, queries=None, *, limit: int | None = None, stratify: bool = False,
                  layers: Iterable[int] | None = None,
-                 pairs: Sequence[tuple[int, int]] | None = None, max_new_tokens: int = 10,
-                 max_batch_size: int = 64, remote: bool | str = False, progress: bool = False,
+                 pairs: Sequence[tuple[int, int]] | None = None,
                  hops: pd.DataFrame | None = None, population: str = "paper", match: str = "substring",
                  control: str = "none", control_seed: int = 0, random_run_dir=None,
-                 run_dir=None, resume: bool = False, config: dict | None = None) -> pd.DataFrame:
+                 options: RunOptions | None = None, **settings) -> pd.DataFrame:
     """Back-patch every two-hop query for every layer pair ``(s, t)``, ``s > t``.
 
     Steps:
@@ -160,6 +161,8 @@ def backpatching(model, queries=None, *, limit: int | None = None, stratify: boo
     ``pairs`` overrides ``layers`` (default: all layers, L(L-1)/2 pairs); ``limit`` and
     ``stratify``: see :func:`load_queries`; ``population``: which queries are back-patched
     (:data:`POPULATIONS`; default ``paper``, the official population; the result may be empty).
+    ``options`` / ``settings``: :class:`~superscopes_nn.core.options.RunOptions` and its fields, as
+    :func:`~superscopes_nn.engine.run.run_rows` takes them.
 
     Columns: :data:`BACKPATCH_COLUMNS` -- ``id``, ``source_layer`` (s), ``target_layer``
     (t), ``interpretation``, ``correct`` (bool), ``error`` (None unless the patch gave
@@ -168,6 +171,7 @@ def backpatching(model, queries=None, *, limit: int | None = None, stratify: boo
     ``control="random"`` the random arm (:data:`RANDOM_COLUMNS`, row for row) in ``df.attrs["random"]``.
     """
     check_control(control)
+    opts = RunOptions.of(options, **settings).with_defaults()
     qs = load_queries(queries, limit, stratify)
     n = model_info(model).n_layers
     pairs = layer_pairs(n, layers) if pairs is None else [tuple(p) for p in pairs]
@@ -179,8 +183,8 @@ def backpatching(model, queries=None, *, limit: int | None = None, stratify: boo
     if population not in POPULATIONS:
         raise ValueError(f"population must be one of {POPULATIONS}, got {population!r}")
     if hops is None:
-        hops = hop_answers(model, qs, max_new_tokens=max_new_tokens, max_batch_size=max_batch_size, remote=remote,
-                           match=match)
+        hops = hop_answers(model, qs, max_new_tokens=opts.max_new_tokens, max_batch_size=opts.max_batch_size,
+                           remote=opts.remote, match=match)
     keep = {"paper": hops.paper_population.astype(bool) if "paper_population" in hops else hops.id.isna(),
             "wrong": ~hops.two_hop_correct.astype(bool), "all": hops.id.notna()}[population]
     qs = qs[qs.id.isin(set(hops.id[keep.to_numpy()]))].reset_index(drop=True)
@@ -192,7 +196,6 @@ def backpatching(model, queries=None, *, limit: int | None = None, stratify: boo
             df.attrs["random"] = pd.DataFrame(columns=RANDOM_COLUMNS)
         return df
     rows = resolve(model, backpatch_patches(qs, pairs))
-    run = dict(max_new_tokens=max_new_tokens, max_batch_size=max_batch_size, remote=remote, progress=progress)
     ids = [q for q in qs.id for _ in pairs]
     aliases = {q["id"]: answer_aliases(q) for _, q in qs.iterrows()}
 
@@ -205,10 +208,10 @@ def backpatching(model, queries=None, *, limit: int | None = None, stratify: boo
         df["correct"] = [alias_match(t, aliases[i], match) for t, i in zip(df.interpretation, df.id)]
         return df.merge(hops[["id", "two_hop_correct", "category"]], on="id", how="left")[columns]
 
-    df = frame(run_rows(model, rows, run_dir=run_dir, resume=resume, config=config, **run), BACKPATCH_COLUMNS)
+    df = frame(run_rows(model, rows, opts), BACKPATCH_COLUMNS)
     df.attrs.update(attrs, answers=aliases)
     if control == "random":
-        rnd = random_arm(model, rows, seed=control_seed, run_dir=random_run_dir, resume=resume, config=config, **run)
+        rnd = random_arm(model, rows, options=opts.replace(run_dir=random_run_dir), seed=control_seed)
         df.attrs["random"] = frame(rnd, RANDOM_COLUMNS)
     return df
 
@@ -343,12 +346,10 @@ def main(argv=None, model=None) -> pd.DataFrame:
     model, out = setup(args, model)
     layers = int_list(getattr(args, "layers", None))
     t0 = time.perf_counter()
-    store = store_kwargs(args, out, "backpatching")
     df = backpatching(model, args.data, limit=args.limit, stratify=args.stratify, layers=layers,
-                      max_new_tokens=args.max_new_tokens,
-                      max_batch_size=args.max_batch_size, remote=args.remote, progress=True,
                       population=args.population, match=args.match, control=args.control,
-                      control_seed=args.control_seed, random_run_dir=store_kwargs(args, out, "backpatching_random")["run_dir"], **store)
+                      control_seed=args.control_seed, random_run_dir=rows_dir(out, "backpatching_random", args),
+                      options=run_options(args, out, "backpatching", progress=True))
     hops = df.attrs["hops"]
     summary = summarize(df)
     chance = fix_chance(df)

@@ -53,7 +53,9 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from experiments.common import save_csv  # noqa: E402
-from experiments.common import add_control, check_control, parser, random_arm, setup, store_kwargs  # noqa: E402
+from experiments.common import add_control, check_control, parser, random_arm, run_options, setup  # noqa: E402
+from experiments.common import rows_dir  # noqa: E402
+from superscopes_nn.core.options import RunOptions  # noqa: E402
 
 from superscopes_nn.engine.rows import find_token, resolve  # noqa: E402
 from superscopes_nn.engine.run import run_rows  # noqa: E402
@@ -87,10 +89,9 @@ def e1_position(tokenizer, q) -> tuple[str | None, str]:
 
 def bridge_resolution(model, queries=None, *, limit: int | None = None, stratify: bool = False,
                       layers: Iterable[int] | None = None,
-                      target_prompt: str = ENTITY_PROMPT, max_new_tokens: int = 20, cosine: bool = False,
-                      max_batch_size: int = 64, remote: bool | str = False, progress: bool = False,
+                      target_prompt: str = ENTITY_PROMPT, cosine: bool = False,
                       control: str = "none", control_seed: int = 0, random_run_dir=None,
-                      run_dir=None, resume: bool = False, config: dict | None = None) -> pd.DataFrame:
+                      options: RunOptions | None = None, **settings) -> pd.DataFrame:
     """Decode the bridge entity from ``e1``'s last token of the two-hop prompt, layer by layer.
 
     Steps:
@@ -107,12 +108,16 @@ def bridge_resolution(model, queries=None, *, limit: int | None = None, stratify
        random direction (seed ``control_seed``, own run store ``random_run_dir``), scored as in 3;
        :data:`RANDOM_COLUMNS` in ``df.attrs["random"]``.
 
+    ``options`` / ``settings``: :class:`~superscopes_nn.core.options.RunOptions` and its fields, as
+    :func:`~superscopes_nn.engine.run.run_rows` takes them (``max_new_tokens`` defaults to 20).
+
     Columns: :data:`BRIDGE_COLUMNS` -- ``id``, ``source_layer``, ``e1_token`` (the word
     located), ``source_position``/``source_token`` (the resolved token), ``bridge``,
     ``interpretation``, ``decodable`` (bool), ``cosine`` (float, NaN when not computed),
     ``error``; one row per (query, layer).
     """
     check_control(control)
+    opts = RunOptions.of(options, **settings).with_defaults(max_new_tokens=20)
     qs = load_queries(queries, limit, stratify)
     n = model_info(model).n_layers
     ls = list(range(n)) if layers is None else [check_layer(l, n, "source", model_name(model)) for l in layers]
@@ -132,8 +137,6 @@ def bridge_resolution(model, queries=None, *, limit: int | None = None, stratify
     patches = [(Source(q["two_hop_prompt"], l, w, "residual"), Target(target_prompt, layer=l), None)
                for q, w in zip(keep, words) for l in ls]
     rows = resolve(model, patches)
-    run = dict(max_new_tokens=max_new_tokens, max_batch_size=max_batch_size, remote=remote, progress=progress,
-               resume=resume, config=config)
     rep = lambda xs: [x for x in xs for _ in ls]  # noqa: E731
     aliases = rep([bridge_aliases(q) for q in keep])
 
@@ -152,10 +155,10 @@ def bridge_resolution(model, queries=None, *, limit: int | None = None, stratify
             df["cosine"] = embedding_cosine([t or "" for t in df.interpretation], df.bridge.tolist())
         return df[columns]
 
-    df = frame(run_rows(model, rows, run_dir=run_dir, **run), BRIDGE_COLUMNS)
+    df = frame(run_rows(model, rows, opts), BRIDGE_COLUMNS)
     if control == "random":
-        df.attrs["random"] = frame(random_arm(model, rows, seed=control_seed, run_dir=random_run_dir, **run),
-                                   RANDOM_COLUMNS)
+        rnd = random_arm(model, rows, options=opts.replace(run_dir=random_run_dir), seed=control_seed)
+        df.attrs["random"] = frame(rnd, RANDOM_COLUMNS)
     df.attrs["skipped"] = skipped
     df.attrs["model"] = model_name(model)
     return df
@@ -223,12 +226,10 @@ def main(argv=None, model=None) -> pd.DataFrame:
     args = parse_args(argv)
     model, out = setup(args, model)
     t0 = time.perf_counter()
-    df = bridge_resolution(model, args.data, limit=args.limit, stratify=args.stratify,
-                           max_new_tokens=args.max_new_tokens,
-                           cosine=args.cosine, max_batch_size=args.max_batch_size, remote=args.remote, progress=True,
+    df = bridge_resolution(model, args.data, limit=args.limit, stratify=args.stratify, cosine=args.cosine,
                            control=args.control, control_seed=args.control_seed,
-                           random_run_dir=store_kwargs(args, out, "bridge_resolution_random")["run_dir"],
-                           **store_kwargs(args, out, "bridge_resolution"))
+                           random_run_dir=rows_dir(out, "bridge_resolution_random", args),
+                           options=run_options(args, out, "bridge_resolution", progress=True))
     summary = summarize(df)
     save_csv(df, out / "bridge_resolution.csv")
     if "random" in df.attrs:

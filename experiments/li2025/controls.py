@@ -64,7 +64,8 @@ if __package__ in (None, ""):  # run as a script: make `experiments` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from experiments.common import save_csv  # noqa: E402
-from experiments.common import parser, store_kwargs  # noqa: E402
+from experiments.common import load, parser, run_options  # noqa: E402
+from superscopes_nn.core.options import RunOptions  # noqa: E402
 
 from superscopes_nn.engine.api import patchscope  # noqa: E402
 
@@ -127,9 +128,7 @@ def fit_maps(source_model, verbalizer, fit_texts: Sequence[str], layer_pairs: It
 
 def verbalizer_vs_source(source_model, verbalizer, samples: pd.DataFrame, *, layer_pairs: Iterable[tuple[int, int]],
                          fit_texts: Sequence[str], ridge: float = 1.0, align: str = "span",
-                         holdout: float = 0.2, max_new_tokens: int = 10, max_batch_size: int = 64,
-                         remote: bool | str = False,
-                         run_dir=None, resume: bool = False, config: dict | None = None) -> pd.DataFrame:
+                         holdout: float = 0.2, options: RunOptions | None = None, **settings) -> pd.DataFrame:
     """Cross-model attribute extraction, compared with each model's own input-only answer.
 
     Steps:
@@ -146,7 +145,8 @@ def verbalizer_vs_source(source_model, verbalizer, samples: pd.DataFrame, *, lay
        two models disagree: ``verbalizer`` (cross correct = verbalizer correct !=
        source correct), ``source`` (the reverse), ``agree`` (both models agree).
 
-    ``samples``: columns ``task``, ``subject``, ``object``, ``target_prompt``.
+    ``samples``: columns ``task``, ``subject``, ``object``, ``target_prompt``. ``options`` / ``settings``:
+    :class:`~superscopes_nn.core.options.RunOptions` and its fields (the run store holds the cross-model rows).
     Columns: task, subject, object, target_prompt, source_layer, target_layer, r2_holdout,
     n_fit_pairs, cross_answer, cross_correct, source_answer, source_correct,
     verbalizer_answer, verbalizer_correct, follows, model, target_model.
@@ -156,20 +156,18 @@ def verbalizer_vs_source(source_model, verbalizer, samples: pd.DataFrame, *, lay
         raise ValueError(f"samples lack columns {sorted(missing)}; have {list(samples.columns)}")
     if samples.empty:
         raise ValueError("no samples given")
+    opts = RunOptions.of(options, **settings).with_defaults()
     maps, r2, n_pairs = fit_maps(source_model, verbalizer, fit_texts, layer_pairs, ridge=ridge, align=align,
-                                 holdout=holdout, remote=remote)
-
-    own_s = input_only(source_model, samples.target_prompt.tolist(), samples.subject.tolist(),
-                       max_new_tokens=max_new_tokens, max_batch_size=max_batch_size, remote=remote)
-    own_v = input_only(verbalizer, samples.target_prompt.tolist(), samples.subject.tolist(),
-                       max_new_tokens=max_new_tokens, max_batch_size=max_batch_size, remote=remote)
+                                 holdout=holdout, remote=opts.remote)
+    gen = dict(max_new_tokens=opts.max_new_tokens, max_batch_size=opts.max_batch_size, remote=opts.remote)
+    own_s = input_only(source_model, samples.target_prompt.tolist(), samples.subject.tolist(), **gen)
+    own_v = input_only(verbalizer, samples.target_prompt.tolist(), samples.subject.tolist(), **gen)
     patches, meta = [], []
     for pair, f in maps.items():
         for k, s in enumerate(samples.itertuples(index=False)):
             patches.append((Source(s.subject, pair[0], -1), Target(s.target_prompt, layer=pair[1]), f))
             meta.append((k, pair))
-    cross = patchscope(source_model, patches, target_model=verbalizer, max_new_tokens=max_new_tokens,
-                       max_batch_size=max_batch_size, remote=remote, run_dir=run_dir, resume=resume, config=config)
+    cross = patchscope(source_model, patches, opts, target_model=verbalizer)
     recs = []
     for (k, pair), answer in zip(meta, cross.interpretation):
         s = samples.iloc[k]
@@ -249,8 +247,6 @@ def parse_args(argv, description: str):
 
 
 def main(argv=None, model=None, verbalizer=None) -> pd.DataFrame:
-    from superscopes_nn import load_model
-
     args = parse_args(argv, "Li et al. (2025) control: verbalizer vs source knowledge in cross-model Patchscopes.")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -258,13 +254,12 @@ def main(argv=None, model=None, verbalizer=None) -> pd.DataFrame:
     # the source prompt is the subject alone (no context), so one sample per subject (the earlier design)
     samples = lre_samples(args.lre_root, tasks=args.tasks, limit=args.limit, contexts="first")  # bad data fails before loading
     layers = [int(x) for x in args.source_layers.split(",") if x.strip()]
-    model = model if model is not None else (load_model(args.model) if args.model else load_model())
-    verbalizer = verbalizer if verbalizer is not None else load_model(args.verbalizer)
+    model = model if model is not None else load(args)  # meta weights under --remote to NDIF
+    verbalizer = verbalizer if verbalizer is not None else load(args, args.verbalizer)
     pairs = proportional_layers(model, verbalizer, layers)
     df = verbalizer_vs_source(model, verbalizer, samples, layer_pairs=pairs,
                               fit_texts=default_fit_texts(args.fit_texts or None), ridge=args.ridge,
-                              max_new_tokens=args.max_new_tokens, remote=args.remote,
-                              **store_kwargs(args, out, "controls"))
+                              options=run_options(args, out, "controls"))
     summary = summarize_verbalizer(df)
     save_csv(df, out / "verbalizer_vs_source.csv")
     summary.to_csv(out / "verbalizer_vs_source_summary.csv", index=False)

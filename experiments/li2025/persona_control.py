@@ -71,7 +71,8 @@ import pandas as pd
 if __package__ in (None, ""):  # run as a script: make `experiments` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from experiments.common import int_list, log, parser, save_csv, store_kwargs  # noqa: E402
+from experiments.common import int_list, log, parser, refuse_remote, run_options, save_csv  # noqa: E402
+from superscopes_nn.core.options import RunOptions  # noqa: E402
 from experiments.li2025.controls import default_fit_texts, fit_maps, proportional_layers  # noqa: E402
 from superscopes_nn.engine.api import patchscope  # noqa: E402
 from superscopes_nn.science.baselines import contains, input_only, zero_shot  # noqa: E402
@@ -153,10 +154,9 @@ def prior_texts(model, facts: pd.DataFrame, *, max_new_tokens: int = 20, max_bat
 
 def persona_control(taught, verbalizers: Mapping[str, object], facts: pd.DataFrame, *, source_layers: Sequence[int],
                     target_layers: Mapping[str, Sequence[int]], fit_texts: Sequence[str] = (), ridge: float = 1.0,
-                    options: Mapping[str, Sequence[str]] | None = None,
-                    priors: Mapping[str, Sequence[str]] | None = None, max_new_tokens: int = 20,
-                    max_batch_size: int = 64, remote: bool | str = False, run_dir=None, resume: bool = False,
-                    config: dict | None = None) -> pd.DataFrame:
+                    answer_options: Mapping[str, Sequence[str]] | None = None,
+                    priors: Mapping[str, Sequence[str]] | None = None, options: RunOptions | None = None,
+                    **settings) -> pd.DataFrame:
     """Patchscopes of the taught model's persona states, decoded by each verbalizer.
 
     Steps, per verbalizer ``kind`` (a key of :data:`KINDS`; ``self`` decodes with ``taught``):
@@ -169,6 +169,10 @@ def persona_control(taught, verbalizers: Mapping[str, object], facts: pd.DataFra
        ``question`` at each of ``target_layers[kind]``, greedy ``max_new_tokens``;
     4. classify each text (:func:`classify`) against the taught fact and the prior.
 
+    ``answer_options``: attribute -> the answers a text is classified among (default :func:`option_sets`).
+    ``options`` / ``settings``: :class:`~superscopes_nn.core.options.RunOptions` and its fields
+    (``max_new_tokens`` defaults to 20; verbalizer ``kind``'s rows are kept in ``<run_dir>_<kind>``).
+
     Columns: verbalizer, attribute, id, name, prompt, question, fact, source_layer, target_layer,
     interpretation, states_fact, states_prior, outcome, prior, prior_text, prior_differs (prior
     named and not the fact), r2_holdout (cross), model, target_model.
@@ -178,30 +182,30 @@ def persona_control(taught, verbalizers: Mapping[str, object], facts: pd.DataFra
     if unknown:
         raise ValueError(f"unknown verbalizer {unknown[0]!r}; choose from {KINDS}")
     facts = facts.reset_index(drop=True)
-    options = options or option_sets(facts)
+    opts = RunOptions.of(options, **settings).with_defaults(max_new_tokens=20)
+    gen = dict(max_new_tokens=opts.max_new_tokens, max_batch_size=opts.max_batch_size, remote=opts.remote)
+    answer_options = answer_options or option_sets(facts)
     frames = []
     for kind, verbalizer in verbalizers.items():
         if kind not in target_layers:
             raise ValueError(f"no target layers given for verbalizer {kind!r}")
         v = taught if kind == "self" else verbalizer
-        texts = list((priors or {}).get(kind) or prior_texts(v, facts, max_new_tokens=max_new_tokens,
-                                                              max_batch_size=max_batch_size, remote=remote))
+        texts = list((priors or {}).get(kind) or prior_texts(v, facts, **gen))
         if len(texts) != len(facts):
             raise ValueError(f"{len(texts)} prior texts for verbalizer {kind!r}, expected one per fact ({len(facts)})")
-        prior_of = [prior_option(t, options[a]) for t, a in zip(texts, facts.attribute)]
+        prior_of = [prior_option(t, answer_options[a]) for t, a in zip(texts, facts.attribute)]
         pairs = [(int(s), int(t)) for s in source_layers for t in target_layers[kind]]
         maps, r2 = ({p: None for p in pairs}, {p: float("nan") for p in pairs})
         if kind == "cross":
-            maps, r2, _ = fit_maps(taught, v, fit_texts, pairs, ridge=ridge, remote=remote)
+            maps, r2, _ = fit_maps(taught, v, fit_texts, pairs, ridge=ridge, remote=opts.remote)
         patches, meta = [], []
         for pair in pairs:
             for k, f in facts.iterrows():
                 patches.append((Source(f.prompt, pair[0], -1), Target(f.question, layer=pair[1]), maps[pair]))
                 meta.append((k, pair))
-        cfg = {**(config or {}), "verbalizer": kind}
-        out = patchscope(taught, patches, target_model=None if kind == "self" else v, max_new_tokens=max_new_tokens,
-                         max_batch_size=max_batch_size, remote=remote, resume=resume, config=cfg,
-                         run_dir=None if run_dir is None else Path(f"{run_dir}_{kind}"))
+        kind_opts = opts.replace(config={**(opts.config or {}), "verbalizer": kind},
+                                 run_dir=None if opts.run_dir is None else Path(f"{opts.run_dir}_{kind}"))
+        out = patchscope(taught, patches, kind_opts, target_model=None if kind == "self" else v)
         recs = []
         for (k, pair), text in zip(meta, out.interpretation):
             f, prior = facts.loc[k], prior_of[k]
@@ -340,6 +344,7 @@ def main(argv=None, base=None, verbalizer=None) -> pd.DataFrame:
     from superscopes_nn.data.personaqa import INVENTED, load_personaqa
 
     args = parse_args(argv)
+    refuse_remote(args, "fine-tuning the taught model (persona_control teaches it the facts)")
     kinds = [k.strip() for k in args.verbalizers.split(",") if k.strip()]
     if bad := [k for k in kinds if k not in KINDS]:
         raise ValueError(f"unknown verbalizer {bad[0]!r}; choose from {KINDS}")
@@ -369,7 +374,7 @@ def main(argv=None, base=None, verbalizer=None) -> pd.DataFrame:
     priors = {k: own[own.label == labels[k]].interpretation.tolist() for k in models}
     rows = persona_control(taught.model, {k: models[k] for k in kinds}, facts, source_layers=src,
                            target_layers=targets, fit_texts=default_fit_texts(args.fit_texts or None),
-                           ridge=args.ridge, priors=priors, **gen, **store_kwargs(args, out, "persona_control"))
+                           ridge=args.ridge, priors=priors, options=run_options(args, out, "persona_control"))
     patch, base_rates = summarize(rows, base_rows)
     save_csv(rows, out / "persona_control.csv")
     save_csv(base_rows, out / "persona_control_baselines.csv")

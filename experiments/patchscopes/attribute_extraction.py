@@ -95,7 +95,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from experiments.common import (add_control, check_args, parser, random_arm, report_pair_chance,  # noqa: E402
-                                check_control, rows_dir, run_options, save_csv, some_pair_chance)
+                                check_control, load, rows_dir, run_options, save_csv, some_pair_chance)
 from superscopes_nn.core.options import RunOptions  # noqa: E402
 
 from superscopes_nn.engine.rows import resolve  # noqa: E402
@@ -318,14 +318,12 @@ def parse_args(argv):
 
 
 def main(argv=None, model=None) -> pd.DataFrame:
-    from superscopes_nn import load_model
-
     args = parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     samples = lre_samples(args.lre_root, tasks=args.tasks, limit=args.limit, contexts=args.contexts)
-    model = model if model is not None else (load_model(args.model) if args.model else load_model())
+    model = model if model is not None else load(args)  # meta weights under --remote to NDIF
     df = attribute_extraction(model, samples, layer_stride=args.layer_stride, source=args.source,
                               only_correct=not args.all_samples, match=args.match, all_layers=args.all_layers,
                               control=args.control, control_seed=args.control_seed,

@@ -83,7 +83,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from experiments.common import (add_control, check_args, check_control, parser, random_arm, rows_dir,  # noqa: E402
-                                run_options, save_csv)
+                                load, run_options, save_csv)
 from superscopes_nn.core.options import RunOptions  # noqa: E402
 from superscopes_nn.core.specs import ENTITY_PROMPT, Target  # noqa: E402
 from superscopes_nn.core.validate import check_layer  # noqa: E402
@@ -357,13 +357,11 @@ def chance_line(r) -> str:
 
 
 def main(argv=None, model=None) -> pd.DataFrame:
-    from superscopes_nn import load_model
-
     args = parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    model = model if model is not None else (load_model(args.model) if args.model else load_model())
+    model = model if model is not None else load(args)  # meta weights under --remote to NDIF
     n = model_info(model).n_layers
     layers = range(0, n if args.all_layers else min(OFFICIAL_LAYERS, n), args.layer_stride)
     metrics = [m for m in args.metrics.split(",") if m]

@@ -65,7 +65,8 @@ from superscopes_nn.core.validate import check_layer  # noqa: E402
 from superscopes_nn.engine.run import run_rows, session_backend  # noqa: E402
 from superscopes_nn.remote.capture import ship  # noqa: E402
 from experiments.common import save_csv  # noqa: E402
-from experiments.common import check_args, parser, store_kwargs  # noqa: E402
+from experiments.common import check_args, load, parser, run_options  # noqa: E402
+from superscopes_nn.core.options import RunOptions  # noqa: E402
 
 from superscopes_nn.data.datasets import load_sample  # noqa: E402
 from superscopes_nn.structure.info import model_info, model_name  # noqa: E402
@@ -105,8 +106,7 @@ def lens_predictions(model, prompt: str, layers: Sequence[int], *, remote: bool 
 def token_identity(model, sentences: Sequence[str] | None = None, *, limit: int | None = None,
                    layers: Iterable[int] | None = None, max_positions: int | None = None,
                    target_prompt: str = IDENTITY_PROMPT, placeholder: str = "?",
-                   max_batch_size: int = 32, remote: bool | str = False, run_dir=None, resume: bool = False,
-                   config: dict | None = None) -> pd.DataFrame:
+                   options: RunOptions | None = None, **settings) -> pd.DataFrame:
     """Precision@1 data for the identity Patchscope and the logit lens, one row per
     (sentence, position, layer, method).
 
@@ -120,12 +120,15 @@ def token_identity(model, sentences: Sequence[str] | None = None, *, limit: int 
        the argmax at the placeholder, which is the target prompt's last token);
     3. ``correct`` = the method's token equals the model's own prediction.
 
-    ``run_dir`` / ``resume`` / ``config``: the run store of :func:`~superscopes_nn.engine.run.run_rows`
-    (one record per patched row, ``token_ids = [top-1]``).
+    ``options`` / ``settings``: :class:`~superscopes_nn.core.options.RunOptions` and its fields, as
+    :func:`~superscopes_nn.engine.run.run_rows` takes them (``max_batch_size`` defaults to 32; one new
+    token per row always; the run store keeps one record per patched row, ``token_ids = [top-1]``).
 
     Columns: model, sentence_id, sentence, position, source_token, layer, method,
     predicted_id, predicted_token, target_id, target_token, correct.
     """
+    opts = RunOptions.of(options or RunOptions(max_batch_size=32), **settings).replace(max_new_tokens=1)
+    remote = opts.remote
     sentences = load_sample(limit=limit) if sentences is None else list(sentences)[:limit]
     if not sentences:
         raise ValueError("no sentences given")
@@ -148,8 +151,7 @@ def token_identity(model, sentences: Sequence[str] | None = None, *, limit: int 
                                 None))
                 base.append({**common, "method": "patchscope", "predicted_id": None})
     rows = resolve(model, patches)
-    res = run_rows(model, rows, max_new_tokens=1, max_batch_size=max_batch_size, remote=remote, run_dir=run_dir,
-                   resume=resume, config=config)
+    res = run_rows(model, rows, opts)
     eos = tok.eos_token_id
     preds = [ids[0] if len(ids) else eos for ids in res.token_ids]  # an end-of-sequence top-1 is trimmed
     it = iter(preds)
@@ -201,16 +203,14 @@ def strided_layers(n: int, stride: int) -> list[int]:
 
 
 def main(argv=None, model=None) -> pd.DataFrame:
-    from superscopes_nn import load_model
-
     args = parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    model = model if model is not None else (load_model(args.model) if args.model else load_model())
+    model = model if model is not None else load(args)  # meta weights under --remote to NDIF
     layers = strided_layers(model_info(model).n_layers, args.layer_stride)
     df = token_identity(model, limit=args.limit, layers=layers, max_positions=args.max_positions,
-                        remote=args.remote, **store_kwargs(args, out, "token_identity"))
+                        options=run_options(args, out, "token_identity", max_batch_size=32))
     summary = summarize(df)
     save_csv(df, out / "token_identity.csv")
     summary.to_csv(out / "token_identity_summary.csv", index=False)

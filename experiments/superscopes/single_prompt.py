@@ -20,7 +20,7 @@ import pandas as pd
 
 from experiments.common import (
     add_decoding, decoding_of, decoding_tag, log, model_layers, parser, pyplot, read_saved_csv, save_csv,
-    save_figure, setup, store_kwargs,
+    run_options, save_figure, setup,
 )
 from superscopes_nn.science.chance import cosine_pairs
 from superscopes_nn.science.superscopes import (
@@ -149,9 +149,7 @@ def run_single_prompt(name: str, prompt: str, token: str, site: str, alphas: Seq
         layers = model_layers(args.layers, n, default_layers(n))
         t0 = time.perf_counter()
         df = superscope(m, prompt, sites=site, layers=layers, alphas=alphas, position=token, target_layer=tl,
-                        protocol=args.protocol, max_new_tokens=args.max_new_tokens,
-                        max_batch_size=args.max_batch_size, progress=args.progress, remote=args.remote,
-                        sampling=sampling, **store_kwargs(args, out, stem))
+                        protocol=args.protocol, options=run_options(args, out, stem, sampling=sampling))
         t_run = time.perf_counter() - t0
         save_csv(df, out / f"{stem}_raw.csv")  # unscored: re-score with --from-csv
     t0 = time.perf_counter()

@@ -20,7 +20,7 @@ from typing import Any, Callable
 from .sampling import Sampling
 from .validate import check_remote
 
-__all__ = ["RunOptions", "DEFAULT_MAX_NEW_TOKENS", "options_from_args", "parse_remote"]
+__all__ = ["RunOptions", "DEFAULT_MAX_NEW_TOKENS", "options_from_args", "parse_remote", "add_remote_argument"]
 
 DEFAULT_MAX_NEW_TOKENS = 10
 """New tokens per row when neither the options nor the entry point say otherwise."""
@@ -79,10 +79,13 @@ class RunOptions:
         return self.replace(max_new_tokens=max_new_tokens if self.max_new_tokens is None else self.max_new_tokens,
                             progress=progress if self.progress is None else self.progress)
 
+    def __post_init__(self):
+        object.__setattr__(self, "remote", check_remote(self.remote).value)  # one spelling per meaning
+
     @property
     def ndif(self) -> bool:
         """True when sessions go to NDIF (``remote=True`` or a host), not for ``"local"``."""
-        return bool(self.remote) and self.remote != "local"
+        return check_remote(self.remote).is_ndif
 
 
 def parse_remote(s: Any):
@@ -97,9 +100,32 @@ def parse_remote(s: Any):
     if low in ("true", "1", "yes", "ndif"):
         return True
     try:
-        return check_remote(s)
+        return check_remote(s).value
     except ValueError:
         raise ValueError(f"bad --remote {s!r}: use false, local, true or an https:// host") from None
+
+
+REMOTE_HELP = ("where the patched runs go: bare --remote = NDIF; --remote local = nnsight's serialization "
+               "round trip on this machine; --remote https://HOST = NDIF at HOST; false = here, plain")
+
+
+def add_remote_argument(parser, *, parse_now: bool = True) -> None:
+    """The one ``--remote`` of the ``superscopes`` command and every paper script: absent = local,
+    bare ``--remote`` = NDIF, ``--remote local`` / ``true`` / ``false`` / ``ndif`` / ``https://HOST``
+    (:func:`parse_remote`). ``parse_now``: ``args.remote`` holds the parsed value (``False``, ``"local"``,
+    ``True`` or the host) and a bad value is the parser's one-line error; else the text as given, parsed
+    by :func:`options_from_args` (``superscopes explain``: its own ``error:`` line)."""
+    import argparse
+
+    def remote_value(s: str):
+        try:
+            return parse_remote(s)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    parser.add_argument("--remote", nargs="?", const=True if parse_now else "true",
+                        default=False if parse_now else "false", type=remote_value if parse_now else str,
+                        metavar="WHERE", help=REMOTE_HELP)
 
 
 def options_from_args(args, **settings) -> RunOptions:

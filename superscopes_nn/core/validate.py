@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from dataclasses import dataclass
 from typing import Any, Iterable
 
 
@@ -122,16 +123,47 @@ def check_strings(values: Any, what: str) -> list[str]:
     return out
 
 
-def check_remote(remote: Any) -> Any:
-    """``remote=``: ``False``/``None`` (local), ``True`` (NDIF), ``"local"`` or an ``http(s)://host`` URL."""
+@dataclass(frozen=True)
+class Remote:
+    """Where a run's traces go, parsed once by :func:`check_remote`.
+
+    ``value``: the canonical ``remote=`` value nnsight and the library take (``False``, ``"local"``,
+    ``True`` or the host URL); ``host``: the NDIF host a run sends to (None: local, or NDIF's default
+    host for ``True``)."""
+
+    value: Any
+    host: str | None = None
+
+    @property
+    def is_ndif(self) -> bool:
+        """True when traces go to NDIF (``True``, ``"ndif"`` or a host), not for ``"local"``."""
+        return bool(self.value) and self.value != "local"
+
+    @property
+    def is_round_trip(self) -> bool:
+        """True for ``"local"``: nnsight's serialization round trip, run on this machine."""
+        return self.value == "local"
+
+    def __bool__(self) -> bool:
+        return bool(self.value)
+
+
+def check_remote(remote: Any) -> Remote:
+    """The one parse of ``remote=``: ``False``/``None`` (local), ``"local"`` (any case: nnsight's round trip
+    here), ``True``/``"ndif"`` (NDIF) or an ``http(s)://host`` URL (NDIF at that host); a
+    :class:`Remote` as it is. Anything else is a one-line ValueError naming it."""
+    if isinstance(remote, Remote):
+        return remote
     if remote is None or isinstance(remote, bool) or is_np_bool(remote):
-        return bool(remote)
+        return Remote(bool(remote))
     if isinstance(remote, str):
         low = remote.strip().lower()
         if low == "local":
-            return "local"
+            return Remote("local")
+        if low == "ndif":
+            return Remote(True)
         if low.startswith(("http://", "https://")) and low.split("://", 1)[1].strip("/"):
-            return remote.strip()
+            return Remote(remote.strip(), host=remote.strip())
     raise ValueError(f"remote must be False, True, 'local' or an http(s):// host URL, got {remote!r}")
 
 

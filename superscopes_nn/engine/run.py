@@ -79,7 +79,7 @@ def remote_caller(remote, backend, model, retries: int = 3, backoff: float = 1.0
     from ..remote.errors import call_remote
     from ..remote.hosts import check_host
 
-    host = remote_host(check_remote(remote))
+    host = remote_host(remote)
     if host is None and backend is not None and getattr(backend, "host", None):
         host = backend.host
     if host is None:
@@ -108,7 +108,7 @@ def session_backend(model, remote, backend):
     """The backend one session of ``model`` uses: the caller's; else, for NDIF (``remote=True`` or a
     host), a fresh :class:`~superscopes_nn.remote.backend.NDIFBackend` (submit once, then wait on the
     same job id, so a dropped connection never runs the job twice); else None (local, "local")."""
-    if backend is not None or not remote or remote == "local":
+    if backend is not None or not check_remote(remote).is_ndif:
         return backend
     from ..remote.backend import remote_backend
 
@@ -168,7 +168,7 @@ def run_custom_requests(model, requests: list, *, remote=False, backend=None, kn
     the first request over a limit, naming ``knob``) and one progress line per request."""
     call = quieted(call or remote_caller(remote, backend, model))
     ship(remote, backend)
-    ndif = bool(remote) and remote != "local"
+    ndif = check_remote(remote).is_ndif
     if ndif:
         announce(model, remote, lambda: measure_custom_requests(model, requests, knob, max_batch_size))
     host = remote_host(remote) or getattr(backend, "host", None)
@@ -221,7 +221,7 @@ def run_rows(model, rows: list[Row], options: RunOptions | None = None, *, targe
     max_new_tokens, remote, backend = opts.max_new_tokens, opts.remote, opts.backend
     target_model = model if target_model is None else target_model
     gen = greedy_kwargs(target_model, max_new_tokens)
-    opts = opts.replace(sampling=check_sampling(opts.sampling, check_remote(remote), backend))
+    opts = opts.replace(sampling=check_sampling(opts.sampling, check_remote(remote).value, backend))
     check_batch_size(opts.max_batch_size)
     rows = list(rows)
     if not rows:

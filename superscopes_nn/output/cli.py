@@ -16,22 +16,18 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-import warnings
 from datetime import datetime
 from pathlib import Path
 
 from .help_format import DefaultsFormatter
-from ..core.dirlock import RunDirBusy, check_run_dir
+from .refusal import guarded
+from ..core.dirlock import check_run_dir
 from ..core.deprecation import add_renamed_flag
 from ..core.layers import attach_negative_values, parse_layers
-from ..core.options import options_from_args
-from ..core.validate import check_alphas, check_batch_size, check_int, check_max_new_tokens
+from ..core.options import add_remote_argument, options_from_args
+from ..core.validate import check_alphas, check_batch_size, check_int, check_max_new_tokens, check_remote
 from ..structure.info import model_info
 from ..remote.hosts import allow_insecure_http
-
-ERRORS = (ValueError, KeyError, FloatingPointError, OSError, RunDirBusy)
-"""Errors printed as one line ``error: ...`` with exit status 2 (``OSError`` covers FileNotFound/FileExists)."""
-
 
 def parse_floats(spec: str, what: str) -> list[float]:
     """``"1,3,6"`` -> ``[1.0, 3.0, 6.0]``: amplification factors, checked by :func:`~superscopes_nn.core.validate.check_alphas`."""
@@ -100,7 +96,7 @@ def add_explain_args(p: argparse.ArgumentParser) -> None:
                    help="where the amplified vector is written in the target: residual (default; the hidden state, "
                         "the official Superscopes protocol), same (the source's own site: Patchscopes' module='mlp') "
                         "or a site name")
-    p.add_argument("--remote", default="false", help="false | local | true (NDIF) | https://host")
+    add_remote_argument(p, parse_now=False)
     p.add_argument("--allow-insecure-http", action="store_true", help="accept a plain http:// --remote host "
                    "other than loopback (results and the API key travel unencrypted)")
     p.add_argument("--out", default=None, help="run directory (default runs/explain-<timestamp>)")
@@ -192,7 +188,7 @@ def explain(args) -> int:
     layers = parse_layers(args.layers)
     alphas = parse_floats(args.alphas, "--alphas")
     opts = options_from_args(args)  # --remote parsed here, before the model loads
-    if args.allow_insecure_http and isinstance(opts.remote, str) and opts.remote != "local":
+    if args.allow_insecure_http and check_remote(opts.remote).host:
         allow_insecure_http(opts.remote)
     max_new_tokens = check_max_new_tokens(args.max_new_tokens)
     batch_size = check_batch_size(args.max_batch_size)
@@ -310,21 +306,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def one_line(err: BaseException) -> str:
-    """The message of ``err`` on one line (an ``OSError`` as ``strerror: filename``)."""
-    if isinstance(err, KeyError) and err.args:
-        msg = str(err.args[0])
-    elif isinstance(err, OSError) and err.strerror:
-        msg = err.strerror + (f": {err.filename}" if err.filename else "")
-    else:
-        msg = str(err) or type(err).__name__
-    return " ".join(msg.split())
-
-
-def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
-    print(f"warning: {' '.join(str(message).split())}", file=sys.stderr)
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "report":
@@ -341,23 +322,7 @@ def main(argv: list[str] | None = None) -> int:
         return plan_main(argv[1:], sys.modules[__name__])
     args = build_parser().parse_args(attach_negative_values(argv))
     args.argv = list(argv)
-    shown = warnings.showwarning
-    warnings.showwarning = _warning_line  # a library warning is one line too
-    try:
-        return {"explain": explain, "demo": demo}[args.command](args)
-    except ERRORS as err:
-        print(f"error: {one_line(err)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: finished rows are on disk; rerun with --resume to continue", file=sys.stderr)
-        return 130
-    except Exception as err:  # remote errors and friends: one line, no traceback
-        if type(err).__name__ in ("NDIFError", "RemoteError"):
-            print(f"error: {one_line(err)}", file=sys.stderr)
-            return 2
-        raise
-    finally:
-        warnings.showwarning = shown
+    return guarded(lambda: {"explain": explain, "demo": demo}[args.command](args))
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import argparse
 import sys
 
 from ..core.layers import attach_negative_values
+from .refusal import ERRORS, one_line
 
 STAND_IN_LENGTH = "about 2.7x"
 """How many more tokens the stand-in tokenizer gives than a real one on the Fig 3 rows (prompt + target
@@ -131,6 +132,6 @@ def main(argv: list[str], cli) -> int:
         return int(exit_.code or 0)
     try:
         return run(args, cli)
-    except cli.ERRORS as err:
-        print(f"error: {cli.one_line(err)}", file=sys.stderr)
+    except ERRORS as err:
+        print(f"error: {one_line(err)}", file=sys.stderr)
         return 2

@@ -8,7 +8,9 @@ the wheel), so ``superscopes run --list`` and ``python -m experiments --list`` p
     superscopes run attribute_extraction --limit 5 --layer-stride 3
 
 Every script reads its data from the package (``superscopes_nn/data``) and writes under ``--out``
-(relative to the current directory), so nothing depends on where the repository is. The registry
+(relative to the current directory), so nothing depends on where the repository is. A refusal
+(a bad value, a step that needs local weights under ``--remote``, an NDIF error) is one ``error:``
+line with exit status 2, as ``superscopes explain`` answers it. The registry
 is imported by name when the command runs: the library never imports ``experiments`` itself.
 """
 
@@ -45,5 +47,6 @@ def main(argv: list[str]) -> int:
         print(f"error: unknown experiment {name!r}; choose one of {', '.join(exp.EXPERIMENTS)} "
               "(superscopes run --list)", file=sys.stderr)
         return 2
-    exp.run(name, rest, prog=f"superscopes run {name}")
-    return 0
+    from .refusal import guarded
+
+    return guarded(lambda: exp.run(name, rest, prog=f"superscopes run {name}"))  # a refusal: one error: line

@@ -206,5 +206,7 @@ def remote_backend(model, remote=True, **kwargs) -> NDIFBackend:
     """The :class:`NDIFBackend` nnsight's ``remote=`` would build for ``model`` (a host
     string overrides ``nnsight.CONFIG.API.HOST``, as in nnsight); ``kwargs`` go to
     :class:`NDIFBackend` (``allow_insecure_http=True``, ``max_result_bytes=...``)."""
-    host = remote if isinstance(remote, str) and remote != "local" else None
+    from ..core.validate import check_remote
+
+    host = check_remote(remote).host
     return NDIFBackend(model.to_model_key(), host=host, env=model._remoteable_get_env(), **kwargs)

@@ -323,11 +323,15 @@ def call_remote(fn: Callable[[], T], *, retries: int = 3, backoff: float = 1.0,
 
 
 def remote_host(remote) -> str | None:
-    """The host a ``remote=`` argument sends to (``None`` for local runs)."""
-    if not remote or remote == "local":
+    """The host a ``remote=`` argument sends to (``None`` for local runs and ``"local"`` in any case;
+    parsed by :func:`~superscopes_nn.core.validate.check_remote`)."""
+    from ..core.validate import check_remote
+
+    parsed = check_remote(remote)
+    if not parsed.is_ndif:
         return None
-    if isinstance(remote, str):
-        return remote
+    if parsed.host:
+        return parsed.host
     from nnsight import CONFIG
 
     return CONFIG.API.HOST
