@@ -33,6 +33,7 @@ PROMPT, TARGET = "Alexander the Great", Target("The official currency of x")
 #: (Post-norm encoders and encoder-decoders have no final norm; BERT-style heads put a prediction transform
 #: between; cpmant / prophetnet / xlnet carry positions that are not the prompt's tokens.)
 REFUSED = {
+    'longcat_flash': 'attention / MLP sub-blocks',  # where it builds (transformers 5.25): one layer, two pairs
     'bart': "the LM head reads the last decoder layer's",
     'bert': 'the LM head reads neither the last decoder',
     'bert-generation': "the LM head reads the last decoder layer's",
@@ -131,11 +132,12 @@ def _ref_logits_close(got, want):
 def test_family_equals_hooks_or_refuses(family):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        if family in UNBUILT:
-            with pytest.raises(Exception, match=re.escape(UNBUILT[family])):
-                tiny_family(family)
+        try:
+            hf, tok = tiny_family(family)
+        except Exception as err:  # noqa: BLE001  (held to UNBUILT's reason)
+            assert family in UNBUILT and UNBUILT[family] in str(err), (family, str(err)[:200])
             return
-        hf, tok = tiny_family(family)
+        # a family UNBUILT here may build on a newer transformers (LongCat-Flash on 5.25): then it is checked below
         if family in REFUSED:
             with pytest.raises(ValueError, match=re.escape(REFUSED[family])):
                 wrap(hf, tok)
