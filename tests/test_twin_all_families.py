@@ -62,6 +62,7 @@ REFUSED = {
     "dots3_note_text": ("twin", r"its config class refuses the shrunk widths .*SWA head_dim must equal"),
     "bailing_hybrid": ("forward", r"shape '\[-1, 8, 0\]' is invalid"),  # its linear attention's rope width
     "blt": ("forward", r"mat1 and mat2 shapes cannot be multiplied"),  # byte patcher widths tied to the global ones
+    "kolibri1_1": ("twin", r"its config class refuses the shrunk widths .*index_num_heads` must be between 1"),  # 5.25
 }
 
 #: families whose full-size build puts tensors off the meta device even under ``torch.device("meta")``
@@ -91,8 +92,12 @@ def test_every_causal_lm_family_twins_or_is_refused_with_its_reason():
     rows = _run_workers(FAMILIES)
     assert sorted(rows) == FAMILIES
     refused = {f: r for f, r in rows.items() if not r["ok"]}
-    assert sorted(refused) == sorted(REFUSED), {f: r.get("reason") for f, r in refused.items() if f not in REFUSED}
+    # every refusal is listed with its reason; a listed family that twins on another transformers (xmod on 5.25)
+    # is checked below like any other, and one this transformers lacks (kolibri1_1 is new in 5.25) is passed over
+    assert set(refused) <= set(REFUSED), {f: r.get("reason") for f, r in refused.items() if f not in REFUSED}
     for family, (stage, why) in REFUSED.items():
+        if family not in refused:
+            continue
         got = refused[family]
         assert got["stage"] == stage and re.search(why, got["reason"]), f"{family}: {got}"
         assert "\n" not in got["reason"]
@@ -105,7 +110,6 @@ def test_every_causal_lm_family_twins_or_is_refused_with_its_reason():
         assert r["same_tree"], f"{family}: the twin's module tree differs from the full-size one"
     print(f"{len(ok)} of {len(FAMILIES)} families twin; {len(refused)} refused; largest twin "
           f"{max(r['params'] for r in ok.values()):,} parameters")
-    assert len(ok) == len(FAMILIES) - len(REFUSED)
 
 
 def _hunyuan_a13b():  # the published Hunyuan-A13B widths (tencent/Hunyuan-A13B-Instruct config.json)
