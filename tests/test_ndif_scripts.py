@@ -71,6 +71,7 @@ def test_every_registered_script_has_a_case():
 def cases(tmp_path_factory):
     """Run every (script, config) once, in one worker with one NDIF runner; ``{id: (local out, remote out, log)}``."""
     from superscopes_nn.structure.twin import twin_model
+    from superscopes_nn.testing.hub_cache import hub_snapshot
     from superscopes_nn.testing.tiny_models import tiny_tokenizer
 
     if ndif_server.ndif_python() is None:
@@ -79,12 +80,7 @@ def cases(tmp_path_factory):
     tok = tiny_tokenizer()
     configs, todo = [], []
     for name, hub_id in HUB_IDS.items():
-        snap = base / "hf" / "hub" / f"models--{hub_id.replace('/', '--')}"
-        sha = "0" * 40
-        (snap / "refs").mkdir(parents=True)
-        (snap / "refs" / "main").write_text(sha)
-        files = snap / "snapshots" / sha
-        files.mkdir(parents=True)
+        files = hub_snapshot(base / "hf", hub_id)
         shutil.copy(CONFIGS / name / "config.json", files / "config.json")
         tok.save_pretrained(files)
         from transformers import AutoConfig

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from superscopes_nn.testing.tiny_models import tiny_hf_model
+from superscopes_nn.testing.hub_cache import hub_snapshot
 
 ROOT = Path(__file__).resolve().parents[1]
 HUB_ID = "superscopes/tiny-gemma3"
@@ -47,12 +48,7 @@ def test_remote_load_model_builds_meta_from_hub_cache(tmp_path):
     full = tmp_path / "full"
     hf.save_pretrained(full)
     tok.save_pretrained(full)
-    snap = tmp_path / "hf" / "hub" / f"models--{HUB_ID.replace('/', '--')}"
-    sha = "0" * 40
-    (snap / "refs").mkdir(parents=True)
-    (snap / "refs" / "main").write_text(sha)
-    files = snap / "snapshots" / sha
-    files.mkdir(parents=True)
+    files = hub_snapshot(tmp_path / "hf", HUB_ID)
     for f in full.iterdir():
         if not f.name.endswith(".safetensors"):  # config and tokenizer only: nothing to download
             (files / f.name).write_bytes(f.read_bytes())
