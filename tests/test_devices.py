@@ -108,7 +108,8 @@ def _stub(residual, mlp_in):
     blocks = [SimpleNamespace(output=None, mlp=SimpleNamespace(input=None)) for _ in range(3)]
     blocks[1].output, blocks[2].mlp.input = residual, mlp_in
     spec = {"layers": "layers", "lm_head": "lm_head", "sites": {"residual": {"path": "", "is_input": False, "flat": ()},
-                                                                "mlp_in": {"path": "mlp", "is_input": True, "flat": ()}}}
+                                                                "mlp_in": {"path": "mlp", "is_input": True, "flat": ()}},
+            "slots": (0, 0)}
     return SimpleNamespace(layers=blocks), spec
 
 

@@ -31,7 +31,7 @@ FAMILIES = sorted(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)
 PROMPT, TARGET = "Alexander the Great", Target("The official currency of x")
 #: family -> a substring of the one-line reason the package refuses it with (checked: it raises exactly that).
 #: (Post-norm encoders and encoder-decoders have no final norm; BERT-style heads put a prediction transform
-#: between; cpmant / prophetnet / xlnet carry positions that are not the prompt's tokens.)
+#: between; prophetnet / xlnet carry positions the load-time probe cannot map to the prompt's tokens.)
 REFUSED = {
     'longcat_flash': 'attention / MLP sub-blocks',  # where it builds (transformers 5.25): one layer, two pairs
     'bart': "the LM head reads the last decoder layer's",
@@ -40,7 +40,6 @@ REFUSED = {
     'big_bird': 'the LM head reads neither the last decoder',
     'blenderbot-small': "the LM head reads the last decoder layer's",
     'camembert': 'the LM head reads neither the last decoder',
-    'cpmant': 'its decoder layers carry 11 positions for a 7-token prompt, not one pe',
     'data2vec-text': 'the LM head reads neither the last decoder',
     'deepseek_v4': 'its decoder layers pass a stack of residual streams [1, 8, 4, 64] (sev',
     'dory': 'no decoder-layer list found (no ModuleList whose layers run one after ',
@@ -55,7 +54,7 @@ REFUSED = {
     'mvp': "the LM head reads the last decoder layer's",
     'openai-gpt': "the LM head reads the last decoder layer's",
     'plbart': "the LM head reads the last decoder layer's",
-    'prophetnet': 'its decoder layers carry 24 positions for a 8-token prompt, not one pe',
+    'prophetnet': 'its decoder layers carry 24 positions for a 8-token prompt and 21 for 7: besides the tokens',
     'rembert': 'the LM head reads neither the last decoder',
     'roberta': 'the LM head reads neither the last decoder',
     'roberta-prelayernorm': 'the LM head reads neither the last decoder',
@@ -63,7 +62,7 @@ REFUSED = {
     'trocr': "the LM head reads the last decoder layer's",
     'xlm-roberta': 'the LM head reads neither the last decoder',
     'xlm-roberta-xl': 'roberta.encoder.LayerNorm reads the last d',
-    'xlnet': 'its decoder layers carry 1 positions for a 8-token prompt, not one per',
+    'xlnet': 'its decoder layers carry 1 positions for a 8-token prompt, and changing token 7 changes position 0',
 }
 #: family -> why its default config does not shrink to a tiny model here (checked: the build fails so).
 UNBUILT = {
@@ -109,6 +108,9 @@ REUSE_REFUSED = {
     **{f: "continuing from a copied cache fails" for f in ("deepseek_v2", "deepseek_v3", "glm4_moe_lite", "minicpm3",
                                                              "sarvam_mla", "youtu", "axk1")},
 }
+#: family -> the config field counting the learned slots its layers carry in front of the prompt's tokens (the
+#: oracle's own index from the model's definition; the package finds them by its load-time probe, structure.positions).
+SLOTS = {"cpmant": "prompt_length"}
 #: family -> why its rows run one at a time (structure.steps: batched rows generate other tokens).
 NO_BATCH = {"rwkv": "two prompts generated in one batch give other logits than each alone"}
 #: family -> why it cannot generate (a forward pass with a cache fails in plain HF too): sweep / patchscope
@@ -145,10 +147,10 @@ def test_family_equals_hooks_or_refuses(family):
         model = wrap(hf, tok)
         for table, field in ((REUSE_REFUSED, "no_reuse"), (NO_BATCH, "no_batch")):  # the load-time probes' answers
             assert (table[family] in getattr(model_info(model).spec, field)) if family in table else True, field
-        _check(model, hf, NO_GENERATE.get(family))
+        _check(model, hf, NO_GENERATE.get(family), getattr(hf.config, SLOTS[family]) if family in SLOTS else 0)
 
 
-def _check(model, hf, no_generate=None):
+def _check(model, hf, no_generate=None, slots=0):
     info = model_info(model)
     n, spec = info.n_layers, info.spec
     assert n == len(get_path(hf, spec.layers))
@@ -158,13 +160,13 @@ def _check(model, hf, no_generate=None):
     got = collect(model, PROMPT, layers=[0, n - 1])
     for layer in (0, n - 1):
         assert got[(layer, "residual")].shape[0] == len(ids)
-        _ref_logits_close(got[(layer, "residual")], hf_read(hf, ids, layer, "residual"))
+        _ref_logits_close(got[(layer, "residual")], hf_read(hf, ids, layer, "residual")[slots:slots + len(ids)])
     sites = ["residual"] + [s for s in ("mlp_out",) if 1 in spec.site_layers(s, n)]
     rows = sweep_rows(model, PROMPT, layers=[1], sites=sites, alphas=[1.0, 4.0], target=TARGET)
     logits = patched_logits(model, rows)
     for r, lg in zip(rows, logits):
         _ref_logits_close(lg, hf_patch_logits(hf, list(r.source_ids), r.source_position, r.source_layer, r.site,
-                                              list(r.target_ids), r.target_position, r.target_layer, r.mapping))
+                                              list(r.target_ids), r.target_position, r.target_layer, r.mapping, slots))
     one = [(Source(PROMPT, layer=n - 1), Target("The official currency of x", layer=0))]
     if no_generate:
         for run in (lambda: sweep(model, PROMPT, layers=[1], target=TARGET, progress=False),
@@ -176,11 +178,11 @@ def _check(model, hf, no_generate=None):
                    progress=False)
         for r, ids_got in zip(rows, df.token_ids):
             want = hf_patch_generate(hf, hf, list(r.source_ids), r.source_position, r.source_layer, r.site,
-                                     list(r.target_ids), r.target_position, r.target_layer, r.mapping, 3)
+                                     list(r.target_ids), r.target_position, r.target_layer, r.mapping, 3, slots=slots)
             assert list(ids_got) == want, (r.site, r.mapping)
         r = rows[0]
         want = hf_patch_generate(hf, hf, list(r.source_ids), r.source_position, n - 1, "residual", list(r.target_ids),
-                                 r.target_position, 0, r.mapping, 3)
+                                 r.target_position, 0, r.mapping, 3, slots=slots)
         assert list(patchscope(model, one, max_new_tokens=3, progress=False).token_ids[0]) == want
     with torch.no_grad():
         own = hf(torch.tensor([ids]), use_cache=False).logits[0, -1]

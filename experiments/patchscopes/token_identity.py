@@ -95,7 +95,7 @@ def lens_predictions(model, prompt: str, layers: Sequence[int], *, remote: bool 
         tops = []
         for layer in layers:
             out = get_path(model, spec.layers)[layer].output
-            h = (out[0] if isinstance(out, tuple) else out)[0]
+            h = (out[0] if isinstance(out, tuple) else out)[0, spec.slots_before:spec.slots_before + ids.shape[1]]
             logits = get_path(model, spec.lm_head)(get_path(model, spec.final_norm)(h))
             tops.append(logits.argmax(-1))
         lens = torch.stack(tops).save()

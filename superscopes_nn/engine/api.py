@@ -39,7 +39,7 @@ from .chunks import chunk_indices
 from .rows import check_sites, encode, resolve, sweep_rows
 from .plan import CustomRequest, greedy_kwargs
 from .run import run_custom_requests, run_requests, run_rows, trim_new_tokens
-from ..structure.sites import site_tensor
+from ..structure.sites import site_tensor, token_rows
 from ..core.deprecation import renamed
 from ..core.options import RunOptions
 from ..core.specs import Row, Target
@@ -126,7 +126,8 @@ def generate_plain(model, prompts: Sequence[str], max_new_tokens: int = 10, max_
 
 def collect(model, prompt: str, layers: Iterable[int], sites: Sequence[str] = ("residual",), *,
             remote=False, backend=None) -> dict:
-    """Read whole sites on one prompt: ``{(layer, site): [seq, d] tensor}`` (no patching)."""
+    """Read whole sites on one prompt: ``{(layer, site): [seq, d] tensor}`` (no patching), one row per prompt
+    token (a model's own slots beside the tokens, :mod:`~superscopes_nn.structure.positions`, are not returned)."""
     spec = plain_spec(model)
     n, name = model_info(model).n_layers, model_name(model)
     ids = torch.tensor([encode(model.tokenizer, prompt)])
@@ -139,7 +140,8 @@ def collect(model, prompt: str, layers: Iterable[int], sites: Sequence[str] = ("
         with model.trace(ids, use_cache=False, remote=remote, backend=backend):
             values = {}
             for layer, site in reads:
-                values[(layer, site)] = site_tensor(model, spec, layer, site, (0, 1, ids.shape[1]))[0].detach().clone()
+                t = site_tensor(model, spec, layer, site, (0, 1, ids.shape[1]))[0]
+                values[(layer, site)] = token_rows(spec, t, ids.shape[1]).detach().clone()  # the tokens' rows
             values.save()
         return values
 

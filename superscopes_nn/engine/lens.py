@@ -39,6 +39,7 @@ def lens_logits(model, prompt: str, layers: Iterable[int], position: int | str =
     pos = resolve_position(model.tokenizer, prompt, position, len(ids))
     cap = softcap(config)
     layers_path, norm_path, head_path = spec.layers, spec.final_norm, spec.lm_head  # plain strings cross the wire
+    at = int(spec.slots_before) + pos  # the token's position in the layers' tensors (past a model's slots)
     scale, out_scale = float(spec.head_scale), float(spec.logit_scale)
     if out_scale != out_scale:  # NaN: the model's logits are no scalar multiple of its head's output
         raise ValueError(f"{model_name(model)}: its logits are not a scalar multiple of its LM head's output "
@@ -49,7 +50,7 @@ def lens_logits(model, prompt: str, layers: Iterable[int], position: int | str =
             hidden = []
             for layer in layers:
                 out = get_path(model, layers_path)[layer].output
-                hidden.append((out[0] if isinstance(out, tuple) else out)[0, pos])
+                hidden.append((out[0] if isinstance(out, tuple) else out)[0, at])
             norm, head = get_path(model, norm_path), get_path(model, head_path)
             # under a device_map the layers live on several devices: gather on the last layer's
             # (the final norm's, in a pipeline layout), each state crossing at most once

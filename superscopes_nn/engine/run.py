@@ -45,7 +45,6 @@ from ..core.validate import check_batch_size, check_max_new_tokens, check_remote
 from ..remote.capture import ship
 from ..remote.errors import remote_host
 from ..remote.safe_load import check_returned
-from ..structure.caches import CACHE_FAILS
 from ..structure.hub import canonical_id
 from ..structure.info import eos_ids, model_info, model_name
 
@@ -131,10 +130,10 @@ def run_requests(model, rows: list[Row], options: RunOptions | None = None, *, t
     remote, backend = opts.remote, opts.backend
     target_model = model if target_model is None else target_model
     cut = batching(target_model, opts)
-    why = model_info(target_model).no_reuse
-    if not logits and why.startswith(CACHE_FAILS):  # generation runs on that cache: refused before any run
-        raise ValueError(f"{model_name(target_model)} cannot generate here: {why}; patched_logits, collect and "
-                         "the logit lens run without a cache")
+    info = model_info(target_model)
+    if not logits and info.cache_fails:  # generation runs on that cache: refused before any run
+        raise ValueError(f"{model_name(target_model)} cannot generate here: {info.no_reuse}; patched_logits, collect "
+                         "and the logit lens run without a cache")
     if cut.no_reuse:  # decided when the model loaded; one notice per run
         print(f"[superscopes] {model_name(target_model)}: running without prefix reuse: {cut.no_reuse}",
               file=sys.stderr)

@@ -64,7 +64,10 @@ class ArchSpec:
     reshaped. ``head_scale``: the scalar the LM head's input is the final norm's output times
     (1.0 but where a model scales it, Inkling's µP width multiplier; :mod:`.final_norm`); ``logit_scale``: the
     scalar its logits are the LM head's output times (Cohere's ``logit_scale``; NaN: no scalar multiple).
-    ``no_batch``: why its rows must run one at a time (``""``: they batch; :mod:`.steps`).
+    ``no_batch``: why its rows must run one at a time (``""``: they batch; :mod:`.steps`). ``cache_fails``: a
+    forward pass with a cache fails (the reuse probe's finding, :mod:`.caches`): the model cannot generate.
+    ``slots_before`` / ``slots_after``: positions of the decoder layers' tensors before / after the prompt's
+    tokens (cpmant's learned prompt slots; :mod:`.positions`): a position ``p`` is tensor index ``slots_before + p``.
     """
 
     family: str
@@ -88,6 +91,9 @@ class ArchSpec:
     head_scale: float = 1.0
     logit_scale: float = 1.0
     no_batch: str = ""
+    cache_fails: bool = False
+    slots_before: int = 0
+    slots_after: int = 0
 
     def is_flat(self, site: str, layer: int) -> bool:
         """True when ``site``'s module tensor on ``layer`` is flattened to ``[batch * seq, d]``."""

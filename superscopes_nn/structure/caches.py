@@ -26,11 +26,13 @@ results are the same, only slower.
 
 >>> from superscopes_nn.structure.caches import reuse_check
 >>> reuse_check(hf_model, ids)      # "" when a prefix cache can be reused, else the reason
+>>> reuse_probe(hf_model).cache_fails   # True: a forward pass with a cache fails (the model cannot generate)
 """
 
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 
 import torch
 
@@ -129,9 +131,21 @@ def _gap(got, full) -> float:
     return float(((got - full).norm(dim=-1) / full.norm()).max())
 
 
-#: How :func:`reuse_check`'s reason starts where a forward pass with a cache fails: such a model cannot generate
-#: (generation needs that cache; :func:`superscopes_nn.engine.run.run_requests` refuses it before any run).
+#: How :func:`reuse_probe`'s reason starts where a forward pass with a cache fails (``Reuse.cache_fails``).
 CACHE_FAILS = "a forward pass with a cache fails"
+
+
+@dataclass(frozen=True)
+class Reuse:
+    """The reuse probe's decision: ``reason`` why a prefix cache is not reused (``""``: it is); ``cache_fails``:
+    a forward pass with a cache fails, so the model cannot generate (generation needs that cache;
+    :func:`superscopes_nn.engine.run.run_requests` refuses it before any run). Recorded as
+    ``ArchSpec.no_reuse`` / ``ArchSpec.cache_fails``."""
+
+    reason: str = ""
+    cache_fails: bool = False
+
+
 #: The probe prompt: :data:`PROBE_LEN` mid-vocabulary ids, cut after :data:`PROBE_CUT` (past a small
 #: sliding window, so a window cache is probed across its edge).
 PROBE_LEN, PROBE_CUT = 20, 13
@@ -150,7 +164,12 @@ def _tolerance(dtype) -> float:
 
 
 def reuse_check(hf_model, ids: torch.Tensor | None = None) -> str:
-    """Why a prefix cache of ``hf_model`` cannot be reused (``""``: it can), probed on ``ids`` [1, n]
+    """Why a prefix cache of ``hf_model`` cannot be reused (``""``: it can): :func:`reuse_probe`'s reason."""
+    return reuse_probe(hf_model, ids).reason
+
+
+def reuse_probe(hf_model, ids: torch.Tensor | None = None) -> Reuse:
+    """The :class:`Reuse` decision for ``hf_model``, probed on ``ids`` [1, n]
     (default :func:`probe_ids`, cut after :data:`PROBE_CUT`; else cut at its middle).
 
     Every cache kind is probed, attention included: the cut prompt's first part cached and copied to two
@@ -166,19 +185,20 @@ def reuse_check(hf_model, ids: torch.Tensor | None = None) -> str:
             try:
                 cache = _cache_of(hf_model(ids[:, :k], use_cache=True))
             except Exception as err:  # noqa: BLE001  (a model whose own cache path fails)
-                return f"{CACHE_FAILS} ({type(err).__name__}: {str(err).splitlines()[0][:120] if str(err) else ''})"
+                return Reuse(f"{CACHE_FAILS} ({type(err).__name__}: {str(err).splitlines()[0][:120] if str(err) else ''})",
+                             cache_fails=True)
             why = row_copy_reason(cache) or _length_reason(cache, k)
             if why:
-                return why
+                return Reuse(why)
             full = hf_model(ids, use_cache=False).logits[0, -1].double()
             stateful = any(_kind(layer) in STATEFUL for layer in cache.layers)
             expand_rows(cache, 2)
             try:
                 err = _gap(_continue(hf_model, ids[:, k:].repeat(2, 1), cache), full)
             except Exception as e:  # noqa: BLE001
-                return f"continuing from a copied cache fails ({type(e).__name__}: {str(e).splitlines()[0][:120]})"
+                return Reuse(f"continuing from a copied cache fails ({type(e).__name__}: {str(e).splitlines()[0][:120]})")
             if err <= tol:
-                return ""
+                return Reuse()
             # the same cut continued from a fresh copy under `cache`: exact there means the keyword is dropped
             cache = expand_rows(_cache_of(hf_model(ids[:, :k], use_cache=True)), 2)
             try:
@@ -188,7 +208,7 @@ def reuse_check(hf_model, ids: torch.Tensor | None = None) -> str:
     finally:
         hf_model.train(was_training)
     if renamed:
-        return IGNORED
-    return ("continuing from a cached prefix does not give the logits of one uncut pass (" +
-            ("its state-space / linear-attention layers restart their state on a multi-token chunk)" if stateful
-             else f"its attention cache continues a cut prompt differently; relative error {err:.2g})"))
+        return Reuse(IGNORED)
+    return Reuse("continuing from a cached prefix does not give the logits of one uncut pass (" +
+                 ("its state-space / linear-attention layers restart their state on a multi-token chunk)" if stateful
+                  else f"its attention cache continues a cut prompt differently; relative error {err:.2g})"))

@@ -48,12 +48,15 @@ class ModelInfo:
     context: int | None
     no_reuse: str = ""
     """Why a cached prompt prefix is not reused on this model (``""``: it is); see :mod:`.caches`."""
+    cache_fails: bool = False
+    """A forward pass with a cache fails on this model, so it cannot generate (:attr:`ArchSpec.cache_fails`)."""
 
 
 def _plain(spec: ArchSpec) -> dict:
     sites = {s: {"path": spec.site_module(s), "is_input": spec.site_is_input(s),
                  "flat": tuple(sorted(i for site, i in spec.flat if site == s))} for s in SITES if spec.has_site(s)}
-    return {"layers": spec.layers, "lm_head": spec.lm_head, "sites": sites}
+    return {"layers": spec.layers, "lm_head": spec.lm_head, "sites": sites,
+            "slots": (int(spec.slots_before), int(spec.slots_after))}
 
 
 def _name(model) -> str:
@@ -84,7 +87,7 @@ def attach(model, spec: ArchSpec | None = None) -> ModelInfo:
     spec = spec if spec is not None else arch_spec(model._module)
     info = ModelInfo(spec=spec, plain=_plain(spec), name=_name(model), n_layers=layer_count(model._module, spec),
                      hidden=hidden_size(config), eos_ids=_eos(model), context=_context(config),
-                     no_reuse=spec.no_reuse)
+                     no_reuse=spec.no_reuse, cache_fails=spec.cache_fails)
     _INFO.put(model, info)
     return info
 

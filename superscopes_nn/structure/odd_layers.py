@@ -175,22 +175,10 @@ def sub_block_reason(family: str, hf_layers, n_config: int) -> str:
             "sub-block are not supported, so no site is one module per layer")
 
 
-def extra_positions_reason(rec, path: str, n_tokens: int) -> str:
-    """Why the decoder layers' positions are not the prompt's tokens (``""``: they are): a model that puts
-    learned slots or memory tokens in front of them (cpmant's prompt slots) carries more positions than the
-    prompt has tokens, and a position, a read or a patch would land on a slot."""
-    first = rec.once(f"{path}.0")
-    x = None if first is None else first["inp"]
-    if x is None or x.dim() != 3 or x.shape[1] == n_tokens:
-        return ""
-    return (f"its decoder layers carry {x.shape[1]} positions for a {n_tokens}-token prompt, not one per token "
-            f"({'learned slots or memory tokens beside the tokens' if x.shape[1] > n_tokens else 'a layout of its own'}"
-            "); positions cannot be mapped to the prompt's own tokens")
-
-
-def layout_reason(family: str, rec, path: str, hf_layers, n_config: int, n_tokens: int) -> str:
+def layout_reason(family: str, hf_layers, config, slots) -> str:
     """Why the decoder layers cannot be addressed one site per layer and position (``""``: they can):
-    several attention / MLP sub-blocks per layer (:func:`sub_block_reason`), or positions that are not the
-    prompt's tokens (:func:`extra_positions_reason`)."""
-    extra = extra_positions_reason(rec, path, n_tokens)
-    return sub_block_reason(family, hf_layers, n_config) or (f"{family}: {extra}" if extra else "")
+    several attention / MLP sub-blocks per layer (:func:`sub_block_reason`; ``config``'s ``num_hidden_layers``
+    named beside the list's length), or positions the probe could not map to the prompt's tokens (``slots``, a
+    :class:`~superscopes_nn.structure.positions.Slots`)."""
+    n_config = getattr(config, "num_hidden_layers", len(hf_layers))
+    return sub_block_reason(family, hf_layers, n_config) or (f"{family}: {slots.reason}" if slots.reason else "")

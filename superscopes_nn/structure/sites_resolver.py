@@ -41,6 +41,7 @@ import torch
 from .architectures import PER_LAYER, ArchSpec, get_path
 from .final_norm import FinalNormError, find_final_norm, logit_scale
 from .odd_layers import fit_sum, layer_calls, layout_reason, renorm_reason, shared_children, shared_reason
+from .positions import token_slots
 
 
 class SiteError(ValueError):
@@ -177,17 +178,16 @@ def resolve_sites(hf_model, input_ids=None, _keep: list | None = None) -> ArchSp
     tol = tolerance(next(hf_model.parameters()).dtype)
     path, lst = _decoder_list(hf_model, rec, family)
     ids = input_ids if input_ids is not None else check_ids(hf_model)
-    if why := layout_reason(family, rec, path, lst, getattr(hf_model.config, "num_hidden_layers", len(lst)),
-                            ids.shape[1]):  # LongCat's sub-blocks, cpmant's prompt slots
+    slots = token_slots(hf_model, lst[0], rec.once(f"{path}.0"), ids)  # positions beside the tokens (.positions)
+    if why := layout_reason(family, lst, hf_model.config, slots):  # LongCat's sub-blocks; unmapped positions
         raise SiteError(why)
     shared = shared_children(lst)
     per_layer = [_layer_sites(rec, f"{path}.{i}", family, tol, shared.get(i, {})) for i in range(len(lst))]
     moe = any([found.pop("moe") for found in per_layer])  # MoE models may keep some layers dense
     from .steps import checked  # (runs the model: imported where used)
-
     final_norm, head_scale = _final_norm(rec, path, len(lst), family, tol)
     return ArchSpec(family=family, layers=path, final_norm=final_norm, head_scale=head_scale, lm_head=lm_head,
-                    logit_scale=logit_scale(rec, hf_model.config, tol), moe=moe, **checked(hf_model, ids),
+                    logit_scale=logit_scale(rec, hf_model.config, tol), moe=moe, **checked(hf_model, ids, slots),
                     **_merge(per_layer))
 
 

@@ -21,7 +21,8 @@ import warnings
 
 import torch
 
-from .caches import reuse_check
+from .caches import reuse_probe
+from .positions import Slots, slot_reuse_reason
 
 
 def _gen(hf_model, ids):
@@ -64,8 +65,11 @@ def batch_reason(hf_model, ids: torch.Tensor) -> str:
             "its rows run one at a time")
 
 
-def checked(hf_model, ids: torch.Tensor) -> dict:
-    """``no_reuse`` (:func:`~.caches.reuse_check`) and ``no_batch`` (:func:`batch_reason`, tried only where reuse is
-    refused) of ``hf_model``, as :class:`~superscopes_nn.structure.architectures.ArchSpec` fields."""
-    no_reuse = reuse_check(hf_model)
-    return dict(no_reuse=no_reuse, no_batch=batch_reason(hf_model, ids) if no_reuse else "")
+def checked(hf_model, ids: torch.Tensor, slots: Slots = Slots()) -> dict:
+    """``no_reuse`` / ``cache_fails`` (:func:`~.caches.reuse_probe`; a model with ``slots`` beside the prompt's tokens
+    gets no reuse, :func:`~.positions.slot_reuse_reason`), ``no_batch`` (:func:`batch_reason`, tried only where reuse
+    is refused) and the slot counts of ``hf_model``, as :class:`~superscopes_nn.structure.architectures.ArchSpec` fields."""
+    reuse = reuse_probe(hf_model)
+    no_reuse = reuse.reason if reuse.cache_fails else slot_reuse_reason(slots) or reuse.reason
+    return dict(no_reuse=no_reuse, cache_fails=reuse.cache_fails, no_batch=batch_reason(hf_model, ids) if no_reuse else "",
+                slots_before=slots.before, slots_after=slots.after)

@@ -7,6 +7,9 @@ token, and ``benchmarks/`` time it as the naive loop. It shares only the site lo
 device and patched vectors moved to the hooked tensor's device and dtype, so the reference
 runs wherever the model sits (CPU or CUDA). A site whose module tensor is flattened to
 ``[seq, d]`` (one row; ``ArchSpec.flat``) is read and written through a ``[1, seq, d]`` view.
+``slots``: positions a model's layer tensors carry in front of the prompt's tokens (cpmant's learned prompt
+slots), stated by the caller from the model's own definition (its config), never read from the engine's probe:
+a token position ``p`` is read and written at ``slots + p``; logits are the model's own, one per token.
 """
 
 from __future__ import annotations
@@ -78,9 +81,9 @@ def _patch_hook(hf_model, layer, site, pos, vec):
 
 
 def _patched_generate(source_model, target_model, src_ids, src_pos, src_layer, site, tgt_ids, tgt_pos, tgt_layer,
-                      f, max_new_tokens: int, tgt_site: str | None, with_logits: bool):
-    vec = f(hf_read(source_model, src_ids, src_layer, site)[src_pos].float())
-    h = _patch_hook(target_model, tgt_layer, tgt_site or site, tgt_pos, vec)
+                      f, max_new_tokens: int, tgt_site: str | None, with_logits: bool, slots: int = 0):
+    vec = f(hf_read(source_model, src_ids, src_layer, site)[slots + src_pos].float())
+    h = _patch_hook(target_model, tgt_layer, tgt_site or site, slots + tgt_pos, vec)
     ids = _ids(target_model, tgt_ids)
     try:
         with torch.no_grad():
@@ -101,15 +104,17 @@ def _patched_generate(source_model, target_model, src_ids, src_pos, src_layer, s
 
 
 def hf_patch_generate(source_model, target_model, src_ids, src_pos, src_layer, site, tgt_ids, tgt_pos, tgt_layer,
-                      f, max_new_tokens: int, tgt_site: str | None = None) -> list[int]:
-    """Patched greedy generation with hooks; returns the new token ids (trimmed at EOS)."""
+                      f, max_new_tokens: int, tgt_site: str | None = None, slots: int = 0) -> list[int]:
+    """Patched greedy generation with hooks; returns the new token ids (trimmed at EOS; ``slots``: the module doc)."""
     return _patched_generate(source_model, target_model, src_ids, src_pos, src_layer, site, tgt_ids, tgt_pos,
-                             tgt_layer, f, max_new_tokens, tgt_site, False)[0]
+                             tgt_layer, f, max_new_tokens, tgt_site, False, slots)[0]
 
 
-def hf_patch_logits(hf_model, src_ids, src_pos, src_layer, site, tgt_ids, tgt_pos, tgt_layer, f) -> torch.Tensor:
-    vec = f(hf_read(hf_model, src_ids, src_layer, site)[src_pos].float())
-    h = _patch_hook(hf_model, tgt_layer, site, tgt_pos, vec)
+def hf_patch_logits(hf_model, src_ids, src_pos, src_layer, site, tgt_ids, tgt_pos, tgt_layer, f,
+                    slots: int = 0) -> torch.Tensor:
+    """The patched next-token logits at ``tgt_pos`` (``slots``: the module doc)."""
+    vec = f(hf_read(hf_model, src_ids, src_layer, site)[slots + src_pos].float())
+    h = _patch_hook(hf_model, tgt_layer, site, slots + tgt_pos, vec)
     try:
         with torch.no_grad():
             return hf_model(_ids(hf_model, tgt_ids), use_cache=False).logits[0, tgt_pos]
