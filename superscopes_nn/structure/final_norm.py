@@ -6,7 +6,9 @@ head reads (on the positions the head ran on). Accepted too (issue 40):
 * a norm module called more than once (nanochat calls its ``norm`` on the embeddings and again
   after the last layer): the call that reads the last layer's output counts;
 * a norm followed by a scalar scale before the head (Inkling divides by its µP width multiplier):
-  the scale is recorded (``ArchSpec.head_scale``) and the logit lens applies it.
+  the scale is recorded (``ArchSpec.head_scale``) and the logit lens applies it;
+* a head reading the norm's output on some of its positions only: the tokens' positions of a model
+  carrying slots beside them (cpmant; :mod:`.positions`), any window of the norm's positions.
 
 A scale of the head's output (Cohere's ``logit_scale``, Granite's ``logits_scaling``) is read off the
 same pass (:func:`logit_scale`, ``ArchSpec.logit_scale``): the lens applies it too.
@@ -50,6 +52,12 @@ def _scale(out: torch.Tensor, head_in: torch.Tensor, tol: float) -> float | None
     return s if _norm(b - s * a) <= tol * (_norm(b) + 1e-30) else None
 
 
+def _windows(t, k: int):
+    """The ``[batch, k, d]`` windows of ``t`` along its positions, the last first (the head runs on the last
+    tokens; positions a model carries behind its tokens, :mod:`.positions`, come after them)."""
+    return (t[:, i - k:i] for i in range(t.shape[1], k - 1, -1))
+
+
 def find_final_norm(rec, path: str, n: int, family: str, tol: float) -> tuple[str, float]:
     """``(module path, head_scale)`` of the final norm in ``rec`` (a sites-resolver recording)."""
     last, head = rec.once(f"{path}.{n - 1}"), rec.once("@head")
@@ -65,14 +73,14 @@ def find_final_norm(rec, path: str, n: int, family: str, tol: float) -> tuple[st
         for c in calls:
             if (c["inp"] is not None and c["out"] is not None and c["inp"].shape == y.shape and torch.equal(c["inp"], y)
                     and c["out"].dim() == 3 and c["out"].shape[-1] == h.shape[-1]):
-                tail = c["out"][:, -h.shape[1]:]
-                if torch.equal(tail, h):
-                    return name, 1.0
-                s = _scale(tail, h, tol)
-                if s is not None:
-                    return name, s
+                for tail in _windows(c["out"], h.shape[1]):
+                    if torch.equal(tail, h):
+                        return name, 1.0
+                    s = _scale(tail, h, tol)
+                    if s is not None:
+                        return name, s
                 readers.append(name)
-    if y.shape[-1] == h.shape[-1] and torch.equal(y[:, -h.shape[1]:], h):
+    if y.shape[-1] == h.shape[-1] and any(torch.equal(w, h) for w in _windows(y, h.shape[1])):
         why = "the LM head reads the last decoder layer's output itself (no norm between them)"
     elif readers:
         why = (f"{', '.join(readers)} reads the last decoder layer's output but the LM head reads something else "
