@@ -79,8 +79,6 @@ def token_slots(hf_model, first_layer, first_call, ids) -> Slots:
     n = ids.shape[1]
     if x is None or x.dim() != 3 or x.shape[1] == n:
         return Slots()
-    length = x.shape[1]
-    head = f"its decoder layers carry {length} positions for a {n}-token prompt"
     was_training = hf_model.training
     hf_model.eval()
     try:
@@ -90,6 +88,8 @@ def token_slots(hf_model, first_layer, first_call, ids) -> Slots:
         shorter = _first_input(hf_model, first_layer, ids[:, :-1])[0]
     finally:
         hf_model.train(was_training)
+    length = x.shape[1]  # the probe's own pass (the recorded call only said it differs from n)
+    head = f"its decoder layers carry {length} positions for a {n}-token prompt"
     if any(m is None for m in moved.values()):
         return Slots(reason=f"{head}, and changing one token changes the shape of the first layer's input; "
                             "positions cannot be mapped to the prompt's own tokens")
