@@ -18,7 +18,8 @@ The counts are recorded as ``ArchSpec.slots_before`` / ``slots_after`` (``plain[
 read and write of :mod:`.sites`, ``collect`` and the logit lens index ``before + position``. A model with
 slots gets no prefix reuse (:func:`slot_reuse_reason`): its cache holds the slots too, so the cache of a
 cut prompt is not the cache of the prompt's first tokens alone. The probe costs four forward passes of the
-8-token prompt, on such models only (a model with one position per token is not probed further).
+8-token prompt, on such models only (a model with one position per token is not probed further): 0.17-0.42 s on
+tiny cpmant, 0.15 s on tiny xlnet, 0.9-4.4 s on tiny prophetnet (CPU, 2 cores under load; median of 5).
 """
 
 from __future__ import annotations
