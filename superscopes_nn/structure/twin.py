@@ -165,6 +165,7 @@ def _plan(config, width: int, vocab: int) -> TwinPlan:
     d = _special_ids(d, min(vocab, _vocab(d) or vocab), {})
     before, after = widths.int_leaves(orig), widths.int_leaves(d)
     fixed = {p for p, v in after.items() if before.get(p) != v or p[-1] in _NAMED}
+    widths.tie_to_hidden(orig, d)
     widths.clamp_topk(d, EXPERTS)
     d, twin = _checked(config, orig, d, fixed)
     n, shapes = widths.meta_params(twin)
@@ -209,20 +210,21 @@ def _checked(config, orig: dict, d: dict, fixed: set):
     width otherwise than on ``orig`` (:func:`.twin_widths.derived`), when some re-solved identity mends it."""
     def accepts(trial):  # built, and no width derived otherwise than on the original (no module added or lost)
         try:
-            return not widths.derived(orig, type(config).from_dict(trial).to_dict())
-        except Exception:
-            return False
+            changed = widths.derived(orig, type(config).from_dict(copy.deepcopy(trial)).to_dict())  # it edits dicts
+        except Exception as err:
+            return _line(err)
+        return f"derived otherwise: {' '.join(p[-1] for p in sorted(changed))}" if changed else ""
 
     try:
         twin = _from_dict(config, d)
     except TwinError as err:
-        fixed_d = widths.repair(orig, d, fixed, accepts)
+        fixed_d = widths.repair(orig, d, fixed, accepts, hint=accepts(d))
         if fixed_d is None:
             raise err from None
         return fixed_d, _from_dict(config, fixed_d)
     if not widths.derived(orig, twin.to_dict()):
         return d, twin
-    fixed_d = widths.repair(orig, d, fixed, accepts)  # BLT: two widths no longer equal, a projection appears
+    fixed_d = widths.repair(orig, d, fixed, accepts, hint=accepts(d))  # BLT: two widths no longer equal, a projection appears
     return (d, twin) if fixed_d is None else (fixed_d, _from_dict(config, fixed_d))
 
 
@@ -235,7 +237,7 @@ def _depth(config):
 
 def _from_dict(config, d: dict):
     try:
-        return type(config).from_dict(d)
+        return type(config).from_dict(copy.deepcopy(d))  # a class may edit the dicts it is given
     except Exception as err:
         raise TwinError(f"twin of {config.model_type}: its config class refuses the shrunk widths "
                          f"({_line(err)})") from None
