@@ -19,10 +19,12 @@ The widths are found in two steps, both on the meta device (nothing is allocated
 size is known to be under :data:`TWIN_MAX_PARAMS`): a table of width names seen before (the fast
 path), then :mod:`.twin_widths`: the twin is built on meta, every config integer producing one of
 its large parameter dimensions is shrunk (keeping its ratio to the widths already shrunk), expert
-counts and top-k are clamped, and identities the config class checks (Mamba's ``hidden * expand ==
-heads * head_dim``) are re-solved. A config transformers itself cannot build or run is one line
-saying so (:func:`cannot_run`). Every causal-LM family of the installed transformers is checked
-(``tests/test_twin_all_families.py``: 174 of 196 twin on 5.24, the rest listed with their reasons).
+counts, expert groups and top-k are clamped, widths equal to a hidden size follow it, and identities
+the config class checks (Mamba's ``hidden * expand == heads * head_dim``, Dots3's per-layer
+``head_dim == nope + rope``) or that decide a derived module (BLT's ``encoder_cross_output_size``)
+are re-solved, guided by the class's refusal. A config transformers itself cannot build or run is one
+line saying so (:func:`cannot_run`). Every causal-LM family of the installed transformers is checked
+(``tests/test_twin_all_families.py``: 178 of 196 twin on 5.24, the rest listed with their reasons).
 
 So any architecture that resolves locally resolves for a config alone, with the same
 structural resolver (:func:`~superscopes_nn.structure.sites_resolver.resolve_sites`), and the

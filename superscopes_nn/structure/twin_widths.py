@@ -7,8 +7,11 @@ it, or one factor of it next to another config integer) is shrunk. Counts that d
 (layers, per-layer kinds, dense/MoE switches, positions, token ids: :data:`STRUCTURAL`) are
 never touched. Identities the original config holds between its integers (``a == b * c``,
 ``a * b == c * e``, ``a == b + c``: a Mamba block's ``hidden * expand == heads * head_dim``, MLA's
-``head_dim == nope + rope``) are restored on the twin by re-solving a key the name table did not
-set, so the config classes' own checks pass. Top-k values are clamped to the twin's expert count.
+``head_dim == nope + rope``, ``a == b``; within one sub-config, one per-layer override merged with
+the config it overrides, then across sub-configs) are restored on the twin by re-solving a key, the
+keys the class's refusal names first and the refusal after each change guiding the next, so the
+config classes' own checks pass and no width is derived otherwise (:func:`derived`: no module
+appears or goes). Top-k values are clamped to the twin's expert count, expert groups to 1.
 """
 
 from __future__ import annotations
