@@ -3,7 +3,9 @@
 :func:`tiny_family` shrinks a family's default config (``CONFIG_MAPPING[family]()``) in place: every
 width, head count, layer count, expert count and window it knows by name, layer-type lists cut to 4
 entries (the pattern kept), on the text config of a multimodal config too. A family whose default
-config cannot be shrunk this way fails to build; the test lists it with the reason.
+config cannot be shrunk this way is built as its structural twin (superscopes_nn.structure.twin: widths
+found by shape, full depth, the tokenizer's vocabulary) where that builds and runs; one neither way can
+build fails with the tiny builder's reason, and the test lists it with that reason.
 """
 
 from __future__ import annotations
@@ -94,13 +96,49 @@ def _built(cls, vocab: int):
 
 def tiny_family(family: str, seed: int = 0):
     """``(hf_model, tokenizer)``: a random-weight float32 causal LM of ``family``, eval mode (raises if it cannot)."""
-    from transformers import AutoModelForCausalLM, CONFIG_MAPPING
-
     from superscopes_nn.testing.tiny_models import tiny_hf_model, tiny_tokenizer
 
     tok = tiny_tokenizer()
     if family in KNOWN:
         return tiny_hf_model(family, seed=seed)
+    try:
+        return _tiny(family, tok, seed), tok
+    except Exception as err:  # noqa: BLE001  (the family's structural twin where it builds and runs, else both reasons)
+        model = _twin(family, tok, seed)
+        if isinstance(model, str):
+            raise RuntimeError(f"{type(err).__name__}: {err}; its structural twin: {model}") from None
+        return model, tok
+
+
+def _twin(family: str, tok, seed: int):
+    """The structural twin of ``family``'s default config (superscopes_nn.structure.twin: every width shrunk by
+    the widths its parameters have, full depth) on the tokenizer's vocabulary, if it builds and its own plain
+    forward runs; else the one-line reason it does not."""
+    from transformers import CONFIG_MAPPING
+
+    from superscopes_nn.structure.twin import twin_model
+
+    ids = tok("Alexander the Great")["input_ids"]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = twin_model(CONFIG_MAPPING[family](), seed=seed, vocab=len(tok))
+    except Exception as err:  # noqa: BLE001
+        return " ".join(f"{type(err).__name__}: {err}".split())[:200]
+    vocab = model.get_input_embeddings().num_embeddings if model.get_input_embeddings() is not None else None
+    if vocab is not None and max(ids) >= vocab:
+        return f"its vocabulary has {vocab} ids, the test tokenizer's prompt reaches id {max(ids)}"
+    try:
+        with torch.no_grad():
+            model(torch.tensor([ids]), use_cache=False)
+    except Exception as err:  # noqa: BLE001
+        return "its own forward fails (" + " ".join(f"{type(err).__name__}: {err}".split())[:160] + ")"
+    return model
+
+
+def _tiny(family: str, tok, seed: int):
+    from transformers import AutoModelForCausalLM, CONFIG_MAPPING
+
     cfg = _built(CONFIG_MAPPING[family], len(tok))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -120,4 +158,4 @@ def tiny_family(family: str, seed: int = 0):
         except Exception as err:  # noqa: BLE001
             raise RuntimeError(f"its tiny model's own forward fails ({type(err).__name__}: "
                                f"{str(err).splitlines()[0][:100] if str(err) else ''})") from None
-    return model, tok
+    return model

@@ -19,10 +19,12 @@ The widths are found in two steps, both on the meta device (nothing is allocated
 size is known to be under :data:`TWIN_MAX_PARAMS`): a table of width names seen before (the fast
 path), then :mod:`.twin_widths`: the twin is built on meta, every config integer producing one of
 its large parameter dimensions is shrunk (keeping its ratio to the widths already shrunk), expert
-counts and top-k are clamped, and identities the config class checks (Mamba's ``hidden * expand ==
-heads * head_dim``) are re-solved. A config transformers itself cannot build or run is one line
-saying so (:func:`cannot_run`). Every causal-LM family of the installed transformers is checked
-(``tests/test_twin_all_families.py``: 174 of 196 twin on 5.24, the rest listed with their reasons).
+counts, expert groups and top-k are clamped, widths equal to a hidden size follow it, and identities
+the config class checks (Mamba's ``hidden * expand == heads * head_dim``, Dots3's per-layer
+``head_dim == nope + rope``) or that decide a derived module (BLT's ``encoder_cross_output_size``)
+are re-solved, guided by the class's refusal. A config transformers itself cannot build or run is one
+line saying so (:func:`cannot_run`). Every causal-LM family of the installed transformers is checked
+(``tests/test_twin_all_families.py``: 178 of 196 twin on 5.24, the rest listed with their reasons).
 
 So any architecture that resolves locally resolves for a config alone, with the same
 structural resolver (:func:`~superscopes_nn.structure.sites_resolver.resolve_sites`), and the
@@ -109,7 +111,15 @@ def _shrink(d: dict, width: int) -> dict:
         d["head_dim"] = d["qk_rope_head_dim"]
     for k in _subs(d):
         d[k] = _shrink(d[k], width // 2 if k in ("vision_config", "audio_config") else width)
+    for k in _tables(d):  # per-layer overrides of these widths (Dots3's per_layer_config)
+        d[k] = {i: _shrink(v, width) for i, v in d[k].items()}
     return d
+
+
+def _tables(d: dict):
+    """Keys of ``d`` holding a table of sub-configs (``{"02": {"num_attention_heads": 64, ...}, ...}``)."""
+    return [k for k, v in d.items() if isinstance(v, dict) and v and k not in _subs(d) and all(
+        isinstance(e, dict) for e in v.values()) and any(n in e for e in v.values() for n in _SHRINK)]
 
 
 def _special_ids(d: dict, vocab: int, seen: dict) -> dict:
@@ -157,8 +167,7 @@ def _plan(config, width: int, vocab: int) -> TwinPlan:
     d = _special_ids(d, min(vocab, _vocab(d) or vocab), {})
     before, after = widths.int_leaves(orig), widths.int_leaves(d)
     fixed = {p for p, v in after.items() if before.get(p) != v or p[-1] in _NAMED}
-    known = {before[p]: after[p] for p in sorted(fixed, key=lambda p: (p[-1] not in widths.HIDDEN, p))  # hidden first
-             if p in before and before[p] > max(after[p], widths.SMALL) and "vocab" not in p[-1]}
+    widths.tie_to_hidden(orig, d)
     widths.clamp_topk(d, EXPERTS)
     d, twin = _checked(config, orig, d, fixed)
     n, shapes = widths.meta_params(twin)
@@ -167,7 +176,8 @@ def _plan(config, width: int, vocab: int) -> TwinPlan:
         if not found:
             break
         trial = copy.deepcopy(d)
-        for path, new in widths.new_widths(found, before, widths.int_leaves(d), known).items():
+        now = widths.int_leaves(d)
+        for path, new in widths.new_widths(found, before, now, _known(before, now, fixed)).items():
             widths.set_leaf(trial, path, lambda v, n=new, o=before[path]: n if v == o else max(1, v * n // o))
         fixed |= set(found)
         widths.clamp_topk(trial, EXPERTS)
@@ -182,27 +192,42 @@ def _plan(config, width: int, vocab: int) -> TwinPlan:
     return TwinPlan(twin, n, shapes)
 
 
+def _known(before: dict, now: dict, fixed: set) -> dict:
+    """original width -> its twin value so far, over the ``fixed`` paths (a hidden size's value wins, as
+    re-solved by a repair: BLT's ``hidden_size_global`` follows the global width it equals)."""
+    known: dict = {}
+    for p in sorted(fixed, key=lambda p: (p[-1] not in widths.HIDDEN, p)):
+        if p in before and p in now and before[p] > max(now[p], widths.SMALL) and "vocab" not in p[-1]:
+            known.setdefault(before[p], now[p])
+    return known
+
+
 class TwinError(ValueError):
     """The twin's config, not the model's, is at fault (a width shrunk in a way its class refuses)."""
 
 
 def _checked(config, orig: dict, d: dict, fixed: set):
     """``(d, config)``: ``d`` as its config class builds it, else ``d`` with the identities of ``orig`` that the
-    class checks restored (:func:`.twin_widths.repair`)."""
-    try:
-        return d, _from_dict(config, d)
-    except TwinError as err:
-        def accepts(trial):
-            try:
-                type(config).from_dict(trial)
-                return True
-            except Exception:
-                return False
+    class checks restored (:func:`.twin_widths.repair`); restored too where the class builds ``d`` but derives a
+    width otherwise than on ``orig`` (:func:`.twin_widths.derived`), when some re-solved identity mends it."""
+    def accepts(trial):  # built, and no width derived otherwise than on the original (no module added or lost)
+        try:
+            changed = widths.derived(orig, type(config).from_dict(copy.deepcopy(trial)).to_dict())  # it edits dicts
+        except Exception as err:
+            return _line(err)
+        return f"derived otherwise: {' '.join(p[-1] for p in sorted(changed))}" if changed else ""
 
-        fixed_d = widths.repair(orig, d, fixed, accepts)
+    try:
+        twin = _from_dict(config, d)
+    except TwinError as err:
+        fixed_d = widths.repair(orig, d, fixed, accepts, hint=accepts(d))
         if fixed_d is None:
             raise err from None
         return fixed_d, _from_dict(config, fixed_d)
+    if not widths.derived(orig, twin.to_dict()):
+        return d, twin
+    fixed_d = widths.repair(orig, d, fixed, accepts, hint=accepts(d))  # BLT: two widths no longer equal, a projection appears
+    return (d, twin) if fixed_d is None else (fixed_d, _from_dict(config, fixed_d))
 
 
 def _depth(config):
@@ -214,7 +239,7 @@ def _depth(config):
 
 def _from_dict(config, d: dict):
     try:
-        return type(config).from_dict(d)
+        return type(config).from_dict(copy.deepcopy(d))  # a class may edit the dicts it is given
     except Exception as err:
         raise TwinError(f"twin of {config.model_type}: its config class refuses the shrunk widths "
                          f"({_line(err)})") from None
