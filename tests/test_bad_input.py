@@ -53,7 +53,7 @@ API_CASES = [
     ("unknown model", lambda m: load_model("no-such-model-xyz"), ValueError, "no-such-model-xyz"),
     ("hidden sizes differ", lambda m: patchscope(m, [(_src(), Target(), None)], target_model=tiny_model("gpt2", hidden=32)),
      ValueError, "64"),
-    ("affine shape", lambda m: patchscope(m, [(_src(), Target(), Affine(torch.zeros(3, 5)))]), ValueError, "(3, 5)"),
+    ("affine shape", lambda m: patchscope(m, [(_src(), Target(), Affine(torch.zeros(3, 5)))]), ValueError, "[3, 5]"),
     ("max_new_tokens 0", lambda m: sweep(m, "Pink Floyd", layers=[1], max_new_tokens=0), ValueError, "0"),
     ("batch size 0", lambda m: sweep(m, "Pink Floyd", layers=[1], max_batch_size=0), ValueError, "0"),
     ("unsupported architecture", lambda m: __import__("superscopes_nn").arch_spec(type("C", (), {"model_type": "bert"})()),

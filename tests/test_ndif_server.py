@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 import ndif_server
+from experiments.patchscopes.token_identity import lens_predictions
 from superscopes_nn import (Affine, Amplify, Source, Target, collect, generate_plain, load_model, logit_lens,
                             patched_logits, patchscope, sweep)
 from superscopes_nn import resolve
@@ -85,6 +86,8 @@ CASES = {
                                     remote=r),
     "logit_lens": lambda m, r: logit_lens(m["gemma3_text"], "Pink Floyd is", layers=[0, 2], k=3,
                                           remote=r).to_dict("records"),
+    # the paper script's own session (experiments/patchscopes/token_identity.py): lens and own top-1 per position
+    "token_identity_lens": lambda m, r: list(lens_predictions(m["llama"], "Pink Floyd is", [0, 2, 3], remote=r)),
 }
 # Cases whose session body is allowlist-clean (only nnsight / torch / builtins): all of them.
 CLEAN = set(CASES)

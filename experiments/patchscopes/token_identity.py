@@ -62,8 +62,8 @@ from superscopes_nn.structure.architectures import get_path
 from superscopes_nn.engine.rows import encode, resolve  # noqa: E402
 from superscopes_nn.core.specs import IDENTITY_PROMPT, Source, Target  # noqa: E402
 from superscopes_nn.core.validate import check_layer  # noqa: E402
-from superscopes_nn.engine.run import run_rows, session_backend  # noqa: E402
-from superscopes_nn.remote.capture import ship  # noqa: E402
+from superscopes_nn.engine.plan import CustomRequest  # noqa: E402
+from superscopes_nn.engine.run import run_custom_requests, run_rows  # noqa: E402
 from experiments.common import save_csv  # noqa: E402
 from experiments.common import check_args, load, parser, run_options  # noqa: E402
 from superscopes_nn.core.options import RunOptions  # noqa: E402
@@ -87,20 +87,32 @@ def lens_predictions(model, prompt: str, layers: Sequence[int], *, remote: bool 
     ``lens``: logit-lens top-1 at every position (final norm + unembedding of each
     layer's output, as :func:`superscopes_nn.engine.lens.lens_logits`); ``own``: the model's
     own next-token prediction. (Gemma's logit soft-capping is monotone, so argmax ignores it.)
+    One request of the library's (:func:`~superscopes_nn.engine.run.run_custom_requests`: on NDIF the
+    hub-id lookup, the plan line, retries and a data-only result); the session body sees plain data only
+    (module paths as strings, layer indices as ints): no dataclass crosses the wire.
     """
     spec = model_info(model).spec
+    layers_path, norm_path, head_path = spec.layers, spec.final_norm, spec.lm_head
+    layers = [int(l) for l in layers]
+    slots = int(spec.slots_before)
     ids = torch.tensor([encode(model.tokenizer, prompt)])
-    ship(remote, None)  # on NDIF: the library's NDIFBackend (results read as data only), its code shipped
-    with model.trace(ids, remote=remote, backend=session_backend(model, remote, None)):
-        tops = []
-        for layer in layers:
-            out = get_path(model, spec.layers)[layer].output
-            h = (out[0] if isinstance(out, tuple) else out)[0, spec.slots_before:spec.slots_before + ids.shape[1]]
-            logits = get_path(model, spec.lm_head)(get_path(model, spec.final_norm)(h))
-            tops.append(logits.argmax(-1))
-        lens = torch.stack(tops).save()
-        own = model.output.logits[0].argmax(-1).save()
-    return lens, own
+
+    def one(backend):
+        with model.trace(ids, use_cache=False, remote=remote, backend=backend):
+            tops = []
+            for layer in layers:
+                out = get_path(model, layers_path)[layer].output
+                h = (out[0] if isinstance(out, tuple) else out)[0, slots:slots + seq]
+                tops.append(get_path(model, head_path)(get_path(model, norm_path)(h)).argmax(-1))
+            lens = torch.stack(tops).save()
+            own = model.output.logits[0].argmax(-1).save()
+        return lens, own
+
+    seq = ids.shape[1]
+    returns = (torch.empty(len(layers), seq, dtype=torch.long, device="meta"),
+               torch.empty(seq, dtype=torch.long, device="meta"))
+    knob = f"decode fewer layers (--layer-stride; now {len(layers)} layers x {seq} tokens)"
+    return run_custom_requests(model, [CustomRequest(one, returns)], remote=remote, knob=knob)[0]
 
 
 def token_identity(model, sentences: Sequence[str] | None = None, *, limit: int | None = None,

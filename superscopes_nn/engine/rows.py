@@ -76,13 +76,24 @@ def _unpack(item: Any) -> tuple:
 
 def _check_mapping_shape(f, d_src: int, d_tgt: int, src_name: str, tgt_name: str, device="cpu") -> None:
     base = f.base if isinstance(f, Compose) else f
+    check_map_width(base, d_src, d_tgt, src_name, tgt_name)
+    if isinstance(base, Fn):
+        _probe_fn(base, d_src, d_tgt, device, tgt_name)
+
+
+def check_map_width(f, d_src: int, d_tgt: int, src_name: str, tgt_name: str) -> None:
+    """A mapping (or a ``Compose`` of one) must carry ``d_src`` wide vectors to ``d_tgt`` wide ones: an identity /
+    amplification between models of two widths, or an :class:`Affine` fitted on other models' states (e.g. a
+    narrower server model's), is refused in one line naming the widths (a ``Fn`` is probed by :func:`resolve`)."""
+    base = f.base if isinstance(f, Compose) else f
     if isinstance(base, (Identity, Amplify)) and d_src != d_tgt:
         raise ValueError(f"hidden sizes differ ({src_name}: {d_src}, {tgt_name}: {d_tgt}); "
                          "pass an Affine mapping or a callable")
     if isinstance(base, Affine) and tuple(base.weight.shape) != (d_tgt, d_src):
-        raise ValueError(f"affine weight shape {tuple(base.weight.shape)} != (d_target, d_source) = {(d_tgt, d_src)}")
-    if isinstance(base, Fn):
-        _probe_fn(base, d_src, d_tgt, device, tgt_name)
+        d_out, d_in = base.weight.shape
+        raise ValueError(f"affine map {base.name!r} maps width {d_in} to width {d_out} (weight {[d_out, d_in]}), "
+                         f"but {src_name} has hidden size {d_src} and {tgt_name} {d_tgt}: it needs weight "
+                         f"[{d_tgt}, {d_src}] (was it fitted on another model's states?)")
 
 
 def _vector_device(model):

@@ -35,6 +35,7 @@ import pandas as pd
 
 from .plan import announce, batching, greedy_kwargs, log_request, measure_requests, measure_custom_requests, plan_requests
 from .chunks import run_chunks
+from .rows import check_map_width
 
 from ..core.options import RunOptions
 from ..core.quiet import quieted
@@ -137,6 +138,9 @@ def run_requests(model, rows: list[Row], options: RunOptions | None = None, *, t
     if cut.no_reuse:  # decided when the model loaded; one notice per run
         print(f"[superscopes] {model_name(target_model)}: running without prefix reuse: {cut.no_reuse}",
               file=sys.stderr)
+    d_src, d_tgt = model_info(model).hidden, model_info(target_model).hidden
+    for m in {id(r.mapping): r.mapping for r in rows}.values():  # rows resolved for another model: before any run
+        check_map_width(m, d_src, d_tgt, model_name(model), model_name(target_model))
     call = quieted(call or remote_caller(remote, backend, target_model))  # no deprecation noise per generate
     planned = plan_requests(model, rows, batching=cut, target_model=target_model, gen_kwargs=gen_kwargs,
                             logits=logits, sampling=opts.sampling)

@@ -123,14 +123,26 @@ def paired_states(source_model, target_model, texts: Sequence[str], layer_pairs:
             continue
         si = torch.tensor([i for i, _ in idx])
         tj = torch.tensor([j for _, j in idx])
-        hs = collect(source_model, text, s_layers, [site], remote=remote)
-        ht = collect(target_model, text, t_layers, [site], remote=remote)
+        hs = _checked(source_model, collect(source_model, text, s_layers, [site], remote=remote))
+        ht = _checked(target_model, collect(target_model, text, t_layers, [site], remote=remote))
         for ls, lt in pairs:  # the pairs gather on the CPU (the models may sit on other devices)
             xs[(ls, lt)].append(hs[(ls, site)][si.to(hs[(ls, site)].device)].to("cpu", torch.float64))
             ys[(ls, lt)].append(ht[(lt, site)][tj.to(ht[(lt, site)].device)].to("cpu", torch.float64))
     if not any(xs.values()) or not xs[pairs[0]]:
         raise ValueError(f"no aligned token pairs in {len(texts)} texts (align={align!r}); try align='last'")
     return {p: (torch.cat(xs[p]), torch.cat(ys[p])) for p in pairs}
+
+
+def _checked(model, states: dict) -> dict:
+    """``states`` (what :func:`collect` read), refused unless as wide as ``model``'s hidden size: states of
+    another width (a server holding a narrower model under the same id) would fit a map that cannot patch it."""
+    d = model_info(model).hidden
+    for (layer, site), h in states.items():
+        if h.shape[-1] != d:
+            raise ValueError(f"the {site} states read from {model_name(model)} at layer {layer} are {h.shape[-1]} "
+                             f"wide, but its hidden size is {d}: a map fitted on them cannot patch it (does the "
+                             f"server run another model under this id?)")
+    return states
 
 
 def fit_affine_arrays(X: torch.Tensor, Y: torch.Tensor, ridge: float = 0.0) -> Affine:
