@@ -22,6 +22,12 @@ JSON = ROOT / "docs" / "runs" / "plan_scripts.json"
 DOC = ROOT / "docs" / "ndif.md"
 START, END = "<!-- plan-scripts:start -->", "<!-- plan-scripts:end -->"
 
+PER_ITEM = ("token_identity", "attribute_extraction", "entity_resolution", "multihop_cot", "backpatching",
+            "entity_resolution_bridge", "controls")
+"""Scripts planned for one item (``--limit 1``: one sentence, sample per task, entity or query): their default
+runs every item of their data set, one request list per item at full size (thousands of requests), so the
+table gives the cost of one item; a run of N items sends about N times its requests and bytes."""
+
 SETTINGS = {
     "multihop_cot": (["--all-queries"], "queries: all (the official only_correct filter keeps a subset)"),
     "attribute_extraction": (["--all-samples"], "samples: all (the official only_correct filter keeps a subset)"),
@@ -34,13 +40,22 @@ stage that filters on results (a correct first hop, a wrong composition) would k
 (token 0) pass, not an upper bound."""
 
 
+def settings(name: str) -> tuple[list, str]:
+    """The arguments a case runs with beyond the defaults, and its note."""
+    extra, note = SETTINGS.get(name, ([], ""))
+    if name in PER_ITEM:
+        extra, note = [*extra, "--limit", "1"], "; ".join(n for n in ("one item (`--limit 1`)", note) if n)
+    return extra, note
+
+
 def plan_case(name: str, model: str) -> dict:
     from superscopes_nn.output.plan_script import plan_script
 
-    extra, note = SETTINGS.get(name, ([], ""))
+    extra, note = settings(name)
     folder = str(CONFIGS / model)
     p = plan_script(name, folder, [a.replace("{model}", folder) for a in extra])
-    return {"script": name, "model": model, "args": extra, "note": note, "refused": p.refused,
+    return {"script": name, "model": model, "args": extra, "note": note,
+            "refused": p.refused.replace(f"{ROOT}/", ""),
             "requests": p.requests, "sent_max": max(p.sent, default=0), "sent_total": sum(p.sent),
             "result_max": max(p.result, default=0), "result_total": sum(p.result), "over": p.over}
 
