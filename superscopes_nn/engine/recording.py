@@ -9,8 +9,9 @@ back a stand-in result of the returned shapes (zeros; generated ids: the prompt 
 ``max_new_tokens``), so the caller carries on. A session opened outside those loops (a script's own
 ``model.trace(..., backend=session_backend(...))``) gets a :class:`RecordingBackend`: its request is
 serialized as :class:`~nnsight.intervention.backends.remote.RemoteBackend` serializes it, then its block runs
-here under a fake-tensor mode on the meta weights (shapes only, as nnsight's ``scan``) and every value it saves
-comes back as zeros of that shape. ``superscopes plan --script`` (:mod:`superscopes_nn.output.plan_script`)
+here under a fake-tensor mode on the meta weights (shapes only, as nnsight's ``scan``; in bfloat16 where an op's
+meta kernel takes nothing else, an MoE's ``grouped_mm``) and every value it saves comes back as zeros of that
+shape and dtype. ``superscopes plan --script`` (:mod:`superscopes_nn.output.plan_script`)
 runs a registered script this way::
 
     with recording() as rec:
@@ -134,14 +135,21 @@ class RecordingBackend(RemoteBackend):
 
     def __call__(self, tracer=None):
         from nnsight.tracing.util import push
-        from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
-        from torch.fx.experimental.symbolic_shapes import ShapeEnv
+        from torch._subclasses.fake_tensor import FakeTensor
 
         sent = len(self._serialize(tracer))
         frame = tracer.info.frame
         before = {k: id(v) for k, v in frame.f_locals.items()}
-        with FakeTensorMode(allow_non_fake_inputs=True, shape_env=ShapeEnv(assume_static_by_default=True)):
-            tracer.execute(tracer.info.code)
+        module = self.model._module
+        dtype = module.dtype
+        try:
+            _fake_run(tracer)
+        except RuntimeError:  # an op whose meta kernel takes half precision only (an MoE's grouped_mm)
+            module.to(torch.bfloat16)  # meta weights: only the dtype changes; what NDIF serves these in
+            try:
+                _fake_run(tracer)
+            finally:
+                module.to(dtype)
         saved = {k: v for k, v in frame.f_locals.items()
                  if before.get(k) != id(v) and _has(v, FakeTensor)}
         shapes = {k: _meta(v) for k, v in saved.items()}
@@ -151,6 +159,15 @@ class RecordingBackend(RemoteBackend):
                                chunks_per_request=1, max_batch_size=1,
                                knob=f"fewer saved values per session of {model_name(self.model)} "
                                     f"(d={model_info(self.model).hidden})"))
+
+
+def _fake_run(tracer) -> None:
+    """The session's block run here on fake tensors (shapes and dtypes only, as nnsight's ``scan``)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.symbolic_shapes import ShapeEnv
+
+    with FakeTensorMode(allow_non_fake_inputs=True, shape_env=ShapeEnv(assume_static_by_default=True)):
+        tracer.execute(tracer.info.code)
 
 
 def _has(value, kind) -> bool:
