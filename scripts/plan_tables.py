@@ -30,7 +30,9 @@ table gives the cost of one item; a run of N items sends about N times its reque
 
 SETTINGS = {
     "multihop_cot": (["--all-queries"], "queries: all (the official only_correct filter keeps a subset)"),
-    "attribute_extraction": (["--all-samples"], "samples: all (the official only_correct filter keeps a subset)"),
+    "attribute_extraction": (["--all-samples", "--tasks", "country_capital_city", "--contexts", "first"],
+                             "samples: all (the official only_correct filter keeps a subset); one task, its first "
+                             "context (the default runs 8 tasks x every context: 1.6M rows per item on the 405B)"),
     "backpatching": (["--population", "all"], "population: all queries (the paper's population is a subset)"),
     "controls": (["--verbalizer", "{model}"], "verbalizer: the same model (default: SmolLM2-135M); the map is "
                  "fitted on stand-in vectors, same shapes"),

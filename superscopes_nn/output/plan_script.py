@@ -52,7 +52,8 @@ class ScriptPlan:
 
 def stand_in_folder(model: str, tmp: Path) -> str:
     """``model``, or for a local folder holding a config but no tokenizer a copy of its ``config.json``
-    beside the stand-in tokenizer (:func:`~superscopes_nn.structure.stand_in.tiny_tokenizer`) under ``tmp``."""
+    beside the stand-in tokenizer (:func:`~superscopes_nn.structure.stand_in.tiny_tokenizer`) under ``tmp``
+    (any other string, e.g. a script argument that is no folder, as it is)."""
     from ..structure.models import has_tokenizer
     from ..structure.stand_in import tiny_tokenizer
 
@@ -76,18 +77,28 @@ def plan_script(name: str, model: str, argv=(), *, experiments=None) -> ScriptPl
     if name not in exp.EXPERIMENTS:
         raise ValueError(f"unknown experiment {name!r}; choose one of {', '.join(exp.EXPERIMENTS)}")
     with tempfile.TemporaryDirectory(prefix="superscopes-plan-") as tmp:
-        used = stand_in_folder(model, Path(tmp))
-        args = ["--model", used, *argv, "--remote", "--out", str(Path(tmp) / "out")]
+        swap: dict = {}  # every config folder without a tokenizer named (the model, a verbalizer) -> its copy
+        for a in [model, *argv]:
+            if a not in swap:
+                swap[a] = stand_in_folder(a, Path(tmp) / str(len(swap)))
+        used = swap[model]
+        args = ["--model", used, *[swap[a] for a in argv], "--remote", "--out", str(Path(tmp) / "out")]
         with recording() as rec, contextlib.redirect_stdout(sys.stderr):
             try:
                 exp.run(name, args, prog=f"superscopes plan --script {name}")
             except ERRORS as err:
-                line = one_line(err).replace(used, model)
+                line = _restore(one_line(err), swap)
                 return ScriptPlan(name, model, f"plan: {name}: refused: {line}", refused=line)
-        text = rec.table(f"{name} on {model}").replace(used, model)
+        text = _restore(rec.table(f"{name} on {model}"), swap)
         reqs = rec.requests
     return ScriptPlan(name, model, text, sent=tuple(r.sent for r in reqs), result=tuple(r.result for r in reqs),
                       over=len(rec.problems()))
+
+
+def _restore(text: str, swap: dict) -> str:
+    for given, used in swap.items():
+        text = text.replace(used, given) if used != given else text
+    return text
 
 
 def stand_in_note(model: str) -> str:
