@@ -36,8 +36,10 @@ SETTINGS = {
     "backpatching": (["--population", "all"], "population: all queries (the paper's population is a subset)"),
     "controls": (["--verbalizer", "{model}", "--fit-texts", "16"],
                  "verbalizer: the same model (the default, SmolLM2-135M, is a hub id this offline table cannot "
-                 "read); the map fitted on 16 shared texts (default: all 300, one request each per model) from "
-                 "stand-in vectors, same shapes"),
+                 "read); the map fitted on 16 shared texts (default: all 300, one request each per model). The map "
+                 "is fitted on stand-in (zero) vectors, so its d x d weight compresses to almost nothing: the sent "
+                 "bytes are a lower bound (the real weight, 7168^2 float32 = 196 MiB at d = 7168, travels in each "
+                 "request that patches with it)"),
 }
 """Script -> (arguments beyond the defaults, the note that says which counts are bounds). Without them a
 stage that filters on results (a correct first hop, a wrong composition) would keep what the stand-in answers
