@@ -36,6 +36,7 @@ import pandas as pd
 from .plan import announce, batching, greedy_kwargs, log_request, measure_requests, measure_custom_requests, plan_requests
 from .chunks import run_chunks
 from .rows import check_map_width
+from .recording import RecordingBackend, active, stand_in, stand_in_outs
 
 from ..core.options import RunOptions
 from ..core.quiet import quieted
@@ -80,6 +81,8 @@ def remote_caller(remote, backend, model, retries: int = 3, backoff: float = 1.0
     from ..remote.hosts import check_host
 
     host = remote_host(remote)
+    if host is not None and active() is not None:  # recorded, never sent: no hub lookup, no retries
+        return lambda fn: fn()
     if host is None and backend is not None and getattr(backend, "host", None):
         host = backend.host
     if host is None:
@@ -110,6 +113,8 @@ def session_backend(model, remote, backend):
     same job id, so a dropped connection never runs the job twice); else None (local, "local")."""
     if backend is not None or not check_remote(remote).is_ndif:
         return backend
+    if active() is not None:  # a session of its own while recording (engine.recording)
+        return RecordingBackend(model, active())
     from ..remote.backend import remote_backend
 
     return remote_backend(model, remote)
@@ -145,6 +150,12 @@ def run_requests(model, rows: list[Row], options: RunOptions | None = None, *, t
     planned = plan_requests(model, rows, batching=cut, target_model=target_model, gen_kwargs=gen_kwargs,
                             logits=logits, sampling=opts.sampling)
     ndif = opts.ndif
+    if ndif and active() is not None:  # recorded: the same request list measured, stand-ins returned
+        active().add(measure_requests(model, rows, planned, target_model=target_model, batching=cut))
+        for request in planned:
+            for idx, chunk in zip(request.indices, request.chunks):
+                yield list(idx), chunk, stand_in_outs(target_model, chunk)
+        return
     if ndif:  # served and same nnsight, then measured, before the first request; a broken limit is refused here
         announce(target_model, remote, lambda: measure_requests(model, rows, planned, target_model=target_model, batching=cut))
     known: dict = {}
@@ -172,6 +183,9 @@ def run_custom_requests(model, requests: list, *, remote=False, backend=None, kn
     call = quieted(call or remote_caller(remote, backend, model))
     ship(remote, backend)
     ndif = check_remote(remote).is_ndif
+    if ndif and active() is not None:  # recorded: measured as planned, stand-ins of the returned shapes
+        active().add(measure_custom_requests(model, requests, knob, max_batch_size))
+        return [stand_in(s.returns) for s in requests]
     if ndif:
         announce(model, remote, lambda: measure_custom_requests(model, requests, knob, max_batch_size))
     host = remote_host(remote) or getattr(backend, "host", None)

@@ -302,7 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("rest", nargs=argparse.REMAINDER)
     sub.add_parser("run", help="run a paper script by name from any directory (superscopes run --list)", add_help=False)
     sub.add_parser("plan", help="what a remote sweep would send to NDIF, measured before anything is sent "
-                                "(superscopes plan MODEL --prompts ...)", add_help=False)
+                                "(superscopes plan MODEL --prompts ...; a paper script's: superscopes plan "
+                                "--script NAME MODEL)", add_help=False)
     return p
 
 
@@ -316,6 +317,10 @@ def main(argv: list[str] | None = None) -> int:
         from .run_cmd import main as run_main
 
         return run_main(argv[1:])
+    if argv[:2] == ["plan", "--script"]:  # a whole paper script's NDIF plan (plan_script)
+        from .plan_script import main as plan_script_main
+
+        return plan_script_main(argv[2:])
     if argv and argv[0] == "plan":
         from .plan_cli import main as plan_main
 
