@@ -10,6 +10,7 @@ client's hidden size are refused before a map is fitted on them.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -102,3 +103,36 @@ def test_states_narrower_than_the_client_are_refused_before_a_fit(tmp_path_facto
         server.close()
     msg = _one_line(err)
     assert f"{hf.config.hidden_size} wide" in msg and "hidden size is 256" in msg, msg
+
+
+def test_controls_refuses_a_map_over_the_request_cap_before_reading_a_state(full_size, monkeypatch):
+    """``controls --remote`` with the 405B as its own verbalizer: each request would carry a 16384 x 16384 float32
+    map (1 GiB), over the 256 MiB request cap; refused before the fit's first request, not after it."""
+    import pandas as pd
+
+    from experiments.li2025 import controls
+    from superscopes_nn.engine.plan import LIMITS
+
+    def no_reads(*a, **k):
+        raise AssertionError("a state was read before the refusal")
+
+    monkeypatch.setattr(controls, "fit_maps", no_reads)
+    samples = pd.DataFrame([{"task": "t", "subject": "France", "object": "Paris", "target_prompt": "capital of x"}])
+    with pytest.raises(ValueError) as err:
+        controls.verbalizer_vs_source(full_size, full_size, samples, layer_pairs=[(2, 2)], fit_texts=["a b", "c d"],
+                                      remote=True)
+    msg = _one_line(err)
+    assert "16384 x 16384" in msg and "1024 MiB" in msg and "256 MiB" in msg, msg
+    # the boundary, from the bytes a float32 [d_v, d_s] weight and [d_v] bias take
+    cap, per_row = LIMITS["request"].value, torch.finfo(torch.float32).bits // 8 * (16384 + 1)
+    widest = cap // per_row
+    verbalizer = tiny_model("llama", hidden=64)
+    for d_v, refused in ((widest, False), (widest + 1, True)):
+        monkeypatch.setattr(controls, "model_info", lambda m, d_v=d_v: (
+            dataclasses.replace(model_info(m), hidden=d_v) if m is verbalizer else model_info(m)))
+        if refused:
+            with pytest.raises(ValueError):
+                controls.check_map_fits_request(full_size, verbalizer, True)
+        else:
+            controls.check_map_fits_request(full_size, verbalizer, True)
+        controls.check_map_fits_request(full_size, verbalizer, "local")  # the round trip sends nothing to NDIF

@@ -37,6 +37,17 @@ def test_recovers_known_affine_map():
     assert (fr.weight - W).abs().max() < 0.05 and fr.weight.norm() < W.norm()
 
 
+def test_ridge_with_fewer_pairs_than_dimensions_equals_the_primal_solve():
+    # n < d takes the dual n x n solve; the reference is the d x d normal equations written out here
+    g = torch.Generator().manual_seed(3)
+    X, Y = torch.randn(12, 40, generator=g, dtype=torch.float64), torch.randn(12, 7, generator=g, dtype=torch.float64)
+    f = fit_affine_arrays(X, Y, ridge=0.5)
+    Xc, Yc = X - X.mean(0), Y - Y.mean(0)
+    W = torch.linalg.solve(Xc.T @ Xc + 0.5 * torch.eye(40, dtype=torch.float64), Xc.T @ Yc).T
+    b = Y.mean(0) - W @ X.mean(0)
+    assert torch.allclose(f.weight.double(), W, atol=1e-6) and torch.allclose(f.bias.double(), b, atol=1e-6)
+
+
 def test_fit_affine_on_models_recovers_a_planted_map(pair):
     src, _ = pair
     # target = the same model: the layer-2 map of a model onto itself is the identity

@@ -66,6 +66,8 @@ if __package__ in (None, ""):  # run as a script: make `experiments` importable
 from experiments.common import save_csv  # noqa: E402
 from experiments.common import load, parser, run_options  # noqa: E402
 from superscopes_nn.core.options import RunOptions  # noqa: E402
+from superscopes_nn.core.validate import check_remote  # noqa: E402
+from superscopes_nn.engine.plan import LIMITS  # noqa: E402
 
 from superscopes_nn.engine.api import patchscope  # noqa: E402
 
@@ -126,6 +128,21 @@ def fit_maps(source_model, verbalizer, fit_texts: Sequence[str], layer_pairs: It
     return maps, r2, n_pairs
 
 
+def check_map_fits_request(source_model, verbalizer, remote) -> None:
+    """Refuse, before any state is read, a run on NDIF whose map cannot travel: each cross-model request
+    carries its :class:`~superscopes_nn.core.specs.Affine` (a float32 ``[d_verbalizer, d_source]`` weight and
+    a bias), and a request over ``LIMITS["request"]`` is refused at send time, after the fit's requests."""
+    if not check_remote(remote).is_ndif:
+        return
+    d_s, d_v = model_info(source_model).hidden, model_info(verbalizer).hidden
+    nbytes, cap = 4 * d_v * (d_s + 1), LIMITS["request"]
+    if nbytes > cap.value:
+        raise ValueError(f"the map {model_name(source_model)} -> {model_name(verbalizer)} is a {d_v} x {d_s} float32 "
+                         f"weight ({nbytes / 2 ** 20:.0f} MiB) that every cross-model request carries, over the "
+                         f"{cap.value // 2 ** 20} MiB cap on {cap.name} (engine.plan.LIMITS['request']): use a narrower verbalizer "
+                         f"(d_verbalizer <= {cap.value // (4 * (d_s + 1))} for this source)")
+
+
 def verbalizer_vs_source(source_model, verbalizer, samples: pd.DataFrame, *, layer_pairs: Iterable[tuple[int, int]],
                          fit_texts: Sequence[str], ridge: float = 1.0, align: str = "span",
                          holdout: float = 0.2, options: RunOptions | None = None, **settings) -> pd.DataFrame:
@@ -157,6 +174,7 @@ def verbalizer_vs_source(source_model, verbalizer, samples: pd.DataFrame, *, lay
     if samples.empty:
         raise ValueError("no samples given")
     opts = RunOptions.of(options, **settings).with_defaults()
+    check_map_fits_request(source_model, verbalizer, opts.remote)
     maps, r2, n_pairs = fit_maps(source_model, verbalizer, fit_texts, layer_pairs, ridge=ridge, align=align,
                                  holdout=holdout, remote=opts.remote)
     gen = dict(max_new_tokens=opts.max_new_tokens, max_batch_size=opts.max_batch_size, remote=opts.remote)

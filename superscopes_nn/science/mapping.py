@@ -24,7 +24,8 @@ Pairing the tokens of two tokenizers (``align``):
   model's first token (an attention sink with an outsized norm) are skipped.
 
 ``fit_affine_arrays(X, Y, ridge)`` is the solver on its own (float64 normal
-equations with the bias left unpenalised); ``r2_score`` measures a fitted map on
+equations with the bias left unpenalised; with fewer pairs than source dimensions the ridge
+solve runs in its dual n x n form, the same map at a fraction of the cost on a 16384-wide model); ``r2_score`` measures a fitted map on
 held-out pairs.
 """
 
@@ -167,6 +168,8 @@ def fit_affine_arrays(X: torch.Tensor, Y: torch.Tensor, ridge: float = 0.0) -> A
     Xc, Yc = X - mx, Y - my  # centring = an unpenalised bias
     if ridge == 0:
         Wt = torch.linalg.lstsq(Xc, Yc, driver="gelsd").solution  # [d_X, d_Y]
+    elif n < d:  # the same solution in its dual form: (Xc'Xc + rI)^-1 Xc' = Xc' (XcXc' + rI)^-1, an n x n solve
+        Wt = Xc.T @ torch.linalg.solve(Xc @ Xc.T + ridge * torch.eye(n, dtype=X.dtype), Yc)
     else:
         A = Xc.T @ Xc + ridge * torch.eye(d, dtype=X.dtype)
         Wt = torch.linalg.solve(A, Xc.T @ Yc)
