@@ -107,18 +107,19 @@ def tiny_family(family: str, seed: int = 0):
         model = _twin(family, tok, seed)
         if isinstance(model, str):
             raise RuntimeError(f"{type(err).__name__}: {err}; its structural twin: {model}") from None
-        return model, tok
+        return model
 
 
 def _twin(family: str, tok, seed: int):
-    """The structural twin of ``family``'s default config (superscopes_nn.structure.twin: every width shrunk by
-    the widths its parameters have, full depth) on the tokenizer's vocabulary, if it builds and its own plain
-    forward runs; else the one-line reason it does not."""
+    """``(model, tokenizer)``: the structural twin of ``family``'s default config (superscopes_nn.structure.twin:
+    every width shrunk by the widths its parameters have, full depth) on the tokenizer's vocabulary, if it builds
+    and its own plain forward runs; else the one-line reason it does not. A twin that keeps a smaller vocabulary
+    of its own (a byte model's 260 ids) gets a byte-level tokenizer trained to that size (256 bytes, EOS, merges)."""
     from transformers import CONFIG_MAPPING
 
+    from superscopes_nn.testing.tiny_models import tiny_tokenizer
     from superscopes_nn.structure.twin import twin_model
 
-    ids = tok("Alexander the Great")["input_ids"]
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -126,6 +127,9 @@ def _twin(family: str, tok, seed: int):
     except Exception as err:  # noqa: BLE001
         return " ".join(f"{type(err).__name__}: {err}".split())[:200]
     vocab = model.get_input_embeddings().num_embeddings if model.get_input_embeddings() is not None else None
+    if vocab is not None and vocab < len(tok) and vocab >= 257:
+        tok = tiny_tokenizer(vocab_size=vocab)
+    ids = tok("Alexander the Great")["input_ids"]
     if vocab is not None and max(ids) >= vocab:
         return f"its vocabulary has {vocab} ids, the test tokenizer's prompt reaches id {max(ids)}"
     try:
@@ -133,7 +137,7 @@ def _twin(family: str, tok, seed: int):
             model(torch.tensor([ids]), use_cache=False)
     except Exception as err:  # noqa: BLE001
         return "its own forward fails (" + " ".join(f"{type(err).__name__}: {err}".split())[:160] + ")"
-    return model
+    return model, tok
 
 
 def _tiny(family: str, tok, seed: int):

@@ -32,7 +32,8 @@ FAMILIES = sorted(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)
 PROMPT, TARGET = "Alexander the Great", Target("The official currency of x")
 #: family -> a substring of the one-line reason the package refuses it with (checked: it raises exactly that).
 #: (Post-norm encoders and encoder-decoders have no final norm; BERT-style heads put a prediction transform
-#: between; prophetnet / xlnet carry positions the load-time probe cannot map to the prompt's tokens.)
+#: between; prophetnet / xlnet carry positions the load-time probe cannot map to the prompt's tokens; blt's global
+#: layers carry byte patches, not bytes; its twin runs on a byte-level tokenizer of its own 260 ids.)
 REFUSED = {
     'longcat_flash': 'attention / MLP sub-blocks',  # where it builds (transformers 5.25): one layer, two pairs
     'bart': "the LM head reads the last decoder layer's",
@@ -63,6 +64,7 @@ REFUSED = {
     'trocr': "the LM head reads the last decoder layer's",
     'xlm-roberta': 'the LM head reads neither the last decoder',
     'xlm-roberta-xl': 'roberta.encoder.LayerNorm reads the last d',
+    'blt': 'its decoder layers carry 8 positions for a 7-token prompt, and changing token 0 changes positions',  # patches
     'xlnet': 'its decoder layers carry 1 positions for a 8-token prompt, and changing token 7 changes position 0',
     'gemma3n_text': 'its decoder layers pass a stack of residual streams [4, 1, 8, 64]',
     'git': "the LM head reads the last decoder layer's",
@@ -74,7 +76,6 @@ REFUSED = {
 #: family -> why neither the tiny builder nor the twin builder makes a model of it here (checked: the build fails
 #: so; the twin's reason follows the tiny builder's in the error).
 UNBUILT = {
-    'blt': 'its vocabulary has 260 ids, the test tokenizer',  # a byte model: its twin keeps its 260 ids
     'cohere_compass_text': "'full_attention'",
     'gemma3n': 'requires the timm library',
     'gemma4_assistant': 'hidden_size_per_layer_input must be 0, got 256',
