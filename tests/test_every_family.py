@@ -146,7 +146,7 @@ def _check(model, hf, no_generate=None, slots=0):
     ids = encode(model.tokenizer, PROMPT)
     got = collect(model, PROMPT, layers=[0, n - 1])
     for layer in (0, n - 1):
-        assert got[(layer, "residual")].shape[0] == len(ids)
+        assert got[(layer, "residual")].shape == (len(ids), info.hidden)  # the width, read off the structure
         _ref_logits_close(got[(layer, "residual")], hf_read(hf, ids, layer, "residual")[slots:slots + len(ids)])
     sites = ["residual"] + [s for s in ("mlp_out",) if 1 in spec.site_layers(s, n)]
     rows = sweep_rows(model, PROMPT, layers=[1], sites=sites, alphas=[1.0, 4.0], target=TARGET)

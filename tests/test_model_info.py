@@ -113,3 +113,20 @@ def test_results_equal_a_fresh_wrap(model):
     other = wrap(hf, tok)
     rows = [(Source("Pink Floyd", layer=1, site="mlp_out"), Target("The meaning of x", layer=0, site="residual"))]
     assert torch.equal(patched_logits(model, resolve(model, rows)), patched_logits(other, resolve(other, rows)))
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_the_width_is_read_off_the_structure_not_a_config_key(family, monkeypatch):
+    """A config whose width key has a name the library never met (here: the config lookup fails) still gives the
+    model's width, the one its hidden states have (read by plain-HF output_hidden_states)."""
+    from superscopes_nn.structure import info as info_mod
+
+    hf, tok = tiny_hf_model(family, seed=0)
+    with torch.no_grad():
+        want = hf(torch.tensor([tok("Pink Floyd")["input_ids"]]), output_hidden_states=True).hidden_states[-1].shape[-1]
+
+    def unknown_key(config):
+        raise ValueError(f"cannot find the hidden size in config {type(config).__name__}")
+
+    monkeypatch.setattr(info_mod, "hidden_size", unknown_key)
+    assert model_info(wrap(hf, tok)).hidden == want

@@ -86,10 +86,31 @@ def attach(model, spec: ArchSpec | None = None) -> ModelInfo:
     config = model._module.config
     spec = spec if spec is not None else arch_spec(model._module)
     info = ModelInfo(spec=spec, plain=_plain(spec), name=_name(model), n_layers=layer_count(model._module, spec),
-                     hidden=hidden_size(config), eos_ids=_eos(model), context=_context(config),
+                     hidden=residual_width(model._module, spec), eos_ids=_eos(model), context=_context(config),
                      no_reuse=spec.no_reuse, cache_fails=spec.cache_fails)
     _INFO.put(model, info)
     return info
+
+
+def residual_width(hf_model, spec: ArchSpec) -> int:
+    """The width of the residual stream, read off the model's structure: the final norm's weight (it reads the last
+    decoder layer's output), else the LM head's input, else the input embedding's; a config's width key only where
+    none of those tells (transformers' families name that key in several ways, and new ones in others)."""
+    import torch
+
+    for path, attr in ((spec.final_norm, "weight"), (spec.lm_head, "in_features")):
+        try:
+            v = getattr(get_path(hf_model, path), attr, None)
+        except (AttributeError, TypeError):
+            continue
+        if isinstance(v, torch.Tensor) and v.dim() == 1:
+            return int(v.shape[0])
+        if isinstance(v, int) and v > 0:
+            return v
+    emb = hf_model.get_input_embeddings() if hasattr(hf_model, "get_input_embeddings") else None
+    if isinstance(getattr(emb, "embedding_dim", None), int):
+        return emb.embedding_dim
+    return hidden_size(hf_model.config)
 
 
 def layer_count(hf_model, spec: ArchSpec) -> int:
