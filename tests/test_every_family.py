@@ -22,6 +22,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_N
 from family_oracle import tiny_family
 from superscopes_nn import Source, Target, collect, patched_logits, patchscope, sweep
 from superscopes_nn.engine.lens import lens_logits
+from superscopes_nn.engine.plan import vocab_size
 from superscopes_nn.engine.rows import encode, sweep_rows
 from superscopes_nn.structure.architectures import get_path
 from superscopes_nn.structure.info import model_info
@@ -174,3 +175,4 @@ def _check(model, hf, no_generate=None, slots=0):
     with torch.no_grad():
         own = hf(torch.tensor([ids]), use_cache=False).logits[0, -1]
     _ref_logits_close(lens_logits(model, PROMPT, [n - 1])[0], own)
+    assert vocab_size(model) == own.shape[-1]  # the plan's logits width: what the model really gives

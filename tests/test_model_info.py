@@ -130,3 +130,16 @@ def test_the_width_is_read_off_the_structure_not_a_config_key(family, monkeypatc
 
     monkeypatch.setattr(info_mod, "hidden_size", unknown_key)
     assert model_info(wrap(hf, tok)).hidden == want
+
+
+def test_the_logits_width_is_the_lm_heads():
+    """A head padded past the config's ``vocab_size`` (as checkpoints pad to a multiple of 64): the plan sizes
+    results by the logits the model really gives."""
+    from superscopes_nn.engine.plan import vocab_size
+
+    hf, tok = tiny_hf_model("llama", seed=0)
+    config_vocab = hf.config.vocab_size
+    hf.lm_head = torch.nn.Linear(hf.lm_head.in_features, config_vocab + 64, bias=False)
+    with torch.no_grad():
+        got = hf(torch.tensor([tok("Pink Floyd")["input_ids"]])).logits.shape[-1]
+    assert got == config_vocab + 64 == vocab_size(wrap(hf, tok))

@@ -33,7 +33,7 @@ from ..core.options import RunOptions
 from ..core.sampling import with_sampler
 from ..core.validate import check_batch_size, check_int, check_max_new_tokens
 from ..remote.capture import CaptureBackend, RequestCaptured
-from ..structure.info import model_info, model_name
+from ..structure.info import logits_width, model_info, model_name
 from .chunks import Chunk, chunk_indices, plan_chunk, plan_reads, result_bytes, run_chunks
 
 __all__ = ["Batching", "Limit", "LIMITS", "Request", "RequestPlan", "Plan", "CustomRequest", "announce", "batching",
@@ -138,9 +138,9 @@ def _mib(n: int) -> str:
 
 
 def vocab_size(model) -> int:
-    """The vocabulary size in ``model``'s config (a multimodal config's text part), 0 if none."""
-    config = model._module.config
-    return getattr(config, "vocab_size", None) or getattr(getattr(config, "text_config", None), "vocab_size", 0)
+    """How many logits ``model`` gives (its LM head's output width; the config's ``vocab_size`` where the head
+    does not say), as :func:`~superscopes_nn.structure.info.logits_width` reads it."""
+    return logits_width(model._module, model_info(model).spec)
 
 
 @dataclass(frozen=True)

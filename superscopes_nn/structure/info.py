@@ -113,6 +113,24 @@ def residual_width(hf_model, spec: ArchSpec) -> int:
     return hidden_size(hf_model.config)
 
 
+def logits_width(hf_model, spec: ArchSpec) -> int:
+    """The number of logits the model gives: its LM head's output width (a padded head gives more than the
+    tokenizer has), else the config's ``vocab_size`` (a multimodal config's text part), 0 if none."""
+    import torch
+
+    try:
+        head = get_path(hf_model, spec.lm_head)
+    except (AttributeError, TypeError):
+        head = None
+    out, weight = getattr(head, "out_features", None), getattr(head, "weight", None)
+    if isinstance(out, int) and out > 0:
+        return out
+    if isinstance(weight, torch.Tensor) and weight.dim() == 2:
+        return int(weight.shape[0])
+    config = hf_model.config
+    return getattr(config, "vocab_size", None) or getattr(getattr(config, "text_config", None), "vocab_size", 0)
+
+
 def layer_count(hf_model, spec: ArchSpec) -> int:
     """The length of the decoder-layer list the spec names (a config's ``num_hidden_layers`` may count
     sub-blocks: zaya's counts two per decoder module); the config's count only where the list is absent."""
