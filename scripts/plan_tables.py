@@ -46,10 +46,6 @@ SETTINGS = {
 stage that filters on results (a correct first hop, a wrong composition) would keep what the stand-in answers
 (token 0) pass, not an upper bound."""
 
-SKIPPED: dict = {}
-"""(script, model) -> why the case is not planned in this table (rendered as such)."""
-
-
 def settings(name: str) -> tuple[list, str]:
     """The arguments a case runs with beyond the defaults, and its note."""
     extra, note = SETTINGS.get(name, ([], ""))
@@ -62,10 +58,6 @@ def plan_case(name: str, model: str) -> dict:
     from superscopes_nn.output.plan_script import plan_script
 
     extra, note = settings(name)
-    if (name, model) in SKIPPED:
-        return {"script": name, "model": model, "args": extra, "note": note, "refused": "", "requests": 0,
-                "sent_max": 0, "sent_total": 0, "result_max": 0, "result_total": 0, "over": 0,
-                "skipped": SKIPPED[(name, model)]}
     folder = str(CONFIGS / model)
     p = plan_script(name, folder, [a.replace("{model}", folder) for a in extra])
     return {"script": name, "model": model, "args": extra, "note": note,
@@ -83,9 +75,6 @@ def render(cases: list[dict]) -> str:
     lines = ["| script | model | requests | sent per request (max) | sent total | result per request (max) "
              "| result total | over a limit |", "|---|---|---:|---:|---:|---:|---:|---:|"]
     for c in cases:
-        if c.get("skipped"):
-            lines.append(f"| {c['script']} | {c['model']} | not planned here: {c['skipped']} | | | | | |")
-            continue
         if c["refused"]:
             lines.append(f"| {c['script']} | {c['model']} | refused: {c['refused']} | | | | | |")
             continue

@@ -96,6 +96,7 @@ def lens_predictions(model, prompt: str, layers: Sequence[int], *, remote: bool 
     layers = [int(l) for l in layers]
     slots = int(spec.slots_before)
     ids = torch.tensor([encode(model.tokenizer, prompt)])
+    seq = ids.shape[1]
 
     def one(backend):
         with model.trace(ids, use_cache=False, remote=remote, backend=backend):
@@ -108,7 +109,6 @@ def lens_predictions(model, prompt: str, layers: Sequence[int], *, remote: bool 
             own = model.output.logits[0].argmax(-1).save()
         return lens, own
 
-    seq = ids.shape[1]
     returns = (torch.empty(len(layers), seq, dtype=torch.long, device="meta"),
                torch.empty(seq, dtype=torch.long, device="meta"))
     knob = f"decode fewer layers (--layer-stride; now {len(layers)} layers x {seq} tokens)"

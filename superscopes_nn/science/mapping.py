@@ -24,9 +24,9 @@ Pairing the tokens of two tokenizers (``align``):
   model's first token (an attention sink with an outsized norm) are skipped.
 
 ``fit_affine_arrays(X, Y, ridge)`` is the solver on its own (float64 normal
-equations with the bias left unpenalised; with fewer pairs than source dimensions the ridge
-solve runs in its dual n x n form, the same map at a fraction of the cost on a 16384-wide model); ``r2_score`` measures a fitted map on
-held-out pairs.
+equations with the bias left unpenalised; with fewer pairs than source dimensions
+the ridge solve runs in its dual n x n form: the same map, at a fraction of the
+cost on a 16384-wide model); ``r2_score`` measures a fitted map on held-out pairs.
 """
 
 from __future__ import annotations

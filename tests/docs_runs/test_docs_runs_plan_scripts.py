@@ -33,8 +33,8 @@ def test_the_doc_table_is_the_committed_plans(cases):
 def test_every_script_on_every_config(cases):
     assert sorted((c["script"], c["model"]) for c in cases) == sorted(
         (s, m) for s in experiments.EXPERIMENTS for m in pt.MODELS)
-    assert all(c["refused"] or c.get("skipped") or c["requests"] > 0 for c in cases)
-    assert {(c["script"], c["model"]) for c in cases if c.get("skipped")} == set(pt.SKIPPED)
+    assert all(c["refused"] or c["requests"] > 0 for c in cases)
+    assert not [c for c in cases if "skipped" in c]  # every case planned (or refused by the script itself)
     assert all((c["args"], c["note"]) == tuple(pt.settings(c["script"])) for c in cases)
 
 
